@@ -1,0 +1,84 @@
+"""The `crwatch` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tracker.profiles import PROFILE_NAMES, parse_version, profile
+from tracker.rules import catalogue
+
+EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
+
+
+def _version(text: str):
+    try:
+        return parse_version(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a pid: {text!r}")
+    return int(text)
+
+
+def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default="criu",
+                        help="dumper profile to judge by (default: criu)")
+    parser.add_argument("--criu-version", type=_version, metavar="X.Y[.Z]",
+                        help="judge for this CRIU release (default: the CRIU set-up found)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crwatch", description="Can this process be checkpointed right now, and if not, why?")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="audit processes and print their verdicts")
+    check.add_argument("pids", nargs="+", type=_pid, metavar="PID")
+    check.add_argument("--tree", action="store_true", help="audit each pid with all its descendants")
+    check.add_argument("--json", action="store_true", help="print verdict documents (crwatch.verdict/1)")
+    check.add_argument("--allow", action="append", default=[], metavar="OPTION",
+                       help="a CRIU option the dump may use (repeatable), e.g. --allow=--tcp-established")
+    _add_profile_arguments(check)
+
+    rules = commands.add_parser("rules", help="list the rule catalogue")
+    rules.add_argument("--json", action="store_true")
+    _add_profile_arguments(rules)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        chosen = profile(args.profile, args.criu_version)
+        if args.command == "check":
+            from api.check_command import run_check
+
+            return run_check(args, chosen)
+        return _run_rules(args, chosen)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (crwatch ... | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run_rules(args, chosen) -> int:
+    if args.json:
+        from api.rules_document import rules_document
+
+        print(json.dumps(rules_document(catalogue(), chosen), indent=2))
+    else:
+        from api.render import rules_text
+
+        print(rules_text(catalogue(), chosen))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

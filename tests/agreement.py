@@ -1,0 +1,75 @@
+"""Proving the `criu` profile against the real CRIU.
+
+`assert_agrees(pid, ...)` audits a live process and dumps it with the real
+CRIU (`--leave-running`, into a scratch directory), then checks that both
+say the same: ok dumps plainly; needs_options fails plainly and dumps with
+exactly the options crwatch asked for; blocked fails even with every option
+the reasons name. Each row is appended to build/agreement.tsv, the table the
+closing note and README quote.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracker.audit import audit
+from tracker.criu import find_criu
+from tracker.profiles import profile
+from tracker.rules import catalogue
+from tracker import verdict
+
+TABLE = Path(__file__).resolve().parents[1] / "build" / "agreement.tsv"
+
+
+def _record(state: str, criu_result: str, document: dict) -> None:
+    TABLE.parent.mkdir(exist_ok=True)
+    codes = ",".join(sorted({r["code"] for r in document["reasons"] if r["severity"] != "info"}))
+    options = " ".join(document["required_options"])
+    with TABLE.open("a") as table:
+        table.write(f"{state}\t{criu_result}\t{document['verdict']}\t{options}\t{codes}\n")
+
+
+def assert_agrees(pid: int, state: str, *, expect: str, codes: set[str] = frozenset(),
+                  tree: bool = False, criu_error: str | None = None) -> dict:
+    """Audit pid, dump it with the real CRIU, and assert both agree.
+
+    `expect` is the verdict this state must get, `codes` rule codes that must
+    be among the reasons, `criu_error` a fragment CRIU's log must contain when
+    it refuses.
+    """
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    document = verdict.document(audit(pid, tree=tree), profile("criu", criu.version))
+    found = {r["code"] for r in document["reasons"]}
+    assert document["verdict"] == expect, (state, document["reasons"])
+    assert codes <= found, (state, codes - found, document["reasons"])
+
+    plain = criu.dump(pid)
+    if expect == "ok":
+        _record(state, "dumped" if plain.ok else "failed", document)
+        assert plain.ok, (state, plain.errors)
+        return document
+    assert not plain.ok, f"{state}: CRIU dumped it plainly, crwatch said {expect}"
+    if criu_error:
+        assert criu_error in plain.log, (state, criu_error, plain.errors)
+    options = document["required_options"]
+    if expect == "needs_options":
+        with_options = criu.dump(pid, _expand(options))
+        _record(state, f"fails; dumped with {' '.join(options)}" if with_options.ok
+                else "fails even with options", document)
+        assert with_options.ok, (state, options, with_options.errors)
+    else:
+        named = sorted({catalogue()[code].option for code in found if catalogue()[code].option})
+        with_options = criu.dump(pid, _expand(named))
+        _record(state, "fails" + (f" (also with {' '.join(named)})" if named else ""), document)
+        assert not with_options.ok, f"{state}: CRIU dumped it with {named}, crwatch said blocked"
+    return document
+
+
+def _expand(options: list[str]) -> list[str]:
+    """Options as CRIU's command line wants them (--ghost-limit takes a size)."""
+    expanded = []
+    for option in options:
+        expanded.append(option)
+        if option == "--ghost-limit":
+            expanded.append("1G")
+    return expanded

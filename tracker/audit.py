@@ -1,0 +1,119 @@
+"""The /proc audit: the checkpoint-time recheck that decides every verdict.
+
+It reads a process (or its whole tree) afresh, hands every resource to the
+check module that owns its kind, and returns every finding at once, where a
+dumper stops at the first.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracker import checks
+from tracker.checks import general
+from tracker.context import AuditContext
+from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
+from tracker.rules import Finding
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    pid: int
+    start_time: float
+    comm: str
+
+
+@dataclass
+class Audit:
+    """Everything one audit found, before any profile judges it."""
+
+    root: ProcessIdentity
+    tree: bool
+    processes: list[ProcessIdentity] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def identify(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> ProcessIdentity:
+    """The (pid, start time) identity; raises ProcessGone for a pid that does not exist."""
+    if pid <= 0:
+        raise ProcessGone(pid)
+    stat = Proc(pid, proc_root).stat
+    return ProcessIdentity(pid, stat.start_time, stat.comm)
+
+
+def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
+    """pid and every descendant, parents before children."""
+    order, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        order.append(current)
+        try:
+            queue.extend(kid for kid in Proc(current, proc_root).children() if kid not in order)
+        except (ProcessGone, AccessDenied):
+            continue
+    return order
+
+
+def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT) -> Audit:
+    """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist."""
+    root = identify(pid, proc_root)
+    pids = descendants(pid, proc_root) if tree else [pid]
+    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root)
+    result = Audit(root=root, tree=tree)
+
+    procs: list[Proc] = []
+    for member in pids:
+        proc = Proc(member, proc_root)
+        try:
+            stat = proc.stat
+            result.processes.append(ProcessIdentity(member, stat.start_time, stat.comm))
+            if stat.is_kernel_thread:
+                result.findings.append(Finding(
+                    "task.kernel_thread", f"pid {member} ({stat.comm}) is a kernel thread", member))
+                continue
+            if member == os.getpid():
+                result.findings.append(Finding(
+                    "task.crwatch_itself", f"pid {member} is this crwatch process", member))
+            ctx.tree_fds[member] = proc.fds()
+            procs.append(proc)
+        except ProcessGone:
+            result.findings.append(general.exited(member))
+        except AccessDenied as denied:
+            result.findings.append(general.unreadable(member, denied.what, denied.reason))
+
+    for proc in procs:
+        result.findings.extend(_check_one(ctx, proc))
+
+    # Identity is confirmed once, at the end: a pid that died or was reused
+    # while we read it makes everything read about it worthless.
+    for identity in result.processes:
+        if not _same_process(identity, proc_root):
+            result.findings = [f for f in result.findings if f.pid != identity.pid]
+            result.findings.append(general.exited(identity.pid))
+    return result
+
+
+def _check_one(ctx: AuditContext, proc: Proc) -> list[Finding]:
+    findings: list[Finding] = []
+    try:
+        for open_fd in ctx.tree_fds[proc.pid]:
+            try:
+                findings.extend(checks.check_fd(ctx, proc, open_fd))
+            except ProcessGone:
+                # The fd closed while we looked at it; the process's own
+                # survival is checked at the end.
+                continue
+        findings.extend(checks.check_process(ctx, proc))
+    except ProcessGone:
+        findings.append(general.exited(proc.pid))
+    except AccessDenied as denied:
+        findings.append(general.unreadable(proc.pid, denied.what, denied.reason))
+    return findings
+
+
+def _same_process(identity: ProcessIdentity, proc_root: Path) -> bool:
+    try:
+        return Proc(identity.pid, proc_root).stat.start_time == identity.start_time
+    except (ProcessGone, AccessDenied):
+        return False

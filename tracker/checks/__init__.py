@@ -1,0 +1,40 @@
+"""The check modules, one per resource family, and the fd dispatcher.
+
+Every check module exposes `RULES` (the rules it owns) and any of
+`check_fd(ctx, proc, open_fd)` and `check_process(ctx, proc)`, both yielding
+Findings. `check_fd` routes each fd to the module that owns its kind, as
+CRIU's dump_one_file does; a kind nobody owns is a blocker (deny by default).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from tracker.checks import (anon, devices, files, general, ipc, locks, memory, namespaces,
+                            sockets, task, terminal)
+from tracker.context import AuditContext
+from tracker.procfs import OpenFd, Proc
+from tracker.rules import Finding
+
+MODULES = (general, files, devices, anon, sockets, memory, task, locks, ipc, namespaces, terminal)
+
+FD_OWNERS = {
+    "reg": files, "dir": files, "lnk": files, "pipe": files, "fifo": files,
+    "chr": devices, "blk": devices,
+    "anon": anon,
+    "socket": sockets,
+}
+
+
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    owner = FD_OWNERS.get(open_fd.kind)
+    if owner is None:
+        yield general.unclassified_fd(proc, open_fd)
+        return
+    yield from owner.check_fd(ctx, proc, open_fd)
+
+
+def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    for module in MODULES:
+        check = getattr(module, "check_process", None)
+        if check is not None:
+            yield from check(ctx, proc)

@@ -1,0 +1,72 @@
+"""What every check may consult besides the process it looks at.
+
+An audit reads host-wide tables (sockets, locks, who holds which inode) at
+most once, and only when some check asks: a process with no sockets never
+pays for the socket tables.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
+
+
+@dataclass
+class AuditContext:
+    root_pid: int
+    tree_pids: set[int]
+    proc_root: Path = DEFAULT_PROC_ROOT
+    # Every fd of every process in the dumped tree, filled before any check runs,
+    # so a check can tell whether a peer is inside the tree.
+    tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
+    _tables: dict = field(default_factory=dict)
+
+    def in_tree(self, pid: int) -> bool:
+        return pid in self.tree_pids
+
+    @cached_property
+    def tree_holders(self) -> dict[str, set[int]]:
+        """fd link text (socket:[N], pipe:[N], /path) -> pids of the tree holding it."""
+        holders: dict[str, set[int]] = defaultdict(set)
+        for pid, fds in self.tree_fds.items():
+            for open_fd in fds:
+                holders[open_fd.target].add(pid)
+        return holders
+
+    @cached_property
+    def host_holders(self) -> dict[str, set[int]]:
+        """Socket and pipe link text -> every pid on the host holding it (one walk of /proc)."""
+        holders: dict[str, set[int]] = defaultdict(set)
+        for name in os.listdir(self.proc_root):
+            if not name.isdigit():
+                continue
+            fd_dir = self.proc_root / name / "fd"
+            try:
+                fd_names = os.listdir(fd_dir)
+            except OSError:
+                continue
+            for fd_name in fd_names:
+                try:
+                    target = os.readlink(fd_dir / fd_name)
+                except OSError:
+                    continue
+                if target.endswith("]"):
+                    holders[target].add(int(name))
+        return holders
+
+    def holders_outside(self, target: str) -> set[int]:
+        """Processes outside the tree that hold the same open file."""
+        return self.host_holders.get(target, set()) - self.tree_pids
+
+    def table(self, key, build):
+        """A host-wide table built once per audit: `build()` runs on first use of `key`."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
+
+    def proc(self, pid: int) -> Proc:
+        return Proc(pid, self.proc_root)

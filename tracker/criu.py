@@ -1,0 +1,136 @@
+"""CRIU integration: find a usable `criu` and run trial dumps with it.
+
+CRIU has no dry-run mode (`--check-only` never landed), so the closest answer
+to "could this process be checkpointed?" is a real `criu dump --leave-running`
+into a scratch directory that is thrown away afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Older CRIU misreads this kernel: 3.17 fails `criu check` (vDSO bounds) and
+# 4.1 cannot dump any inet/packet/raw socket (SO_PASSCRED now refused).
+MIN_VERSION = (4, 2, 0)
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
+# Logged by every CRIU run without CAP_SYS_RESOURCE; never a dump blocker.
+_NOISE = ("rlimit: Can't setup RLIMIT_NOFILE for self",)
+
+
+@dataclass
+class DumpResult:
+    ok: bool
+    returncode: int
+    errors: list[str]
+    log: str
+
+
+@dataclass(frozen=True)
+class Criu:
+    path: str
+    version: tuple[int, int, int]
+
+    @property
+    def supported(self) -> bool:
+        return self.version >= MIN_VERSION
+
+    def dump(
+        self, pid: int, options: Sequence[str] = (), *, timeout: float = 60
+    ) -> DumpResult:
+        """Trial-dump `pid` (left running) and report CRIU's errors."""
+        opts = list(options)
+        if (
+            "--tcp-established" in opts
+            and not any(o == "--network-lock" or o.startswith("--network-lock=") for o in opts)
+            and not _have_iptables_restore()
+        ):
+            # CRIU locks the connections with iptables by default.
+            opts += ["--network-lock", "nftables"]
+        with tempfile.TemporaryDirectory(prefix="crwatch-dump-") as images:
+            cmd = [self.path, "dump", "-t", str(pid), "-D", images,
+                   "--leave-running", "-v4", "-o", "dump.log", *opts]
+            returncode, output = _run(cmd, timeout)
+            log_path = Path(images, "dump.log")  # -o is relative to -D
+            log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if output.strip():  # e.g. option errors printed before the log opens
+            log = f"{log}{output}" if not log or log.endswith("\n") else f"{log}\n{output}"
+        errors = [
+            line for line in log.splitlines()
+            if "Error (" in line and not any(n in line for n in _NOISE)
+        ]
+        if returncode != 0 and not errors:
+            # Failed before logging (bad option, exec error): its first words say why.
+            errors = [line for line in output.splitlines() if line.strip()][:1]
+        return DumpResult(returncode == 0, returncode, errors, log)
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[int, str]:
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        # Give CRIU a chance to unwind (release the seized tree) before SIGKILL.
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        return -1, f"{out}\ncrwatch: criu dump timed out after {timeout:g} s\n"
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """`criu --version` prints "Version: 4.2.1" (or "Version: 4.2")."""
+    m = _VERSION_RE.search(text)
+    if not m:
+        return None
+    return int(m[1]), int(m[2]), int(m[3] or 0)
+
+
+def _probe(path: str) -> Criu | None:
+    try:
+        proc = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    version = parse_version(proc.stdout)
+    return Criu(path, version) if proc.returncode == 0 and version else None
+
+
+@functools.cache
+def find_criu() -> Criu | None:
+    """The CRIU to use: $CRWATCH_CRIU if set (and only it), else the private
+    one from scripts/setup.sh (.deps/bin/criu), else `criu` on PATH.
+
+    Cached; call `find_criu.cache_clear()` after changing the environment.
+    Callers should check `.supported` before trusting a verdict.
+    """
+    if env := os.environ.get("CRWATCH_CRIU"):
+        return _probe(env)
+    private = _REPO_ROOT / ".deps" / "bin" / "criu"
+    if os.access(private, os.X_OK) and (found := _probe(str(private))):
+        return found
+    system = shutil.which("criu", path=_search_path())
+    return _probe(system) if system else None
+
+
+@functools.cache
+def _have_iptables_restore() -> bool:
+    return shutil.which("iptables-restore", path=_search_path()) is not None
+
+
+def _search_path() -> str:
+    # The sbin dirs may be missing from PATH, yet that is where these live.
+    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])

@@ -1,0 +1,305 @@
+"""Reading one process out of /proc.
+
+All OS errors are turned into three exceptions at this one boundary (as
+psutil does): ProcessGone, AccessDenied, or the OSError itself for anything
+else. A single fd or task that vanishes mid-read is skipped; whether the
+process itself survived is confirmed once, at the end of an audit, by
+comparing its identity.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+DEFAULT_PROC_ROOT = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessGone(Exception):
+    """The process does not exist (any more)."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"no process with pid {pid}")
+        self.pid = pid
+
+
+class AccessDenied(Exception):
+    """/proc refused to show something of a process (not root, or ptrace rules)."""
+
+    def __init__(self, pid: int, what: str, reason: str):
+        super().__init__(f"pid {pid}: cannot read {what}: {reason}")
+        self.pid, self.what, self.reason = pid, what, reason
+
+
+def _translate(pid: int, what: str, error: OSError) -> Exception:
+    if error.errno in (errno.ENOENT, errno.ESRCH):
+        return ProcessGone(pid)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(pid, what, os.strerror(error.errno))
+    return error
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat that the audit uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    tty_nr: int
+    flags: int
+    num_threads: int
+    start_ticks: int
+
+    @property
+    def start_time(self) -> float:
+        """Seconds after boot: with the pid, the identity of a process."""
+        return round(self.start_ticks / CLOCK_TICKS, 2)
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        return bool(self.flags & 0x00200000)  # PF_KTHREAD
+
+
+def parse_stat(text: str) -> Stat:
+    # comm may contain spaces and parentheses: split at the last ')'.
+    head, _, tail = text.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    fields = tail.split()
+    return Stat(
+        pid=int(pid_text),
+        comm=comm,
+        state=fields[0],
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        session=int(fields[3]),
+        tty_nr=int(fields[4]),
+        flags=int(fields[6]),
+        num_threads=int(fields[17]),
+        start_ticks=int(fields[19]),
+    )
+
+
+@dataclass
+class OpenFd:
+    """One open file descriptor: its link text and, when asked, its stat and fdinfo."""
+
+    process: "Proc"
+    fd: int
+    target: str
+    _stat: os.stat_result | None = field(default=None, repr=False)
+    _fdinfo: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """socket, pipe, anon, or the file type of the target (reg, dir, chr, blk, fifo, lnk, other)."""
+        if self.target.startswith("socket:["):
+            return "socket"
+        if self.target.startswith("pipe:["):
+            return "pipe"
+        if self.target.startswith("anon_inode:"):
+            return "anon"
+        mode = self.stat.st_mode
+        for test, name in ((stat.S_ISREG, "reg"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chr"),
+                           (stat.S_ISBLK, "blk"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "lnk"),
+                           (stat.S_ISSOCK, "socket")):
+            if test(mode):
+                return name
+        return "other"
+
+    @property
+    def inode(self) -> int:
+        """The inode number, from the link text where it carries one (no syscall)."""
+        if self.target.endswith("]") and ":[" in self.target:
+            return int(self.target[self.target.index(":[") + 2:-1])
+        return self.stat.st_ino
+
+    @property
+    def anon_name(self) -> str:
+        """For anon_inode:[eventfd] or anon_inode:inotify, the bare name (eventfd, inotify)."""
+        return self.target.removeprefix("anon_inode:").strip("[]")
+
+    @property
+    def stat(self) -> os.stat_result:
+        if self._stat is None:
+            self._stat = self.process.stat_fd(self.fd)
+        return self._stat
+
+    @property
+    def fdinfo(self) -> dict[str, str]:
+        """Key/value pairs of /proc/PID/fdinfo/FD; repeated keys (inotify wd, ...) are in `fdinfo_lines`."""
+        if self._fdinfo is None:
+            self._fdinfo = {}
+            for line in self.fdinfo_lines:
+                key, _, value = line.partition(":")
+                self._fdinfo.setdefault(key.strip(), value.strip())
+        return self._fdinfo
+
+    @cached_property
+    def fdinfo_lines(self) -> list[str]:
+        return self.process.read(f"fdinfo/{self.fd}").splitlines()
+
+    @property
+    def flags(self) -> int:
+        return int(self.fdinfo.get("flags", "0"), 8)
+
+    @property
+    def mnt_id(self) -> int:
+        return int(self.fdinfo.get("mnt_id", "-1"))
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    major: int
+    minor: int
+    inode: int
+    path: str
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def deleted(self) -> bool:
+        return self.path.endswith(" (deleted)")
+
+    @property
+    def address(self) -> str:
+        return f"{self.start:x}-{self.end:x}"
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    mappings = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        start, _, end = parts[0].partition("-")
+        major, _, minor = parts[3].partition(":")
+        mappings.append(Mapping(
+            start=int(start, 16), end=int(end, 16), perms=parts[1], offset=int(parts[2], 16),
+            major=int(major, 16), minor=int(minor, 16), inode=int(parts[4]),
+            path=parts[5] if len(parts) > 5 else "",
+        ))
+    return mappings
+
+
+class Proc:
+    """One process under a /proc root (a parameter, so tests can use fixture trees)."""
+
+    def __init__(self, pid: int, proc_root: Path = DEFAULT_PROC_ROOT):
+        self.pid = pid
+        self.proc_root = proc_root
+        self.path = proc_root / str(pid)
+
+    def __repr__(self) -> str:
+        return f"Proc({self.pid})"
+
+    def read(self, name: str) -> str:
+        try:
+            with open(self.path / name, encoding="utf-8", errors="surrogateescape") as file:
+                return file.read()
+        except OSError as error:
+            raise _translate(self.pid, name, error) from None
+
+    def readlink(self, name: str) -> str:
+        try:
+            return os.readlink(self.path / name)
+        except OSError as error:
+            raise _translate(self.pid, name, error) from None
+
+    def stat_fd(self, fd: int) -> os.stat_result:
+        try:
+            return os.stat(self.path / "fd" / str(fd))
+        except OSError as error:
+            raise _translate(self.pid, f"fd/{fd}", error) from None
+
+    @cached_property
+    def stat(self) -> Stat:
+        return parse_stat(self.read("stat"))
+
+    @cached_property
+    def status(self) -> dict[str, str]:
+        fields = {}
+        for line in self.read("status").splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        return fields
+
+    @cached_property
+    def exe(self) -> str:
+        try:
+            return self.readlink("exe")
+        except (ProcessGone, AccessDenied):
+            return ""
+
+    def fds(self) -> list[OpenFd]:
+        """Every open fd; an fd closed while we read is skipped."""
+        fd_dir = self.path / "fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError as error:
+            raise _translate(self.pid, "fd", error) from None
+        fds = []
+        for name in names:
+            try:
+                target = os.readlink(fd_dir / name)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise _translate(self.pid, f"fd/{name}", error) from None
+            fds.append(OpenFd(self, int(name), target))
+        fds.sort(key=lambda open_fd: open_fd.fd)
+        return fds
+
+    @cached_property
+    def maps(self) -> list[Mapping]:
+        return parse_maps(self.read("maps"))
+
+    @cached_property
+    def smaps_flags(self) -> dict[int, set[str]]:
+        """VmFlags of each mapping by its start address (for io/pfnmap mappings)."""
+        flags, start = {}, 0
+        for line in self.read("smaps").splitlines():
+            if line.startswith("VmFlags:"):
+                flags[start] = set(line.split()[1:])
+            else:
+                head = line.split(" ", 1)[0]
+                if "-" in head and not head.endswith(":"):  # a mapping's header line
+                    start = int(head.partition("-")[0], 16)
+        return flags
+
+    def tids(self) -> list[int]:
+        try:
+            return sorted(int(tid) for tid in os.listdir(self.path / "task"))
+        except OSError as error:
+            raise _translate(self.pid, "task", error) from None
+
+    def task(self, tid: int) -> "Proc":
+        """A thread, read through /proc/PID/task as its own Proc."""
+        return Proc(tid, self.path / "task")
+
+    def children(self) -> list[int]:
+        """Direct children of every thread (/proc/PID/task/TID/children)."""
+        kids: list[int] = []
+        for tid in self.tids():
+            try:
+                text = self.read(f"task/{tid}/children")
+            except ProcessGone:
+                continue
+            kids.extend(int(pid) for pid in text.split())
+        return kids
+
+    def namespace(self, kind: str) -> str:
+        return self.readlink(f"ns/{kind}")

@@ -1,0 +1,101 @@
+"""The rule catalogue: every finding the audit can report, with its stable code.
+
+Each check module declares its own rules (it owns their text) and the
+catalogue gathers them. `crwatch rules`, `GET /rules` and the `reasons` of a
+verdict all read from here, so a code means the same thing everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+BLOCKER, OPTION, INFO = "blocker", "option", "info"
+SEVERITIES = (BLOCKER, OPTION, INFO)
+
+Version = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class VersionNote:
+    """CRIU releases before `fixed_in` judge this rule differently."""
+
+    fixed_in: Version
+    severity: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    title: str
+    criu: str                      # severity under the `criu` profile
+    remedy: str
+    option: str | None = None      # the CRIU option that fixes it, when one exists
+    strict: str | None = None      # severity under `strict`; defaults to the criu one, raised to blocker for options
+    criu_message: str = ""         # what CRIU prints when it refuses this state
+    older_criu: tuple[VersionNote, ...] = ()
+    makes_unknown: bool = False    # the process could not be judged: the verdict is `unknown`
+    family: str = field(default="", compare=False)  # set by the catalogue: the owning module
+
+    def __post_init__(self):
+        assert self.criu in SEVERITIES, self.code
+        assert (self.criu == OPTION) == (self.option is not None), self.code
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing an audit saw, named by a rule code, about one exact resource."""
+
+    code: str
+    message: str
+    pid: int
+    tid: int | None = None
+    fd: int | None = None
+    remedy: str | None = None      # overrides the rule's remedy when the fix depends on the resource
+    option_value: str | None = None  # e.g. the size for --ghost-limit
+
+
+class Catalogue:
+    def __init__(self, rules: Iterable[Rule] = ()):
+        self._rules: dict[str, Rule] = {}
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: Rule) -> None:
+        if rule.code in self._rules:
+            raise ValueError(f"rule {rule.code} is declared twice")
+        self._rules[rule.code] = rule
+
+    def __getitem__(self, code: str) -> Rule:
+        return self._rules[code]
+
+    def __contains__(self, code: str) -> bool:
+        return code in self._rules
+
+    def __iter__(self):
+        return iter(sorted(self._rules.values(), key=lambda rule: rule.code))
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+
+def _build() -> Catalogue:
+    from tracker.checks import MODULES
+
+    catalogue = Catalogue()
+    for module in MODULES:
+        family = module.__name__.rsplit(".", 1)[-1]
+        for rule in module.RULES:
+            object.__setattr__(rule, "family", family)
+            catalogue.add(rule)
+    return catalogue
+
+
+_catalogue: Catalogue | None = None
+
+
+def catalogue() -> Catalogue:
+    global _catalogue
+    if _catalogue is None:
+        _catalogue = _build()
+    return _catalogue

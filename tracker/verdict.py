@@ -1,0 +1,111 @@
+"""From findings to the verdict document (schema crwatch.verdict/1)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Iterable
+
+from tracker.audit import Audit
+from tracker.profiles import Profile
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, catalogue
+
+SCHEMA = "crwatch.verdict/1"
+VERDICT_ORDER = {BLOCKER: 0, OPTION: 1, INFO: 2}
+SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_size(text: str) -> int:
+    """CRIU's size syntax for --ghost-limit: bytes, or a K/M/G suffix."""
+    text = text.strip().upper()
+    if text and text[-1] in SIZE_SUFFIXES:
+        return int(text[:-1]) * SIZE_SUFFIXES[text[-1]]
+    return int(text)
+
+
+def _allowed(option: str, value: str | None, allow: dict[str, str | None]) -> bool:
+    if option not in allow:
+        return False
+    granted = allow[option]
+    if value is None or granted is None:
+        return True
+    return parse_size(granted) >= parse_size(value)
+
+
+def parse_allow(options: Iterable[str]) -> dict[str, str | None]:
+    """`--ghost-limit=10M` or `--tcp-established` -> {option: value or None}."""
+    parsed: dict[str, str | None] = {}
+    for text in options:
+        text = text.strip()
+        if not text.startswith("-"):
+            text = "--" + text
+        name, _, value = text.replace(" ", "=", 1).partition("=")
+        parsed[name] = value or None
+    return parsed
+
+
+def reason(finding: Finding, profile: Profile) -> dict:
+    rule = catalogue()[finding.code]
+    remedy = finding.remedy or rule.remedy
+    note = profile.version_note(rule)
+    if note:
+        remedy = f"{remedy} ({note})"
+    return {
+        "code": finding.code,
+        "severity": profile.severity(rule),
+        "message": finding.message,
+        "remedy": remedy,
+        "option": rule.option if profile.severity(rule) == OPTION else None,
+        "pid": finding.pid, "tid": finding.tid, "fd": finding.fd,
+        "source": "audit", "since": None,
+    }
+
+
+def judge(findings: list[Finding], profile: Profile) -> tuple[str, list[str]]:
+    """The verdict and the options a dump needs, for these findings under this profile."""
+    rules = catalogue()
+    if any(rules[f.code].makes_unknown for f in findings):
+        verdict = "unknown"
+    else:
+        severities = {profile.severity(rules[f.code]) for f in findings}
+        verdict = ("blocked" if BLOCKER in severities else
+                   "needs_options" if OPTION in severities else "ok")
+    options = sorted({rules[f.code].option for f in findings
+                      if profile.severity(rules[f.code]) == OPTION})
+    return verdict, options
+
+
+def checkpointable(findings: list[Finding], profile: Profile, allow: dict[str, str | None]) -> bool:
+    verdict, _ = judge(findings, profile)
+    if verdict == "ok":
+        return True
+    if verdict != "needs_options":
+        return False
+    rules = catalogue()
+    return all(_allowed(rules[f.code].option, f.option_value, allow)
+               for f in findings if profile.severity(rules[f.code]) == OPTION)
+
+
+def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:
+    allowed = parse_allow(allow)
+    verdict, options = judge(audit.findings, profile)
+    reasons = sorted((reason(f, profile) for f in audit.findings),
+                     key=lambda r: (VERDICT_ORDER[r["severity"]], r["pid"], r["fd"] is None,
+                                    r["fd"] or 0, r["code"]))
+    return {
+        "schema": SCHEMA,
+        "pid": audit.root.pid, "start_time": audit.root.start_time, "comm": audit.root.comm,
+        "profile": profile.name, "criu_version": ".".join(map(str, profile.criu_version)),
+        "tree": audit.tree,
+        "processes": [{"pid": p.pid, "start_time": p.start_time, "comm": p.comm}
+                      for p in audit.processes],
+        "verdict": verdict,
+        "checkpointable": checkpointable(audit.findings, profile, allowed),
+        "required_options": options,
+        "allowed_options": sorted(allowed),
+        "reasons": reasons,
+        "tracked": None,
+        "checked_at": utc_now(),
+    }
