@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -39,26 +40,54 @@ class Subject:
     def stop(self) -> None:
         if self.process.poll() is None:
             try:
+                # its whole session when it leads one (children included)
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                self.process.kill()
         self.process.wait(timeout=10)
 
 
 def start(code: str, *, new_session: bool = True, env: dict | None = None,
-          stdin=subprocess.DEVNULL) -> Subject:
-    """Start a subject running `code` (which must call ready() once its state is set up)."""
+          stdin=subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
+          ready_pipe_closes: bool = True) -> Subject:
+    """Start a subject running `code` (which must call ready() once its state is set up).
+
+    `pass_fds` are inherited by the subject under the same numbers. A subject
+    that cannot close its ready pipe (a parent blocked in vfork keeps its copy)
+    says so with `ready_pipe_closes=False`.
+    """
     read_end, write_end = os.pipe()
     child_env = dict(os.environ, **(env or {}), SUBJECT_READY_FD=str(write_end))
     process = subprocess.Popen(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        pass_fds=(write_end,), start_new_session=new_session, env=child_env, close_fds=True,
+        pass_fds=(write_end, *pass_fds), start_new_session=new_session, env=child_env,
+        close_fds=True,
     )
     os.close(write_end)
+    ready_pipe_link = f"pipe:[{os.fstat(read_end).st_ino}]"
     with os.fdopen(read_end, "rb") as ready_pipe:
         line = _read_line(ready_pipe, process)
+    if ready_pipe_closes:
+        _await_closed(process, write_end, ready_pipe_link)
     return Subject(process, line.decode().strip())
+
+
+def _await_closed(process: subprocess.Popen, fd: int, link: str) -> None:
+    """Wait until the subject has closed its end of the ready pipe (ready() closes it
+    right after writing), so no audit ever sees that pipe."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while _holds(process.pid, fd, link) and process.poll() is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"subject {process.pid} kept its ready pipe open")
+        time.sleep(0.001)
+
+
+def _holds(pid: int, fd: int, link: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}") == link
+    except OSError:
+        return False
 
 
 def _read_line(pipe, process: subprocess.Popen) -> bytes:

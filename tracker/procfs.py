@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -87,32 +87,41 @@ def parse_stat(text: str) -> Stat:
     )
 
 
-@dataclass
-class OpenFd:
-    """One open file descriptor: its link text and, when asked, its stat and fdinfo."""
+_FILE_TYPES = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk",
+               stat.S_IFIFO: "fifo", stat.S_IFLNK: "lnk", stat.S_IFSOCK: "socket"}
 
-    process: "Proc"
-    fd: int
-    target: str
-    _stat: os.stat_result | None = field(default=None, repr=False)
-    _fdinfo: dict[str, str] | None = field(default=None, repr=False)
+
+class OpenFd:
+    """One open file descriptor: its link text and, when asked, its stat and fdinfo.
+
+    A plain slotted class: an audit makes one per fd, 10,000 at a time.
+    """
+
+    __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines")
+
+    def __init__(self, process: "Proc", fd: int, target: str, *,
+                 known_stat: os.stat_result | None = None, known_fdinfo: dict[str, str] | None = None):
+        self.process, self.fd, self.target = process, fd, target
+        self._stat, self._fdinfo = known_stat, known_fdinfo
+        self._kind = self._fdinfo_lines = None
+
+    def __repr__(self) -> str:
+        return f"OpenFd({self.process.pid}, {self.fd}, {self.target!r})"
 
     @property
     def kind(self) -> str:
         """socket, pipe, anon, or the file type of the target (reg, dir, chr, blk, fifo, lnk, other)."""
-        if self.target.startswith("socket:["):
-            return "socket"
-        if self.target.startswith("pipe:["):
-            return "pipe"
-        if self.target.startswith("anon_inode:"):
-            return "anon"
-        mode = self.stat.st_mode
-        for test, name in ((stat.S_ISREG, "reg"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chr"),
-                           (stat.S_ISBLK, "blk"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "lnk"),
-                           (stat.S_ISSOCK, "socket")):
-            if test(mode):
-                return name
-        return "other"
+        if self._kind is None:
+            target = self.target
+            if target.startswith("socket:["):
+                self._kind = "socket"
+            elif target.startswith("pipe:["):
+                self._kind = "pipe"
+            elif target.startswith("anon_inode:"):
+                self._kind = "anon"
+            else:
+                self._kind = _FILE_TYPES.get(stat.S_IFMT(self.stat.st_mode), "other")
+        return self._kind
 
     @property
     def inode(self) -> int:
@@ -142,9 +151,11 @@ class OpenFd:
                 self._fdinfo.setdefault(key.strip(), value.strip())
         return self._fdinfo
 
-    @cached_property
+    @property
     def fdinfo_lines(self) -> list[str]:
-        return self.process.read(f"fdinfo/{self.fd}").splitlines()
+        if self._fdinfo_lines is None:
+            self._fdinfo_lines = self.process.read(f"fdinfo/{self.fd}").splitlines()
+        return self._fdinfo_lines
 
     @property
     def flags(self) -> int:
@@ -202,26 +213,34 @@ class Proc:
         self.pid = pid
         self.proc_root = proc_root
         self.path = proc_root / str(pid)
+        self._prefix = f"{self.path}/"  # string paths: pathlib joins cost more than the syscalls
 
     def __repr__(self) -> str:
         return f"Proc({self.pid})"
 
     def read(self, name: str) -> str:
+        # os.open/os.read: a third of the cost of open() on these small files
         try:
-            with open(self.path / name, encoding="utf-8", errors="surrogateescape") as file:
-                return file.read()
+            fd = os.open(self._prefix + name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = []
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
         except OSError as error:
             raise _translate(self.pid, name, error) from None
+        return b"".join(chunks).decode("utf-8", "surrogateescape")
 
     def readlink(self, name: str) -> str:
         try:
-            return os.readlink(self.path / name)
+            return os.readlink(self._prefix + name)
         except OSError as error:
             raise _translate(self.pid, name, error) from None
 
     def stat_fd(self, fd: int) -> os.stat_result:
         try:
-            return os.stat(self.path / "fd" / str(fd))
+            return os.stat(f"{self._prefix}fd/{fd}")
         except OSError as error:
             raise _translate(self.pid, f"fd/{fd}", error) from None
 
@@ -246,7 +265,7 @@ class Proc:
 
     def fds(self) -> list[OpenFd]:
         """Every open fd; an fd closed while we read is skipped."""
-        fd_dir = self.path / "fd"
+        fd_dir = self._prefix + "fd/"
         try:
             names = os.listdir(fd_dir)
         except OSError as error:
@@ -254,7 +273,7 @@ class Proc:
         fds = []
         for name in names:
             try:
-                target = os.readlink(fd_dir / name)
+                target = os.readlink(fd_dir + name)
             except FileNotFoundError:
                 continue
             except OSError as error:

@@ -31,7 +31,12 @@ def _allowed(option: str, value: str | None, allow: dict[str, str | None]) -> bo
     granted = allow[option]
     if value is None or granted is None:
         return True
-    return parse_size(granted) >= parse_size(value)
+    if option == "--ghost-limit":
+        try:
+            return parse_size(granted) >= parse_size(value)
+        except ValueError:
+            return False
+    return granted == value  # e.g. --external=unix[INODE] names one socket
 
 
 def parse_allow(options: Iterable[str]) -> dict[str, str | None]:
@@ -58,6 +63,7 @@ def reason(finding: Finding, profile: Profile) -> dict:
         "message": finding.message,
         "remedy": remedy,
         "option": rule.option if profile.severity(rule) == OPTION else None,
+        "option_value": finding.option_value if profile.severity(rule) == OPTION else None,
         "pid": finding.pid, "tid": finding.tid, "fd": finding.fd,
         "source": "audit", "since": None,
     }

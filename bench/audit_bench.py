@@ -1,0 +1,110 @@
+"""Audit cost: one process with 10 / 1,000 / 10,000 fds of mixed kinds, and the whole host.
+
+Prints per-item costs and their ratio to the targets (10,000 fds within
+150 ms; the whole host within 2 ms per process). Figures, not assertions:
+these machines are noisy, so each case reports the median of several runs.
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.subjects import subject  # noqa: E402
+from tracker.audit import audit  # noqa: E402
+from tracker.procfs import AccessDenied, ProcessGone  # noqa: E402
+
+TARGET_10K_FDS_MS = 150.0
+TARGET_PER_PROCESS_MS = 2.0
+EXTRA_PROCESSES = 500
+RUNS = 7
+
+# Cycles through the kinds of fd a real service holds: files, pipes, unix
+# and TCP sockets, eventfds, epoll, device nodes, directories.
+MIXED_FDS = """
+import resource, os, socket, select
+resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+count = int(os.environ["FD_COUNT"])
+held = []
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(4096)
+def tcp_pair():
+    client = socket.create_connection(listener.getsockname())
+    return [client, listener.accept()[0]]
+makers = [
+    lambda: [open("/etc/hostname")],
+    lambda: [os.fdopen(fd) for fd in os.pipe()],
+    lambda: list(socket.socketpair()),
+    lambda: [os.eventfd(0)],
+    lambda: [select.epoll()],
+    lambda: [open("/dev/null")],
+    lambda: [os.open("/tmp", os.O_RDONLY)],
+    tcp_pair,
+]
+while len(held) < count:
+    held.extend(makers[len(held) % len(makers)]())
+ready(str(len(held))); hold()
+"""
+
+
+def median_ms(action, runs: int = RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def bench_fds() -> list[str]:
+    lines = []
+    for count in (10, 1_000, 10_000):
+        with subject(MIXED_FDS, env={"FD_COUNT": str(count)}) as holder:
+            fds = psutil.Process(holder.pid).num_fds()
+            ms = median_ms(lambda: audit(holder.pid))
+        line = f"audit of one process with {fds:>6} fds: {ms:8.2f} ms  ({ms * 1000 / fds:6.2f} us/fd)"
+        if count == 10_000:
+            line += f"  target {TARGET_10K_FDS_MS:.0f} ms, ratio {ms / TARGET_10K_FDS_MS:.2f}"
+        lines.append(line)
+    return lines
+
+
+def audit_host() -> int:
+    audited = 0
+    for pid in psutil.pids():
+        try:
+            audit(pid)
+            audited += 1
+        except (ProcessGone, AccessDenied):
+            continue
+    return audited
+
+
+def bench_host() -> list[str]:
+    extra = [subprocess.Popen(["sleep", "600"]) for _ in range(EXTRA_PROCESSES)]
+    try:
+        audited = audit_host()
+        ms = median_ms(audit_host, runs=3)
+    finally:
+        for process in extra:
+            process.kill()
+        for process in extra:
+            process.wait()
+    per_process = ms / audited
+    return [f"audit of every process on the host ({audited} processes, {EXTRA_PROCESSES} extra): "
+            f"{ms:8.1f} ms  ({per_process:.3f} ms/process)  target {TARGET_PER_PROCESS_MS} ms, "
+            f"ratio {per_process / TARGET_PER_PROCESS_MS:.2f}"]
+
+
+def main() -> None:
+    for line in bench_fds() + bench_host():
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

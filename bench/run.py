@@ -1,0 +1,13 @@
+"""Run every benchmark and print its figures (`make bench`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import audit_bench  # noqa: E402
+
+if __name__ == "__main__":
+    print("== audit ==", flush=True)
+    audit_bench.main()

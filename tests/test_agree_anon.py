@@ -1,0 +1,171 @@
+"""Anonymous-inode fds in real processes, judged by crwatch and by the real CRIU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.agreement import assert_agrees
+from tests.subjects import subject
+
+# Raw syscalls for the kinds Python has no wrapper for. A kernel that refuses
+# to create one (disabled by sysctl, missing config) makes the subject report
+# "skip: ..." instead of dying.
+SYSCALLS = """
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def syscall(*args):
+    result = libc.syscall(*args)
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+def make(create):
+    try:
+        return create()
+    except OSError as error:
+        ready(f"skip: {error}")
+        hold()
+def check(result):
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+def keep_outside_tree():
+    # a grandchild, reparented away from the subject, keeps every file open so
+    # far and returns its pid (CRIU dumps descendants: a child would be inside)
+    r, w = os.pipe()
+    if os.fork() == 0:
+        grandchild = os.fork()
+        if grandchild == 0:
+            os.close(r); os.close(w)
+            hold()
+        os.write(w, str(grandchild).encode())
+        os._exit(0)
+    os.wait()
+    os.close(w)
+    pid = int(os.read(r, 32))
+    os.close(r)
+    return pid
+def bpf(command, attr):
+    return syscall(321, command, attr, len(attr))
+def bpf_map(map_type):
+    import struct
+    return bpf(0, ctypes.create_string_buffer(struct.pack("IIII", map_type, 4, 4, 4) + bytes(112)))
+"""
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    code: str
+    expect: str
+    codes: frozenset[str] = frozenset()
+    criu_error: str | None = None
+    tree: bool = False
+
+
+def ok(name: str, code: str, *codes: str, tree: bool = False) -> State:
+    return State(name, code, "ok", frozenset(codes), tree=tree)
+
+
+def blocked(name: str, code: str, rule: str, criu_error: str) -> State:
+    return State(name, code, "blocked", frozenset({rule}), criu_error)
+
+
+# Debian's CRIU is built without libbpf, so it refuses every BPF map.
+BPF_MAP_ERROR = "(anon anon_inode:bpf-map)"
+
+STATES = [
+    ok("eventfd", "fd = os.eventfd(7)"),
+    ok("signalfd", """
+mask = ctypes.c_uint64(1 << 9)  # SIGUSR1
+fd = syscall(289, -1, ctypes.byref(mask), 8, 0)
+"""),
+    ok("timerfd", "fd = check(libc.timerfd_create(1, 0))"),
+    ok("epoll watching a pipe", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+"""),
+    ok("epoll whose watched pipe moved to another fd number", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+moved = os.dup(r); os.close(r)
+"""),
+    blocked("epoll whose watched fd was closed", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+keep_outside_tree()
+os.close(r)
+""", "anon.epoll.escaped_target", "Dump eventpoll"),
+    blocked("epoll whose watched fd number now names another pipe", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+keep_outside_tree()
+r2, w2 = os.pipe(); os.dup2(r2, r)
+""", "anon.epoll.escaped_target", "Dump eventpoll"),
+    ok("inotify watching a directory", """
+fd = check(libc.inotify_init1(0)); check(libc.inotify_add_watch(fd, b"/tmp", 0x100))
+""", "anon.notify.events_dropped"),
+    blocked("inotify watching /proc/sys/kernel", """
+fd = check(libc.inotify_init1(0)); check(libc.inotify_add_watch(fd, b"/proc/sys/kernel", 0x2))
+""", "anon.notify.unopenable_watch", "Can't dump that handle"),
+    ok("fanotify with an inode mark", """
+fd = make(lambda: check(libc.fanotify_init(0, 0)))
+check(libc.fanotify_mark(fd, 1, ctypes.c_uint64(0x8), -100, b"/tmp"))  # FAN_CLOSE_WRITE
+""", "anon.notify.events_dropped"),
+    ok("fanotify with a filesystem mark", """
+fd = make(lambda: check(libc.fanotify_init(0x200, 0)))  # FAN_REPORT_FID
+check(libc.fanotify_mark(fd, 1 | 0x100, ctypes.c_uint64(0x8), -100, b"/tmp"))  # FAN_CLOSE_WRITE
+""", "anon.fanotify.filesystem_mark"),
+    ok("pidfd of a child", """
+child = os.fork()
+if child == 0:
+    hold()
+fd = os.pidfd_open(child)
+""", "anon.pidfd", tree=True),
+    ok("pidfd of a reaped child", """
+child = os.fork()
+if child == 0:
+    os._exit(3)
+fd = os.pidfd_open(child); os.waitpid(child, 0)
+""", "anon.pidfd"),
+    blocked("pidfd of a process outside the tree", """
+fd = os.pidfd_open(keep_outside_tree())
+""", "anon.pidfd.outside_tree", "is not a part of process tree"),
+    blocked("pidfd opened with PIDFD_THREAD", """
+child = os.fork()
+if child == 0:
+    hold()
+fd = make(lambda: syscall(434, child, os.O_EXCL))
+""", "anon.pidfd.thread", "PIDFD_THREAD flag is currently not supported"),
+    blocked("io_uring", """
+params = ctypes.create_string_buffer(120)
+fd = make(lambda: syscall(425, 4, params))
+""", "anon.io_uring", "send_fds failed"),
+    blocked("userfaultfd", """
+fd = make(lambda: syscall(323, 0))
+""", "anon.unsupported", "(anon anon_inode:[userfaultfd])"),
+    blocked("perf_event software counter", """
+import struct
+attr = ctypes.create_string_buffer(128); struct.pack_into("IIQ", attr, 0, 1, 128, 0)
+fd = make(lambda: syscall(298, attr, 0, -1, -1, 0))
+""", "anon.unsupported", "(anon anon_inode:[perf_event])"),
+    blocked("BPF hash map", "fd = make(lambda: bpf_map(1))", "anon.bpf_map", BPF_MAP_ERROR),
+    blocked("BPF array map", "fd = make(lambda: bpf_map(2))", "anon.bpf_map", BPF_MAP_ERROR),
+    blocked("BPF socket filter program", """
+import struct
+code = ctypes.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0))
+license = ctypes.create_string_buffer(b"GPL")
+attr = ctypes.create_string_buffer(128)
+struct.pack_into("IIQQ", attr, 0, 1, 2, ctypes.addressof(code), ctypes.addressof(license))
+fd = make(lambda: bpf(5, attr))
+""", "anon.unsupported", "(anon anon_inode:bpf-prog)"),
+]
+
+
+@pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
+def test_anon_fd_agrees_with_criu(state: State):
+    with subject(SYSCALLS + state.code + "\nready()\nhold()\n") as running:
+        if running.note.startswith("skip:"):
+            pytest.skip(f"{state.name}: this kernel refuses it ({running.note[5:].strip()})")
+        assert_agrees(running.pid, state.name, expect=state.expect, codes=set(state.codes),
+                      tree=state.tree, criu_error=state.criu_error)

@@ -1,0 +1,85 @@
+"""Sessions and terminals against the real CRIU: what --shell-job is for."""
+from __future__ import annotations
+
+import os
+import signal
+
+from tests.agreement import assert_agrees
+from tests.subjects import start, subject
+
+
+def test_subject_with_null_stdio_leading_its_session_dumps():
+    with subject("ready(); hold()") as s:
+        assert_agrees(s.pid, "session leader, stdio on /dev/null", expect="ok")
+
+
+def test_root_that_does_not_lead_its_session_needs_shell_job():
+    running = start("ready(); hold()", new_session=False)
+    try:
+        assert_agrees(running.pid, "root in the test's session", expect="needs_options",
+                      codes={"terminal.root_not_session_leader"},
+                      criu_error=f"The root process {running.pid} is not a session leader")
+    finally:
+        # Not a group leader: the subject's killpg-based stop would miss it.
+        os.kill(running.pid, signal.SIGKILL)
+        running.stop()
+
+
+def test_pty_pair_with_its_controlling_slave_inside_dumps():
+    code = """
+import termios
+master, slave = os.openpty()
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+ready()
+hold()
+"""
+    with subject(code) as s:
+        assert_agrees(s.pid, "pty master and controlling slave both inside", expect="ok")
+
+
+def test_slave_whose_master_is_outside_needs_shell_job():
+    master, slave = os.openpty()
+    code = f"""
+import termios
+fd = os.open({os.ttyname(slave)!r}, os.O_RDWR)
+fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+ready(str(fd))
+hold()
+"""
+    try:
+        with subject(code) as s:
+            document = assert_agrees(
+                s.pid, "controlling pty slave, master held by the test", expect="needs_options",
+                codes={"terminal.slave_without_master"},
+                criu_error="without correspond master peer")
+        assert {r["fd"] for r in document["reasons"]} == {int(s.note)}
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_master_whose_slave_controls_an_outside_session_needs_shell_job():
+    holder = """
+master, slave = os.openpty()
+name = os.ttyname(slave)
+os.close(slave)
+ready(f"{master} {name}")
+hold()
+"""
+    with subject(holder) as s:
+        master_fd, name = s.note.split()
+        controller = f"""
+import termios
+fd = os.open({name!r}, os.O_RDWR)
+fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+ready()
+hold()
+"""
+        with subject(controller) as outside:
+            document = assert_agrees(
+                s.pid, "pty master whose slave is another session's terminal",
+                expect="needs_options", codes={"terminal.foreign_session"},
+                criu_error=f"Found dangling tty with sid {outside.pid}")
+    reason = next(r for r in document["reasons"] if r["code"] == "terminal.foreign_session")
+    assert reason["fd"] == int(master_fd)
+    assert f"session {outside.pid}" in reason["message"]

@@ -1,0 +1,72 @@
+"""Character and block device fds, judged by major:minor as CRIU's dump_chrdev does.
+
+Memory devices (major 1: null, zero, full, random, urandom, kmsg, mem...)
+and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
+/dev/net/tun (10:200) is dumped with the network namespace, so only a tree
+with its own netns can keep it. Terminals belong to `terminal`, which judges
+sessions and controlling ttys. Any other device, and every block device,
+cannot be dumped: CRIU cannot save a device's state.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import Iterator
+
+from tracker.checks import files
+from tracker.context import AuditContext
+from tracker.procfs import OpenFd, Proc
+from tracker.rules import BLOCKER, Finding, Rule
+
+RULES = (
+    Rule("device.chr.unsupported", "An open character device CRIU cannot dump", BLOCKER,
+         "close the device before checkpointing: CRIU cannot save a device's state",
+         criu_message="Can't dump file %d of that type [%o] (chr %d:%d)"),
+    Rule("device.blk", "An open block device", BLOCKER,
+         "close the block device before checkpointing (CRIU dumps no block device fd)",
+         criu_message="Can't dump file %d of that type [%o] (unknown %s)"),
+    Rule("device.tun.host_netns", "/dev/net/tun open in the host's network namespace", BLOCKER,
+         "run the tree in its own network namespace (CRIU dumps tun devices with it), or close "
+         "/dev/net/tun before checkpointing",
+         criu_message="tun: Net namespace is required to dump tun link"),
+)
+
+MEM_MAJOR = 1
+TUN = (10, 200)
+AUTOFS = (10, 235)
+TTY_AUX_MAJOR, TTY_MAJOR = 5, 4
+SERIAL_MAJORS = frozenset({188, 204})           # USB serial, low-density serial
+PTY_MASTER_MAJORS = frozenset(range(128, 136))
+PTY_SLAVE_MAJOR = 136
+
+
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    rdev = open_fd.stat.st_rdev
+    device = (os.major(rdev), os.minor(rdev))
+    if stat.S_ISBLK(open_fd.stat.st_mode):
+        yield _refused("device.blk", proc, open_fd, "block device")
+    elif device[0] == MEM_MAJOR or device == AUTOFS:
+        yield from files.check_fd_path(ctx, proc, open_fd)
+    elif device == TUN:
+        if not files.root_in_own_namespace(ctx, "net"):
+            yield Finding("device.tun.host_netns",
+                          f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
+                          f"network namespace", proc.pid, fd=open_fd.fd)
+    elif not is_tty(*device):
+        yield _refused("device.chr.unsupported", proc, open_fd, "character device")
+
+
+def is_tty(major: int, minor: int) -> bool:
+    """The devices CRIU's tty code takes (get_tty_driver); tty0 and ttyS* are not among them."""
+    if major == TTY_AUX_MAJOR:
+        return minor <= 2                        # /dev/tty, /dev/console, /dev/ptmx
+    if major == TTY_MAJOR:
+        return 1 <= minor <= 63                  # virtual consoles tty1..tty63
+    return major in SERIAL_MAJORS or major in PTY_MASTER_MAJORS or major == PTY_SLAVE_MAJOR
+
+
+def _refused(code: str, proc: Proc, open_fd: OpenFd, kind: str) -> Finding:
+    rdev = open_fd.stat.st_rdev
+    return Finding(code, f"fd {open_fd.fd}: {kind} {open_fd.target} "
+                         f"({os.major(rdev)}:{os.minor(rdev)}) cannot be dumped",
+                   proc.pid, fd=open_fd.fd)

@@ -1,0 +1,406 @@
+"""Files reached by a path (regular files, directories, symlinks, FIFOs), pipes, cwd and root.
+
+CRIU saves such a file as its path and reopens it at restore
+(dump_one_reg_file): the file's mount must be one the process's mount
+namespace shows and not be hidden under another mount, and the path must
+still lead to the file. A deleted file (no link left) travels in the image
+as a "ghost", up to --ghost-limit; a file unlinked from its path but linked
+elsewhere needs --link-remap. memfd and namespace files have their own code
+in CRIU, and pipes are dumped with their data wherever their other end is.
+
+Mapped files, cwd and root follow the same path rules, so the memory and
+device checks reuse `check_path` and the mount table from here.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from tracker.context import AuditContext
+from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
+
+RULES = (
+    Rule("file.deleted.ghost", "A deleted file that CRIU carries in the image", INFO,
+         "nothing to do: CRIU saves the deleted file in the image and recreates it at restore"),
+    Rule("file.deleted.over_ghost_limit", "A deleted file bigger than CRIU's ghost limit", OPTION,
+         "dump with --ghost-limit set to at least the file's size (the image grows by as much)",
+         option="--ghost-limit",
+         criu_message="Can't dump ghost file %s of %lu size, increase limit"),
+    Rule("file.deleted.link_remap", "An open file unlinked from its path but linked elsewhere",
+         OPTION, "dump with --link-remap: CRIU links the file back under a temporary name",
+         option="--link-remap",
+         criu_message="Can't create link remap for %s. Use link-remap option."),
+    Rule("file.mount.invisible", "An open file on a mount the process's namespace does not show",
+         BLOCKER, "close the file before checkpointing (it lives on a lazily unmounted file system "
+         "or a mount of another namespace); a file that must stay open can be declared with "
+         "--external file[MNT_ID:INODE] and handed back with --inherit-fd at restore",
+         criu_message="Can't lookup mount=%d for fd=%d path=%s"),
+    Rule("file.mount.overmounted", "An open file on a mount hidden under another mount", BLOCKER,
+         "close the file, or unmount what was mounted over it, before checkpointing",
+         criu_message="Open files on overmounted mounts are not supported yet"),
+    Rule("file.mqueue", "A POSIX message queue descriptor", BLOCKER,
+         "close the queue (mq_close) before checkpointing: CRIU cannot save POSIX message queues",
+         criu_message="Can't lookup mount=%d for fd=%d path=%s"),
+    Rule("file.path.unsupported", "An open file whose name is not a path CRIU can reopen", BLOCKER,
+         "close the file before checkpointing",
+         criu_message="Can't dump file %d of that type [%o] (reg %s)"),
+    Rule("file.nsfs.foreign", "An open namespace file of a namespace outside the dumped tree",
+         BLOCKER, "close the namespace fd, or checkpoint a tree that has a process in that namespace",
+         criu_message="No NS ID with kid %u"),
+    Rule("file.pipe.packetized", "A pipe in packet mode (O_DIRECT)", BLOCKER,
+         "create the pipe without O_DIRECT, or close it before checkpointing",
+         criu_message="The packetized mode for pipes is not supported yet"),
+    Rule("file.pipe.external", "A pipe shared with a process outside the dumped tree", INFO,
+         "nothing to do at dump; at restore the pipe is recreated without the outside process "
+         "unless its end is handed back with --inherit-fd fd[N]:pipe:[INODE]"),
+)
+
+# CRIU's DEFAULT_GHOST_LIMIT; it compares the blocks the file occupies, in 512-byte units.
+DEFAULT_GHOST_LIMIT = 1 << 20
+BLOCK_UNIT = 512
+DELETED = " (deleted)"
+NAMESPACE_FILE = re.compile(r"(cgroup|ipc|mnt|net|pid|time|user|uts):\[\d+\]")
+NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time",
+                   "time_for_children", "user", "uts")
+# CRIU neither ghosts nor remaps files of these: their names are made by the kernel.
+KERNEL_NAMED_FS = frozenset({"proc", "devpts"})
+MQUEUE_MAGIC = 0x19800202
+SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20))
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- mounts
+
+@dataclass(frozen=True)
+class Mount:
+    id: int
+    parent: int
+    dev: int
+    mountpoint: str
+    fstype: str
+
+
+class Mounts:
+    """One mount namespace's table (/proc/PID/mountinfo), as CRIU looks files up in it."""
+
+    def __init__(self, mounts: list[Mount]):
+        self._by_id = {mount.id: mount for mount in mounts}
+        self._by_dev: dict[int, list[Mount]] = defaultdict(list)
+        self._mountpoints_under: dict[int, Counter[str]] = defaultdict(Counter)
+        for mount in mounts:
+            self._by_dev[mount.dev].append(mount)
+            self._mountpoints_under[mount.parent][mount.mountpoint] += 1
+        self._hidden: dict[int, bool] = {}
+        self._plain: dict[int, bool] = {}
+
+    @classmethod
+    def parse(cls, text: str) -> "Mounts":
+        mounts = []
+        for line in text.splitlines():
+            fields = line.split()
+            major, _, minor = fields[2].partition(":")
+            fstype = fields[fields.index("-", 6) + 1]
+            mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
+                                fields[4], fstype))
+        return cls(mounts)
+
+    def shows_device(self, dev: int) -> bool:
+        return dev in self._by_dev
+
+    def plainly_shows(self, dev: int) -> bool:
+        """Whether every mount of this device is listed and unhidden: then any file on it is fine."""
+        if dev not in self._plain:
+            candidates = self._by_dev.get(dev, ())
+            self._plain[dev] = bool(candidates) and not any(map(self.hidden, candidates))
+        return self._plain[dev]
+
+    def find(self, dev: int, read_mnt_id: Callable[[], int]) -> tuple[int, Mount | None]:
+        """The mount a file lives on, as (mnt_id, the mount or None when not in this table).
+
+        The file's device settles it for nearly every file, without reading
+        fdinfo (a syscall per fd): only a device with no mount here, or with a
+        hidden one, needs the file's own mnt_id.
+        """
+        if self.plainly_shows(dev):
+            first = self._by_dev[dev][0]
+            return first.id, first
+        mnt_id = read_mnt_id()
+        return mnt_id, self._by_id.get(mnt_id)
+
+    def hidden(self, mount: Mount) -> bool:
+        """Overmounted, as CRIU's mnt_is_overmounted sees it."""
+        if mount.id not in self._hidden:
+            self._hidden[mount.id] = self._covered(mount)
+        return self._hidden[mount.id]
+
+    def _covered(self, mount: Mount) -> bool:
+        # Something mounted right on top of it...
+        if self._mountpoints_under[mount.id][mount.mountpoint]:
+            return True
+        # ...or, at any level up, a sibling mounted over the path that leads to it.
+        node = mount
+        while node.parent != node.id and node.parent in self._by_id:
+            siblings = self._mountpoints_under[node.parent]
+            if siblings[node.mountpoint] > 1 or any(siblings[p] for p in _parents(node.mountpoint)):
+                return True
+            node = self._by_id[node.parent]
+        return False
+
+
+def _parents(path: str) -> Iterator[str]:
+    while path != "/":
+        path = os.path.dirname(path)
+        yield path
+
+
+def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
+    """The mount table of proc's mount namespace, read once per namespace and audit."""
+    def of_namespace() -> Mounts:
+        return ctx.table(("files.mounts", proc.namespace("mnt")),
+                         lambda: Mounts.parse(proc.read("mountinfo")))
+
+    return ctx.table(("files.mounts_of", proc.pid), of_namespace)
+
+
+def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
+    """Whether the tree's root lives in a namespace of this kind apart from the auditor's.
+
+    CRIU runs where crwatch runs; it takes a namespace into the image (and
+    can then dump tun devices, SysV shm...) only when the root's differs.
+    """
+    def own() -> str:
+        return os.readlink(ctx.proc_root / "self" / "ns" / kind)
+
+    def root() -> str:
+        return ctx.proc(ctx.root_pid).namespace(kind)
+
+    return ctx.table(("files.root_ns", kind), root) != ctx.table(("files.own_ns", kind), own)
+
+
+# ---------------------------------------------------------------- path rules
+
+@dataclass
+class Opened:
+    """Something CRIU dumps by its path: an fd, the cwd or root, a mapped file."""
+
+    label: str                      # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
+    path: str                       # the kernel's name for it (link text)
+    link: str                       # its magic link under /proc
+    stat: os.stat_result
+    read_mnt_id: Callable[[], int]
+    fd: int | None = None
+
+
+def opened_fd(proc: Proc, open_fd: OpenFd) -> Opened:
+    # Strings, not pathlib: this runs for every file fd.
+    return Opened(f"fd {open_fd.fd}", open_fd.target, f"{proc.path}/fd/{open_fd.fd}",
+                  open_fd.stat, lambda: open_fd.mnt_id, open_fd.fd)
+
+
+def opened_link(proc: Proc, label: str, relative: str, path: str) -> Opened:
+    """A magic link of proc (cwd, root, map_files/RANGE) as an Opened file."""
+    return Opened(label, path, f"{proc.path}/{relative}", _follow(proc, relative, os.stat),
+                  lambda: _mnt_id_of(proc, relative))
+
+
+def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
+    """CRIU's dump_one_reg_file checks, in its order; the first failure is the one it reports."""
+    table = mounts(ctx, proc)
+    mnt_id, mount = table.find(opened.stat.st_dev, opened.read_mnt_id)
+    if mount is None:
+        yield _invisible(proc, opened, mnt_id)
+    elif table.hidden(mount):
+        yield _finding("file.mount.overmounted", proc, opened,
+                       f"{opened.label}: {opened.path} is on mount {mnt_id} ({mount.mountpoint}), "
+                       f"which another mount hides")
+    elif mount.fstype not in KERNEL_NAMED_FS:
+        yield from _check_unlinked(ctx, proc, opened)
+
+
+def _check_unlinked(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
+    stat = opened.stat
+    if stat.st_nlink and not opened.path.endswith(DELETED):
+        return
+    seen = ctx.table("files.unlinked_seen", set)
+    if (stat.st_dev, stat.st_ino) in seen:
+        return  # one finding per file, however many fds and mappings reach it
+    seen.add((stat.st_dev, stat.st_ino))
+    name = opened.path.removesuffix(DELETED)
+    if stat.st_nlink:
+        yield _finding("file.deleted.link_remap", proc, opened,
+                       f"{opened.label}: {name} was unlinked, but the file still has "
+                       f"{stat.st_nlink} other link(s)")
+        return
+    size = stat.st_blocks * BLOCK_UNIT
+    if size <= DEFAULT_GHOST_LIMIT:
+        yield _finding("file.deleted.ghost", proc, opened,
+                       f"{opened.label}: {name} was deleted; CRIU carries it ({size} bytes) "
+                       f"in the image and recreates it at restore")
+        return
+    needed = ghost_limit_value(size)
+    yield Finding("file.deleted.over_ghost_limit",
+                  f"{opened.label}: deleted file {name} holds {size} bytes, more than CRIU's "
+                  f"default ghost limit of 1 MiB", proc.pid, fd=opened.fd,
+                  remedy=f"dump with --ghost-limit {needed} (the image grows by {size} bytes)",
+                  option_value=needed)
+
+
+def ghost_limit_value(size: int) -> str:
+    """The smallest round --ghost-limit (CRIU's K/M/G syntax) that lets a ghost of `size` bytes pass."""
+    for suffix, unit in SIZE_UNITS:
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return f"{-(-size // (1 << 20))}M"
+
+
+def _invisible(proc: Proc, opened: Opened, mnt_id: int) -> Finding:
+    if fs_magic(opened.link) == MQUEUE_MAGIC:
+        return _finding("file.mqueue", proc, opened,
+                        f"{opened.label}: POSIX message queue {opened.path} (its mount {mnt_id} "
+                        f"is the kernel's own, which no mount namespace shows)")
+    return _finding("file.mount.invisible", proc, opened,
+                    f"{opened.label}: {opened.path} is on mount {mnt_id}, which pid {proc.pid}'s "
+                    f"mount namespace does not show (lazily unmounted, or another namespace's)")
+
+
+def _finding(code: str, proc: Proc, opened: Opened, message: str) -> Finding:
+    return Finding(code, message, proc.pid, fd=opened.fd)
+
+
+# ---------------------------------------------------------------- fds
+
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    if open_fd.target.startswith("pipe:["):
+        yield from _check_pipe(ctx, proc, open_fd)
+    elif open_fd.target.startswith("/"):
+        yield from check_fd_path(ctx, proc, open_fd)
+    elif NAMESPACE_FILE.fullmatch(open_fd.target):
+        yield from _check_namespace_file(ctx, proc, open_fd)
+    else:
+        yield Finding("file.path.unsupported",
+                      f"fd {open_fd.fd}: {open_fd.target!r} is not a path CRIU can reopen "
+                      f"(mode {open_fd.stat.st_mode:o})", proc.pid, fd=open_fd.fd)
+
+
+def check_fd_path(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    """The path rules for an fd whose target is a path (files, FIFOs, memory devices)."""
+    status, table = open_fd.stat, mounts(ctx, proc)
+    # Nearly every fd: linked, on a mount in plain sight. Decided before building anything.
+    if status.st_nlink and not open_fd.target.endswith(DELETED) and table.plainly_shows(status.st_dev):
+        return
+    if not _is_memfd(ctx, proc, open_fd):
+        yield from check_path(ctx, proc, opened_fd(proc, open_fd))
+
+
+def _is_memfd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> bool:
+    # memfds live on the kernel's internal shmem (or hugetlbfs) mount; CRIU dumps their contents.
+    return (open_fd.target.startswith("/memfd:")
+            and not mounts(ctx, proc).shows_device(open_fd.stat.st_dev))
+
+
+def _check_namespace_file(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    if open_fd.target not in ctx.table("files.tree_namespaces", lambda: _tree_namespaces(ctx)):
+        yield Finding("file.nsfs.foreign",
+                      f"fd {open_fd.fd}: namespace file {open_fd.target} of a namespace no "
+                      f"process of the dumped tree lives in", proc.pid, fd=open_fd.fd)
+
+
+def _tree_namespaces(ctx: AuditContext) -> set[str]:
+    names = set()
+    for pid in ctx.tree_pids:
+        for link in NAMESPACE_LINKS:
+            try:
+                names.add(os.readlink(ctx.proc_root / str(pid) / "ns" / link))
+            except OSError:
+                continue  # a kernel without that namespace, or a process gone meanwhile
+    return names
+
+
+def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    ends = ctx.table("files.tree_pipes", lambda: _tree_pipes(ctx)).get(open_fd.target, {})
+    flags = ends.get((proc.pid, open_fd.fd))
+    if flags is None:
+        raise ProcessGone(proc.pid)  # the fd closed while we read: the audit skips it
+    if flags & os.O_DIRECT:
+        yield Finding("file.pipe.packetized",
+                      f"fd {open_fd.fd}: {open_fd.target} is in packet mode (O_DIRECT)",
+                      proc.pid, fd=open_fd.fd)
+    # Only a pipe the tree holds one end of is worth the walk over every
+    # process of the host that names the outside holders.
+    if {end & os.O_ACCMODE for end in ends.values()} >= {os.O_RDONLY, os.O_WRONLY}:
+        return
+    outside = ctx.holders_outside(open_fd.target)
+    seen = ctx.table("files.external_pipes_seen", set)
+    if outside and open_fd.target not in seen:
+        seen.add(open_fd.target)
+        pids = ", ".join(map(str, sorted(outside)))
+        yield Finding("file.pipe.external",
+                      f"fd {open_fd.fd}: {open_fd.target} is shared with pid {pids} outside the "
+                      f"dumped tree", proc.pid, fd=open_fd.fd,
+                      remedy=f"nothing to do at dump; at restore pass the end pid {pids} holds "
+                             f"with --inherit-fd fd[N]:{open_fd.target}, or the restored pipe "
+                             f"no longer reaches it")
+
+
+def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:
+    """Every pipe fd of the tree: link text -> {(pid, fd): its open flags}."""
+    pipes: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
+    for pid, fds in ctx.tree_fds.items():
+        for open_fd in fds:
+            if open_fd.target.startswith("pipe:["):
+                try:
+                    pipes[open_fd.target][(pid, open_fd.fd)] = open_fd.flags
+                except ProcessGone:  # closed before or while we read
+                    continue
+    return pipes
+
+
+# ---------------------------------------------------------------- cwd and root
+
+def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    if proc.stat.state == "Z":
+        return  # a zombie has given its cwd and root up, and CRIU saves neither for it
+    for name in ("cwd", "root"):
+        yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
+
+
+# ---------------------------------------------------------------- helpers
+
+def _follow(proc: Proc, relative: str, call: Callable[[Path], T]) -> T:
+    """call(proc's magic link `relative`), with vanishing and refusal turned into our exceptions."""
+    try:
+        return call(proc.path / relative)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(proc.pid) from None
+    except PermissionError as error:
+        raise AccessDenied(proc.pid, relative, error.strerror) from None
+
+
+def _mnt_id_of(proc: Proc, relative: str) -> int:
+    """The mnt_id of what a magic link leads to, read from fdinfo of an O_PATH open of it."""
+    fd = _follow(proc, relative, lambda link: os.open(link, os.O_PATH))
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+            for line in fdinfo:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+        return -1
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fs_magic(path: str | Path) -> int | None:
+    """statfs(2) f_type (the first field of struct statfs) of what path leads to."""
+    buffer = ctypes.create_string_buffer(256)
+    if _libc.statfs(os.fsencode(path), buffer) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buffer).value

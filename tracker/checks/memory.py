@@ -1,0 +1,134 @@
+"""Memory mappings (/proc/PID/maps), as CRIU's parse_smaps/handle_vma sort them.
+
+Anonymous memory, file mappings, /dev/zero, shared anonymous memory, memfd,
+hugetlb, AIO rings and the vDSO are all dumped. A mapped file that was
+deleted is saved like a deleted open file (see `files`). What CRIU refuses:
+mappings of devices other than /dev/zero, of anonymous inodes (io_uring,
+perf, BPF rings...), I/O or PFN-mapped memory, SysV shm while the tree
+shares the host's IPC namespace, and (without --allow-uprobes, CRIU 4.2) the
+[uprobes] area the kernel adds once a uprobe has fired in the process.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import Iterator
+
+from tracker.checks import files
+from tracker.context import AuditContext
+from tracker.procfs import Mapping, Proc
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, VersionNote
+
+RULES = (
+    Rule("memory.device", "A mapping of a device other than /dev/zero", BLOCKER,
+         "unmap the device (and close it) before checkpointing: CRIU cannot save device memory",
+         criu_message="Can't handle non-regular mapping on %d's map %lx"),
+    Rule("memory.anon_inode", "A mapping of an anonymous inode (io_uring, perf, BPF, dma-buf...)",
+         BLOCKER, "unmap it (tear the ring or buffer down) before checkpointing",
+         criu_message="Unknown shit %o (%s)"),
+    Rule("memory.io", "An I/O or PFN mapping (VM_IO / VM_PFNMAP)", BLOCKER,
+         "unmap it before checkpointing: its pages are not ordinary memory",
+         criu_message="Unsupported mapping found %016lx-%016lx"),
+    Rule("memory.unknown", "A mapping of a kind crwatch does not know", BLOCKER,
+         "unmap it before checkpointing, or check by hand whether CRIU can dump it"),
+    Rule("memory.sysv_shm.host_ipc", "SysV shared memory attached in the host's IPC namespace",
+         BLOCKER, "run the tree in its own IPC namespace (CRIU then dumps the segments with it), "
+         "or detach the segment (shmdt) before checkpointing",
+         criu_message="Task %d with SysVIPC shmem map @%lx doesn't live in IPC ns"),
+    Rule("memory.uprobes", "A [uprobes] area, left by a uprobe that fired in the process", OPTION,
+         "dump and restore with --allow-uprobes (the area stays even after the uprobe is removed)",
+         option="--allow-uprobes",
+         criu_message="PID %d has uprobes vma. Consider using --allow-uprobes.",
+         older_criu=(VersionNote((4, 2, 0), BLOCKER, "CRIU before 4.2 has no --allow-uprobes and "
+                                 "refuses the area: Unsupported mapping found (criu#1961)"),)),
+    Rule("memory.hugetlb", "Huge-page (hugetlb) memory", INFO,
+         "nothing to do at dump; the host that restores needs as many free huge pages "
+         "(vm.nr_hugepages)",
+         older_criu=(VersionNote((3, 17, 0), BLOCKER, "CRIU before 3.17 cannot dump hugetlb memory"),)),
+)
+
+# Areas the kernel names in brackets that CRIU dumps (or remaps) as anonymous memory.
+KERNEL_AREAS = frozenset({"[heap]", "[stack]", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]",
+                          "[vectors]", "[sigpage]"})
+NAMED_ANONYMOUS = ("[anon:", "[anon_shmem:", "[stack:")
+# Objects on the kernel's internal mounts (shmem, hugetlbfs, aio), always " (deleted)".
+SHARED_ANONYMOUS = ("/dev/zero", "/memfd:", "/[aio]")
+SYSV_SHM = "/SYSV"
+ANON_HUGEPAGE = "/anon_hugepage"
+DEV_ZERO = os.makedev(1, 5)
+HUGETLBFS_MAGIC = 0x958458F6
+IO_FLAGS = frozenset({"io", "pf"})            # VM_IO, VM_PFNMAP
+
+
+def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    seen: set[tuple] = set()
+    for mapping in proc.maps:
+        # A file (or area) mapped in several pieces is judged once.
+        key = (mapping.major, mapping.minor, mapping.inode, mapping.path)
+        if key not in seen:
+            seen.add(key)
+            yield from _check_mapping(ctx, proc, mapping)
+
+
+def _check_mapping(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+    path = mapping.path
+    if not path or path in KERNEL_AREAS or path.startswith(NAMED_ANONYMOUS):
+        return
+    if path == "[uprobes]":
+        yield _finding("memory.uprobes", proc, mapping, "is the [uprobes] area")
+    elif path.startswith(("anon_inode:", "/dmabuf:")):
+        yield _finding("memory.anon_inode", proc, mapping, f"maps {path}")
+    elif path.startswith("socket:"):
+        return  # a packet socket's ring: CRIU dumps it with the socket
+    elif not path.startswith("/"):
+        yield _finding("memory.unknown", proc, mapping, f"is an unknown area {path!r}")
+    elif mapping.deleted:
+        yield from _check_deleted(ctx, proc, mapping)
+    else:
+        yield from _check_file(proc, mapping)
+
+
+def _check_deleted(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+    name = mapping.path.removesuffix(files.DELETED)
+    internal = not files.mounts(ctx, proc).shows_device(os.makedev(mapping.major, mapping.minor))
+    if internal and name.startswith(SYSV_SHM):
+        if not files.root_in_own_namespace(ctx, "ipc"):
+            yield _finding("memory.sysv_shm.host_ipc", proc, mapping,
+                           f"attaches SysV shm segment {mapping.inode} in the host's IPC namespace")
+    elif internal and (name == ANON_HUGEPAGE or _is_hugetlb_memfd(proc, mapping, name)):
+        yield _finding("memory.hugetlb", proc, mapping,
+                       f"is {mapping.end - mapping.start} bytes of huge-page memory ({name})")
+    elif not (internal and name.startswith(SHARED_ANONYMOUS)):
+        # A deleted file: saved as a ghost, like a deleted open file.
+        yield from files.check_path(ctx, proc, _opened(proc, mapping))
+
+
+def _check_file(proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+    # Device nodes live on /dev or on pseudo file systems (major 0): only
+    # those mappings are worth a stat.
+    if "/dev/" not in mapping.path and mapping.major != 0:
+        return
+    status = _opened(proc, mapping).stat
+    if stat.S_ISBLK(status.st_mode) or (stat.S_ISCHR(status.st_mode) and status.st_rdev != DEV_ZERO):
+        device = f"{os.major(status.st_rdev)}:{os.minor(status.st_rdev)}"
+        yield _finding("memory.device", proc, mapping, f"maps device {mapping.path} ({device})")
+    elif mapping.path.startswith(("/sys/", "/proc/")):
+        # smaps is slow to read: only pseudo-file mappings (PCI resources...) ask for it.
+        flags = proc.smaps_flags.get(mapping.start, set()) & IO_FLAGS
+        if flags:
+            yield _finding("memory.io", proc, mapping,
+                           f"maps {mapping.path} as I/O memory (VmFlags {' '.join(sorted(flags))})")
+
+
+def _is_hugetlb_memfd(proc: Proc, mapping: Mapping, name: str) -> bool:
+    return (name.startswith("/memfd:")
+            and files.fs_magic(proc.path / "map_files" / mapping.address) == HUGETLBFS_MAGIC)
+
+
+def _opened(proc: Proc, mapping: Mapping) -> files.Opened:
+    return files.opened_link(proc, f"mapping {mapping.address}", f"map_files/{mapping.address}",
+                             mapping.path)
+
+
+def _finding(code: str, proc: Proc, mapping: Mapping, what: str) -> Finding:
+    return Finding(code, f"mapping {mapping.address} {what}", proc.pid)

@@ -1,0 +1,82 @@
+"""Sockets: every socket fd classified by family, type, protocol and state, as CRIU's dump_socket does.
+
+An fd's inode is looked up in the socket tables of its holder's network
+namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
+sockets). A socket in no table is asked directly (probe.py): unbound inet
+and netlink sockets are fine, a listening or connected one, or any unix
+or packet socket, belongs to another namespace, and any other family is
+one CRIU does not know (deny by default).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Iterator
+
+from tracker.checks.sockets import common, inet, netlink, packet, probe, tables, unix
+from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
+from tracker.context import AuditContext
+from tracker.procfs import OpenFd, Proc
+from tracker.rules import Finding
+
+RULES = common.RULES + inet.RULES + unix.RULES + netlink.RULES + packet.RULES
+
+# The sock_diag table that lists a family's sockets (unbound unix and packet sockets included).
+DIAG_TABLES = {socket.AF_UNIX: "unix", socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}
+INET_DIAG_TABLES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", inet.IPPROTO_UDPLITE: "udplite"}
+# Families Python's socket module may not name (linux/socket.h).
+FAMILIES = {15: "AF_KEY", 21: "AF_RDS", 29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 38: "AF_ALG",
+            40: "AF_VSOCK", 41: "AF_KCM", 42: "AF_QIPCRTR", 43: "AF_SMC", 44: "AF_XDP", 45: "AF_MCTP"}
+
+
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    sock = tables.find(ctx, proc, open_fd.inode)
+    if isinstance(sock, UnixSocket):
+        yield from unix.check(ctx, proc, open_fd, sock)
+    elif isinstance(sock, InetSocket):
+        yield from inet.check(proc, open_fd, sock)
+    elif isinstance(sock, NetlinkSocket):
+        yield from netlink.check(proc, open_fd, sock)
+    elif isinstance(sock, PacketSocket):
+        yield from packet.check(proc, open_fd, sock)
+    else:
+        yield from _check_unlisted(ctx, proc, open_fd)
+
+
+def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    found = probe.probe(proc.pid, open_fd.fd, open_fd.inode)
+    family = _family_name(found.family)
+    listing = _listing_table(found)
+    error = tables.table(ctx, proc, listing).error if listing else None
+    if error:
+        yield common.finding("socket.unreadable", proc, open_fd,
+                             f"{family} socket:[{open_fd.inode}]: sock_diag cannot list its sockets "
+                             f"({error})")
+    elif found.family in probe.INET_FAMILIES:
+        yield from inet.check_unlisted(proc, open_fd, found)
+    elif found.family == socket.AF_NETLINK:
+        yield netlink.check_unbound(proc, open_fd, found.protocol)   # only bound ones are listed
+    elif listing:
+        yield common.finding("socket.foreign_netns", proc, open_fd,
+                             f"{family} socket:[{open_fd.inode}] belongs to another network namespace "
+                             f"than pid {proc.pid}'s")
+    else:
+        yield common.finding("socket.unknown_family", proc, open_fd,
+                             f"socket:[{open_fd.inode}] of family {family} (type {found.type}, "
+                             f"protocol {found.protocol}): CRIU cannot dump this family")
+
+
+def _listing_table(found: probe.Probe) -> str | None:
+    """The sock_diag table that would list this socket if it were bound."""
+    if found.family in DIAG_TABLES:
+        return DIAG_TABLES[found.family]
+    name = INET_DIAG_TABLES.get(found.protocol) if found.family in probe.INET_FAMILIES else None
+    if name is None or found.type == socket.SOCK_RAW:
+        return None
+    return name + ("6" if found.family == socket.AF_INET6 else "")
+
+
+def _family_name(family: int) -> str:
+    try:
+        return socket.AddressFamily(family).name
+    except ValueError:
+        return FAMILIES.get(family, f"family {family}")

@@ -1,0 +1,40 @@
+"""What every socket family shares: the catch-all rules, the CRIU version note, the message shape."""
+from __future__ import annotations
+
+from tracker.procfs import OpenFd, Proc
+from tracker.rules import BLOCKER, Finding, Rule, VersionNote
+
+# This kernel refuses SO_PASSCRED/SO_PASSSEC on non-unix sockets; CRIU 4.1 reads
+# them from every socket it dumps and fails, 4.2 reads them only where they exist.
+OLDER_CRIU = (VersionNote(
+    fixed_in=(4, 2, 0), severity=BLOCKER,
+    why="CRIU before 4.2 cannot dump inet, packet or raw sockets on kernels that refuse "
+        "SO_PASSCRED on them"),)
+
+RULES = (
+    Rule("socket.unknown_family", "A socket of a family CRIU cannot dump (AF_VSOCK, AF_XDP, AF_ALG, ...)",
+         BLOCKER, "close the socket before checkpointing: CRIU dumps only unix, inet, netlink and "
+                  "packet sockets",
+         criu_message="BUG! Unknown socket collected (family %d)"),
+    Rule("socket.foreign_netns", "A bound or connected socket of another network namespace",
+         BLOCKER, "close the socket, or checkpoint the tree that lives in that network namespace: "
+                  "CRIU looks sockets up in their holder's namespace only",
+         criu_message="Unix socket %d not found"),
+    Rule("socket.unreadable", "The kernel's sock_diag could not list the sockets of this family",
+         BLOCKER, "enable the sock_diag module of this family (unix_diag, netlink_diag, packet_diag) "
+                  "and audit as root: CRIU needs the same listing",
+         criu_message="Sockets (family %d proto %d) are not collected", makes_unknown=True),
+)
+
+
+def finding(code: str, proc: Proc, open_fd: OpenFd, text: str, **extra) -> Finding:
+    """A finding about one socket fd; the message starts with the fd number."""
+    return Finding(code, f"fd {open_fd.fd}: {text}", proc.pid, fd=open_fd.fd, **extra)
+
+
+def holders(pids: set[int]) -> str:
+    """`pid 12` / `pids 12, 14` / `no process`."""
+    if not pids:
+        return "no process"
+    ordered = sorted(pids)
+    return f"pid {ordered[0]}" if len(ordered) == 1 else "pids " + ", ".join(map(str, ordered))

@@ -1,0 +1,106 @@
+"""What no table shows, read from a copy of the socket fd (pidfd_getfd, as root).
+
+Two things need it: UDP_CORK, which CRIU reads with getsockopt and refuses,
+and sockets that are in no table at all: unbound inet and netlink sockets,
+sockets of another network namespace, and families CRIU does not know
+(AF_VSOCK, AF_XDP, MPTCP...). CRIU asks the fd itself (SO_DOMAIN, TCP_INFO)
+for those; so do we. The copy is closed at once; the holder never notices.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from tracker.procfs import AccessDenied, ProcessGone
+
+SYS_PIDFD_GETFD = 438   # the same number on every architecture but alpha
+SOL_UDP, UDP_CORK = 17, 1
+IPPROTO_UDPLITE = 136
+INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+@dataclass(frozen=True)
+class Probe:
+    family: int
+    type: int
+    protocol: int
+    tcp_state: int | None = None     # from TCP_INFO, for TCP sockets
+    corked: bool = False             # UDP_CORK, for UDP and UDP-Lite sockets
+    local: str = ""                  # "address:port" for inet sockets; "" when unbound
+
+
+def probe(pid: int, fd: int, inode: int) -> Probe:
+    with borrowed(pid, fd, inode) as sock:
+        family, kind, protocol = (sock.getsockopt(socket.SOL_SOCKET, option)
+                                  for option in (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL))
+        if family not in INET_FAMILIES:
+            return Probe(family, kind, protocol)
+        # Re-wrap the same copy with its real family, so getsockname() decodes it.
+        with socket.socket(family, kind, protocol, fileno=sock.detach()) as inet:
+            return Probe(family, kind, protocol,
+                         tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP else None,
+                         corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE) else False,
+                         local=_local(inet))
+
+
+def udp_corked(pid: int, fd: int, inode: int) -> bool:
+    with borrowed(pid, fd, inode) as sock:
+        return _corked(sock)
+
+
+@contextmanager
+def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
+    """A copy of pid's fd as a socket object. Its family is a placeholder: Python cannot
+    wrap every family (AF_XDP...), and getsockopt() does not care."""
+    copy = _getfd(pid, fd)
+    try:
+        if os.fstat(copy).st_ino != inode:
+            raise ProcessGone(pid)      # the fd number now names another file
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=copy)
+    except BaseException:
+        os.close(copy)
+        raise
+    with sock:
+        yield sock
+
+
+def _getfd(pid: int, fd: int) -> int:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ProcessGone(pid) from None
+    try:
+        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        code = ctypes.get_errno()
+    finally:
+        os.close(pidfd)
+    if copy >= 0:
+        return copy
+    if code in (errno.EBADF, errno.ESRCH):
+        raise ProcessGone(pid)
+    if code in (errno.EPERM, errno.EACCES):
+        raise AccessDenied(pid, f"fd/{fd} (pidfd_getfd)", os.strerror(code))
+    raise OSError(code, f"pidfd_getfd({pid}, {fd}): {os.strerror(code)}")
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]   # tcpi_state is the first byte
+
+
+def _corked(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(SOL_UDP, UDP_CORK))
+
+
+def _local(sock: socket.socket) -> str:
+    address, port = sock.getsockname()[:2]
+    if port == 0 and address in ("0.0.0.0", "::"):
+        return ""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -1,0 +1,138 @@
+"""Which socket an inode is: the socket tables of one network namespace, each read once per audit.
+
+A namespace (the link text of /proc/PID/ns/net) gets its tables on first
+use, in the order below, through the first process of the tree that lives
+there: a tree holding only unix sockets never lists TCP. sock_diag gives
+unix, TCP, UDP, UDP-Lite, netlink and packet sockets; /proc/PID/net the
+raw and ping ones (no diag module for them here). A table that cannot be
+read keeps its error, so each socket of that family can say so.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from tracker.checks.sockets import diag, procnet
+from tracker.checks.sockets.records import (TCP_LISTEN, InetSocket, NetlinkSocket, PacketSocket,
+                                            UnixSocket)
+from tracker.context import AuditContext
+from tracker.procfs import Proc, ProcessGone
+
+Record = Union[InetSocket, UnixSocket, NetlinkSocket, PacketSocket]
+Builder = Callable[[Proc, str], "Table"]
+
+
+@dataclass
+class Table:
+    """Sockets by inode, decoded on first use."""
+
+    entries: dict[int, object] = field(default_factory=dict)
+    decode: Callable[[object], Record] = lambda entry: entry  # type: ignore[assignment, return-value]
+    error: str | None = None       # why the table could not be read
+    _decoded: dict[int, Record] = field(default_factory=dict)
+
+    def get(self, inode: int) -> Record | None:
+        found = self._decoded.get(inode)
+        if found is None:
+            entry = self.entries.get(inode)
+            if entry is None:
+                return None
+            found = self._decoded[inode] = self.decode(entry)
+        return found
+
+
+def _diag_source(query: Callable[[], diag.Query]) -> Builder:
+    def build(proc: Proc, space: str) -> Table:
+        inside = None if space == _own_netns() else str(proc.path / "ns" / "net")
+        asked = query()
+        try:
+            return Table(diag.dump(asked, inside), asked.decode)  # type: ignore[arg-type]
+        except diag.DiagUnavailable as error:
+            if not proc.path.exists():      # its namespace went with it: not a table error
+                raise ProcessGone(proc.pid) from None
+            return Table(error=str(error))
+    return build
+
+
+def _proc_source(name: str, protocol: str, version: int) -> Builder:
+    def build(proc: Proc, space: str) -> Table:
+        return Table(procnet.parse_inet_table(procnet.read_net_file(proc, name), protocol, version))
+    return build
+
+
+# Unix first: most sockets are unix sockets.
+SOURCES: dict[str, Builder] = {
+    "unix": _diag_source(diag.unix_query),
+    "tcp": _diag_source(lambda: diag.inet_query("TCP", 4)),
+    "tcp6": _diag_source(lambda: diag.inet_query("TCP", 6)),
+    "udp": _diag_source(lambda: diag.inet_query("UDP", 4)),
+    "udp6": _diag_source(lambda: diag.inet_query("UDP", 6)),
+    "netlink": _diag_source(diag.netlink_query),
+    "packet": _diag_source(diag.packet_query),
+    **{name: _proc_source(name, protocol, version) for name, protocol, version in procnet.PROC_TABLES},
+    "udplite": _diag_source(lambda: diag.inet_query("UDPLITE", 4)),
+    "udplite6": _diag_source(lambda: diag.inet_query("UDPLITE", 6)),
+}
+
+
+class Namespace:
+    """The tables of one network namespace, each read on first use."""
+
+    def __init__(self, space: str):
+        self.space = space
+        self.tables: dict[str, Table] = {}
+        self._holding: dict[int, Table] = {}      # inode -> the table that lists it
+        self._unread = list(SOURCES)
+
+    def table(self, proc: Proc, source: str) -> Table:
+        found = self.tables.get(source)
+        if found is None:
+            found = self.tables[source] = SOURCES[source](proc, self.space)
+            self._holding.update(dict.fromkeys(found.entries, found))
+            self._unread.remove(source)
+        return found
+
+    def find(self, proc: Proc, inode: int) -> Record | None:
+        while True:
+            holder = self._holding.get(inode)
+            if holder is not None:
+                return holder.get(inode)
+            if not self._unread:
+                return None
+            self.table(proc, self._unread[0])
+
+
+def namespace(ctx: AuditContext, proc: Proc) -> Namespace:
+    """proc's network namespace, shared by every process of the tree that lives there."""
+    def of_process() -> Namespace:
+        space = proc.namespace("net")
+        return ctx.table(("sockets", space), lambda: Namespace(space))
+    return ctx.table(("sockets-of", proc.pid), of_process)
+
+
+def table(ctx: AuditContext, proc: Proc, source: str) -> Table:
+    return namespace(ctx, proc).table(proc, source)
+
+
+def find(ctx: AuditContext, proc: Proc, inode: int) -> Record | None:
+    """The socket with this inode in proc's network namespace, or None when no table lists it."""
+    return namespace(ctx, proc).find(proc, inode)
+
+
+def unix_listeners_by_client(ctx: AuditContext, proc: Proc) -> dict[int, UnixSocket]:
+    """client inode -> the listening unix socket whose accept queue holds that connection."""
+    def build() -> dict[int, UnixSocket]:
+        unix = table(ctx, proc, "unix")
+        # Only listeners are decoded: the state byte finds them in the raw replies.
+        listeners = (unix.get(inode) for inode, body in unix.entries.items()
+                     if body[diag.UNIX_STATE_OFFSET] == TCP_LISTEN)  # type: ignore[index]
+        return {client: listener for listener in listeners if isinstance(listener, UnixSocket)
+                for client in listener.icons if client}
+    return ctx.table(("unix-icons", namespace(ctx, proc).space), build)
+
+
+@functools.cache
+def _own_netns() -> str:
+    return os.readlink("/proc/self/ns/net")

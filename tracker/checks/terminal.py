@@ -1,0 +1,159 @@
+"""Sessions and terminals: what makes CRIU ask for --shell-job.
+
+CRIU restores sessions and ttys only when the tree owns them: the root must
+lead its session, every pty slave needs its master in the tree, and a tty
+whose session (TIOCGSID, as the holder sees it) is led from outside is a
+"dangling tty". --shell-job lets CRIU inherit those from whoever restores.
+The devices module leaves the tty devices (pty masters and slaves, /dev/tty,
+console, virtual consoles, USB and low-density serial) to this one.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Iterator
+
+from tracker.context import AuditContext
+from tracker.procfs import OpenFd, Proc, parse_stat
+from tracker.rules import OPTION, Finding, Rule
+
+RULES = (
+    Rule("terminal.root_not_session_leader", "The root of the tree does not lead its session",
+         OPTION, "pass --shell-job (or start the program with setsid so that it leads its own "
+         "session)", option="--shell-job",
+         criu_message="The root process %d is not a session leader. Consider using --shell-job "
+                      "option"),
+    Rule("terminal.slave_without_master", "A pty slave whose master is held outside the tree",
+         OPTION, "pass --shell-job, or point the fd at /dev/null or a file before checkpointing",
+         option="--shell-job",
+         criu_message="Found slave peer index %d without correspond master peer"),
+    Rule("terminal.foreign_session", "A terminal whose session is led from outside the tree",
+         OPTION, "pass --shell-job (the restored tree then inherits the restoring shell's "
+         "terminal)",
+         option="--shell-job",
+         criu_message="Found dangling tty with sid %d pgid %d (%s) on peer fd %d."),
+)
+
+# As CRIU's get_tty_driver(): pty slaves are all major 136 (minors go past 255);
+# 128-135 are pty masters opened through their own nodes rather than /dev/ptmx.
+PTS_MAJOR, PTM_MAJORS = 136, range(128, 136)
+TTYAUX_MAJOR, TTY_MINOR, CONSOLE_MINOR, PTMX_MINOR = 5, 0, 1, 2
+VT_MAJOR, VT_MINORS = 4, range(1, 64)
+SERIAL_MAJORS = frozenset({188, 204})  # USB serial, low-density serial
+TTY_MAJORS = frozenset([PTS_MAJOR, *PTM_MAJORS, TTYAUX_MAJOR, VT_MAJOR, *SERIAL_MAJORS])
+
+
+@dataclass(frozen=True)
+class TtyFd:
+    """A tty fd and how CRIU's tty code sees it."""
+
+    open_fd: OpenFd
+    kind: str        # master, slave, ctty, console, vt, serial
+    rdev: int
+    index: int | None  # the pty index, for masters and slaves
+
+    @property
+    def slave_rdev(self) -> int | None:
+        """The device of the pty slave this fd belongs to (for a master: its peer)."""
+        if self.index is None:
+            return None
+        return os.makedev(PTS_MAJOR, self.index)
+
+
+def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    if proc.pid == ctx.root_pid and proc.stat.session != proc.pid:
+        leader = (f"pid {proc.stat.session}" if proc.stat.session
+                  else "no process (session 0, never set up with setsid)")
+        yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
+                      f"leader: its session is led by {leader}", proc.pid)
+    for tty in tty_fds(ctx.tree_fds.get(proc.pid, [])):
+        if tty.kind == "slave" and tty.index not in ctx.table("terminal.masters",
+                                                               lambda: _masters(ctx)):
+            yield Finding("terminal.slave_without_master", f"fd {tty.open_fd.fd}: pty slave "
+                          f"{tty.open_fd.target} (index {tty.index}) has no master in the tree",
+                          proc.pid, fd=tty.open_fd.fd)
+        session = _session(ctx, proc, tty)
+        if session and not ctx.in_tree(session):
+            yield Finding("terminal.foreign_session", f"fd {tty.open_fd.fd}: {tty.kind} "
+                          f"{tty.open_fd.target} belongs to session {session}, led from outside "
+                          "the tree", proc.pid, fd=tty.open_fd.fd)
+
+
+def tty_fds(fds: list[OpenFd]) -> Iterator[TtyFd]:
+    """The fds on tty devices that CRIU's tty code dumps."""
+    for open_fd in fds:
+        # Sockets, pipes and anon inodes have no path; the stat of the rest is
+        # already cached by the fd dispatcher.
+        if not open_fd.target.startswith("/"):
+            continue
+        info = open_fd.stat
+        rdev = info.st_rdev
+        major, minor = os.major(rdev), os.minor(rdev)
+        if not stat.S_ISCHR(info.st_mode) or major not in TTY_MAJORS:
+            continue
+        kind = classify(major, minor)
+        if kind == "master":
+            index = (_master_index(open_fd) if major == TTYAUX_MAJOR
+                     else (major - PTM_MAJORS.start) * 256 + minor)
+            yield TtyFd(open_fd, kind, rdev, index)
+        elif kind == "slave":
+            yield TtyFd(open_fd, kind, rdev, minor)
+        elif kind:
+            yield TtyFd(open_fd, kind, rdev, None)
+
+
+def classify(major: int, minor: int) -> str | None:
+    if major == PTS_MAJOR:
+        return "slave"
+    if major in PTM_MAJORS:
+        return "master"
+    if major in SERIAL_MAJORS:
+        return "serial"
+    if major == TTYAUX_MAJOR:
+        return {TTY_MINOR: "ctty", CONSOLE_MINOR: "console", PTMX_MINOR: "master"}.get(minor)
+    if major == VT_MAJOR and minor in VT_MINORS:
+        return "vt"
+    return None
+
+
+def _master_index(open_fd: OpenFd) -> int | None:
+    index = open_fd.fdinfo.get("tty-index")
+    return int(index) if index is not None and index.isdigit() else None
+
+
+def _masters(ctx: AuditContext) -> set[int]:
+    """The pty indexes whose master some process of the tree holds."""
+    return {tty.index for fds in ctx.tree_fds.values() for tty in tty_fds(fds)
+            if tty.kind == "master" and tty.index is not None}
+
+
+def _session(ctx: AuditContext, proc: Proc, tty: TtyFd) -> int:
+    """The session CRIU reads with TIOCGSID on this fd in the holder; 0 when it has none.
+
+    A master reports its slave's session whoever holds it; any other tty only
+    reports one when it is the holder's own controlling terminal.
+    """
+    if tty.kind == "master":
+        sessions = ctx.table("terminal.sessions", lambda: _sessions_by_ctty(ctx))
+        return sessions.get(tty.slave_rdev, 0) if tty.slave_rdev else 0
+    if tty.kind == "ctty":
+        return proc.stat.session if proc.stat.tty_nr else 0
+    return proc.stat.session if proc.stat.tty_nr == tty.rdev else 0
+
+
+def _sessions_by_ctty(ctx: AuditContext) -> dict[int, int]:
+    """Controlling tty device -> the session it belongs to, over every process of the host."""
+    sessions = {}
+    for name in os.listdir(ctx.proc_root):
+        if not name.isdigit():
+            continue
+        try:
+            with open(ctx.proc_root / name / "stat", encoding="utf-8",
+                      errors="surrogateescape") as file:
+                stat = parse_stat(file.read())
+        except (OSError, ValueError, IndexError):
+            continue  # gone, or not a process directory
+        if stat.tty_nr:
+            sessions[stat.tty_nr] = stat.session
+    return sessions
