@@ -118,9 +118,13 @@ def test_init_of_its_own_pid_namespace_dumps():
 def test_pid_namespace_init_without_its_own_session_is_blocked():
     with subject(init_of_new_pid_namespace(setsid=False)) as s:
         init = int(s.note)
-        assert_agrees(init, "pid namespace init whose session leader is outside",
-                      expect="blocked", codes={"namespace.session_outside"},
-                      criu_error=f"A session leader of {init}(1) is outside of its pid namespace")
+        document = assert_agrees(
+            init, "pid namespace init whose session leader is outside", expect="blocked",
+            codes={"namespace.session_outside"},
+            criu_error=f"A session leader of {init}(1) is outside of its pid namespace")
+        # --shell-job is not offered, because it does not help: proven here
+        assert document["required_options"] == []
+        assert not find_criu().dump(init, ["--shell-job"]).ok
 
 
 def test_root_that_is_not_its_pid_namespace_init_is_blocked():

@@ -43,6 +43,7 @@ class Tree:
         (base / "fdinfo").mkdir()
         fields = ["S", "1", str(session), str(session), str(tty_nr)] + ["0"] * 45
         (base / "stat").write_text(f"{pid} (subject) {' '.join(fields)}\n")
+        (base / "status").write_text(f"Name:\tsubject\nNSsid:\t{session}\n")
         for fd, (device, index) in (fds or {}).items():
             (base / "fd" / str(fd)).symlink_to(device)
             info = "pos:\t0\nflags:\t02\nmnt_id:\t25\n"

@@ -7,7 +7,7 @@ CRIU's dump_one_file does; a kind nobody owns is a blocker (deny by default).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from tracker.checks import (anon, devices, files, general, ipc, locks, memory, namespaces,
                             sockets, task, terminal)
@@ -25,12 +25,12 @@ FD_OWNERS = {
 }
 
 
-def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterable[Finding]:
+    # Returns the owner's iterator as it is: this runs once per fd.
     owner = FD_OWNERS.get(open_fd.kind)
     if owner is None:
-        yield general.unclassified_fd(proc, open_fd)
-        return
-    yield from owner.check_fd(ctx, proc, open_fd)
+        return (general.unclassified_fd(proc, open_fd),)
+    return owner.check_fd(ctx, proc, open_fd)
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:

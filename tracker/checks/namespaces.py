@@ -187,8 +187,13 @@ def _check_time_for_children(proc: Proc, time: str | None) -> Iterator[Finding]:
                       f"children ({children_time}; its own is {time})", proc.pid)
 
 
+def session_outside_pidns(proc: Proc) -> bool:
+    """Seen from inside its pid namespace, the process's session has no leader (sid 0)."""
+    return _innermost(proc, "NSsid") == 0
+
+
 def _check_session(proc: Proc) -> Iterator[Finding]:
-    if _innermost(proc, "NSsid") == 0:
+    if session_outside_pidns(proc):
         yield Finding("namespace.session_outside", f"pid {proc.pid}: the leader of its session "
                       f"(pid {proc.stat.session}) is outside its pid namespace", proc.pid)
 

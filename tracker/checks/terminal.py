@@ -16,6 +16,7 @@ from typing import Iterator
 
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc, parse_stat
+from tracker.checks.namespaces import session_outside_pidns
 from tracker.rules import OPTION, Finding, Rule
 
 RULES = (
@@ -62,7 +63,10 @@ class TtyFd:
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    if proc.pid == ctx.root_pid and proc.stat.session != proc.pid:
+    # A session led from outside the pid namespace is namespace.session_outside:
+    # --shell-job cannot help there, so it is not offered.
+    if (proc.pid == ctx.root_pid and proc.stat.session != proc.pid
+            and not session_outside_pidns(proc)):
         leader = (f"pid {proc.stat.session}" if proc.stat.session
                   else "no process (session 0, never set up with setsid)")
         yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
