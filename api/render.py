@@ -20,8 +20,11 @@ def verdict_text(document: dict) -> str:
     root = f"pid {document['pid']} ({document['comm']})"
     scope = f", tree of {len(document['processes'])} processes" if document["tree"] else ""
     headline = HEADLINES[document["verdict"]]
-    if document["required_options"]:
-        headline += ": " + " ".join(document["required_options"])
+    options = " ".join(document["required_options"])
+    if options and document["verdict"] == "needs_options":
+        headline += ": " + options
+    elif options:
+        headline += f" (and needs {options})"
     lines = [f"{root}{scope}: {headline}  [profile {document['profile']}, "
              f"CRIU {document['criu_version']}]"]
     comms = {p["pid"]: p["comm"] for p in document["processes"]}
@@ -49,7 +52,7 @@ def _conclusion(document: dict) -> str:
         allowed = [o for o in document["required_options"] if o in document["allowed_options"]]
         return "checkpointable: yes" + (f" (with {' '.join(allowed)})" if allowed else "")
     if document["verdict"] == "needs_options":
-        missing = [o for o in document["required_options"]]
+        missing = [o for o in document["required_options"] if o not in document["allowed_options"]]
         return f"checkpointable: no (allow {' '.join(missing)} to dump it)"
     if document["verdict"] == "unknown":
         return "checkpointable: no (the process could not be judged)"

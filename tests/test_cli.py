@@ -79,8 +79,18 @@ def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     out = result.stdout
     assert "tree of 2 processes: blocked" in out
     assert out.index(f"  pid {parent.pid} (") < out.index(f"  pid {kid} (")
+    assert out.count(f"  pid {parent.pid} (") == out.count(f"  pid {kid} (") == 1
     assert out.count("/dev/kvm") == 2 and out.count("fix:") >= 2
     assert out.rstrip().endswith("checkpointable: no")
+
+
+def test_the_conclusion_names_only_the_options_still_missing():
+    both = TCP_PAIR.replace("ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
+    with subject(both) as tcp:
+        result = crwatch("check", "--allow=--tcp-established", str(tcp.pid))
+    assert result.returncode == 1
+    assert "needs options: --file-locks --tcp-established" in result.stdout
+    assert result.stdout.rstrip().endswith("checkpointable: no (allow --file-locks to dump it)")
 
 
 def test_several_pids_at_once_exit_1_when_any_is_not_checkpointable():

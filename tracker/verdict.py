@@ -97,9 +97,12 @@ def checkpointable(findings: list[Finding], profile: Profile, allow: dict[str, s
 def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:
     allowed = parse_allow(allow)
     verdict, options = judge(audit.findings, profile)
+    # Grouped per process in tree order (root first), the worst first within each.
+    order = {identity.pid: rank for rank, identity in enumerate(audit.processes)}
     reasons = sorted((reason(f, profile) for f in audit.findings),
-                     key=lambda r: (VERDICT_ORDER[r["severity"]], r["pid"], r["fd"] is None,
-                                    r["fd"] or 0, r["code"]))
+                     key=lambda r: (order.get(r["pid"], len(order)), r["pid"],
+                                    VERDICT_ORDER[r["severity"]], r["fd"] is None, r["fd"] or 0,
+                                    r["code"]))
     return {
         "schema": SCHEMA,
         "pid": audit.root.pid, "start_time": audit.root.start_time, "comm": audit.root.comm,
