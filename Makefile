@@ -10,11 +10,9 @@ setup:
 test: setup
 	$(ENV); $(PY) -m pytest -q -p no:cacheprovider tests
 
-# Demo for now: audit a throwaway `sleep` process, then kill it.
+# Until the service exists: audit a demo process tree (examples/demo_subject.py).
 serve: setup
-	@sleep 600 & pid=$$!; \
-	$(ENV); .venv/bin/crwatch check $$pid; rc=$$?; \
-	kill $$pid; exit $$rc
+	$(ENV); $(PY) examples/demo.py
 
 bench: setup
 	$(ENV); $(PY) bench/run.py

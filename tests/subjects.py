@@ -68,9 +68,14 @@ def start(code: str, *, new_session: bool = True, env: dict | None = None,
     ready_pipe_link = f"pipe:[{os.fstat(read_end).st_ino}]"
     with os.fdopen(read_end, "rb") as ready_pipe:
         line = _read_line(ready_pipe, process)
+    running = Subject(process, line.decode().strip())
     if ready_pipe_closes:
-        _await_closed(process, write_end, ready_pipe_link)
-    return Subject(process, line.decode().strip())
+        try:
+            _await_closed(process, write_end, ready_pipe_link)
+        except RuntimeError:
+            running.stop()
+            raise
+    return running
 
 
 def _await_closed(process: subprocess.Popen, fd: int, link: str) -> None:
