@@ -28,6 +28,13 @@ def ready(note=""):
 def hold():
     while True:
         signal.pause()
+def make(create):
+    # a resource this kernel refuses to create: say so instead of dying (see skip_if_refused)
+    try:
+        return create()
+    except OSError as error:
+        ready(f"skip: {error}")
+        hold()
 """
 
 
@@ -106,6 +113,14 @@ def _read_line(pipe, process: subprocess.Popen) -> bytes:
         raise RuntimeError(f"subject {process.pid} died or never became ready "
                            f"(exit status {process.returncode})")
     return line
+
+
+def skip_if_refused(running: Subject, state: str) -> None:
+    """Skip, with the kernel's reason, a state the subject's make() could not create."""
+    import pytest
+
+    if running.note.startswith("skip:"):
+        pytest.skip(f"{state}: this kernel refuses it ({running.note[5:].strip()})")
 
 
 @contextmanager

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import pytest
 
 from tests.agreement import assert_agrees
-from tests.subjects import subject
+from tests.subjects import skip_if_refused, subject
 
 # Raw syscalls for the kinds Python has no wrapper for. A kernel that refuses
-# to create one (disabled by sysctl, missing config) makes the subject report
-# "skip: ..." instead of dying.
+# to create one (disabled by sysctl, missing config) is reported by the
+# subjects' make() and skipped with its reason.
 SYSCALLS = """
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -19,12 +19,6 @@ def syscall(*args):
     if result < 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return result
-def make(create):
-    try:
-        return create()
-    except OSError as error:
-        ready(f"skip: {error}")
-        hold()
 def check(result):
     if result < 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
@@ -165,7 +159,6 @@ fd = make(lambda: bpf(5, attr))
 @pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
 def test_anon_fd_agrees_with_criu(state: State):
     with subject(SYSCALLS + state.code + "\nready()\nhold()\n") as running:
-        if running.note.startswith("skip:"):
-            pytest.skip(f"{state.name}: this kernel refuses it ({running.note[5:].strip()})")
+        skip_if_refused(running, state.name)
         assert_agrees(running.pid, state.name, expect=state.expect, codes=set(state.codes),
                       tree=state.tree, criu_error=state.criu_error)

@@ -8,22 +8,16 @@ from pathlib import Path
 import pytest
 
 from tests.agreement import assert_agrees
-from tests.subjects import subject
+from tests.subjects import skip_if_refused, subject
 from tracker.audit import audit
 from tracker.criu import find_criu
 from tracker.profiles import profile
 from tracker.verdict import document
 
-# Helpers the subjects share. make() turns a socket this kernel refuses to
-# create into "skip: ..." instead of a dead subject.
+# Helpers the subjects share (make(), from the subjects' prelude, reports a
+# socket this kernel refuses to create).
 HELPERS = """
 import struct, ctypes
-def make(create):
-    try:
-        return create()
-    except OSError as error:
-        ready(f"skip: {error}")
-        hold()
 def ping_socket(family=socket.AF_INET, protocol=socket.IPPROTO_ICMP):
     # ping sockets need the caller's group in ping_group_range: open it for
     # root only while the socket is created
@@ -198,8 +192,7 @@ s = make(lambda: socket.socket(44, socket.SOCK_RAW))""",
 @pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
 def test_socket_agrees_with_criu(state: State):
     with subject(HELPERS + state.code + "\nready()\nhold()\n") as running:
-        if running.note.startswith("skip:"):
-            pytest.skip(f"{state.name}: this kernel refuses it ({running.note[5:].strip()})")
+        skip_if_refused(running, state.name)
         assert_agrees(running.pid, state.name, expect=state.expect, codes=set(state.codes),
                       criu_error=state.criu_error)
 
