@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser("rules", help="list the rule catalogue")
     rules.add_argument("--json", action="store_true")
     _add_profile_arguments(rules)
+
+    watch = commands.add_parser("watch", help="stream nocr/cr transitions as NDJSON (needs root)")
+    _add_profile_arguments(watch)
+    # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
+    watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             from api.check_command import run_check
 
             return run_check(args, chosen)
+        if args.command == "watch":
+            from api.watch_command import run_watch
+
+            return run_watch(args, chosen)
         return _run_rules(args, chosen)
     except KeyboardInterrupt:
         return 130

@@ -45,6 +45,11 @@ RULES = (
          "nothing to do at dump; the host that restores needs as many free huge pages "
          "(vm.nr_hugepages)",
          older_criu=(VersionNote((3, 17, 0), BLOCKER, "CRIU before 3.17 cannot dump hugetlb memory"),)),
+    # Seen only by the probes: since Linux 4.0 remap_file_pages() is emulated with
+    # ordinary mappings, so /proc shows nothing and CRIU dumps the result.
+    Rule("memory.nonlinear", "A nonlinear mapping requested with remap_file_pages()", INFO,
+         "nothing to do for CRIU (the kernel emulates it with ordinary mappings); for the strict "
+         "profile unmap the range before checkpointing", strict=BLOCKER),
 )
 
 # Areas the kernel names in brackets that CRIU dumps (or remaps) as anonymous memory.

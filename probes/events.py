@@ -1,0 +1,64 @@
+"""Typed probe events: the contract between the kernel side and the tracker.
+
+Pure Python (no bcc): the decoder in probes/wire.py turns raw records into
+these, and tracker/live.py applies them. Probes are filters; they say what
+happened to which task, and the tracker decides what it means (classifying
+fds with the same check modules the audit uses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Kind(IntEnum):
+    # fds the kernel side saw created that may be special; `fd` is the new fd,
+    # `special` says which syscall made it, `path` the name for opens
+    FD_OPENED = 1
+    FD_CLOSED = 2          # close() of an fd the kernel side tracks (`fd`)
+    FD_RANGE_CLOSED = 3    # close_range(`arg`, `arg2`) by a task that has tracked fds
+    FD_DUPED = 4           # `fd` is now a copy of tracked fd `arg` (dup*, fcntl F_DUPFD*)
+    PI_WAITING = 5         # thread `tid` waits on PI futex at `arg`
+    PI_ACQUIRED = 6        # thread `tid` now holds PI futex at `arg`
+    PI_NOT_ACQUIRED = 7    # the wait on `arg` ended without the lock
+    PI_RELEASED = 8        # thread `tid` released PI futex at `arg`
+    NONLINEAR = 9          # remap_file_pages(start=`arg`, size=`arg2`)
+    UNMAPPED = 10          # munmap(`arg`, `arg2`) by a task with nonlinear or shm marks
+    TRACED = 11            # task `arg` is now traced by `tgid` (attach, seize, traceme)
+    UNTRACED = 12          # task `arg` detached by `tgid`
+    LOCKS_CHANGED = 13     # flock/fcntl lock call or close by a lock holder: re-read its locks
+    NEW_PID_NS = 14        # `arg`: the child created in a new pid ns, or 0 (unshare: future children)
+    SHM_ATTACHED = 15      # shmat(shmid=`arg2`) mapped at `arg`
+    SHM_DETACHED = 16      # shmdt(`arg`)
+    FORKED = 17            # `arg` is a new process (tgid) forked by `tgid`
+    EXECED = 18            # `tgid` called exec: close-on-exec fds and mappings are gone
+    EXITED = 19            # thread `tid` of `tgid` exited; `arg` is 1 when the whole process did
+    TCP_CONNECTED = 20     # `fd` became a TCP connection (connect or accept)
+    LOST = 100             # made by the reader: `arg` records lost (kernel or queue)
+
+
+class Special(IntEnum):
+    """Which syscall created an FD_OPENED fd."""
+
+    NONE = 0
+    DEVICE = 1      # open*/openat* of a path under /dev
+    PERF_EVENT = 2
+    IO_URING = 3
+    USERFAULTFD = 4
+    BPF = 5
+    FANOTIFY = 6
+    OTHER = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: Kind
+    ts_ns: int          # CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns)
+    tgid: int
+    tid: int
+    comm: str = ""
+    fd: int = -1
+    arg: int = 0
+    arg2: int = 0
+    special: Special = Special.NONE
+    path: str = ""

@@ -1,0 +1,365 @@
+"""Compile, attach and steer the kernel side (probes/crwatch.bpf.c). The only module that imports bcc.
+
+`Probes()` finds kernel headers (this kernel's own first, then
+$BCC_KERNEL_SOURCE or the repo's merged tree), mounts tracefs when needed,
+checks which tracepoints exist, compiles the program with cflags (never by
+editing its text) and attaches it. Every `#ifdef HAVE_<name>` block of
+the C file is one probe: compiled only when all its tracepoints exist, and
+reported as attached, missing or failed (a probe the kernel refuses is left
+out and the rest loaded again). The process-lifecycle probes outside such
+blocks (task_newtask, sched_process_exec/exit) are required.
+
+The tracker steers the in-kernel filter maps through `track_fd`,
+`untrack_fd`, `mark_lock_holder`, `mark_memory`, `watch` and `forget`. The
+loader mirrors the tracked fds per process, so that a process's exit or a
+close_range can be applied to the map (the kernel side cannot walk it).
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from probes.events import Event, Kind
+
+PROBES_DIR = Path(__file__).resolve().parent
+SOURCE = PROBES_DIR / "crwatch.bpf.c"
+RECORD_HEADER = PROBES_DIR / "record.h"
+REPO_HEADERS = PROBES_DIR.parent / ".deps" / "kernel-headers"
+TRACEFS = Path("/sys/kernel/tracing")
+DEBUGFS_TRACING = Path("/sys/kernel/debug/tracing")
+
+DEFAULT_RING_PAGES = 1024          # 4 MiB: about 20,000 records
+DEFAULT_MAX_TRACKED_FDS = 65536
+DEFAULT_MAX_TASKS = 16384
+CLOSE_RANGE_SPAN = 1024            # fds of a close_range that the kernel side untracks itself
+
+ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"
+
+
+class ProbeError(RuntimeError):
+    """The kernel side cannot be loaded here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Tracepoint:
+    category: str
+    event: str
+
+    def __str__(self) -> str:
+        return f"{self.category}:{self.event}"
+
+
+@dataclass
+class ProbeStatus:
+    tracepoints: tuple[Tracepoint, ...]
+    state: str = ATTACHED
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"state": self.state, "reason": self.reason,
+                "tracepoints": [str(tracepoint) for tracepoint in self.tracepoints]}
+
+
+REQUIRED = "required"  # the probe name of the tracepoints outside any HAVE_ block
+
+_IFDEF = re.compile(r"^#ifdef HAVE_(\w+)\s*$")
+_TRACEPOINT = re.compile(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)")
+_PROGRAM = re.compile(r"tracepoint__(\w+?)__(\w+)")
+
+
+def probe_blocks(source: str) -> dict[str, tuple[Tracepoint, ...]]:
+    """Probe name -> its tracepoints, read from the HAVE_ blocks of the C source."""
+    blocks: dict[str, list[Tracepoint]] = {REQUIRED: []}
+    current = REQUIRED
+    for line in source.splitlines():
+        if match := _IFDEF.match(line):
+            current = match[1]
+            blocks.setdefault(current, [])
+        elif line.startswith("#endif"):
+            current = REQUIRED
+        elif match := _TRACEPOINT.match(line):
+            blocks[current].append(Tracepoint(match[1], match[2]))
+    return {name: tuple(tracepoints) for name, tracepoints in blocks.items() if tracepoints}
+
+
+def find_kernel_headers(release: str | None = None, modules: Path = Path("/lib/modules"),
+                        environ: dict[str, str] | None = None,
+                        repo_headers: Path = REPO_HEADERS) -> Path | None:
+    """The header tree bcc should compile against: None means this kernel's own
+    (bcc finds /lib/modules/<release>/build itself), else a fallback tree."""
+    release = release or os.uname().release
+    environ = os.environ if environ is None else environ
+    if (modules / release / "build").is_dir():
+        return None
+    candidates = [Path(environ["BCC_KERNEL_SOURCE"])] if environ.get("BCC_KERNEL_SOURCE") else []
+    for tree in candidates + [repo_headers]:
+        if (tree / "include").is_dir():
+            return tree
+    raise ProbeError(
+        f"no kernel headers: /lib/modules/{release}/build does not exist, "
+        f"$BCC_KERNEL_SOURCE is {environ.get('BCC_KERNEL_SOURCE') or 'unset'} and "
+        f"{repo_headers} is missing (run scripts/setup.sh to build the merged Debian tree)")
+
+
+def ensure_tracefs() -> Path:
+    """Where tracepoint formats are read; mounts tracefs when nothing provides them."""
+    for tracing in (DEBUGFS_TRACING, TRACEFS):
+        if (tracing / "events").is_dir():
+            return tracing
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nodev", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
+        error = ctypes.get_errno()
+        raise ProbeError(f"cannot mount tracefs at {TRACEFS}: {os.strerror(error)}")
+    return TRACEFS
+
+
+def _has_field(tracing: Path, tracepoint: Tracepoint, field: str) -> bool:
+    path = tracing / "events" / tracepoint.category / tracepoint.event / "format"
+    try:
+        return re.search(rf"\b{field};", path.read_text()) is not None
+    except OSError:
+        return False
+
+
+class Probes:
+    """The loaded kernel side. Use as a context manager, or call close()."""
+
+    def __init__(self, *, ring_pages: int = DEFAULT_RING_PAGES,
+                 max_tracked_fds: int = DEFAULT_MAX_TRACKED_FDS,
+                 max_tasks: int = DEFAULT_MAX_TASKS, disabled: Iterable[str] = ()):
+        """`disabled` names probes to leave out, e.g. "futex": every futex call of the
+        host pays for that probe, and PI futexes only matter to the strict profile."""
+        if ring_pages <= 0 or ring_pages & (ring_pages - 1):
+            raise ValueError(f"ring_pages must be a power of two, not {ring_pages}")
+        self._headers = find_kernel_headers()
+        if self._headers is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = str(self._headers)
+        self._tracefs = ensure_tracefs()
+        from bcc import BPF  # after the mount: bcc picks its tracefs path at import
+
+        self._bpf_class = BPF
+        self._own_tgid = os.getpid()
+        self._source = SOURCE.read_text()
+        self._record_header = RECORD_HEADER.read_text()
+        self._statuses = {name: ProbeStatus(tracepoints)
+                          for name, tracepoints in probe_blocks(self._source).items()}
+        for name in disabled:
+            if name not in self._statuses or name == REQUIRED:
+                raise ValueError(f"no optional probe named {name!r}")
+            self._statuses[name].state, self._statuses[name].reason = DISABLED, "disabled"
+        self._base_cflags = [
+            f"-I{PROBES_DIR}",
+            f"-DCRWATCH_TGID={self._own_tgid}",
+            f"-DRINGBUF_PAGES={ring_pages}",
+            f"-DMAX_TRACKED_FDS={max_tracked_fds}",
+            f"-DMAX_TASKS={max_tasks}",
+            f"-DPAGE_BYTES={os.sysconf('SC_PAGE_SIZE')}",
+            f"-DCLOSE_RANGE_SPAN={CLOSE_RANGE_SPAN}",
+        ]
+        exit_tracepoint = Tracepoint("sched", "sched_process_exit")
+        if _has_field(self._tracefs, exit_tracepoint, "group_dead"):
+            self._base_cflags.append("-DHAVE_GROUP_DEAD")
+        self._ring_bytes = ring_pages * os.sysconf("SC_PAGE_SIZE")
+        self._lock = threading.Lock()
+        self._tracked: dict[int, set[int]] = {}
+        self._failed_inserts = 0
+        self._check_tracepoints()
+        started = time.monotonic()
+        self._bpf = self._load()
+        self.load_seconds = time.monotonic() - started
+        self._tables = {name: self._bpf[name.encode()] for name in
+                        ("tracked_fds", "watched", "lock_holders", "memory_marked", "lost")}
+
+    # ------------------------------------------------------------ loading
+
+    def _check_tracepoints(self) -> None:
+        for name, status in self._statuses.items():
+            absent = [str(tracepoint) for tracepoint in status.tracepoints
+                      if not self._bpf_class.tracepoint_exists(tracepoint.category,
+                                                              tracepoint.event)]
+            if absent and name == REQUIRED:
+                raise ProbeError(f"required tracepoints missing: {', '.join(absent)}")
+            if absent and status.state == ATTACHED:
+                status.state, status.reason = MISSING, f"no tracepoint {', '.join(absent)}"
+
+    def cflags(self) -> list[str]:
+        enabled = [f"-DHAVE_{name}" for name, status in self._statuses.items()
+                   if name != REQUIRED and status.state == ATTACHED]
+        return self._base_cflags + enabled
+
+    def _load(self):
+        """Compile and attach; a probe the kernel refuses is marked failed and left out."""
+        while True:
+            bpf = self._bpf_class.__new__(self._bpf_class)  # kept, to detach a partial attach
+            try:
+                bpf.__init__(src_file=str(SOURCE).encode(), cflags=self.cflags())
+                return bpf
+            except Exception as error:  # bcc raises bare Exceptions
+                bpf.cleanup()
+                atexit.unregister(bpf.cleanup)
+                name = self._probe_named_in(str(error))
+                if name is None or name == REQUIRED:
+                    raise ProbeError(f"cannot load {SOURCE.name}: {error}") from error
+                self._statuses[name].state = FAILED
+                self._statuses[name].reason = str(error)
+
+    def _probe_named_in(self, message: str) -> str | None:
+        match = _PROGRAM.search(message)
+        if match is None:
+            return None
+        tracepoint = Tracepoint(match[1], match[2])
+        return next((name for name, status in self._statuses.items()
+                     if tracepoint in status.tracepoints), None)
+
+    # ------------------------------------------------------------ reading
+
+    def open_events(self, callback: Callable[[int, int, int], int]) -> None:
+        """Call `callback(ctx, data, size)` for each record; `data` is valid only during the call."""
+        self._bpf[b"events"].open_ring_buffer(callback)
+
+    def poll(self, timeout_ms: int) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def lost_in_kernel(self) -> int:
+        """Records the kernel side could not send, plus map inserts that failed (the
+        state they would have tracked goes unseen)."""
+        return sum(count.value for count in self._tables["lost"].values()) + self._failed_inserts
+
+    # ------------------------------------------------------------ steering
+
+    def track_fd(self, tgid: int, fd: int) -> None:
+        if tgid == self._own_tgid:
+            return
+        table = self._tables["tracked_fds"]
+        with self._lock:
+            self._put(table, table.Key(tgid, fd))
+            self._tracked.setdefault(tgid, set()).add(fd)
+        self.watch(tgid)
+
+    def untrack_fd(self, tgid: int, fd: int) -> None:
+        table = self._tables["tracked_fds"]
+        with self._lock:
+            self._delete(table, table.Key(tgid, fd))
+            fds = self._tracked.get(tgid)
+            if fds is not None:
+                fds.discard(fd)
+
+    def mark_lock_holder(self, tgid: int) -> None:
+        self._mark("lock_holders", tgid)
+        self.watch(tgid)
+
+    def mark_memory(self, tgid: int) -> None:
+        """The process has nonlinear or SysV shm mappings: report its munmap and shmdt."""
+        self._mark("memory_marked", tgid)
+        self.watch(tgid)
+
+    def watch(self, pid: int) -> None:
+        """Report the fork, exec and exit of this process (or thread: a tracee, a tracer)."""
+        self._mark("watched", pid)
+
+    def forget(self, tgid: int) -> None:
+        """Drop everything the kernel side holds about a process (it exited)."""
+        table = self._tables["tracked_fds"]
+        with self._lock:
+            for fd in self._tracked.pop(tgid, ()):
+                self._delete(table, table.Key(tgid, fd))
+        for name in ("watched", "lock_holders", "memory_marked"):
+            table = self._tables[name]
+            self._delete(table, table.Key(tgid))
+
+    def note(self, event: Event) -> None:
+        """Keep the maps right for what the kernel side cannot do itself (called by the reader)."""
+        kind = event.kind
+        if kind in (Kind.FD_OPENED, Kind.FD_DUPED, Kind.TCP_CONNECTED):
+            with self._lock:
+                self._tracked.setdefault(event.tgid, set()).add(event.fd)
+        elif kind is Kind.FD_CLOSED:
+            with self._lock:
+                self._tracked.get(event.tgid, set()).discard(event.fd)
+        elif kind is Kind.FD_RANGE_CLOSED:
+            self._untrack_range(event.tgid, event.arg, event.arg2)
+        elif kind is Kind.EXITED and event.arg == 1:
+            self.forget(event.tgid)
+
+    def prune_exited(self) -> None:
+        """Forget processes that are gone: after a loss their exit may never have been seen."""
+        with self._lock:
+            tgids = list(self._tracked)
+        for tgid in tgids:
+            if not os.path.exists(f"/proc/{tgid}"):
+                self.forget(tgid)
+
+    def tracked_in_kernel(self, tgid: int) -> list[int]:
+        """The fds of `tgid` in the kernel's tracked-fd map (walks the whole map: diagnostics)."""
+        return sorted(key.fd for key in self._tables["tracked_fds"].keys() if key.tgid == tgid)
+
+    def _untrack_range(self, tgid: int, first: int, last: int) -> None:
+        """The kernel side untracked the first CLOSE_RANGE_SPAN fds of the range itself."""
+        table = self._tables["tracked_fds"]
+        with self._lock:
+            fds = self._tracked.get(tgid, set())
+            for fd in [fd for fd in fds if first <= fd <= last]:
+                fds.discard(fd)
+                if fd >= first + CLOSE_RANGE_SPAN:
+                    self._delete(table, table.Key(tgid, fd))
+
+    def _mark(self, name: str, pid: int) -> None:
+        if pid == self._own_tgid:
+            return
+        table = self._tables[name]
+        with self._lock:
+            self._put(table, table.Key(pid))
+
+    def _put(self, table, key) -> None:
+        try:
+            table[key] = table.Leaf(1)
+        except Exception:  # bcc: "Could not update table" (the map is full)
+            self._failed_inserts += 1
+
+    @staticmethod
+    def _delete(table, key) -> None:
+        try:
+            del table[key]
+        except KeyError:
+            pass
+
+    # ------------------------------------------------------------ reporting
+
+    def status(self) -> dict:
+        return {
+            "headers": str(self._headers) if self._headers else f"/lib/modules/{os.uname().release}/build",
+            "tracefs": str(self._tracefs),
+            "load_seconds": round(self.load_seconds, 3),
+            "ring_buffer_bytes": self._ring_bytes,
+            "probes": {name: status.as_dict() for name, status in self._statuses.items()},
+        }
+
+    def attached(self) -> list[str]:
+        return [name for name, status in self._statuses.items() if status.state == ATTACHED]
+
+    def source_and_cflags(self) -> str:
+        """Exactly what was compiled: the header, the program, and the cflags."""
+        return (f"// {RECORD_HEADER.name}\n{self._record_header}\n"
+                f"// {SOURCE.name}\n{self._source}\n"
+                f"// cflags: {' '.join(self.cflags())}\n")
+
+    def close(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+            atexit.unregister(bpf.cleanup)
+
+    def __enter__(self) -> Probes:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

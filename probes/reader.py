@@ -1,0 +1,116 @@
+"""The reader thread: ring buffer -> decoded Events -> a bounded queue.
+
+Each record is copied out of the ring-buffer callback (its memory is valid
+only during the call); after each poll the batch is decoded, shown to the
+loader (which keeps the in-kernel maps right), and put in the queue without
+blocking, under one lock acquisition per batch. Three losses
+are counted apart: records the kernel could not send, records dropped
+because the queue was full, and records that did not decode. Whenever their
+sum grows, a LOST event (arg = how many since the last one) goes into the
+queue; when the queue is full it is folded into the next one.
+"""
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+import time
+
+from probes.events import Event, Kind
+from probes.loader import Probes
+from probes.wire import DecodeError, decode
+
+DEFAULT_CAPACITY = 65536
+DEFAULT_POLL_MS = 50
+# Records taken per poll: the callback stops the ring's consumer there, which
+# bounds the batch's memory and the delay before its first event is queued.
+MAX_BATCH = 4096
+STOP_CONSUMING = -1
+
+
+class EventQueue(queue.Queue):
+    """A bounded queue.Queue that also takes a batch at once, as much of it as fits."""
+
+    def put_batch(self, items: list[Event]) -> int:
+        """Append what fits without blocking; returns how many were taken."""
+        with self.not_full:
+            room = self.maxsize - self._qsize() if self.maxsize > 0 else len(items)
+            taken = items[:max(room, 0)]
+            for item in taken:
+                self._put(item)
+            self.unfinished_tasks += len(taken)
+            if taken:
+                self.not_empty.notify(len(taken))
+        return len(taken)
+
+
+class Reader:
+    def __init__(self, probes: Probes, *, capacity: int = DEFAULT_CAPACITY,
+                 poll_ms: int = DEFAULT_POLL_MS):
+        self.events: EventQueue = EventQueue(maxsize=capacity)
+        self.queue_overflow = 0
+        self.decode_errors = 0
+        self._probes = probes
+        self._poll_ms = poll_ms
+        self._kernel_lost = 0
+        self._reported = 0
+        self._batch: list[bytes] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crwatch-probe-reader", daemon=True)
+        probes.open_events(self._on_record)
+
+    def start(self) -> Reader:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def counters(self) -> dict[str, int]:
+        return {"kernel": self._kernel_lost, "queue_overflow": self.queue_overflow,
+                "decode_errors": self.decode_errors}
+
+    def poll_once(self) -> None:
+        """One round of the thread: wait for records, queue them, account for losses."""
+        self._probes.poll(self._poll_ms)
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._deliver(batch)
+        self._account_losses()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.poll_once()
+
+    def _on_record(self, _ctx: int, data: int, size: int) -> int:
+        self._batch.append(ctypes.string_at(data, size))
+        return STOP_CONSUMING if len(self._batch) >= MAX_BATCH else 0
+
+    def _deliver(self, batch: list[bytes]) -> None:
+        events = []
+        for raw in batch:
+            try:
+                event = decode(raw)
+            except DecodeError:
+                self.decode_errors += 1
+                continue
+            self._probes.note(event)
+            events.append(event)
+        self.queue_overflow += len(events) - self.events.put_batch(events)
+
+    def _account_losses(self) -> None:
+        kernel_lost = self._probes.lost_in_kernel()
+        if kernel_lost > self._kernel_lost:
+            self._kernel_lost = kernel_lost
+            self._probes.prune_exited()  # their exits may be among the lost records
+        total = self._kernel_lost + self.queue_overflow + self.decode_errors
+        if total == self._reported:
+            return
+        lost = Event(Kind.LOST, time.monotonic_ns(), 0, 0, arg=total - self._reported)
+        try:
+            self.events.put_nowait(lost)
+        except queue.Full:
+            return  # folded into the next LOST event
+        self._reported = total

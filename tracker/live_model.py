@@ -1,0 +1,136 @@
+"""The records of the live state table: marks, entries, transitions, counters.
+
+A mark is one reason why a task is `nocr` now, with where it came from
+(`probe` or `audit`) and since when. Times are kept twice: `ts_ns` on
+CLOCK_MONOTONIC, the clock of the probes' events, to order a mark against
+events; `since` in UTC for people.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from tracker.profiles import Profile
+from tracker.rules import Finding
+from tracker.verdict import VERDICT_ORDER, reason
+
+SCHEMA = "crwatch.event/1"
+NOCR, CR = "nocr", "cr"
+
+MarkKey = tuple  # ("fd", fd), ("pi", tid, uaddr), ("nonlinear", start, size), ("traced", tid),
+#                  ("locks",), ("pidns",), ("shm", addr)
+
+
+def iso_from_wall_ns(wall_ns: int) -> str:
+    moment = datetime.fromtimestamp(wall_ns / 1e9, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_from_monotonic_ns(ts_ns: int) -> str:
+    """The UTC time of a CLOCK_MONOTONIC instant (an event's kernel timestamp)."""
+    return iso_from_wall_ns(time.time_ns() - (time.monotonic_ns() - ts_ns))
+
+
+def boot_seconds(ts_ns: int) -> float:
+    """A CLOCK_MONOTONIC instant on the clock of /proc/PID/stat start times (CLOCK_BOOTTIME)."""
+    offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+    return (ts_ns + offset) / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    findings: tuple[Finding, ...]
+    source: str                      # "probe" or "audit"
+    since: str                       # UTC, when the state began (as far as crwatch knows)
+    ts_ns: int                       # CLOCK_MONOTONIC: events older than this cannot undo it
+    span: tuple[int, int] | None = None     # address range, for nonlinear and shm marks
+    tracer: tuple[int, int] | None = None   # (tid, pid) of the tracer, for traced marks
+    target: str | None = None               # the fd's link text, for fd marks
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(finding.code for finding in self.findings)
+
+
+@dataclass(slots=True)
+class PiThread:
+    """What one thread does with PI futexes: the one it waits on, the ones it holds."""
+
+    last_ns: int = 0                 # its PI events are sequential: older ones are stale
+    waiting: int | None = None
+    held: set[int] = field(default_factory=set)
+
+    @property
+    def idle(self) -> bool:
+        return self.waiting is None and not self.held
+
+
+@dataclass(slots=True)
+class Entry:
+    """One process, by identity (pid, start time)."""
+
+    pid: int
+    start_time: float
+    comm: str
+    since: str
+    marks: dict[MarkKey, Mark] = field(default_factory=dict)
+    pi: dict[int, PiThread] = field(default_factory=dict)
+    audited_ns: int = 0              # CLOCK_MONOTONIC start of its last /proc audit
+    stale: bool = False              # events were lost; a re-audit is under way
+
+    @property
+    def state(self) -> str:
+        return NOCR if self.marks else CR
+
+    @property
+    def idle(self) -> bool:
+        """Nothing marked and nothing pending: the entry need not be kept."""
+        return not self.marks and not self.pi
+
+    def reasons(self, profile: Profile) -> list[dict]:
+        found = []
+        for mark in self.marks.values():
+            for finding in mark.findings:
+                found.append(dict(reason(finding, profile), source=mark.source, since=mark.since))
+        return sorted(found, key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
+                                            r["fd"] or 0, r["code"], r["message"]))
+
+
+@dataclass(slots=True)
+class Transition:
+    """A task's checkpointability changing: the `transition` line of crwatch.event/1."""
+
+    pid: int
+    tid: int | None
+    start_time: float
+    comm: str
+    state: str
+    reasons: list[dict]
+    ts: str
+    cause_ns: int                    # CLOCK_MONOTONIC of the event (or audit) that caused it
+    exited: bool = False             # `cr` because the process is gone
+    emitted_ns: int = 0              # CLOCK_MONOTONIC when subscribers were told
+
+    def to_json(self) -> dict:
+        line = {"schema": SCHEMA, "kind": "transition", "pid": self.pid, "tid": self.tid,
+                "start_time": self.start_time, "comm": self.comm, "state": self.state,
+                "reasons": self.reasons, "ts": self.ts}
+        if self.exited:
+            line["exited"] = True
+        return line
+
+
+@dataclass
+class Counters:
+    events: int = 0                  # events applied
+    transitions: int = 0
+    reaudits: int = 0                # whole-table /proc audits after a loss
+    lost: int = 0                    # records reported lost (kernel, queue, decoding)
+    lost_reports: int = 0            # LOST events received
+    fallbacks: int = 0               # fds gone before they could be read: judged from the event
+    ignored: int = 0                 # events about processes gone or older than the pid's owner
+    swept: int = 0                   # entries dropped by the sweep (an exit never reported)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)

@@ -1,0 +1,159 @@
+"""The tracker: probes, their reader, the live table, and the thread that applies events.
+
+start() attaches the probes, seeds the table from a /proc audit of every
+process, tells subscribers it is ready, then applies events as they come
+and hands each notice (ready, transition, lost) to every subscriber, on the
+applier thread. Probes that cannot load leave the tracker degraded, not
+dead: the table is still seeded, and the reason is reported.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from probes.events import Event, Kind
+from probes.loader import ProbeError, Probes
+from probes.reader import DEFAULT_CAPACITY, Reader
+from tracker.live import LiveTable
+from tracker.live_model import SCHEMA, Transition, iso_from_wall_ns
+from tracker.profiles import Profile
+
+SWEEP_SECONDS = 1.0
+STOP_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ready:
+    """The probes are attached (or could not be) and the table is seeded."""
+
+    probes: list[dict]
+    degraded: str | None
+    ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
+
+    def to_json(self) -> dict:
+        line = {"schema": SCHEMA, "kind": "ready", "probes": self.probes, "ts": self.ts}
+        if self.degraded:
+            line["degraded"] = self.degraded
+        return line
+
+
+@dataclass
+class Lost:
+    """Records were lost (kernel, queue or decoding): the table was re-audited."""
+
+    count: int
+    total: int
+    reaudits: int
+    ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "kind": "lost", "count": self.count, "total": self.total,
+                "reaudits": self.reaudits, "ts": self.ts}
+
+
+Notice = Union[Ready, Transition, Lost]
+
+
+class Tracker:
+    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY):
+        self.profile = profile
+        self.queue_capacity = queue_capacity
+        self.probes: Probes | None = None
+        self.reader: Reader | None = None
+        self.table: LiveTable | None = None
+        self.degraded: str | None = None
+        self.apply_errors = 0
+        self._subscribers: list[Callable[[Notice], None]] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crwatch-applier", daemon=True)
+
+    def subscribe(self, callback: Callable[[Notice], None]) -> None:
+        """Called on the applier thread for every notice, from the ready notice on."""
+        self._subscribers.append(callback)
+
+    def start(self) -> Tracker:
+        try:
+            self.probes = Probes()
+            self.reader = Reader(self.probes, capacity=self.queue_capacity).start()
+        except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
+            self.degraded = str(error)
+            self._close_probes()
+        self.table = LiveTable(self.profile, self.probes)
+        seeded = self.table.seed()
+        self._publish([Ready(self._probe_statuses(), self.degraded)])
+        self._publish(seeded)
+        if self.reader is not None:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+        self._close_probes()
+
+    def counters(self) -> dict:
+        counts = {"table": self.table.counters.as_dict() if self.table is not None else {},
+                  "apply_errors": self.apply_errors}
+        if self.reader is not None:
+            counts["lost"] = self.reader.counters()
+        return counts
+
+    def _probe_statuses(self) -> list[dict]:
+        if self.probes is None:
+            return []
+        return [{"name": name, **status}
+                for name, status in self.probes.status()["probes"].items()]
+
+    def _close_probes(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+
+    def _run(self) -> None:
+        events = self.reader.events
+        swept = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                event = events.get(timeout=SWEEP_SECONDS)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self._publish(self._guarded(self._apply, event))
+            if time.monotonic() - swept >= SWEEP_SECONDS:
+                swept = time.monotonic()
+                self._publish(self._guarded(self.table.sweep))
+
+    def _apply(self, event: Event) -> list[Notice]:
+        transitions = self.table.apply(event)
+        if event.kind != Kind.LOST:
+            return transitions
+        counters = self.table.counters
+        return [Lost(event.arg, counters.lost, counters.reaudits), *transitions]
+
+    def _guarded(self, work: Callable, *args) -> list[Notice]:
+        try:
+            return work(*args)
+        except Exception:  # a bug must not stop the tracking of everything else
+            self.apply_errors += 1
+            log.exception("%s%s failed", work.__name__, args)
+            return []
+
+    def _publish(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            if isinstance(notice, Transition):
+                notice.emitted_ns = time.monotonic_ns()
+            for callback in self._subscribers:
+                try:
+                    callback(notice)
+                except Exception:  # one subscriber's failure is not the others'
+                    log.exception("a subscriber failed on %s", notice)
