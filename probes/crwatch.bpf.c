@@ -74,8 +74,8 @@
 
 /* Which enter probe left a `pending` entry. */
 enum pending_op {
-    OP_OPEN = 1, OP_FD_MAKER, OP_DUP, OP_DUP2, OP_PI_LOCK, OP_PI_TRYLOCK,
-    OP_PI_UNLOCK, OP_REMAP, OP_PTRACE, OP_CONNECT, OP_ACCEPT, OP_UNSHARE, OP_SHMAT, OP_SHMDT,
+    OP_OPEN = 1, OP_FD_MAKER, OP_DUP, OP_DUP2, OP_PI_LOCK, OP_PI_TRYLOCK, OP_REMAP,
+    OP_PTRACE, OP_CONNECT, OP_ACCEPT, OP_UNSHARE, OP_SHMAT, OP_SHMDT,
 };
 
 /* Bits of pending.b for dup2/dup3. */
@@ -599,6 +599,17 @@ static __always_inline void report_pi_waiting(u64 addr)
         remember_op(OP_PI_LOCK, -1, addr, 0);
 }
 
+static __always_inline void count_pi_held(u32 tid, bool acquired);
+
+/* Released at enter: a waiter handed the lock may report it before the
+ * unlocker's syscall returns, so the release must be in the ring first.
+ * UNLOCK_PI fails only for a caller that does not own the futex. */
+static __always_inline void report_pi_released(u64 addr)
+{
+    if (!ignored() && emit(KIND_PI_RELEASED, -1, addr, 0))
+        count_pi_held(current_tid(), false);
+}
+
 /* WAIT_REQUEUE_PI waits on a plain futex to be requeued onto the PI futex
  * uaddr2. CMP_REQUEUE_PI gives its caller no PI state: the waiter it
  * requeues reports the lock when its WAIT_REQUEUE_PI returns. */
@@ -609,9 +620,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_futex)
         report_pi_waiting((u64)args->uaddr);
     else if (cmd == FUTEX_CMD_WAIT_REQUEUE_PI)
         report_pi_waiting((u64)args->uaddr2);
-    else if ((cmd == FUTEX_CMD_TRYLOCK_PI || cmd == FUTEX_CMD_UNLOCK_PI) && !ignored())
-        remember_op(cmd == FUTEX_CMD_TRYLOCK_PI ? OP_PI_TRYLOCK : OP_PI_UNLOCK, -1,
-                    (u64)args->uaddr, 0);
+    else if (cmd == FUTEX_CMD_UNLOCK_PI)
+        report_pi_released((u64)args->uaddr);
+    else if (cmd == FUTEX_CMD_TRYLOCK_PI && !ignored())
+        remember_op(OP_PI_TRYLOCK, -1, (u64)args->uaddr, 0);
     return 0;
 }
 
@@ -649,9 +661,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_futex)
     } else if (op == OP_PI_TRYLOCK && done) {
         if (emit(KIND_PI_ACQUIRED, -1, addr, 0))
             count_pi_held(tid, true);
-    } else if (op == OP_PI_UNLOCK && done) {
-        if (emit(KIND_PI_RELEASED, -1, addr, 0))
-            count_pi_held(tid, false);
     }
     return 0;
 }
@@ -846,9 +855,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
 #endif
 
 /* Runs in the parent when a task is created by any path (fork, vfork, clone,
- * clone3), with its clone flags; threads are not reported. The child's tracked
- * fds are put in the map by the tracker, which reads them from /proc; its
- * locks (flock locks are shared) and mappings are marked here. */
+ * clone3), with its clone flags; threads are not reported. The child of a
+ * watched process is watched (the tracker may unwatch it: the loader's
+ * unwatch); the tracker reads its fds from /proc and tracks those that
+ * matter; its locks (flock locks are shared) and mappings are marked here. */
 TRACEPOINT_PROBE(task, task_newtask)
 {
     u64 flags = args->clone_flags;

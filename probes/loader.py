@@ -10,7 +10,8 @@ out and the rest loaded again). The process-lifecycle probes outside such
 blocks (task_newtask, sched_process_exec/exit) are required.
 
 The tracker steers the in-kernel filter maps through `track_fd`,
-`untrack_fd`, `mark_lock_holder`, `mark_memory`, `watch` and `forget`. The
+`untrack_fd`, `mark_lock_holder`, `mark_memory`, `watch`, `unwatch` and
+`forget`. The
 loader mirrors the tracked fds per process, so that a process's exit or a
 close_range can be applied to the map (the kernel side cannot walk it).
 """
@@ -87,6 +88,17 @@ def probe_blocks(source: str) -> dict[str, tuple[Tracepoint, ...]]:
         elif match := _TRACEPOINT.match(line):
             blocks[current].append(Tracepoint(match[1], match[2]))
     return {name: tuple(tracepoints) for name, tracepoints in blocks.items() if tracepoints}
+
+
+def probe_of_program(message: str, statuses: dict[str, ProbeStatus]) -> str | None:
+    """The probe whose program bcc's error message names ("Failed to load BPF program
+    b'tracepoint__syscalls__sys_enter_futex': ..."), if any."""
+    match = _PROGRAM.search(message)
+    if match is None:
+        return None
+    tracepoint = Tracepoint(match[1], match[2])
+    return next((name for name, status in statuses.items()
+                 if tracepoint in status.tracepoints), None)
 
 
 def find_kernel_headers(release: str | None = None, modules: Path = Path("/lib/modules"),
@@ -170,8 +182,10 @@ class Probes:
             self._base_cflags.append("-DHAVE_GROUP_DEAD")
         self._ring_bytes = ring_pages * os.sysconf("SC_PAGE_SIZE")
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._tracked: dict[int, set[int]] = {}
         self._failed_inserts = 0
+        self._kernel_lost = 0
         self._check_tracepoints()
         started = time.monotonic()
         self._bpf = self._load()
@@ -206,19 +220,11 @@ class Probes:
             except Exception as error:  # bcc raises bare Exceptions
                 bpf.cleanup()
                 atexit.unregister(bpf.cleanup)
-                name = self._probe_named_in(str(error))
+                name = probe_of_program(str(error), self._statuses)
                 if name is None or name == REQUIRED:
                     raise ProbeError(f"cannot load {SOURCE.name}: {error}") from error
                 self._statuses[name].state = FAILED
                 self._statuses[name].reason = str(error)
-
-    def _probe_named_in(self, message: str) -> str | None:
-        match = _PROGRAM.search(message)
-        if match is None:
-            return None
-        tracepoint = Tracepoint(match[1], match[2])
-        return next((name for name, status in self._statuses.items()
-                     if tracepoint in status.tracepoints), None)
 
     # ------------------------------------------------------------ reading
 
@@ -226,13 +232,22 @@ class Probes:
         """Call `callback(ctx, data, size)` for each record; `data` is valid only during the call."""
         self._bpf[b"events"].open_ring_buffer(callback)
 
-    def poll(self, timeout_ms: int) -> None:
-        self._bpf.ring_buffer_poll(timeout_ms)
+    def poll(self, timeout_ms: int) -> bool:
+        """Hand the waiting records to the callback, waiting up to `timeout_ms` for the
+        first; False once the probes are closed (the reader thread then ends)."""
+        with self._poll_lock:
+            if self._bpf is None:
+                return False
+            self._bpf.ring_buffer_poll(timeout_ms)
+            return True
 
     def lost_in_kernel(self) -> int:
         """Records the kernel side could not send, plus map inserts that failed (the
-        state they would have tracked goes unseen)."""
-        return sum(count.value for count in self._tables["lost"].values()) + self._failed_inserts
+        state they would have tracked goes unseen). The last count once closed."""
+        with self._poll_lock:
+            if self._bpf is not None:
+                self._kernel_lost = sum(count.value for count in self._tables["lost"].values())
+        return self._kernel_lost + self._failed_inserts
 
     # ------------------------------------------------------------ steering
 
@@ -265,6 +280,13 @@ class Probes:
     def watch(self, pid: int) -> None:
         """Report the fork, exec and exit of this process (or thread: a tracee, a tracer)."""
         self._mark("watched", pid)
+
+    def unwatch(self, pid: int) -> None:
+        """Stop reporting the fork, exec and exit of a process with no marks left (the
+        kernel side watches a process from its first state on, and never lets go itself)."""
+        table = self._tables["watched"]
+        with self._lock:
+            self._delete(table, table.Key(pid))
 
     def forget(self, tgid: int) -> None:
         """Drop everything the kernel side holds about a process (it exited)."""
@@ -343,9 +365,6 @@ class Probes:
             "probes": {name: status.as_dict() for name, status in self._statuses.items()},
         }
 
-    def attached(self) -> list[str]:
-        return [name for name, status in self._statuses.items() if status.state == ATTACHED]
-
     def source_and_cflags(self) -> str:
         """Exactly what was compiled: the header, the program, and the cflags."""
         return (f"// {RECORD_HEADER.name}\n{self._record_header}\n"
@@ -353,7 +372,8 @@ class Probes:
                 f"// cflags: {' '.join(self.cflags())}\n")
 
     def close(self) -> None:
-        bpf, self._bpf = self._bpf, None
+        with self._poll_lock:  # not while the reader thread is inside a poll
+            bpf, self._bpf = self._bpf, None
         if bpf is not None:
             bpf.cleanup()
             atexit.unregister(bpf.cleanup)

@@ -7,7 +7,8 @@ blocking, under one lock acquisition per batch. Three losses
 are counted apart: records the kernel could not send, records dropped
 because the queue was full, and records that did not decode. Whenever their
 sum grows, a LOST event (arg = how many since the last one) goes into the
-queue; when the queue is full it is folded into the next one.
+queue, ahead of the next records; when the queue is full it is folded into
+the next one.
 """
 from __future__ import annotations
 
@@ -68,21 +69,29 @@ class Reader:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
     def counters(self) -> dict[str, int]:
         return {"kernel": self._kernel_lost, "queue_overflow": self.queue_overflow,
                 "decode_errors": self.decode_errors}
 
-    def poll_once(self) -> None:
-        """One round of the thread: wait for records, queue them, account for losses."""
-        self._probes.poll(self._poll_ms)
+    def poll_once(self) -> bool:
+        """One round of the thread: wait for records, queue them, account for losses.
+        False once the probes are closed."""
+        if not self._probes.poll(self._poll_ms):
+            return False
+        self._report_losses()  # first: a pending LOST event takes the first free slot
         if self._batch:
             batch, self._batch = self._batch, []
             self._deliver(batch)
-        self._account_losses()
+        self._count_kernel_losses()
+        self._report_losses()
+        return True
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            self.poll_once()
+        while not self._stopping.is_set() and self.poll_once():
+            pass
 
     def _on_record(self, _ctx: int, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))
@@ -100,11 +109,13 @@ class Reader:
             events.append(event)
         self.queue_overflow += len(events) - self.events.put_batch(events)
 
-    def _account_losses(self) -> None:
+    def _count_kernel_losses(self) -> None:
         kernel_lost = self._probes.lost_in_kernel()
         if kernel_lost > self._kernel_lost:
             self._kernel_lost = kernel_lost
             self._probes.prune_exited()  # their exits may be among the lost records
+
+    def _report_losses(self) -> None:
         total = self._kernel_lost + self.queue_overflow + self.decode_errors
         if total == self._reported:
             return

@@ -103,10 +103,11 @@ class SyntheticProbes:
     def open_events(self, callback) -> None:
         self._callback = callback
 
-    def poll(self, timeout_ms: int) -> None:
+    def poll(self, timeout_ms: int) -> bool:
         for raw in self.batches.pop(0) if self.batches else []:
             buffer = ctypes.create_string_buffer(raw, len(raw))
             self._callback(0, ctypes.addressof(buffer), len(raw))
+        return True
 
     def lost_in_kernel(self) -> int:
         return self.kernel_lost.pop(0) if len(self.kernel_lost) > 1 else self.kernel_lost[0]
@@ -150,9 +151,22 @@ def test_a_batch_stops_the_ring_consumer_at_its_limit(monkeypatch):
     monkeypatch.setattr("probes.reader.MAX_BATCH", 2)
     returns = []
     probes = SyntheticProbes([], [0])
-    reader = Reader(probes)
+    Reader(probes)  # registers its ring-buffer callback with the probes
     for fd in range(3):
         raw = record(fd=fd)
         buffer = ctypes.create_string_buffer(raw, len(raw))
         returns.append(probes._callback(0, ctypes.addressof(buffer), len(raw)))
     assert returns == [0, -1, -1]
+
+
+def test_a_pending_lost_event_goes_in_before_new_records():
+    # a busy host refills a full queue every round: LOST must not starve behind records
+    probes = SyntheticProbes([[record(fd=fd) for fd in range(5)],
+                              [record(fd=fd) for fd in range(5, 8)]], kernel_lost=[0])
+    reader = Reader(probes, capacity=3)
+    reader.poll_once()
+    reader.events.get_nowait()  # the consumer frees one slot
+    reader.poll_once()
+    queued = [reader.events.get_nowait() for _ in range(3)]
+    assert [event.kind for event in queued] == [Kind.FD_CLOSED, Kind.FD_CLOSED, Kind.LOST]
+    assert queued[-1].arg == 2 and reader.queue_overflow == 2 + 3

@@ -1,0 +1,260 @@
+"""What the tracker costs the host: syscall slowdown, event throughput, memory.
+
+Prints figures and their ratio to the targets (worst microbenchmark 1.25x,
+realistic workload 1.03x, no loss at 100,000 relevant events/s), never
+asserts: these machines are noisy. Slowdowns compare runs with and without a
+real Tracker (probes attached, table seeded) in this process, interleaved
+(off, on, off, on, ...) and summarised by medians. The loads are C programs
+(bench/syscall_loops.c) compiled here with gcc. Memory is that of a
+`crwatch watch` process seeded with 2,000 extra processes alive.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tracker.profiles import NEWEST_KNOWN_CRIU, profile  # noqa: E402
+from tracker.tracker import Tracker  # noqa: E402
+
+SOURCE = Path(__file__).with_name("syscall_loops.c")
+CRWATCH = Path(sys.executable).with_name("crwatch")
+
+TARGET_WORST_MICRO = 1.25
+TARGET_REALISTIC = 1.03
+TARGET_EVENT_RATE = 100_000
+
+REPETITIONS = 5                      # off/on pairs
+MICRO_CALLS = {"getppid": 2_000_000, "futex_wake": 2_000_000, "open_close": 400_000}
+# The realistic load (iterations per thread, a record lock every Nth iteration) in
+# three mixes: file work alone (one lock per thread), locking now and then, and
+# locking as a busy database does (the lock calls/s are printed).
+WORKLOADS = {"files only": (10_000, 1 << 40), "light locking": (10_000, 40),
+             "heavy locking": (10_000, 4)}
+EVENT_RATES = (10_000, 25_000, 35_000, 50_000, 100_000, 200_000)
+EVENT_SECONDS = 3.0
+DRAIN_TIMEOUT = 120.0
+EXTRA_PROCESSES = 2_000
+NOCR_EVERY = 10                      # every 10th extra process holds /dev/kvm
+
+
+def build(workdir: Path) -> Path:
+    binary = workdir / "syscall_loops"
+    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(SOURCE)],
+                   check=True)
+    return binary
+
+
+def other_bpf_holders() -> list[int]:
+    """Processes other than this one holding BPF programs (another tracker, say): their
+    probes slow the "untracked" runs down too."""
+    holders = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{name}/fd/{fd}") for fd in os.listdir(f"/proc/{name}/fd")]
+        except OSError:
+            continue  # gone, or an fd closed meanwhile
+        if "anon_inode:bpf-prog" in links:
+            holders.append(int(name))
+    return holders
+
+
+def run(binary: Path, *args) -> list[str]:
+    done = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()
+
+
+@contextmanager
+def tracking() -> Iterator[Tracker]:
+    tracker = Tracker(profile("criu", NEWEST_KNOWN_CRIU)).start()
+    try:
+        if tracker.degraded:
+            raise SystemExit(f"the tracker could not attach its probes: {tracker.degraded}")
+        yield tracker
+    finally:
+        tracker.stop()
+
+
+# ---------------------------------------------------------------- slowdown
+
+def bench_slowdown(binary: Path, workdir: Path) -> list[str]:
+    regular = workdir / "regular-file"
+    regular.write_bytes(b"x")
+    files = workdir / "workload"
+    files.mkdir()
+    micro: dict[tuple[str, bool], list[float]] = {}
+    loads: dict[tuple[str, bool], list[float]] = {}
+    lock_rates: dict[str, list[float]] = {}
+    # CPU this process (the tracker's threads: the main thread only waits) used during
+    # the workload, as a share of one CPU
+    tracker_cpu: dict[str, list[float]] = {}
+    others = set(other_bpf_holders())
+    for _ in range(REPETITIONS):
+        for tracked in (False, True):
+            with tracking() if tracked else nullcontext():
+                for name, calls in MICRO_CALLS.items():
+                    extra = [regular] if name == "open_close" else []
+                    ns = float(run(binary, name, calls, *extra)[0])
+                    micro.setdefault((name, tracked), []).append(ns)
+                for name, (iterations, lock_every) in WORKLOADS.items():
+                    cpu = time.process_time()
+                    seconds, lock_calls = run(binary, "workload", iterations, lock_every, files)
+                    loads.setdefault((name, tracked), []).append(float(seconds))
+                    lock_rates.setdefault(name, []).append(int(lock_calls) / float(seconds))
+                    if tracked:
+                        tracker_cpu.setdefault(name, []).append(
+                            (time.process_time() - cpu) / float(seconds))
+    lines = []
+    others |= set(other_bpf_holders())
+    if others:
+        lines.append(f"WARNING: pids {sorted(others)} held BPF programs during these runs: "
+                     f"the untracked runs were not")
+    ratios = []
+    for name in MICRO_CALLS:
+        off, on = statistics.median(micro[name, False]), statistics.median(micro[name, True])
+        ratios.append(on / off)
+        lines.append(f"{name:12} {off:8.1f} ns/call untracked, {on:8.1f} tracked: "
+                     f"ratio {on / off:.3f}")
+    lines.append(f"worst microbenchmark ratio {max(ratios):.3f}  target {TARGET_WORST_MICRO}, "
+                 f"ratio to target {max(ratios) / TARGET_WORST_MICRO:.2f}")
+    for name in WORKLOADS:
+        off, on = statistics.median(loads[name, False]), statistics.median(loads[name, True])
+        lines.append(f"workload, {name} (4 threads, ~{statistics.median(lock_rates[name]):,.0f} "
+                     f"lock calls/s): {off:.3f} s untracked, {on:.3f} s tracked: ratio "
+                     f"{on / off:.3f}  target {TARGET_REALISTIC}, ratio to target "
+                     f"{on / off / TARGET_REALISTIC:.2f}; the tracker meanwhile used "
+                     f"{statistics.median(tracker_cpu[name]):.0%} of a CPU")
+    return lines
+
+
+# ---------------------------------------------------------------- throughput
+
+def _snapshot(tracker: Tracker) -> dict[str, int]:
+    counters = tracker.counters()
+    table, lost = counters["table"], counters["lost"]
+    return {"applied": table["events"] - table["lost_reports"], "kernel": lost["kernel"],
+            "queue": lost["queue_overflow"], "decode": lost["decode_errors"],
+            "reaudits": table["reaudits"]}
+
+
+def _drain(tracker: Tracker) -> float:
+    """Seconds until the tracker has applied everything queued (polled: this is a bench)."""
+    started = time.monotonic()
+    last = None
+    while time.monotonic() - started < DRAIN_TIMEOUT:
+        current = _snapshot(tracker)["applied"]
+        if tracker.reader.events.qsize() == 0 and current == last:
+            break
+        last = current
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def bench_throughput(binary: Path) -> list[str]:
+    lines = []
+    first_loss = last_clean = None
+    with tracking() as tracker:
+        for rate in EVENT_RATES:
+            before = _snapshot(tracker)
+            made, seconds = run(binary, "events", rate, EVENT_SECONDS)
+            drained = _drain(tracker)
+            busy = float(seconds) + drained
+            after = _snapshot(tracker)
+            delta = {key: after[key] - before[key] for key in after}
+            received = delta["applied"] + delta["queue"]
+            lost = delta["kernel"] + delta["queue"] + delta["decode"]
+            if lost and first_loss is None:
+                first_loss = rate
+            elif first_loss is None:
+                last_clean = rate
+            lines.append(
+                f"events at {rate:>7,}/s asked: {int(made) / float(seconds):>9,.0f}/s made "
+                f"({int(made):,}), {received:,} received, {delta['applied']:,} applied; lost: "
+                f"kernel {delta['kernel']:,}, queue overflow {delta['queue']:,}, decode "
+                f"{delta['decode']}; re-audits {delta['reaudits']}; all applied "
+                f"{drained:.1f} s after the load ({delta['applied'] / busy:,.0f} applied/s)")
+    clean = f"no loss up to {last_clean:,}/s" if last_clean else "loss at every rate tried"
+    verdict = clean if first_loss is None else f"{clean}, loss from {first_loss:,}/s"
+    lines.append(f"event throughput (dup+close of a tracked /dev/kvm fd, {EVENT_SECONDS:.0f} s "
+                 f"each): {verdict}  target: no loss at {TARGET_EVENT_RATE:,}/s")
+    return lines
+
+
+# ---------------------------------------------------------------- memory
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def watch_rss() -> tuple[int, int]:
+    """(VmRSS in KiB, nocr transitions) of `crwatch watch` once it is ready and seeded."""
+    watch = subprocess.Popen([str(CRWATCH), "watch"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        first = watch.stdout.readline()  # the ready line: seeding is done by then
+        if b'"ready"' not in first:
+            raise RuntimeError(f"crwatch watch said {first!r}")
+        lines: list[bytes] = []
+        drainer = threading.Thread(target=lambda: lines.extend(watch.stdout), daemon=True)
+        drainer.start()
+        time.sleep(1.0)  # let the seeded transitions be written out
+        rss = _rss_kib(watch.pid)
+        nocr = sum(1 for line in lines if b'"state": "nocr"' in line)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+    return rss, nocr
+
+
+def bench_memory() -> list[str]:
+    alone, _ = watch_rss()
+    extra = []
+    try:
+        with open("/dev/kvm", "rb", buffering=0) as kvm:
+            for number in range(EXTRA_PROCESSES):
+                holds_kvm = number % NOCR_EVERY == 0
+                extra.append(subprocess.Popen(["sleep", "600"],
+                                              stdin=kvm if holds_kvm else subprocess.DEVNULL))
+        loaded, nocr = watch_rss()
+    finally:
+        for process in extra:
+            process.kill()
+        for process in extra:
+            process.wait()
+    per_process = (loaded - alone) / EXTRA_PROCESSES
+    return [f"crwatch watch RSS: {alone / 1024:.1f} MiB on the bare host, {loaded / 1024:.1f} MiB "
+            f"with {EXTRA_PROCESSES:,} extra processes ({nocr} of them nocr): "
+            f"{per_process:.2f} KiB per extra process"]
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        print("tracker bench skipped: loading eBPF programs needs root", flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
+        binary = build(Path(scratch))
+        for part in (lambda: bench_slowdown(binary, Path(scratch)),
+                     lambda: bench_throughput(binary), bench_memory):
+            for line in part():
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
