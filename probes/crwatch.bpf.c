@@ -26,7 +26,6 @@
 #define LOST_SLOTS 2
 
 /* Linux ABI numbers, spelled out so that no uapi header is needed. */
-#define ERR_BADF 9
 #define ERR_EXIST 17
 #define ERR_INPROGRESS 115
 #define MAX_ERRNO 4095
