@@ -258,11 +258,15 @@ class LiveTable:
     # ------------------------------------------------------------ fds
 
     def _judge_fd(self, proc: Proc, who: ProcessIdentity, fd: int, event: Event, batch: _Batch,
-                  *, fallback: bool, same_as: str | None = None) -> None:
+                  *, fallback: tuple[str, list[Finding]] | None = None,
+                  same_as: str | None = None) -> None:
         """Mark or unmark ("fd", fd) by what /proc shows now.
 
         `same_as`: the file the fd must still be (a marked fd seen again after a
         fork, an exec, a dup); another file at that number is not ours.
+        `fallback`: the target and findings the event itself vouches for, used
+        when the fd is closed before /proc could be read (its close event
+        follows and takes the mark away again).
         """
         read_ns = time.monotonic_ns()
         seen = reads.classify_fd(proc, fd)
@@ -279,39 +283,49 @@ class LiveTable:
                 if self.kernel is not None:
                     self.kernel.untrack_fd(who.pid, fd)
                 return
-            # An open whose fd is already closed: it was nocr meanwhile, until its close.
+            # An fd already closed: it was nocr meanwhile, until its close.
             self.counters.fallbacks += 1
-            target, findings, read_ns = event.path, reads.fallback_findings(event), event.ts_ns
+            (target, findings), read_ns = fallback, event.ts_ns
         self._set(who, ("fd", fd), findings, batch, event.tid, ts_ns=read_ns,
                   since_ns=event.ts_ns, target=target)
         if self.kernel is not None:
             # A harmless fd (e.g. /dev/null) is not followed any further: its close costs nothing.
             (self.kernel.track_fd if findings else self.kernel.untrack_fd)(who.pid, fd)
 
+    def _closed_since(self, event: Event) -> bool:
+        """Was the event's new fd closed after the event (its close delivered first)?"""
+        return self._recent_closes.get((event.tgid, event.fd), 0) > event.ts_ns
+
     def _fd_opened(self, event: Event, batch: _Batch) -> None:
-        if self._recent_closes.get((event.tgid, event.fd), 0) > event.ts_ns:
-            return  # delivered after its own close
+        if self._closed_since(event):
+            return
         resolved = self._resolve(event.tgid, event.ts_ns, batch)
         if resolved:
-            self._judge_fd(*resolved, event.fd, event, batch, fallback=True)
+            self._judge_fd(*resolved, event.fd, event, batch,
+                           fallback=(event.path, reads.fallback_findings(event)))
 
     def _fd_duped(self, event: Event, batch: _Batch) -> None:
+        if self._closed_since(event):
+            return
         resolved = self._resolve(event.tgid, event.ts_ns, batch)
         if resolved:
             original = self._entries.get(event.tgid)
             mark = original.marks.get(("fd", event.arg)) if original else None
-            self._judge_fd(*resolved, event.fd, event, batch, fallback=False,
+            # A copy of a marked fd is what the original was when it was copied.
+            fallback = (mark.target, reads.renumbered(mark.findings, event.arg, event.fd)) \
+                if mark is not None else None
+            self._judge_fd(*resolved, event.fd, event, batch, fallback=fallback,
                            same_as=mark.target if mark else None)
 
     def _tcp_connected(self, event: Event, batch: _Batch) -> None:
         resolved = self._resolve(event.tgid, event.ts_ns, batch)
         if resolved:
-            self._judge_fd(*resolved, event.fd, event, batch, fallback=False)
+            self._judge_fd(*resolved, event.fd, event, batch)
 
     def _rejudge_fd(self, proc: Proc, who: ProcessIdentity, fd: int, mark: Mark, event: Event,
                     batch: _Batch) -> None:
         """A marked fd after close_range, exec or fork: still the same file, or gone."""
-        self._judge_fd(proc, who, fd, event, batch, fallback=False, same_as=mark.target)
+        self._judge_fd(proc, who, fd, event, batch, same_as=mark.target)
 
     def _remember_close(self, pid: int, fd: int, ts_ns: int) -> None:
         self._recent_closes[(pid, fd)] = max(ts_ns, self._recent_closes.get((pid, fd), 0))

@@ -11,7 +11,9 @@ import os
 import stat
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
+from typing import Iterable
 
 from probes.events import Event, Special
 from tracker import checks
@@ -89,6 +91,13 @@ def fallback_findings(event: Event) -> list[Finding]:
         return [Finding(code, f"fd {fd}: {what} {gone}", pid, fd=fd)]
     return [Finding("fd.unclassified", f"fd {fd}: unknown kind of file {event.path!r} {gone}",
                     pid, fd=fd)]
+
+
+def renumbered(findings: Iterable[Finding], old_fd: int, new_fd: int) -> list[Finding]:
+    """The findings of fd `old_fd`, said of its copy `new_fd` (dup, F_DUPFD)."""
+    return [replace(finding, fd=new_fd,
+                    message=finding.message.replace(f"fd {old_fd}:", f"fd {new_fd}:", 1))
+            for finding in findings]
 
 
 def _device_by_path(event: Event, gone: str) -> list[Finding]:
