@@ -167,6 +167,22 @@ def test_dup_then_closing_both_copies(table):
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
 
 
+def test_a_copy_closed_before_its_dup_was_applied_keeps_the_originals_reason(table):
+    # The tracker may apply a dup after the copy is gone: the copy was the
+    # original's file meanwhile, and stays marked until its own close.
+    code = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
+    with subject(code) as s:
+        fd = int(s.note)
+        copy = fd + 100  # never open in the subject
+        table.apply(opened(s.pid, fd))
+        assert table.apply(event(Kind.FD_DUPED, s.pid, fd=copy, arg=fd)) == []
+        assert table.apply(event(Kind.FD_CLOSED, s.pid, fd=fd)) == []
+        reasons = table.tracked(s.pid)["reasons"]
+        assert [(r["code"], r["fd"]) for r in reasons] == [("device.chr.unsupported", copy)]
+        assert reasons[0]["message"].startswith(f"fd {copy}:")
+        assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
+
+
 def test_close_range_clears_what_proc_no_longer_shows(table):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -254,6 +270,8 @@ def test_pi_futexes_are_followed_per_thread_until_nothing_is_held(table):
         tid, first, second = s.pid, 0x1000, 0x2000  # unreadable addresses: the events decide
         assert states(table.apply(event(Kind.PI_WAITING, s.pid, arg=first))) == [(s.pid, NOCR)]
         assert table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=first)) == []
+        assert [r["message"] for r in table.tracked(s.pid)["reasons"]] == [
+            f"tid {tid} holds the PI futex at {first:#x}"]  # the wait became a hold
         stale = event(Kind.PI_NOT_ACQUIRED, s.pid, time.monotonic_ns() - 10**9, arg=first)
         assert table.apply(stale) == []
         assert table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=second)) == []

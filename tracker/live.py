@@ -391,10 +391,11 @@ class LiveTable:
             if key[2] not in wanted:
                 self._drop(entry, key, batch, tid)
         for address, what in wanted.items():
-            if ("pi", tid, address) not in entry.marks:
-                self._set(who, ("pi", tid, address),
-                          [Finding("task.pi_futex", f"tid {tid} {what}", who.pid, tid=tid)],
-                          batch, tid, ts_ns=ts_ns, since_ns=ts_ns)
+            finding = Finding("task.pi_futex", f"tid {tid} {what}", who.pid, tid=tid)
+            mark = entry.marks.get(("pi", tid, address))
+            if mark is None or mark.findings != (finding,):  # new, or a wait that became a hold
+                self._set(who, ("pi", tid, address), [finding], batch, tid, ts_ns=ts_ns,
+                          since_ns=ts_ns)
         if thread.idle:
             entry.pi.pop(tid, None)
 
