@@ -100,6 +100,7 @@ BPF_ARRAY(lost, u64, LOST_SLOTS);
 BPF_HASH(tracked_fds, struct fd_key, u8, MAX_TRACKED_FDS);
 BPF_HASH(watched, u32, u8, MAX_TASKS);          /* pids (tgids, or tids of tracees) with any state */
 BPF_HASH(lock_holders, u32, u8, MAX_TASKS);     /* tgids that took a file lock */
+BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the tracker has not read */
 BPF_HASH(memory_marked, u32, u8, MAX_TASKS);    /* tgids with nonlinear or shm mappings */
 BPF_HASH(pi_held, u32, u32, MAX_TASKS);         /* tid -> PI futexes it holds */
 BPF_HASH(pending, u32, struct pending, MAX_TASKS);
@@ -272,10 +273,19 @@ static __always_inline void report_pending_new_fd(long ret, u32 special)
     forget_pending();
 }
 
+/* One report until the tracker has read the process's locks again (it clears
+ * the flag before it reads): a process that locks thousands of times a second
+ * costs the tracker one read per interval, not one per call. */
 static __always_inline void report_locks_changed(void)
 {
-    if (emit(KIND_LOCKS_CHANGED, -1, 0, 0))
-        mark_lock_holder(current_tgid());
+    u32 tgid = current_tgid();
+    u8 one = 1;
+    if (locks_reported.lookup(&tgid))
+        return;
+    if (emit(KIND_LOCKS_CHANGED, -1, 0, 0)) {
+        count_insert(locks_reported.update(&tgid, &one));
+        mark_lock_holder(tgid);
+    }
 }
 
 static __always_inline bool is_lock_holder(u32 tgid)
@@ -909,6 +919,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (group_dead) {
         watched.delete(&tgid);
         lock_holders.delete(&tgid);
+        locks_reported.delete(&tgid);
         memory_marked.delete(&tgid);
     }
     return 0;

@@ -191,7 +191,8 @@ class Probes:
         self._bpf = self._load()
         self.load_seconds = time.monotonic() - started
         self._tables = {name: self._bpf[name.encode()] for name in
-                        ("tracked_fds", "watched", "lock_holders", "memory_marked", "lost")}
+                        ("tracked_fds", "watched", "lock_holders", "locks_reported",
+                         "memory_marked", "lost")}
 
     # ------------------------------------------------------------ loading
 
@@ -272,6 +273,11 @@ class Probes:
         self._mark("lock_holders", tgid)
         self.watch(tgid)
 
+    def locks_read(self, tgid: int) -> None:
+        """The tracker reads the process's locks now: report its next lock change."""
+        table = self._tables["locks_reported"]
+        self._delete(table, table.Key(tgid))
+
     def mark_memory(self, tgid: int) -> None:
         """The process has nonlinear or SysV shm mappings: report its munmap and shmdt."""
         self._mark("memory_marked", tgid)
@@ -294,7 +300,7 @@ class Probes:
         with self._lock:
             for fd in self._tracked.pop(tgid, ()):
                 self._delete(table, table.Key(tgid, fd))
-        for name in ("watched", "lock_holders", "memory_marked"):
+        for name in ("watched", "lock_holders", "locks_reported", "memory_marked"):
             table = self._tables[name]
             self._delete(table, table.Key(tgid))
 

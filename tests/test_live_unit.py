@@ -17,7 +17,7 @@ import pytest
 
 from probes.events import Event, Kind, Special
 from tests.subjects import subject
-from tracker.live import LiveTable
+from tracker.live import LOCK_READ_INTERVAL_NS, LiveTable
 from tracker.live_model import CR, NOCR, boot_seconds
 from tracker.procfs import CLOCK_TICKS
 from tracker.profiles import profile
@@ -63,6 +63,9 @@ class RecordingKernel:
 
     def forget(self, tgid: int) -> None:
         self.calls.append(("forget", tgid))
+
+    def locks_read(self, tgid: int) -> None:
+        self.calls.append(("locks_read", tgid))
 
 
 @pytest.fixture
@@ -339,7 +342,44 @@ hold()
         assert ("mark_lock_holder", s.pid) in kernel.calls
         os.kill(s.pid, signal.SIGUSR1)
         _await_path(tmp_path / "unlocked")
-        assert states(table.apply(event(Kind.LOCKS_CHANGED, s.pid))) == [(s.pid, CR)]
+        assert states(_locks_changed(table, s.pid)) == [(s.pid, CR)]
+        assert kernel.calls.count(("locks_read", s.pid)) == 2
+
+
+def _locks_changed(table: LiveTable, pid: int) -> list:
+    """Apply a lock change, and the read it was deferred to if the last read was too recent."""
+    transitions = table.apply(event(Kind.LOCKS_CHANGED, pid))
+    due = table.next_due_ns()
+    if due is not None:
+        _await_monotonic(due)
+        transitions += table.run_due()
+    return transitions
+
+
+def _await_monotonic(instant_ns: int) -> None:
+    while time.monotonic_ns() < instant_ns:
+        time.sleep((instant_ns - time.monotonic_ns()) / 1e9)
+
+
+def test_lock_changes_within_the_read_interval_make_one_deferred_read(table, kernel, tmp_path):
+    code = f"""
+lock = open({str(tmp_path / 'locked')!r}, 'w')
+fcntl.flock(lock, fcntl.LOCK_EX)
+ready()
+hold()
+"""
+    with subject(code) as s:
+        assert states(table.apply(event(Kind.LOCKS_CHANGED, s.pid))) == [(s.pid, NOCR)]
+        read_at = time.monotonic_ns()
+        for _ in range(3):  # a burst of lock calls right after the read
+            assert table.apply(event(Kind.LOCKS_CHANGED, s.pid)) == []
+        assert table.counters.lock_reads == 1 and table.counters.lock_reads_deferred == 1
+        due = table.next_due_ns()
+        assert read_at < due <= read_at + LOCK_READ_INTERVAL_NS
+        _await_monotonic(due)
+        table.run_due()
+        assert table.counters.lock_reads == 2 and table.next_due_ns() is None
+        assert kernel.calls.count(("locks_read", s.pid)) == 2
 
 
 def _await_path(path: Path) -> None:

@@ -720,33 +720,31 @@ hold()
 # ------------------------------------------------------------ file locks
 
 
-def test_lock_changes_are_reported(inbox, tmp_path):
-    with run(f"""
-import struct
-path = {str(tmp_path / "locked")!r}
-first = open(path, "w")
-marker()                                            # step 0: nothing locked yet
-fcntl.fcntl(first, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
-marker()                                            # step 1: F_GETLK changes nothing
-fcntl.flock(first, fcntl.LOCK_EX)
-marker()                                            # step 2: flock
-fcntl.flock(first, fcntl.LOCK_UN)
-marker()                                            # step 3: flock unlock
-second = open(path, "w")
-fcntl.lockf(second, fcntl.LOCK_EX)
-marker()                                            # step 4: POSIX lock
-second.close()
-marker()                                            # step 5: the close drops it
-third = open(path, "w")
-fcntl.fcntl(third, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))  # F_OFD_SETLK
-marker()                                            # step 6: OFD lock
-ready()
-hold()
-""") as running:
-        events = inbox.until_marker(running.pid, markers=7)
-    steps = between_markers(events)
-    changed = [any(event.kind is Kind.LOCKS_CHANGED for event in step) for step in steps]
-    assert changed == [False, False, True, True, True, True, True]
+def test_lock_changes_are_reported_once_until_the_tracker_reads(inbox, probes, tmp_path):
+    # After each step the test reads (clears the kernel's flag) as the tracker does.
+    steps = ["",                                                         # nothing locked yet
+             'fcntl.fcntl(first, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))',
+             "fcntl.flock(first, fcntl.LOCK_EX)",
+             "fcntl.flock(first, fcntl.LOCK_UN)",
+             'second = open(path, "w"); fcntl.lockf(second, fcntl.LOCK_EX)',
+             "second.close()",                                           # the close drops it
+             'third = open(path, "w"); '
+             'fcntl.fcntl(third, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))',  # OFD
+             # three changes before the next read: one report
+             "fcntl.flock(first, fcntl.LOCK_EX); fcntl.flock(first, fcntl.LOCK_UN); "
+             "fcntl.flock(first, fcntl.LOCK_SH)"]
+    code = "\n".join([f"import struct\npath = {str(tmp_path / 'locked')!r}\n"
+                      'first = open(path, "w")\nready()\ngo()',
+                      *(f"{step}\nmarker()\ngo()" for step in steps), "hold()"])
+    with run(code) as running:
+        for step in range(len(steps)):
+            os.kill(running.pid, signal.SIGUSR1)
+            inbox.until_marker(running.pid, markers=step + 1)
+            probes.locks_read(running.pid)
+        events = inbox.until_marker(running.pid, markers=len(steps))
+    reported = [sum(event.kind is Kind.LOCKS_CHANGED for event in step)
+                for step in between_markers(events)]
+    assert reported == [0, 0, 1, 1, 1, 1, 1, 1]
 
 
 # ------------------------------------------------------------ TCP

@@ -34,6 +34,10 @@ from tracker.rules import Finding
 # Marks a /proc audit can confirm or refute; the others (nonlinear mappings,
 # PI futexes held) only the probes see, and a re-audit keeps them.
 AUDITED_KINDS = frozenset({"fd", "locks", "traced", "pidns", "shm"})
+# A process's locks are read at most once per interval: a lock call reported
+# sooner is read at the end of the interval (the kernel side reports one call
+# until the read, so nothing in between is lost, and the read shows the last state).
+LOCK_READ_INTERVAL_NS = 10_000_000
 RECENT_CLOSES = 4096  # (pid, fd) closes remembered to recognise an open delivered after its close
 
 
@@ -43,6 +47,7 @@ class KernelMaps(Protocol):
     def track_fd(self, tgid: int, fd: int) -> None: ...
     def untrack_fd(self, tgid: int, fd: int) -> None: ...
     def mark_lock_holder(self, tgid: int) -> None: ...
+    def locks_read(self, tgid: int) -> None: ...
     def mark_memory(self, tgid: int) -> None: ...
     def watch(self, pid: int) -> None: ...
     def forget(self, tgid: int) -> None: ...
@@ -76,6 +81,8 @@ class LiveTable:
         self._entries: dict[int, Entry] = {}
         self._recent_closes: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._last_reaudit_ns = 0
+        self._lock_reads: dict[int, int] = {}                      # pid: when last read
+        self._lock_reads_due: dict[int, tuple[int, Event]] = {}    # pid: (when, the event)
         self._lock = threading.Lock()
         self._handlers: dict[Kind, Callable[[Event, _Batch], None]] = {
             Kind.FD_OPENED: self._fd_opened, Kind.FD_CLOSED: self._fd_closed,
@@ -114,6 +121,24 @@ class LiveTable:
                 self.counters.ignored += 1
             else:
                 handler(event, batch)
+            return self._finish(batch)
+
+    def next_due_ns(self) -> int | None:
+        """When run_due() has work: the earliest deferred lock read."""
+        with self._lock:
+            return min((due for due, _ in self._lock_reads_due.values()), default=None)
+
+    def run_due(self) -> list[Transition]:
+        """The deferred lock reads whose time has come."""
+        with self._lock:
+            now = time.monotonic_ns()
+            batch = _Batch(now)
+            for pid, (due, event) in list(self._lock_reads_due.items()):
+                if due <= now:
+                    del self._lock_reads_due[pid]
+                    self._read_locks(event, batch)
+            self._lock_reads = {pid: read for pid, read in self._lock_reads.items()
+                                if now - read < LOCK_READ_INTERVAL_NS}
             return self._finish(batch)
 
     def sweep(self) -> list[Transition]:
@@ -495,6 +520,21 @@ class LiveTable:
     # ------------------------------------------------------------ locks and namespaces
 
     def _locks_changed(self, event: Event, batch: _Batch) -> None:
+        pid = event.tgid
+        last = self._lock_reads.get(pid)
+        if pid in self._lock_reads_due:
+            return  # a read is already due, and shows this change too
+        if last is not None and time.monotonic_ns() - last < LOCK_READ_INTERVAL_NS:
+            self.counters.lock_reads_deferred += 1
+            self._lock_reads_due[pid] = (last + LOCK_READ_INTERVAL_NS, event)
+            return
+        self._read_locks(event, batch)
+
+    def _read_locks(self, event: Event, batch: _Batch) -> None:
+        if self.kernel is not None:
+            self.kernel.locks_read(event.tgid)  # before the read: a later change is reported
+        self._lock_reads[event.tgid] = time.monotonic_ns()
+        self.counters.lock_reads += 1
         resolved = self._resolve(event.tgid, event.ts_ns, batch)
         if resolved is not None:
             self._refresh_locks(*resolved, batch, event.tid, event.ts_ns)

@@ -123,12 +123,17 @@ class Tracker:
         events = self.reader.events
         swept = time.monotonic()
         while not self._stopping.is_set():
+            due_ns = self.table.next_due_ns()
+            wait = SWEEP_SECONDS if due_ns is None else \
+                max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
             try:
-                event = events.get(timeout=SWEEP_SECONDS)
+                event = events.get(timeout=wait)
             except queue.Empty:
                 event = None
             if event is not None:
                 self._publish(self._guarded(self._apply, event))
+            if due_ns is not None and time.monotonic_ns() >= due_ns:
+                self._publish(self._guarded(self.table.run_due))
             if time.monotonic() - swept >= SWEEP_SECONDS:
                 swept = time.monotonic()
                 self._publish(self._guarded(self.table.sweep))
