@@ -90,38 +90,35 @@ def tracking() -> Iterator[Tracker]:
 
 # ---------------------------------------------------------------- slowdown
 
-def bench_slowdown(binary: Path, workdir: Path) -> list[str]:
-    regular = workdir / "regular-file"
-    regular.write_bytes(b"x")
-    files = workdir / "workload"
-    files.mkdir()
-    micro: dict[tuple[str, bool], list[float]] = {}
-    loads: dict[tuple[str, bool], list[float]] = {}
-    lock_rates: dict[str, list[float]] = {}
-    # CPU this process (the tracker's threads: the main thread only waits) used during
-    # the workload, as a share of one CPU
-    tracker_cpu: dict[str, list[float]] = {}
-    others = set(other_bpf_holders())
+def _interleaved(measure) -> None:
+    """Call measure(tracked) REPETITIONS times each way, off and on in turn."""
     for _ in range(REPETITIONS):
         for tracked in (False, True):
             with tracking() if tracked else nullcontext():
-                for name, calls in MICRO_CALLS.items():
-                    extra = [regular] if name == "open_close" else []
-                    ns = float(run(binary, name, calls, *extra)[0])
-                    micro.setdefault((name, tracked), []).append(ns)
-                for name, (iterations, lock_every) in WORKLOADS.items():
-                    cpu = time.process_time()
-                    seconds, lock_calls = run(binary, "workload", iterations, lock_every, files)
-                    loads.setdefault((name, tracked), []).append(float(seconds))
-                    lock_rates.setdefault(name, []).append(int(lock_calls) / float(seconds))
-                    if tracked:
-                        tracker_cpu.setdefault(name, []).append(
-                            (time.process_time() - cpu) / float(seconds))
-    lines = []
-    others |= set(other_bpf_holders())
-    if others:
-        lines.append(f"WARNING: pids {sorted(others)} held BPF programs during these runs: "
-                     f"the untracked runs were not")
+                measure(tracked)
+
+
+def _others_warning(before: set[int]) -> list[str]:
+    others = before | set(other_bpf_holders())
+    if not others:
+        return []
+    return [f"WARNING: pids {sorted(others)} held BPF programs during these runs: "
+            f"the untracked runs were not"]
+
+
+def bench_micro(binary: Path, workdir: Path) -> list[str]:
+    regular = workdir / "regular-file"
+    regular.write_bytes(b"x")
+    micro: dict[tuple[str, bool], list[float]] = {}
+    others = set(other_bpf_holders())
+
+    def measure(tracked: bool) -> None:
+        for name, calls in MICRO_CALLS.items():
+            extra = [regular] if name == "open_close" else []
+            micro.setdefault((name, tracked), []).append(float(run(binary, name, calls, *extra)[0]))
+
+    _interleaved(measure)
+    lines = _others_warning(others)
     ratios = []
     for name in MICRO_CALLS:
         off, on = statistics.median(micro[name, False]), statistics.median(micro[name, True])
@@ -130,6 +127,31 @@ def bench_slowdown(binary: Path, workdir: Path) -> list[str]:
                      f"ratio {on / off:.3f}")
     lines.append(f"worst microbenchmark ratio {max(ratios):.3f}  target {TARGET_WORST_MICRO}, "
                  f"ratio to target {max(ratios) / TARGET_WORST_MICRO:.2f}")
+    return lines
+
+
+def bench_workload(binary: Path, workdir: Path) -> list[str]:
+    files = workdir / "workload"
+    files.mkdir(exist_ok=True)
+    loads: dict[tuple[str, bool], list[float]] = {}
+    lock_rates: dict[str, list[float]] = {}
+    # CPU this process (the tracker's threads: the main thread only waits) used during
+    # the workload, as a share of one CPU
+    tracker_cpu: dict[str, list[float]] = {}
+    others = set(other_bpf_holders())
+
+    def measure(tracked: bool) -> None:
+        for name, (iterations, lock_every) in WORKLOADS.items():
+            cpu = time.process_time()
+            seconds, lock_calls = run(binary, "workload", iterations, lock_every, files)
+            loads.setdefault((name, tracked), []).append(float(seconds))
+            lock_rates.setdefault(name, []).append(int(lock_calls) / float(seconds))
+            if tracked:
+                tracker_cpu.setdefault(name, []).append(
+                    (time.process_time() - cpu) / float(seconds))
+
+    _interleaved(measure)
+    lines = _others_warning(others)
     for name in WORKLOADS:
         off, on = statistics.median(loads[name, False]), statistics.median(loads[name, True])
         lines.append(f"workload, {name} (4 threads, ~{statistics.median(lock_rates[name]):,.0f} "
@@ -244,17 +266,27 @@ def bench_memory() -> list[str]:
             f"{per_process:.2f} KiB per extra process"]
 
 
-def main() -> None:
+PARTS = ("micro", "workload", "throughput", "memory")
+
+
+def main(parts: list[str] | None = None) -> None:
+    """Run the named parts (default: all of PARTS)."""
     if os.geteuid() != 0:
         print("tracker bench skipped: loading eBPF programs needs root", flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
-        binary = build(Path(scratch))
-        for part in (lambda: bench_slowdown(binary, Path(scratch)),
-                     lambda: bench_throughput(binary), bench_memory):
-            for line in part():
+        workdir = Path(scratch)
+        binary = build(workdir)
+        benches = {"micro": lambda: bench_micro(binary, workdir),
+                   "workload": lambda: bench_workload(binary, workdir),
+                   "throughput": lambda: bench_throughput(binary), "memory": bench_memory}
+        for part in parts or PARTS:
+            for line in benches[part]():
                 print(line, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    unknown = set(sys.argv[1:]) - set(PARTS)
+    if unknown:
+        sys.exit(f"usage: python -m bench.tracker_bench [{'|'.join(PARTS)}]...")
+    main(sys.argv[1:])

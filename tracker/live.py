@@ -37,7 +37,7 @@ AUDITED_KINDS = frozenset({"fd", "locks", "traced", "pidns", "shm"})
 # A process's locks are read at most once per interval: a lock call reported
 # sooner is read at the end of the interval (the kernel side reports one call
 # until the read, so nothing in between is lost, and the read shows the last state).
-LOCK_READ_INTERVAL_NS = 10_000_000
+LOCK_READ_INTERVAL_NS = 50_000_000
 RECENT_CLOSES = 4096  # (pid, fd) closes remembered to recognise an open delivered after its close
 
 
