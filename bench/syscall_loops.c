@@ -8,10 +8,13 @@
  *       4 threads, each ITERATIONS times: some arithmetic and a 4 KiB pwrite and pread of
  *       its own file; every LOCK_EVERY-th time under a POSIX record lock, every 16th time
  *       after an open+close of that file; prints: <seconds> <lock calls>
- *   syscall_loops events RATE SECONDS
+ *   syscall_loops events RATE SECONDS [interleaved|reopen]
  *       holds /dev/kvm open (a tracked fd) and dup()s and close()s it, paced to RATE
- *       events per second (each dup+close is two events) for SECONDS;
- *       prints: <events made> <seconds>
+ *       events per second (each dup+close is two events) for SECONDS; "interleaved"
+ *       makes two copies before closing them (dup, dup, close, close), so that no
+ *       copy is closed as the process's very next event; "reopen" holds nothing and
+ *       open()s and close()s /dev/kvm instead (every event is a state change that the
+ *       tracker must apply); prints: <events made> <seconds>
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -140,10 +143,30 @@ static void workload(long iterations, long lock_every, const char *dir)
     printf("%.6f %ld\n", (double)(now_ns() - start) / 1e9, lock_calls);
 }
 
-static void events(double rate, double seconds)
+enum pattern { DUP_CLOSE, INTERLEAVED, REOPEN };
+
+static void one_round(int fd, enum pattern pattern)
 {
-    int fd = open("/dev/kvm", O_RDONLY);
-    if (fd < 0)
+    if (pattern == REOPEN) {
+        int opened = open("/dev/kvm", O_RDONLY);
+        if (opened < 0)
+            die("/dev/kvm");
+        close(opened);
+        return;
+    }
+    bool interleaved = pattern == INTERLEAVED;
+    int copy = dup(fd), other = interleaved ? dup(fd) : -1;
+    if (copy < 0 || (interleaved && other < 0))
+        die("dup");
+    close(copy);
+    if (interleaved)
+        close(other);
+}
+
+static void events(double rate, double seconds, enum pattern pattern)
+{
+    int fd = pattern == REOPEN ? -1 : open("/dev/kvm", O_RDONLY);
+    if (fd < 0 && pattern != REOPEN)
         die("/dev/kvm");
     uint64_t start = now_ns(), end = start + (uint64_t)(seconds * 1e9);
     double pair_ns = 2e9 / rate;  /* a dup and a close: two events */
@@ -154,13 +177,9 @@ static void events(double rate, double seconds)
             break;
         if ((double)pairs * pair_ns > (double)(t - start))
             continue;  /* ahead of the pace: spin */
-        for (int k = 0; k < PACE_SLICE; k++) {
-            int copy = dup(fd);
-            if (copy < 0)
-                die("dup");
-            close(copy);
-        }
-        pairs += PACE_SLICE;
+        for (int k = 0; k < PACE_SLICE; k++)
+            one_round(fd, pattern);
+        pairs += pattern == INTERLEAVED ? 2 * PACE_SLICE : PACE_SLICE;
     }
     printf("%ld %.6f\n", pairs * 2, (double)(now_ns() - start) / 1e9);
 }
@@ -181,7 +200,11 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "workload") && argc == 5 && atol(argv[3]) > 0)
         workload(atol(argv[2]), atol(argv[3]), argv[4]);
     else if (!strcmp(mode, "events") && argc == 4)
-        events(atof(argv[2]), atof(argv[3]));
+        events(atof(argv[2]), atof(argv[3]), DUP_CLOSE);
+    else if (!strcmp(mode, "events") && argc == 5 && !strcmp(argv[4], "interleaved"))
+        events(atof(argv[2]), atof(argv[3]), INTERLEAVED);
+    else if (!strcmp(mode, "events") && argc == 5 && !strcmp(argv[4], "reopen"))
+        events(atof(argv[2]), atof(argv[3]), REOPEN);
     else {
         fprintf(stderr, "%s: bad arguments\n", argv[0]);
         return 2;

@@ -45,6 +45,16 @@ class EventQueue(queue.Queue):
         return len(taken)
 
 
+    def get_batch(self, most: int, timeout: float) -> list[Event]:
+        """Up to `most` items: waits up to `timeout` for the first, takes the rest as queued."""
+        with self.not_empty:
+            if not self._qsize() and not self.not_empty.wait_for(self._qsize, timeout):
+                return []
+            items = [self._get() for _ in range(min(most, self._qsize()))]
+            self.not_full.notify(len(items))
+        return items
+
+
 class Reader:
     def __init__(self, probes: Probes, *, capacity: int = DEFAULT_CAPACITY,
                  poll_ms: int = DEFAULT_POLL_MS):

@@ -17,6 +17,7 @@ import pytest
 
 from probes.events import Event, Kind, Special
 from tests.subjects import subject
+from tracker import live
 from tracker.live import LOCK_READ_INTERVAL_NS, LiveTable
 from tracker.live_model import CR, NOCR, boot_seconds
 from tracker.procfs import CLOCK_TICKS
@@ -509,3 +510,43 @@ def test_seed_marks_what_the_probes_would_follow(kernel):
         assert [r["source"] for r in table.tracked(s.pid)["reasons"]] == ["audit"]
         assert ("track_fd", s.pid, int(s.note)) in kernel.calls
         assert table.tracked(os.getpid()) is None
+
+
+# ---------------------------------------------------------------- batches
+
+def test_dup_close_pairs_only_where_nothing_else_touched_the_copy_or_its_original():
+    pid, other = 100, 200
+    events = [
+        event(Kind.FD_DUPED, pid, fd=5, arg=3),      # 0: copy 5 of 3, closed at 3
+        event(Kind.FD_DUPED, pid, fd=6, arg=3),      # 1: copy 6 of 3, closed at 4
+        event(Kind.FD_OPENED, other, fd=5),          # 2: another process's fd 5
+        event(Kind.FD_CLOSED, pid, fd=5),            # 3
+        event(Kind.FD_CLOSED, pid, fd=6),            # 4
+        event(Kind.FD_DUPED, pid, fd=7, arg=3),      # 5: its original is closed first
+        event(Kind.FD_CLOSED, pid, fd=3),            # 6
+        event(Kind.FD_CLOSED, pid, fd=7),            # 7
+        event(Kind.FD_DUPED, pid, fd=8, arg=4),      # 8: the copy is copied again
+        event(Kind.FD_DUPED, pid, fd=9, arg=8),      # 9: ... and that copy closed at once
+        event(Kind.FD_CLOSED, pid, fd=9),            # 10
+        event(Kind.FD_CLOSED, pid, fd=8),            # 11
+        event(Kind.FD_DUPED, pid, fd=10, arg=4),     # 12: a fork in between
+        event(Kind.FORKED, pid, arg=other),          # 13
+        event(Kind.FD_CLOSED, pid, fd=10),           # 14
+    ]
+    assert live.dup_close_pairs(events) == {0: 3, 1: 4, 9: 10}
+    assert live.dup_close_pairs(events + [event(Kind.LOST, 0)]) == {}
+
+
+def test_a_copy_of_a_marked_fd_closed_untouched_is_skipped_and_counted(table):
+    code = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
+    with subject(code) as s:
+        fd = int(s.note)
+        dup, close = event(Kind.FD_DUPED, s.pid, fd=fd + 1, arg=fd), \
+            event(Kind.FD_CLOSED, s.pid, fd=fd + 1)
+        assert not table.skip_dup_and_close(dup, close)  # the original is not marked yet
+        table.apply(opened(s.pid, fd))
+        assert table.skip_dup_and_close(dup, close)
+        assert table.counters.coalesced == 2
+        # the close is remembered: an open of that number reported late is not believed
+        assert table.apply(opened(s.pid, fd + 1, ts_ns=close.ts_ns - 1)) == []
+        assert [r["fd"] for r in table.tracked(s.pid)["reasons"]] == [fd]

@@ -18,9 +18,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from probes.events import Event, Kind
 from tracker import live_reads as reads
@@ -70,6 +71,39 @@ class _Batch:
         self.removed.add(id(entry))
 
 
+# How far ahead (events of the same process) the close of a copy is looked for.
+PAIR_LOOKAHEAD = 64
+_ENDS_PAIRING = frozenset({Kind.FD_RANGE_CLOSED, Kind.FORKED, Kind.EXECED, Kind.EXITED})
+
+
+def dup_close_pairs(events: list[Event]) -> dict[int, int]:
+    """index of an FD_DUPED: index of the close of that copy, when nothing of the
+    process in between touches the copy or its original (no dup of the copy, no close
+    or dup2 onto the original, no close_range, fork, exec or exit), so that the copy
+    mattered to nothing but itself. None when the batch reports a loss."""
+    if any(event.kind is Kind.LOST for event in events):
+        return {}
+    by_process: dict[int, list[int]] = {}
+    for index, event in enumerate(events):
+        by_process.setdefault(event.tgid, []).append(index)
+    pairs = {}
+    for indexes in by_process.values():
+        for position, index in enumerate(indexes):
+            dup = events[index]
+            if dup.kind is not Kind.FD_DUPED:
+                continue
+            copy, original = dup.fd, dup.arg
+            for later in indexes[position + 1:position + 1 + PAIR_LOOKAHEAD]:
+                event = events[later]
+                if event.kind is Kind.FD_CLOSED and event.fd == copy:
+                    pairs[index] = later
+                    break
+                if (event.kind in _ENDS_PAIRING or event.fd in (copy, original)
+                        or (event.kind is Kind.FD_DUPED and event.arg == copy)):
+                    break
+    return pairs
+
+
 class LiveTable:
     def __init__(self, profile: Profile, kernel: KernelMaps | None = None,
                  proc_root: Path = DEFAULT_PROC_ROOT, own_pid: int | None = None):
@@ -82,6 +116,7 @@ class LiveTable:
         self._recent_closes: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._last_reaudit_ns = 0
         self._lock_reads: dict[int, int] = {}                      # pid: when last read
+        self._identities: dict[int, ProcessIdentity | None] | None = None  # see memoized()
         self._lock_reads_due: dict[int, tuple[int, Event]] = {}    # pid: (when, the event)
         self._lock = threading.Lock()
         self._handlers: dict[Kind, Callable[[Event, _Batch], None]] = {
@@ -104,6 +139,18 @@ class LiveTable:
         with self._lock:
             return len(self._entries)
 
+    @contextmanager
+    def memoized(self) -> Iterator[None]:
+        """Within the block, each pid's holder is read from /proc once, not once per
+        event: for a batch of events taken from the queue together, as if they had
+        been applied at the moment of the first read. Forks, execs and exits in the
+        batch read their pid again."""
+        self._identities = {}
+        try:
+            yield
+        finally:
+            self._identities = None
+
     def seed(self) -> list[Transition]:
         """Audit every process and mark what the probes would have marked."""
         with self._lock:
@@ -112,9 +159,26 @@ class LiveTable:
                 self._audit_into(pid, batch)
             return self._finish(batch)
 
+    def skip_dup_and_close(self, dup: Event, close: Event) -> bool:
+        """A copy of a marked fd closed before anything else touched it or its original
+        (dup_close_pairs) changes nothing: the process stays nocr through the original.
+        If so, count both as applied and say they may be skipped, so that a process
+        that dup()s and close()s a device fd in a loop costs next to nothing."""
+        with self._lock:
+            entry = self._current(dup.tgid, dup.ts_ns)
+            if entry is None or ("fd", dup.arg) not in entry.marks:
+                return False
+            self.counters.events += 2
+            self.counters.coalesced += 2
+            self._remember_close(close.tgid, close.fd, close.ts_ns)
+            return True
+
     def apply(self, event: Event) -> list[Transition]:
         with self._lock:
             self.counters.events += 1
+            if self._identities and event.kind in (Kind.FORKED, Kind.EXECED, Kind.EXITED):
+                self._identities.pop(event.tgid, None)
+                self._identities.pop(event.arg, None)  # the child of a fork
             batch = _Batch(event.ts_ns)
             handler = self._handlers.get(event.kind)
             if handler is None:
@@ -173,6 +237,13 @@ class LiveTable:
 
     def _identity(self, pid: int) -> ProcessIdentity | None:
         """Who holds `pid` now; None for a process gone, unreadable, a kernel thread or crwatch."""
+        if self._identities is None:
+            return self._read_identity(pid)
+        if pid not in self._identities:
+            self._identities[pid] = self._read_identity(pid)
+        return self._identities[pid]
+
+    def _read_identity(self, pid: int) -> ProcessIdentity | None:
         if pid == self.own_pid or pid <= 0:
             return None
         try:
@@ -308,9 +379,13 @@ class LiveTable:
                 if self.kernel is not None:
                     self.kernel.untrack_fd(who.pid, fd)
                 return
-            # An fd already closed: it was nocr meanwhile, until its close.
+            # An fd already closed: it was nocr meanwhile, until its close (already
+            # untracked in the kernel, which reports it).
             self.counters.fallbacks += 1
             (target, findings), read_ns = fallback, event.ts_ns
+            self._set(who, ("fd", fd), findings, batch, event.tid, ts_ns=read_ns,
+                      since_ns=event.ts_ns, target=target)
+            return
         self._set(who, ("fd", fd), findings, batch, event.tid, ts_ns=read_ns,
                   since_ns=event.ts_ns, target=target)
         if self.kernel is not None:

@@ -131,6 +131,7 @@ class Counters:
     fallbacks: int = 0               # fds gone before they could be read: judged from the event
     ignored: int = 0                 # events about processes gone or older than the pid's owner
     swept: int = 0                   # entries dropped by the sweep (an exit never reported)
+    coalesced: int = 0               # events skipped: a copy of a marked fd closed right away
     lock_reads: int = 0              # reads of a process's locks after it changed them
     lock_reads_deferred: int = 0     # of those, put off to keep one process to one per interval
 

@@ -212,8 +212,13 @@ class Proc:
     def __init__(self, pid: int, proc_root: Path = DEFAULT_PROC_ROOT):
         self.pid = pid
         self.proc_root = proc_root
-        self.path = proc_root / str(pid)
-        self._prefix = f"{self.path}/"  # string paths: pathlib joins cost more than the syscalls
+        # string paths: pathlib joins cost more than the syscalls (the tracker makes a
+        # Proc per event), so the Path is made only when asked for
+        self._prefix = f"{proc_root}/{pid}/"
+
+    @cached_property
+    def path(self) -> Path:
+        return self.proc_root / str(self.pid)
 
     def __repr__(self) -> str:
         return f"Proc({self.pid})"

@@ -9,7 +9,6 @@ dead: the table is still seeded, and the reason is reported.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,11 +17,14 @@ from typing import Callable, Union
 from probes.events import Event, Kind
 from probes.loader import ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
-from tracker.live import LiveTable
+from tracker.live import LiveTable, dup_close_pairs
 from tracker.live_model import SCHEMA, Transition, iso_from_wall_ns
 from tracker.profiles import Profile
 
 SWEEP_SECONDS = 1.0
+# Events applied together, each pid's holder read once for all (LiveTable.memoized):
+# small enough that a batch never delays the next read of /proc by much.
+APPLY_BATCH = 256
 STOP_TIMEOUT = 5.0
 
 log = logging.getLogger(__name__)
@@ -126,17 +128,25 @@ class Tracker:
             due_ns = self.table.next_due_ns()
             wait = SWEEP_SECONDS if due_ns is None else \
                 max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
-            try:
-                event = events.get(timeout=wait)
-            except queue.Empty:
-                event = None
-            if event is not None:
-                self._publish(self._guarded(self._apply, event))
+            self._apply_batch(events.get_batch(APPLY_BATCH, wait))
             if due_ns is not None and time.monotonic_ns() >= due_ns:
                 self._publish(self._guarded(self.table.run_due))
             if time.monotonic() - swept >= SWEEP_SECONDS:
                 swept = time.monotonic()
                 self._publish(self._guarded(self.table.sweep))
+
+    def _apply_batch(self, batch: list[Event]) -> None:
+        """Events taken from the queue together: each pid's holder is read once for all."""
+        pairs = dup_close_pairs(batch)
+        skipped: set[int] = set()
+        with self.table.memoized():
+            for index, event in enumerate(batch):
+                if index in skipped:
+                    continue
+                if index in pairs and self.table.skip_dup_and_close(event, batch[pairs[index]]):
+                    skipped.add(pairs[index])
+                    continue
+                self._publish(self._guarded(self._apply, event))
 
     def _apply(self, event: Event) -> list[Notice]:
         transitions = self.table.apply(event)
