@@ -1,7 +1,7 @@
 """`crwatch watch`: the tracker's notices as NDJSON (crwatch.event/1) on stdout.
 
 One line per notice, flushed at once: `ready` first, then `transition` and
-`lost` lines. It ends cleanly on SIGINT or SIGTERM, and as soon as whoever
+`lost` lines. At the end the tracker's counters go to stderr, in one line. It ends cleanly on SIGINT or SIGTERM, and as soon as whoever
 reads stdout goes away (`crwatch watch | head -3`), even when no event comes.
 """
 from __future__ import annotations
@@ -55,10 +55,23 @@ def run_watch(args, chosen: Profile) -> int:
     finally:
         done.set()
         tracker.stop()
+        if tracker.table is not None and not tracker.degraded:
+            print(f"crwatch: {_summary(tracker.counters())}", file=sys.stderr)
         if closed.is_set():
             # Nobody reads stdout any more: let the interpreter's last flush go nowhere.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
+
+
+def _summary(counters: dict) -> str:
+    """The tracker's counters, for the end of a watch (stderr: stdout is NDJSON only)."""
+    table, lost = counters["table"], counters.get("lost", {})
+    return (f"{table['events']:,} events applied ({table['coalesced']:,} of them skipped as "
+            f"copies closed untouched), {table['transitions']:,} transitions, "
+            f"{table['lock_reads']:,} lock reads; lost: kernel {lost.get('kernel', 0):,}, "
+            f"queue overflow {lost.get('queue_overflow', 0):,}, decode errors "
+            f"{lost.get('decode_errors', 0):,}; {table['reaudits']} re-audits; "
+            f"{counters['apply_errors']} apply errors")
 
 
 def _await_end(done: threading.Event, closed: threading.Event) -> None:
