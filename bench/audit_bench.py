@@ -86,7 +86,11 @@ def audit_host() -> int:
 
 
 def bench_host() -> list[str]:
-    extra = [subprocess.Popen(["sleep", "600"]) for _ in range(EXTRA_PROCESSES)]
+    # stdio on /dev/null: a pipe inherited from whoever runs the bench (`| tail`) would
+    # make every audit look for that pipe's holders on the whole host
+    extra = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(EXTRA_PROCESSES)]
     try:
         audited = audit_host()
         ms = median_ms(audit_host, runs=3)

@@ -46,11 +46,11 @@ import pytest
 
 from tests.differential_subject import PI_FUTEXES
 from tests.subjects import Subject, start
+from tests.trackers import attached_tracker
 from tracker import live_reads as reads
 from tracker.audit import audit
 from tracker.live_model import CR, Transition
 from tracker.procfs import Proc, ProcessGone
-from tracker.profiles import profile
 from tracker.tracker import Tracker
 
 SUBJECT = Path(__file__).with_name("differential_subject.py")
@@ -82,8 +82,8 @@ while os.read(requests, 1):
 class Barrier:
     """Returns once the tracker has applied every event the kernel recorded before the call."""
 
-    def __init__(self, tracker: Tracker):
-        self._tracker = tracker
+    def __init__(self):
+        self.tracker: Tracker | None = None  # set once it runs; notice() must see it start
         self._changed = threading.Condition()
         self._helper_cr_ns = 0
         read_end, self._requests = os.pipe()
@@ -92,9 +92,8 @@ class Barrier:
                                           env={"BARRIER_FD": str(read_end)})
         finally:
             os.close(read_end)
-        tracker.subscribe(self._notice)
 
-    def _notice(self, notice) -> None:
+    def notice(self, notice) -> None:
         if isinstance(notice, Transition) and notice.pid == self._helper.pid and notice.state == CR:
             with self._changed:
                 self._helper_cr_ns = max(self._helper_cr_ns, notice.cause_ns)
@@ -111,7 +110,7 @@ class Barrier:
         # Lock reads put off to the end of their interval (tracker.live.LOCK_READ_INTERVAL_NS)
         # are still to come: they run within that interval, once due.
         deadline = time.monotonic() + BARRIER_TIMEOUT
-        while (due := self._tracker.table.next_due_ns()) is not None:
+        while (due := self.tracker.table.next_due_ns()) is not None:
             assert time.monotonic() < deadline, "deferred lock reads never ran"
             time.sleep(max(due - time.monotonic_ns(), 100_000) / 1e9)
 
@@ -122,16 +121,12 @@ class Barrier:
 
 @pytest.fixture(scope="module")
 def tracking() -> Iterator[tuple[Tracker, Barrier]]:
-    if os.geteuid() != 0:
-        pytest.skip("loading eBPF programs needs root")
-    running = Tracker(profile("criu", (4, 2, 1)))
-    barrier = Barrier(running)
-    running.start()
+    barrier = Barrier()
     try:
-        assert running.degraded is None, running.degraded
-        yield running, barrier
+        with attached_tracker(barrier.notice) as running:
+            barrier.tracker = running
+            yield running, barrier
     finally:
-        running.stop()
         barrier.close()
 
 

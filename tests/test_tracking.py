@@ -31,6 +31,7 @@ from typing import Iterator
 import pytest
 
 from tests.subjects import Subject, skip_if_refused, start
+from tests.trackers import attached_tracker
 from tracker.live_model import CR, NOCR, Transition
 from tracker.profiles import profile
 from tracker.tracker import Lost, Tracker
@@ -108,17 +109,11 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def tracker() -> Iterator[tuple[Tracker, Recorder]]:
-    if os.geteuid() != 0:
-        pytest.skip("loading eBPF programs needs root")
     recorder = Recorder()
-    running = Tracker(profile("criu", (4, 2, 1)))
-    running.subscribe(recorder)
-    running.start()
     try:
-        assert running.degraded is None, running.degraded
-        yield running, recorder
+        with attached_tracker(recorder) as running:
+            yield running, recorder
     finally:
-        running.stop()
         _print_latencies()
 
 
