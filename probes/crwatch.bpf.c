@@ -97,7 +97,9 @@ struct pending {
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_ARRAY(lost, u64, LOST_SLOTS);
-BPF_HASH(tracked_fds, struct fd_key, u8, MAX_TRACKED_FDS);
+/* (tgid, fd) -> when it was tracked (CLOCK_MONOTONIC): the tracker untracks an fd
+ * only if nothing tracked it again since the /proc read that judged it. */
+BPF_HASH(tracked_fds, struct fd_key, u64, MAX_TRACKED_FDS);
 BPF_HASH(watched, u32, u8, MAX_TASKS);          /* pids (tgids, or tids of tracees) with any state */
 BPF_HASH(lock_holders, u32, u8, MAX_TASKS);     /* tgids that took a file lock */
 BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the tracker has not read */
@@ -184,8 +186,8 @@ static __always_inline void mark_memory(u32 tgid)
 static __always_inline void track_fd(u32 tgid, s32 fd)
 {
     struct fd_key key = {.tgid = tgid, .fd = fd};
-    u8 one = 1;
-    count_insert(tracked_fds.update(&key, &one));
+    u64 now = bpf_ktime_get_ns();
+    count_insert(tracked_fds.update(&key, &now));
     watch(tgid);
 }
 

@@ -257,14 +257,22 @@ class Probes:
             return
         table = self._tables["tracked_fds"]
         with self._lock:
-            self._put(table, table.Key(tgid, fd))
+            self._put(table, table.Key(tgid, fd), time.monotonic_ns())
             self._tracked.setdefault(tgid, set()).add(fd)
         self.watch(tgid)
 
-    def untrack_fd(self, tgid: int, fd: int) -> None:
+    def untrack_fd(self, tgid: int, fd: int, judged_ns: int | None = None) -> None:
+        """Stop reporting the fd's close and dups. `judged_ns`: when /proc was read to
+        judge it; an fd the kernel side tracked again since (closed and made anew
+        meanwhile) stays tracked."""
         table = self._tables["tracked_fds"]
+        key = table.Key(tgid, fd)
         with self._lock:
-            self._delete(table, table.Key(tgid, fd))
+            if judged_ns is not None:
+                since = table.get(key)
+                if since is not None and since.value > judged_ns:
+                    return
+            self._delete(table, key)
             fds = self._tracked.get(tgid)
             if fds is not None:
                 fds.discard(fd)
@@ -347,9 +355,9 @@ class Probes:
         with self._lock:
             self._put(table, table.Key(pid))
 
-    def _put(self, table, key) -> None:
+    def _put(self, table, key, value: int = 1) -> None:
         try:
-            table[key] = table.Leaf(1)
+            table[key] = table.Leaf(value)
         except Exception:  # bcc: "Could not update table" (the map is full)
             self._failed_inserts += 1
 

@@ -50,7 +50,7 @@ class RecordingKernel:
     def track_fd(self, tgid: int, fd: int) -> None:
         self.calls.append(("track_fd", tgid, fd))
 
-    def untrack_fd(self, tgid: int, fd: int) -> None:
+    def untrack_fd(self, tgid: int, fd: int, judged_ns: int | None = None) -> None:
         self.calls.append(("untrack_fd", tgid, fd))
 
     def mark_lock_holder(self, tgid: int) -> None:

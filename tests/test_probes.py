@@ -386,7 +386,7 @@ hold()
 
 def test_the_tracker_can_track_and_untrack_fds(probes, inbox):
     with run("""
-fds = [os.open("/etc/hostname", os.O_RDONLY) for _ in range(2)]
+fds = [os.open("/etc/hostname", os.O_RDONLY) for _ in range(3)]
 ready(" ".join(map(str, fds)))
 go()
 for fd in fds:
@@ -394,13 +394,17 @@ for fd in fds:
 marker()
 hold()
 """) as running:
-        kept, dropped = map(int, running.note.split())
+        kept, dropped, retracked = map(int, running.note.split())
         probes.track_fd(running.pid, kept)
         probes.track_fd(running.pid, dropped)
         probes.untrack_fd(running.pid, dropped)
+        # judged before it was tracked (again): an untrack from that judgement is stale
+        judged = time.monotonic_ns()
+        probes.track_fd(running.pid, retracked)
+        probes.untrack_fd(running.pid, retracked, judged_ns=judged)
         os.kill(running.pid, signal.SIGUSR1)
         events = inbox.until_marker(running.pid)
-    assert [event.fd for event in events if event.kind is Kind.FD_CLOSED] == [kept]
+    assert [event.fd for event in events if event.kind is Kind.FD_CLOSED] == [kept, retracked]
 
 
 def test_the_tracker_can_mark_lock_holders_and_memory(probes, inbox, tmp_path):

@@ -46,7 +46,7 @@ class KernelMaps(Protocol):
     """The probes' in-kernel filters that the table updates (probes.loader.Probes)."""
 
     def track_fd(self, tgid: int, fd: int) -> None: ...
-    def untrack_fd(self, tgid: int, fd: int) -> None: ...
+    def untrack_fd(self, tgid: int, fd: int, judged_ns: int | None = None) -> None: ...
     def mark_lock_holder(self, tgid: int) -> None: ...
     def locks_read(self, tgid: int) -> None: ...
     def mark_memory(self, tgid: int) -> None: ...
@@ -377,7 +377,7 @@ class LiveTable:
             if not fallback or (entry is not None and entry.audited_ns > event.ts_ns):
                 self._unset(entry, ("fd", fd), read_ns, batch, event.tid)
                 if self.kernel is not None:
-                    self.kernel.untrack_fd(who.pid, fd)
+                    self.kernel.untrack_fd(who.pid, fd, read_ns)
                 return
             # An fd already closed: it was nocr meanwhile, until its close (already
             # untracked in the kernel, which reports it).
@@ -390,7 +390,10 @@ class LiveTable:
                   since_ns=event.ts_ns, target=target)
         if self.kernel is not None:
             # A harmless fd (e.g. /dev/null) is not followed any further: its close costs nothing.
-            (self.kernel.track_fd if findings else self.kernel.untrack_fd)(who.pid, fd)
+            if findings:
+                self.kernel.track_fd(who.pid, fd)
+            else:
+                self.kernel.untrack_fd(who.pid, fd, read_ns)
 
     def _closed_since(self, event: Event) -> bool:
         """Was the event's new fd closed after the event (its close delivered first)?"""
@@ -541,14 +544,17 @@ class LiveTable:
         proc, who = resolved
         if not reads.in_host_ipc(proc):
             return  # CRIU dumps the segments with the process's own IPC namespace
+        read_ns = time.monotonic_ns()
         for mapping in reads.sysv_mappings(proc):
             if mapping.start == event.arg:
-                self._mark_shm(who, mapping, batch, event.tid, event.ts_ns)
+                self._mark_shm(who, mapping, batch, event.tid, read_ns, event.ts_ns)
 
     def _mark_shm(self, who: ProcessIdentity, mapping: Mapping, batch: _Batch, tid: int | None,
-                  since_ns: int) -> None:
+                  read_ns: int, since_ns: int) -> None:
+        # read_ns: taken before /proc was read, so that a detach the read may have missed
+        # (it ran meanwhile) is still newer than the mark, and undoes it
         self._set(who, ("shm", mapping.start), [reads.shm_finding(who.pid, mapping)], batch, tid,
-                  ts_ns=time.monotonic_ns(), since_ns=since_ns, span=(mapping.start, mapping.end))
+                  ts_ns=read_ns, since_ns=since_ns, span=(mapping.start, mapping.end))
 
     def _shm_detached(self, event: Event, batch: _Batch) -> None:
         entry = self._current(event.tgid, event.ts_ns)
@@ -632,9 +638,10 @@ class LiveTable:
 
     def _refresh_pidns(self, proc: Proc, who: ProcessIdentity, batch: _Batch,
                        since_ns: int) -> None:
+        read_ns = time.monotonic_ns()
         nested = reads.nested_pid_namespace(proc)
         self._set(who, ("pidns",), [nested] if nested else [], batch, who.pid,
-                  ts_ns=time.monotonic_ns(), since_ns=since_ns)
+                  ts_ns=read_ns, since_ns=since_ns)
 
     # ------------------------------------------------------------ process life
 
@@ -659,8 +666,9 @@ class LiveTable:
         if "locks" in kinds:
             self._refresh_locks(proc, who, batch, who.pid, event.ts_ns)
         if "shm" in kinds and reads.in_host_ipc(proc):
+            read_ns = time.monotonic_ns()
             for mapping in reads.sysv_mappings(proc):
-                self._mark_shm(who, mapping, batch, who.pid, event.ts_ns)
+                self._mark_shm(who, mapping, batch, who.pid, read_ns, event.ts_ns)
         if "traced" in kinds:  # PTRACE_O_TRACEFORK attaches the tracer to the child
             self._refresh_traced(who, who.pid, batch, event.ts_ns)
 

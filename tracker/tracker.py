@@ -128,7 +128,7 @@ class Tracker:
             due_ns = self.table.next_due_ns()
             wait = SWEEP_SECONDS if due_ns is None else \
                 max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
-            self._apply_batch(events.get_batch(APPLY_BATCH, wait))
+            self._guarded(self._apply_batch, events.get_batch(APPLY_BATCH, wait))
             if due_ns is not None and time.monotonic_ns() >= due_ns:
                 self._publish(self._guarded(self.table.run_due))
             if time.monotonic() - swept >= SWEEP_SECONDS:
