@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ENV := set -a; . ./.deps/env; set +a
 
-.PHONY: setup test serve bench clean
+.PHONY: setup test serve demo bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -10,8 +10,12 @@ setup:
 test: setup
 	$(ENV); $(PY) -m pytest -q -p no:cacheprovider tests
 
-# Until the service exists: audit a demo process tree (examples/demo_subject.py).
+# The service on 127.0.0.1:8642, probes attached (Ctrl-C stops it).
 serve: setup
+	$(ENV); .venv/bin/crwatch serve
+
+# `crwatch check` of a demo process tree (examples/demo_subject.py).
+demo: setup
 	$(ENV); $(PY) examples/demo.py
 
 bench: setup

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from api.settings import DEFAULT_HOST, DEFAULT_PORT
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
 from tracker.rules import catalogue
 
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
     watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+    serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument("--token", help="callers must send `Authorization: Bearer TOKEN` "
+                                       "(default: $CRWATCH_TOKEN)")
+    serve.add_argument("--no-probes", action="store_true",
+                       help="do not attach the eBPF probes: answer from audits alone")
+    _add_profile_arguments(serve)
     return parser
 
 
@@ -64,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             from api.check_command import run_check
 
             return run_check(args, chosen)
+        if args.command == "serve":
+            from api.serve_command import run_serve
+
+            return run_serve(args)
         if args.command == "watch":
             from api.watch_command import run_watch
 

@@ -1,0 +1,57 @@
+"""The FastAPI application: create_app(settings) wires the service and its routers."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from api.routes import health, processes, rules
+from api.service import NoSuchProcess, Service
+from api.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.check()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service = Service(settings)
+        service.start()  # compiles and attaches the probes, seeds the table (about a second)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="crwatch", lifespan=lifespan,
+                  description="Can this process be checkpointed right now, and if not, why?")
+    for router in (processes.router, rules.router, health.router):
+        app.include_router(router)
+    _add_error_handlers(app)
+    return app
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"status": status, "detail": detail}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NoSuchProcess)
+    async def no_such_process(_: Request, error: NoSuchProcess) -> JSONResponse:
+        return _problem(404, str(error))
+
+    @app.exception_handler(PermissionError)
+    async def forbidden(_: Request, error: PermissionError) -> JSONResponse:
+        return _problem(403, f"crwatch cannot read this process: {error}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return _problem(422, where)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return _problem(error.status_code, str(error.detail))

@@ -1,0 +1,114 @@
+"""Response models: the documents the service returns, as OpenAPI shows them."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Reason(BaseModel):
+    code: str = Field(description="stable rule code (GET /rules)")
+    severity: Literal["blocker", "option", "info"]
+    message: str
+    remedy: Optional[str]
+    option: Optional[str] = Field(description="the CRIU option that makes the dump succeed")
+    option_value: Optional[str] = Field(None, description="its value, e.g. a size or unix[INO]")
+    pid: int
+    tid: Optional[int]
+    fd: Optional[int]
+    source: Literal["audit", "probe"]
+    since: Optional[str] = Field(description="when the state began (probe reasons)")
+
+
+class Tracked(BaseModel):
+    """What the probes say now (a hint: the audit decides)."""
+
+    state: Literal["cr", "nocr"]
+    since: Optional[str]
+    stale: bool = Field(description="events were lost since: a re-audit is pending")
+    start_time: float
+    reasons: list[Reason]
+
+
+class ProcessRef(BaseModel):
+    pid: int
+    start_time: float
+    comm: str
+
+
+class Verdict(BaseModel):
+    """crwatch.verdict/1: the audit's verdict, and what the probes track."""
+
+    schema_: str = Field(alias="schema")
+    pid: int
+    start_time: float
+    comm: str
+    profile: str
+    criu_version: str
+    tree: bool
+    processes: list[ProcessRef]
+    verdict: Literal["ok", "needs_options", "blocked", "unknown"]
+    checkpointable: bool
+    required_options: list[str]
+    allowed_options: list[str]
+    reasons: list[Reason] = Field(description="from the audit, read for this request")
+    tracked: Optional[Tracked] = Field(description="from the probes; null: never marked")
+    checked_at: str
+
+
+class FdEntry(BaseModel):
+    fd: int
+    target: str = Field(description="the /proc/PID/fd link text")
+    kind: str
+    reasons: list[Reason]
+
+
+class FdReport(BaseModel):
+    """crwatch.fds/1: every fd of a process, with the audit's reasons for each."""
+
+    schema_: str = Field(alias="schema")
+    pid: int
+    start_time: float
+    comm: str
+    fds: list[FdEntry]
+    checked_at: str
+
+
+class ProbeStatus(BaseModel):
+    name: str
+    state: str
+    reason: Optional[str]
+    tracepoints: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    degraded: Optional[str] = Field(description="why, when degraded")
+    probes: list[ProbeStatus]
+    counters: dict
+
+
+class Rule(BaseModel):
+    code: str
+    family: str
+    title: str
+    severity: str
+    severities: dict[str, str]
+    option: Optional[str]
+    remedy: Optional[str]
+    criu_message: Optional[str]
+    version_note: Optional[str]
+
+
+class Rules(BaseModel):
+    schema_: str = Field(alias="schema")
+    profile: str
+    criu_version: str
+    rules: list[Rule]
+
+
+class Problem(BaseModel):
+    """Every error: a status and a sentence."""
+
+    status: int
+    detail: str

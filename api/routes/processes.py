@@ -1,0 +1,38 @@
+"""/processes/{pid}/...: the verdict and the per-fd report of one process."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, Path, Query, Request
+
+from api.models import FdReport, Problem, Verdict
+
+router = APIRouter(prefix="/processes", tags=["processes"])
+
+PID_MAX = 4_194_304  # the kernel's limit (PID_MAX_LIMIT on 64-bit)
+Pid = Annotated[int, Path(gt=0, le=PID_MAX, description="a process id")]
+ProfileName = Annotated[Optional[Literal["criu", "strict"]],
+                        Query(description="dumper profile (default: the service's)")]
+NOT_FOUND = {404: {"model": Problem, "description": "no such process (or it exited meanwhile)"}}
+
+
+@router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
+            responses=NOT_FOUND)
+def checkpointable(
+    request: Request, pid: Pid,
+    tree: Annotated[bool, Query(description="judge the process with all its descendants")] = False,
+    allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
+                                                  "(repeatable), e.g. --tcp-established")] = [],
+    profile: ProfileName = None,
+) -> dict:
+    """Can it be checkpointed now? The reasons come from an audit read for this request
+    (`source: audit`); `tracked` is what the probes follow (`source: probe`)."""
+    return request.app.state.service.checkpointable(pid, tree=tree, allow=allow,
+                                                    profile_name=profile)
+
+
+@router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,
+            responses=NOT_FOUND)
+def fds(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
+    """Every open fd of the process, with the audit's reasons for each."""
+    return request.app.state.service.fds(pid, profile_name=profile)

@@ -1,0 +1,33 @@
+"""`crwatch serve`: the service (probes, API) under uvicorn."""
+from __future__ import annotations
+
+import os
+import sys
+
+from api.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def run_serve(args) -> int:
+    settings = Settings(host=args.host, port=args.port, profile=args.profile,
+                        criu_version=args.criu_version,
+                        token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
+                        probes=not args.no_probes)
+    try:
+        settings.check()
+    except SettingsError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0 and settings.probes:
+        print("crwatch: not running as root: the probes cannot be attached and other users' "
+              "processes cannot be read; serving degraded (audits only)", file=sys.stderr)
+        settings = Settings(**{**settings.__dict__, "probes": False})
+
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="warning", access_log=False)
+    return EXIT_OK

@@ -1,0 +1,121 @@
+"""The service's state: the tracker (probes and live table) and the audits it serves.
+
+One Service per application, made by the lifespan of create_app(). Every
+answer about a process comes from an audit read for the request (the
+authority) and, next to it, what the probes track for that same identity.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from tracker import verdict
+from tracker.audit import Audit, audit, identify
+from tracker.procfs import AccessDenied, Proc, ProcessGone
+from tracker.profiles import Profile, profile
+from tracker.tracker import Tracker
+
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+FDS_SCHEMA = "crwatch.fds/1"
+
+
+class NoSuchProcess(LookupError):
+    """No process has this pid now (or it exited while it was being read)."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"no process with pid {pid}")
+        self.pid = pid
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.profile = profile(settings.profile, settings.criu_version)
+        self.tracker = Tracker(self.profile)
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        if self.settings.probes:
+            self.tracker.start()
+        else:
+            self.tracker.degraded = "probes disabled by the settings: audits only"
+        if self.tracker.degraded:
+            log.warning("crwatch runs degraded: %s", self.tracker.degraded)
+
+    def stop(self) -> None:
+        self.tracker.stop()
+
+    # ------------------------------------------------------------ documents
+
+    def health(self) -> dict:
+        probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
+        return {"status": "degraded" if self.tracker.degraded else "ok",
+                "degraded": self.tracker.degraded,
+                "probes": [{"name": name, **status} for name, status in probes.items()],
+                "counters": self.tracker.counters()}
+
+    def checkpointable(self, pid: int, *, tree: bool = False, allow: Iterable[str] = (),
+                       profile_name: str | None = None) -> dict:
+        judged_by = self.profile_for(profile_name)
+        result = self._audit(pid, tree)
+        document = verdict.document(result, judged_by, allow)
+        document["tracked"] = self._tracked(result)
+        return document
+
+    def fds(self, pid: int, profile_name: str | None = None) -> dict:
+        judged_by = self.profile_for(profile_name)
+        result = self._audit(pid, tree=False)
+        try:
+            open_fds = Proc(pid).fds()
+        except ProcessGone:
+            raise NoSuchProcess(pid) from None
+        except AccessDenied as error:
+            raise PermissionError(str(error)) from None
+        by_fd: dict[int, list[dict]] = {}
+        for finding in result.findings:
+            if finding.fd is not None and finding.pid == pid:
+                by_fd.setdefault(finding.fd, []).append(verdict.reason(finding, judged_by))
+        return {"schema": FDS_SCHEMA, "pid": pid, "start_time": result.root.start_time,
+                "comm": result.root.comm,
+                "fds": [{"fd": open_fd.fd, "target": open_fd.target, "kind": _kind(open_fd),
+                         "reasons": by_fd.get(open_fd.fd, [])}
+                        for open_fd in sorted(open_fds, key=lambda o: o.fd)],
+                "checked_at": verdict.utc_now()}
+
+    # ------------------------------------------------------------ helpers
+
+    def profile_for(self, name: str | None) -> Profile:
+        """The service's profile, or another one for the same CRIU version."""
+        if name is None or name == self.profile.name:
+            return self.profile
+        return profile(name, self.profile.criu_version)
+
+    @staticmethod
+    def _audit(pid: int, tree: bool) -> Audit:
+        try:
+            identify(pid)
+            result = audit(pid, tree=tree)
+        except ProcessGone:
+            raise NoSuchProcess(pid) from None
+        except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie
+            raise PermissionError(str(error)) from None
+        if any(finding.code == "audit.exited" for finding in result.findings):
+            raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
+        return result
+
+    def _tracked(self, result: Audit) -> dict | None:
+        table = self.tracker.table
+        tracked = table.tracked(result.root.pid) if table is not None else None
+        if tracked is None or tracked["start_time"] != result.root.start_time:
+            return None  # never marked, or about an older holder of the pid
+        return tracked
+
+
+def _kind(open_fd) -> str:
+    try:
+        return open_fd.kind
+    except (ProcessGone, AccessDenied):
+        return "gone"

@@ -1,0 +1,36 @@
+"""What the service is told at start: where to listen, who may call it, how to judge."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
+
+
+class SettingsError(ValueError):
+    """Settings the service refuses to start with (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    profile: str = "criu"
+    criu_version: tuple[int, int, int] | None = None  # None: the CRIU set-up found
+    token: str | None = None         # `Authorization: Bearer TOKEN`, required off loopback
+    probes: bool = True              # attach the eBPF probes (off: audits only, degraded)
+
+    def check(self) -> Settings:
+        if not self.token and not _loopback(self.host):
+            raise SettingsError(f"listening on {self.host} needs a token (--token or "
+                                f"CRWATCH_TOKEN): every caller must then send it")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,193 @@
+"""The service over real HTTP: `crwatch serve` with its probes, real subjects, real audits."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.subjects import subject
+
+CRWATCH = Path(sys.executable).with_name("crwatch")
+START_TIMEOUT = 60.0      # compiling the probes and auditing every process on a slow runner
+ARRIVAL_TIMEOUT = 10.0
+
+KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
+TCP_PAIR = """
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+client = socket.create_connection(listener.getsockname()); served, _ = listener.accept()
+ready(); hold()
+"""
+
+
+class Server:
+    def __init__(self, *extra: str):
+        with socket.socket() as probe:  # a free port, for the server to bind
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen([str(CRWATCH), "serve", "--port", str(self.port), *extra],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # until it answers: the lifespan has attached the probes by then
+            try:
+                self.get("/healthz")
+                return
+            except (ConnectionError, urllib.error.URLError):
+                if self.process.poll() is not None:
+                    pytest.fail(f"crwatch serve exited: {self.process.communicate()[1].decode()}")
+                assert time.monotonic() < deadline, "crwatch serve did not start"
+                time.sleep(0.05)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def ok(self, path: str) -> dict:
+        status, body = self.get(path)
+        assert status == 200, (status, body)
+        return body
+
+    def stop(self) -> str:
+        self.process.terminate()
+        _, stderr = self.process.communicate(timeout=30)
+        return stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    if os.geteuid() != 0:
+        pytest.skip("the service's probes need root")
+    running = Server()
+    try:
+        yield running
+    finally:
+        stderr = running.stop()
+        assert "Traceback" not in stderr, stderr
+
+
+def _codes(reasons: list[dict]) -> list[str]:
+    return [reason["code"] for reason in reasons]
+
+
+def test_healthz_says_the_probes_are_attached(server):
+    health = server.ok("/healthz")
+    assert health["status"] == "ok" and health["degraded"] is None
+    states = {probe["name"]: probe["state"] for probe in health["probes"]}
+    assert states["required"] == "attached" and states["futex"] == "attached"
+    assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0}
+
+
+def test_a_device_holder_is_blocked_by_the_audit_and_marked_by_the_probes(server):
+    with subject(KVM_HOLDER) as s:
+        document = server.ok(f"/processes/{s.pid}/checkpointable")
+        assert (document["schema"], document["pid"], document["verdict"],
+                document["checkpointable"]) == ("crwatch.verdict/1", s.pid, "blocked", False)
+        (device,) = [r for r in document["reasons"] if r["code"] == "device.chr.unsupported"]
+        assert (device["fd"], device["source"]) == (int(s.note), "audit")
+        # the probes' view of the same process, once its open has been applied
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while (tracked := document["tracked"]) is None:
+            assert time.monotonic() < deadline, "the probes never marked the process"
+            time.sleep(0.01)
+            document = server.ok(f"/processes/{s.pid}/checkpointable")
+        assert tracked["state"] == "nocr" and tracked["start_time"] == document["start_time"]
+        assert [(r["code"], r["source"]) for r in tracked["reasons"]] == [
+            ("device.chr.unsupported", "probe")]
+
+
+def test_allowed_options_make_a_needs_options_process_checkpointable(server):
+    with subject(TCP_PAIR) as s:
+        plain = server.ok(f"/processes/{s.pid}/checkpointable")
+        assert plain["verdict"] == "needs_options" and not plain["checkpointable"]
+        assert plain["required_options"] == ["--tcp-established"]
+        allowed = server.ok(f"/processes/{s.pid}/checkpointable?allow=--tcp-established")
+        assert allowed["checkpointable"] and allowed["allowed_options"] == ["--tcp-established"]
+        strict = server.ok(f"/processes/{s.pid}/checkpointable?profile=strict")
+        assert strict["profile"] == "strict"
+
+
+def test_a_tree_is_judged_with_its_descendants(server):
+    code = f"""
+child = os.fork()
+if child == 0:
+    fd = os.open('/dev/kvm', os.O_RDONLY)
+    signal.pause()
+ready(str(child))
+hold()
+"""
+    with subject(code) as s:
+        child = int(s.note)
+        alone = server.ok(f"/processes/{s.pid}/checkpointable")
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while True:  # the child opens the device after the parent reported ready
+            tree = server.ok(f"/processes/{s.pid}/checkpointable?tree=true")
+            if tree["verdict"] == "blocked" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert alone["verdict"] == "ok" and alone["tree"] is False
+        assert tree["verdict"] == "blocked" and tree["tree"] is True
+        assert child in [p["pid"] for p in tree["processes"]]
+        assert ("device.chr.unsupported", child) in [(r["code"], r["pid"]) for r in tree["reasons"]]
+
+
+def test_the_fd_report_lists_every_fd_with_its_reasons(server):
+    with subject(KVM_HOLDER) as s:
+        report = server.ok(f"/processes/{s.pid}/fds")
+        by_fd = {entry["fd"]: entry for entry in report["fds"]}
+        assert set(by_fd) == {int(name) for name in os.listdir(f"/proc/{s.pid}/fd")}
+        device = by_fd[int(s.note)]
+        assert (device["target"], device["kind"]) == ("/dev/kvm", "chr")
+        assert _codes(device["reasons"]) == ["device.chr.unsupported"]
+        assert all(not entry["reasons"] for fd, entry in by_fd.items() if fd != int(s.note))
+
+
+@pytest.mark.parametrize("pid", ["abc", "-1", "0", "1.5", "99999999999", "%20", "0x10"])
+def test_malformed_pids_get_a_json_422(server, pid):
+    for path in (f"/processes/{pid}/checkpointable", f"/processes/{pid}/fds"):
+        status, body = server.get(path)
+        assert status == 422 and body["status"] == 422 and "pid" in body["detail"], (path, body)
+
+
+def test_bad_parameters_get_a_json_422(server):
+    status, body = server.get(f"/processes/{os.getpid()}/checkpointable?profile=lenient")
+    assert status == 422 and "profile" in body["detail"]
+    status, body = server.get(f"/processes/{os.getpid()}/checkpointable?tree=perhaps")
+    assert status == 422 and "tree" in body["detail"]
+
+
+def test_a_process_gone_gets_a_json_404(server):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for path in (f"/processes/{gone.pid}/checkpointable", f"/processes/{gone.pid}/fds"):
+        status, body = server.get(path)
+        assert (status, body) == (404, {"status": 404, "detail": f"no process with pid {gone.pid}"})
+
+
+def test_rules_and_openapi_describe_the_service(server):
+    rules = server.ok("/rules")
+    assert rules["schema"] == "crwatch.rules/1"
+    assert "device.chr.unsupported" in _codes(rules["rules"])
+    assert server.ok("/rules?profile=strict")["profile"] == "strict"
+    paths = server.ok("/openapi.json")["paths"]
+    assert {"/processes/{pid}/checkpointable", "/processes/{pid}/fds", "/rules",
+            "/healthz"} <= set(paths)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/docs", timeout=30) as page:
+        assert page.status == 200 and b"swagger" in page.read().lower()
+
+
+def test_listening_beyond_loopback_needs_a_token():
+    result = subprocess.run([str(CRWATCH), "serve", "--host", "0.0.0.0"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "CRWATCH_TOKEN": ""})
+    assert result.returncode == 2
+    assert result.stderr.startswith("crwatch: listening on 0.0.0.0 needs a token")
