@@ -118,7 +118,7 @@ def test_allowed_options_make_a_needs_options_process_checkpointable(server):
 
 
 def test_a_tree_is_judged_with_its_descendants(server):
-    code = f"""
+    code = """
 child = os.fork()
 if child == 0:
     fd = os.open('/dev/kvm', os.O_RDONLY)
