@@ -7,6 +7,8 @@ import sys
 from api.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_USAGE = 0, 2
+# Open /events streams are ended by the lifespan; anything else gets this long.
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def run_serve(args) -> int:
@@ -29,5 +31,6 @@ def run_serve(args) -> int:
     from api.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return EXIT_OK

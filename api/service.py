@@ -16,6 +16,7 @@ from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile, profile
 from tracker.tracker import Tracker
 
+from api.event_hub import EventHub
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class Service:
         self.settings = settings
         self.profile = profile(settings.profile, settings.criu_version)
         self.tracker = Tracker(self.profile)
+        self.events = EventHub()
+        self.tracker.subscribe(self.events.publish)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -46,6 +49,7 @@ class Service:
             log.warning("crwatch runs degraded: %s", self.tracker.degraded)
 
     def stop(self) -> None:
+        self.events.close()
         self.tracker.stop()
 
     # ------------------------------------------------------------ documents

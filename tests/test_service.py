@@ -191,3 +191,55 @@ def test_listening_beyond_loopback_needs_a_token():
                             text=True, timeout=60, env={**os.environ, "CRWATCH_TOKEN": ""})
     assert result.returncode == 2
     assert result.stderr.startswith("crwatch: listening on 0.0.0.0 needs a token")
+
+
+class EventStream:
+    """A client of GET /events: reads its `data:` lines one at a time."""
+
+    def __init__(self, server: Server):
+        self.reply = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/events",
+                                            timeout=ARRIVAL_TIMEOUT)
+        assert self.reply.headers["Content-Type"].startswith("text/event-stream")
+
+    def next(self) -> dict:
+        while True:
+            line = self.reply.readline()
+            assert line, "the stream ended"
+            if line.startswith(b"data: "):
+                return json.loads(line[len(b"data: "):])
+
+    def await_transition(self, pid: int, state: str) -> dict:
+        while True:
+            line = self.next()
+            if line["kind"] == "transition" and line["pid"] == pid and line["state"] == state:
+                return line
+
+    def close(self) -> None:
+        self.reply.close()
+
+
+def test_events_stream_ready_then_the_transitions_of_a_process(server):
+    stream = EventStream(server)
+    try:
+        ready = stream.next()
+        assert (ready["schema"], ready["kind"]) == ("crwatch.event/1", "ready")
+        with subject(KVM_HOLDER) as s:
+            entered = stream.await_transition(s.pid, "nocr")
+            assert _codes(entered["reasons"]) == ["device.chr.unsupported"]
+        left = stream.await_transition(s.pid, "cr")
+        assert left["exited"] is True and left["start_time"] == entered["start_time"]
+    finally:
+        stream.close()
+
+
+def test_several_event_clients_each_get_every_line(server):
+    streams = [EventStream(server) for _ in range(3)]
+    try:
+        for stream in streams:
+            assert stream.next()["kind"] == "ready"
+        with subject(KVM_HOLDER) as s:
+            for stream in streams:
+                assert stream.await_transition(s.pid, "nocr")["pid"] == s.pid
+    finally:
+        for stream in streams:
+            stream.close()
