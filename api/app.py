@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from api.routes import events, health, processes, rules
+from api.routes import events, health, metrics, processes, rules
 from api.service import NoSuchProcess, Service
 from api.settings import Settings
 
@@ -28,7 +28,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="crwatch", lifespan=lifespan,
                   description="Can this process be checkpointed right now, and if not, why?")
-    for router in (processes.router, events.router, rules.router, health.router):
+    for router in (processes.router, events.router, rules.router, health.router,
+                   metrics.router):
         app.include_router(router)
     _add_error_handlers(app)
     return app

@@ -17,6 +17,7 @@ from tracker.profiles import Profile, profile
 from tracker.tracker import Tracker
 
 from api.event_hub import EventHub
+from api.metrics import ServiceMetrics
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Service:
         self.tracker = Tracker(self.profile)
         self.events = EventHub()
         self.tracker.subscribe(self.events.publish)
+        self.metrics = ServiceMetrics(self)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -67,6 +69,7 @@ class Service:
         result = self._audit(pid, tree)
         document = verdict.document(result, judged_by, allow)
         document["tracked"] = self._tracked(result)
+        self.metrics.verdicts.labels(document["verdict"]).inc()
         return document
 
     def fds(self, pid: int, profile_name: str | None = None) -> dict:
@@ -97,11 +100,11 @@ class Service:
             return self.profile
         return profile(name, self.profile.criu_version)
 
-    @staticmethod
-    def _audit(pid: int, tree: bool) -> Audit:
+    def _audit(self, pid: int, tree: bool) -> Audit:
         try:
             identify(pid)
-            result = audit(pid, tree=tree)
+            with self.metrics.audit_seconds.time():
+                result = audit(pid, tree=tree)
         except ProcessGone:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie

@@ -220,6 +220,18 @@ class LiveTable:
                     self._recheck_futexes(entry, who, batch)
             return self._finish(batch)
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """How many processes are in each state, and how many marks carry each reason code."""
+        with self._lock:
+            by_state: dict[str, int] = {}
+            by_code: dict[str, int] = {}
+            for entry in self._entries.values():
+                by_state[entry.state] = by_state.get(entry.state, 0) + 1
+                for mark in entry.marks.values():
+                    for finding in mark.findings:
+                        by_code[finding.code] = by_code.get(finding.code, 0) + 1
+            return {"by_state": by_state, "by_code": by_code}
+
     def tracked(self, pid: int) -> dict | None:
         """The `tracked` part of a verdict document: state, since, reasons (None: never marked)."""
         with self._lock:

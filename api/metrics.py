@@ -1,0 +1,82 @@
+"""GET /metrics: Prometheus text, read from the service at each scrape.
+
+Counters that live in the tracker (events, losses, re-audits...) are exposed
+as they are counted there; the audit latency and the verdicts served are
+recorded here, in a registry of the application's own (several apps, e.g. in
+tests, never share one).
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+AUDIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+TABLE_COUNTERS = {  # LiveTable counter -> (metric, help)
+    "events": ("crwatch_events_applied", "probe events applied to the live table"),
+    "transitions": ("crwatch_transitions", "nocr/cr transitions published"),
+    "reaudits": ("crwatch_reaudits", "whole-table audits after a loss"),
+    "coalesced": ("crwatch_events_coalesced", "events skipped: copies of marked fds closed "
+                                              "untouched"),
+    "lock_reads": ("crwatch_lock_reads", "reads of a process's locks after a lock change"),
+    "ignored": ("crwatch_events_ignored", "events about processes gone or older than the "
+                                          "pid's holder"),
+}
+
+
+class ServiceMetrics:
+    def __init__(self, service):
+        self.registry = CollectorRegistry()
+        self.audit_seconds = Histogram("crwatch_audit_seconds", "time to audit a process (tree)",
+                                       buckets=AUDIT_BUCKETS, registry=self.registry)
+        self.verdicts = Counter("crwatch_verdicts_served", "verdicts served, by verdict",
+                                ["verdict"], registry=self.registry)
+        self.registry.register(_TrackerCollector(service))
+
+
+class _TrackerCollector:
+    def __init__(self, service):
+        self._service = service
+
+    def collect(self):
+        tracker = self._service.tracker
+        counters = tracker.counters()
+        table = counters.get("table", {})
+        for name, (metric, text) in TABLE_COUNTERS.items():
+            family = CounterMetricFamily(metric, text)
+            family.add_metric([], table.get(name, 0))
+            yield family
+        lost = CounterMetricFamily("crwatch_events_lost", "records lost, by where",
+                                   labels=["where"])
+        for where, count in counters.get("lost", {}).items():
+            lost.add_metric([where], count)
+        yield lost
+        errors = CounterMetricFamily("crwatch_apply_errors", "events whose application failed")
+        errors.add_metric([], counters.get("apply_errors", 0))
+        yield errors
+
+        summary = tracker.table.summary() if tracker.table is not None else {"by_state": {},
+                                                                             "by_code": {}}
+        states = GaugeMetricFamily("crwatch_tracked_processes",
+                                   "processes the probes mark, by state", labels=["state"])
+        for state in ("nocr", "cr"):
+            states.add_metric([state], summary["by_state"].get(state, 0))
+        yield states
+        reasons = GaugeMetricFamily("crwatch_tracked_reasons",
+                                    "marks the probes hold now, by reason code", labels=["code"])
+        for code, count in sorted(summary["by_code"].items()):
+            reasons.add_metric([code], count)
+        yield reasons
+
+        health = self._service.health()
+        probes = GaugeMetricFamily("crwatch_probe_attached", "1 when the probe is attached",
+                                   labels=["probe", "state"])
+        for probe in health["probes"]:
+            probes.add_metric([probe["name"], probe["state"]],
+                              1 if probe["state"] == "attached" else 0)
+        yield probes
+        degraded = GaugeMetricFamily("crwatch_degraded", "1 when the probes could not attach")
+        degraded.add_metric([], 1 if health["status"] == "degraded" else 0)
+        yield degraded
+        clients = GaugeMetricFamily("crwatch_event_clients", "open GET /events streams")
+        clients.add_metric([], self._service.events.clients())
+        yield clients
