@@ -5,8 +5,9 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from api.settings import DEFAULT_HOST, DEFAULT_PORT
+from api.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
 from tracker.rules import catalogue
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     serve.add_argument("--token", help="callers must send `Authorization: Bearer TOKEN` "
                                        "(default: $CRWATCH_TOKEN)")
+    serve.add_argument("--db", type=Path, default=DEFAULT_DB,
+                       help=f"the history database (default {DEFAULT_DB})")
+    serve.add_argument("--retention-days", type=float, default=30.0,
+                       help="history older than this is dropped (default 30)")
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
     _add_profile_arguments(serve)

@@ -74,6 +74,32 @@ class FdReport(BaseModel):
     checked_at: str
 
 
+class HistoryEntry(BaseModel):
+    kind: Literal["transition", "verdict"]
+    comm: str
+    ts: str
+    reasons: list[dict]
+    state: Optional[Literal["cr", "nocr"]] = Field(None, description="transitions")
+    tid: Optional[int] = None
+    exited: Optional[bool] = None
+    verdict: Optional[str] = Field(None, description="verdict changes")
+    profile: Optional[str] = None
+    tree: Optional[bool] = None
+    required_options: Optional[list[str]] = None
+
+
+class History(BaseModel):
+    """crwatch.history/1: what was recorded of one identity (pid, start time)."""
+
+    schema_: str = Field(alias="schema")
+    pid: int
+    start_time: float
+    comm: str
+    alive: bool = Field(description="this identity still runs")
+    identities: list[float] = Field(description="start times recorded for this pid, newest first")
+    entries: list[HistoryEntry]
+
+
 class ProbeStatus(BaseModel):
     name: str
     state: str

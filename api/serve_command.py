@@ -5,6 +5,7 @@ import os
 import sys
 
 from api.settings import Settings, SettingsError
+from tracker.history import History, HistoryError
 
 EXIT_OK, EXIT_USAGE = 0, 2
 # Open /events streams are ended by the lifespan; anything else gets this long.
@@ -15,7 +16,8 @@ def run_serve(args) -> int:
     settings = Settings(host=args.host, port=args.port, profile=args.profile,
                         criu_version=args.criu_version,
                         token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
-                        probes=not args.no_probes)
+                        probes=not args.no_probes, db=args.db,
+                        retention_days=args.retention_days)
     try:
         settings.check()
     except SettingsError as error:
@@ -25,6 +27,12 @@ def run_serve(args) -> int:
         print("crwatch: not running as root: the probes cannot be attached and other users' "
               "processes cannot be read; serving degraded (audits only)", file=sys.stderr)
         settings = Settings(**{**settings.__dict__, "probes": False})
+
+    try:  # a database that cannot be opened is said in one line, before anything starts
+        History(settings.db, settings.retention_days).close()
+    except HistoryError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
     import uvicorn
 

@@ -12,6 +12,9 @@ from typing import Iterable
 
 from tracker import verdict
 from tracker.audit import Audit, audit, identify
+from tracker.history import SCHEMA as HISTORY_SCHEMA
+from tracker.history import History
+from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile, profile
 from tracker.tracker import Tracker
@@ -40,9 +43,12 @@ class Service:
         self.events = EventHub()
         self.tracker.subscribe(self.events.publish)
         self.metrics = ServiceMetrics(self)
+        self.history: History | None = None
         self.started = time.monotonic()
 
     def start(self) -> None:
+        self.history = History(self.settings.db, self.settings.retention_days)
+        self.tracker.subscribe(self._record)
         if self.settings.probes:
             self.tracker.start()
         else:
@@ -53,6 +59,12 @@ class Service:
     def stop(self) -> None:
         self.events.close()
         self.tracker.stop()
+        if self.history is not None:
+            self.history.close()  # writes what is still queued
+
+    def _record(self, notice) -> None:
+        if isinstance(notice, Transition):
+            self.history.record_transition(notice)
 
     # ------------------------------------------------------------ documents
 
@@ -70,7 +82,26 @@ class Service:
         document = verdict.document(result, judged_by, allow)
         document["tracked"] = self._tracked(result)
         self.metrics.verdicts.labels(document["verdict"]).inc()
+        if self.history is not None:
+            self.history.record_verdict(document)
         return document
+
+    def history_of(self, pid: int, start_time: float | None = None) -> dict:
+        """What was recorded of an identity: the pid's current one, else its newest."""
+        known = self.history.identities(pid)
+        try:
+            alive = identify(pid)
+        except (ProcessGone, AccessDenied):
+            alive = None
+        if start_time is None:
+            start_time = alive.start_time if alive else (known[0] if known else None)
+        is_alive = alive is not None and alive.start_time == start_time
+        if start_time is None or (start_time not in known and not is_alive):
+            raise NoSuchProcess(pid)
+        entries = self.history.entries(pid, start_time)
+        comm = alive.comm if is_alive else (entries[-1]["comm"] if entries else "")
+        return {"schema": HISTORY_SCHEMA, "pid": pid, "start_time": start_time, "comm": comm,
+                "alive": is_alive, "identities": known, "entries": entries}
 
     def fds(self, pid: int, profile_name: str | None = None) -> dict:
         judged_by = self.profile_for(profile_name)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
+DEFAULT_DB = Path("/var/lib/crwatch/history.sqlite3")
 
 
 class SettingsError(ValueError):
@@ -19,6 +21,8 @@ class Settings:
     criu_version: tuple[int, int, int] | None = None  # None: the CRIU set-up found
     token: str | None = None         # `Authorization: Bearer TOKEN`, required off loopback
     probes: bool = True              # attach the eBPF probes (off: audits only, degraded)
+    db: Path = DEFAULT_DB            # the history (SQLite, WAL)
+    retention_days: float = 30.0
 
     def check(self) -> Settings:
         if not self.token and not _loopback(self.host):

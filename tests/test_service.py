@@ -65,10 +65,15 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def database(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("service") / "history.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def server(database) -> Iterator[Server]:
     if os.geteuid() != 0:
         pytest.skip("the service's probes need root")
-    running = Server()
+    running = Server("--db", str(database))
     try:
         yield running
     finally:
@@ -279,3 +284,49 @@ def test_metrics_count_what_the_service_did(server):
     assert during['crwatch_probe_attached{probe="required",state="attached"}'] == 1
     assert during["crwatch_degraded"] == 0
     assert during['crwatch_events_lost_total{where="kernel"}'] == 0
+
+
+def test_history_is_kept_across_a_restart_and_after_the_process_exited(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the service's probes need root")
+    database = tmp_path / "history.sqlite3"
+    first = Server("--db", str(database))
+    try:
+        with subject(KVM_HOLDER) as s:
+            deadline = time.monotonic() + ARRIVAL_TIMEOUT
+            while not any(e["kind"] == "transition" and e["state"] == "nocr"
+                          for e in first.ok(f"/processes/{s.pid}/history")["entries"]):
+                assert time.monotonic() < deadline, "no nocr transition was recorded"
+                time.sleep(0.01)
+            verdict = first.ok(f"/processes/{s.pid}/checkpointable")
+            live = first.ok(f"/processes/{s.pid}/history")
+        assert live["alive"] is True and live["start_time"] == verdict["start_time"]
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while not any(e.get("exited") for e in first.ok(f"/processes/{s.pid}/history")["entries"]):
+            assert time.monotonic() < deadline, "the exit was not recorded"
+            time.sleep(0.01)
+    finally:
+        assert "Traceback" not in first.stop()
+    second = Server("--db", str(database))
+    try:
+        kept = second.ok(f"/processes/{s.pid}/history")
+        status, _ = second.get(f"/processes/{s.pid}/history?start_time=1.5")
+    finally:
+        second.stop()
+    assert kept["alive"] is False and kept["start_time"] == verdict["start_time"]
+    kinds = [(e["kind"], e.get("state") or e.get("verdict")) for e in kept["entries"]]
+    assert ("transition", "nocr") in kinds and ("verdict", "blocked") in kinds
+    assert kinds.index(("transition", "nocr")) < kinds.index(("transition", "cr"))
+    assert [e["exited"] for e in kept["entries"] if e["kind"] == "transition"][-1] is True
+    assert status == 404  # an identity never recorded
+
+
+def test_a_history_database_that_cannot_be_opened_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run([str(CRWATCH), "serve", "--no-probes", "--db",
+                             str(blocker / "history.sqlite3")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("crwatch: cannot open the history database")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api.models import FdReport, Problem, Verdict
+from api.models import FdReport, History, Problem, Verdict
 
 router = APIRouter(prefix="/processes", tags=["processes"])
 
@@ -36,3 +36,13 @@ def checkpointable(
 def fds(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
     """Every open fd of the process, with the audit's reasons for each."""
     return request.app.state.service.fds(pid, profile_name=profile)
+
+
+@router.get("/{pid}/history", response_model=History, response_model_by_alias=True,
+            responses={404: {"model": Problem, "description": "nothing recorded, no such process"}})
+def history(request: Request, pid: Pid,
+            start_time: Annotated[Optional[float], Query(
+                ge=0, description="which identity (default: the running one, else the newest "
+                                  "recorded)")] = None) -> dict:
+    """Transitions and verdict changes of one process identity, also after it exited."""
+    return request.app.state.service.history_of(pid, start_time)
