@@ -53,6 +53,39 @@ class Verdict(BaseModel):
     allowed_options: list[str]
     reasons: list[Reason] = Field(description="from the audit, read for this request")
     tracked: Optional[Tracked] = Field(description="from the probes; null: never marked")
+    checked_at: str = Field(description="when the audit was read")
+    audit_reused: bool = Field(False, description="the audit is an earlier one, kept because no "
+                                                  "probe event came for the process since")
+
+
+class ProcessDetail(Verdict):
+    """crwatch.process/1: the verdict document, with the process's command line and cgroup."""
+
+    cmdline: list[str]
+    cgroup: str
+
+
+class ProcessRow(BaseModel):
+    pid: int
+    start_time: float
+    comm: str
+    cgroup: str
+    verdict: Literal["ok", "needs_options", "blocked", "unknown"]
+    checkpointable: bool = Field(description="with no option allowed")
+    required_options: list[str]
+    codes: list[str] = Field(description="the reason codes of its audit")
+    tracked: Optional[Literal["cr", "nocr"]] = Field(description="what the probes say")
+
+
+class ProcessList(BaseModel):
+    """crwatch.processes/1: one page of the processes that match the filters."""
+
+    schema_: str = Field(alias="schema")
+    profile: str
+    total: int = Field(description="how many match, on every page")
+    offset: int
+    limit: int
+    processes: list[ProcessRow]
     checked_at: str
 
 

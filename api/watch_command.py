@@ -1,7 +1,8 @@
 """`crwatch watch`: the tracker's notices as NDJSON (crwatch.event/1) on stdout.
 
 One line per notice, flushed at once: `ready` first, then `transition` and
-`lost` lines. At the end the tracker's counters go to stderr, in one line. It ends cleanly on SIGINT or SIGTERM, and as soon as whoever
+`lost` lines. At the end the tracker's counters go to stderr, in one line.
+It ends cleanly on SIGINT or SIGTERM, and as soon as whoever
 reads stdout goes away (`crwatch watch | head -3`), even when no event comes.
 """
 from __future__ import annotations

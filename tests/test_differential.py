@@ -13,7 +13,8 @@ and the tracker has applied every event up to that point, the tracked state
 of each process (nocr/cr and its reasons, as (code, fd) pairs) is compared
 with what a fresh audit finds, filtered to the kinds of state the tracker
 follows. PI futexes held are compared with what the process says it holds
-(the audit sees only waiters, and a subject never waits). "Applied every event" is awaited with a barrier: a helper process
+(the audit sees only waiters, and a subject never waits). "Applied every event"
+is awaited with a barrier: a helper process
 opens and closes /dev/kvm, and the tracker is done with everything before
 once it publishes the helper's `cr` transition (the probes' ring buffer is
 read in order, and events are applied in order).

@@ -117,6 +117,10 @@ class LiveTable:
         self._last_reaudit_ns = 0
         self._lock_reads: dict[int, int] = {}                      # pid: when last read
         self._identities: dict[int, ProcessIdentity | None] | None = None  # see memoized()
+        # For those who keep audits: which pids had an event since a given moment.
+        self.sequence = 0
+        self._touched: dict[int, int] = {}          # pid: sequence of its last event
+        self._lost_at = 0                           # sequence of the last loss
         self._lock_reads_due: dict[int, tuple[int, Event]] = {}    # pid: (when, the event)
         self._lock = threading.Lock()
         self._handlers: dict[Kind, Callable[[Event, _Batch], None]] = {
@@ -173,9 +177,23 @@ class LiveTable:
             self._remember_close(close.tgid, close.fd, close.ts_ns)
             return True
 
+    def changed_since(self, pid: int, sequence: int) -> bool:
+        """Did an event about `pid` (or a loss) come after `sequence` (a value of .sequence)?"""
+        with self._lock:
+            return self._touched.get(pid, 0) > sequence or self._lost_at > sequence
+
+    def _touch(self, event: Event) -> None:
+        self.sequence += 1
+        self._touched[event.tgid] = self.sequence
+        if event.kind is Kind.FORKED:
+            self._touched[event.arg] = self.sequence
+        elif event.kind is Kind.LOST:
+            self._lost_at = self.sequence
+
     def apply(self, event: Event) -> list[Transition]:
         with self._lock:
             self.counters.events += 1
+            self._touch(event)
             if self._identities and event.kind in (Kind.FORKED, Kind.EXECED, Kind.EXITED):
                 self._identities.pop(event.tgid, None)
                 self._identities.pop(event.arg, None)  # the child of a fork

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api.models import FdReport, History, Problem, Verdict
+from api.models import FdReport, History, Problem, ProcessDetail, ProcessList, Verdict
 
 router = APIRouter(prefix="/processes", tags=["processes"])
 
@@ -14,6 +14,32 @@ Pid = Annotated[int, Path(gt=0, le=PID_MAX, description="a process id")]
 ProfileName = Annotated[Optional[Literal["criu", "strict"]],
                         Query(description="dumper profile (default: the service's)")]
 NOT_FOUND = {404: {"model": Problem, "description": "no such process (or it exited meanwhile)"}}
+
+
+@router.get("", response_model=ProcessList, response_model_by_alias=True)
+def processes(
+    request: Request,
+    verdict: Annotated[Optional[Literal["ok", "needs_options", "blocked", "unknown"]],
+                       Query(description="only processes with this verdict")] = None,
+    comm: Annotated[Optional[str], Query(max_length=64,
+                                         description="only commands containing this")] = None,
+    cgroup: Annotated[Optional[str], Query(max_length=4096, description="only cgroups (v2 "
+                                           "paths, e.g. a container's) containing this")] = None,
+    offset: Annotated[int, Query(ge=0, le=PID_MAX)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    profile: ProfileName = None,
+) -> dict:
+    """Every process but kernel threads, judged (an audit is reused while no probe event
+    came for its process), filtered and paginated in pid order."""
+    return request.app.state.service.processes(verdict_is=verdict, comm=comm, cgroup=cgroup,
+                                               offset=offset, limit=limit, profile_name=profile)
+
+
+@router.get("/{pid}", response_model=ProcessDetail, response_model_by_alias=True,
+            responses=NOT_FOUND)
+def process(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
+    """The process's verdict (as /checkpointable), its command line and its cgroup."""
+    return request.app.state.service.process(pid, profile_name=profile)
 
 
 @router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
