@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from api.auth import must_redact, refusal
 from api.routes import events, health, metrics, processes, rules
 from api.service import NoSuchProcess, Service
 from api.settings import Settings
@@ -32,6 +33,21 @@ def create_app(settings: Settings) -> FastAPI:
                    metrics.router):
         app.include_router(router)
     _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        # state-changing methods always need the token once one is configured
+        status = refusal(settings, request, changing=request.method not in ("GET", "HEAD"))
+        if status is not None:
+            detail = ("this service needs `Authorization: Bearer TOKEN`" if status == 401
+                      else "wrong token")
+            response = _problem(status, detail)
+            if status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        request.state.redact = must_redact(settings, request)
+        return await call_next(request)
+
     return app
 
 

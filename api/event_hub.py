@@ -13,6 +13,7 @@ import threading
 import time
 from typing import AsyncIterator
 
+from api.auth import redact
 from tracker.live_model import SCHEMA, iso_from_wall_ns
 
 CLIENT_QUEUE = 10_000
@@ -66,8 +67,10 @@ class EventHub:
         for client in clients:
             client.loop.call_soon_threadsafe(client.offer, _END)
 
-    async def stream(self) -> AsyncIterator[str]:
-        """Server-sent events: one `data:` line per notice, a comment now and then."""
+    async def stream(self, hide_paths: bool = False) -> AsyncIterator[str]:
+        """Server-sent events: one `data:` line per notice, a comment now and then.
+        `hide_paths`: for a caller without the token (api.auth.redact)."""
+        shown = redact if hide_paths else (lambda line: line)
         client = _Client(asyncio.get_running_loop())
         with self._lock:
             if self.closed:
@@ -76,7 +79,7 @@ class EventHub:
             ready = self._ready
         try:
             if ready is not None:
-                yield _sse(ready)
+                yield _sse(shown(ready))
             while True:
                 try:
                     line = await asyncio.wait_for(client.queue.get(), KEEPALIVE_SECONDS)
@@ -85,7 +88,7 @@ class EventHub:
                     continue
                 if line is _END:
                     return
-                yield _sse(line)
+                yield _sse(shown(line))
         finally:
             with self._lock:
                 self._clients.discard(client)

@@ -24,6 +24,11 @@ class Settings:
     db: Path = DEFAULT_DB            # the history (SQLite, WAL)
     retention_days: float = 30.0
 
+    @property
+    def everyone_needs_token(self) -> bool:
+        """Off loopback, every request must bring the token."""
+        return not _loopback(self.host)
+
     def check(self) -> Settings:
         if not self.token and not _loopback(self.host):
             raise SettingsError(f"listening on {self.host} needs a token (--token or "

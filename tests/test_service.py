@@ -389,3 +389,70 @@ ready(); hold()
         while (document := server.ok(f"/processes/{s.pid}/checkpointable"))["verdict"] == "ok":
             assert time.monotonic() < deadline + ARRIVAL_TIMEOUT, "the device open was not seen"
         assert document["verdict"] == "blocked" and document["audit_reused"] is False
+
+
+def _get(port: int, path: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory) -> Iterator[Server]:
+    """A service with a token, listening on every address."""
+    if os.geteuid() != 0:
+        pytest.skip("the service's probes need root")
+    database = tmp_path_factory.mktemp("guarded") / "history.sqlite3"
+    running = Server("--host", "0.0.0.0", "--token", "s3cret", "--db", str(database))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_off_loopback_every_request_needs_the_token(guarded):
+    assert _get(guarded.port, "/healthz")[0] == 401
+    status, body = _get(guarded.port, "/processes", token="wrong")
+    assert (status, body) == (403, {"status": 403, "detail": "wrong token"})
+    status, body = _get(guarded.port, "/healthz", token="s3cret")
+    assert status == 200 and body["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def loopback_with_token(tmp_path_factory) -> Iterator[Server]:
+    if os.geteuid() != 0:
+        pytest.skip("the service's probes need root")
+    database = tmp_path_factory.mktemp("loopback") / "history.sqlite3"
+    running = Server("--token", "s3cret", "--db", str(database))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_paths_and_command_lines_are_shown_only_with_the_token(loopback_with_token, tmp_path):
+    port = loopback_with_token.port
+    secret_file = tmp_path / "private-name.lock"
+    code = f"""
+import fcntl
+held = open({str(secret_file)!r}, "w"); fcntl.flock(held, fcntl.LOCK_EX)
+ready(str(held.fileno())); hold()
+"""
+    with subject(code) as s:
+        fd = int(s.note)
+        seen = _get(port, f"/processes/{s.pid}", token="s3cret")[1]
+        fds = _get(port, f"/processes/{s.pid}/fds", token="s3cret")[1]
+        status, hidden = _get(port, f"/processes/{s.pid}")  # on loopback: served, without paths
+        hidden_fds = _get(port, f"/processes/{s.pid}/fds")[1]
+    assert status == 200 and seen["cmdline"] and hidden["cmdline"] == []
+    flock = next(r for r in seen["reasons"] if r["code"] == "lock.flock")
+    assert str(secret_file) in flock["message"]
+    hidden_flock = next(r for r in hidden["reasons"] if r["code"] == "lock.flock")
+    assert "private-name" not in hidden_flock["message"] and f"fd {fd}" in hidden_flock["message"]
+    assert next(e for e in fds["fds"] if e["fd"] == fd)["target"] == str(secret_file)
+    assert "private-name" not in json.dumps(hidden_fds)
+    assert "private-name" not in json.dumps(hidden)

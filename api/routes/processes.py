@@ -5,6 +5,7 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request
 
+from api.auth import redact
 from api.models import FdReport, History, Problem, ProcessDetail, ProcessList, Verdict
 
 router = APIRouter(prefix="/processes", tags=["processes"])
@@ -31,15 +32,16 @@ def processes(
 ) -> dict:
     """Every process but kernel threads, judged (an audit is reused while no probe event
     came for its process), filtered and paginated in pid order."""
-    return request.app.state.service.processes(verdict_is=verdict, comm=comm, cgroup=cgroup,
-                                               offset=offset, limit=limit, profile_name=profile)
+    return _shown(request, request.app.state.service.processes(
+        verdict_is=verdict, comm=comm, cgroup=cgroup, offset=offset, limit=limit,
+        profile_name=profile))
 
 
 @router.get("/{pid}", response_model=ProcessDetail, response_model_by_alias=True,
             responses=NOT_FOUND)
 def process(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
     """The process's verdict (as /checkpointable), its command line and its cgroup."""
-    return request.app.state.service.process(pid, profile_name=profile)
+    return _shown(request, request.app.state.service.process(pid, profile_name=profile))
 
 
 @router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
@@ -53,15 +55,15 @@ def checkpointable(
 ) -> dict:
     """Can it be checkpointed now? The reasons come from an audit read for this request
     (`source: audit`); `tracked` is what the probes follow (`source: probe`)."""
-    return request.app.state.service.checkpointable(pid, tree=tree, allow=allow,
-                                                    profile_name=profile)
+    return _shown(request, request.app.state.service.checkpointable(
+        pid, tree=tree, allow=allow, profile_name=profile))
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,
             responses=NOT_FOUND)
 def fds(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
     """Every open fd of the process, with the audit's reasons for each."""
-    return request.app.state.service.fds(pid, profile_name=profile)
+    return _shown(request, request.app.state.service.fds(pid, profile_name=profile))
 
 
 @router.get("/{pid}/history", response_model=History, response_model_by_alias=True,
@@ -71,4 +73,9 @@ def history(request: Request, pid: Pid,
                 ge=0, description="which identity (default: the running one, else the newest "
                                   "recorded)")] = None) -> dict:
     """Transitions and verdict changes of one process identity, also after it exited."""
-    return request.app.state.service.history_of(pid, start_time)
+    return _shown(request, request.app.state.service.history_of(pid, start_time))
+
+
+def _shown(request: Request, document: dict) -> dict:
+    """What this caller may see: without the token (when one is set), no paths."""
+    return redact(document) if request.state.redact else document
