@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -18,7 +20,7 @@ from tracker.history import SCHEMA as HISTORY_SCHEMA
 from tracker.history import History
 from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
-from tracker.profiles import Profile, profile
+from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.tracker import Tracker
 
 from api.event_hub import EventHub
@@ -33,6 +35,10 @@ PROCESS_SCHEMA = "crwatch.process/1"
 # most: what no probe sees (a regular file opened, a unix socket connected) is
 # then at most this stale.
 AUDIT_REUSE_SECONDS = 5.0
+# The process list: /proc is listed every REFRESH_SECONDS; a row is audited again when a
+# probe event came for its process, else after LIST_REFRESH_SECONDS.
+REFRESH_SECONDS = 1.0
+LIST_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Service:
         self.metrics = ServiceMetrics(self)
         self.history: History | None = None
         self._kept: dict[int, _Kept] = {}
+        self.rows = ProcessRows(self)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -72,8 +79,10 @@ class Service:
             self.tracker.degraded = "probes disabled by the settings: audits only"
         if self.tracker.degraded:
             log.warning("crwatch runs degraded: %s", self.tracker.degraded)
+        self.rows.start()
 
     def stop(self) -> None:
+        self.rows.stop()
         self.events.close()
         self.tracker.stop()
         if self.history is not None:
@@ -195,35 +204,52 @@ class Service:
     def processes(self, *, verdict_is: str | None = None, comm: str | None = None,
                   cgroup: str | None = None, offset: int = 0, limit: int = 100,
                   profile_name: str | None = None) -> dict:
-        """Every process (but kernel threads), judged, filtered, one page of them."""
+        """Every process (but kernel threads), judged, filtered, one page of them: from
+        the rows the refresher keeps (ProcessRows), so a request only filters."""
         judged_by = self.profile_for(profile_name)
-        rows = []
-        for pid in _pids():
-            try:
-                result, _ = self._reusable_audit(pid)
-            except (NoSuchProcess, PermissionError):
-                continue  # gone meanwhile, or unreadable
-            if any(f.code == "task.kernel_thread" for f in result.findings):
+        rows = self.rows.snapshot()
+        states = self.tracker.table.states() if self.tracker.table is not None else {}
+        page = []
+        for row in rows:
+            judged = row["judged"].get(judged_by.name) or _judge(row["findings"], judged_by)
+            if ((verdict_is is not None and judged[0] != verdict_is)
+                    or (comm is not None and comm not in row["comm"])
+                    or (cgroup is not None and cgroup not in row["cgroup"])):
                 continue
-            root = result.root
-            if comm is not None and comm not in root.comm:
-                continue
-            group = _cgroup(pid)
-            if cgroup is not None and cgroup not in group:
-                continue
-            judged, options = verdict.judge(result.findings, judged_by)
-            if verdict_is is not None and judged != verdict_is:
-                continue
-            rows.append({"pid": pid, "start_time": root.start_time, "comm": root.comm,
-                         "cgroup": group, "verdict": judged,
-                         "checkpointable": verdict.checkpointable(result.findings, judged_by, {}),
-                         "required_options": options,
-                         "codes": sorted({f.code for f in result.findings}),
-                         "tracked": (self._tracked(result) or {}).get("state")})
-        self._forget_gone()
-        return {"schema": LIST_SCHEMA, "profile": judged_by.name, "total": len(rows),
-                "offset": offset, "limit": limit, "processes": rows[offset:offset + limit],
-                "checked_at": verdict.utc_now()}
+            tracked = states.get(row["pid"])
+            page.append({"pid": row["pid"], "start_time": row["start_time"], "comm": row["comm"],
+                         "cgroup": row["cgroup"], "verdict": judged[0],
+                         "required_options": judged[1], "checkpointable": judged[2],
+                         "codes": row["codes"],
+                         "tracked": tracked[1] if tracked and tracked[0] == row["start_time"]
+                         else None})
+        return {"schema": LIST_SCHEMA, "profile": judged_by.name, "total": len(page),
+                "offset": offset, "limit": limit, "processes": page[offset:offset + limit],
+                "checked_at": self.rows.refreshed_at or verdict.utc_now()}
+
+    def row(self, pid: int) -> dict | None:
+        """One row of the process list, audited now (None: gone, unreadable, a kernel thread)."""
+        try:
+            result, _ = self._reusable_audit(pid)
+        except (NoSuchProcess, PermissionError):
+            return None
+        if any(finding.code == "task.kernel_thread" for finding in result.findings):
+            return None
+        return {"pid": pid, "start_time": result.root.start_time, "comm": result.root.comm,
+                "cgroup": _cgroup(pid), "findings": result.findings,
+                "codes": sorted({finding.code for finding in result.findings}),
+                "judged": {name: _judge(result.findings, self.profile_for(name))
+                           for name in PROFILE_NAMES},
+                "sequence": self.tracker.table.sequence if self.tracker.table else 0,
+                # dated a random part of the interval back: rows made together (the first
+                # pass) are re-audited spread over the interval, not all at once
+                "at": time.monotonic() - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
+
+    def stale(self, row: dict) -> bool:
+        """Must this row be audited again: a probe event came for it, or it is old?"""
+        table = self.tracker.table if not self.tracker.degraded else None
+        return (time.monotonic() - row["at"] > LIST_REFRESH_SECONDS
+                or (table is not None and table.changed_since(row["pid"], row["sequence"])))
 
     def _forget_gone(self) -> None:
         stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
@@ -236,6 +262,69 @@ class Service:
         if tracked is None or tracked["start_time"] != result.root.start_time:
             return None  # never marked, or about an older holder of the pid
         return tracked
+
+
+def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
+    judged, options = verdict.judge(findings, judged_by)
+    return judged, options, verdict.checkpointable(findings, judged_by, {})
+
+
+class ProcessRows:
+    """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
+    drops the rows of processes gone, and audits again the new ones, those a probe event
+    came for since, and those older than LIST_REFRESH_SECONDS."""
+
+    def __init__(self, service: Service):
+        self._service = service
+        self._rows: dict[int, dict] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self.refreshed_at: str | None = None
+        self._thread = threading.Thread(target=self._run, name="crwatch-rows", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(30)
+
+    def snapshot(self) -> list[dict]:
+        self._ready.wait(120)  # the first pass audits every process
+        with self._lock:
+            return [self._rows[pid] for pid in sorted(self._rows)]
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.refresh()
+            except Exception:  # a bug must not end the list's refreshing
+                log.exception("refreshing the process list failed")
+            self._ready.set()
+            self._stopping.wait(REFRESH_SECONDS)
+
+    def refresh(self) -> None:
+        service = self._service
+        alive = set(_pids())
+        with self._lock:
+            for pid in [pid for pid in self._rows if pid not in alive]:
+                del self._rows[pid]
+            current = dict(self._rows)
+        for pid in sorted(alive):
+            if self._stopping.is_set():
+                return
+            row = current.get(pid)
+            if row is not None and not service.stale(row):
+                continue
+            fresh = service.row(pid)
+            with self._lock:
+                if fresh is None:
+                    self._rows.pop(pid, None)
+                else:
+                    self._rows[pid] = fresh
+        service._forget_gone()
+        self.refreshed_at = verdict.utc_now()
 
 
 def _pids() -> list[int]:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import audit_bench, tracker_bench  # noqa: E402
+from bench import audit_bench, service_bench, tracker_bench  # noqa: E402
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)
     audit_bench.main()
     print("== tracker ==", flush=True)
     tracker_bench.main()
+    print("== service ==", flush=True)
+    service_bench.main()

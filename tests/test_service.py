@@ -350,8 +350,13 @@ def test_a_history_database_that_cannot_be_opened_is_one_line(tmp_path):
 
 def test_the_process_list_is_judged_filtered_and_paginated(server):
     with subject(KVM_HOLDER) as s:
-        blocked = server.ok("/processes?verdict=blocked&limit=1000")
-        assert s.pid in [row["pid"] for row in blocked["processes"]]
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while True:  # the list is refreshed every second: a new process shows up then
+            blocked = server.ok("/processes?verdict=blocked&limit=1000")
+            if s.pid in [row["pid"] for row in blocked["processes"]]:
+                break
+            assert time.monotonic() < deadline, "the new process never appeared in the list"
+            time.sleep(0.05)
         assert all(row["verdict"] == "blocked" for row in blocked["processes"])
         row = next(row for row in blocked["processes"] if row["pid"] == s.pid)
         assert "device.chr.unsupported" in row["codes"] and row["checkpointable"] is False

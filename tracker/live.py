@@ -250,6 +250,11 @@ class LiveTable:
                         by_code[finding.code] = by_code.get(finding.code, 0) + 1
             return {"by_state": by_state, "by_code": by_code}
 
+    def states(self) -> dict[int, tuple[float, str]]:
+        """pid: (start time, state) of every process the table follows, at once."""
+        with self._lock:
+            return {pid: (entry.start_time, entry.state) for pid, entry in self._entries.items()}
+
     def tracked(self, pid: int) -> dict | None:
         """The `tracked` part of a verdict document: state, since, reasons (None: never marked)."""
         with self._lock:
