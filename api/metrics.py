@@ -54,6 +54,15 @@ class _TrackerCollector:
         errors.add_metric([], counters.get("apply_errors", 0))
         yield errors
 
+        by_verdict = GaugeMetricFamily("crwatch_processes", "processes by verdict (the process "
+                                       "list's rows, service profile)", labels=["verdict"])
+        counts = dict.fromkeys(("ok", "needs_options", "blocked", "unknown"), 0)
+        for row in self._service.rows.snapshot():
+            counts[row["judged"][self._service.profile.name][0]] += 1
+        for name, count in counts.items():
+            by_verdict.add_metric([name], count)
+        yield by_verdict
+
         summary = tracker.table.summary() if tracker.table is not None else {"by_state": {},
                                                                              "by_code": {}}
         states = GaugeMetricFamily("crwatch_tracked_processes",

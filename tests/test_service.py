@@ -299,6 +299,8 @@ def test_metrics_count_what_the_service_did(server):
     assert during["crwatch_events_applied_total"] > before["crwatch_events_applied_total"]
     assert during['crwatch_probe_attached{probe="required",state="attached"}'] == 1
     assert during["crwatch_degraded"] == 0
+    assert sum(during[f'crwatch_processes{{verdict="{name}"}}']
+               for name in ("ok", "needs_options", "blocked", "unknown")) >= 2
     assert during['crwatch_events_lost_total{where="kernel"}'] == 0
 
 
