@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.subjects import subject
 
@@ -463,3 +465,56 @@ ready(str(held.fileno())); hold()
     assert next(e for e in fds["fds"] if e["fd"] == fd)["target"] == str(secret_file)
     assert "private-name" not in json.dumps(hidden_fds)
     assert "private-name" not in json.dumps(hidden)
+
+
+# ---------------------------------------------------------------- no 5xx, whatever the input
+
+
+ANY_VALUE = st.one_of(st.integers(min_value=-2**70, max_value=2**70), st.text(max_size=40),
+                      st.sampled_from(["", "0", "-0", "1e9", "nan", "true", "null", "%00",
+                                       "../..", "1.5", " 1", "0x1f", "--tcp-established"]))
+
+
+def _get_operations(server: Server) -> list[tuple[str, list[str]]]:
+    """(path template, query parameter names) of every GET the schema declares."""
+    paths = server.ok("/openapi.json")["paths"]
+    return [(template, [p["name"] for p in spec["get"].get("parameters", [])
+                        if p["in"] == "query"])
+            for template, spec in sorted(paths.items())
+            if "get" in spec and template != "/events"]  # a stream: it never ends
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_input_makes_the_service_fail(server, data):
+    operations = _operations_of(server)
+    template, names = data.draw(st.sampled_from(operations))
+    path = template
+    for placeholder in ("{pid}",):
+        if placeholder in path:
+            value = data.draw(st.one_of(st.integers(min_value=-5, max_value=2**40).map(str),
+                                        st.just(str(os.getpid())), ANY_VALUE.map(str)))
+            path = path.replace(placeholder, urllib.parse.quote(value, safe="") or "%20")
+    query = data.draw(st.lists(st.tuples(st.sampled_from(names + ["unknown"]) if names
+                                         else st.just("unknown"), ANY_VALUE.map(str)),
+                               max_size=4))
+    target = f"{path}?{urllib.parse.urlencode(query)}" if query else path
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{target}",
+                                    timeout=60) as reply:
+            status, body = reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    assert status < 500, (target, status, body[:300])
+    if template != "/metrics" and template != "/docs":
+        json.loads(body)  # errors are JSON too
+
+
+_OPERATIONS: dict[int, list] = {}
+
+
+def _operations_of(server: Server) -> list[tuple[str, list[str]]]:
+    if server.port not in _OPERATIONS:
+        _OPERATIONS[server.port] = _get_operations(server)
+    return _OPERATIONS[server.port]
