@@ -31,10 +31,11 @@ mkdir -p "$DEPS"
 # python3-venv: venv+ensurepip for Debian's python; python3-bpfcc: the bcc
 # binding (PyPI's "bcc" is unrelated); make: the Makefile; iproute2: criu runs
 # `ip` when it dumps network namespaces; procps/util-linux: ps, mountpoint,
-# flock (base packages, listed so a trimmed image still gets them).
+# flock (base packages, listed so a trimmed image still gets them);
+# chromium: the dashboard's tests drive it headless (Playwright, executable_path).
 # No nftables/iptables package: criu's `--network-lock nftables` uses
 # libnftables in-process (part of the private criu closure below).
-PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux)
+PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium)
 # bcc compiles against kernel headers; without this kernel's own, use Debian's.
 [ -e "/lib/modules/$KREL/build" ] || PKGS+=(linux-headers-amd64)
 

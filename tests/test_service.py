@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.servers import Server
 from tests.subjects import subject
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
-START_TIMEOUT = 60.0      # compiling the probes and auditing every process on a slow runner
 ARRIVAL_TIMEOUT = 10.0
 
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
@@ -30,42 +29,6 @@ listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
 client = socket.create_connection(listener.getsockname()); served, _ = listener.accept()
 ready(); hold()
 """
-
-
-class Server:
-    def __init__(self, *extra: str):
-        with socket.socket() as probe:  # a free port, for the server to bind
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process = subprocess.Popen([str(CRWATCH), "serve", "--port", str(self.port), *extra],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:  # until it answers: the lifespan has attached the probes by then
-            try:
-                self.get("/healthz")
-                return
-            except (ConnectionError, urllib.error.URLError):
-                if self.process.poll() is not None:
-                    pytest.fail(f"crwatch serve exited: {self.process.communicate()[1].decode()}")
-                assert time.monotonic() < deadline, "crwatch serve did not start"
-                time.sleep(0.05)
-
-    def get(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as reply:
-                return reply.status, json.loads(reply.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def ok(self, path: str) -> dict:
-        status, body = self.get(path)
-        assert status == 200, (status, body)
-        return body
-
-    def stop(self) -> str:
-        self.process.terminate()
-        _, stderr = self.process.communicate(timeout=30)
-        return stderr.decode()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,74 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.servers import Server
+from tests.subjects import subject
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "build" / "dashboard.png"
+WAIT_MS = 20_000          # the list refreshes every second, the page every two
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    if os.geteuid() != 0:
+        pytest.skip("the service's probes need root")
+    running = Server("--db", str(tmp_path_factory.mktemp("dashboard") / "history.sqlite3"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "chromium is missing: scripts/setup.sh installs it"
+    with sync_playwright() as playwright:
+        # --no-sandbox: Chromium refuses to run its sandbox as root
+        launched = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def test_the_dashboard_shows_who_is_not_checkpointable_why_and_what_happened(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.wait_for_selector("#health.ok", timeout=WAIT_MS)
+    with subject("fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()") as s:
+        # live: the transition arrives over /events, the row with the next refresh
+        page.wait_for_selector(f'#timeline li.nocr[data-pid="{s.pid}"]', timeout=WAIT_MS)
+        row = page.wait_for_selector(f'#not-checkpointable tr[data-pid="{s.pid}"]',
+                                     timeout=WAIT_MS)
+        assert "blocked" in row.inner_text() and "device.chr.unsupported" in row.inner_text()
+        assert int(page.inner_text('#verdict-counts [data-verdict="blocked"]').split(": ")[1]) >= 1
+        page.wait_for_selector('#reason-counts tr[data-code="device.chr.unsupported"]',
+                               timeout=WAIT_MS)
+        row.click()  # drill down: verdict, fds and history
+        page.wait_for_selector(f'#detail[data-pid="{s.pid}"]', timeout=WAIT_MS)
+        device = page.inner_text(f'#detail-fds tr[data-fd="{s.note}"]')
+        assert "/dev/kvm" in device and "device.chr.unsupported" in device
+        assert "blocked" in page.inner_text("#detail-verdict")
+        assert "transition nocr" in page.inner_text("#detail-history")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    # it leaves: cr arrives live, and the row goes with the next refresh
+    page.wait_for_selector(f'#timeline li.cr[data-pid="{s.pid}"]', timeout=WAIT_MS)
+    page.wait_for_selector(f'#not-checkpointable tr[data-pid="{s.pid}"]', state="detached",
+                           timeout=WAIT_MS)
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert errors == []
+    print(f"\ndashboard screenshot: {SCREENSHOT}")
