@@ -36,11 +36,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        # state-changing methods always need the token once one is configured
-        status = refusal(settings, request, changing=request.method not in ("GET", "HEAD"))
+        changing = request.method not in ("GET", "HEAD", "OPTIONS")
+        status = refusal(settings, request, changing=changing)
         if status is not None:
             detail = ("this service needs `Authorization: Bearer TOKEN`" if status == 401
-                      else "wrong token")
+                      else "wrong token" if settings.token
+                      else "changing state needs a token: start the service with --token")
             response = _problem(status, detail)
             if status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"

@@ -3,7 +3,8 @@
 With a token configured, a caller is authorized by `Authorization: Bearer
 TOKEN`. Off loopback every request needs it (401 without, 403 with a wrong
 one); on loopback anyone may read, but command lines and file paths are shown
-only to authorized callers (redact()), and state-changing endpoints need it too.
+only to authorized callers (redact()). State-changing requests always need it:
+without a token configured they are refused.
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def authorized(settings: Settings, request: Request) -> bool:
 
 
 def refusal(settings: Settings, request: Request, *, changing: bool = False) -> int | None:
-    """The status to refuse this request with (401/403), or None to serve it."""
-    if settings.token is None or not (changing or settings.everyone_needs_token):
+    """The status to refuse this request with (401/403), or None to serve it. A request
+    that changes state is refused outright when no token is configured."""
+    if settings.token is None:
+        return 403 if changing else None
+    if not (changing or settings.everyone_needs_token):
         return None
     if presented(request) is None:
         return 401

@@ -57,11 +57,19 @@ class _TrackerCollector:
         by_verdict = GaugeMetricFamily("crwatch_processes", "processes by verdict (the process "
                                        "list's rows, service profile)", labels=["verdict"])
         counts = dict.fromkeys(("ok", "needs_options", "blocked", "unknown"), 0)
+        codes: dict[str, int] = {}
         for row in self._service.rows.snapshot():
             counts[row["judged"][self._service.profile.name][0]] += 1
+            for code in row["codes"]:
+                codes[code] = codes.get(code, 0) + 1
         for name, count in counts.items():
             by_verdict.add_metric([name], count)
         yield by_verdict
+        by_code = GaugeMetricFamily("crwatch_process_reasons", "processes whose audit has "
+                                    "this reason code (the process list's rows)", labels=["code"])
+        for code, count in sorted(codes.items()):
+            by_code.add_metric([code], count)
+        yield by_code
 
         summary = tracker.table.summary() if tracker.table is not None else {"by_state": {},
                                                                              "by_code": {}}

@@ -266,6 +266,7 @@ def test_metrics_count_what_the_service_did(server):
     assert during["crwatch_degraded"] == 0
     assert sum(during[f'crwatch_processes{{verdict="{name}"}}']
                for name in ("ok", "needs_options", "blocked", "unknown")) >= 2
+    assert any(name.startswith("crwatch_process_reasons{") for name in during)
     assert during['crwatch_events_lost_total{where="kernel"}'] == 0
 
 
@@ -384,6 +385,15 @@ def guarded(tmp_path_factory) -> Iterator[Server]:
         yield running
     finally:
         running.stop()
+
+
+def test_state_changing_requests_need_a_token_even_on_loopback(server):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/processes", method="POST",
+                                     data=b"{}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read())["detail"].startswith("changing state needs a token")
 
 
 def test_off_loopback_every_request_needs_the_token(guarded):
