@@ -133,6 +133,28 @@ class History(BaseModel):
     entries: list[HistoryEntry]
 
 
+class EventLine(BaseModel):
+    """crwatch.event/1: one line of `GET /events` (`data:`) and of `crwatch watch`."""
+
+    schema_: str = Field(alias="schema")
+    kind: Literal["ready", "transition", "lost"]
+    ts: str
+    probes: Optional[list[dict]] = Field(None, description="ready: each probe's status")
+    degraded: Optional[str] = Field(None, description="ready: why the probes are not attached")
+    pid: Optional[int] = None
+    tid: Optional[int] = None
+    start_time: Optional[float] = None
+    comm: Optional[str] = None
+    state: Optional[Literal["cr", "nocr"]] = Field(None, description="transition")
+    reasons: Optional[list[Reason]] = Field(None, description="transition to nocr")
+    exited: Optional[bool] = Field(None, description="transition: the process exited")
+    count: Optional[int] = Field(None, description="lost: how many records")
+    total: Optional[int] = None
+    reaudits: Optional[int] = None
+    where: Optional[str] = Field(None, description="lost: 'client' when this stream's reader "
+                                                   "was too slow")
+
+
 class ProbeStatus(BaseModel):
     name: str
     state: str

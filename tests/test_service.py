@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api.models import EventLine
 from tests.servers import Server
 from tests.subjects import subject
 
@@ -218,6 +219,8 @@ def test_events_stream_ready_then_the_transitions_of_a_process(server):
             entered = stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
         left = stream.await_transition(s.pid, "cr")
         assert left["exited"] is True and left["start_time"] == entered["start_time"]
+        for line in (ready, entered, left):  # the documented model (OpenAPI) fits them
+            EventLine.model_validate(line)
     finally:
         stream.close()
 
