@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 from probes.events import Event, Kind
 from tracker import live_reads as reads
+from tracker.checks import task
 from tracker.audit import ProcessIdentity, audit
 from tracker.live_model import (CR, Counters, Entry, Mark, MarkKey, PiThread, Transition,
                                 boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns)
@@ -509,7 +510,7 @@ class LiveTable:
             thread.waiting = address
         elif event.kind == Kind.PI_ACQUIRED:
             thread.waiting = None
-            owner = reads.futex_owner(proc, address)
+            owner = task.futex_owner(proc, address)
             if owner is None or owner == event.tid:  # else: already unlocked in user space
                 thread.held.add(address)
         elif event.kind == Kind.PI_NOT_ACQUIRED:
@@ -541,7 +542,7 @@ class LiveTable:
         proc = Proc(entry.pid, self.proc_root)
         for tid, thread in list(entry.pi.items()):
             released = {address for address in thread.held
-                        if reads.futex_owner(proc, address) not in (None, tid)}
+                        if task.futex_owner(proc, address) not in (None, tid)}
             audited_wait_over = (thread.last_ns == 0 and thread.waiting is not None
                                  and reads.pi_wait_address(proc, tid) != thread.waiting)
             if released or audited_wait_over:

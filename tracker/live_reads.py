@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -185,19 +184,6 @@ def pi_wait_address(proc: Proc, tid: int) -> int | None:
     if name is None:
         return None
     return int(words[5 if name == "FUTEX_WAIT_REQUEUE_PI" else 1], 16)
-
-
-def futex_owner(proc: Proc, address: int) -> int | None:
-    """The TID in a futex word (its low 30 bits); None when memory cannot be read."""
-    try:
-        with open(proc.path / "mem", "rb", buffering=0) as memory:
-            memory.seek(address)
-            word = memory.read(4)
-    except (OSError, OverflowError):
-        return None
-    if len(word) != 4:
-        return None
-    return int.from_bytes(word, sys.byteorder) & task.FUTEX_TID_MASK
 
 
 # ---------------------------------------------------------------- memory and namespaces

@@ -180,14 +180,15 @@ def _check_futex(proc: Proc, thread: Thread) -> Iterator[Finding]:
         return
     # FUTEX_WAIT_REQUEUE_PI waits on a plain futex to be moved onto the PI one, uaddr2.
     address = int(thread.syscall[5 if name == "FUTEX_WAIT_REQUEUE_PI" else 1], 16)
-    owner = _futex_owner(proc, address)
+    owner = futex_owner(proc, address)
     owned = f", held by tid {owner}" if owner else ""
     yield Finding("task.pi_futex", f"tid {thread.tid} waits in {name} on the futex at "
                   f"{address:#x}{owned}", proc.pid, tid=thread.tid)
 
 
-def _futex_owner(proc: Proc, address: int) -> int | None:
-    """The TID in the futex word (its low 30 bits), read from the process's memory."""
+def futex_owner(proc: Proc, address: int) -> int | None:
+    """The TID in the futex word (its low 30 bits; 0: unlocked), read from the process's
+    memory; None when it cannot be read."""
     try:
         with open(proc.path / "mem", "rb", buffering=0) as memory:
             memory.seek(address)
@@ -196,7 +197,7 @@ def _futex_owner(proc: Proc, address: int) -> int | None:
         return None
     if len(word) != 4:
         return None
-    return int.from_bytes(word, sys.byteorder) & FUTEX_TID_MASK or None
+    return int.from_bytes(word, sys.byteorder) & FUTEX_TID_MASK
 
 
 def _in_vfork(proc: Proc, number: int, syscall: list[str]) -> bool:
