@@ -175,7 +175,7 @@ class Service:
     def _reusable_audit(self, pid: int) -> tuple[Audit, bool]:
         """The last audit of this process if no probe event came for it since (and it is
         recent), else a fresh one. Without probes nothing is reused."""
-        table = self.tracker.table if not self.tracker.degraded else None
+        table = self._live_table()
         kept = self._kept.get(pid)
         if (table is not None and kept is not None
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
@@ -211,7 +211,7 @@ class Service:
         states = self.tracker.table.states() if self.tracker.table is not None else {}
         page = []
         for row in rows:
-            judged = row["judged"].get(judged_by.name) or _judge(row["findings"], judged_by)
+            judged = row["judged"][judged_by.name]  # every profile is judged in the row
             if ((verdict_is is not None and judged[0] != verdict_is)
                     or (comm is not None and comm not in row["comm"])
                     or (cgroup is not None and cgroup not in row["cgroup"])):
@@ -236,7 +236,7 @@ class Service:
         if any(finding.code == "task.kernel_thread" for finding in result.findings):
             return None
         return {"pid": pid, "start_time": result.root.start_time, "comm": result.root.comm,
-                "cgroup": _cgroup(pid), "findings": result.findings,
+                "cgroup": _cgroup(pid),
                 "codes": sorted({finding.code for finding in result.findings}),
                 "judged": {name: _judge(result.findings, self.profile_for(name))
                            for name in PROFILE_NAMES},
@@ -247,11 +247,15 @@ class Service:
 
     def stale(self, row: dict) -> bool:
         """Must this row be audited again: a probe event came for it, or it is old?"""
-        table = self.tracker.table if not self.tracker.degraded else None
+        table = self._live_table()
         return (time.monotonic() - row["at"] > LIST_REFRESH_SECONDS
                 or (table is not None and table.changed_since(row["pid"], row["sequence"])))
 
-    def _forget_gone(self) -> None:
+    def _live_table(self):
+        """The live table, when probes feed it (only then can an event invalidate an audit)."""
+        return self.tracker.table if not self.tracker.degraded else None
+
+    def forget_old_audits(self) -> None:
         stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
         for pid in [pid for pid, kept in self._kept.items() if kept.at < stale]:
             self._kept.pop(pid, None)
@@ -323,7 +327,7 @@ class ProcessRows:
                     self._rows.pop(pid, None)
                 else:
                     self._rows[pid] = fresh
-        service._forget_gone()
+        service.forget_old_audits()
         self.refreshed_at = verdict.utc_now()
 
 

@@ -44,7 +44,6 @@ class EventQueue(queue.Queue):
                 self.not_empty.notify(len(taken))
         return len(taken)
 
-
     def get_batch(self, most: int, timeout: float) -> list[Event]:
         """Up to `most` items: waits up to `timeout` for the first, takes the rest as queued."""
         with self.not_empty:
