@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracker.audit import audit
-from tracker.criu import find_criu
+from tracker.criu import arguments_for, find_criu
 from tracker.profiles import profile
 from tracker.rules import catalogue
 from tracker import verdict
@@ -53,30 +53,15 @@ def assert_agrees(pid: int, state: str, *, expect: str, codes: set[str] = frozen
         assert criu_error in plain.log, (state, criu_error, plain.errors)
     options = document["required_options"]
     if expect == "needs_options":
-        with_options = criu.dump(pid, _expand(document["reasons"]))
+        with_options = criu.dump(pid, arguments_for(document["reasons"]))
         _record(state, f"fails; dumped with {' '.join(options)}" if with_options.ok
                 else "fails even with options", document)
         assert with_options.ok, (state, options, with_options.errors)
     else:
         named = sorted({catalogue()[code].option for code in found if catalogue()[code].option})
-        with_options = criu.dump(pid, _expand(
+        with_options = criu.dump(pid, arguments_for(
             [{"option": option, "option_value": None} for option in named]))
         _record(state, "fails" + (f" (also with {' '.join(named)})" if named else ""), document)
         assert not with_options.ok, f"{state}: CRIU dumped it with {named}, crwatch said blocked"
     return document
 
-
-def _expand(reasons: list[dict]) -> list[str]:
-    """The CRIU command line the reasons ask for: each option once, with its values
-    (--ghost-limit gets exactly the size crwatch says is needed)."""
-    arguments: list[str] = []
-    seen: set[tuple[str, str | None]] = set()
-    for reason in reasons:
-        option, value = reason["option"], reason["option_value"]
-        if option is None or (option, value) in seen:
-            continue
-        seen.add((option, value))
-        if option == "--network-lock":
-            value = "nftables"  # no iptables-restore on these machines
-        arguments += [option] + ([value] if value else [])
-    return arguments

@@ -55,11 +55,16 @@ def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
     return order
 
 
-def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT) -> Audit:
-    """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist."""
+def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
+          held_by: int = 0, states_before_hold: dict[int, str] | None = None) -> Audit:
+    """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
+
+    `held_by` is the gate's ptrace holder, when the tree is frozen with ptrace.
+    """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
-    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root)
+    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, held_by=held_by,
+                       states_before_hold=states_before_hold or {})
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []

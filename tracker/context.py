@@ -24,6 +24,10 @@ class AuditContext:
     # so a check can tell whether a peer is inside the tree.
     tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
+    # A gate's ptrace hold: its tracer is not a tracer CRIU would meet, and the
+    # states before the hold are the ones to judge ("t" is the hold itself).
+    held_by: int = 0
+    states_before_hold: dict[int, str] = field(default_factory=dict)
 
     def in_tree(self, pid: int) -> bool:
         return pid in self.tree_pids

@@ -7,15 +7,19 @@ into a scratch directory that is thrown away afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tracker.verdict import parse_size
 
 # Older CRIU misreads this kernel: 3.17 fails `criu check` (vDSO bounds) and
 # 4.1 cannot dump any inet/packet/raw socket (SO_PASSCRED now refused).
@@ -33,6 +37,9 @@ class DumpResult:
     returncode: int
     errors: list[str]
     log: str
+    command: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    log_path: str | None = None     # kept when the images went to a directory of the caller's
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,18 @@ class Criu:
     def supported(self) -> bool:
         return self.version >= MIN_VERSION
 
-    def dump(
-        self, pid: int, options: Sequence[str] = (), *, timeout: float = 60
-    ) -> DumpResult:
-        """Trial-dump `pid` (left running) and report CRIU's errors."""
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def dump(self, pid: int, options: Sequence[str] = (), *, images_dir: Path | None = None,
+             leave_running: bool = True, extra: Sequence[str] = (), timeout: float = 60,
+             on_start: Callable[[int], None] | None = None) -> DumpResult:
+        """Dump the tree of `pid` and report CRIU's errors.
+
+        Without `images_dir` it is a trial: the images go to a scratch directory
+        that is thrown away. `on_start` is told CRIU's pid as soon as it runs.
+        """
         opts = list(options)
         if (
             "--tcp-established" in opts
@@ -56,10 +71,14 @@ class Criu:
         ):
             # CRIU locks the connections with iptables by default.
             opts += ["--network-lock", "nftables"]
-        with tempfile.TemporaryDirectory(prefix="crwatch-dump-") as images:
-            cmd = [self.path, "dump", "-t", str(pid), "-D", images,
-                   "--leave-running", "-v4", "-o", "dump.log", *opts]
-            returncode, output = _run(cmd, timeout)
+        with contextlib.ExitStack() as scratch:
+            images = str(images_dir) if images_dir is not None else scratch.enter_context(
+                tempfile.TemporaryDirectory(prefix="crwatch-dump-"))
+            cmd = [self.path, "dump", "-t", str(pid), "-D", images, "-v4", "-o", "dump.log",
+                   *(["--leave-running"] if leave_running else []), *opts, *extra]
+            started = time.monotonic()
+            returncode, output = _run(cmd, timeout, on_start)
+            seconds = time.monotonic() - started
             log_path = Path(images, "dump.log")  # -o is relative to -D
             log = log_path.read_text(errors="replace") if log_path.exists() else ""
         if output.strip():  # e.g. option errors printed before the log opens
@@ -71,12 +90,36 @@ class Criu:
         if returncode != 0 and not errors:
             # Failed before logging (bad option, exec error): its first words say why.
             errors = [line for line in output.splitlines() if line.strip()][:1]
-        return DumpResult(returncode == 0, returncode, errors, log)
+        return DumpResult(returncode == 0, returncode, errors, log, cmd, seconds,
+                          str(log_path) if images_dir is not None else None)
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[int, str]:
+def arguments_for(reasons: Iterable[dict]) -> list[str]:
+    """The CRIU command line that verdict reasons ask for: each option once, with its
+    value (--ghost-limit gets the largest size any reason needs, and no more)."""
+    arguments: list[str] = []
+    values: dict[str, list[str | None]] = {}
+    for reason in reasons:
+        option = reason.get("option")
+        if option and reason.get("option_value") not in values.setdefault(option, []):
+            values[option].append(reason.get("option_value"))
+    for option, given in values.items():
+        named = [value for value in given if value]
+        if option == "--ghost-limit" and named:
+            named = [max(named, key=parse_size)]
+        if option == "--network-lock":
+            named = ["nftables"]  # the way that needs no iptables-restore
+        arguments += [part for value in (named or [None])
+                      for part in ([option, value] if value else [option])]
+    return arguments
+
+
+def _run(cmd: list[str], timeout: float,
+         on_start: Callable[[int], None] | None = None) -> tuple[int, str]:
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
+    if on_start is not None:
+        on_start(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out

@@ -26,12 +26,13 @@ from typing import Callable, Iterable, Iterator, Protocol
 from probes.events import Event, Kind
 from tracker import live_reads as reads
 from tracker.checks import task
-from tracker.audit import ProcessIdentity, audit
+from tracker.audit import Audit, ProcessIdentity, audit
 from tracker.live_model import (CR, Counters, Entry, Mark, MarkKey, PiThread, Transition,
                                 boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns)
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Mapping, Proc, ProcessGone
 from tracker.profiles import Profile
 from tracker.rules import Finding
+from tracker.verdict import reason
 
 # Marks a /proc audit can confirm or refute; the others (nonlinear mappings,
 # PI futexes held) only the probes see, and a re-audit keeps them.
@@ -769,24 +770,52 @@ class LiveTable:
             return
         if {finding.code for finding in result.findings} & {"audit.exited", "task.kernel_thread"}:
             return
-        who = result.root
-        entry = self._entries.get(pid)
+        self._replace_audited(result.root, result.findings, started, batch)
+
+    def _replace_audited(self, who: ProcessIdentity, findings: list[Finding], started: int,
+                         batch: _Batch) -> dict[MarkKey, tuple[list, dict]]:
+        """The marks of `who` that an audit can see become what this audit saw."""
+        entry = self._entries.get(who.pid)
         if entry is not None and entry.start_time != who.start_time:
             self._remove(entry, batch, gone=False)
             entry = None
-        found = self._audited_marks(Proc(pid, self.proc_root), result.findings)
+        found = self._audited_marks(Proc(who.pid, self.proc_root), findings)
         if entry is None and not found:
-            return
+            return found
         entry = self._entry(who, batch, None)
         entry.comm, entry.stale, entry.audited_ns = who.comm, False, started
         for key in [key for key in entry.marks if _audited(entry, key) and key not in found]:
             del entry.marks[key]
-        for key, (findings, extra) in found.items():
-            self._set(who, key, findings, batch, None, ts_ns=started, since_ns=started,
+        for key, (key_findings, extra) in found.items():
+            self._set(who, key, key_findings, batch, None, ts_ns=started, since_ns=started,
                       source="audit", **extra)
         self._sync_audited_pi(entry, found)
         if self.kernel is not None:
             self._follow_in_kernel(entry)
+        return found
+
+    def reconcile(self, result: Audit, started_ns: int) -> tuple[list[dict], list[Transition]]:
+        """Compare what the table holds with an audit that read a frozen tree (started at
+        `started_ns`), and take the audit's view. Returns the drift (reasons the probes
+        missed, marks that were stale) and the transitions the correction makes."""
+        drift: list[dict] = []
+        with self._lock:
+            batch = _Batch(started_ns)
+            for who in result.processes:
+                findings = [f for f in result.findings if f.pid == who.pid]
+                if {f.code for f in findings} & {"audit.exited", "task.kernel_thread"}:
+                    continue
+                entry = self._entries.get(who.pid)
+                held = {} if entry is None or entry.start_time != who.start_time else {
+                    key: mark for key, mark in entry.marks.items() if _audited(entry, key)}
+                found = self._replace_audited(who, findings, started_ns, batch)
+                for key in found.keys() - held.keys():
+                    drift += [_drift("missed", who, reason(f, self.profile), "audit")
+                              for f in found[key][0]]
+                for key in held.keys() - found.keys():
+                    drift += [_drift("stale", who, reason(f, self.profile), held[key].source,
+                                     held[key].since) for f in held[key].findings]
+            return drift, self._finish(batch)
 
     def _follow_in_kernel(self, entry: Entry) -> None:
         """Have the probes report what may undo the audited marks: fd closes, lock calls,
@@ -852,3 +881,11 @@ def _audited(entry: Entry, key: MarkKey) -> bool:
         thread = entry.pi.get(key[1])
         return thread is None or key[2] not in thread.held
     return key[0] in AUDITED_KINDS
+
+
+def _drift(kind: str, who: ProcessIdentity, reason: dict, source: str,
+           since: str | None = None) -> dict:
+    """One difference between the tracked state and a frozen recheck."""
+    return {"kind": kind, "pid": who.pid, "start_time": who.start_time, "comm": who.comm,
+            "tracked_source": source if kind == "stale" else None, "tracked_since": since,
+            "reason": reason}

@@ -17,6 +17,7 @@ from typing import Callable, Union
 from probes.events import Event, Kind
 from probes.loader import ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
+from tracker.audit import Audit
 from tracker.live import LiveTable, dup_close_pairs
 from tracker.live_model import SCHEMA, Transition, iso_from_wall_ns
 from tracker.profiles import Profile
@@ -106,6 +107,15 @@ class Tracker:
         if self.reader is not None:
             counts["lost"] = self.reader.counters()
         return counts
+
+    def reconcile(self, result: Audit, started_ns: int) -> list[dict] | None:
+        """The drift between the tracked state and a recheck of a frozen tree, which then
+        corrects the table (None: nothing is tracked, the probes are not attached)."""
+        if self.degraded or self.table is None:
+            return None
+        drift, transitions = self.table.reconcile(result, started_ns)
+        self._publish(transitions)
+        return drift
 
     def _probe_statuses(self) -> list[dict]:
         if self.probes is None:

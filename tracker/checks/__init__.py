@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from tracker.checks import (anon, devices, files, general, ipc, locks, memory, namespaces,
+from tracker.checks import (anon, devices, files, gate, general, ipc, locks, memory, namespaces,
                             sockets, task, terminal)
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 from tracker.rules import Finding
 
-MODULES = (general, files, devices, anon, sockets, memory, task, locks, ipc, namespaces, terminal)
+MODULES = (general, files, devices, anon, sockets, memory, task, locks, ipc, namespaces, terminal,
+           gate)
 
 FD_OWNERS = {
     "reg": files, "dir": files, "lnk": files, "pipe": files, "fifo": files,

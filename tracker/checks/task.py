@@ -13,7 +13,7 @@ import functools
 import platform
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from tracker.context import AuditContext
@@ -109,7 +109,7 @@ class Thread:
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    threads = _threads(proc)
+    threads = [_unheld(ctx, thread) for thread in _threads(proc)]
     if len(threads) > 1:
         yield Finding("task.threads", f"pid {proc.pid} has {len(threads)} threads", proc.pid)
     for thread in threads:
@@ -141,6 +141,13 @@ def _read_thread(task: Proc, tid: int) -> Thread:
     syscall = task.read("syscall").split() if state not in ("Z", "X") else []
     return Thread(tid=tid, state=state, tracer=int(status.get("TracerPid", "0")),
                   pending=int(status.get("SigPnd", "0"), 16), syscall=syscall)
+
+
+def _unheld(ctx: AuditContext, thread: Thread) -> Thread:
+    """The thread as it was before a gate's ptrace hold, which is no state of its own."""
+    if not ctx.held_by or thread.tracer != ctx.held_by:
+        return thread
+    return replace(thread, tracer=0, state=ctx.states_before_hold.get(thread.tid, "S"))
 
 
 # ---------------------------------------------------------------- per thread

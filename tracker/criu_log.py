@@ -1,0 +1,55 @@
+"""CRIU's dump log, read back into reasons: what failed, in which task, on which resource.
+
+CRIU logs one `Error (file.c:line): ...` line for the cause of a failure and
+then a few for its consequences ("Dump files (pid: N) failed", "Dumping
+FAILED."); only the causes become reasons.
+"""
+from __future__ import annotations
+
+import re
+
+from tracker.rules import Finding
+
+_ERROR = re.compile(r"Error \((?P<source>[^)]*)\): (?P<text>.*)")
+_DUMPING_TASK = re.compile(r"Dumping task \(pid: (\d+)")
+_PID = re.compile(r"\bpid[: ]+(\d+)")
+_FD = re.compile(r"\b(?:file|fd)[ =:]+(\d+)\b")
+_CONSEQUENCES = (
+    re.compile(r"^Dumping FAILED"),
+    re.compile(r"^Dump files \(pid: \d+\) failed"),
+    re.compile(r"^Dumping \(pid: \d+\) failed"),
+    re.compile(r"^One of more action scripts failed"),
+    re.compile(r"^Pre dump script failed"),
+)
+
+
+def failure_findings(log: str, root_pid: int, log_path: str | None = None) -> list[Finding]:
+    """One `criu.dump_failed` finding per cause CRIU logged (the first error when all
+    look like consequences), naming the task and fd it was about when the log says."""
+    current_task = root_pid
+    causes: list[Finding] = []
+    fallback: Finding | None = None
+    seen: set[str] = set()
+    for line in log.splitlines():
+        if task := _DUMPING_TASK.search(line):
+            current_task = int(task[1])
+        error = _ERROR.search(line)
+        if error is None or error["text"] in seen:
+            continue
+        seen.add(error["text"])
+        finding = _finding(error["text"], error["source"], current_task, log_path)
+        if any(pattern.search(error["text"]) for pattern in _CONSEQUENCES):
+            fallback = fallback or finding
+        else:
+            causes.append(finding)
+    if not causes and fallback is not None:
+        causes.append(fallback)
+    return causes
+
+
+def _finding(text: str, source: str, task: int, log_path: str | None) -> Finding:
+    named_pid = _PID.search(text)
+    fd = _FD.search(text)
+    where = f" (see {log_path})" if log_path else ""
+    return Finding("criu.dump_failed", f"CRIU: {text} [{source}]{where}",
+                   int(named_pid[1]) if named_pid else task, fd=int(fd[1]) if fd else None)

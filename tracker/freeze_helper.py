@@ -1,0 +1,305 @@
+"""The freezer: a small process of its own that holds a process tree still for the gate.
+
+It runs apart from crwatch (`python -I -S freeze_helper.py ...`, standard library
+only, so it starts in tens of milliseconds) so that nothing crwatch does or
+suffers can strand the tree:
+
+- ptrace: the helper is the tracer. When it exits, however it exits, the kernel
+  detaches its tracees and they run on; it never sends SIGSTOP.
+- cgroup: the helper thaws the cgroup when told to, when its deadline passes, or
+  when crwatch dies (its command pipe reaches end of file).
+
+Usage: freeze_helper.py ptrace PID TREE(0|1) DEADLINE_S FREEZE_TIMEOUT_S
+       freeze_helper.py cgroup DIR - DEADLINE_S FREEZE_TIMEOUT_S
+
+Commands arrive one per line on stdin: `thaw`, or `handoff PID` (CRIU now holds
+the frozen cgroup: the deadline no longer applies, and if crwatch dies the cgroup
+is thawed only once PID has exited, since CRIU freezes it again when it ends).
+Reports leave one JSON object per line on stdout: `frozen` once, then `thawed`.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000  # __WALL: wait for threads (clone children) too
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+
+
+def ptrace(request: int, tid: int, data: int = 0) -> None:
+    if _libc.ptrace(request, tid, None, ctypes.c_void_p(data)) == -1:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _ids(path: str) -> list[int]:
+    try:
+        return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+    except OSError:
+        return []
+
+
+def _state(tid: int) -> str:
+    try:
+        with open(f"/proc/{tid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for tid in _ids(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as children:
+                found += [int(kid) for kid in children.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+class PtraceHold:
+    """PTRACE_SEIZE + PTRACE_INTERRUPT of every thread of every process, root first.
+
+    A process's threads are seized until a listing finds no new one (a thread
+    not yet stopped may still create threads); its children are listed only once
+    all its threads are stopped, when no new one can appear.
+    """
+
+    method = "ptrace"
+
+    def __init__(self, root: int, tree: bool):
+        self.root, self.tree = root, tree
+        self.stopped: dict[int, int] = {}     # tid: signal to give back at detach (0: none)
+        self.pending: set[int] = set()        # seized, not stopped yet
+        self.failed: dict[int, str] = {}      # tid: why it could not be frozen
+        self.states: dict[int, str] = {}      # tid: its state before the hold (ptrace shows "t")
+        self.pids: list[int] = []
+
+    def freeze(self, deadline: float) -> None:
+        queue = [self.root]
+        while queue and time.monotonic() < deadline:
+            pid = queue.pop(0)
+            if pid in self.pids:
+                continue
+            self.pids.append(pid)
+            self._freeze_threads(pid, deadline)
+            if self.tree:
+                queue += [kid for kid in _children(pid) if kid not in self.pids]
+        for tid in self.pending:
+            self.failed[tid] = ("did not stop in time (an uninterruptible wait, such as a "
+                                "vfork parent waiting for its child)")
+
+    def _freeze_threads(self, pid: int, deadline: float) -> None:
+        while True:
+            new = [tid for tid in _ids(f"/proc/{pid}/task")
+                   if tid not in self.stopped and tid not in self.pending
+                   and tid not in self.failed]
+            self.states.update({tid: _state(tid) for tid in new})
+            new = [tid for tid in new if self.states[tid] not in "ZX"]  # the dead are still
+            if not new:
+                return
+            for tid in new:
+                try:
+                    ptrace(PTRACE_SEIZE, tid)
+                    ptrace(PTRACE_INTERRUPT, tid)
+                    self.pending.add(tid)
+                except OSError as error:
+                    if error.errno != errno.ESRCH:  # gone: nothing to freeze
+                        self.failed[tid] = _seize_refusal(tid, error)
+            self._await_stops(deadline)
+            if self.pending:
+                return
+
+    def _await_stops(self, deadline: float) -> None:
+        pause = 0.0001
+        while self.pending and time.monotonic() < deadline:
+            progressed = False
+            for tid in list(self.pending):
+                try:
+                    waited, status = os.waitpid(tid, os.WNOHANG | WALL)
+                except ChildProcessError:
+                    self.pending.discard(tid)  # exited meanwhile
+                    continue
+                if waited == 0:
+                    continue
+                progressed = True
+                self.pending.discard(tid)
+                if os.WIFSTOPPED(status):
+                    event, signo = status >> 16, os.WSTOPSIG(status)
+                    # A signal-delivery stop holds the signal: give it back at detach.
+                    self.stopped[tid] = 0 if event == PTRACE_EVENT_STOP else signo
+            if not progressed:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+    def thaw(self) -> None:
+        for tid, signo in self.stopped.items():
+            try:
+                ptrace(PTRACE_DETACH, tid, signo)
+            except OSError:
+                pass  # exited while stopped (SIGKILL): nothing to resume
+        # Seized tasks that never stopped are detached by the kernel when this process exits.
+
+    def report(self) -> dict:
+        return {"method": self.method, "cgroup": None, "pids": self.pids,
+                "tasks": len(self.stopped), "states": self.states,
+                "unfrozen": [{"tid": tid, "why": why} for tid, why in sorted(self.failed.items())]}
+
+
+def _seize_refusal(tid: int, error: OSError) -> str:
+    try:
+        with open(f"/proc/{tid}/status") as status:
+            tracer = next((line.split()[1] for line in status if line.startswith("TracerPid:")), "0")
+    except OSError:
+        tracer = "0"
+    if tracer != "0":
+        return f"already traced by pid {tracer}"
+    return f"PTRACE_SEIZE refused: {error.strerror}"
+
+
+class CgroupHold:
+    """The cgroup v2 freezer: write 1 to cgroup.freeze, await `frozen 1` in cgroup.events."""
+
+    method = "cgroup"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.already_frozen = False
+        self.frozen = False
+        self.failure: str | None = None
+
+    def _read(self, name: str) -> str:
+        with open(os.path.join(self.directory, name)) as control:
+            return control.read()
+
+    def _write_freeze(self, value: str) -> None:
+        with open(os.path.join(self.directory, "cgroup.freeze"), "w") as control:
+            control.write(value)
+
+    def freeze(self, deadline: float) -> None:
+        self.already_frozen = self._read("cgroup.freeze").strip() == "1"
+        if not self.already_frozen:
+            self._write_freeze("1")
+        # cgroup.events changes raise POLLPRI on an open descriptor of it.
+        events = os.open(os.path.join(self.directory, "cgroup.events"), os.O_RDONLY)
+        try:
+            poller = select.poll()
+            poller.register(events, select.POLLPRI | select.POLLERR)
+            while True:
+                os.lseek(events, 0, os.SEEK_SET)
+                if "frozen 1" in os.read(events, 4096).decode():
+                    self.frozen = True
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.failure = ("the cgroup did not freeze in time (a task in an "
+                                    "uninterruptible wait, such as a vfork parent)")
+                    return
+                poller.poll(left * 1000)
+        finally:
+            os.close(events)
+
+    def thaw(self) -> None:
+        if not self.already_frozen:
+            self._write_freeze("0")
+
+    def report(self) -> dict:
+        unfrozen = [{"tid": None, "why": self.failure}] if self.failure else []
+        return {"method": self.method, "cgroup": self.directory, "pids": _ids_in(self.directory),
+                "tasks": sum(len(_lines(os.path.join(path, "cgroup.threads")))
+                             for path in _subtree(self.directory)) if self.frozen else 0,
+                "already_frozen": self.already_frozen, "unfrozen": unfrozen}
+
+
+def _subtree(directory: str) -> list[str]:
+    return [path for path, _, _ in os.walk(directory)]
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path) as listing:
+            return listing.read().split()
+    except OSError:
+        return []
+
+
+def _ids_in(directory: str) -> list[int]:
+    return sorted(int(pid) for path in _subtree(directory)
+                  for pid in _lines(os.path.join(path, "cgroup.procs")))
+
+
+def _emit(report: dict) -> None:
+    try:
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # crwatch is gone; the hold still ends as it must
+
+
+def _await_exit(pid: int) -> None:
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        select.select([handle], [], [])
+    finally:
+        os.close(handle)
+
+
+def hold(mode: str, target: str, tree: bool, deadline_s: float, freeze_timeout_s: float) -> None:
+    hold = CgroupHold(target) if mode == "cgroup" else PtraceHold(int(target), tree)
+    started = time.monotonic()
+    try:
+        hold.freeze(started + freeze_timeout_s)
+    except OSError as error:
+        hold.thaw()
+        _emit({"event": "frozen", "error": f"{error.strerror}: {error.filename or ''}".strip()})
+        return
+    frozen_at = time.monotonic()
+    _emit({"event": "frozen", "freeze_ms": (frozen_at - started) * 1e3, **hold.report()})
+
+    expires, handoff, expired = frozen_at + deadline_s, None, False
+    commands = sys.stdin.buffer
+    while True:
+        timeout = None if handoff else max(0.0, expires - time.monotonic())
+        if not select.select([commands], [], [], timeout)[0]:
+            expired = True
+            break
+        line = commands.readline().decode().strip()
+        if not line:  # crwatch is gone
+            if handoff:
+                _await_exit(handoff)
+            break
+        if line == "thaw":
+            break
+        if line.startswith("handoff "):
+            handoff = int(line.split()[1])
+    hold.thaw()
+    _emit({"event": "thawed", "frozen_ms": (time.monotonic() - frozen_at) * 1e3,
+           "expired": expired})
+
+
+def main(argv: list[str]) -> int:
+    mode, target, tree, deadline_s, freeze_timeout_s = argv
+    # Terminal signals meant for crwatch must not end the holder before it thaws.
+    for signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(signo, signal.SIG_IGN)
+    hold(mode, target, tree == "1", float(deadline_s), float(freeze_timeout_s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

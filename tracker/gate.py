@@ -1,0 +1,184 @@
+"""The checkpoint-time gate: freeze the tree, recheck it, judge, thaw; hand off to CRIU.
+
+This is what a checkpoint(2) in the kernel would do: refuse at the moment of
+the checkpoint if anything is unsupported. When the tree owns its cgroup there
+is no window between the check and the dump: CRIU is handed the cgroup still
+frozen. With ptrace the tree is released just before CRIU seizes it again, and
+whatever CRIU still refuses is read back from its log as a reason.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from tracker import verdict
+from tracker.audit import Audit, audit, identify
+from tracker.checks.gate import not_frozen, watchdog_expired
+from tracker.criu import Criu, DumpResult, arguments_for
+from tracker.criu_log import failure_findings
+from tracker.freeze import DEFAULT_WATCHDOG_S, Freeze, FreezeError, Frozen
+from tracker.profiles import Profile
+
+SCHEMA = "crwatch.gate/1"
+
+Reconcile = Callable[[Audit, int], "list[dict] | None"]
+
+
+class GateError(Exception):
+    """The gate cannot run at all (no usable CRIU for a dump, a bad images directory)."""
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    pid: int
+    tree: bool = False
+    allow: tuple[str, ...] = ()
+    dump_dir: Path | None = None      # hand off to CRIU, images here
+    leave_running: bool = True
+    watchdog_s: float = DEFAULT_WATCHDOG_S
+    hold_s: float = 0.0               # stay frozen this long after the recheck (tests the watchdog)
+
+    @property
+    def whole_tree(self) -> bool:
+        return self.tree or self.dump_dir is not None  # CRIU always dumps the whole tree
+
+
+@dataclass
+class _Run:
+    result: Audit
+    frozen: Frozen | None
+    freeze_error: str | None = None
+    dump: DumpResult | None = None
+    dumped_frozen: bool = False
+    findings_added: list = field(default_factory=list)
+
+
+def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
+         reconcile: Reconcile | None = None) -> dict:
+    """Run the gate and return its document (schema crwatch.gate/1).
+
+    Raises ProcessGone when the pid does not exist, GateError when a dump was
+    asked for and cannot be made.
+    """
+    if request.dump_dir is not None:
+        criu = _usable(criu)
+        judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
+        _prepare(request.dump_dir)
+    identify(request.pid)  # ProcessGone before anything is frozen
+    started_ns = time.monotonic_ns()
+    run = _frozen_recheck(request, judged_by, criu)
+    document = verdict.document(run.result, judged_by, request.allow)
+    drift = reconcile(run.result, started_ns) if reconcile is not None else None
+
+    if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
+            and run.frozen is not None and not run.frozen.expired):
+        run.dump = _dump(criu, request, document, cgroup=None)
+    criu_findings = []
+    if run.dump is not None and not run.dump.ok:
+        criu_findings = failure_findings(run.dump.log, request.pid, run.dump.log_path)
+    return _document(request, judged_by, document, run, drift, criu_findings, criu)
+
+
+def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None) -> _Run:
+    freeze = Freeze(request.pid, request.whole_tree, watchdog_s=request.watchdog_s)
+    try:
+        frozen = freeze.__enter__()
+    except FreezeError as error:
+        # Still audit (every reason at once), but never call it checkpointable.
+        result = audit(request.pid, tree=request.whole_tree)
+        result.findings.append(not_frozen(request.pid, None, str(error)))
+        return _Run(result, None, freeze_error=str(error))
+    try:
+        held_by = frozen.holder if frozen.method == "ptrace" else 0
+        result = audit(request.pid, tree=request.whole_tree, held_by=held_by,
+                       states_before_hold=frozen.states)
+        result.findings += [not_frozen(request.pid, item["tid"], item["why"])
+                            for item in frozen.unfrozen]
+        if request.hold_s:
+            time.sleep(request.hold_s)
+        run = _Run(result, frozen)
+        if (request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete
+                and freeze.holding() and verdict.document(result, judged_by,
+                                                          request.allow)["checkpointable"]):
+            # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
+            run.dump = _dump(criu, request, verdict.document(result, judged_by, request.allow),
+                             cgroup=frozen.cgroup, on_start=freeze.handoff)
+            run.dumped_frozen = True
+    finally:
+        freeze.release()
+    if frozen.expired:
+        run.result.findings.append(watchdog_expired(request.pid, request.watchdog_s))
+    return run
+
+
+def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | None,
+          on_start: Callable[[int], None] | None = None) -> DumpResult:
+    return criu.dump(request.pid, arguments_for(document["reasons"]),
+                     images_dir=request.dump_dir, leave_running=request.leave_running,
+                     extra=["--freeze-cgroup", cgroup] if cgroup else [], on_start=on_start)
+
+
+def _usable(criu: Criu | None) -> Criu:
+    if criu is None:
+        raise GateError("no CRIU found: set $CRWATCH_CRIU, put criu on PATH, or run "
+                        "scripts/setup.sh")
+    if not criu.supported:
+        raise GateError(f"CRIU {criu.version_text} at {criu.path} is too old for this kernel "
+                        f"(4.2 or newer is needed)")
+    return criu
+
+
+def _prepare(directory: Path) -> None:
+    if not directory.is_absolute():
+        raise GateError(f"the images directory must be an absolute path: {directory}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GateError(f"cannot use {directory} for the images: {error.strerror}") from None
+
+
+def _document(request: GateRequest, judged_by: Profile, judged: dict, run: _Run,
+              drift: list[dict] | None, criu_findings: list, criu: Criu | None) -> dict:
+    criu_reasons = [verdict.reason(finding, judged_by) for finding in criu_findings]
+    for item in criu_reasons:
+        item["source"] = "criu"
+    dump = run.dump
+    if not judged["checkpointable"]:
+        outcome = "refused"
+    elif request.dump_dir is None:
+        outcome = "passed"
+    else:
+        outcome = "dumped" if dump is not None and dump.ok else "dump_failed"
+    freeze = (run.frozen.as_dict(request.watchdog_s) if run.frozen is not None
+              else {"method": None, "error": run.freeze_error})
+    return {
+        "schema": SCHEMA,
+        "pid": judged["pid"], "start_time": judged["start_time"], "comm": judged["comm"],
+        "tree": request.whole_tree,
+        "outcome": outcome,
+        "checkpointable": judged["checkpointable"] and outcome != "dump_failed",
+        "verdict": judged,
+        "freeze": freeze,
+        "drift": {
+            "tracked": drift is not None,
+            "missed": [item for item in drift or [] if item["kind"] == "missed"],
+            "stale": [item for item in drift or [] if item["kind"] == "stale"],
+            "criu": criu_reasons,
+        },
+        "dump": None if request.dump_dir is None else {
+            "directory": str(request.dump_dir),
+            "criu": {"path": criu.path, "version": criu.version_text} if criu else None,
+            "ran": dump is not None,
+            "while_frozen": run.dumped_frozen,
+            "leave_running": request.leave_running,
+            "command": dump.command if dump else [],
+            "ok": bool(dump and dump.ok),
+            "returncode": dump.returncode if dump else None,
+            "seconds": round(dump.seconds, 3) if dump else None,
+            "errors": dump.errors if dump else [],
+            "log": dump.log_path if dump else None,
+        },
+        "checked_at": verdict.utc_now(),
+    }
