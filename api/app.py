@@ -10,7 +10,9 @@ from starlette.exceptions import HTTPException
 
 from api.auth import must_redact, refusal
 from api.routes import dashboard, events, health, metrics, processes, rules
+from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
+from tracker.gate import CriuUnavailable, GateError
 from api.settings import Settings
 
 
@@ -60,6 +62,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoSuchProcess)
     async def no_such_process(_: Request, error: NoSuchProcess) -> JSONResponse:
         return _problem(404, str(error))
+
+    @app.exception_handler(GateBusy)
+    async def gate_busy(_: Request, error: GateBusy) -> JSONResponse:
+        return _problem(409, str(error))
+
+    @app.exception_handler(GateError)
+    async def gate_impossible(_: Request, error: GateError) -> JSONResponse:
+        return _problem(503 if isinstance(error, CriuUnavailable) else 422, str(error))
 
     @app.exception_handler(PermissionError)
     async def forbidden(_: Request, error: PermissionError) -> JSONResponse:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from api.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT
+from tracker.freeze import DEFAULT_WATCHDOG_S
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
 from tracker.rules import catalogue
 
@@ -19,6 +20,16 @@ def _version(text: str):
         return parse_version(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"not a number of seconds (0 to 3600): {text!r}")
+    return value
 
 
 def _pid(text: str) -> int:
@@ -55,6 +66,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
     watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+    gate = commands.add_parser(
+        "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
+                     "(needs root)")
+    gate.add_argument("pid", type=_pid, metavar="PID")
+    gate.add_argument("--tree", action="store_true",
+                      help="judge the pid with all its descendants (implied by --dump)")
+    gate.add_argument("--allow", action="append", default=[], metavar="OPTION",
+                      help="a CRIU option the dump may use (repeatable)")
+    gate.add_argument("--dump", metavar="DIR",
+                      help="when the gate passes, dump the tree into DIR with the real CRIU, "
+                           "with exactly the options the verdict requires")
+    gate.add_argument("--no-leave-running", dest="leave_running", action="store_false",
+                      help="let CRIU end the tree after the dump, as plain `criu dump` does "
+                           "(default: --leave-running)")
+    gate.add_argument("--watchdog", type=_seconds, default=DEFAULT_WATCHDOG_S, metavar="SECONDS",
+                      help=f"the longest the tree may stay frozen for the recheck "
+                           f"(default {DEFAULT_WATCHDOG_S:g})")
+    gate.add_argument("--json", action="store_true", help="print the gate document (crwatch.gate/1)")
+    gate.add_argument("--local", action="store_true",
+                      help="run the gate here even if a crwatch service answers (no drift report)")
+    gate.add_argument("--service", metavar="URL",
+                      help="the service to run the gate (default: $CRWATCH_URL, else "
+                           f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
+    # Stays frozen this long after the recheck: exercises the watchdog and crash tests.
+    gate.add_argument("--hold", type=_seconds, default=0.0, help=argparse.SUPPRESS)
+    _add_profile_arguments(gate)
+
+    hook = commands.add_parser(
+        "criu-hook", help="CRIU's --action-script: recheck at pre-dump, abort the dump if the "
+                          "tree is not checkpointable (installed as crwatch-criu-hook)")
+    hook.set_defaults(profile="criu", criu_version=None)
+
     serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
@@ -79,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             from api.check_command import run_check
 
             return run_check(args, chosen)
+        if args.command == "gate":
+            from api.gate_command import run_gate
+
+            return run_gate(args, chosen)
+        if args.command == "criu-hook":
+            from api.criu_hook import run_hook
+
+            return run_hook()
         if args.command == "serve":
             from api.serve_command import run_serve
 

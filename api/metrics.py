@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 AUDIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FROZEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TABLE_COUNTERS = {  # LiveTable counter -> (metric, help)
     "events": ("crwatch_events_applied", "probe events applied to the live table"),
     "transitions": ("crwatch_transitions", "nocr/cr transitions published"),
@@ -30,6 +31,15 @@ class ServiceMetrics:
                                        buckets=AUDIT_BUCKETS, registry=self.registry)
         self.verdicts = Counter("crwatch_verdicts_served", "verdicts served, by verdict",
                                 ["verdict"], registry=self.registry)
+        self.gates = Counter("crwatch_gates", "gates run, by outcome (passed, refused, dumped, "
+                             "dump_failed)", ["outcome"], registry=self.registry)
+        self.gate_drift = Counter(
+            "crwatch_gate_drift", "differences a gate's frozen recheck found with the tracked "
+            "state: reasons the probes missed, stale marks, CRIU failures the audit did not "
+            "predict", ["kind"], registry=self.registry)
+        self.gate_frozen_seconds = Histogram(
+            "crwatch_gate_frozen_seconds", "how long a gate held the tree frozen, by method",
+            ["method"], buckets=FROZEN_BUCKETS, registry=self.registry)
         self.registry.register(_TrackerCollector(service))
 
 

@@ -1,7 +1,7 @@
 """Response models: the documents the service returns, as OpenAPI shows them."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -16,7 +16,7 @@ class Reason(BaseModel):
     pid: int
     tid: Optional[int]
     fd: Optional[int]
-    source: Literal["audit", "probe"]
+    source: Literal["audit", "probe", "criu"]
     since: Optional[str] = Field(description="when the state began (probe reasons)")
 
 
@@ -186,6 +186,89 @@ class Rules(BaseModel):
     profile: str
     criu_version: str
     rules: list[Rule]
+
+
+class DumpRequest(BaseModel):
+    directory: str = Field(min_length=2, max_length=4096, pattern=r"^/",
+                           description="absolute path on the service's host for CRIU's images")
+    leave_running: bool = Field(True, description="false: CRIU ends the tree after the dump")
+
+
+class GateRequestBody(BaseModel):
+    """POST /processes/{pid}/gate: what to recheck, and whether to hand off to CRIU."""
+
+    model_config = {"extra": "forbid"}
+    tree: bool = Field(False, description="the pid with all its descendants (implied by dump)")
+    allow: list[Annotated[str, Field(max_length=256)]] = Field(
+        [], max_length=64, description="CRIU options the dump may use, e.g. --tcp-established")
+    profile: Optional[Literal["criu", "strict"]] = None
+    watchdog_seconds: float = Field(5.0, gt=0, le=60,
+                                    description="the longest the tree may stay frozen")
+    dump: Optional[DumpRequest] = Field(None, description="dump with the real CRIU when the "
+                                                          "gate passes")
+
+
+class FreezeReport(BaseModel):
+    method: Optional[Literal["cgroup", "ptrace"]] = Field(
+        description="cgroup: the v2 freezer of a cgroup the tree owns; null: not frozen")
+    cgroup: Optional[str] = None
+    pids: list[int] = []
+    tasks: int = 0
+    freeze_ms: Optional[float] = None
+    frozen_ms: Optional[float] = Field(None, description="how long the tree stayed frozen")
+    watchdog_seconds: Optional[float] = None
+    expired: bool = Field(False, description="the watchdog thawed it before crwatch did")
+    already_frozen: bool = False
+    unfrozen: list[dict] = Field([], description="tasks that could not be frozen, and why")
+    error: Optional[str] = None
+
+
+class DriftItem(BaseModel):
+    kind: Literal["missed", "stale"]
+    pid: int
+    start_time: float
+    comm: str
+    tracked_source: Optional[str] = Field(description="stale: where the mark came from")
+    tracked_since: Optional[str]
+    reason: Reason
+
+
+class Drift(BaseModel):
+    tracked: bool = Field(description="false: no tracked state to compare (probes not attached)")
+    missed: list[DriftItem] = Field(description="reasons the recheck found that were not tracked")
+    stale: list[DriftItem] = Field(description="tracked marks the recheck did not find")
+    criu: list[Reason] = Field(description="CRIU failures the audit did not predict")
+
+
+class DumpReport(BaseModel):
+    directory: str
+    criu: Optional[dict]
+    ran: bool
+    while_frozen: bool = Field(description="CRIU was handed the tree still frozen")
+    leave_running: bool
+    command: list[str]
+    ok: bool
+    returncode: Optional[int]
+    seconds: Optional[float]
+    errors: list[str]
+    log: Optional[str]
+
+
+class Gate(BaseModel):
+    """crwatch.gate/1: a recheck under freeze, its verdict, the drift, CRIU's outcome."""
+
+    schema_: str = Field(alias="schema")
+    pid: int
+    start_time: float
+    comm: str
+    tree: bool
+    outcome: Literal["passed", "refused", "dumped", "dump_failed"]
+    checkpointable: bool
+    verdict: Verdict
+    freeze: FreezeReport
+    drift: Drift
+    dump: Optional[DumpReport]
+    checked_at: str
 
 
 class Problem(BaseModel):

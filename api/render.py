@@ -18,7 +18,9 @@ WIDTH = 100
 
 def verdict_text(document: dict) -> str:
     root = f"pid {document['pid']} ({document['comm']})"
-    scope = f", tree of {len(document['processes'])} processes" if document["tree"] else ""
+    count = len(document["processes"])
+    scope = (f", tree of {count} process{'es' if count != 1 else ''}" if document["tree"]
+             else "")
     headline = HEADLINES[document["verdict"]]
     options = " ".join(document["required_options"])
     if options and document["verdict"] == "needs_options":
@@ -68,4 +70,61 @@ def rules_text(catalogue: Catalogue, profile: Profile) -> str:
         note = profile.version_note(rule)
         if note:
             lines.append(f"{'':40} ({note})")
+    return "\n".join(lines)
+
+
+def gate_text(document: dict) -> str:
+    """A gate document for people: how it froze, the verdict, the drift, CRIU's outcome."""
+    freeze = document["freeze"]
+    if freeze["method"] is None:
+        held = f"could not be frozen ({freeze['error']})"
+    else:
+        how = f"cgroup {freeze['cgroup']}" if freeze["method"] == "cgroup" else "ptrace"
+        held = (f"frozen with {how} for {freeze['frozen_ms']:.1f} ms ({freeze['tasks']} tasks, "
+                f"freezing took {freeze['freeze_ms']:.1f} ms)")
+        if freeze["expired"]:
+            held += f"; the watchdog thawed it after {freeze['watchdog_seconds']:g} s"
+    lines = [f"gate: {held}", verdict_text(document["verdict"]), _drift_text(document["drift"])]
+    dump = document["dump"]
+    if dump is not None:
+        lines.append(_dump_text(dump, document["drift"]["criu"]))
+    lines.append(f"gate: {GATE_OUTCOMES[document['outcome']]}")
+    return "\n".join(lines)
+
+
+GATE_OUTCOMES = {
+    "passed": "passed (checkpointable now)",
+    "refused": "refused (not checkpointable: nothing was dumped)",
+    "dumped": "passed, and CRIU dumped the tree",
+    "dump_failed": "passed, but CRIU failed (see the reasons above)",
+}
+
+
+def _drift_text(drift: dict) -> str:
+    if not drift["tracked"]:
+        return "drift: not compared (no tracked state: no crwatch service with probes did this gate)"
+    differences = drift["missed"] + drift["stale"]
+    if not differences:
+        return "drift: none (the tracked state agreed with the recheck)"
+    lines = [f"drift: {len(drift['missed'])} missed by the probes, "
+             f"{len(drift['stale'])} stale marks (the tracked state is corrected)"]
+    for item in differences:
+        reason = item["reason"]
+        lines.append(f"  {item['kind']:<7} pid {item['pid']}: {reason['message']}  "
+                     f"[{reason['code']}]")
+    return "\n".join(lines)
+
+
+def _dump_text(dump: dict, criu_reasons: list[dict]) -> str:
+    criu = f"CRIU {dump['criu']['version']}" if dump["criu"] else "CRIU"
+    if not dump["ran"]:
+        return f"dump: {criu} was not run"
+    command = " ".join(dump["command"])
+    if dump["ok"]:
+        frozen = " (handed the frozen cgroup)" if dump["while_frozen"] else ""
+        return (f"dump: {criu} dumped it into {dump['directory']} in {dump['seconds']:.2f} s"
+                f"{frozen}\n  {command}")
+    lines = [f"dump: {criu} failed (exit {dump['returncode']}); log: {dump['log']}", f"  {command}"]
+    for reason in criu_reasons:
+        lines.extend(_reason_lines(reason, indent="  "))
     return "\n".join(lines)

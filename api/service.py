@@ -24,6 +24,7 @@ from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.tracker import Tracker
 
 from api.event_hub import EventHub
+from api.gates import Gates
 from api.metrics import ServiceMetrics
 from api.settings import Settings
 
@@ -68,6 +69,7 @@ class Service:
         self.history: History | None = None
         self._kept: dict[int, _Kept] = {}
         self.rows = ProcessRows(self)
+        self.gates = Gates(self)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -254,6 +256,9 @@ class Service:
     def _live_table(self):
         """The live table, when probes feed it (only then can an event invalidate an audit)."""
         return self.tracker.table if not self.tracker.degraded else None
+
+    def forget_audit(self, pid: int) -> None:
+        self._kept.pop(pid, None)
 
     def forget_old_audits(self) -> None:
         stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS

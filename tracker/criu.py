@@ -142,7 +142,8 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return int(m[1]), int(m[2]), int(m[3] or 0)
 
 
-def _probe(path: str) -> Criu | None:
+def probe_criu(path: str) -> Criu | None:
+    """The CRIU at this path, with its version; None if it does not run."""
     try:
         proc = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=10)
@@ -161,12 +162,12 @@ def find_criu() -> Criu | None:
     Callers should check `.supported` before trusting a verdict.
     """
     if env := os.environ.get("CRWATCH_CRIU"):
-        return _probe(env)
+        return probe_criu(env)
     private = _REPO_ROOT / ".deps" / "bin" / "criu"
-    if os.access(private, os.X_OK) and (found := _probe(str(private))):
+    if os.access(private, os.X_OK) and (found := probe_criu(str(private))):
         return found
     system = shutil.which("criu", path=_search_path())
-    return _probe(system) if system else None
+    return probe_criu(system) if system else None
 
 
 @functools.cache

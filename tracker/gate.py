@@ -30,6 +30,10 @@ class GateError(Exception):
     """The gate cannot run at all (no usable CRIU for a dump, a bad images directory)."""
 
 
+class CriuUnavailable(GateError):
+    """A dump was asked for and there is no CRIU that works here."""
+
+
 @dataclass(frozen=True)
 class GateRequest:
     pid: int
@@ -122,10 +126,10 @@ def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | Non
 
 def _usable(criu: Criu | None) -> Criu:
     if criu is None:
-        raise GateError("no CRIU found: set $CRWATCH_CRIU, put criu on PATH, or run "
+        raise CriuUnavailable("no CRIU found: set $CRWATCH_CRIU, put criu on PATH, or run "
                         "scripts/setup.sh")
     if not criu.supported:
-        raise GateError(f"CRIU {criu.version_text} at {criu.path} is too old for this kernel "
+        raise CriuUnavailable(f"CRIU {criu.version_text} at {criu.path} is too old for this kernel "
                         f"(4.2 or newer is needed)")
     return criu
 

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.auth import redact
-from api.models import FdReport, History, Problem, ProcessDetail, ProcessList, Verdict
+from api.models import (FdReport, Gate, GateRequestBody, History, Problem, ProcessDetail,
+                        ProcessList, Verdict)
 
 router = APIRouter(prefix="/processes", tags=["processes"])
 
@@ -78,6 +79,21 @@ def history(request: Request, pid: Pid,
                                   "recorded)")] = None) -> dict:
     """Transitions and verdict changes of one process identity, also after it exited."""
     return _shown(request, request.app.state.service.history_of(pid, start_time))
+
+
+@router.post("/{pid}/gate", response_model=Gate, response_model_by_alias=True,
+             responses={**NOT_FOUND,
+                        409: {"model": Problem, "description": "a gate of this pid is running"},
+                        503: {"model": Problem, "description": "no usable CRIU for the dump"}})
+def gate(request: Request, pid: Pid, body: Optional[GateRequestBody] = None) -> dict:
+    """Freeze the tree, recheck it, judge it, thaw it; with `dump`, hand it to the real CRIU
+    with exactly the options the verdict requires. Needs the token."""
+    body = body or GateRequestBody()
+    return _shown(request, request.app.state.service.gates.run(
+        pid, tree=body.tree, allow=body.allow, profile_name=body.profile,
+        watchdog_s=body.watchdog_seconds,
+        dump_dir=body.dump.directory if body.dump else None,
+        leave_running=body.dump.leave_running if body.dump else True))
 
 
 def _shown(request: Request, document: dict) -> dict:
