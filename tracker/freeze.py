@@ -143,6 +143,12 @@ class Freeze:
         return (helper is not None and helper.poll() is None
                 and not select.select([helper.stdout], [], [], 0)[0])
 
+    def hold(self, seconds: float) -> None:
+        """Stay frozen this long, or until the watchdog thaws the tree if that comes first."""
+        helper = self._helper
+        if helper is not None:
+            select.select([helper.stdout], [], [], seconds)
+
     def handoff(self, pid: int) -> None:
         self._send(f"handoff {pid}")
 

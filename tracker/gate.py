@@ -101,7 +101,7 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
-            time.sleep(request.hold_s)
+            freeze.hold(request.hold_s)
         run = _Run(result, frozen)
         if (request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete
                 and freeze.holding() and verdict.document(result, judged_by,

@@ -1,0 +1,394 @@
+"""The checkpoint-time gate with real trees, the real CRIU and real kills.
+
+Each subject tree answers pings on FIFOs (one pair per process), so a test can
+tell that it runs: after a refused gate, after crwatch is killed mid-gate, and
+after `criu restore` brought it back. Trees are frozen either with ptrace or,
+moved into a cgroup of their own first, with the cgroup v2 freezer.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.subjects import Subject, start
+from tracker.criu import find_criu
+from tracker.freeze import cgroup2_mount
+
+CRWATCH = Path(sys.executable).with_name("crwatch")
+AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
+PR_SET_CHILD_SUBREAPER = 36
+
+# A root with two threads and a child with one; each serves pings on its FIFOs with
+# the number of its threads.
+TREE = """
+import threading
+fifos = os.environ["FIFO_DIR"]
+def serve(name):
+    requests = os.open(f"{fifos}/{name}.in", os.O_RDWR)
+    replies = os.open(f"{fifos}/{name}.out", os.O_RDWR)
+    while True:
+        os.read(requests, 1)
+        os.write(replies, f"{threading.active_count()}\\n".encode())
+def idle():
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+%(setup)s
+child = os.fork()
+if child == 0:
+    os.close(int(os.environ["SUBJECT_READY_FD"]))
+    idle()
+    serve("child")
+signal.signal(signal.SIGCHLD, lambda *_: os.waitpid(-1, os.WNOHANG))  # reap a killed child
+idle(); idle()
+ready(str(child))
+serve("root")
+"""
+TCP_AND_GHOST = """
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+client = socket.create_connection(listener.getsockname()); server, _ = listener.accept()
+ghost = open(os.path.join(fifos, "ghost"), "wb+"); ghost.write(os.urandom(5 << 20)); ghost.flush()
+os.unlink(os.path.join(fifos, "ghost"))
+"""
+LOOP_CONTROL = "device = os.open('/dev/loop-control', os.O_RDWR)"
+
+
+# ---------------------------------------------------------------- trees and their pings
+
+class Tree:
+    def __init__(self, subject: Subject, fifos: Path):
+        self.subject, self.fifos = subject, fifos
+        self.root, self.child = subject.pid, int(subject.note)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.root, self.child]
+
+    def ping(self, name: str = "root", timeout: float = AWAIT_S) -> int:
+        """The thread count the process answers with; fails if it does not answer."""
+        deadline = time.monotonic() + timeout
+        while True:  # until the FIFO has its reader again (it may be being restored)
+            try:
+                requests = os.open(self.fifos / f"{name}.in", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as error:
+                assert error.errno == errno.ENXIO and time.monotonic() < deadline, error
+                time.sleep(0.01)
+        replies = os.open(self.fifos / f"{name}.out", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.write(requests, b"?")
+            assert select.select([replies], [], [], max(0.0, deadline - time.monotonic()))[0], \
+                f"{name} did not answer within {timeout:g} s"
+            return int(os.read(replies, 64).split()[-1])
+        finally:
+            os.close(requests)
+            os.close(replies)
+
+    def assert_running(self) -> None:
+        """Answering, and no task held: not stopped, not traced."""
+        for name in ("root", "child"):
+            self.ping(name)
+        for pid in self.pids:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+                assert "TracerPid:\t0\n" in status, status
+                assert "\nState:\tt" not in status and "\nState:\tT" not in status, status
+
+
+@contextmanager
+def tree(tmp_path: Path, setup: str = "", cgroup: Path | None = None) -> Iterator[Tree]:
+    fifos = tmp_path / "fifos"
+    fifos.mkdir()
+    for name in ("root", "child"):
+        for end in ("in", "out"):
+            os.mkfifo(fifos / f"{name}.{end}")
+    running = Tree(start(TREE % {"setup": setup}, env={"FIFO_DIR": str(fifos)}), fifos)
+    try:
+        running.ping("root"), running.ping("child")  # serving: the tree is set up
+        if cgroup is not None:
+            for pid in running.pids:
+                (cgroup / "cgroup.procs").write_text(str(pid))
+        yield running
+    finally:
+        kill_tree(running)
+
+
+def kill_tree(running: Tree) -> None:
+    """The child first, which the root reaps, then the root, which is ours to reap (or a
+    restoring CRIU's)."""
+    for pid in (running.child, running.root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        if pid == running.child:
+            await_gone(pid)
+    running.subject.stop()
+
+
+def await_gone(pid: int) -> None:
+    """Until the pid is free (reaped), so that a restore can take it again."""
+    deadline = time.monotonic() + AWAIT_S
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"pid {pid} still exists"
+        time.sleep(0.01)
+
+
+@contextmanager
+def orphans_come_to_us() -> Iterator[None]:
+    """This process is the child subreaper meanwhile: orphans of its subjects become its
+    children (else init's, which may reap them seconds later)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture(params=["ptrace", "cgroup"])
+def method(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def cgroup(method: str, request) -> Iterator[Path | None]:
+    """A cgroup v2 of the test's own when the tree is to be frozen by cgroup."""
+    if method == "ptrace":
+        yield None
+        return
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy is mounted on this machine")
+    directory = mount / f"crwatch-test-{os.getpid()}-{abs(hash(request.node.name)) % 10**8}"
+    directory.mkdir()
+    try:
+        yield directory
+    finally:
+        events = directory / "cgroup.events"
+        deadline = time.monotonic() + AWAIT_S
+        while "populated 1" in events.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        directory.rmdir()
+
+
+@pytest.fixture(scope="module")
+def criu():
+    found = find_criu()
+    assert found is not None and found.supported, "no CRIU >= 4.2: scripts/setup.sh provides one"
+    return found
+
+
+def gate(*arguments: str, timeout: float = 120) -> tuple[int, dict]:
+    done = subprocess.run([str(CRWATCH), "gate", "--local", "--json", *arguments],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def requires_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("freezing other processes and CRIU need root (CI is root)")
+
+
+# ---------------------------------------------------------------- the three verdicts
+
+def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, criu):
+    requires_root()
+    images = tmp_path / "images"
+    with tree(tmp_path, cgroup=cgroup) as running:
+        with orphans_come_to_us():  # CRIU ends the tree after the dump: reap it at once
+            status, document = gate(str(running.root), "--dump", str(images),
+                                    "--no-leave-running")
+            running.subject.process.wait(timeout=AWAIT_S)
+            os.waitpid(running.child, 0)
+        assert status == 0, document
+        assert document["outcome"] == "dumped" and document["verdict"]["verdict"] == "ok"
+        freeze = document["freeze"]
+        assert freeze["method"] == method and sorted(freeze["pids"]) == sorted(running.pids)
+        assert freeze["tasks"] == 5 and freeze["unfrozen"] == [] and not freeze["expired"]
+        dump = document["dump"]
+        assert dump["ok"] and dump["while_frozen"] == (method == "cgroup")
+        assert ("--freeze-cgroup" in dump["command"]) == (method == "cgroup")
+        assert "--leave-running" not in dump["command"]
+
+        restore = subprocess.Popen([criu.path, "restore", "-D", str(images), "-v4",
+                                    "-o", "restore.log"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            assert running.ping("root") == 3, (images / "restore.log").read_text()[-3000:]
+            assert running.ping("child") == 2
+            assert Path(f"/proc/{running.child}/stat").read_text().split(")")[1].split()[1] \
+                == str(running.root)  # the same tree: same pids, same parent
+        finally:
+            kill_tree(running)
+            restore.wait(timeout=AWAIT_S)
+
+
+def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, method, cgroup,
+                                                                     criu):
+    requires_root()
+    with tree(tmp_path, setup=TCP_AND_GHOST, cgroup=cgroup) as running:
+        status, refused = gate(str(running.root), "--dump", str(tmp_path / "refused"))
+        assert status == 1 and refused["outcome"] == "refused", refused
+        assert refused["verdict"]["verdict"] == "needs_options"
+        assert refused["verdict"]["required_options"] == ["--ghost-limit", "--tcp-established"]
+        assert not refused["dump"]["ran"] and not (tmp_path / "refused" / "dump.log").exists()
+        running.assert_running()
+
+        ghost = next(r["option_value"] for r in refused["verdict"]["reasons"]
+                     if r["option"] == "--ghost-limit")
+        status, document = gate(str(running.root), "--dump", str(tmp_path / "images"),
+                                "--allow=--tcp-established", "--allow=--ghost-limit=64M")
+        assert status == 0 and document["outcome"] == "dumped", document
+        command = document["dump"]["command"]
+        assert "--tcp-established" in command and "--leave-running" in command
+        assert command[command.index("--ghost-limit") + 1] == ghost  # what it needs, no more
+        running.assert_running()
+
+
+def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, method, cgroup):
+    requires_root()
+    images = tmp_path / "images"
+    with tree(tmp_path, setup=LOOP_CONTROL, cgroup=cgroup) as running:
+        status, document = gate(str(running.root), "--dump", str(images))
+        assert status == 1 and document["outcome"] == "refused", document
+        codes = {r["code"] for r in document["verdict"]["reasons"]}
+        assert "device.chr.unsupported" in codes and document["verdict"]["verdict"] == "blocked"
+        assert document["freeze"]["method"] == method
+        assert not document["dump"]["ran"] and list(images.iterdir()) == []
+        running.assert_running()
+
+
+def test_a_gate_without_dump_judges_only_the_pid_unless_asked_for_the_tree(tmp_path):
+    requires_root()
+    with tree(tmp_path, setup=LOOP_CONTROL) as running:
+        status, alone = gate(str(running.root))
+        assert status == 1 and alone["freeze"]["pids"] == [running.root]
+        assert alone["freeze"]["tasks"] == 3
+        status, whole = gate(str(running.root), "--tree")
+        assert sorted(whole["freeze"]["pids"]) == sorted(running.pids)
+        assert whole["freeze"]["tasks"] == 5
+        assert {r["pid"] for r in whole["verdict"]["reasons"]} >= {running.root}
+        running.assert_running()
+
+
+# ---------------------------------------------------------------- nothing strands a tree
+
+def _frozen(running: Tree, method: str, cgroup: Path | None) -> bool:
+    if method == "cgroup":
+        return "frozen 1" in (cgroup / "cgroup.events").read_text()
+    statuses = [Path(f"/proc/{pid}/task/{tid}/status").read_text()
+                for pid in running.pids for tid in os.listdir(f"/proc/{pid}/task")]
+    return all("TracerPid:\t0\n" not in status for status in statuses)
+
+
+def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgroup):
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--tree", str(running.root),
+                                   "--hold", "600", "--watchdog", "900"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + AWAIT_S
+        while not _frozen(running, method, cgroup):  # the state itself is what we await
+            assert gating.poll() is None and time.monotonic() < deadline, "never frozen"
+            time.sleep(0.01)
+        with pytest.raises(AssertionError, match="did not answer"):
+            running.ping("child", timeout=0.2)  # frozen indeed
+
+        gating.send_signal(signal.SIGKILL)
+        gating.wait()
+        running.assert_running()  # thawed by the holder, long before its watchdog
+
+
+def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        status, document = gate("--tree", str(running.root), "--hold", "30", "--watchdog", "0.5")
+        freeze = document["freeze"]
+        assert freeze["expired"] and 500 <= freeze["frozen_ms"] < 30_000, freeze
+        assert document["verdict"]["verdict"] == "unknown" and status == 1
+        assert "gate.watchdog_expired" in {r["code"] for r in document["verdict"]["reasons"]}
+        running.assert_running()
+
+
+# ---------------------------------------------------------------- CRIU's own refusals
+
+def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_path, criu):
+    """Images into a read-only directory: the gate passes, CRIU fails, its log is read."""
+    requires_root()
+    images = tmp_path / "readonly"
+    images.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "crwatch-test", str(images)],
+                   check=True)
+    try:
+        with tree(tmp_path) as running:
+            status, document = gate(str(running.root), "--dump", str(images))
+            assert status == 3 and document["outcome"] == "dump_failed", document
+            assert document["checkpointable"] is False
+            assert document["dump"]["ran"] and not document["dump"]["ok"]
+            failures = document["drift"]["criu"]
+            assert failures and all(f["code"] == "criu.dump_failed" for f in failures)
+            assert all(f["source"] == "criu" for f in failures)
+            assert "Read-only file system" in " ".join(f["message"] for f in failures)
+            running.assert_running()
+    finally:
+        subprocess.run(["umount", str(images)], check=True)
+
+
+def test_criu_hook_aborts_a_dump_with_crwatchs_reasons_and_passes_a_good_one(tmp_path, criu):
+    requires_root()
+    hook = Path(sys.executable).with_name("crwatch-criu-hook")
+    with tree(tmp_path, setup=TCP_AND_GHOST) as running:
+        aborted = subprocess.run(
+            [criu.path, "dump", "-t", str(running.root), "-D", str(tmp_path),
+             "--leave-running", "--tcp-established", "--network-lock", "nftables",
+             "--action-script", str(hook)], capture_output=True, text=True, timeout=120)
+        assert aborted.returncode != 0
+        assert "file.deleted.over_ghost_limit" in aborted.stderr, aborted.stderr
+        assert "socket.tcp.established" in aborted.stderr  # every reason, also the allowed one
+        assert "Pre dump script failed" in aborted.stderr
+        running.assert_running()
+
+        passed = subprocess.run(
+            [criu.path, "dump", "-t", str(running.root), "-D", str(tmp_path),
+             "--leave-running", "--tcp-established", "--network-lock", "nftables",
+             "--ghost-limit", "64M", "--action-script", str(hook)],
+            capture_output=True, text=True, timeout=120)
+        assert passed.returncode == 0, passed.stderr
+        assert "is checkpointable" in passed.stderr
+        running.assert_running()
+
+
+def test_criu_hook_outside_criu_says_how_to_use_it():
+    done = subprocess.run([str(CRWATCH), "criu-hook"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "CRTOOLS_SCRIPT_ACTION"})
+    assert done.returncode == 2 and "--action-script" in done.stderr
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_gate_input_gets_a_clear_error(tmp_path):
+    requires_root()
+    missing = subprocess.run([str(CRWATCH), "gate", "--local", "4194304"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == \
+        "crwatch: no process with pid 4194304"
+    for bad in (["0"], ["12", "--watchdog", "soon"]):
+        done = subprocess.run([str(CRWATCH), "gate", *bad], capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+    unreachable = subprocess.run([str(CRWATCH), "gate", str(os.getpid()), "--service",
+                                  "http://127.0.0.1:9"], capture_output=True, text=True)
+    assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr
