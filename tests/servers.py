@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
+ARRIVAL_TIMEOUT = 10.0   # for a probe event to reach the service
 START_TIMEOUT = 60.0      # compiling the probes and auditing every process on a slow runner
 
 
@@ -56,3 +57,54 @@ class Server:
         self.process.terminate()
         _, stderr = self.process.communicate(timeout=30)
         return stderr.decode()
+
+    def post(self, path: str, body: dict | None = None, token: str | None = None,
+             timeout: float = 120) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method="POST",
+                                         data=json.dumps(body or {}).encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+
+class EventStream:
+    """A client of GET /events: reads its `data:` lines one at a time."""
+
+    def __init__(self, server: Server):
+        self.reply = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/events",
+                                            timeout=ARRIVAL_TIMEOUT)
+        assert self.reply.headers["Content-Type"].startswith("text/event-stream")
+
+    def next(self) -> dict:
+        while True:
+            line = self.reply.readline()
+            assert line, "the stream ended"
+            if line.startswith(b"data: "):
+                return json.loads(line[len(b"data: "):])
+
+    def await_transition(self, pid: int, state: str, code: str | None = None) -> dict:
+        while True:
+            line = self.next()
+            if (line["kind"] == "transition" and line["pid"] == pid and line["state"] == state
+                    and (code is None or code in [r["code"] for r in line["reasons"]])):
+                return line
+
+    def close(self) -> None:
+        self.reply.close()
+
+
+def metrics(server: Server) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = reply.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

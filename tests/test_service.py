@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.models import EventLine
-from tests.servers import Server
+from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
@@ -179,32 +179,6 @@ def test_listening_beyond_loopback_needs_a_token():
     assert result.stderr.startswith("crwatch: listening on 0.0.0.0 needs a token")
 
 
-class EventStream:
-    """A client of GET /events: reads its `data:` lines one at a time."""
-
-    def __init__(self, server: Server):
-        self.reply = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/events",
-                                            timeout=ARRIVAL_TIMEOUT)
-        assert self.reply.headers["Content-Type"].startswith("text/event-stream")
-
-    def next(self) -> dict:
-        while True:
-            line = self.reply.readline()
-            assert line, "the stream ended"
-            if line.startswith(b"data: "):
-                return json.loads(line[len(b"data: "):])
-
-    def await_transition(self, pid: int, state: str, code: str | None = None) -> dict:
-        while True:
-            line = self.next()
-            if (line["kind"] == "transition" and line["pid"] == pid and line["state"] == state
-                    and (code is None or code in _codes(line["reasons"]))):
-                return line
-
-    def close(self) -> None:
-        self.reply.close()
-
-
 def test_events_stream_ready_then_the_transitions_of_a_process(server):
     stream = EventStream(server)
     try:
@@ -236,26 +210,14 @@ def test_several_event_clients_each_get_every_line(server):
             stream.close()
 
 
-def _metrics(server: Server) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as reply:
-        assert reply.headers["Content-Type"].startswith("text/plain")
-        text = reply.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def test_metrics_count_what_the_service_did(server):
-    before = _metrics(server)
+    before = metrics(server)
     with subject(KVM_HOLDER) as s:
         server.ok(f"/processes/{s.pid}/checkpointable")
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while server.ok(f"/processes/{s.pid}/checkpointable")["tracked"] is None:
             assert time.monotonic() < deadline, "the probes never marked the process"
-        during = _metrics(server)
+        during = metrics(server)
     blocked = 'crwatch_verdicts_served_total{verdict="blocked"}'
     assert during[blocked] >= before.get(blocked, 0) + 2
     assert during['crwatch_tracked_reasons{code="device.chr.unsupported"}'] >= 1

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.criu_log import NOISE
 from tracker.verdict import parse_size
 
 # Older CRIU misreads this kernel: 3.17 fails `criu check` (vDSO bounds) and
@@ -27,8 +28,6 @@ MIN_VERSION = (4, 2, 0)
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
-# Logged by every CRIU run without CAP_SYS_RESOURCE; never a dump blocker.
-_NOISE = ("rlimit: Can't setup RLIMIT_NOFILE for self",)
 
 
 @dataclass
@@ -85,7 +84,7 @@ class Criu:
             log = f"{log}{output}" if not log or log.endswith("\n") else f"{log}\n{output}"
         errors = [
             line for line in log.splitlines()
-            if "Error (" in line and not any(n in line for n in _NOISE)
+            if "Error (" in line and not any(n in line for n in NOISE)
         ]
         if returncode != 0 and not errors:
             # Failed before logging (bad option, exec error): its first words say why.

@@ -10,6 +10,8 @@ import re
 
 from tracker.rules import Finding
 
+# Logged by every CRIU run without CAP_SYS_RESOURCE; never a dump blocker.
+NOISE = ("rlimit: Can't setup RLIMIT_NOFILE for self",)
 _ERROR = re.compile(r"Error \((?P<source>[^)]*)\): (?P<text>.*)")
 _DUMPING_TASK = re.compile(r"Dumping task \(pid: (\d+)")
 _PID = re.compile(r"\bpid[: ]+(\d+)")
@@ -34,7 +36,7 @@ def failure_findings(log: str, root_pid: int, log_path: str | None = None) -> li
         if task := _DUMPING_TASK.search(line):
             current_task = int(task[1])
         error = _ERROR.search(line)
-        if error is None or error["text"] in seen:
+        if error is None or error["text"] in seen or any(n in line for n in NOISE):
             continue
         seen.add(error["text"])
         finding = _finding(error["text"], error["source"], current_task, log_path)

@@ -1,0 +1,124 @@
+"""POST /processes/{pid}/gate on the real service: drift against the probes' tracked
+state, its correction, /metrics, the token, bad input, and `crwatch gate` asking it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from api.models import Gate
+from tests.servers import EventStream, Server, metrics
+from tests.subjects import subject
+
+CRWATCH = Path(sys.executable).with_name("crwatch")
+TOKEN = "s3cret"
+KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
+# /dev/kvm passed to itself through a unix socket, the original closed: the copy arrives
+# by recvmsg, which no probe sees (docs/tracking-limits.md, section 6).
+KVM_PASSED_TO_SELF = """
+kvm = os.open('/dev/kvm', os.O_RDONLY)
+here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(here, [b"x"], [kvm])
+_, (received,), _, _ = socket.recv_fds(there, 1, 1)
+os.close(kvm)
+ready(str(received))
+hold()
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    running = Server("--token", TOKEN, "--db", str(tmp_path_factory.mktemp("gate") / "h.sqlite3"))
+    try:
+        yield running
+    finally:
+        assert "Traceback" not in running.stop()
+
+
+def test_a_gate_finds_what_the_probes_missed_corrects_the_table_and_counts_it(server):
+    stream = EventStream(server)
+    try:
+        assert stream.next()["kind"] == "ready"
+        with subject(KVM_PASSED_TO_SELF) as s:
+            received = int(s.note)
+            stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
+            stream.await_transition(s.pid, "cr")  # the original's close: tracked as clean
+            before = metrics(server)
+            status, document = server.post(f"/processes/{s.pid}/gate", {}, token=TOKEN)
+            assert status == 200, document
+            Gate.model_validate(document)
+            assert document["outcome"] == "refused" and document["drift"]["tracked"]
+            missed = [(item["reason"]["code"], item["reason"]["fd"])
+                      for item in document["drift"]["missed"]]
+            assert ("device.chr.unsupported", received) in missed
+            assert document["drift"]["stale"] == []
+            corrected = stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
+            assert corrected["reasons"][0]["source"] == "audit"
+            tracked = server.ok(f"/processes/{s.pid}/checkpointable")["tracked"]
+            assert tracked["state"] == "nocr"
+            after = metrics(server)
+    finally:
+        stream.close()
+    missed_metric = 'crwatch_gate_drift_total{kind="missed"}'
+    assert after[missed_metric] >= before.get(missed_metric, 0) + 1
+    refused = 'crwatch_gates_total{outcome="refused"}'
+    assert after[refused] == before.get(refused, 0) + 1
+    frozen = 'crwatch_gate_frozen_seconds_count{method="ptrace"}'
+    assert after[frozen] == before.get(frozen, 0) + 1
+
+
+def test_a_tracked_state_that_agrees_has_no_drift(server):
+    stream = EventStream(server)
+    try:
+        assert stream.next()["kind"] == "ready"
+        with subject(KVM_HOLDER) as s:
+            stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
+            status, document = server.post(f"/processes/{s.pid}/gate",
+                                            {"tree": True, "watchdog_seconds": 10}, token=TOKEN)
+    finally:
+        stream.close()
+    assert status == 200 and document["drift"] == {"tracked": True, "missed": [], "stale": [],
+                                                   "criu": []}
+    assert document["freeze"]["watchdog_seconds"] == 10 and document["tree"] is True
+
+
+def test_a_gate_can_hand_off_to_criu_over_http(server, tmp_path):
+    with subject("ready(); hold()") as s:
+        status, document = server.post(f"/processes/{s.pid}/gate",
+                                       {"dump": {"directory": str(tmp_path / "images")}},
+                                       token=TOKEN)
+        assert status == 200 and document["outcome"] == "dumped", document
+        assert (tmp_path / "images" / "dump.log").exists() and s.process.poll() is None
+
+
+def test_the_gate_needs_the_token_and_refuses_bad_input_clearly(server):
+    with subject("ready(); hold()") as s:
+        assert server.post(f"/processes/{s.pid}/gate", {})[0] == 401
+        assert server.post(f"/processes/{s.pid}/gate", {}, token="wrong")[0] == 403
+        for body in ({"dump": {"directory": "relative/dir"}}, {"bogus": 1},
+                     {"watchdog_seconds": 0}, {"allow": "--file-locks"}, {"tree": "maybe"}):
+            status, problem = server.post(f"/processes/{s.pid}/gate", body, token=TOKEN)
+            assert status == 422 and problem["status"] == 422 and problem["detail"], body
+    status, problem = server.post("/processes/4194304/gate", {}, token=TOKEN)
+    assert (status, problem["detail"]) == (404, "no process with pid 4194304")
+
+
+def test_crwatch_gate_asks_a_running_service_and_gets_its_drift_report(server):
+    with subject(KVM_HOLDER) as s:
+        done = subprocess.run([str(CRWATCH), "gate", str(s.pid), "--json", "--service",
+                               f"http://127.0.0.1:{server.port}"],
+                              capture_output=True, text=True,
+                              env=dict(os.environ, CRWATCH_TOKEN=TOKEN))
+        assert done.returncode == 1, done.stderr
+        document = json.loads(done.stdout)
+        assert document["drift"]["tracked"] is True and document["outcome"] == "refused"
+        human = subprocess.run([str(CRWATCH), "gate", str(s.pid), "--service",
+                                f"http://127.0.0.1:{server.port}"],
+                               capture_output=True, text=True)  # no token: a clear refusal
+        assert human.returncode == 2 and "refused the gate" in human.stderr
+        assert "Traceback" not in human.stderr
