@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--service", metavar="URL",
                       help="the service to run the gate (default: $CRWATCH_URL, else "
                            f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
+    gate.add_argument("--criu", metavar="PATH", help="the CRIU to dump with, when the gate "
+                      "runs here (default: "
+                      "$CRWATCH_CRIU, else the one scripts/setup.sh provides, else criu on PATH)")
     # Stays frozen this long after the recheck: exercises the watchdog and crash tests.
     gate.add_argument("--hold", type=_seconds, default=0.0, help=argparse.SUPPRESS)
     _add_profile_arguments(gate)
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the history database (default {DEFAULT_DB})")
     serve.add_argument("--retention-days", type=float, default=30.0,
                        help="history older than this is dropped (default 30)")
+    serve.add_argument("--criu", metavar="PATH", help="the CRIU for gates' dumps (default: "
+                       "$CRWATCH_CRIU, else the one scripts/setup.sh provides, else criu on PATH)")
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
     _add_profile_arguments(serve)

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from api.settings import DEFAULT_HOST, DEFAULT_PORT
-from tracker.criu import find_criu
+from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
 from tracker.profiles import Profile
@@ -48,7 +48,7 @@ def run_gate(args, chosen: Profile) -> int:
                 print("crwatch: the gate needs root: freezing another process (ptrace or the "
                       "cgroup freezer) and CRIU both do", file=sys.stderr)
                 return EXIT_USAGE
-            document = gate(request, chosen, criu=find_criu())
+            document = gate(request, chosen, criu=criu_at(args.criu))
     except ProcessGone:
         print(f"crwatch: no process with pid {args.pid}", file=sys.stderr)
         return EXIT_USAGE

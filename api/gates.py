@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tracker.criu import find_criu
+from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
 
@@ -36,7 +36,7 @@ class Gates:
                               leave_running=leave_running)
         with self._one_at_a_time(pid):
             try:
-                document = gate(request, service.profile_for(profile_name), criu=find_criu(),
+                document = gate(request, service.profile_for(profile_name), criu=criu_at(service.settings.criu),
                                 reconcile=service.tracker.reconcile)
             except ProcessGone:
                 raise NoSuchProcess(pid) from None

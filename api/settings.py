@@ -23,6 +23,7 @@ class Settings:
     probes: bool = True              # attach the eBPF probes (off: audits only, degraded)
     db: Path = DEFAULT_DB            # the history (SQLite, WAL)
     retention_days: float = 30.0
+    criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
 
     @property
     def everyone_needs_token(self) -> bool:

@@ -389,6 +389,9 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
     for bad in (["0"], ["12", "--watchdog", "soon"]):
         done = subprocess.run([str(CRWATCH), "gate", *bad], capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr
+    no_criu = subprocess.run([str(CRWATCH), "gate", "--local", str(os.getpid()), "--criu",
+                              "/bin/false", "--dump", str(tmp_path)], capture_output=True, text=True)
+    assert no_criu.returncode == 2 and "no CRIU that runs was found" in no_criu.stderr
     unreachable = subprocess.run([str(CRWATCH), "gate", str(os.getpid()), "--service",
                                   "http://127.0.0.1:9"], capture_output=True, text=True)
     assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr

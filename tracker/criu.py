@@ -169,6 +169,14 @@ def find_criu() -> Criu | None:
     return probe_criu(system) if system else None
 
 
+def criu_at(path: str | None) -> Criu | None:
+    """The CRIU a setting names (a path, or a name on PATH), else the one find_criu() finds."""
+    if not path:
+        return find_criu()
+    found = shutil.which(path, path=_search_path()) if os.sep not in path else path
+    return probe_criu(found) if found else None
+
+
 @functools.cache
 def _have_iptables_restore() -> bool:
     return shutil.which("iptables-restore", path=_search_path()) is not None

@@ -126,8 +126,8 @@ def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | Non
 
 def _usable(criu: Criu | None) -> Criu:
     if criu is None:
-        raise CriuUnavailable("no CRIU found: set $CRWATCH_CRIU, put criu on PATH, or run "
-                        "scripts/setup.sh")
+        raise CriuUnavailable("no CRIU that runs was found: name one with --criu (or "
+                              "$CRWATCH_CRIU), put criu on PATH, or run scripts/setup.sh")
     if not criu.supported:
         raise CriuUnavailable(f"CRIU {criu.version_text} at {criu.path} is too old for this kernel "
                         f"(4.2 or newer is needed)")
