@@ -118,7 +118,7 @@ def _drift_text(drift: dict) -> str:
 def _dump_text(dump: dict, criu_reasons: list[dict]) -> str:
     criu = f"CRIU {dump['criu']['version']}" if dump["criu"] else "CRIU"
     if not dump["ran"]:
-        return f"dump: {criu} was not run"
+        return f"dump: {criu} was not run (the gate did not pass)"
     command = " ".join(dump["command"])
     if dump["ok"]:
         frozen = " (handed the frozen cgroup)" if dump["while_frozen"] else ""
