@@ -395,3 +395,13 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
     unreachable = subprocess.run([str(CRWATCH), "gate", str(os.getpid()), "--service",
                                   "http://127.0.0.1:9"], capture_output=True, text=True)
     assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr
+
+
+def test_without_root_the_gate_says_what_it_needs(tmp_path):
+    requires_root()  # to become someone else
+    with tree(tmp_path) as running:
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(CRWATCH), "gate", "--local", str(running.root)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "the gate needs root" in done.stderr, done.stderr
+        running.assert_running()
