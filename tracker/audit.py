@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tracker import checks
 from tracker.checks import general
-from tracker.context import AuditContext
+from tracker.context import AuditContext, Hold
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 
@@ -56,15 +56,14 @@ def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
 
 
 def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
-          held_by: int = 0, states_before_hold: dict[int, str] | None = None) -> Audit:
+          hold: Hold | None = None) -> Audit:
     """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
 
-    `held_by` is the gate's ptrace holder, when the tree is frozen with ptrace.
+    `hold` is the gate's ptrace hold, when the tree is frozen with ptrace.
     """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
-    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, held_by=held_by,
-                       states_before_hold=states_before_hold or {})
+    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold)
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []

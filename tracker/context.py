@@ -15,6 +15,17 @@ from pathlib import Path
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A gate's ptrace hold on the tree. Its tracer is no tracer CRIU would meet, and
+    its stop ("t") is no state of the task's own: the states, and the signals of the
+    group stops, from before the hold are the ones to judge."""
+
+    tracer: int
+    states: dict[int, str]
+    stop_signals: dict[int, int]
+
+
 @dataclass
 class AuditContext:
     root_pid: int
@@ -24,10 +35,7 @@ class AuditContext:
     # so a check can tell whether a peer is inside the tree.
     tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
-    # A gate's ptrace hold: its tracer is not a tracer CRIU would meet, and the
-    # states before the hold are the ones to judge ("t" is the hold itself).
-    held_by: int = 0
-    states_before_hold: dict[int, str] = field(default_factory=dict)
+    hold: Hold | None = None
 
     def in_tree(self, pid: int) -> bool:
         return pid in self.tree_pids

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.context import Hold
 from tracker.procfs import DEFAULT_PROC_ROOT
 
 HELPER = Path(__file__).with_name("freeze_helper.py")
@@ -40,8 +41,7 @@ class Frozen:
     freeze_ms: float
     unfrozen: list[dict] = field(default_factory=list)   # {"tid", "why"}: not held
     already_frozen: bool = False     # the cgroup was frozen before crwatch came
-    holder: int = 0                  # the helper's pid: with ptrace, the tracer of every task
-    states: dict[int, str] = field(default_factory=dict)  # with ptrace: states before the hold
+    hold: Hold | None = None         # with ptrace: the holder and what its stop hides
     frozen_ms: float | None = None   # known once thawed
     expired: bool = False            # the watchdog thawed it, not crwatch
 
@@ -133,8 +133,11 @@ class Freeze:
         self.frozen = Frozen(
             method=report["method"], cgroup=report["cgroup"], pids=report["pids"],
             tasks=report["tasks"], freeze_ms=report["freeze_ms"], unfrozen=report["unfrozen"],
-            already_frozen=report.get("already_frozen", False), holder=self._helper.pid,
-            states={int(tid): state for tid, state in report.get("states", {}).items()})
+            already_frozen=report.get("already_frozen", False),
+            hold=Hold(self._helper.pid,
+                      {int(tid): state for tid, state in report["states"].items()},
+                      {int(tid): signo for tid, signo in report["stop_signals"].items()})
+            if report["method"] == "ptrace" else None)
         return self.frozen
 
     def holding(self) -> bool:

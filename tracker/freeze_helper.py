@@ -85,6 +85,7 @@ class PtraceHold:
         self.pending: set[int] = set()        # seized, not stopped yet
         self.failed: dict[int, str] = {}      # tid: why it could not be frozen
         self.states: dict[int, str] = {}      # tid: its state before the hold (ptrace shows "t")
+        self.stop_signals: dict[int, int] = {}  # tid: the signal of the group stop it was in
         self.pids: list[int] = []
 
     def freeze(self, deadline: float) -> None:
@@ -140,6 +141,8 @@ class PtraceHold:
                     event, signo = status >> 16, os.WSTOPSIG(status)
                     # A signal-delivery stop holds the signal: give it back at detach.
                     self.stopped[tid] = 0 if event == PTRACE_EVENT_STOP else signo
+                    if event == PTRACE_EVENT_STOP and signo != signal.SIGTRAP:
+                        self.stop_signals[tid] = signo  # it was in a group stop already
             if not progressed:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
@@ -155,6 +158,7 @@ class PtraceHold:
     def report(self) -> dict:
         return {"method": self.method, "cgroup": None, "pids": self.pids,
                 "tasks": len(self.stopped), "states": self.states,
+                "stop_signals": self.stop_signals,
                 "unfrozen": [{"tid": tid, "why": why} for tid, why in sorted(self.failed.items())]}
 
 

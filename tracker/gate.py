@@ -95,9 +95,7 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None)
         result.findings.append(not_frozen(request.pid, None, str(error)))
         return _Run(result, None, freeze_error=str(error))
     try:
-        held_by = frozen.holder if frozen.method == "ptrace" else 0
-        result = audit(request.pid, tree=request.whole_tree, held_by=held_by,
-                       states_before_hold=frozen.states)
+        result = audit(request.pid, tree=request.whole_tree, hold=frozen.hold)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:

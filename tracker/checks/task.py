@@ -115,7 +115,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     for thread in threads:
         yield from _check_thread(ctx, proc, thread)
     yield from _check_shared_pending(proc)
-    yield from _check_life(proc, threads)
+    yield from _check_life(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
 
@@ -145,9 +145,9 @@ def _read_thread(task: Proc, tid: int) -> Thread:
 
 def _unheld(ctx: AuditContext, thread: Thread) -> Thread:
     """The thread as it was before a gate's ptrace hold, which is no state of its own."""
-    if not ctx.held_by or thread.tracer != ctx.held_by:
+    if ctx.hold is None or thread.tracer != ctx.hold.tracer:
         return thread
-    return replace(thread, tracer=0, state=ctx.states_before_hold.get(thread.tid, "S"))
+    return replace(thread, tracer=0, state=ctx.hold.states.get(thread.tid, "S"))
 
 
 # ---------------------------------------------------------------- per thread
@@ -244,7 +244,7 @@ def _check_shared_pending(proc: Proc) -> Iterator[Finding]:
                       "whole thread group", proc.pid)
 
 
-def _check_life(proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
+def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
     """Zombies and stops: judged over the whole thread group."""
     leader = next((t for t in threads if t.tid == proc.pid), None)
     live = [t for t in threads if t.live]
@@ -268,11 +268,12 @@ def _check_life(proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
         yield Finding("task.stopped_threads", f"pid {proc.pid}: threads {tids} are stopped, "
                       f"{len(live) - len(stopped)} others are not", proc.pid)
         return
-    yield _group_stop(proc)
+    yield _group_stop(proc, ctx)
 
 
-def _group_stop(proc: Proc) -> Finding:
-    number = _group_stop_signal(proc)
+def _group_stop(proc: Proc, ctx: AuditContext) -> Finding:
+    held = ctx.hold.stop_signals.get(proc.pid) if ctx.hold is not None else None
+    number = held or _group_stop_signal(proc)
     if number in GROUP_STOP_SIGNALS:
         return Finding("task.stopped", f"pid {proc.pid} is stopped by "
                        f"{signal.Signals(number).name}", proc.pid)
