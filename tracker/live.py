@@ -479,16 +479,15 @@ class LiveTable:
                     event.tid)
 
     def _fd_range_closed(self, event: Event, batch: _Batch) -> None:
-        # close_range() may only set close-on-exec (CLOSE_RANGE_CLOEXEC): /proc says which.
+        # Reported at syscall entry, and only when it closes (the kernel side leaves out
+        # CLOSE_RANGE_CLOEXEC): /proc may still show the fds, so it is not asked, as for close.
         entry = self._current(event.tgid, event.ts_ns)
-        resolved = self._resolve(event.tgid, event.ts_ns, batch) if entry else None
-        if resolved is None or self._entries.get(event.tgid) is not entry:
+        if entry is None:
             return
         low, high = event.arg, event.arg2
-        for key, mark in [(key, mark) for key, mark in entry.marks.items()
-                          if key[0] == "fd" and low <= key[1] <= high]:
+        for key in [key for key in entry.marks if key[0] == "fd" and low <= key[1] <= high]:
             self._remember_close(event.tgid, key[1], event.ts_ns)
-            self._rejudge_fd(*resolved, key[1], mark, event, batch)
+            self._unset(entry, key, event.ts_ns, batch, event.tid)
 
     # ------------------------------------------------------------ PI futexes
 
