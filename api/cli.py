@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"not a number of seconds (0 to 3600): {text!r}")
     return value
+
+
+def _signal(text: str) -> int:
+    name = text.upper()
+    try:
+        return int(signal.Signals(int(name)) if name.isdigit() else
+                   signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a signal: {text!r}") from None
 
 
 def _pid(text: str) -> int:
@@ -101,6 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "tree is not checkpointable (installed as crwatch-criu-hook)")
     hook.set_defaults(profile="criu", criu_version=None)
 
+    run = commands.add_parser(
+        "run", help="run a command and judge its whole process tree, for CI (root, or a "
+                    "running service)",
+        description="Exit status: the command's own when it fails; else 1 when a process of "
+                    "its tree was non-checkpointable beyond the allowed options; else 0.")
+    run.add_argument("--allow", action="append", default=[], metavar="OPTION",
+                     help="a CRIU option the checkpoint may use (repeatable)")
+    run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a test case "
+                                                    "per process)")
+    run.add_argument("--json", metavar="FILE", help="write the report (crwatch.run/1)")
+    run.add_argument("--at-end", action="store_true",
+                     help="judge only what still runs when the command ends, not transient states")
+    run.add_argument("--at-signal", type=_signal, metavar="SIGNAL",
+                     help="judge the tree each time crwatch gets this signal (the command "
+                          "finds crwatch's pid in $CRWATCH_PID), e.g. USR1")
+    run.add_argument("--at-file", metavar="PATH",
+                     help="judge the tree each time the workload creates or touches PATH")
+    run.add_argument("--degraded-ok", action="store_true",
+                     help="without root or a service, judge by periodic audits instead of "
+                          "refusing")
+    run.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS",
+                     help="how often to audit when degraded (default 0.5)")
+    run.add_argument("--service", metavar="URL",
+                     help="the service whose events to use (default: $CRWATCH_URL, else "
+                          f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    _add_profile_arguments(run)
+
     serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
@@ -131,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             from api.gate_command import run_gate
 
             return run_gate(args, chosen)
+        if args.command == "run":
+            from api.run_command import run_run
+
+            return run_run(args, chosen)
         if args.command == "criu-hook":
             from api.criu_hook import run_hook
 

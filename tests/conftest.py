@@ -7,6 +7,8 @@ import pytest
 
 from tests.agreement import TABLE
 
+pytest_plugins = ["pytester"]  # the crwatch pytest plugin is tested in pytest runs of its own
+
 
 def pytest_configure(config):
     # Every test starts real processes in real states and most run the real CRIU:

@@ -25,7 +25,8 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def _allowed(option: str, value: str | None, allow: dict[str, str | None]) -> bool:
+def allows(option: str, value: str | None, allow: dict[str, str | None]) -> bool:
+    """Does the caller's parsed --allow list cover this option (and its value)?"""
     if option not in allow:
         return False
     granted = allow[option]
@@ -90,8 +91,15 @@ def checkpointable(findings: list[Finding], profile: Profile, allow: dict[str, s
     if verdict != "needs_options":
         return False
     rules = catalogue()
-    return all(_allowed(rules[f.code].option, f.option_value, allow)
+    return all(allows(rules[f.code].option, f.option_value, allow)
                for f in findings if profile.severity(rules[f.code]) == OPTION)
+
+
+def reason_allowed(reason: dict, allow: dict[str, str | None]) -> bool:
+    """A reason (of a verdict or a transition) that the allowed options make harmless."""
+    if reason["severity"] == INFO:
+        return True
+    return reason["severity"] == OPTION and allows(reason["option"], reason["option_value"], allow)
 
 
 def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:

@@ -1,0 +1,206 @@
+"""`crwatch run -- CMD`: run a command and judge its whole process tree, for CI.
+
+The command runs as a child of crwatch, which is made the tree's child
+subreaper so that every process the command starts stays in the tree. The
+transitions of the tree come from a running service's `/events`, else from a
+`crwatch watch` of its own (root); without either, with `--degraded-ok`,
+from audits every `--interval` seconds. At the end, once the feed has caught
+up (a barrier), whatever still runs is audited, and the report says every
+process that was ever non-checkpointable, why, when and for how long.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from api.event_feed import Feed, FeedError, ServiceFeed, WatchFeed, service_answers
+from api.run_recorder import Members, Recorder, become_subreaper
+from api.run_report import document, junit, text
+from api.settings import DEFAULT_HOST, DEFAULT_PORT
+from tracker.procfs import AccessDenied, Proc, ProcessGone
+from tracker.profiles import Profile
+from tracker.verdict import utc_now
+
+EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 127
+TICK_S = 0.02   # how often markers and orphans are looked at while the command runs
+
+
+def run_run(args, chosen: Profile) -> int:
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        print("crwatch: run needs a command: crwatch run [OPTIONS] -- CMD [ARGS...]",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if _executable(command[0]) is None:
+        print(f"crwatch: {command[0]}: command not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    mode = "marker" if (args.at_signal or args.at_file) else "at-end" if args.at_end \
+        else "transient"
+
+    become_subreaper()
+    members = Members(root=os.getpid(), excluded=set())
+    recorder = Recorder(members, chosen, args.allow)
+    try:
+        feed, source = _feed(args, chosen, recorder)
+    except FeedError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if feed is not None:
+        members.excluded |= feed.own_pids
+
+    markers: list[dict] = []
+    signalled: list[str] = []
+    if args.at_signal:
+        signal.signal(args.at_signal, lambda number, _: signalled.append(
+            f"signal {signal.Signals(number).name}"))
+    started_at = utc_now()
+    # A workload that must hold its state until it is judged waits for a line here.
+    marks = Path(tempfile.mkdtemp(prefix="crwatch-run-")) / "marks"
+    marks.touch()
+    environment = dict(os.environ, CRWATCH_PID=str(os.getpid()), CRWATCH_MARKS=str(marks))
+    try:
+        # Its own session, as a checkpointed service would have (else every verdict would
+        # ask for --shell-job); crwatch passes on the signals a terminal would send it.
+        child = subprocess.Popen(command, env=environment, start_new_session=True)
+    except OSError as error:
+        _close(feed)
+        print(f"crwatch: {command[0]}: {error.strerror}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, lambda number, _: _signal_group(child.pid, number))
+    managed = {child.pid} | members.excluded
+    try:
+        _follow(child, args, recorder, feed, markers, signalled, managed, marks)
+        status = _status(child.returncode)
+        if feed is not None:
+            feed.barrier()  # every event until now is in
+        recorder.audit_alive(utc_now(), "end")
+    except FeedError as error:
+        status = _status(child.wait())
+        recorder.audit_alive(utc_now(), "end")
+        markers.append({"at": utc_now(), "cause": f"the feed failed: {error}", "audited": 0})
+    finally:
+        _close(feed)
+        shutil.rmtree(marks.parent, ignore_errors=True)
+
+    problems = []
+    if mode == "marker" and not any(m["cause"].startswith(("signal", "file")) for m in markers):
+        problems.append("the marker never came: the state was never judged")
+    report = document(command=command, mode=mode, judged_by=chosen, allow=args.allow,
+                      source=source, started_at=started_at, ended_at=utc_now(), status=status,
+                      exit_code=0, members=list(members.known.values()), markers=markers,
+                      lost=recorder.lost, problems=problems)
+    report["exit_code"] = status if status != 0 else \
+        (EXIT_OK if report["checkpointable"] else EXIT_NOT_CHECKPOINTABLE)
+    print(text(report), file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.junit:
+        Path(args.junit).write_bytes(junit(report))
+    return report["exit_code"]
+
+
+def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:
+    """The service's events if one answers, else a watch of our own (root), else none."""
+    base = (args.service or os.environ.get("CRWATCH_URL")
+            or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
+    if args.service or service_answers(base):
+        feed: Feed = ServiceFeed(recorder.on_line, base, os.environ.get("CRWATCH_TOKEN"))
+    elif os.geteuid() == 0:
+        feed = WatchFeed(recorder.on_line, chosen.name)
+    elif args.degraded_ok:
+        print(f"crwatch: warning: not root and no crwatch service at {base}: no probes; "
+              f"judging by audits every {args.interval:g} s instead (states shorter than "
+              f"that are missed, and only this user's processes can be read)", file=sys.stderr)
+        return None, f"audits every {args.interval:g} s (degraded: no probes)"
+    else:
+        raise FeedError(
+            f"run needs root to attach the eBPF probes (or a crwatch service at {base}): "
+            f"without them, states that come and go are never seen. Run as root, start "
+            f"`crwatch serve`, or pass --degraded-ok to judge by audits every "
+            f"{args.interval:g} s")
+    feed.start()
+    return feed, feed.source
+
+
+def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None,
+            markers: list[dict], signalled: list[str], managed: set[int], marks: Path) -> None:
+    """Until the command exits: markers, orphans to reap, audits when degraded."""
+    marker_file = _stamp(args.at_file) if args.at_file else None
+    next_audit = time.monotonic()
+    while True:
+        try:
+            child.wait(timeout=TICK_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        causes = [signalled.pop(0) for _ in list(signalled)]
+        if args.at_file and (stamp := _stamp(args.at_file)) != marker_file and stamp:
+            marker_file = stamp
+            causes.append(f"file {args.at_file}")
+        for cause in causes:
+            at = utc_now()
+            if feed is not None:
+                feed.barrier()
+            audited = recorder.audit_alive(at, cause)
+            markers.append({"at": at, "cause": cause, "audited": len(audited)})
+            with marks.open("a") as done:  # the workload may go on
+                done.write(f"{len(markers)} {cause}\n")
+        if feed is None and time.monotonic() >= next_audit:
+            recorder.observe_by_audit(utc_now())
+            next_audit = time.monotonic() + args.interval
+        _reap_orphans(managed)
+
+
+def _signal_group(pid: int, number: int) -> None:
+    try:
+        os.killpg(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _reap_orphans(managed: set[int]) -> None:
+    """Orphans of the tree are our children now: reap the ones that exited."""
+    try:
+        children = Proc(os.getpid()).children()
+    except (ProcessGone, AccessDenied):
+        return
+    for pid in children:
+        if pid in managed:
+            continue
+        try:
+            if Proc(pid).stat.state == "Z":
+                os.waitpid(pid, 0)
+        except (ProcessGone, AccessDenied, ChildProcessError):
+            continue
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _status(returncode: int) -> int:
+    """A shell's view: killed by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _executable(name: str) -> str | None:
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) and not os.path.isdir(name) else None
+    return shutil.which(name)
+
+
+def _close(feed: Feed | None) -> None:
+    if feed is not None:
+        feed.close()
