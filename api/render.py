@@ -34,12 +34,12 @@ def verdict_text(document: dict) -> str:
         if document["tree"]:
             lines.append(f"  pid {pid} ({comms.get(pid, '?')})")
         for reason in reasons:
-            lines.extend(_reason_lines(reason, indent="    " if document["tree"] else "  "))
+            lines.extend(reason_lines(reason, indent="    " if document["tree"] else "  "))
     lines.append(_conclusion(document))
     return "\n".join(lines)
 
 
-def _reason_lines(reason: dict, indent: str) -> list[str]:
+def reason_lines(reason: dict, indent: str) -> list[str]:
     label = f"{reason['severity']:<8}"
     body = textwrap.wrap(f"{reason['message']}  [{reason['code']}]", WIDTH - len(indent) - 9)
     lines = [f"{indent}{label} {body[0]}"] + [f"{indent}{'':8} {part}" for part in body[1:]]
@@ -126,5 +126,5 @@ def _dump_text(dump: dict, criu_reasons: list[dict]) -> str:
                 f"{frozen}\n  {command}")
     lines = [f"dump: {criu} failed (exit {dump['returncode']}); log: {dump['log']}", f"  {command}"]
     for reason in criu_reasons:
-        lines.extend(_reason_lines(reason, indent="  "))
+        lines.extend(reason_lines(reason, indent="  "))
     return "\n".join(lines)

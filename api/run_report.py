@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from api.render import WIDTH, _reason_lines
+from api.render import WIDTH, reason_lines
 from api.run_recorder import Member
 from tracker import verdict
 
@@ -86,13 +86,13 @@ def text(report: dict) -> str:
             allowed = " (allowed)" if episode["allowed"] else ""
             lines.append(f"  nocr at {episode['since']} {span}{allowed}")
             for reason in episode["reasons"]:
-                lines.extend(_reason_lines(reason, indent="    "))
+                lines.extend(reason_lines(reason, indent="    "))
         for taken in process["audits"]:
             state = "checkpointable" if taken["checkpointable"] else taken["verdict"]
             lines.append(f"  audit at {taken['cause']} ({taken['at']}): {state}")
             for reason in taken["reasons"]:
                 if reason["severity"] != "info":
-                    lines.extend(_reason_lines(reason, indent="    "))
+                    lines.extend(reason_lines(reason, indent="    "))
     failed = [p for p in report["processes"] if p["failed"]]
     allowed = f" (allowed: {' '.join(report['allowed_options'])})" \
         if report["allowed_options"] else ""

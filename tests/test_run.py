@@ -145,7 +145,7 @@ def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service)
                     service=service)
     assert transient.returncode == 0, transient.stderr
     left = run("--at-end", "--json", str(tmp_path / "r.json"), "--", "sh", "-c",
-               "sh -c 'exec 3</dev/kvm; exec sleep 30' >/dev/null 2>&1 & sleep 0.3",
+               "sh -c 'exec 3</dev/kvm; exec sleep 30.123' >/dev/null 2>&1 & sleep 0.3",
                service=service)
     try:
         assert left.returncode == 1, left.stderr
@@ -154,7 +154,7 @@ def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service)
         assert daemon["audits"][0]["cause"] == "end"
         assert "device.chr.unsupported" in {r["code"] for r in daemon["audits"][0]["reasons"]}
     finally:
-        subprocess.run(["pkill", "-f", "exec sleep 30"], check=False)
+        subprocess.run(["pkill", "-f", "sleep 30.123"], check=False)
 
 
 def test_markers_judge_the_moments_the_workload_chooses(tmp_path, service):
