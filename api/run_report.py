@@ -78,7 +78,7 @@ def text(report: dict) -> str:
         lines.append(f"  {problem}")
     for process in report["processes"]:
         shown = " ".join(" ".join(process["cmdline"]).split())
-        head = f"pid {process['pid']} ({process['comm']}) `{shown[:60]}`"
+        head = f"pid {process['pid']} ({process['comm']}) `{shown[:80]}`"
         lines.append(f"{head}: {'FAILED' if process['failed'] else 'ok'}")
         for episode in process["episodes"]:
             span = (f"for {episode['duration_ms']:.0f} ms" if episode["until"]
