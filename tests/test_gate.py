@@ -50,7 +50,10 @@ if child == 0:
     idle()
     serve("child")
 signal.signal(signal.SIGCHLD, lambda *_: os.waitpid(-1, os.WNOHANG))  # reap a killed child
+# Only the main thread may take SIGCHLD: one blocked in a read must be woken to run the handler.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
 idle(); idle()
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 ready(str(child))
 serve("root")
 """
