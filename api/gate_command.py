@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from api.settings import DEFAULT_HOST, DEFAULT_PORT
+from api.settings import service_url
 from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
@@ -66,8 +66,7 @@ def run_gate(args, chosen: Profile) -> int:
 
 
 def _ask_service(args, request: GateRequest, chosen: Profile) -> dict:
-    base = (args.service or os.environ.get("CRWATCH_URL")
-            or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}").rstrip("/")
+    base = service_url(args.service).rstrip("/")
     body = {"tree": request.tree, "allow": list(request.allow), "profile": chosen.name,
             "watchdog_seconds": request.watchdog_s}
     if request.dump_dir is not None:

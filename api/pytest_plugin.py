@@ -41,15 +41,14 @@ class CheckpointWatch:
     def __init__(self, config):
         from api.event_feed import FeedError, ServiceFeed, WatchFeed, service_answers
         from api.run_recorder import Members, Recorder, become_subreaper
-        from api.settings import DEFAULT_HOST, DEFAULT_PORT
+        from api.settings import service_url
         from tracker.profiles import profile
 
         self.allow = list(config.getoption("crwatch_allow"))
         self.members = Members(root=os.getpid(), excluded=set())
         self.recorder = Recorder(self.members, profile(config.getoption("crwatch_profile")),
                                  self.allow)
-        base = (config.getoption("crwatch_service") or os.environ.get("CRWATCH_URL")
-                or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
+        base = service_url(config.getoption("crwatch_service"))
         if config.getoption("crwatch_service") or service_answers(base):
             self.feed = ServiceFeed(self.recorder.on_line, base, os.environ.get("CRWATCH_TOKEN"))
         elif os.geteuid() == 0:

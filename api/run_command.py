@@ -23,7 +23,7 @@ from pathlib import Path
 from api.event_feed import Feed, FeedError, ServiceFeed, WatchFeed, service_answers
 from api.run_recorder import Members, Recorder, become_subreaper
 from api.run_report import document, junit, text
-from api.settings import DEFAULT_HOST, DEFAULT_PORT
+from api.settings import service_url
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
 from tracker.verdict import utc_now
@@ -109,8 +109,7 @@ def run_run(args, chosen: Profile) -> int:
 
 def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:
     """The service's events if one answers, else a watch of our own (root), else none."""
-    base = (args.service or os.environ.get("CRWATCH_URL")
-            or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
+    base = service_url(args.service)
     if args.service or service_answers(base):
         feed: Feed = ServiceFeed(recorder.on_line, base, os.environ.get("CRWATCH_TOKEN"))
     elif os.geteuid() == 0:

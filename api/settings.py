@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +45,9 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def service_url(named: str | None = None) -> str:
+    """The service a client talks to: the one named, else $CRWATCH_URL, else the default
+    address on this host."""
+    return named or os.environ.get("CRWATCH_URL") or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
