@@ -145,6 +145,7 @@ class EventLine(BaseModel):
     tid: Optional[int] = None
     start_time: Optional[float] = None
     comm: Optional[str] = None
+    ppid: Optional[int] = Field(None, description="transition: its parent when last read")
     state: Optional[Literal["cr", "nocr"]] = Field(None, description="transition")
     reasons: Optional[list[Reason]] = Field(None, description="transition to nocr")
     exited: Optional[bool] = Field(None, description="transition: the process exited")

@@ -83,6 +83,8 @@ class CheckpointWatch:
         parsed = verdict.parse_allow(allowed)
         lines = []
         for key, member in list(self.members.known.items()):
+            if member.pid in self.members.excluded:
+                continue  # the feed's own helper
             for episode in member.episodes[before.get(key, 0):]:
                 blocking = [r for r in episode.reasons if not verdict.reason_allowed(r, parsed)]
                 if not blocking:

@@ -64,6 +64,7 @@ def run_run(args, chosen: Profile) -> int:
     # A workload that must hold its state until it is judged waits for a line here.
     marks = Path(tempfile.mkdtemp(prefix="crwatch-run-")) / "marks"
     marks.touch()
+    before = _stamp(args.at_file) if args.at_file else None  # before the command can touch it
     environment = dict(os.environ, CRWATCH_PID=str(os.getpid()), CRWATCH_MARKS=str(marks))
     try:
         # Its own session, as a checkpointed service would have (else every verdict would
@@ -77,7 +78,7 @@ def run_run(args, chosen: Profile) -> int:
         signal.signal(number, lambda number, _: _signal_group(child.pid, number))
     managed = {child.pid} | members.excluded
     try:
-        _follow(child, args, recorder, feed, markers, signalled, managed, marks)
+        _follow(child, args, recorder, feed, markers, signalled, managed, marks, before)
         status = _status(child.returncode)
         if feed is not None:
             feed.barrier()  # every event until now is in
@@ -95,7 +96,8 @@ def run_run(args, chosen: Profile) -> int:
         problems.append("the marker never came: the state was never judged")
     report = document(command=command, mode=mode, judged_by=chosen, allow=args.allow,
                       source=source, started_at=started_at, ended_at=utc_now(), status=status,
-                      exit_code=0, members=list(members.known.values()), markers=markers,
+                      exit_code=0, markers=markers, members=[
+                          m for m in members.known.values() if m.pid not in members.excluded],
                       lost=recorder.lost, problems=problems)
     report["exit_code"] = status if status != 0 else \
         (EXIT_OK if report["checkpointable"] else EXIT_NOT_CHECKPOINTABLE)
@@ -130,9 +132,9 @@ def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:
 
 
 def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None,
-            markers: list[dict], signalled: list[str], managed: set[int], marks: Path) -> None:
+            markers: list[dict], signalled: list[str], managed: set[int], marks: Path,
+            marker_file: tuple[int, int] | None) -> None:
     """Until the command exits: markers, orphans to reap, audits when degraded."""
-    marker_file = _stamp(args.at_file) if args.at_file else None
     next_audit = time.monotonic()
     while True:
         try:

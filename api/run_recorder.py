@@ -72,22 +72,28 @@ class Members:
         self.known: dict[tuple[int, float], Member] = {}
         self._strangers: set[tuple[int, float]] = set()
 
-    def lookup(self, pid: int, start_time: float) -> Member | None:
-        """The member with this identity: found by its chain of parents while it lives
-        (up to the root), remembered after."""
+    def lookup(self, pid: int, start_time: float, comm: str = "",
+               ppid: int = 0) -> Member | None:
+        """The member with this identity: found by its chain of parents (up to the root),
+        remembered after. A process already gone is found through `ppid`, its parent
+        as the feed last saw it."""
         key = (pid, start_time)
         if key in self.known:
             return self.known[key]
-        if key in self._strangers:
+        if key in self._strangers or pid in self.excluded:
             return None
         chain, current = [], pid
         while current not in self.excluded and current > 1:
             try:
                 stat = Proc(current).stat
             except (ProcessGone, AccessDenied):
-                break
+                if current != pid or not ppid:
+                    break
+                stat = _Gone(pid, start_time, comm, ppid)
             if current == pid and stat.start_time != start_time:
-                break  # the pid is another process's by now
+                if not ppid:
+                    break  # the pid is another process's by now
+                stat = _Gone(pid, start_time, comm, ppid)
             chain.append((current, stat))
             if stat.ppid == self.root:
                 for member_pid, member_stat in chain:
@@ -120,11 +126,22 @@ class Members:
         key = (pid, stat.start_time)
         if key not in self.known:
             try:
-                cmdline = Proc(pid).read("cmdline").split("\0")[:-1]
+                cmdline = [] if isinstance(stat, _Gone) else \
+                    Proc(pid).read("cmdline").split("\0")[:-1]
             except (ProcessGone, AccessDenied):
                 cmdline = []
             self.known[key] = Member(pid, stat.start_time, stat.comm, cmdline, stat.ppid)
         return self.known[key]
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """What a transition line says of a process that has exited since."""
+
+    pid: int
+    start_time: float
+    comm: str
+    ppid: int
 
 
 class Recorder:
@@ -145,7 +162,8 @@ class Recorder:
         if line.get("kind") != "transition":
             return
         with self._lock:
-            member = self.members.lookup(line["pid"], line["start_time"])
+            member = self.members.lookup(line["pid"], line["start_time"], line.get("comm", ""),
+                                         line.get("ppid", 0))
             if member is None:
                 return
             episode = member.open_episode

@@ -22,6 +22,7 @@ class ProcessIdentity:
     pid: int
     start_time: float
     comm: str
+    ppid: int = field(default=0, compare=False)  # when it was read (a parent may exit)
 
 
 @dataclass
@@ -39,7 +40,7 @@ def identify(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> ProcessIdentity:
     if pid <= 0:
         raise ProcessGone(pid)
     stat = Proc(pid, proc_root).stat
-    return ProcessIdentity(pid, stat.start_time, stat.comm)
+    return ProcessIdentity(pid, stat.start_time, stat.comm, stat.ppid)
 
 
 def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:

@@ -289,7 +289,7 @@ class LiveTable:
             return None
         if stat.is_kernel_thread:
             return None
-        return ProcessIdentity(pid, stat.start_time, stat.comm)
+        return ProcessIdentity(pid, stat.start_time, stat.comm, stat.ppid)
 
     def _resolve(self, pid: int, ts_ns: int, batch: _Batch) -> tuple[Proc, ProcessIdentity] | None:
         """The process holding `pid` now, if the event at ts_ns can be about it.
@@ -321,6 +321,7 @@ class LiveTable:
             batch.touch(entry, tid, CR)
         else:
             batch.touch(entry, tid)
+        entry.ppid = who.ppid or entry.ppid
         return entry
 
     def _remove(self, entry: Entry, batch: _Batch, gone: bool = True) -> None:
@@ -377,7 +378,8 @@ class LiveTable:
                 entry.since = iso_from_monotonic_ns(batch.cause_ns)
                 reasons = [] if after == CR else entry.reasons(self.profile)
                 transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm, after,
-                                              reasons, entry.since, batch.cause_ns, exited))
+                                              reasons, entry.since, batch.cause_ns, exited,
+                                              ppid=entry.ppid))
             self._drop_if_idle(entry, exited)
         self.counters.transitions += len(transitions)
         return transitions

@@ -78,6 +78,7 @@ class Entry:
     pi: dict[int, PiThread] = field(default_factory=dict)
     audited_ns: int = 0              # CLOCK_MONOTONIC start of its last /proc audit
     stale: bool = False              # events were lost; a re-audit is under way
+    ppid: int = 0                    # its parent when last read (0: unknown)
 
     @property
     def state(self) -> str:
@@ -111,11 +112,14 @@ class Transition:
     cause_ns: int                    # CLOCK_MONOTONIC of the event (or audit) that caused it
     exited: bool = False             # `cr` because the process is gone
     emitted_ns: int = 0              # CLOCK_MONOTONIC when subscribers were told
+    ppid: int = 0                    # its parent when last read: who started it (0: unknown)
 
     def to_json(self) -> dict:
         line = {"schema": SCHEMA, "kind": "transition", "pid": self.pid, "tid": self.tid,
                 "start_time": self.start_time, "comm": self.comm, "state": self.state,
                 "reasons": self.reasons, "ts": self.ts}
+        if self.ppid:
+            line["ppid"] = self.ppid
         if self.exited:
             line["exited"] = True
         return line
