@@ -60,6 +60,9 @@ class Feed:
         self._ended: str | None = None
         self.ready: dict = {}
         self.own_pids: set[int] = set()   # the feed's processes: never part of a watched tree
+        # "ip:port" of the feed's own TCP ends: a child forked by this process holds them
+        # until its exec closes them (they are close-on-exec), and is marked for it.
+        self.own_addresses: set[str] = set()
 
     def start(self) -> Feed:
         self._open()
@@ -144,6 +147,7 @@ class Feed:
 
     def _start_barrier_helper(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self.own_addresses.add("127.0.0.1:%d" % self._listener.getsockname()[1])
         self._helper = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", BARRIER_HELPER,
              str(self._listener.getsockname()[1])],
@@ -209,6 +213,8 @@ class ServiceFeed(Feed):
             raise FeedError(f"{self.source} refused its events ({self._reply.status}): "
                             f"{self._reply.read(300).decode(errors='replace')}")
         self._connection.sock.settimeout(None)  # events may be far apart
+        host, port = self._connection.sock.getsockname()[:2]
+        self.own_addresses.add(f"{host}:{port}")
 
     def _read_lines(self) -> Iterator[dict]:
         for raw in self._reply:

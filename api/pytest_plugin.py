@@ -61,6 +61,7 @@ class CheckpointWatch:
         except FeedError as error:
             raise pytest.UsageError(f"--crwatch: {error}") from None
         self.members.excluded |= self.feed.own_pids
+        self.recorder.own_addresses = self.feed.own_addresses
         become_subreaper()
 
     @pytest.hookimpl(wrapper=True)

@@ -54,6 +54,7 @@ def run_run(args, chosen: Profile) -> int:
         return EXIT_USAGE
     if feed is not None:
         members.excluded |= feed.own_pids
+        recorder.own_addresses = feed.own_addresses
 
     markers: list[dict] = []
     signalled: list[str] = []

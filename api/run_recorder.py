@@ -149,6 +149,7 @@ class Recorder:
 
     def __init__(self, members: Members, judged_by: Profile, allow: list[str]):
         self.members = members
+        self.own_addresses: set[str] = set()  # the feed's TCP ends (Feed.own_addresses)
         self.judged_by = judged_by
         self.allowed = verdict.parse_allow(allow)
         self.lost = 0
@@ -166,6 +167,9 @@ class Recorder:
                                          line.get("ppid", 0))
             if member is None:
                 return
+            reasons = [r for r in line["reasons"] if not self._inherited_from_us(r)]
+            state = line["state"] if reasons or line["state"] == "cr" else "cr"
+            line = {**line, "state": state, "reasons": reasons}
             episode = member.open_episode
             if line["state"] == "nocr" and episode is None:
                 member.episodes.append(Episode(line["ts"], line["reasons"]))
@@ -173,6 +177,11 @@ class Recorder:
                 episode.reasons = line["reasons"]  # what holds it now
             elif episode is not None:
                 episode.until, episode.exited = line["ts"], bool(line.get("exited"))
+
+    def _inherited_from_us(self, reason: dict) -> bool:
+        """A connection of the feed's own, in a child between its fork and its exec."""
+        return reason["code"] == "socket.tcp.established" and any(
+            f"connection {address} ->" in reason["message"] for address in self.own_addresses)
 
     def audit_alive(self, at: str, cause: str) -> list[Member]:
         """Audit what runs now, as the trees a checkpoint would take: each process at the
