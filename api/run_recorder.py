@@ -220,6 +220,8 @@ class Recorder:
         """Degraded mode (no probes): an audit of every member stands in for transitions."""
         for member in self.audit_alive(at, "periodic audit"):
             document = member.audits.pop()["verdict"]
+            if document["verdict"] == "unknown":
+                continue  # unreadable this time (an exec under way): no news
             reasons = [r for r in document["reasons"] if r["severity"] != "info"]
             episode = member.open_episode
             if reasons and episode is None:

@@ -160,17 +160,19 @@ def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service)
 def test_markers_judge_the_moments_the_workload_chooses(tmp_path, service):
     requires_root()
     # Holds /dev/kvm at the signal, waits until it was judged, then lets it go.
-    at_signal = ("exec 3</dev/kvm; kill -USR1 $CRWATCH_PID; "
-                 "while ! [ -s \"$CRWATCH_MARKS\" ]; do sleep 0.01; done; exec 3<&-")
+    at_signal = ("import os, signal, time; device = os.open('/dev/kvm', os.O_RDONLY)\n"
+                 "os.kill(int(os.environ['CRWATCH_PID']), signal.SIGUSR1)\n"
+                 "while not os.path.getsize(os.environ['CRWATCH_MARKS']): time.sleep(0.01)\n"
+                 "os.close(device)")
     done = run("--at-signal", "USR1", "--json", str(tmp_path / "r.json"), "--",
-               "sh", "-c", at_signal, service=service)
+               PY, "-c", at_signal, service=service)
     assert done.returncode == 1, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["mode"] == "marker" and report["markers"][0]["cause"] == "signal SIGUSR1"
-    at_file = (f"touch {tmp_path}/checkpoint-now; "
-               "while ! [ -s \"$CRWATCH_MARKS\" ]; do sleep 0.01; done; "
-               "exec 3</dev/kvm; sleep 0.05")  # after the marker: not judged
-    done = run("--at-file", str(tmp_path / "checkpoint-now"), "--", "sh", "-c", at_file,
+    at_file = (f"import os, time; open('{tmp_path}/checkpoint-now', 'w').close()\n"
+               "while not os.path.getsize(os.environ['CRWATCH_MARKS']): time.sleep(0.01)\n"
+               "device = os.open('/dev/kvm', os.O_RDONLY); time.sleep(0.05)")  # not judged
+    done = run("--at-file", str(tmp_path / "checkpoint-now"), "--", PY, "-c", at_file,
                service=service)
     assert done.returncode == 0, done.stderr
     never = run("--at-signal", "USR1", "--", "true", service=service)
