@@ -9,7 +9,7 @@ whatever CRIU still refuses is read back from its log as a reason.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,7 +56,6 @@ class _Run:
     freeze_error: str | None = None
     dump: DumpResult | None = None
     dumped_frozen: bool = False
-    findings_added: list = field(default_factory=list)
 
 
 def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
@@ -101,13 +100,13 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None)
         if request.hold_s:
             freeze.hold(request.hold_s)
         run = _Run(result, frozen)
-        if (request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete
-                and freeze.holding() and verdict.document(result, judged_by,
-                                                          request.allow)["checkpointable"]):
-            # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
-            run.dump = _dump(criu, request, verdict.document(result, judged_by, request.allow),
-                             cgroup=frozen.cgroup, on_start=freeze.handoff)
-            run.dumped_frozen = True
+        if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
+            judged = verdict.document(result, judged_by, request.allow)
+            if judged["checkpointable"] and freeze.holding():
+                # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
+                run.dump = _dump(criu, request, judged, cgroup=frozen.cgroup,
+                                 on_start=freeze.handoff)
+                run.dumped_frozen = True
     finally:
         freeze.release()
     if frozen.expired:
