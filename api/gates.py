@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tracker.criu import criu_at
-from tracker.gate import GateError, GateRequest, gate
+from tracker.gate import GateRequest, gate
 from tracker.procfs import ProcessGone
 
 
@@ -70,4 +70,3 @@ class Gates:
             metrics.gate_frozen_seconds.labels(freeze["method"]).observe(freeze["frozen_ms"] / 1e3)
 
 
-__all__ = ["Gates", "GateBusy", "GateError"]
