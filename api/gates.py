@@ -68,5 +68,3 @@ class Gates:
         freeze = document["freeze"]
         if freeze["method"] is not None and freeze["frozen_ms"] is not None:
             metrics.gate_frozen_seconds.labels(freeze["method"]).observe(freeze["frozen_ms"] / 1e3)
-
-
