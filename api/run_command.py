@@ -69,8 +69,10 @@ def run_run(args, chosen: Profile) -> int:
     environment = dict(os.environ, CRWATCH_PID=str(os.getpid()), CRWATCH_MARKS=str(marks))
     try:
         # Its own session, as a checkpointed service would have (else every verdict would
-        # ask for --shell-job); crwatch passes on the signals a terminal would send it.
-        child = subprocess.Popen(command, env=environment, start_new_session=True)
+        # ask for --shell-job); crwatch passes on the signals a terminal would send it, and
+        # if crwatch is killed (a CI timeout), the command gets SIGTERM (setpriv execs it).
+        child = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *command],
+                                 env=environment, start_new_session=True)
     except OSError as error:
         _close(feed)
         print(f"crwatch: {command[0]}: {error.strerror}", file=sys.stderr)
