@@ -79,7 +79,7 @@ class Members:
         as the feed last saw it."""
         key = (pid, start_time)
         if key in self.known:
-            return self.known[key]
+            return self._refreshed(self.known[key])
         if key in self._strangers or pid in self.excluded:
             return None
         chain, current = [], pid
@@ -103,6 +103,17 @@ class Members:
         self._strangers.add(key)
         return None
 
+    @staticmethod
+    def _refreshed(member: Member) -> Member:
+        """Its command line now: first seen before an exec, it may have changed since."""
+        proc = Proc(member.pid)
+        try:
+            if proc.stat.start_time == member.start_time:
+                member.cmdline = proc.read("cmdline").split("\0")[:-1] or member.cmdline
+        except (ProcessGone, AccessDenied):
+            pass
+        return member
+
     def alive(self) -> list[Member]:
         """Every descendant of the root that runs now (found anew, not only the known)."""
         found, queue = [], [self.root]
@@ -118,7 +129,7 @@ class Members:
                     stat = Proc(kid).stat
                 except (ProcessGone, AccessDenied):
                     continue
-                found.append(self._remember(kid, stat))
+                found.append(self._refreshed(self._remember(kid, stat)))
                 queue.append(kid)
         return found
 
@@ -162,14 +173,15 @@ class Recorder:
             return
         if line.get("kind") != "transition":
             return
+        reasons = [r for r in line["reasons"] if not self._inherited_from_us(r)]
+        if line["state"] == "nocr" and not reasons:
+            return  # only our own connection, in a child not yet exec'd: nothing of its own
         with self._lock:
             member = self.members.lookup(line["pid"], line["start_time"], line.get("comm", ""),
                                          line.get("ppid", 0))
             if member is None:
                 return
-            reasons = [r for r in line["reasons"] if not self._inherited_from_us(r)]
-            state = line["state"] if reasons or line["state"] == "cr" else "cr"
-            line = {**line, "state": state, "reasons": reasons}
+            line = {**line, "reasons": reasons}
             episode = member.open_episode
             if line["state"] == "nocr" and episode is None:
                 member.episodes.append(Episode(line["ts"], line["reasons"]))
