@@ -56,7 +56,7 @@ def test_a_gate_finds_what_the_probes_missed_corrects_the_table_and_counts_it(se
             missed = [(item["reason"]["code"], item["reason"]["fd"])
                       for item in document["drift"]["missed"]]
             assert ("device.chr.unsupported", received) in missed
-            assert document["drift"]["stale"] == []
+            assert _not_ours(document["drift"]["stale"], server) == []
             corrected = stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
             assert corrected["reasons"][0]["source"] == "audit"
             tracked = server.ok(f"/processes/{s.pid}/checkpointable")["tracked"]
@@ -82,9 +82,18 @@ def test_a_tracked_state_that_agrees_has_no_drift(server):
                                             {"tree": True, "watchdog_seconds": 10}, token=TOKEN)
     finally:
         stream.close()
-    assert status == 200 and document["drift"] == {"tracked": True, "missed": [], "stale": [],
-                                                   "criu": []}
+    drift = document["drift"]
+    assert status == 200 and drift["tracked"] and drift["missed"] == drift["criu"] == []
+    assert _not_ours(drift["stale"], server) == []
     assert document["freeze"]["watchdog_seconds"] == 10 and document["tree"] is True
+
+
+def _not_ours(stale: list[dict], server: Server) -> list[dict]:
+    """Stale marks but the test's own connections to the service, which a subject holds
+    between its fork and its exec (docs/tracking-limits.md, section 12)."""
+    return [item for item in stale
+            if not (item["reason"]["code"] == "socket.tcp.established"
+                    and f"127.0.0.1:{server.port}" in item["reason"]["message"])]
 
 
 def test_a_gate_can_hand_off_to_criu_over_http(server, tmp_path):
