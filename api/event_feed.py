@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
+
+from api.settings import service_url
 
 READY_TIMEOUT_S = 120.0     # compiling the probes on a slow, loaded runner
 BARRIER_TIMEOUT_S = 30.0
@@ -237,3 +240,14 @@ def service_answers(base_url: str) -> bool:
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
+
+def choose_feed(on_line: Callable[[dict], None], named_service: str | None,
+                profile_name: str) -> tuple[Feed | None, str]:
+    """The events of the service named or answering (its URL is returned too), else a
+    `crwatch watch` of our own when root; None when neither can be had. Not started."""
+    base = service_url(named_service)
+    if named_service or service_answers(base):
+        return ServiceFeed(on_line, base, os.environ.get("CRWATCH_TOKEN")), base
+    if os.geteuid() == 0:
+        return WatchFeed(on_line, profile_name), base
+    return None, base

@@ -39,29 +39,24 @@ def pytest_configure(config) -> None:
 
 class CheckpointWatch:
     def __init__(self, config):
-        from api.event_feed import FeedError, ServiceFeed, WatchFeed, service_answers
+        from api.event_feed import FeedError, choose_feed
         from api.run_recorder import Members, Recorder, become_subreaper
-        from api.settings import service_url
         from tracker.profiles import profile
 
         self.allow = list(config.getoption("crwatch_allow"))
         self.members = Members(root=os.getpid(), excluded=set())
         self.recorder = Recorder(self.members, profile(config.getoption("crwatch_profile")),
                                  self.allow)
-        base = service_url(config.getoption("crwatch_service"))
-        if config.getoption("crwatch_service") or service_answers(base):
-            self.feed = ServiceFeed(self.recorder.on_line, base, os.environ.get("CRWATCH_TOKEN"))
-        elif os.geteuid() == 0:
-            self.feed = WatchFeed(self.recorder.on_line, config.getoption("crwatch_profile"))
-        else:
+        feed, base = choose_feed(self.recorder.on_line, config.getoption("crwatch_service"),
+                                 config.getoption("crwatch_profile"))
+        if feed is None:
             raise pytest.UsageError("--crwatch needs root (for its probes) or a crwatch "
                                     f"service (none answers at {base})")
         try:
-            self.feed.start()
+            self.feed = feed.start()
         except FeedError as error:
             raise pytest.UsageError(f"--crwatch: {error}") from None
-        self.members.excluded |= self.feed.own_pids
-        self.recorder.own_addresses = self.feed.own_addresses
+        self.recorder.follow(self.feed)
         become_subreaper()
 
     @pytest.hookimpl(wrapper=True)
@@ -87,7 +82,7 @@ class CheckpointWatch:
             if member.pid in self.members.excluded:
                 continue  # the feed's own helper
             for episode in member.episodes[before.get(key, 0):]:
-                blocking = [r for r in episode.reasons if not verdict.reason_allowed(r, parsed)]
+                blocking = verdict.blocking_reasons(episode.reasons, parsed)
                 if not blocking:
                     continue
                 span = (f"for {episode.duration_ms:.0f} ms" if episode.until

@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from api.event_feed import Feed, FeedError, ServiceFeed, WatchFeed, service_answers
+from api.event_feed import Feed, FeedError, choose_feed
 from api.run_recorder import Members, Recorder, become_subreaper
 from api.run_report import document, junit, text
-from api.settings import service_url
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
 from tracker.verdict import utc_now
@@ -53,8 +52,7 @@ def run_run(args, chosen: Profile) -> int:
         print(f"crwatch: {error}", file=sys.stderr)
         return EXIT_USAGE
     if feed is not None:
-        members.excluded |= feed.own_pids
-        recorder.own_addresses = feed.own_addresses
+        recorder.follow(feed)
 
     markers: list[dict] = []
     signalled: list[str] = []
@@ -114,24 +112,20 @@ def run_run(args, chosen: Profile) -> int:
 
 def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:
     """The service's events if one answers, else a watch of our own (root), else none."""
-    base = service_url(args.service)
-    if args.service or service_answers(base):
-        feed: Feed = ServiceFeed(recorder.on_line, base, os.environ.get("CRWATCH_TOKEN"))
-    elif os.geteuid() == 0:
-        feed = WatchFeed(recorder.on_line, chosen.name)
-    elif args.degraded_ok:
+    feed, base = choose_feed(recorder.on_line, args.service, chosen.name)
+    if feed is not None:
+        feed.start()
+        return feed, feed.source
+    if args.degraded_ok:
         print(f"crwatch: warning: not root and no crwatch service at {base}: no probes; "
               f"judging by audits every {args.interval:g} s instead (states shorter than "
               f"that are missed, and only this user's processes can be read)", file=sys.stderr)
         return None, f"audits every {args.interval:g} s (degraded: no probes)"
-    else:
-        raise FeedError(
-            f"run needs root to attach the eBPF probes (or a crwatch service at {base}): "
-            f"without them, states that come and go are never seen. Run as root, start "
-            f"`crwatch serve`, or pass --degraded-ok to judge by audits every "
-            f"{args.interval:g} s")
-    feed.start()
-    return feed, feed.source
+    raise FeedError(
+        f"run needs root to attach the eBPF probes (or a crwatch service at {base}): "
+        f"without them, states that come and go are never seen. Run as root, start "
+        f"`crwatch serve`, or pass --degraded-ok to judge by audits every "
+        f"{args.interval:g} s")
 
 
 def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None,

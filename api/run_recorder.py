@@ -44,7 +44,7 @@ class Episode:
     def as_dict(self, allowed: dict) -> dict:
         return {"since": self.since, "until": self.until, "duration_ms": self.duration_ms,
                 "ended_by_exit": self.exited, "reasons": self.reasons,
-                "allowed": all(verdict.reason_allowed(r, allowed) for r in self.reasons)}
+                "allowed": not verdict.blocking_reasons(self.reasons, allowed)}
 
 
 @dataclass
@@ -165,6 +165,11 @@ class Recorder:
         self.allowed = verdict.parse_allow(allow)
         self.lost = 0
         self._lock = threading.Lock()
+
+    def follow(self, feed) -> None:
+        """Take lines from this feed: its own processes and connections are never ours."""
+        self.members.excluded |= feed.own_pids
+        self.own_addresses = feed.own_addresses
 
     def on_line(self, line: dict) -> None:
         if line.get("kind") == "lost":

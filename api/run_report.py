@@ -17,7 +17,7 @@ def member_failures(member: Member, mode: str, allowed: dict) -> list[str]:
     failures = []
     if mode == "transient":
         for episode in member.episodes:
-            blocking = [r for r in episode.reasons if not verdict.reason_allowed(r, allowed)]
+            blocking = verdict.blocking_reasons(episode.reasons, allowed)
             if blocking:
                 failures.append(f"non-checkpointable from {episode.since}"
                                 + (f" for {episode.duration_ms:.0f} ms" if episode.until
@@ -28,7 +28,7 @@ def member_failures(member: Member, mode: str, allowed: dict) -> list[str]:
             continue
         document = taken["verdict"]
         if not document["checkpointable"]:
-            blocking = [r for r in document["reasons"] if not verdict.reason_allowed(r, allowed)]
+            blocking = verdict.blocking_reasons(document["reasons"], allowed)
             failures.append(f"not checkpointable at {taken['cause']} ({taken['at']}): "
                             + "; ".join(_short(r) for r in blocking))
     return failures

@@ -102,6 +102,11 @@ def reason_allowed(reason: dict, allow: dict[str, str | None]) -> bool:
     return reason["severity"] == OPTION and allows(reason["option"], reason["option_value"], allow)
 
 
+def blocking_reasons(reasons: Iterable[dict], allow: dict[str, str | None]) -> list[dict]:
+    """The reasons that the allowed options do not make harmless."""
+    return [reason for reason in reasons if not reason_allowed(reason, allow)]
+
+
 def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:
     allowed = parse_allow(allow)
     verdict, options = judge(audit.findings, profile)
