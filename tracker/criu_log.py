@@ -12,6 +12,13 @@ from tracker.rules import Finding
 
 # Logged by every CRIU run without CAP_SYS_RESOURCE; never a dump blocker.
 NOISE = ("rlimit: Can't setup RLIMIT_NOFILE for self",)
+# CRIU's own trouble under load, not a state of the dumped tree: the only failures
+# a comparison with crwatch may retry (counted and reported when it does).
+TRANSIENT = (
+    "Unable to detach from PID",          # compel, unseizing a task that is busy exiting a stop
+    "Can't wait or bad status for",       # the parasite's daemon, killed by a timeout under load
+    "Timeout reached. Try to interrupt",  # seize: a task did not stop within --timeout
+)
 _ERROR = re.compile(r"Error \((?P<source>[^)]*)\): (?P<text>.*)")
 _DUMPING_TASK = re.compile(r"Dumping task \(pid: (\d+)")
 _PID = re.compile(r"\bpid[: ]+(\d+)")
@@ -55,3 +62,9 @@ def _finding(text: str, source: str, task: int, log_path: str | None) -> Finding
     where = f" (see {log_path})" if log_path else ""
     return Finding("criu.dump_failed", f"CRIU: {text} [{source}]{where}",
                    int(named_pid[1]) if named_pid else task, fd=int(fd[1]) if fd else None)
+
+
+def transient(errors: list[str]) -> bool:
+    """Whether a failed dump's errors are all CRIU's own trouble under load."""
+    causes = [line for line in errors if not any(n in line for n in NOISE)]
+    return bool(causes) and all(any(t in line for t in TRANSIENT) for line in causes)
