@@ -57,8 +57,11 @@ class Retries:
         result = criu.dump(pid, options)
         if result.ok or not transient(result.errors):
             return result
-        self.made.append(Retry(where, result.errors))
+        self.count(where, result.errors)
         return criu.dump(pid, options)
+
+    def count(self, where: str, errors: list[str]) -> None:
+        self.made.append(Retry(where, errors))
 
 
 RETRIES = Retries()
