@@ -23,7 +23,7 @@ ready(); hold()"""
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{s.pid}/{name}", "w") as id_map:
                 id_map.write(MAP_ALL)
-        assert_agrees(s.pid, f"root in its own user namespace and a {kind} namespace made "
+        assert_agrees(s.pid, f"root in its own user namespace, its {kind} namespace made "
                       "before it", expect="blocked", codes={"namespace.user_foreign"},
                       criu_error="doesn't belong to the target user namespace")
 
