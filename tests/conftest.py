@@ -59,6 +59,7 @@ def pytest_configure(config):
             pytest.exit("CI must run the tests as root", returncode=3)
         config.issue_config_time_warning(pytest.PytestWarning("not root: tests will be skipped"), 2)
     TABLE.unlink(missing_ok=True)
+    PARTIAL_DOC.unlink(missing_ok=True)  # a table of an earlier partial run is not this run's
 
 
 def pytest_collection_modifyitems(config, items):
