@@ -78,6 +78,7 @@ def assert_agrees(pid: int, state: str, *, expect: str, codes: set[str] = frozen
     add, e.g. a second resource of the same kind). `criu_error` is a fragment
     CRIU's log must contain when it refuses the state.
     """
+    assert expect in ("ok", "needs_options", "blocked"), f"{state}: no dump can prove {expect!r}"
     criu = find_criu()
     assert criu is not None, "no CRIU: scripts/setup.sh provides one"
     document = verdict.document(audit(pid, tree=tree), profile("criu", criu.version))
