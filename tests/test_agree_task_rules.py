@@ -74,31 +74,40 @@ def _thread_state(pid: int, tid: int) -> str:
         return stat.read().rpartition(")")[2].split()[0]
 
 
+class FuseConnection:
+    """The server end of a FUSE mount, held by this test: closing it aborts the connection,
+    which wakes every waiting request with ENOTCONN. Closed once, from whichever thread
+    comes first (a second close could hit an fd number reused meanwhile)."""
+
+    def __init__(self, device: int):
+        self.device = device
+        self._lock = threading.Lock()
+        self._open = True
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self.device)
+
+
 @contextmanager
-def unanswered_fuse_mount(directory: Path) -> Iterator[int]:
+def unanswered_fuse_mount(directory: Path) -> Iterator[FuseConnection]:
     """A FUSE file system mounted on `directory` whose server (this test) never answers:
-    every request waits, killable only, in state D. Yields /dev/fuse's fd; closing it
-    aborts the connection, which wakes the waiters with ENOTCONN."""
+    every request waits, killable only, in state D, until the connection is aborted."""
     libc = ctypes.CDLL(None, use_errno=True)
     directory.mkdir()
-    device = os.open("/dev/fuse", os.O_RDWR)
-    options = f"fd={device},rootmode=40000,user_id=0,group_id=0".encode()
+    connection = FuseConnection(os.open("/dev/fuse", os.O_RDWR))
+    options = f"fd={connection.device},rootmode=40000,user_id=0,group_id=0".encode()
     if libc.mount(b"crwatch-test", bytes(directory), b"fuse", MS_NOSUID | MS_NODEV, options):
         error = ctypes.get_errno()
-        os.close(device)
+        connection.abort()
         raise OSError(error, f"mount fuse on {directory}")
     try:
-        yield device
+        yield connection
     finally:
-        abort(device)
+        connection.abort()
         libc.umount2(bytes(directory), MNT_DETACH)
-
-
-def abort(device: int) -> None:
-    try:
-        os.close(device)
-    except OSError:
-        pass  # closed already: the connection is aborted
 
 
 def tracer_of(pid: int, tid: int) -> int:
@@ -108,7 +117,7 @@ def tracer_of(pid: int, tid: int) -> int:
 
 def test_a_thread_in_uninterruptible_sleep_dumps_once_it_wakes(tmp_path: Path):
     mount = tmp_path / "fuse"
-    with unanswered_fuse_mount(mount) as device:
+    with unanswered_fuse_mount(mount) as connection:
         code = f"""
 import threading
 def stat_on_fuse():
@@ -134,7 +143,7 @@ hold()
                 deadline = time.monotonic() + AWAIT_S
                 while tracer_of(s.pid, tid) == 0 and time.monotonic() < deadline:
                     time.sleep(0.001)
-                abort(device)
+                connection.abort()
 
             waker = threading.Thread(target=wake_when_seized)
             waker.start()
@@ -143,5 +152,5 @@ hold()
                               "request) that wakes while CRIU waits", expect="ok",
                               codes={"task.uninterruptible"})
             finally:
-                abort(device)
+                connection.abort()
                 waker.join()
