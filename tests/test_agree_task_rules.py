@@ -84,6 +84,10 @@ class FuseConnection:
         self._lock = threading.Lock()
         self._open = True
 
+    @property
+    def open(self) -> bool:
+        return self._open
+
     def abort(self) -> None:
         with self._lock:
             if self._open:
@@ -141,7 +145,8 @@ hold()
             # as CRIU has seized it, the way a short uninterruptible wait ends by itself.
             def wake_when_seized() -> None:
                 deadline = time.monotonic() + AWAIT_S
-                while tracer_of(s.pid, tid) == 0 and time.monotonic() < deadline:
+                while (connection.open and tracer_of(s.pid, tid) == 0
+                       and time.monotonic() < deadline):
                     time.sleep(0.001)
                 connection.abort()
 
