@@ -5,13 +5,15 @@ the tree, a socket is "external": CRIU refuses it unless told so, and even
 then (--ext-unix-sk) reconnects only datagram sockets to a named peer; any
 other external socket must be named one by one with --external unix[INO].
 A connection still waiting in a listener's queue is dumped when nothing was
-written on it yet.
+written on it yet. A peer in flight (an fd queued in an SCM_RIGHTS message
+on a socket of the tree) is dumped with that queue, so it counts as inside;
+what the queues hold is queue.py's.
 """
 from __future__ import annotations
 
 from typing import Iterator
 
-from tracker.checks.sockets import tables
+from tracker.checks.sockets import queue, tables
 from tracker.checks.sockets.common import finding, holders
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
@@ -69,12 +71,15 @@ def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> I
     if sock.type not in TYPES or sock.state not in (ESTABLISHED, CLOSE, LISTEN):
         yield finding("socket.unix.unsupported", proc, open_fd,
                       f"unix socket {_name(sock)} of type {sock.type} in state {sock.state}")
-    elif sock.state == LISTEN:
+        return
+    if sock.state == LISTEN:
         yield _listener(proc, open_fd, sock)
     elif sock.peer:
         yield from _connected(ctx, proc, open_fd, sock)
     elif sock.state == ESTABLISHED and sock.type != SOCK_DGRAM:
         yield from _not_accepted(ctx, proc, open_fd, sock)
+    if queue.has_queue(sock):
+        yield from queue.check(ctx, proc, open_fd, sock, f"unix {TYPES[sock.type]} socket {_name(sock)}")
 
 
 def _listener(proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Finding:
@@ -101,7 +106,7 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket)
                       f"socket:[{peer.inode}], which is connected elsewhere")
         return
     target = f"socket:[{peer.inode}]"
-    if ctx.tree_holders.get(target):
+    if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
     text = (f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, "
             f"held by {holders(ctx.holders_outside(target))} outside the tree")
