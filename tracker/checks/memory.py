@@ -22,7 +22,7 @@ from tracker.checks import files
 from tracker.checks.sockets import tables
 from tracker.checks.sockets.records import InetSocket, PacketSocket
 from tracker.context import AuditContext
-from tracker.procfs import Mapping, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, Mapping, Proc
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, VersionNote
 
 RULES = (
@@ -108,6 +108,8 @@ def _check_mapping(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[
 
 
 def _check_socket(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return      # the socket tables are the live kernel's: a fixture tree's sockets are in none
     sock = tables.find(ctx, proc, mapping.inode)
     if isinstance(sock, PacketSocket):
         if not ctx.tree_holders.get(mapping.path):
