@@ -90,7 +90,7 @@ def bound_device(pid: int, fd: int, inode: int) -> str:
 def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
     """A copy of pid's fd as a socket object. Its family is a placeholder: Python cannot
     wrap every family (AF_XDP...), and getsockopt() does not care."""
-    copy = _getfd(pid, fd)
+    copy = getfd(pid, fd)
     try:
         if os.fstat(copy).st_ino != inode:
             raise ProcessGone(pid)      # the fd number now names another file
@@ -102,7 +102,8 @@ def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
         yield sock
 
 
-def _getfd(pid: int, fd: int) -> int:
+def getfd(pid: int, fd: int) -> int:
+    """A copy of pid's fd in this process (the same open file); the caller closes it."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
