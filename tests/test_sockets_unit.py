@@ -1,13 +1,15 @@
 """sockets: /proc/net parsing, sock_diag decoding and the per-socket judgement, on fixtures."""
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import struct
 from pathlib import Path
 
+from tests.test_agree_sockets import load_socket_filter
 from tracker.checks import sockets
-from tracker.checks.sockets import common, diag, inet, netlink, procnet, queue, tables
+from tracker.checks.sockets import bpf, diag, inet, netlink, probe, procnet, queue, tables
 from tracker.checks.sockets.records import InetSocket, Membership, PacketSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
@@ -245,11 +247,24 @@ def test_a_listener_or_an_empty_socket_has_no_queue_to_read():
     assert not queue.has_queue(UnixSocket(7, 1, 10, "@l", 0, (8,), 1, 128, 0))   # backlog count
 
 
-def test_filters_are_judged_by_what_so_get_filter_answers():
-    open_fd = OpenFd(Proc(PID), 3, "socket:[9]")
-    assert common.filter_finding(Proc(PID), open_fd, 0) is None
-    assert common.filter_finding(Proc(PID), open_fd, 4).code == "socket.filter.classic"
-    assert common.filter_finding(Proc(PID), open_fd, None).code == "socket.filter.ebpf"
+def test_a_loaded_socket_filter_program_makes_sockets_worth_asking():
+    program = load_socket_filter()
+    try:
+        assert bpf.socket_filters_possible()
+    finally:
+        os.close(program)
+
+
+def test_so_get_filter_tells_an_ebpf_filter_from_a_classic_one_or_none():
+    plain, classic, extended = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    program = load_socket_filter()
+    with plain, classic, extended:
+        accept_all = ctypes.create_string_buffer(struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
+        classic.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(accept_all)))
+        extended.setsockopt(socket.SOL_SOCKET, 50, struct.pack("i", program))
+        os.close(program)
+        assert [probe.has_ebpf_filter(os.getpid(), sock.fileno(), os.fstat(sock.fileno()).st_ino)
+                for sock in (plain, classic, extended)] == [False, False, True]
 
 
 def test_only_link_local_ipv6_sockets_with_a_port_need_an_interface():

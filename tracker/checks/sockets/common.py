@@ -5,11 +5,12 @@ Socket filters are read by CRIU's dump_socket_filter (sockets.c) for every
 family it dumps: a classic BPF filter (SO_ATTACH_FILTER) is read back with
 SO_GET_FILTER and attached again on restore; an eBPF one (SO_ATTACH_BPF) has
 no classic program to read back, so SO_GET_FILTER fails and so does the dump.
+Sockets are asked only while a socket filter program is loaded (bpf.py).
 """
 from __future__ import annotations
 
 from tracker.procfs import OpenFd, Proc
-from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
+from tracker.rules import BLOCKER, Finding, Rule, VersionNote
 
 # This kernel refuses SO_PASSCRED/SO_PASSSEC on non-unix sockets; CRIU 4.1 reads
 # them from every socket it dumps and fails, 4.2 reads them only where they exist.
@@ -31,8 +32,6 @@ RULES = (
          BLOCKER, "enable the sock_diag module of this family (unix_diag, netlink_diag, packet_diag) "
                   "and audit as root: CRIU needs the same listing",
          criu_message="Sockets (family %d proto %d) are not collected", makes_unknown=True),
-    Rule("socket.filter.classic", "A socket with a classic BPF filter (SO_ATTACH_FILTER)", INFO,
-         "nothing to do: CRIU reads the filter back and attaches it again on restore"),
     Rule("socket.filter.ebpf", "A socket with an eBPF filter (SO_ATTACH_BPF)", BLOCKER,
          "detach the filter (SO_DETACH_BPF) before checkpointing, or attach it as a classic "
          "filter (SO_ATTACH_FILTER): CRIU cannot read an eBPF program back from a socket",
@@ -52,14 +51,3 @@ def holders(pids: set[int]) -> str:
     ordered = sorted(pids)
     return f"pid {ordered[0]}" if len(ordered) == 1 else "pids " + ", ".join(map(str, ordered))
 
-
-def filter_finding(proc: Proc, open_fd: OpenFd, length: int | None) -> Finding | None:
-    """What CRIU's dump_socket_filter makes of the filter SO_GET_FILTER reports (None: eBPF)."""
-    if length is None:
-        return finding("socket.filter.ebpf", proc, open_fd,
-                       f"socket:[{open_fd.inode}] has an eBPF filter, which SO_GET_FILTER cannot "
-                       f"read back")
-    if length:
-        return finding("socket.filter.classic", proc, open_fd,
-                       f"socket:[{open_fd.inode}] has a classic BPF filter of {length} instructions")
-    return None

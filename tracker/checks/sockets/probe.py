@@ -60,22 +60,18 @@ def udp_corked(pid: int, fd: int, inode: int) -> bool:
         return _corked(sock)
 
 
-def filter_length(pid: int, fd: int, inode: int) -> int | None:
-    """The number of classic BPF instructions attached to the socket (0: no filter);
-    None for an eBPF filter (SO_ATTACH_BPF), which SO_GET_FILTER refuses with EACCES
-    since the kernel keeps no classic program to give back (sk_get_filter)."""
+def has_ebpf_filter(pid: int, fd: int, inode: int) -> bool:
+    """Whether an eBPF filter (SO_ATTACH_BPF) is attached: SO_GET_FILTER, asked for the
+    filter's length as CRIU asks, fails with EACCES since the kernel keeps no classic
+    program to give back (sk_get_filter); a classic filter, or none, answers."""
     with borrowed(pid, fd, inode) as sock:
-        return _filter_length(sock)
-
-
-def _filter_length(sock: socket.socket) -> int | None:
-    length = ctypes.c_uint(0)
-    if _libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None,
-                        ctypes.byref(length)) == 0:
-        return length.value
+        length = ctypes.c_uint(0)
+        if _libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None,
+                            ctypes.byref(length)) == 0:
+            return False
     code = ctypes.get_errno()
     if code == errno.EACCES:
-        return None
+        return True
     raise OSError(code, f"getsockopt(SO_GET_FILTER): {os.strerror(code)}")
 
 
