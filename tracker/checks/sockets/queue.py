@@ -111,11 +111,23 @@ def queue_of(ctx: AuditContext, pid: int, fd: int, inode: int) -> Queued:
 
 def in_flight(ctx: AuditContext) -> set[str]:
     """The link text of every file in flight in the queues of the tree's unix sockets, and in
-    the queues of the sockets in flight there: CRIU dumps them all."""
+    the queues of the sockets in flight there: CRIU dumps them all.
+
+    Read once per audit. A socket in flight asks while the queues are being read, and gets
+    what was found so far; the full set replaces that when the reading is done.
+    """
+    return ctx.table("sockets.unix-in-flight", lambda: _gather_in_flight(ctx))
+
+
+def _gather_in_flight(ctx: AuditContext) -> set[str]:
     queues = ctx.table("sockets.unix-queues", dict)
+    waiting = []
+    for pid, open_fd in _queued_tree_sockets(ctx):
+        try:
+            waiting.append(queue_of(ctx, pid, open_fd.fd, open_fd.inode))
+        except ProcessGone:
+            continue        # closed meanwhile: its own check says so, if it still runs
     found: set[str] = set()
-    waiting = [queue_of(ctx, pid, open_fd.fd, open_fd.inode)
-               for pid, open_fd in _queued_tree_sockets(ctx)]
     while waiting:
         queued = waiting.pop()
         for target in queued.in_flight:

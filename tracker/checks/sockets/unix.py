@@ -108,8 +108,10 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket)
     target = f"socket:[{peer.inode}]"
     if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
-    text = (f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, "
-            f"held by {holders(ctx.holders_outside(target))} outside the tree")
+    outside = ctx.holders_outside(target)
+    held = (f"held by {holders(outside)} outside the tree" if outside
+            else "which no process holds (it may be in flight in a queue outside the tree)")
+    text = f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, {held}"
     if peer.type != SOCK_DGRAM:
         yield _external(proc, open_fd, "socket.unix.external_stream", text, sock)
     elif peer.name is None:
