@@ -274,6 +274,12 @@ a.send(b"first")
 kvm = make(lambda: os.open("/dev/kvm", os.O_RDWR))
 socket.send_fds(a, [b"second"], [kvm]); os.close(kvm)""",
             "device.chr.unsupported", "Can't dump file"),
+    needs("unix dgram socket with an established TCP socket in flight", """
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.create_connection(l.getsockname()); a, _ = l.accept(); l.close(); a.close()
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"hello"], [c.fileno()]); c.close()""",
+          "socket.tcp.established", "Connected TCP socket, consider using --tcp-established"),
     ok("unix socket whose only peer is in flight in a queue of the tree", """
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
