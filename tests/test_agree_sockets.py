@@ -20,7 +20,8 @@ def load_socket_filter() -> int:
     import ctypes, os, platform, struct   # noqa: E401 (the subjects run this source too)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    code = ctypes.create_string_buffer(struct.pack("BBhi", 0xB7, 0, 0, -1) + struct.pack("BBhi", 0x95, 0, 0, 0))
+    code = ctypes.create_string_buffer(struct.pack("BBhi", 0xB7, 0, 0, -1)      # r0 = -1
+                                       + struct.pack("BBhi", 0x95, 0, 0, 0))    # exit
     license = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(struct.pack("IIQQ", 1, 2, ctypes.addressof(code),
                                                    ctypes.addressof(license)), 128)
@@ -95,7 +96,8 @@ def mmap_socket(sock, prot=1):
     # a shared mapping of the socket (PROT_READ by default), kept after the socket is closed
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
     if libc.mmap(None, 4096, prot, 1, sock.fileno(), 0) == ctypes.c_void_p(-1).value:
         raise OSError(ctypes.get_errno(), "mmap")
 def packet_ring():
@@ -297,7 +299,8 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); 
     ok("unix dgram socket with a classic BPF filter", """
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); classic_filter(b)"""),
     blocked("UDP socket with an eBPF filter", """
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); make(lambda: ebpf_filter(s))""",
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+make(lambda: ebpf_filter(s))""",
             "socket.filter.ebpf", "Can't get socket filter len"),
     blocked("unix dgram socket with an eBPF filter", """
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); make(lambda: ebpf_filter(b))""",
