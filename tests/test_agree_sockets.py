@@ -286,6 +286,17 @@ socket.send_fds(x, [b"hello"], [c.fileno()]); c.close()""",
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 socket.send_fds(x, [b"hello"], [b.fileno()]); b.close()""", "socket.unix.queue_fds"),
+    ok("both ends of a unix socketpair in flight in one message", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"both ends"], [a.fileno(), b.fileno()]); a.close(); b.close()""",
+       "socket.unix.queue_fds"),
+    blocked("unix socket in flight whose own queue carries credentials", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1); a.send(b"hello")
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"a socket"], [b.fileno()]); b.close()""",
+            "socket.unix.queue_control", "Control messages in queue, not supported"),
     needs("unix socket whose only peer is in flight in a queue outside the tree", """
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -103,9 +103,14 @@ def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
 def queue_of(ctx: AuditContext, pid: int, fd: int, inode: int) -> Queued:
     """The queue of pid's fd, read once per audit."""
     queues = ctx.table("sockets.unix-queues", dict)
+    reading = ctx.table("sockets.unix-queues-reading", set)
     if inode not in queues:
         queues[inode] = NOTHING     # a socket in flight in its own queue is read once
-        queues[inode] = _peek(ctx, pid, fd, inode)
+        reading.add(inode)
+        try:
+            queues[inode] = _peek(ctx, pid, fd, inode)
+        finally:
+            reading.discard(inode)
     return queues[inode]
 
 
@@ -113,9 +118,12 @@ def in_flight(ctx: AuditContext) -> set[str]:
     """The link text of every file in flight in the queues of the tree's unix sockets, and in
     the queues of the sockets in flight there: CRIU dumps them all.
 
-    Read once per audit. A socket in flight asks while the queues are being read, and gets
-    what was found so far; the full set replaces that when the reading is done.
+    Read once per audit. A file in flight is judged while its queue is being read: what it
+    asks then is gathered afresh (the queues read so far, and the files in flight of the
+    ones being read), and not kept.
     """
+    if ctx.table("sockets.unix-queues-reading", set):
+        return _gather_in_flight(ctx)
     return ctx.table("sockets.unix-in-flight", lambda: _gather_in_flight(ctx))
 
 
@@ -166,37 +174,50 @@ def _peek(ctx: AuditContext, pid: int, fd: int, inode: int) -> Queued:
         original = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - HEADER_ROOM
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        received: list[int] = []
         try:
-            return _read(ctx, sock, size)
+            control, rights = _read(sock, size, received)
+        except BaseException:
+            _close(received)
+            raise
         finally:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, original)
+    try:
+        targets = tuple(os.readlink(f"/proc/self/fd/{copy}") for copy in rights)
+        # Known before the files are judged: a socket in flight may ask for its peer here.
+        ctx.table("sockets.unix-queues", dict)[inode] = Queued(control, targets)
+        judged = tuple(found for copy, target in zip(rights, targets)
+                       for found in _judge(ctx, copy, target))
+    finally:
+        _close(received)
+    return Queued(control, targets, judged)
 
 
-def _read(ctx: AuditContext, sock: socket.socket, size: int) -> Queued:
+def _read(sock: socket.socket, size: int, received: list[int]) -> tuple[tuple[str, ...], list[int]]:
+    """The control messages CRIU refuses, and the files in flight as fds of this process,
+    message by message as CRIU's dump_sk_queue peeks them. Every fd the kernel installs
+    (files in flight, pidfds) is added to `received` for the caller to close."""
     control: set[str] = set()
-    in_flight: list[str] = []
-    findings: list[Finding] = []
+    rights: list[int] = []
     flags = socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
     while True:
         try:
             data, ancillary, _, _ = sock.recvmsg(size, CMSG_MAX_SIZE, flags)
         except BlockingIOError:
             break
-        received = _received_fds(ancillary)
-        try:
-            if not data:
-                break               # CRIU stops at an empty message too
-            for _, kind, _ in ancillary:
-                if kind != socket.SCM_RIGHTS:
-                    control.add(CONTROL.get(kind, f"control message type {kind}"))
-            for copy in _rights(ancillary):
-                target, judged = _judge(ctx, copy)
-                in_flight.append(target)
-                findings.extend(judged)
-        finally:
-            for copy in received:
-                os.close(copy)
-    return Queued(tuple(sorted(control)), tuple(in_flight), tuple(findings))
+        received.extend(_received_fds(ancillary))
+        if not data:
+            break                   # CRIU stops at an empty message too
+        for _, kind, _ in ancillary:
+            if kind != socket.SCM_RIGHTS:
+                control.add(CONTROL.get(kind, f"control message type {kind}"))
+        rights.extend(_rights(ancillary))
+    return tuple(sorted(control)), rights
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _rights(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -216,9 +237,8 @@ def _ints(data: bytes) -> list[int]:
     return list(fds)
 
 
-def _judge(ctx: AuditContext, copy: int) -> tuple[str, list[Finding]]:
-    """The link text of a file in flight, and what its owner check says of it."""
+def _judge(ctx: AuditContext, copy: int, target: str) -> list[Finding]:
+    """What the check that owns its kind says of a file in flight."""
     from tracker import checks     # the dispatcher imports this module: a file in flight goes back to it
     own = Proc(os.getpid())
-    target = os.readlink(f"/proc/self/fd/{copy}")
-    return target, list(checks.check_fd(ctx, own, OpenFd(own, copy, target)))
+    return list(checks.check_fd(ctx, own, OpenFd(own, copy, target)))

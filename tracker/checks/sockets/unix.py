@@ -11,6 +11,7 @@ what the queues hold is queue.py's.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 from tracker.checks.sockets import queue, tables
@@ -108,7 +109,7 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket)
     target = f"socket:[{peer.inode}]"
     if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
-    outside = ctx.holders_outside(target)
+    outside = _outside(ctx, target)
     held = (f"held by {holders(outside)} outside the tree" if outside
             else "which no process holds (it may be in flight in a queue outside the tree)")
     text = f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, {held}"
@@ -137,13 +138,18 @@ def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSock
                           f"unix {kind} socket {_name(sock)} is connected to nothing")
         return          # its peer closed: CRIU dumps it shut down
     target = f"socket:[{listener.inode}]"
-    where = holders(ctx.tree_holders.get(target) or ctx.holders_outside(target))
+    where = holders(ctx.tree_holders.get(target) or _outside(ctx, target))
     text = f"unix {kind} connection to {_name(listener)} (held by {where}) is not accepted yet"
     if sock.wqlen:
         yield finding("socket.unix.in_flight_data", proc, open_fd,
                       f"{text} and has data written on it ({sock.wqlen} bytes queued)")
     else:
         yield finding("socket.unix.in_flight", proc, open_fd, text)
+
+
+def _outside(ctx: AuditContext, target: str) -> set[int]:
+    """The holders outside the tree, crwatch aside: its copies of files in flight are its own."""
+    return ctx.holders_outside(target) - {os.getpid()}
 
 
 def _name(sock: UnixSocket) -> str:
