@@ -1,6 +1,7 @@
 """Sockets in real processes, judged by crwatch and by the real CRIU."""
 from __future__ import annotations
 
+import inspect
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,26 @@ from tracker.criu import find_criu
 from tracker.profiles import profile
 from tracker.verdict import document
 
+def load_socket_filter() -> int:
+    """BPF_PROG_LOAD of a socket filter program, "r0 = -1; exit" (accept every packet)."""
+    import ctypes, os, platform, struct   # noqa: E401 (the subjects run this source too)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    code = ctypes.create_string_buffer(struct.pack("BBhi", 0xB7, 0, 0, -1)      # r0 = -1
+                                       + struct.pack("BBhi", 0x95, 0, 0, 0))    # exit
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(struct.pack("IIQQ", 1, 2, ctypes.addressof(code),
+                                                   ctypes.addressof(license)), 128)
+    bpf = {"x86_64": 321, "aarch64": 280}[platform.machine()]
+    program = libc.syscall(bpf, 5, attr, 128)
+    if program < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return program
+
+
 # Helpers the subjects share (make(), from the subjects' prelude, reports a
 # socket this kernel refuses to create).
-HELPERS = """
+HELPERS = inspect.getsource(load_socket_filter) + """
 import struct, ctypes
 def ping_socket(family=socket.AF_INET, protocol=socket.IPPROTO_ICMP):
     # ping sockets need the caller's group in ping_group_range: open it for
@@ -57,6 +75,36 @@ def in_new_netns(create):
         os.close(own)
 def inode(sock):
     return str(os.fstat(sock.fileno()).st_ino)
+def classic_filter(sock):
+    # one instruction, "ret #-1": accept every packet
+    program = ctypes.create_string_buffer(struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
+    sock.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(program)))
+def ebpf_filter(sock):
+    # a socket filter "r0 = -1; exit" attached with SO_ATTACH_BPF; the socket keeps it loaded
+    program = load_socket_filter()
+    sock.setsockopt(socket.SOL_SOCKET, 50, struct.pack("i", program))
+    os.close(program)
+def link_local():
+    # an IPv6 link-local address of this host and its interface index (/proc/net/if_inet6)
+    with open("/proc/net/if_inet6") as table:
+        for line in table:
+            address, index, _, scope = line.split()[:4]
+            if int(scope, 16) == 0x20:
+                return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(address)), int(index, 16)
+    raise OSError(errno.EADDRNOTAVAIL, "no IPv6 link-local address on this host")
+def mmap_socket(sock, prot=1):
+    # a shared mapping of the socket (PROT_READ by default), kept after the socket is closed
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
+    if libc.mmap(None, 4096, prot, 1, sock.fileno(), 0) == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "mmap")
+def packet_ring():
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(263, 5, struct.pack("IIII", 4096, 1, 2048, 2))   # PACKET_RX_RING: one block
+    mmap_socket(s, prot=3)
+    return s
 """
 
 
@@ -186,6 +234,123 @@ s = make(lambda: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM))""",
     blocked("AF_XDP socket", """
 s = make(lambda: socket.socket(44, socket.SOCK_RAW))""",
             "socket.unknown_family", "Unknown socket collected (family 44)"),
+    # Queued messages (CRIU's dump_sk_queue): fds in flight are dumped, every other
+    # control message is refused.
+    *[blocked(f"unix {kind} socket with SO_PASSCRED and a queued message", f"""
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_{kind.upper()})
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+a.send(b"hello")""", "socket.unix.queue_control", "Control messages in queue, not supported")
+      for kind in ("dgram", "stream", "seqpacket")],
+    blocked("unix dgram socket with SO_PASSPIDFD and a queued message", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, 76, 1)
+a.send(b"hello")""", "socket.unix.queue_control", "Control messages in queue, not supported"),
+    blocked("unix seqpacket socket with SO_TIMESTAMP and a queued message", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+b.setsockopt(socket.SOL_SOCKET, 29, 1)
+a.send(b"hello")""", "socket.unix.queue_control", "Control messages in queue, not supported"),
+    ok("unix stream socket with SO_TIMESTAMP and queued data (streams carry no timestamps)", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+b.setsockopt(socket.SOL_SOCKET, 29, 1)
+a.send(b"hello")"""),
+    ok("unix dgram socket with SO_PASSCRED and an empty queue", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)"""),
+    ok("unix dgram socket whose sender has SO_PASSCRED (the receiver gets no credentials)", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+a.send(b"hello")"""),
+    *[ok(f"unix {kind} socket with /dev/null in flight", f"""
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_{kind.upper()})
+null = os.open("/dev/null", os.O_RDONLY)
+socket.send_fds(a, [b"hello"], [null]); os.close(null)""", "socket.unix.queue_fds")
+      for kind in ("dgram", "stream", "seqpacket")],
+    blocked("unix dgram socket with /dev/kvm in flight", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+kvm = make(lambda: os.open("/dev/kvm", os.O_RDWR))
+socket.send_fds(a, [b"hello"], [kvm]); os.close(kvm)""",
+            "device.chr.unsupported", "Can't dump file"),
+    blocked("unix stream socket with /dev/kvm in flight behind a plain message", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+a.send(b"first")
+kvm = make(lambda: os.open("/dev/kvm", os.O_RDWR))
+socket.send_fds(a, [b"second"], [kvm]); os.close(kvm)""",
+            "device.chr.unsupported", "Can't dump file"),
+    needs("unix dgram socket with an established TCP socket in flight", """
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.create_connection(l.getsockname()); a, _ = l.accept(); l.close(); a.close()
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"hello"], [c.fileno()]); c.close()""",
+          "socket.tcp.established", "Connected TCP socket, consider using --tcp-established"),
+    ok("unix socket whose only peer is in flight in a queue of the tree", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"hello"], [b.fileno()]); b.close()""", "socket.unix.queue_fds"),
+    ok("both ends of a unix socketpair in flight in one message", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"both ends"], [a.fileno(), b.fileno()]); a.close(); b.close()""",
+       "socket.unix.queue_fds"),
+    blocked("unix socket in flight whose own queue carries credentials", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1); a.send(b"hello")
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"a socket"], [b.fileno()]); b.close()""",
+            "socket.unix.queue_control", "Control messages in queue, not supported"),
+    needs("unix socket whose only peer is in flight in a queue outside the tree", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(x, [b"hello"], [b.fileno()]); b.close()
+keep_outside_tree(y.fileno()); y.close(); x.close()""",
+          "socket.unix.external_stream", "External socket is used"),
+    # Socket filters (CRIU's dump_socket_filter): classic ones are read back, eBPF ones cannot be.
+    ok("UDP socket with a classic BPF filter", """
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); classic_filter(s)""",
+       "socket.udp.open"),
+    ok("unix dgram socket with a classic BPF filter", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); classic_filter(b)"""),
+    blocked("UDP socket with an eBPF filter", """
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+make(lambda: ebpf_filter(s))""",
+            "socket.filter.ebpf", "Can't get socket filter len"),
+    blocked("unix dgram socket with an eBPF filter", """
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); make(lambda: ebpf_filter(b))""",
+            "socket.filter.ebpf", "Can't get socket filter len"),
+    blocked("packet socket with an eBPF filter", """
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); make(lambda: ebpf_filter(s))""",
+            "socket.filter.ebpf", "Can't get socket filter len"),
+    # Socket mappings (CRIU's dump_socket_map): only packet rings, with their socket open.
+    ok("packet socket with its ring mapped", "s = packet_ring()", "socket.packet.open"),
+    blocked("packet ring mapped after its socket was closed", "s = packet_ring(); s.close()",
+            "memory.socket_ring_closed", "Mmap-ed socket"),
+    blocked("TCP socket mapped (zerocopy receive area), then closed", """
+s = socket.socket(); mmap_socket(s); s.close()""", "memory.socket", "Can't find packet socket"),
+    blocked("TCP listener mapped (zerocopy receive area)", """
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); mmap_socket(s)""",
+            "memory.socket", "BUG at criu/sockets.c"),
+    # IPv6 link-local addresses: bound again through the socket's interface.
+    ok("UDPv6 socket bound to a link-local address with its scope", """
+address, index = make(link_local)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((address, 0, 0, index))""",
+       "socket.udp.open"),
+    ok("TCPv6 listener on a link-local address with its scope", """
+address, index = make(link_local)
+s = socket.socket(socket.AF_INET6); s.bind((address, 0, 0, index)); s.listen()""",
+       "socket.tcp.listen"),
+    ok("UDPv6 socket connected to a link-local address", """
+address, index = make(link_local)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.connect(("fe80::1", 9, 0, index))""",
+       "socket.udp.open"),
+    blocked("UDPv6 socket bound to a link-local address, then to no interface", """
+address, index = make(link_local)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((address, 0, 0, index))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"")""",
+            "socket.inet.link_local_no_device", "couldn't find ifname"),
+    blocked("TCPv6 listener on a link-local address, then bound to no interface", """
+address, index = make(link_local)
+s = socket.socket(socket.AF_INET6); s.bind((address, 0, 0, index)); s.listen()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"")""",
+            "socket.inet.link_local_no_device", "couldn't find ifname"),
 ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -175,6 +176,74 @@ def test_stopped_by_sigttin_is_blocked():
                           criu_error=f"SEIZE {child}: unsupported stop signal 21")
         finally:
             kill_quietly(child)
+
+
+# The parent stops its child and takes the stop's report with waitpid(WUNTRACED): the
+# child's exit_code field in /proc is 0 from then on, while the kernel keeps the signal.
+# The parent then reports whether the audit and CRIU made the child report a stop again.
+STOP_REAPED_BY_PARENT = """
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    hold()
+os.setpgid(pid, pid)
+os.kill(pid, signal.{signal})
+waited, status = os.waitpid(pid, os.WUNTRACED)
+assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.{signal}
+ready(str(pid))
+signal.sigwait({{signal.SIGUSR1}})
+again = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)[0]
+with open({report!r}, "w") as fifo:
+    fifo.write("reported again" if again else "quiet")
+hold()
+"""
+
+
+def exit_code_field(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as file:
+        return int(file.read().rpartition(")")[2].split()[49])
+
+
+@pytest.mark.parametrize(("stop", "expect", "code", "criu_error"), [
+    ("SIGSTOP", "ok", "task.stopped", None),
+    ("SIGTTIN", "blocked", "task.stop_signal", "unsupported stop signal 21"),
+], ids=["SIGSTOP", "SIGTTIN"])
+def test_a_stop_its_parent_reaped_is_judged_by_its_signal(tmp_path, stop, expect, code, criu_error):
+    report = tmp_path / "report"
+    os.mkfifo(report)
+    code_text = STOP_REAPED_BY_PARENT.format(signal=stop, report=str(report))
+    with subject("signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n" + code_text) as s:
+        child = int(s.note)
+        try:
+            assert state_of(child) == "T" and exit_code_field(child) == 0
+            document = assert_agrees(s.pid, f"child stopped by {stop}, stop reaped by its parent",
+                                     expect=expect, codes={code}, tree=True, criu_error=criu_error)
+            assert f"pid {child} is stopped by {stop} (its parent has already reaped the stop)" in [
+                r["message"] for r in document["reasons"]]
+            assert state_of(child) == "T"       # seized and let go: still in its group stop
+            assert parents_report(s.pid, report) == "quiet"
+        finally:
+            kill_quietly(child)
+
+
+def parents_report(parent: int, fifo: Path) -> str:
+    """Ask the parent (SIGUSR1) whether its child reported a stop again, and read the answer."""
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.kill(parent, signal.SIGUSR1)
+        # A FIFO reader is woken once the writer has written and closed.
+        assert select.select([reader], [], [], 30)[0], "the parent never answered"
+        answer = b""
+        while chunk := _read_ready(reader):
+            answer += chunk
+        return answer.decode()
+    finally:
+        os.close(reader)
+
+
+def _read_ready(fd: int) -> bytes:
+    select.select([fd], [], [], 30)
+    return os.read(fd, 64)
 
 
 @pytest.mark.parametrize("send", ["os.kill(os.getpid(), signal.SIGTRAP)",

@@ -87,3 +87,48 @@ hold()
     reason = next(r for r in document["reasons"] if r["code"] == "terminal.foreign_session")
     assert reason["fd"] == int(master_fd)
     assert f"session {outside.pid}" in reason["message"]
+
+
+def test_pty_slave_whose_master_was_closed_dumps():
+    # Closing the master hangs the slave up and removes its /dev/pts node: CRIU saves a
+    # hung-up tty as it is and needs no master for it.
+    code = """
+master, slave = os.openpty()
+os.close(master)
+ready(str(slave))
+hold()
+"""
+    with subject(code) as s:
+        assert os.readlink(f"/proc/{s.pid}/fd/{s.note}").endswith(" (deleted)")
+        document = assert_agrees(s.pid, "pty slave whose master was closed", expect="ok")
+    assert "terminal.slave_without_master" not in {r["code"] for r in document["reasons"]}
+
+
+def test_controlling_pty_slave_hung_up_by_its_closed_master_dumps():
+    # The hangup also ends the session's hold on the terminal; SIGHUP is ignored to survive it.
+    code = """
+import termios
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+master, slave = os.openpty()
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+os.close(master)
+ready(str(slave))
+hold()
+"""
+    with subject(code) as s:
+        assert_agrees(s.pid, "controlling pty slave hung up by its closed master", expect="ok")
+
+
+def test_slave_whose_master_is_outside_is_not_hung_up_and_needs_shell_job():
+    # The same slave, its master still open outside the tree: the hangup test must not
+    # take a live pair for a hung-up one.
+    master, slave = os.openpty()
+    code = f"fd = os.open({os.ttyname(slave)!r}, os.O_RDWR | os.O_NOCTTY)\nready()\nhold()"
+    try:
+        with subject(code) as s:
+            assert_agrees(s.pid, "pty slave, master held by the test, not controlling",
+                          expect="needs_options", codes={"terminal.slave_without_master"},
+                          criu_error="without correspond master peer")
+    finally:
+        os.close(master)
+        os.close(slave)

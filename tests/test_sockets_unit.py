@@ -1,13 +1,15 @@
 """sockets: /proc/net parsing, sock_diag decoding and the per-socket judgement, on fixtures."""
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import struct
 from pathlib import Path
 
+from tests.test_agree_sockets import load_socket_filter
 from tracker.checks import sockets
-from tracker.checks.sockets import diag, inet, netlink, procnet, tables
+from tracker.checks.sockets import bpf, diag, inet, netlink, probe, procnet, queue, tables
 from tracker.checks.sockets.records import InetSocket, Membership, PacketSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
@@ -192,3 +194,85 @@ def test_every_rule_is_declared_once_with_a_socket_code():
     codes = [rule.code for rule in sockets.RULES]
     assert len(codes) == len(set(codes))
     assert all(code.startswith("socket.") for code in codes)
+
+
+# ---------------------------------------------------------------- queues, filters, link-local
+
+def test_reading_a_queue_consumes_nothing_and_puts_the_peek_offset_back():
+    receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    null = os.open("/dev/null", os.O_RDONLY)
+    with receiver, sender:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        receiver.setsockopt(socket.SOL_SOCKET, queue.SO_PEEK_OFF, 3)   # the holder's own offset
+        sender.send(b"first")
+        socket.send_fds(sender, [b"second"], [null])
+        os.close(null)
+        open_before = set(os.listdir("/proc/self/fd"))
+        ctx = AuditContext(root_pid=os.getpid(), tree_pids={os.getpid()})
+        queued = queue.queue_of(ctx, os.getpid(), receiver.fileno(),
+                                os.fstat(receiver.fileno()).st_ino)
+
+        assert queued.control == ("SCM_CREDENTIALS (SO_PASSCRED)",)
+        assert queued.in_flight == ("/dev/null",)      # found in the second message
+        assert set(os.listdir("/proc/self/fd")) == open_before   # every received fd closed
+        assert receiver.getsockopt(socket.SOL_SOCKET, queue.SO_PEEK_OFF) == 3
+        receiver.setsockopt(socket.SOL_SOCKET, queue.SO_PEEK_OFF, -1)
+        assert receiver.recv(64) == b"first"
+        data, ancillary, _, _ = receiver.recvmsg(64, 1024)
+        fds = [fd for _, kind, body in ancillary if kind == socket.SCM_RIGHTS
+               for fd in struct.unpack(f"{len(body) // 4}i", body)]
+        assert data == b"second" and len(fds) == 1     # the fd in flight is still there
+        os.close(fds[0])
+
+
+def test_in_flight_files_are_reported_on_the_holder_with_their_own_rule():
+    ctx = AuditContext(root_pid=PID, tree_pids={PID})
+    ctx.table("sockets.unix-queues", dict)[7] = queue.Queued(
+        in_flight=("/dev/kvm",),
+        findings=(Finding("device.chr.unsupported",
+                          "fd 21: character device /dev/kvm (10:232) cannot be dumped", 1, fd=21),))
+    sock = UnixSocket(7, 2, 7, None, 0, (), 5, 0, 0)
+    found = list(queue.check(ctx, Proc(PID), OpenFd(Proc(PID), 4, "socket:[7]"), sock,
+                             "unix dgram socket (unnamed)"))
+    assert [(f.code, f.pid, f.fd) for f in found] == [("socket.unix.queue_fds", PID, 4),
+                                                     ("device.chr.unsupported", PID, 4)]
+    assert found[1].message == ("fd 4: in flight in the queue of unix dgram socket (unnamed): "
+                                "character device /dev/kvm (10:232) cannot be dumped")
+    assert found[1].remedy.startswith("have the receiver take the files in flight off the queue")
+
+
+def test_a_listener_or_an_empty_socket_has_no_queue_to_read():
+    assert queue.has_queue(UnixSocket(7, 2, 7, None, 0, (), 5, 0, 0))
+    assert not queue.has_queue(UnixSocket(7, 2, 7, None, 0, (), 0, 0, 0))
+    assert not queue.has_queue(UnixSocket(7, 1, 10, "@l", 0, (8,), 1, 128, 0))   # backlog count
+
+
+def test_a_loaded_socket_filter_program_makes_sockets_worth_asking():
+    program = load_socket_filter()
+    try:
+        assert bpf.socket_filters_possible()
+    finally:
+        os.close(program)
+
+
+def test_so_get_filter_tells_an_ebpf_filter_from_a_classic_one_or_none():
+    plain, classic, extended = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    program = load_socket_filter()
+    with plain, classic, extended:
+        accept_all = ctypes.create_string_buffer(struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
+        classic.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(accept_all)))
+        extended.setsockopt(socket.SOL_SOCKET, 50, struct.pack("i", program))
+        os.close(program)
+        assert [probe.has_ebpf_filter(os.getpid(), sock.fileno(), os.fstat(sock.fileno()).st_ino)
+                for sock in (plain, classic, extended)] == [False, False, True]
+
+
+def test_only_link_local_ipv6_sockets_with_a_port_need_an_interface():
+    def sock(local: str, port: int, version: int = 6) -> InetSocket:
+        return InetSocket(1, "UDP", version, 7, local, "[::]:0", port, 0, 0)
+    assert inet._link_local(sock("[fe80::1]:53", 53))
+    assert inet._link_local(sock("[febf::1]:53", 53))           # all of fe80::/10
+    assert not inet._link_local(sock("[fe80::1]:0", 0))
+    assert not inet._link_local(sock("[fec0::1]:53", 53))
+    assert not inet._link_local(sock("[ff02::1]:53", 53))       # CRIU's multicast test never matches
+    assert not inet._link_local(sock("127.0.0.1:53", 53, 4))

@@ -7,6 +7,10 @@ mappings of devices other than /dev/zero, of anonymous inodes (io_uring,
 perf, BPF rings...), I/O or PFN-mapped memory, SysV shm while the tree
 shares the host's IPC namespace, and (without --allow-uprobes, CRIU 4.2) the
 [uprobes] area the kernel adds once a uprobe has fired in the process.
+A socket mapping is taken for a packet socket's ring (sk-packet.c,
+dump_socket_map): it is dumped with the socket's fd, so the tree must hold
+that fd, and any other socket mapped (a TCP zerocopy receive area) is
+refused.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import stat
 from typing import Iterator
 
 from tracker.checks import files
+from tracker.checks.sockets import tables
+from tracker.checks.sockets.records import InetSocket, PacketSocket
 from tracker.context import AuditContext
-from tracker.procfs import Mapping, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, Mapping, Proc
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, VersionNote
 
 RULES = (
@@ -29,6 +35,14 @@ RULES = (
     Rule("memory.io", "An I/O or PFN mapping (VM_IO / VM_PFNMAP)", BLOCKER,
          "unmap it before checkpointing: its pages are not ordinary memory",
          criu_message="Unsupported mapping found %016lx-%016lx"),
+    Rule("memory.socket", "A mapping of a socket that is not a packet socket (a TCP zerocopy "
+         "receive area, ...)", BLOCKER,
+         "unmap it before checkpointing: CRIU dumps only packet socket rings",
+         criu_message="Can't find packet socket %u to mmap; BUG at criu/sockets.c"),
+    Rule("memory.socket_ring_closed", "A packet socket ring mapped after its socket was closed",
+         BLOCKER, "keep the packet socket open while its ring is mapped, or unmap the ring, "
+                  "before checkpointing: CRIU restores the ring through the socket's fd",
+         criu_message="Mmap-ed socket %u not open"),
     Rule("memory.unknown", "A mapping of a kind crwatch does not know", BLOCKER,
          "unmap it before checkpointing, or check by hand whether CRIU can dump it"),
     Rule("memory.sysv_shm.host_ipc", "SysV shared memory attached in the host's IPC namespace",
@@ -84,13 +98,33 @@ def _check_mapping(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[
     elif path.startswith(("anon_inode:", "/dmabuf:")):
         yield _finding("memory.anon_inode", proc, mapping, f"maps {path}")
     elif path.startswith("socket:"):
-        return  # a packet socket's ring: CRIU dumps it with the socket
+        yield from _check_socket(ctx, proc, mapping)
     elif not path.startswith("/"):
         yield _finding("memory.unknown", proc, mapping, f"is an unknown area {path!r}")
     elif mapping.deleted:
         yield from _check_deleted(ctx, proc, mapping)
     else:
         yield from _check_file(proc, mapping)
+
+
+def _check_socket(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return      # the socket tables are the live kernel's: a fixture tree's sockets are in none
+    sock = tables.find(ctx, proc, mapping.inode)
+    if isinstance(sock, PacketSocket):
+        if not ctx.tree_holders.get(mapping.path):
+            yield _finding("memory.socket_ring_closed", proc, mapping,
+                           f"maps the ring of packet {mapping.path}, which no process of the tree "
+                           f"holds open")
+        return      # a packet socket's ring: CRIU dumps it with the socket
+    if isinstance(sock, InetSocket):
+        kind = f"{sock.protocol} socket {sock.local}"
+    elif sock is not None:
+        kind = f"{type(sock).__name__.removesuffix('Socket').lower()} socket"
+    else:
+        kind = "socket in no table of its network namespace"
+    yield _finding("memory.socket", proc, mapping, f"maps {mapping.path}, a {kind}, "
+                   f"not a packet socket ring")
 
 
 def _check_deleted(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:

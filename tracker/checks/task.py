@@ -2,7 +2,11 @@
 
 CRIU seizes every thread of the tree with ptrace (compel's PTRACE_SEIZE +
 PTRACE_INTERRUPT), so whatever stops a seize stops the dump: another tracer,
-a stop signal it does not know, a thread that cannot be interrupted. After the
+a stop signal it does not know, a thread that cannot be interrupted. A
+group stop's signal is in /proc/PID/stat until the parent reaps the stop
+with wait(WUNTRACED); the kernel keeps it, and compel reads it from the
+trap PTRACE_INTERRUPT reports (infect.c, compel_wait_task): so does crwatch,
+for such a stop only, seizing and detaching at once. After the
 seize it gives each process kernel-object ids with kcmp and refuses two
 processes that share an mm or fs_struct without being threads of one group.
 """
@@ -10,9 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 import signal
 import sys
+import time
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -74,6 +80,10 @@ FUTEX_TID_MASK = 0x3FFFFFFF
 FUTEX_PI_OPS = {6: "FUTEX_LOCK_PI", 11: "FUTEX_WAIT_REQUEUE_PI", 13: "FUTEX_LOCK_PI2"}
 KCMP_VM, KCMP_FS = 1, 3
 STAT_EXIT_CODE = 49  # field 52 of /proc/PID/stat, counted after the ")" of comm
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000    # __WALL
+TRAP_TIMEOUT = 5.0   # a task in group stop traps at once; this only bounds the wait
 
 
 @dataclass(frozen=True)
@@ -274,17 +284,58 @@ def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterato
 def _group_stop(proc: Proc, ctx: AuditContext) -> Finding:
     held = ctx.hold.stop_signals.get(proc.pid) if ctx.hold is not None else None
     number = held or _group_stop_signal(proc)
+    reaped = ""
+    if not number:
+        number = _reaped_stop_signal(ctx, proc)
+        reaped = " (its parent has already reaped the stop)" if number else ""
     if number in GROUP_STOP_SIGNALS:
         return Finding("task.stopped", f"pid {proc.pid} is stopped by "
-                       f"{signal.Signals(number).name}", proc.pid)
-    return Finding("task.stop_signal", f"pid {proc.pid} is stopped by {_signal_name(number)}",
-                   proc.pid)
+                       f"{signal.Signals(number).name}{reaped}", proc.pid)
+    return Finding("task.stop_signal", f"pid {proc.pid} is stopped by "
+                   f"{_signal_name(number)}{reaped}", proc.pid)
 
 
 def _group_stop_signal(proc: Proc) -> int:
     """The signal of a group stop: /proc/PID/stat's exit_code field holds it while stopped."""
     fields = proc.read("stat").rpartition(")")[2].split()
     return int(fields[STAT_EXIT_CODE]) if len(fields) > STAT_EXIT_CODE else 0
+
+
+def _reaped_stop_signal(ctx: AuditContext, proc: Proc) -> int:
+    """The signal of a group stop whose report the parent took, asked as compel asks it:
+    PTRACE_SEIZE, PTRACE_INTERRUPT, and the signal of the PTRACE_EVENT_STOP trap. The task
+    goes back to its group stop on detach. 0 when it cannot be asked."""
+    if ctx.proc_root != DEFAULT_PROC_ROOT or ctx.hold is not None:
+        return 0        # a fixture has no task; a gate's hold already asked
+    if _ptrace(PTRACE_SEIZE, proc.pid) != 0:
+        return 0        # traced by someone else (task.traced says so), or gone
+    try:
+        if _ptrace(PTRACE_INTERRUPT, proc.pid) != 0:
+            return 0
+        status = _await_trap(proc.pid)
+    finally:
+        _ptrace(PTRACE_DETACH, proc.pid)
+    if status is None or not os.WIFSTOPPED(status) or status >> 16 != PTRACE_EVENT_STOP:
+        return 0
+    number = os.WSTOPSIG(status)
+    return 0 if number == signal.SIGTRAP else number    # SIGTRAP: it was no longer stopped
+
+
+def _await_trap(pid: int) -> int | None:
+    deadline = time.monotonic() + TRAP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            waited, status = os.waitpid(pid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            return None
+        if waited:
+            return status
+        time.sleep(0.0005)
+    return None
+
+
+def _ptrace(request: int, pid: int) -> int:
+    return _libc.ptrace(request, pid, None, None)
 
 
 def _signal_name(number: int) -> str:
@@ -356,6 +407,8 @@ def _explained_by_vfork(ctx: AuditContext, group: list[int]) -> bool:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
 
 
 def _kcmp_order(pid1: int, pid2: int, kind: int) -> int:

@@ -4,19 +4,26 @@ CRIU restores sessions and ttys only when the tree owns them: the root must
 lead its session, every pty slave needs its master in the tree, and a tty
 whose session (TIOCGSID, as the holder sees it) is led from outside is a
 "dangling tty". --shell-job lets CRIU inherit those from whoever restores.
+A tty that was hung up (a pty slave whose master was closed, a terminal
+after vhangup) answers every ioctl with EIO: CRIU saves what little it can
+of it and leaves it out of the pairs and sessions (parasite.c,
+parasite_dump_tty; tty.c, dump_tty_info), and so does crwatch.
 The devices module leaves the tty devices (pty masters and slaves, /dev/tty,
 console, virtual consoles, USB and low-density serial) to this one.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
 from typing import Iterator
 
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc, parse_stat
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, parse_stat
 from tracker.checks.namespaces import session_outside_pidns
+from tracker.checks.sockets.probe import getfd
 from tracker.rules import OPTION, Finding, Rule
 
 RULES = (
@@ -42,6 +49,7 @@ PTS_MAJOR, PTM_MAJORS = 136, range(128, 136)
 TTYAUX_MAJOR, TTY_MINOR, CONSOLE_MINOR, PTMX_MINOR = 5, 0, 1, 2
 VT_MAJOR, VT_MINORS = 4, range(1, 64)
 SERIAL_MAJORS = frozenset({188, 204})  # USB serial, low-density serial
+TIOCGSID = 0x5429
 TTY_MAJORS = frozenset([PTS_MAJOR, *PTM_MAJORS, TTYAUX_MAJOR, VT_MAJOR, *SERIAL_MAJORS])
 
 
@@ -72,8 +80,9 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
                       f"leader: its session is led by {leader}", proc.pid)
     for tty in tty_fds(ctx.tree_fds.get(proc.pid, [])):
-        if tty.kind == "slave" and tty.index not in ctx.table("terminal.masters",
-                                                               lambda: _masters(ctx)):
+        if (tty.kind == "slave" and tty.index not in ctx.table("terminal.masters",
+                                                                lambda: _masters(ctx))
+                and not _hung_up(ctx, proc, tty)):
             yield Finding("terminal.slave_without_master", f"fd {tty.open_fd.fd}: pty slave "
                           f"{tty.open_fd.target} (index {tty.index}) has no master in the tree",
                           proc.pid, fd=tty.open_fd.fd)
@@ -119,6 +128,21 @@ def classify(major: int, minor: int) -> str | None:
     if major == VT_MAJOR and minor in VT_MINORS:
         return "vt"
     return None
+
+
+def _hung_up(ctx: AuditContext, proc: Proc, tty: TtyFd) -> bool:
+    """Whether the tty answers TIOCGSID with EIO, as CRIU's parasite finds a hung-up tty.
+    Asked on a copy of the fd: the same open file, whose operations the hangup replaced."""
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return False        # a fixture's fds are not the files the process holds
+    copy = getfd(proc.pid, tty.open_fd.fd)
+    try:
+        fcntl.ioctl(copy, TIOCGSID, b"\0\0\0\0")
+    except OSError as error:
+        return error.errno == errno.EIO
+    finally:
+        os.close(copy)
+    return False
 
 
 def _master_index(open_fd: OpenFd) -> int | None:

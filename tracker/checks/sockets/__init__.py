@@ -5,20 +5,22 @@ namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
 sockets). A socket in no table is asked directly (probe.py): unbound inet
 and netlink sockets are fine, a listening or connected one, or any unix
 or packet socket, belongs to another namespace, and any other family is
-one CRIU does not know (deny by default).
+one CRIU does not know (deny by default). While any eBPF socket filter
+program is loaded on the host, every socket is asked whether it holds one,
+as CRIU's dump_socket_opts asks (SO_GET_FILTER), from a copy of the fd.
 """
 from __future__ import annotations
 
 import socket
 from typing import Iterator
 
-from tracker.checks.sockets import common, inet, netlink, packet, probe, tables, unix
+from tracker.checks.sockets import bpf, common, inet, netlink, packet, probe, queue, tables, unix
 from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 from tracker.rules import Finding
 
-RULES = common.RULES + inet.RULES + unix.RULES + netlink.RULES + packet.RULES
+RULES = common.RULES + inet.RULES + unix.RULES + queue.RULES + netlink.RULES + packet.RULES
 
 # The sock_diag table that lists a family's sockets (unbound unix and packet sockets included).
 DIAG_TABLES = {socket.AF_UNIX: "unix", socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}
@@ -29,6 +31,16 @@ FAMILIES = {15: "AF_KEY", 21: "AF_RDS", 29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLU
 
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    yield from _check_kind(ctx, proc, open_fd)
+    if (ctx.proc_root == DEFAULT_PROC_ROOT      # a fixture tree has no socket to ask
+            and ctx.table("sockets.ebpf-filters", bpf.socket_filters_possible)
+            and probe.has_ebpf_filter(proc.pid, open_fd.fd, open_fd.inode)):
+        yield common.finding("socket.filter.ebpf", proc, open_fd,
+                             f"socket:[{open_fd.inode}] has an eBPF filter, which SO_GET_FILTER "
+                             f"cannot read back")
+
+
+def _check_kind(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     sock = tables.find(ctx, proc, open_fd.inode)
     if isinstance(sock, UnixSocket):
         yield from unix.check(ctx, proc, open_fd, sock)

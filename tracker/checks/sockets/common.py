@@ -1,4 +1,12 @@
-"""What every socket family shares: the catch-all rules, the CRIU version note, the message shape."""
+"""What every socket family shares: the catch-all rules, socket filters, the CRIU version note,
+the message shape.
+
+Socket filters are read by CRIU's dump_socket_filter (sockets.c) for every
+family it dumps: a classic BPF filter (SO_ATTACH_FILTER) is read back with
+SO_GET_FILTER and attached again on restore; an eBPF one (SO_ATTACH_BPF) has
+no classic program to read back, so SO_GET_FILTER fails and so does the dump.
+Sockets are asked only while a socket filter program is loaded (bpf.py).
+"""
 from __future__ import annotations
 
 from tracker.procfs import OpenFd, Proc
@@ -24,6 +32,10 @@ RULES = (
          BLOCKER, "enable the sock_diag module of this family (unix_diag, netlink_diag, packet_diag) "
                   "and audit as root: CRIU needs the same listing",
          criu_message="Sockets (family %d proto %d) are not collected", makes_unknown=True),
+    Rule("socket.filter.ebpf", "A socket with an eBPF filter (SO_ATTACH_BPF)", BLOCKER,
+         "detach the filter (SO_DETACH_BPF) before checkpointing, or attach it as a classic "
+         "filter (SO_ATTACH_FILTER): CRIU cannot read an eBPF program back from a socket",
+         criu_message="Can't get socket filter len"),
 )
 
 
@@ -38,3 +50,4 @@ def holders(pids: set[int]) -> str:
         return "no process"
     ordered = sorted(pids)
     return f"pid {ordered[0]}" if len(ordered) == 1 else "pids " + ", ".join(map(str, ordered))
+

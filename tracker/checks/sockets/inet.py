@@ -4,9 +4,14 @@ CRIU dumps listening and closed TCP sockets, connected ones only with
 --tcp-established, and a listener with connections waiting for accept()
 only with --skip-in-flight. Datagram sockets are dumped unless corked;
 raw sockets of any protocol are fine. SCTP, MPTCP, DCCP... are refused.
+An IPv6 socket with a link-local local address (fe80::/10) and a port is
+bound again on restore through the interface it is bound to
+(SO_BINDTODEVICE, set by a bind or connect with a scope id): with none,
+CRIU refuses it (needs_scope_id in do_dump_one_inet_fd).
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Iterator
 
@@ -45,6 +50,11 @@ RULES = (
     Rule("socket.icmp.open", "An ICMP echo (ping) socket", INFO, "nothing to do",
          older_criu=OLDER_CRIU),
     Rule("socket.raw.open", "A raw IP socket", INFO, "nothing to do", older_criu=OLDER_CRIU),
+    Rule("socket.inet.link_local_no_device",
+         "An IPv6 socket with a link-local address but bound to no interface", BLOCKER,
+         "bind the socket to its interface again (SO_BINDTODEVICE) or use a global address "
+         "before checkpointing: CRIU binds a link-local address through the socket's interface",
+         criu_message="couldn't find ifname for %d, can't bind"),
     Rule("socket.inet.unsupported", "An inet socket of a protocol or type CRIU cannot dump "
          "(SCTP, MPTCP, DCCP, ...)", BLOCKER,
          "use plain TCP or UDP, or close the socket before checkpointing (Go programs: "
@@ -62,9 +72,16 @@ DUMPABLE_PROTOCOLS = frozenset({0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPRO
 KNOWN_PROTOCOLS = {132: "SCTP", 33: "DCCP", IPPROTO_MPTCP: "MPTCP", 115: "L2TP"}
 
 
+LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+
+
 def check(proc: Proc, open_fd: OpenFd, sock: InetSocket) -> Iterator[Finding]:
     """A socket listed in its namespace's socket tables."""
     label = sock.protocol + ("v6" if sock.version == 6 else "")
+    if _link_local(sock) and not probe.bound_device(proc.pid, open_fd.fd, sock.inode):
+        yield finding("socket.inet.link_local_no_device", proc, open_fd,
+                      f"{label} socket {sock.local} has a link-local address but is bound to "
+                      f"no interface (SO_BINDTODEVICE)")
     if sock.protocol == "TCP":
         yield _tcp(proc, open_fd, sock, label)
     elif sock.protocol in ("UDP", "UDPLITE"):
@@ -102,6 +119,14 @@ def _udp(proc: Proc, open_fd: OpenFd, sock: InetSocket, label: str) -> Finding:
               if size]
     dropped = f"; its queued datagrams ({', '.join(queued)}) are dropped by the dump" if queued else ""
     return finding("socket.udp.open", proc, open_fd, f"{label} socket {where}{dropped}")
+
+
+def _link_local(sock: InetSocket) -> bool:
+    """A local link-local IPv6 address with a port, the case CRIU's needs_scope_id takes."""
+    if sock.version != 6 or not sock.port:
+        return False
+    address = sock.local.rpartition("]")[0].lstrip("[")
+    return ipaddress.IPv6Address(address) in LINK_LOCAL
 
 
 def _endpoints(sock: InetSocket) -> str:

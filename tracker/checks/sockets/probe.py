@@ -1,10 +1,12 @@
 """What no table shows, read from a copy of the socket fd (pidfd_getfd, as root).
 
-Two things need it: UDP_CORK, which CRIU reads with getsockopt and refuses,
-and sockets that are in no table at all: unbound inet and netlink sockets,
-sockets of another network namespace, and families CRIU does not know
-(AF_VSOCK, AF_XDP, MPTCP...). CRIU asks the fd itself (SO_DOMAIN, TCP_INFO)
-for those; so do we. The copy is closed at once; the holder never notices.
+What CRIU reads with getsockopt and may refuse: UDP_CORK, the socket filter
+(SO_GET_FILTER: an eBPF filter cannot be read back), the bound device of a
+link-local IPv6 socket (SO_BINDTODEVICE); and sockets that are in no table
+at all: unbound inet and netlink sockets, sockets of another network
+namespace, and families CRIU does not know (AF_VSOCK, AF_XDP, MPTCP...).
+CRIU asks the fd itself (SO_DOMAIN, TCP_INFO) for those; so do we. The copy
+is closed at once; the holder never notices.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from tracker.procfs import AccessDenied, ProcessGone
 
 SYS_PIDFD_GETFD = 438   # the same number on every architecture but alpha
 SOL_UDP, UDP_CORK = 17, 1
+SO_GET_FILTER = 26      # SO_ATTACH_FILTER's number, read back
+IFNAMSIZ = 16
 IPPROTO_UDPLITE = 136
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -56,11 +60,33 @@ def udp_corked(pid: int, fd: int, inode: int) -> bool:
         return _corked(sock)
 
 
+def has_ebpf_filter(pid: int, fd: int, inode: int) -> bool:
+    """Whether an eBPF filter (SO_ATTACH_BPF) is attached: SO_GET_FILTER, asked for the
+    filter's length as CRIU asks, fails with EACCES since the kernel keeps no classic
+    program to give back (sk_get_filter); a classic filter, or none, answers."""
+    with borrowed(pid, fd, inode) as sock:
+        length = ctypes.c_uint(0)
+        if _libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None,
+                            ctypes.byref(length)) == 0:
+            return False
+    code = ctypes.get_errno()
+    if code == errno.EACCES:
+        return True
+    raise OSError(code, f"getsockopt(SO_GET_FILTER): {os.strerror(code)}")
+
+
+def bound_device(pid: int, fd: int, inode: int) -> str:
+    """The interface the socket is bound to (SO_BINDTODEVICE); "" when none."""
+    with borrowed(pid, fd, inode) as sock:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, IFNAMSIZ) \
+            .split(b"\0", 1)[0].decode(errors="replace")
+
+
 @contextmanager
 def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
     """A copy of pid's fd as a socket object. Its family is a placeholder: Python cannot
     wrap every family (AF_XDP...), and getsockopt() does not care."""
-    copy = _getfd(pid, fd)
+    copy = getfd(pid, fd)
     try:
         if os.fstat(copy).st_ino != inode:
             raise ProcessGone(pid)      # the fd number now names another file
@@ -72,7 +98,8 @@ def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
         yield sock
 
 
-def _getfd(pid: int, fd: int) -> int:
+def getfd(pid: int, fd: int) -> int:
+    """A copy of pid's fd in this process (the same open file); the caller closes it."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:

@@ -5,13 +5,16 @@ the tree, a socket is "external": CRIU refuses it unless told so, and even
 then (--ext-unix-sk) reconnects only datagram sockets to a named peer; any
 other external socket must be named one by one with --external unix[INO].
 A connection still waiting in a listener's queue is dumped when nothing was
-written on it yet.
+written on it yet. A peer in flight (an fd queued in an SCM_RIGHTS message
+on a socket of the tree) is dumped with that queue, so it counts as inside;
+what the queues hold is queue.py's.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
-from tracker.checks.sockets import tables
+from tracker.checks.sockets import queue, tables
 from tracker.checks.sockets.common import finding, holders
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
@@ -69,12 +72,15 @@ def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> I
     if sock.type not in TYPES or sock.state not in (ESTABLISHED, CLOSE, LISTEN):
         yield finding("socket.unix.unsupported", proc, open_fd,
                       f"unix socket {_name(sock)} of type {sock.type} in state {sock.state}")
-    elif sock.state == LISTEN:
+        return
+    if sock.state == LISTEN:
         yield _listener(proc, open_fd, sock)
     elif sock.peer:
         yield from _connected(ctx, proc, open_fd, sock)
     elif sock.state == ESTABLISHED and sock.type != SOCK_DGRAM:
         yield from _not_accepted(ctx, proc, open_fd, sock)
+    if queue.has_queue(sock):
+        yield from queue.check(ctx, proc, open_fd, sock, f"unix {TYPES[sock.type]} socket {_name(sock)}")
 
 
 def _listener(proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Finding:
@@ -101,10 +107,12 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket)
                       f"socket:[{peer.inode}], which is connected elsewhere")
         return
     target = f"socket:[{peer.inode}]"
-    if ctx.tree_holders.get(target):
+    if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
-    text = (f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, "
-            f"held by {holders(ctx.holders_outside(target))} outside the tree")
+    outside = _outside(ctx, target)
+    held = (f"held by {holders(outside)} outside the tree" if outside
+            else "which no process holds (it may be in flight in a queue outside the tree)")
+    text = f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, {held}"
     if peer.type != SOCK_DGRAM:
         yield _external(proc, open_fd, "socket.unix.external_stream", text, sock)
     elif peer.name is None:
@@ -130,13 +138,18 @@ def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSock
                           f"unix {kind} socket {_name(sock)} is connected to nothing")
         return          # its peer closed: CRIU dumps it shut down
     target = f"socket:[{listener.inode}]"
-    where = holders(ctx.tree_holders.get(target) or ctx.holders_outside(target))
+    where = holders(ctx.tree_holders.get(target) or _outside(ctx, target))
     text = f"unix {kind} connection to {_name(listener)} (held by {where}) is not accepted yet"
     if sock.wqlen:
         yield finding("socket.unix.in_flight_data", proc, open_fd,
                       f"{text} and has data written on it ({sock.wqlen} bytes queued)")
     else:
         yield finding("socket.unix.in_flight", proc, open_fd, text)
+
+
+def _outside(ctx: AuditContext, target: str) -> set[int]:
+    """The holders outside the tree, crwatch aside: its copies of files in flight are its own."""
+    return ctx.holders_outside(target) - {os.getpid()}
 
 
 def _name(sock: UnixSocket) -> str:

@@ -1,0 +1,77 @@
+"""Whether any socket on the host can hold an eBPF filter: one look at the loaded BPF programs.
+
+Only a BPF_PROG_TYPE_SOCKET_FILTER program can be attached with
+SO_ATTACH_BPF (the kernel's sk_attach_bpf), and a loaded program stays in
+the kernel's program table while a socket holds it, even after its fd is
+closed. So when no such program is loaded, no socket has an eBPF filter and
+no socket needs asking (SO_GET_FILTER on a copy of every socket fd would add
+a few microseconds per socket to every audit). Classic filters are never in
+that table, and CRIU dumps them.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+ATTR_SIZE = 128         # larger than every command's attributes; the kernel wants the rest zero
+INFO_SIZE = 8           # struct bpf_prog_info up to its id: type, id
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def socket_filters_possible() -> bool:
+    """False when no socket filter program is loaded; True when one is, or when the
+    program table cannot be read (no CAP_SYS_ADMIN, another architecture): then every
+    socket must be asked."""
+    if BPF_SYSCALL is None:
+        return True
+    program = 0
+    try:
+        while (program := _next_program(program)) is not None:
+            kind = _program_type(program)
+            if kind is None or kind == BPF_PROG_TYPE_SOCKET_FILTER:
+                return True
+    except PermissionError:
+        return True
+    return False
+
+
+def _next_program(after: int) -> int | None:
+    """The id of the next loaded program; None past the last. PermissionError when the
+    table cannot be read."""
+    attr = ctypes.create_string_buffer(struct.pack("=I", after), ATTR_SIZE)
+    if _bpf(BPF_PROG_GET_NEXT_ID, attr) == 0:
+        return struct.unpack_from("=I", attr.raw, 4)[0]
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        return None
+    raise PermissionError(code, os.strerror(code))
+
+
+def _program_type(program: int) -> int | None:
+    """The type of a loaded program; 0 for one that went away meanwhile, None when it
+    cannot be read."""
+    attr = ctypes.create_string_buffer(struct.pack("=I", program), ATTR_SIZE)
+    fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+    if fd < 0:
+        return 0 if ctypes.get_errno() == errno.ENOENT else None
+    try:
+        info = ctypes.create_string_buffer(INFO_SIZE)
+        attr = ctypes.create_string_buffer(struct.pack("=IIQ", fd, INFO_SIZE, ctypes.addressof(info)),
+                                           ATTR_SIZE)
+        if _bpf(BPF_OBJ_GET_INFO_BY_FD, attr) != 0:
+            return None
+        return struct.unpack_from("=I", info.raw)[0]
+    finally:
+        os.close(fd)
+
+
+def _bpf(command: int, attr: ctypes.Array) -> int:
+    return _libc.syscall(BPF_SYSCALL, command, attr, ATTR_SIZE)
