@@ -10,10 +10,7 @@ import pytest
 
 from tests.agreement import assert_agrees
 from tests.subjects import skip_if_refused, subject
-from tracker.audit import audit
 from tracker.criu import find_criu
-from tracker.profiles import profile
-from tracker.verdict import document
 
 def load_socket_filter() -> int:
     """BPF_PROG_LOAD of a socket filter program, "r0 = -1; exit" (accept every packet)."""
@@ -435,17 +432,11 @@ c = socket.socket(socket.AF_UNIX); c.connect({str(tmp_path / 'server')!r}); read
 
 
 def _assert_needs_external_unix(pid: int, inode: str, code: str, ext_unix_sk_error: str) -> None:
-    criu = find_criu()
-    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
-    result = audit(pid)
-    verdict = document(result, profile("criu", criu.version))
-    assert verdict["verdict"] == "needs_options", verdict["reasons"]
+    verdict = assert_agrees(pid, f"unix socket {inode} with its peer outside the tree",
+                            expect="needs_options", codes={code},
+                            criu_error="External socket is used")
     assert verdict["required_options"] == ["--external"]
-    assert [f.option_value for f in result.findings if f.code == code] == [f"unix[{inode}]"]
-
-    plain = criu.dump(pid)
-    assert not plain.ok and "External socket is used" in plain.log, plain.errors
-    legacy = criu.dump(pid, ["--ext-unix-sk"])
+    assert [r["option_value"] for r in verdict["reasons"] if r["code"] == code] == [f"unix[{inode}]"]
+    # The legacy option is no substitute for naming the socket.
+    legacy = find_criu().dump(pid, ["--ext-unix-sk"])
     assert not legacy.ok and ext_unix_sk_error in legacy.log, legacy.errors
-    named = criu.dump(pid, ["--external", f"unix[{inode}]"])
-    assert named.ok, named.errors
