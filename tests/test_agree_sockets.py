@@ -12,6 +12,7 @@ from tests.agreement import assert_agrees
 from tests.subjects import skip_if_refused, subject
 from tracker.criu import find_criu
 
+
 def load_socket_filter() -> int:
     """BPF_PROG_LOAD of a socket filter program, "r0 = -1; exit" (accept every packet)."""
     import ctypes, os, platform, struct   # noqa: E401 (the subjects run this source too)
