@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""List the candidate refusal sites on CRIU's dump path, from CRIU's own source.
+
+A refusal site is a `pr_err` / `pr_perror` / `pr_msg` call followed, in the
+same block, by an error exit: `return -1` (any negative value, NULL, false or
+a status variable), `goto label`, `ret = -1` (any variable set negative),
+`BUG()` or `exit()`. Consecutive calls before one exit are one site (CRIU often
+prints a refusal and its hint as two lines: sk-inet.c's in-flight message).
+
+The dump path is what CRIU's `cr_dump_tasks()` reaches (criu/cr-dump.c), plus
+the parasite's command handlers (criu/pie/parasite.c `parasite_daemon_cmd`,
+`parasite_trap_cmd`), which run inside the dumped task and log through CRIU.
+Reachability is a name graph over criu/, criu/pie/ and compel/src/lib/: a
+function reaches every function or global it names (so callbacks and the ops
+tables of criu/files.c's dispatch count), and a global reaches every function
+its initialiser names, except in the fields CRIU calls only at restore
+(`.open`, `.collect`, `.restore`, `.mount`...). It over-approximates (a name shared by a restore-only
+static in another file links to it too); the curated list in
+docs/criu-refusals.md is the judged one.
+
+The printed message is the format string exactly as CRIU writes it in the
+source, string pieces joined; a macro between pieces (PRIx64) shows as
+<PRIx64>. pr_perror adds ": <strerror(errno)>" at run time; CRIU's log puts
+"Error (file:line): " and the file's LOG_PREFIX before pr_err/pr_perror text.
+
+Usage (standard library only):
+  criu_refusal_sites.py --git-dir /path/criu.git --commit v4.2 [--json] [--all]
+  criu_refusal_sites.py --source /path/criu [--file criu/sk-unix.c]...
+Output: TSV (file, line, function, call, exit, prefix, message) or JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+SOURCE_DIRS = ("criu", "criu/pie", "compel/src/lib")
+ROOTS = ("cr_dump_tasks", "parasite_daemon_cmd", "parasite_trap_cmd")
+PRINT_CALLS = ("pr_err", "pr_perror", "pr_msg")
+STATEMENTS_SCANNED = 8          # how far after a print an exit still belongs to it
+
+IDENT = re.compile(r"[A-Za-z_]\w*")
+PRINT_CALL = re.compile(r"\b(%s)\s*\(" % "|".join(PRINT_CALLS))
+LOG_PREFIX = re.compile(r'^#define\s+LOG_PREFIX\s+"([^"]*)"', re.M)
+# Ops-table fields CRIU calls only at restore (file_desc_ops.open, collect_image_info.collect,
+# fstype.restore, tty_driver.img_get_index...): the dump path never goes through them.
+RESTORE_FIELDS = re.compile(r"\.(?:open|collect|restore|mount|check_bindmount|img_get_index|grow)\s*=\s*&?\w+")
+GLOBAL_INIT = re.compile(r"^[A-Za-z_][^;(){}]*?\b([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)*=\s*\{", re.M)
+ERROR_EXITS = (
+    ("return", re.compile(r"^return\s*(?:\(\s*)?(?:-|NULL\b|false\b|[A-Za-z_])")),
+    ("goto", re.compile(r"^goto\s+\w+$")),
+    ("set", re.compile(r"^(?:\*\s*)?[A-Za-z_][\w.>-]*\s*=\s*-\s*(?:\d|E[A-Z]+|1)")),
+    ("bug", re.compile(r"^(?:BUG|BUG_ON|exit|_exit|abort)\s*\(")),
+)
+FLOW_ENDS = re.compile(r"^(?:return\b|break$|continue$|goto\b)")
+
+
+class SourceError(Exception):
+    """The CRIU source could not be read."""
+
+
+@dataclass
+class Site:
+    file: str
+    line: int
+    function: str
+    call: str
+    exit: str
+    prefix: str
+    message: str
+    reachable: bool = True
+
+
+# ---------------------------------------------------------------- reading the tree
+
+class GitTree:
+    def __init__(self, git_dir: str, commit: str):
+        self.git_dir, self.commit = git_dir, commit
+        self.sha = self._git("rev-parse", "--verify", f"{commit}^{{commit}}").strip()
+
+    def _git(self, *args: str) -> str:
+        try:
+            done = subprocess.run(["git", "--git-dir", self.git_dir, *args],
+                                  capture_output=True, text=True, errors="replace")
+        except OSError as error:
+            raise SourceError(f"cannot run git: {error}") from error
+        if done.returncode != 0:
+            raise SourceError(f"git {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def c_files(self, directory: str) -> list[str]:
+        names = self._git("ls-tree", "--name-only", f"{self.sha}:{directory}").split()
+        return [f"{directory}/{name}" for name in names if name.endswith(".c")]
+
+    def read(self, path: str) -> str:
+        return self._git("show", f"{self.sha}:{path}")
+
+
+class DirTree:
+    def __init__(self, root: str):
+        if not os.path.isdir(os.path.join(root, "criu")):
+            raise SourceError(f"{root} is not a CRIU source tree (no criu/ directory)")
+        self.root, self.sha = root, "(working tree)"
+
+    def c_files(self, directory: str) -> list[str]:
+        full = os.path.join(self.root, directory)
+        if not os.path.isdir(full):
+            return []
+        return sorted(f"{directory}/{name}" for name in os.listdir(full) if name.endswith(".c"))
+
+    def read(self, path: str) -> str:
+        with open(os.path.join(self.root, path), encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+# ---------------------------------------------------------------- masking C
+
+def mask(text: str) -> str:
+    """The text with comments, preprocessor lines and string/char contents blanked.
+
+    Lengths and newlines are kept, so offsets into the mask are offsets into
+    the source; string literals keep their quotes so they can be found again.
+    """
+    out = list(text)
+    i, n, line_start = 0, len(text), True
+    while i < n:
+        c = text[i]
+        if line_start and c == "#":
+            while i < n and not (text[i] == "\n" and text[i - 1] != "\\"):
+                out[i] = " "
+                i += 1
+            continue
+        if c in " \t":
+            i += 1
+            continue
+        line_start = c == "\n"
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            for j in range(i, end):
+                if text[j] != "\n":
+                    out[j] = " "
+            i = end
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                out[i] = " "
+                i += 1
+        elif c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c:
+                if text[j] == "\\":
+                    out[j] = " "
+                    j += 1
+                if j < n and text[j] != "\n":
+                    out[j] = " "
+                j += 1
+            i = j + 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def closing_paren(masked: str, open_at: int) -> int:
+    depth = 0
+    for i in range(open_at, len(masked)):
+        if masked[i] == "(":
+            depth += 1
+        elif masked[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(masked) - 1
+
+
+def format_argument(text: str, masked: str, start: int, end: int) -> str:
+    """The first argument of a call (text[start:end] holds the arguments): its string pieces."""
+    pieces, depth, i = [], 0, start
+    while i < end:
+        c = masked[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "," and depth == 0:
+            break
+        if c == '"':
+            close = masked.index('"', i + 1)
+            pieces.append(text[i + 1:close])
+            i = close + 1
+            continue
+        word = IDENT.match(masked, i)
+        if word and (i == 0 or not (masked[i - 1].isalnum() or masked[i - 1] == "_")):
+            pieces.append(f"<{word.group()}>")
+            i = word.end()
+            continue
+        i += 1
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------- functions and globals
+
+@dataclass
+class Function:
+    name: str
+    file: str
+    start: int          # offset of the body's "{"
+    end: int            # offset of the body's closing "}"
+
+
+def line_starts(text: str) -> list[int]:
+    starts = [0]
+    starts.extend(i + 1 for i, c in enumerate(text) if c == "\n")
+    return starts
+
+
+def functions_of(path: str, masked: str) -> list[Function]:
+    """Kernel style: a function body opens and closes with a brace in column 0."""
+    found = []
+    for opening in re.finditer(r"^\{", masked, re.M):
+        closing = re.compile(r"^\}", re.M).search(masked, opening.end())
+        if not closing:
+            continue
+        head_start = max(masked.rfind(";", 0, opening.start()), masked.rfind("}", 0, opening.start()))
+        head = masked[head_start + 1:opening.start()]
+        name = re.search(r"([A-Za-z_]\w*)\s*\((?:[^()]|\([^()]*\))*\)\s*(?:__\w+(?:\([^()]*\))?\s*)*$", head)
+        if name:
+            found.append(Function(name.group(1), path, opening.start(), closing.start()))
+    return found
+
+
+def globals_of(masked: str) -> dict[str, str]:
+    """Global initialisers (ops tables, handler arrays): name -> initialiser text."""
+    found = {}
+    for match in GLOBAL_INIT.finditer(masked):
+        end = re.compile(r"^\};", re.M).search(masked, match.end())
+        if end:
+            found[match.group(1)] = RESTORE_FIELDS.sub("", masked[match.end():end.start()])
+    return found
+
+
+# ---------------------------------------------------------------- reachability
+
+def reachable_functions(units: dict[str, tuple[str, str]], roots=ROOTS) -> set[tuple[str, str]]:
+    """(file, function) pairs the dump path can reach through names."""
+    functions: dict[str, list[Function]] = {}
+    bodies: dict[tuple[str, str], str] = {}
+    global_inits: dict[str, list[tuple[str, str]]] = {}
+    for path, (_, masked) in units.items():
+        for function in functions_of(path, masked):
+            functions.setdefault(function.name, []).append(function)
+            bodies[(path, function.name)] = masked[function.start:function.end]
+        for name, init in globals_of(masked).items():
+            global_inits.setdefault(name, []).append((path, init))
+
+    def targets(path: str, name: str) -> list[tuple[str, str]]:
+        local = [f for f in functions.get(name, ()) if f.file == path]
+        return [(f.file, f.name) for f in (local or functions.get(name, ()))]
+
+    seen_functions: set[tuple[str, str]] = set()
+    seen_globals: set[tuple[str, str]] = set()
+    work = [key for root in roots for key in targets("", root)]
+    while work:
+        key = work.pop()
+        if key in seen_functions:
+            continue
+        seen_functions.add(key)
+        names = [(key[0], word) for word in set(IDENT.findall(bodies[key]))]
+        while names:
+            path, word = names.pop()
+            work.extend(t for t in targets(path, word) if t not in seen_functions)
+            for init_path, init in global_inits.get(word, ()):
+                if (init_path, word) not in seen_globals:
+                    seen_globals.add((init_path, word))
+                    names.extend((init_path, w) for w in set(IDENT.findall(init)))
+    return seen_functions
+
+
+# ---------------------------------------------------------------- sites
+
+def statements_after(masked: str, at: int, limit: int):
+    """The statements following offset `at` in the same block, nested blocks skipped.
+
+    When the print ends its block (`} else { pr_err(...); } goto out;`), the
+    enclosing block's statements follow: that is where CRIU then leaves.
+    """
+    depth, start, count, i, climbed = 0, at, 0, at, False
+    while i < len(masked) and count < limit:
+        c = masked[i]
+        if c in "({[":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "}":
+            if depth == 0:
+                if climbed or count:
+                    return
+                climbed, start = True, i + 1
+                i += 1
+                continue
+            depth -= 1
+            if depth == 0:
+                start = i + 1
+        elif c == ";" and depth == 0:
+            statement = " ".join(masked[start:i].split())
+            start = i + 1
+            count += 1
+            yield statement
+        i += 1
+
+
+def is_predicate(body: str) -> bool:
+    """A function whose every return is 0/1 or false/true: there 0 and false mean no."""
+    values = {" ".join(v.split()) for v in re.findall(r"\breturn\b([^;]*);", body)}
+    return bool(values) and values <= {"0", "1", "false", "true"} and bool(values & {"1", "true"})
+
+
+def error_exit(statement: str, predicate: bool) -> str | None:
+    statement = re.sub(r"^(?:else\s+)?(?:if\s*\(.*\)\s*)?", "", statement)
+    if predicate:
+        return statement if re.match(r"^return\s*\(?\s*(?:0|false)\s*\)?$", statement) else None
+    for kind, pattern in ERROR_EXITS:
+        if pattern.match(statement):
+            if kind == "return" and re.match(r"^return\s*\(?\s*(?:0|1|true)\s*\)?$", statement):
+                return None
+            return statement
+    return None
+
+
+def sites_of(path: str, text: str, masked: str, prefix: str,
+             reachable: set[tuple[str, str]], everything: bool) -> list[Site]:
+    starts = line_starts(text)
+    found = []
+    for function in functions_of(path, masked):
+        is_reachable = (path, function.name) in reachable
+        if not (is_reachable or everything):
+            continue
+        body = masked[function.start:function.end]
+        predicate = is_predicate(body)
+        pending: list[tuple[int, str, str]] = []
+        for call in PRINT_CALL.finditer(body):
+            open_at = function.start + call.end() - 1
+            close_at = closing_paren(masked, open_at)
+            message = format_argument(text, masked, open_at + 1, close_at)
+            semicolon = masked.find(";", close_at)
+            line = bisect_line(starts, function.start + call.start())
+            pending.append((line, call.group(1), message))
+            following = list(statements_after(masked, semicolon + 1, STATEMENTS_SCANNED))
+            if following and re.match(r"^(?:if\b.*)?\b(?:%s)\s*\(" % "|".join(PRINT_CALLS), following[0]):
+                continue    # the next print (even a conditional one) belongs to the same refusal
+            exit_statement = next((e for e in (error_exit(s, predicate) for s in following_until_flow(following))
+                                   if e), None)
+            if exit_statement:
+                first = pending[0]
+                found.append(Site(path, first[0], function.name,
+                                  "+".join(p[1] for p in pending), exit_statement, prefix,
+                                  " / ".join(clean(p[2]) for p in pending), is_reachable))
+            pending = []
+    return found
+
+
+def following_until_flow(statements: list[str]):
+    """Statements up to and including the first that leaves the block's flow."""
+    for statement in statements:
+        yield statement
+        if FLOW_ENDS.match(re.sub(r"^(?:else\s+)?", "", statement)):
+            return
+
+
+def bisect_line(starts: list[int], offset: int) -> int:
+    low, high = 0, len(starts)
+    while low + 1 < high:
+        middle = (low + high) // 2
+        if starts[middle] <= offset:
+            low = middle
+        else:
+            high = middle
+    return low + 1
+
+
+def clean(message: str) -> str:
+    return message[:-2] if message.endswith("\\n") else message
+
+
+def extract(tree, files: list[str], everything: bool = False) -> list[Site]:
+    units = {}
+    for directory in SOURCE_DIRS:
+        for path in tree.c_files(directory):
+            text = tree.read(path)
+            units[path] = (text, mask(text))
+    reachable = reachable_functions(units)
+    sites = []
+    for path in sorted(units):
+        if files and path not in files:
+            continue
+        text, masked = units[path]
+        prefix = LOG_PREFIX.search(text)
+        sites.extend(sites_of(path, text, masked, prefix.group(1) if prefix else "",
+                              reachable, everything))
+    return sites
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--git-dir", help="a CRIU git directory (read with --commit)")
+    where.add_argument("--source", help="a CRIU source directory")
+    parser.add_argument("--commit", default="HEAD", help="tag or commit in --git-dir (default HEAD)")
+    parser.add_argument("--file", action="append", default=[],
+                        help="only this source file (criu/sk-unix.c); repeatable")
+    parser.add_argument("--all", action="store_true",
+                        help="also sites in functions the dump path does not reach")
+    parser.add_argument("--json", action="store_true", help="JSON instead of TSV")
+    args = parser.parse_args(argv)
+    try:
+        tree = GitTree(args.git_dir, args.commit) if args.git_dir else DirTree(args.source)
+        sites = extract(tree, args.file, args.all)
+    except SourceError as error:
+        print(f"criu_refusal_sites: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump({"commit": tree.sha, "sites": [asdict(s) for s in sites]}, sys.stdout, indent=1)
+        print()
+        return 0
+    try:
+        print_tsv(tree.sha, sites, args.all)
+    except BrokenPipeError:
+        sys.stderr.close()      # the reader (head, less) stopped early: no traceback
+    return 0
+
+
+def print_tsv(commit: str, sites: list[Site], with_reachable: bool) -> None:
+    print(f"# commit {commit}: {len(sites)} sites")
+    columns = ["file", "line", "function", "call", "exit", "prefix", "message"]
+    columns += ["reachable"] if with_reachable else []
+    print("\t".join(columns))
+    for site in sites:
+        row = asdict(site)
+        print("\t".join(str(row[c]).replace("\t", " ") for c in columns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
