@@ -26,6 +26,7 @@ source, string pieces joined; a macro between pieces (PRIx64) shows as
 Usage (standard library only):
   criu_refusal_sites.py --git-dir /path/criu.git --commit v4.2 [--json] [--all]
   criu_refusal_sites.py --source /path/criu [--file criu/sk-unix.c]...
+  ... --binary /usr/sbin/criu   (adds in_binary: is each message compiled into that CRIU?)
 Output: TSV (file, line, function, call, exit, prefix, message) or JSON.
 """
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Site:
     prefix: str
     message: str
     reachable: bool = True
+    in_binary: bool | None = None   # with --binary: is the message compiled into that CRIU?
 
 
 # ---------------------------------------------------------------- reading the tree
@@ -209,6 +211,15 @@ class Function:
     file: str
     start: int          # offset of the body's "{"
     end: int            # offset of the body's closing "}"
+    returns: str = ""   # the declared return type, as written
+
+
+def zero_means_failure(function: Function, body: str) -> bool:
+    """0 is the failure value of ids, pointers, bools and 0/1 predicates; of an int it is success."""
+    kind = " ".join(function.returns.replace("static", "").replace("inline", "").split())
+    if "*" in kind or kind in ("bool", "unsigned int", "unsigned", "u32", "uint32_t", "unsigned long"):
+        return True
+    return is_predicate(body)
 
 
 def line_starts(text: str) -> list[int]:
@@ -228,7 +239,8 @@ def functions_of(path: str, masked: str) -> list[Function]:
         head = masked[head_start + 1:opening.start()]
         name = re.search(r"([A-Za-z_]\w*)\s*\((?:[^()]|\([^()]*\))*\)\s*(?:__\w+(?:\([^()]*\))?\s*)*$", head)
         if name:
-            found.append(Function(name.group(1), path, opening.start(), closing.start()))
+            returns = head[:name.start(1)].strip().splitlines()[-1:] or [""]
+            found.append(Function(name.group(1), path, opening.start(), closing.start(), returns[0]))
     return found
 
 
@@ -318,10 +330,10 @@ def is_predicate(body: str) -> bool:
     return bool(values) and values <= {"0", "1", "false", "true"} and bool(values & {"1", "true"})
 
 
-def error_exit(statement: str, predicate: bool) -> str | None:
+def error_exit(statement: str, zero_fails: bool) -> str | None:
     statement = re.sub(r"^(?:else\s+)?(?:if\s*\(.*\)\s*)?", "", statement)
-    if predicate:
-        return statement if re.match(r"^return\s*\(?\s*(?:0|false)\s*\)?$", statement) else None
+    if zero_fails and re.match(r"^return\s*\(?\s*(?:0|false)\s*\)?$", statement):
+        return statement
     for kind, pattern in ERROR_EXITS:
         if pattern.match(statement):
             if kind == "return" and re.match(r"^return\s*\(?\s*(?:0|1|true)\s*\)?$", statement):
@@ -339,7 +351,7 @@ def sites_of(path: str, text: str, masked: str, prefix: str,
         if not (is_reachable or everything):
             continue
         body = masked[function.start:function.end]
-        predicate = is_predicate(body)
+        predicate = zero_means_failure(function, body)
         pending: list[tuple[int, str, str]] = []
         for call in PRINT_CALL.finditer(body):
             open_at = function.start + call.end() - 1
@@ -403,6 +415,38 @@ def extract(tree, files: list[str], everything: bool = False) -> list[Site]:
     return sites
 
 
+# ---------------------------------------------------------------- a built CRIU
+
+FORMAT_PIECE = re.compile(r"%[-+ #0-9.*]*(?:hh|h|ll|l|z|j|t|L)?[a-zA-Z]|<\w+>")
+C_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "'": "'", "\\": "\\"}
+
+
+def binary_strings(path: str) -> str:
+    """The printable runs of a binary, as `strings` shows them."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise SourceError(f"cannot read {path}: {error}") from error
+    return "\n".join(run.decode("ascii") for run in re.findall(rb"[\x20-\x7e\t\n]{4,}", data))
+
+
+def literal_chunk(message: str) -> str:
+    """The longest fixed piece of one format string (escapes decoded), or "" when too short to tell."""
+    text = re.sub(r"\\(.)", lambda m: C_ESCAPES.get(m.group(1), m.group(1)), message)
+    chunks = [c for c in FORMAT_PIECE.split(text) if c.strip()]
+    best = max(chunks, key=len, default="")
+    return best if len(best.strip()) >= 6 else ""
+
+
+def mark_in_binary(sites: list[Site], strings: str) -> None:
+    """Whether every message of a site is in the binary (None: too short to tell)."""
+    for site in sites:
+        chunks = [literal_chunk(part) for part in site.message.split(" / ")]
+        chunks = [c for c in chunks if c]
+        site.in_binary = all(c in strings for c in chunks) if chunks else None
+
+
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,11 +459,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only this source file (criu/sk-unix.c); repeatable")
     parser.add_argument("--all", action="store_true",
                         help="also sites in functions the dump path does not reach")
+    parser.add_argument("--binary", help="a built criu executable: say whether each message is in it "
+                        "(a check that the source read matches the CRIU that runs)")
     parser.add_argument("--json", action="store_true", help="JSON instead of TSV")
     args = parser.parse_args(argv)
     try:
         tree = GitTree(args.git_dir, args.commit) if args.git_dir else DirTree(args.source)
         sites = extract(tree, args.file, args.all)
+        if args.binary:
+            mark_in_binary(sites, binary_strings(args.binary))
     except SourceError as error:
         print(f"criu_refusal_sites: {error}", file=sys.stderr)
         return 2
@@ -428,16 +476,17 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     try:
-        print_tsv(tree.sha, sites, args.all)
+        print_tsv(tree.sha, sites, args.all, bool(args.binary))
     except BrokenPipeError:
         sys.stderr.close()      # the reader (head, less) stopped early: no traceback
     return 0
 
 
-def print_tsv(commit: str, sites: list[Site], with_reachable: bool) -> None:
+def print_tsv(commit: str, sites: list[Site], with_reachable: bool, with_binary: bool) -> None:
     print(f"# commit {commit}: {len(sites)} sites")
     columns = ["file", "line", "function", "call", "exit", "prefix", "message"]
     columns += ["reachable"] if with_reachable else []
+    columns += ["in_binary"] if with_binary else []
     print("\t".join(columns))
     for site in sites:
         row = asdict(site)
