@@ -331,6 +331,7 @@ def is_predicate(body: str) -> bool:
 
 
 def error_exit(statement: str, zero_fails: bool) -> str | None:
+    statement = re.sub(r"^(?:(?!default\b)[A-Za-z_]\w*\s*:(?!:)\s*)+", "", statement)   # a label: `err: return ret`
     statement = re.sub(r"^(?:else\s+)?(?:if\s*\(.*\)\s*)?", "", statement)
     if zero_fails and re.match(r"^return\s*\(?\s*(?:0|false)\s*\)?$", statement):
         return statement
