@@ -32,6 +32,7 @@ Output: TSV (file, line, function, call, exit, prefix, message) or JSON.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -214,6 +215,12 @@ class Function:
     returns: str = ""   # the declared return type, as written
 
 
+def is_predicate(body: str) -> bool:
+    """A function whose every return is 0/1 or false/true: there 0 and false mean no."""
+    values = {" ".join(v.split()) for v in re.findall(r"\breturn\b([^;]*);", body)}
+    return bool(values) and values <= {"0", "1", "false", "true"} and bool(values & {"1", "true"})
+
+
 def zero_means_failure(function: Function, body: str) -> bool:
     """0 is the failure value of ids, pointers, bools and 0/1 predicates; of an int it is success."""
     kind = " ".join(function.returns.replace("static", "").replace("inline", "").split())
@@ -324,12 +331,6 @@ def statements_after(masked: str, at: int, limit: int):
         i += 1
 
 
-def is_predicate(body: str) -> bool:
-    """A function whose every return is 0/1 or false/true: there 0 and false mean no."""
-    values = {" ".join(v.split()) for v in re.findall(r"\breturn\b([^;]*);", body)}
-    return bool(values) and values <= {"0", "1", "false", "true"} and bool(values & {"1", "true"})
-
-
 def error_exit(statement: str, zero_fails: bool) -> str | None:
     statement = re.sub(r"^(?:(?!default\b)[A-Za-z_]\w*\s*:(?!:)\s*)+", "", statement)   # a label: `err: return ret`
     statement = re.sub(r"^(?:else\s+)?(?:if\s*\(.*\)\s*)?", "", statement)
@@ -352,19 +353,19 @@ def sites_of(path: str, text: str, masked: str, prefix: str,
         if not (is_reachable or everything):
             continue
         body = masked[function.start:function.end]
-        predicate = zero_means_failure(function, body)
+        zero_fails = zero_means_failure(function, body)
         pending: list[tuple[int, str, str]] = []
         for call in PRINT_CALL.finditer(body):
             open_at = function.start + call.end() - 1
             close_at = closing_paren(masked, open_at)
             message = format_argument(text, masked, open_at + 1, close_at)
             semicolon = masked.find(";", close_at)
-            line = bisect_line(starts, function.start + call.start())
+            line = bisect.bisect_right(starts, function.start + call.start())
             pending.append((line, call.group(1), message))
             following = list(statements_after(masked, semicolon + 1, STATEMENTS_SCANNED))
             if following and re.match(r"^(?:if\b.*)?\b(?:%s)\s*\(" % "|".join(PRINT_CALLS), following[0]):
                 continue    # the next print (even a conditional one) belongs to the same refusal
-            exit_statement = next((e for e in (error_exit(s, predicate) for s in following_until_flow(following))
+            exit_statement = next((e for e in (error_exit(s, zero_fails) for s in following_until_flow(following))
                                    if e), None)
             if exit_statement:
                 first = pending[0]
@@ -383,17 +384,6 @@ def following_until_flow(statements: list[str]):
             return
 
 
-def bisect_line(starts: list[int], offset: int) -> int:
-    low, high = 0, len(starts)
-    while low + 1 < high:
-        middle = (low + high) // 2
-        if starts[middle] <= offset:
-            low = middle
-        else:
-            high = middle
-    return low + 1
-
-
 def clean(message: str) -> str:
     return message[:-2] if message.endswith("\\n") else message
 
@@ -404,6 +394,9 @@ def extract(tree, files: list[str], everything: bool = False) -> list[Site]:
         for path in tree.c_files(directory):
             text = tree.read(path)
             units[path] = (text, mask(text))
+    unknown = sorted(set(files) - set(units))
+    if unknown:
+        raise SourceError(f"no such source file on the dump path's directories: {', '.join(unknown)}")
     reachable = reachable_functions(units)
     sites = []
     for path in sorted(units):
