@@ -27,6 +27,7 @@ Usage (standard library only):
   criu_refusal_sites.py --git-dir /path/criu.git --commit v4.2 [--json] [--all]
   criu_refusal_sites.py --source /path/criu [--file criu/sk-unix.c]...
   ... --binary /usr/sbin/criu   (adds in_binary: is each message compiled into that CRIU?)
+  ... --check-doc docs/criu-refusals.md   (what a new CRIU adds to or removes from the curated list)
 Output: TSV (file, line, function, call, exit, prefix, message) or JSON.
 """
 from __future__ import annotations
@@ -441,6 +442,30 @@ def mark_in_binary(sites: list[Site], strings: str) -> None:
         site.in_binary = all(c in strings for c in chunks) if chunks else None
 
 
+# ---------------------------------------------------------------- the curated doc
+
+DOC_ROW = re.compile(r"^\| (\d+) \| `([^`]*)` \| `(.*)` \| [^|]* \| ")
+
+
+def doc_sites(text: str) -> set[tuple[str, int, str]]:
+    """(file, line, message) of the rows of docs/criu-refusals.md's per-file tables."""
+    found, current = set(), None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            current = line[4:].strip()
+        row = DOC_ROW.match(line)
+        if row and current:
+            found.add((current, int(row.group(1)), row.group(3).replace("\\|", "|")))
+    return found
+
+
+def doc_drift(sites: list[Site], text: str) -> tuple[list[tuple], list[tuple]]:
+    """Sites the doc lacks, and rows of the doc the source no longer has."""
+    extracted = {(s.file, s.line, s.message.replace("`", "'")) for s in sites}
+    listed = doc_sites(text)
+    return sorted(extracted - listed), sorted(listed - extracted)
+
+
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also sites in functions the dump path does not reach")
     parser.add_argument("--binary", help="a built criu executable: say whether each message is in it "
                         "(a check that the source read matches the CRIU that runs)")
+    parser.add_argument("--check-doc", metavar="MD",
+                        help="compare with the curated list (docs/criu-refusals.md): print the sites it lacks "
+                        "and the rows the source no longer has; exit 1 when they differ")
     parser.add_argument("--json", action="store_true", help="JSON instead of TSV")
     args = parser.parse_args(argv)
     try:
@@ -462,9 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         sites = extract(tree, args.file, args.all)
         if args.binary:
             mark_in_binary(sites, binary_strings(args.binary))
+        doc = read_doc(args.check_doc) if args.check_doc else None
     except SourceError as error:
         print(f"criu_refusal_sites: {error}", file=sys.stderr)
         return 2
+    if doc is not None:
+        return report_drift(*doc_drift(sites, doc))
     if args.json:
         json.dump({"commit": tree.sha, "sites": [asdict(s) for s in sites]}, sys.stdout, indent=1)
         print()
@@ -474,6 +505,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()      # the reader (head, less) stopped early: no traceback
     return 0
+
+
+def read_doc(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise SourceError(f"cannot read {path}: {error}") from error
+
+
+def report_drift(missing: list[tuple], stale: list[tuple]) -> int:
+    for file, line, message in missing:
+        print(f"new\t{file}\t{line}\t{message}")
+    for file, line, message in stale:
+        print(f"gone\t{file}\t{line}\t{message}")
+    print(f"# {len(missing)} sites not in the doc, {len(stale)} rows no longer in the source", file=sys.stderr)
+    return 1 if missing or stale else 0
 
 
 def print_tsv(commit: str, sites: list[Site], with_reachable: bool, with_binary: bool) -> None:

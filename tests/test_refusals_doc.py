@@ -248,6 +248,22 @@ def test_the_binary_check_finds_compiled_messages(tmp_path, fixture_sites):
     assert [site.in_binary for site in sites] == [True, False]
 
 
+def test_check_doc_reports_new_and_gone_sites(fixture_sites):
+    script = load_script()
+    sites = [fixture_sites["Can't stat"], fixture_sites["Unknown state %d for demo"]]
+    doc = ("### criu/sk-demo.c\n\n| line | function | message | 4.2.1 | predicted by |\n|---:|---|---|---|---|\n"
+           "| 11 | `can_dump` | `Unknown state %d for demo` | yes | `socket.unix.unsupported` |\n"
+           "| 99 | `gone_fn` | `Removed \\| since` | yes | **unreachable**: no longer in the source |\n")
+    new, gone = script.doc_drift(sites, doc)
+    assert [site[1:] for site in new] == [(sites[0].line, "Can't stat")]
+    assert gone == [("criu/sk-demo.c", 99, "Removed | since")]
+
+
+def test_the_doc_lists_what_the_extractor_finds_in_its_own_format(doc, sites):
+    script = load_script()
+    assert script.doc_sites(doc) == {(file, line, message[1:-1].replace("\\|", "|")) for file, line, message, _ in sites}
+
+
 def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--source", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2
