@@ -24,7 +24,8 @@ from tracker.profiles import Profile
 
 SCHEMA = "crwatch.gate/1"
 
-Reconcile = Callable[[Audit, int], "list[dict] | None"]
+# (the audit, when it began, the pid of the gate's ptrace holder): the drift, or None
+Reconcile = Callable[[Audit, int, "int | None"], "list[dict] | None"]
 # What only the probes see of the tree's processes (LiveTable.probe_found).
 ProbeFinder = Callable[[list[ProcessIdentity]], ProbeFound]
 
@@ -80,7 +81,8 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     started_ns = time.monotonic_ns()
     run = _frozen_recheck(request, judged_by, criu, probe_finder)
     document = live_verdict.document(run.result, run.probe_found, judged_by, request.allow)
-    drift = reconcile(run.result, started_ns) if reconcile is not None else None
+    holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
+    drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
     if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
             and run.frozen is not None and not run.frozen.expired):

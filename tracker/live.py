@@ -832,10 +832,13 @@ class LiveTable:
             self._follow_in_kernel(entry)
         return found
 
-    def reconcile(self, result: Audit, started_ns: int) -> tuple[list[dict], list[Transition]]:
+    def reconcile(self, result: Audit, started_ns: int, gate_tracer: int | None = None
+                  ) -> tuple[list[dict], list[Transition]]:
         """Compare what the table holds with an audit that read a frozen tree (started at
         `started_ns`), and take the audit's view. Returns the drift (reasons the probes
-        missed, marks that were stale) and the transitions the correction makes."""
+        missed, marks that were stale) and the transitions the correction makes. The
+        gate's own ptrace hold (`gate_tracer`, which the audit looks through) may have been
+        marked meanwhile: that is no stale mark."""
         drift: list[dict] = []
         with self._lock:
             batch = self._batch(started_ns)
@@ -851,6 +854,8 @@ class LiveTable:
                     drift += [_drift("missed", who, reason(f, self.profile), "audit")
                               for f in found[key][0]]
                 for key in held.keys() - found.keys():
+                    if _traced_by(held[key], gate_tracer):
+                        continue
                     drift += [_drift("stale", who, reason(f, self.profile), held[key].source,
                                      held[key].since) for f in held[key].findings]
             return drift, self._finish(batch)
@@ -919,6 +924,10 @@ def _audited(entry: Entry, key: MarkKey) -> bool:
         thread = entry.pi.get(key[1])
         return thread is None or key[2] not in thread.held
     return key[0] in AUDITED_KINDS
+
+
+def _traced_by(mark: Mark, tracer_pid: int | None) -> bool:
+    return tracer_pid is not None and mark.tracer is not None and mark.tracer[1] == tracer_pid
 
 
 def _drift(kind: str, who: ProcessIdentity, reason: dict, source: str,
