@@ -252,9 +252,8 @@ class Service:
                 "checked_at": self.rows.refreshed_at or verdict.utc_now()}
 
     def _tree_verdicts(self, rows: list[dict], judged_by: Profile) -> dict:
-        """pid: the verdict of the tree rooted there, from the rows (parents read now: a
-        process whose parent exited has a new one that no event reports)."""
-        members = [Member(row["pid"], _parent(row), *row["judged"][judged_by.name][:2],
+        """pid: the verdict of the tree rooted there, from the rows."""
+        members = [Member(row["pid"], row["ppid"], *row["judged"][judged_by.name][:2],
                           namespaces=row["namespaces"]) for row in rows]
         return tree_verdicts(members, self.dumper_namespaces)
 
@@ -370,6 +369,10 @@ class ProcessRows:
         with self._lock:
             for pid in [pid for pid in self._rows if pid not in alive]:
                 del self._rows[pid]
+            # An orphan has a new parent now (its reaper), which no event reports.
+            for pid, row in list(self._rows.items()):
+                if row["ppid"] not in alive and row["ppid"] != 0:
+                    self._rows[pid] = {**row, "ppid": _parent(row)}
             current = dict(self._rows)
         for pid in sorted(alive):
             if self._stopping.is_set():

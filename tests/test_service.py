@@ -140,6 +140,32 @@ def test_a_root_whose_child_nests_a_pid_namespace_is_blocked_as_criu_refuses_it(
     assert all(r["tree_verdict"] == "blocked" for r in blocked_trees)
 
 
+def test_an_orphans_row_follows_it_to_its_new_parent(server):
+    code = """
+signal.signal(signal.SIGCHLD, lambda *_: os.waitpid(-1, os.WNOHANG))  # reap the middle one
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:
+    orphan = os.fork()
+    if orphan == 0:
+        hold()
+    os.write(w, f"{orphan}\\n".encode())
+    hold()
+os.close(w)
+ready(f"{middle} {int(os.read(r, 32))}")
+hold()
+"""
+    with subject(code) as s:
+        middle, orphan = map(int, s.note.split())
+        assert _listed(server, s.pid, lambda row: row["tree_size"] == 3)["ppid"] == os.getpid()
+        os.kill(middle, signal.SIGKILL)
+        alone = _listed(server, s.pid, lambda row: row["tree_size"] == 1)
+        rows = {row["pid"]: row for row in server.ok("/processes?limit=1000")["processes"]}
+        reaper = int(Path(f"/proc/{orphan}/stat").read_text().rpartition(")")[2].split()[1])
+    assert alone["tree_verdict"] == alone["verdict"] and middle not in rows
+    assert reaper != middle and rows[orphan]["ppid"] == reaper
+
+
 def test_a_thread_id_gets_a_422_naming_its_process(server):
     with subject(THREADED) as s:
         tid = next(int(t) for t in os.listdir(f"/proc/{s.pid}/task") if int(t) != s.pid)
@@ -214,9 +240,17 @@ def test_rules_and_openapi_describe_the_service(server):
     assert rules["schema"] == "crwatch.rules/1"
     assert "device.chr.unsupported" in _codes(rules["rules"])
     assert server.ok("/rules?profile=strict")["profile"] == "strict"
-    paths = server.ok("/openapi.json")["paths"]
+    schema = server.ok("/openapi.json")
+    paths = schema["paths"]
     assert {"/processes/{pid}/checkpointable", "/processes/{pid}/fds", "/rules",
             "/healthz"} <= set(paths)
+    tree = next(p for p in paths["/processes/{pid}/checkpointable"]["get"]["parameters"]
+                if p["name"] == "tree")
+    assert tree["schema"]["default"] is True  # the scope of a checkpoint: the tree
+    components = schema["components"]["schemas"]
+    assert {"tree_verdict", "tree_checkpointable", "ppid"} <= set(
+        components["ProcessRow"]["properties"])
+    assert components["GateRequestBody"]["properties"]["tree"]["default"] is True
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/docs", timeout=30) as page:
         assert page.status == 200 and b"swagger" in page.read().lower()
 
