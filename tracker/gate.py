@@ -49,6 +49,7 @@ class GateRequest:
     hold_s: float = 0.0               # stay frozen this long after the recheck (tests the watchdog)
 
     def check(self) -> None:
+        """Refuse a dump of the pid alone: CRIU has no such thing."""
         if self.dump_dir is not None and not self.tree:
             raise GateError(f"a dump takes pid {self.pid} with all its descendants (criu dump "
                             f"-t {self.pid}): the gate of a dump judges that whole tree, not "
