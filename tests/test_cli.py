@@ -15,7 +15,9 @@ from tracker.criu import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PLAIN = "ready(); hold()"
-THREADED = "import threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); ready(); hold()"
+THREADED = ("import threading\n"
+            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+            "ready(); hold()")
 # A root whose child unshares its pid namespace; the grandchild is pid 1 of the new one.
 NESTED_PID_NS = child_in_namespace(CLONE["pid"], child_setup="""
     inner = os.fork()

@@ -14,6 +14,7 @@ import pytest
 from api.models import Gate
 from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
+from tests.test_cli import THREADED
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 TOKEN = "s3cret"
@@ -127,8 +128,7 @@ if child == 0:
 os.close(int(os.environ["SUBJECT_READY_FD"]))  # the child says ready, with its device open
 hold()
 """
-    threaded = "import threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); ready(); hold()"
-    with subject(code) as s, subject(threaded) as t:
+    with subject(code) as s, subject(THREADED) as t:
         status, whole = server.post(f"/processes/{s.pid}/gate", {}, token=TOKEN)
         status_alone, alone = server.post(f"/processes/{s.pid}/gate", {"tree": False},
                                           token=TOKEN)
