@@ -332,10 +332,15 @@ def test_the_tracked_state_is_per_profile_and_transitions_say_each(table):
 def test_a_profile_change_alone_is_a_transition(table):
     # nocr before and after (a PI futex held, then a device too): `criu` refuses it now
     with subject(KVM_HOLDER) as s:
-        table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=0x1000))
-        (device,) = table.apply(opened(s.pid, int(s.note)))
+        (pi,) = table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=0x1000))
+        later = pi.cause_ns + 5_000_000  # times are said to the millisecond
+        (device,) = table.apply(opened(s.pid, int(s.note), ts_ns=later))
         assert (device.state, device.profiles) == (NOCR, {"criu": "nocr", "strict": "nocr"})
         assert codes(device) == ["device.chr.unsupported", "task.pi_futex"]
+        # each profile's state began when it changed
+        assert table.tracked(s.pid, profile("strict", (4, 2, 1)))["since"] == pi.ts
+        assert table.tracked(s.pid, profile("criu", (4, 2, 1)))["since"] == device.ts
+        assert pi.ts < device.ts
 
 
 def table_identity(pid: int):

@@ -274,7 +274,8 @@ class LiveTable:
             entry = self._entries.get(pid)
             if entry is None:
                 return None
-            return {"state": entry.state_under(judged_by), "since": entry.since,
+            return {"state": entry.state_under(judged_by),
+                    "since": entry.since_under.get(judged_by.name, entry.since),
                     "stale": entry.stale, "start_time": entry.start_time,
                     "reasons": entry.reasons(judged_by)}
 
@@ -403,14 +404,18 @@ class LiveTable:
 
     def _finish(self, batch: _Batch) -> list[Transition]:
         """A transition for each touched entry whose state changed, under any profile (a
-        PI futex held while a TCP connection is open changes the state under `criu` only)."""
+        device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
         all_cr = (CR,) * (1 + len(self.profiles))
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
             after = all_cr if exited else self._states(entry)
-            if after != (before or all_cr):
+            before = before or all_cr
+            if after != before:
                 entry.since = iso_from_monotonic_ns(batch.cause_ns)
+                for judged_by, was, now in zip(self.profiles, before[1:], after[1:]):
+                    if was != now:
+                        entry.since_under[judged_by.name] = entry.since
                 reasons = [] if after[0] == CR else entry.reasons(self.profile)
                 profiles = {judged_by.name: state
                             for judged_by, state in zip(self.profiles, after[1:])}

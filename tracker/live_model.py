@@ -73,8 +73,9 @@ class Entry:
     pid: int
     start_time: float
     comm: str
-    since: str
+    since: str                       # when its state (any profile's) last changed
     marks: dict[MarkKey, Mark] = field(default_factory=dict)
+    since_under: dict[str, str] = field(default_factory=dict)  # profile: when its state began
     pi: dict[int, PiThread] = field(default_factory=dict)
     audited_ns: int = 0              # CLOCK_MONOTONIC start of its last /proc audit
     stale: bool = False              # events were lost; a re-audit is under way
