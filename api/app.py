@@ -12,6 +12,7 @@ from api.auth import must_redact, refusal
 from api.routes import dashboard, events, health, metrics, processes, rules
 from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
+from tracker.audit import ThreadId
 from tracker.gate import CriuUnavailable, GateError
 from api.settings import Settings
 
@@ -62,6 +63,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoSuchProcess)
     async def no_such_process(_: Request, error: NoSuchProcess) -> JSONResponse:
         return _problem(404, str(error))
+
+    @app.exception_handler(ThreadId)
+    async def thread_id(_: Request, error: ThreadId) -> JSONResponse:
+        return JSONResponse({"status": 422, "detail": f"{error}: a checkpoint takes whole "
+                             f"processes, ask for pid {error.tgid}",
+                             "thread_group_leader": error.tgid}, status_code=422)
 
     @app.exception_handler(GateBusy)
     async def gate_busy(_: Request, error: GateBusy) -> JSONResponse:

@@ -1,4 +1,8 @@
-"""`crwatch check PID...`: audit, judge and print."""
+"""`crwatch check PID...`: audit, judge and print.
+
+Each pid is judged with all its descendants, as `criu dump -t PID` takes them;
+`--only` asks for the pid's own findings.
+"""
 from __future__ import annotations
 
 import json
@@ -6,7 +10,7 @@ import os
 import sys
 
 from tracker import verdict
-from tracker.audit import audit, identify
+from tracker.audit import ThreadId, audit, identify
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 
@@ -14,45 +18,50 @@ EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
 
 
 def run_check(args, chosen: Profile) -> int:
-    missing = [pid for pid in args.pids if not _exists(pid)]
-    if missing:
-        for pid in missing:
-            print(f"crwatch: no process with pid {pid}", file=sys.stderr)
+    refusals = [refusal for pid in args.pids if (refusal := _refusal(pid))]
+    if refusals:
+        for refusal in refusals:
+            print(f"crwatch: {refusal}", file=sys.stderr)
         return EXIT_USAGE
     if os.geteuid() != 0:
         print("crwatch: not running as root: the open files, memory maps and sockets of other "
               "users' processes cannot be read, and those processes will be judged 'unknown' "
               "(CRIU needs root to dump them too)", file=sys.stderr)
 
+    tree = not args.only
     documents = []
     for pid in args.pids:
         try:
-            result = audit(pid, tree=args.tree)
+            result = audit(pid, tree=tree)
         except ProcessGone:
             # gone between the existence check and the first read
             result = None
         documents.append(verdict.document(result, chosen, args.allow) if result
-                         else _gone_document(pid, chosen, args))
+                         else _gone_document(pid, chosen, args.allow, tree))
     _print(documents, args.json)
     return EXIT_OK if all(d["checkpointable"] for d in documents) else EXIT_NOT_CHECKPOINTABLE
 
 
-def _exists(pid: int) -> bool:
+def _refusal(pid: int) -> str | None:
+    """Why this pid cannot be checked (None: it can)."""
     try:
         identify(pid)
-        return True
     except ProcessGone:
-        return False
+        return f"no process with pid {pid}"
+    except ThreadId as thread:
+        return (f"{thread.tid} is a thread of process {thread.tgid}; a checkpoint takes whole "
+                f"processes: check {thread.tgid}")
     except AccessDenied:
-        return True
+        pass  # judged `unknown`, with what could not be read
+    return None
 
 
-def _gone_document(pid: int, chosen: Profile, args) -> dict:
+def _gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool) -> dict:
     from tracker.audit import Audit, ProcessIdentity
     from tracker.checks.general import exited
 
-    gone = Audit(root=ProcessIdentity(pid, 0.0, ""), tree=args.tree, findings=[exited(pid)])
-    return verdict.document(gone, chosen, args.allow)
+    gone = Audit(root=ProcessIdentity(pid, 0.0, ""), tree=tree, findings=[exited(pid)])
+    return verdict.document(gone, chosen, allow)
 
 
 def _print(documents: list[dict], as_json: bool) -> None:

@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="audit processes and print their verdicts")
     check.add_argument("pids", nargs="+", type=_pid, metavar="PID")
-    check.add_argument("--tree", action="store_true", help="audit each pid with all its descendants")
+    scope = check.add_mutually_exclusive_group()
+    scope.add_argument("--only", action="store_true",
+                       help="judge each pid's own findings, without its descendants (a "
+                            "checkpoint takes them too: `criu dump -t PID` dumps the tree)")
+    scope.add_argument("--tree", action="store_true",
+                       help=argparse.SUPPRESS)  # the default now; kept so scripts don't break
     check.add_argument("--json", action="store_true", help="print verdict documents (crwatch.verdict/1)")
     check.add_argument("--allow", action="append", default=[], metavar="OPTION",
                        help="a CRIU option the dump may use (repeatable), e.g. --allow=--tcp-established")
@@ -80,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
                      "(needs root)")
     gate.add_argument("pid", type=_pid, metavar="PID")
-    gate.add_argument("--tree", action="store_true",
-                      help="judge the pid with all its descendants (implied by --dump)")
+    gate_scope = gate.add_mutually_exclusive_group()
+    gate_scope.add_argument("--only", action="store_true",
+                            help="recheck the pid alone, without its descendants (not with "
+                                 "--dump: CRIU dumps the whole tree)")
+    gate_scope.add_argument("--tree", action="store_true",
+                            help=argparse.SUPPRESS)  # the default now; kept so scripts don't break
     gate.add_argument("--allow", action="append", default=[], metavar="OPTION",
                       help="a CRIU option the dump may use (repeatable)")
     gate.add_argument("--dump", metavar="DIR",

@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 
 from api.settings import service_url
+from tracker.audit import ThreadId, identify
 from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
-from tracker.procfs import ProcessGone
+from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 
 EXIT_PASSED, EXIT_REFUSED, EXIT_USAGE, EXIT_DUMP_FAILED = 0, 1, 2, 3
@@ -29,10 +30,12 @@ class ServiceUnreachable(Exception):
 
 def run_gate(args, chosen: Profile) -> int:
     request = GateRequest(
-        pid=args.pid, tree=args.tree, allow=tuple(args.allow),
+        pid=args.pid, tree=not args.only, allow=tuple(args.allow),
         dump_dir=Path(args.dump).absolute() if args.dump else None,
         leave_running=args.leave_running, watchdog_s=args.watchdog, hold_s=args.hold)
     try:
+        _identify(args.pid)  # a thread or no process: said here, before any service is asked
+        request.check()
         document = None
         if not args.local:
             try:
@@ -52,6 +55,10 @@ def run_gate(args, chosen: Profile) -> int:
     except ProcessGone:
         print(f"crwatch: no process with pid {args.pid}", file=sys.stderr)
         return EXIT_USAGE
+    except ThreadId as thread:
+        print(f"crwatch: {thread.tid} is a thread of process {thread.tgid}; a checkpoint takes "
+              f"whole processes: gate {thread.tgid}", file=sys.stderr)
+        return EXIT_USAGE
     except (GateError, ServiceUnreachable) as error:
         print(f"crwatch: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -63,6 +70,13 @@ def run_gate(args, chosen: Profile) -> int:
         print(gate_text(document))
     return {"passed": EXIT_PASSED, "dumped": EXIT_PASSED, "refused": EXIT_REFUSED,
             "dump_failed": EXIT_DUMP_FAILED}[document["outcome"]]
+
+
+def _identify(pid: int) -> None:
+    try:
+        identify(pid)
+    except AccessDenied:
+        pass  # the gate itself says what it cannot read
 
 
 def _ask_service(args, request: GateRequest, chosen: Profile) -> dict:

@@ -25,7 +25,7 @@ class Gates:
         self._running: set[int] = set()
         self._lock = threading.Lock()
 
-    def run(self, pid: int, *, tree: bool = False, allow: Iterable[str] = (),
+    def run(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
             profile_name: str | None = None, watchdog_s: float,
             dump_dir: str | None = None, leave_running: bool = True) -> dict:
         from api.service import NoSuchProcess
@@ -36,8 +36,10 @@ class Gates:
                               leave_running=leave_running)
         with self._one_at_a_time(pid):
             try:
-                document = gate(request, service.profile_for(profile_name), criu=criu_at(service.settings.criu),
-                                reconcile=service.tracker.reconcile)
+                document = gate(request, service.profile_for(profile_name),
+                                criu=criu_at(service.settings.criu),
+                                reconcile=service.tracker.reconcile,
+                                probe_finder=service.probe_finder())
             except ProcessGone:
                 raise NoSuchProcess(pid) from None
         self._count(document)

@@ -67,6 +67,7 @@ class ProcessDetail(Verdict):
 
 class ProcessRow(BaseModel):
     pid: int
+    ppid: int = Field(description="its parent now")
     start_time: float
     comm: str
     cgroup: str
@@ -75,6 +76,16 @@ class ProcessRow(BaseModel):
     required_options: list[str]
     codes: list[str] = Field(description="the reason codes of its audit")
     tracked: Optional[Literal["cr", "nocr"]] = Field(description="what the probes say")
+    tree_verdict: Literal["ok", "needs_options", "blocked", "unknown"] = Field(
+        description="of the tree rooted here (what a checkpoint takes): the worst of its "
+                    "members' own verdicts, blocked when a member is in a namespace CRIU "
+                    "cannot nest; errs towards refusing (members judged alone see their peers "
+                    "as outside): /processes/{pid}/checkpointable decides")
+    tree_checkpointable: bool = Field(description="the tree, with no option allowed")
+    tree_required_options: list[str]
+    tree_size: int = Field(description="how many processes the tree has")
+    tree_nested_namespace: bool = Field(description="a member lives in a pid/uts/ipc/user/"
+                                                    "cgroup/time namespace not the root's")
 
 
 class ProcessList(BaseModel):
@@ -149,6 +160,9 @@ class EventLine(BaseModel):
     state: Optional[Literal["cr", "nocr"]] = Field(None, description="transition")
     reasons: Optional[list[Reason]] = Field(None, description="transition to nocr")
     exited: Optional[bool] = Field(None, description="transition: the process exited")
+    profiles: Optional[dict[str, Literal["cr", "nocr"]]] = Field(
+        None, description="transition: the state under each profile after it (`state` is "
+                          "`nocr` while any profile refuses a reason)")
     count: Optional[int] = Field(None, description="lost: how many records")
     total: Optional[int] = None
     reaudits: Optional[int] = None
@@ -199,7 +213,8 @@ class GateRequestBody(BaseModel):
     """POST /processes/{pid}/gate: what to recheck, and whether to hand off to CRIU."""
 
     model_config = {"extra": "forbid"}
-    tree: bool = Field(False, description="the pid with all its descendants (implied by dump)")
+    tree: bool = Field(True, description="the pid with all its descendants, as a checkpoint "
+                                         "takes them (false: the pid alone, never with dump)")
     allow: list[Annotated[str, Field(max_length=256)]] = Field(
         [], max_length=64, description="CRIU options the dump may use, e.g. --tcp-established")
     profile: Optional[Literal["criu", "strict"]] = None
@@ -277,3 +292,5 @@ class Problem(BaseModel):
 
     status: int
     detail: str
+    thread_group_leader: Optional[int] = Field(None, description="422 for a thread's id: "
+                                                                 "the process it belongs to")

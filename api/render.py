@@ -20,7 +20,7 @@ def verdict_text(document: dict) -> str:
     root = f"pid {document['pid']} ({document['comm']})"
     count = len(document["processes"])
     scope = (f", tree of {count} process{'es' if count != 1 else ''}" if document["tree"]
-             else "")
+             else ", its own findings only (not its descendants')")
     headline = HEADLINES[document["verdict"]]
     options = " ".join(document["required_options"])
     if options and document["verdict"] == "needs_options":

@@ -14,14 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from tracker import verdict
-from tracker.audit import Audit, audit, identify
+from tracker import live_verdict, verdict
+from tracker.audit import Audit, ThreadId, audit, identify
 from tracker.history import SCHEMA as HISTORY_SCHEMA
 from tracker.history import History
 from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.tracker import Tracker
+from tracker.tree_rows import NON_NESTABLE, Member, tree_verdicts
 
 from api.event_hub import EventHub
 from api.gates import Gates
@@ -69,6 +70,8 @@ class Service:
         self.history: History | None = None
         self._kept: dict[int, _Kept] = {}
         self.rows = ProcessRows(self)
+        # Where CRIU would run (here): namespaces it has seen already are not nested.
+        self.dumper_namespaces = _namespaces(os.getpid())
         self.gates = Gates(self)
         self.started = time.monotonic()
 
@@ -103,13 +106,16 @@ class Service:
                 "probes": [{"name": name, **status} for name, status in probes.items()],
                 "counters": self.tracker.counters()}
 
-    def checkpointable(self, pid: int, *, tree: bool = False, allow: Iterable[str] = (),
+    def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                        profile_name: str | None = None) -> dict:
+        """The verdict of pid with all its descendants (what a checkpoint takes), or with
+        `tree=False` of its own findings; what only the probes see counts too."""
         judged_by = self.profile_for(profile_name)
         # Trees are audited afresh: the probes do not report every fork.
         result, reused = (self._audit(pid, tree=True), False) if tree else self._reusable_audit(pid)
-        document = verdict.document(result, judged_by, allow)
-        document["tracked"] = self._tracked(result)
+        found = self._probe_found(result)
+        document = live_verdict.document(result, found, judged_by, allow)
+        document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
         self.metrics.verdicts.labels(document["verdict"]).inc()
         if self.history is not None:
@@ -155,6 +161,15 @@ class Service:
 
     # ------------------------------------------------------------ helpers
 
+    def probe_finder(self):
+        """What only the probes see of some processes (None: no probes feed the table)."""
+        table = self._live_table()
+        return table.probe_found if table is not None else None
+
+    def _probe_found(self, result: Audit) -> live_verdict.ProbeFound:
+        finder = self.probe_finder()
+        return finder(result.processes) if finder is not None else []
+
     def profile_for(self, name: str | None) -> Profile:
         """The service's profile, or another one for the same CRIU version."""
         if name is None or name == self.profile.name:
@@ -194,8 +209,8 @@ class Service:
             self._kept[pid] = _Kept(result.root.start_time, sequence, began, result)
         return result, False
 
-    def process(self, pid: int, profile_name: str | None = None) -> dict:
-        document = self.checkpointable(pid, profile_name=profile_name)
+    def process(self, pid: int, *, tree: bool = True, profile_name: str | None = None) -> dict:
+        document = self.checkpointable(pid, tree=tree, profile_name=profile_name)
         try:
             cmdline = Proc(pid).read("cmdline").rstrip("\0").split("\0")
         except (ProcessGone, AccessDenied):
@@ -203,44 +218,59 @@ class Service:
         return {**document, "schema": PROCESS_SCHEMA, "cmdline": cmdline if cmdline != [""]
                 else [], "cgroup": _cgroup(pid)}
 
-    def processes(self, *, verdict_is: str | None = None, comm: str | None = None,
-                  cgroup: str | None = None, offset: int = 0, limit: int = 100,
-                  profile_name: str | None = None) -> dict:
+    def processes(self, *, verdict_is: str | None = None, tree_verdict_is: str | None = None,
+                  comm: str | None = None, cgroup: str | None = None, offset: int = 0,
+                  limit: int = 100, profile_name: str | None = None) -> dict:
         """Every process (but kernel threads), judged, filtered, one page of them: from
-        the rows the refresher keeps (ProcessRows), so a request only filters."""
+        the rows the refresher keeps (ProcessRows), so a request only filters. Each row
+        has its own verdict and that of the tree rooted there (tree_rows.py)."""
         judged_by = self.profile_for(profile_name)
         rows = self.rows.snapshot()
-        states = self.tracker.table.states() if self.tracker.table is not None else {}
+        trees = self._tree_verdicts(rows, judged_by)
+        states = self.tracker.table.states(judged_by) if self.tracker.table is not None else {}
         page = []
         for row in rows:
             judged = row["judged"][judged_by.name]  # every profile is judged in the row
+            tree = trees[row["pid"]]
             if ((verdict_is is not None and judged[0] != verdict_is)
+                    or (tree_verdict_is is not None and tree.verdict != tree_verdict_is)
                     or (comm is not None and comm not in row["comm"])
                     or (cgroup is not None and cgroup not in row["cgroup"])):
                 continue
             tracked = states.get(row["pid"])
-            page.append({"pid": row["pid"], "start_time": row["start_time"], "comm": row["comm"],
-                         "cgroup": row["cgroup"], "verdict": judged[0],
+            page.append({"pid": row["pid"], "ppid": row["ppid"], "start_time": row["start_time"],
+                         "comm": row["comm"], "cgroup": row["cgroup"], "verdict": judged[0],
                          "required_options": judged[1], "checkpointable": judged[2],
                          "codes": row["codes"],
                          "tracked": tracked[1] if tracked and tracked[0] == row["start_time"]
-                         else None})
+                         else None,
+                         "tree_verdict": tree.verdict, "tree_checkpointable": tree.checkpointable,
+                         "tree_required_options": tree.options, "tree_size": tree.size,
+                         "tree_nested_namespace": tree.nested})
         return {"schema": LIST_SCHEMA, "profile": judged_by.name, "total": len(page),
                 "offset": offset, "limit": limit, "processes": page[offset:offset + limit],
                 "checked_at": self.rows.refreshed_at or verdict.utc_now()}
+
+    def _tree_verdicts(self, rows: list[dict], judged_by: Profile) -> dict:
+        """pid: the verdict of the tree rooted there, from the rows."""
+        members = [Member(row["pid"], row["ppid"], *row["judged"][judged_by.name][:2],
+                          namespaces=row["namespaces"]) for row in rows]
+        return tree_verdicts(members, self.dumper_namespaces)
 
     def row(self, pid: int) -> dict | None:
         """One row of the process list, audited now (None: gone, unreadable, a kernel thread)."""
         try:
             result, _ = self._reusable_audit(pid)
-        except (NoSuchProcess, PermissionError):
+        except (NoSuchProcess, PermissionError, ThreadId):
             return None
         if any(finding.code == "task.kernel_thread" for finding in result.findings):
             return None
-        return {"pid": pid, "start_time": result.root.start_time, "comm": result.root.comm,
-                "cgroup": _cgroup(pid),
-                "codes": sorted({finding.code for finding in result.findings}),
-                "judged": {name: _judge(result.findings, self.profile_for(name))
+        findings = result.findings + live_verdict.findings(self._probe_found(result))
+        return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
+                "comm": result.root.comm, "cgroup": _cgroup(pid),
+                "namespaces": _namespaces(pid),
+                "codes": sorted({finding.code for finding in findings}),
+                "judged": {name: _judge(findings, self.profile_for(name))
                            for name in PROFILE_NAMES},
                 "sequence": self.tracker.table.sequence if self.tracker.table else 0,
                 # dated a random part of the interval back: rows made together (the first
@@ -265,12 +295,32 @@ class Service:
         for pid in [pid for pid, kept in self._kept.items() if kept.at < stale]:
             self._kept.pop(pid, None)
 
-    def _tracked(self, result: Audit) -> dict | None:
+    def _tracked(self, result: Audit, judged_by: Profile) -> dict | None:
         table = self.tracker.table
-        tracked = table.tracked(result.root.pid) if table is not None else None
+        tracked = table.tracked(result.root.pid, judged_by) if table is not None else None
         if tracked is None or tracked["start_time"] != result.root.start_time:
             return None  # never marked, or about an older holder of the pid
         return tracked
+
+
+def _parent(row: dict) -> int:
+    """The row's parent now (its own, if the process is still the row's)."""
+    try:
+        stat = Proc(row["pid"]).stat
+    except (ProcessGone, AccessDenied):
+        return row["ppid"]
+    return stat.ppid if stat.start_time == row["start_time"] else row["ppid"]
+
+
+def _namespaces(pid: int) -> dict[str, str]:
+    """The process's namespaces of the kinds CRIU cannot nest (kind: link)."""
+    links = {}
+    for kind in NON_NESTABLE:
+        try:
+            links[kind] = Proc(pid).namespace(kind)
+        except (ProcessGone, AccessDenied):
+            continue
+    return links
 
 
 def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
@@ -319,6 +369,10 @@ class ProcessRows:
         with self._lock:
             for pid in [pid for pid in self._rows if pid not in alive]:
                 del self._rows[pid]
+            # An orphan has a new parent now (its reaper), which no event reports.
+            for pid, row in list(self._rows.items()):
+                if row["ppid"] not in alive and row["ppid"] != 0:
+                    self._rows[pid] = {**row, "ppid": _parent(row)}
             current = dict(self._rows)
         for pid in sorted(alive):
             if self._stopping.is_set():

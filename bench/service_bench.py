@@ -112,7 +112,9 @@ def main() -> None:
             print(f"first GET /processes ({total} processes, every one audited): "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms", flush=True)
             target = extra[0].pid
-            for path in (f"/processes/{target}/checkpointable", "/processes?limit=100",
+            # tree=false: the process's own audit, kept while no probe event comes (a
+            # tree, the default, is audited afresh for every request)
+            for path in (f"/processes/{target}/checkpointable?tree=false", "/processes?limit=100",
                          "/processes?verdict=blocked&limit=100"):
                 print(load(port, path), flush=True)
             print(f"service RSS with {total} processes: {rss_mib(service.pid):.1f} MiB",

@@ -13,8 +13,8 @@ subject = subprocess.Popen([sys.executable, str(HERE / "demo_subject.py")], stdi
 try:
     pid, kid = subject.stdout.readline().decode().split()
     subject.stdout.close()
-    for arguments in (["--tree", pid], ["--allow=--tcp-established", "--allow=--file-locks",
-                                        "--allow=--ghost-limit=4M", pid]):
+    for arguments in ([pid], ["--only", "--allow=--tcp-established", "--allow=--file-locks",
+                              "--allow=--ghost-limit=4M", pid]):
         print(f"$ crwatch check {' '.join(arguments)}", flush=True)
         status = subprocess.run([str(CRWATCH), "check", *arguments]).returncode
         print(f"(exit status {status})\n", flush=True)

@@ -10,9 +10,19 @@ from pathlib import Path
 import pytest
 
 from tests.subjects import subject
+from tests.test_agree_namespaces import CLONE, child_in_namespace
+from tracker.criu import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PLAIN = "ready(); hold()"
+THREADED = ("import threading\n"
+            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+            "ready(); hold()")
+# A root whose child unshares its pid namespace; the grandchild is pid 1 of the new one.
+NESTED_PID_NS = child_in_namespace(CLONE["pid"], child_setup="""
+    inner = os.fork()
+    if inner == 0:
+        hold()""")
 DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
 TCP_PAIR = """
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
@@ -73,7 +83,7 @@ def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     ready(str(kid.pid)); hold()
     """
     with subject(tree) as parent:
-        result = crwatch("check", "--tree", str(parent.pid))
+        result = crwatch("check", str(parent.pid))  # the tree is the default scope
     kid = int(parent.note)
     assert result.returncode == 1
     out = result.stdout
@@ -82,6 +92,46 @@ def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     assert out.count(f"  pid {parent.pid} (") == out.count(f"  pid {kid} (") == 1
     assert out.count("/dev/kvm") == 2 and out.count("fix:") >= 2
     assert out.rstrip().endswith("checkpointable: no")
+
+
+def test_check_judges_what_a_checkpoint_takes_the_tree_and_only_takes_the_pid_alone():
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    with subject(NESTED_PID_NS) as root:
+        tree = crwatch("check", "--json", str(root.pid))
+        alone = crwatch("check", "--json", "--only", str(root.pid))
+        aliased = crwatch("check", "--json", "--tree", str(root.pid))
+        text = crwatch("check", "--only", str(root.pid))
+        dumped = criu.dump(root.pid)  # criu dump -t ROOT: the tree, always
+    document = json.loads(tree.stdout)
+    assert tree.returncode == 1 and document["tree"] is True
+    assert document["verdict"] == "blocked" and len(document["processes"]) == 3
+    nested = [r for r in document["reasons"] if r["code"] == "namespace.nested"]
+    assert nested and "nested pid namespace" in nested[0]["message"]
+    assert not dumped.ok and "Can't dump nested pid namespace for" in dumped.log
+    own = json.loads(alone.stdout)
+    assert alone.returncode == 0 and own["tree"] is False and own["verdict"] == "ok"
+    assert [p["pid"] for p in own["processes"]] == [root.pid]
+    assert json.loads(aliased.stdout)["verdict"] == "blocked"
+    assert f"pid {root.pid} (python), its own findings only" in text.stdout, text.stdout
+
+
+def test_only_and_tree_together_are_a_usage_error():
+    result = crwatch("check", "--only", "--tree", "1")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def test_a_thread_id_is_refused_naming_its_process():
+    with subject(THREADED) as threaded:
+        tid = next(int(t) for t in os.listdir(f"/proc/{threaded.pid}/task")
+                   if int(t) != threaded.pid)
+        result = crwatch("check", str(tid))
+        gated = crwatch("gate", "--local", str(tid))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"crwatch: {tid} is a thread of process {threaded.pid}; a "
+                             f"checkpoint takes whole processes: check {threaded.pid}\n")
+    assert gated.returncode == 2 and gated.stdout == ""
+    assert gated.stderr.startswith(f"crwatch: {tid} is a thread of process {threaded.pid};")
 
 
 def test_the_conclusion_names_only_the_options_still_missing():
@@ -140,7 +190,11 @@ def test_kernel_threads_are_blocked():
     document = json.loads(result.stdout)
     assert result.returncode == 1
     assert document["verdict"] == "blocked"
-    assert [r["code"] for r in document["reasons"]] == ["task.kernel_thread"]
+    # kthreadd's tree is every kernel thread: each is one, and nothing else is said
+    assert {r["code"] for r in document["reasons"]} == {"task.kernel_thread"}
+    assert kthread in [r["pid"] for r in document["reasons"]]
+    alone = json.loads(crwatch("check", "--json", "--only", str(kthread)).stdout)
+    assert [(r["code"], r["pid"]) for r in alone["reasons"]] == [("task.kernel_thread", kthread)]
 
 
 def test_a_tree_holding_crwatch_itself_is_blocked():

@@ -9,6 +9,7 @@ import pytest
 
 from tests.servers import Server
 from tests.subjects import subject
+from tests.test_cli import NESTED_PID_NS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "build" / "dashboard.png"
@@ -69,3 +70,28 @@ def test_the_dashboard_shows_who_is_not_checkpointable_why_and_what_happened(ser
     assert SCREENSHOT.stat().st_size > 10_000
     assert errors == []
     print(f"\ndashboard screenshot: {SCREENSHOT}")
+
+
+def test_the_dashboard_judges_the_tree_rooted_at_each_process_when_asked(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.wait_for_selector("#health.ok", timeout=WAIT_MS)
+    with subject(NESTED_PID_NS) as root:
+        # Its own findings are fine; its tree (a grandchild in a nested pid namespace) is not.
+        page.select_option("#scope", "tree")
+        row = page.wait_for_selector(f'#not-checkpointable tr[data-pid="{root.pid}"]',
+                                     timeout=WAIT_MS)
+        page.wait_for_function(
+            f'document.querySelector(\'#not-checkpointable tr[data-pid="{root.pid}"] td.tree\')'
+            f'.textContent === "blocked (3 processes)"', timeout=WAIT_MS)
+        assert row.query_selector("td.verdict-ok").inner_text() == "ok"
+        row.click()
+        page.wait_for_selector(f'#detail[data-pid="{root.pid}"]', timeout=WAIT_MS)
+        verdict = page.inner_text("#detail-verdict")
+        assert "tree of 3 processes: blocked" in verdict and "namespace.nested" in verdict
+        page.select_option("#scope", "process")  # judged by its own findings: not listed
+        page.wait_for_selector(f'#not-checkpointable tr[data-pid="{root.pid}"]',
+                               state="detached", timeout=WAIT_MS)
+    assert errors == []

@@ -274,17 +274,31 @@ def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, 
         running.assert_running()
 
 
-def test_a_gate_without_dump_judges_only_the_pid_unless_asked_for_the_tree(tmp_path):
+def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
     requires_root()
     with tree(tmp_path, setup=LOOP_CONTROL) as running:
-        status, alone = gate(str(running.root))
-        assert status == 1 and alone["freeze"]["pids"] == [running.root]
-        assert alone["freeze"]["tasks"] == 3
-        status, whole = gate(str(running.root), "--tree")
+        status, whole = gate(str(running.root))
+        assert status == 1 and whole["tree"] is True
         assert sorted(whole["freeze"]["pids"]) == sorted(running.pids)
         assert whole["freeze"]["tasks"] == 5
         assert {r["pid"] for r in whole["verdict"]["reasons"]} >= {running.root}
+        status, alone = gate(str(running.root), "--only")
+        assert status == 1 and alone["tree"] is False and alone["freeze"]["pids"] == [running.root]
+        assert alone["freeze"]["tasks"] == 3
+        status, aliased = gate(str(running.root), "--tree")  # the default, still accepted
+        assert aliased["tree"] is True and sorted(aliased["freeze"]["pids"]) == sorted(running.pids)
         running.assert_running()
+
+
+def test_a_dump_of_the_pid_alone_is_refused_clearly(tmp_path):
+    requires_root()
+    images = tmp_path / "images"
+    refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", "--dump", str(images),
+                              str(os.getpid())], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith(f"crwatch: a dump takes pid {os.getpid()} with all its "
+                                     f"descendants"), refused.stderr
+    assert refused.stderr.count("\n") == 1 and not images.exists()
 
 
 # ---------------------------------------------------------------- nothing strands a tree

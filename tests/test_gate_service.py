@@ -14,6 +14,7 @@ import pytest
 from api.models import Gate
 from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
+from tests.test_cli import THREADED
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 TOKEN = "s3cret"
@@ -79,13 +80,13 @@ def test_a_tracked_state_that_agrees_has_no_drift(server):
         with subject(KVM_HOLDER) as s:
             stream.await_transition(s.pid, "nocr", "device.chr.unsupported")
             status, document = server.post(f"/processes/{s.pid}/gate",
-                                            {"tree": True, "watchdog_seconds": 10}, token=TOKEN)
+                                            {"watchdog_seconds": 10}, token=TOKEN)
     finally:
         stream.close()
     drift = document["drift"]
     assert status == 200 and drift["tracked"] and drift["missed"] == drift["criu"] == []
     assert _not_ours(drift["stale"], server) == []
-    assert document["freeze"]["watchdog_seconds"] == 10 and document["tree"] is True
+    assert document["freeze"]["watchdog_seconds"] == 10 and document["tree"] is True  # default
 
 
 def _not_ours(stale: list[dict], server: Server) -> list[dict]:
@@ -115,6 +116,36 @@ def test_the_gate_needs_the_token_and_refuses_bad_input_clearly(server):
             assert status == 422 and problem["status"] == 422 and problem["detail"], body
     status, problem = server.post("/processes/4194304/gate", {}, token=TOKEN)
     assert (status, problem["detail"]) == (404, "no process with pid 4194304")
+
+
+def test_the_gate_judges_the_tree_and_refuses_a_dump_of_the_pid_alone(server, tmp_path):
+    code = """
+child = os.fork()
+if child == 0:
+    fd = os.open('/dev/kvm', os.O_RDONLY)
+    os.write(int(os.environ["SUBJECT_READY_FD"]), f"{os.getpid()}\\n".encode())
+    hold()
+os.close(int(os.environ["SUBJECT_READY_FD"]))  # the child says ready, with its device open
+hold()
+"""
+    with subject(code) as s, subject(THREADED) as t:
+        status, whole = server.post(f"/processes/{s.pid}/gate", {}, token=TOKEN)
+        status_alone, alone = server.post(f"/processes/{s.pid}/gate", {"tree": False},
+                                          token=TOKEN)
+        status_dump, problem = server.post(
+            f"/processes/{s.pid}/gate",
+            {"tree": False, "dump": {"directory": str(tmp_path / "images")}}, token=TOKEN)
+        tid = next(int(n) for n in os.listdir(f"/proc/{t.pid}/task") if int(n) != t.pid)
+        status_thread, thread = server.post(f"/processes/{tid}/gate", {}, token=TOKEN)
+    assert status == 200 and whole["tree"] is True and whole["outcome"] == "refused"
+    assert sorted(whole["freeze"]["pids"]) == sorted([s.pid, int(s.note)])
+    assert ("device.chr.unsupported", int(s.note)) in [
+        (r["code"], r["pid"]) for r in whole["verdict"]["reasons"]]
+    assert status_alone == 200 and alone["tree"] is False and alone["outcome"] == "passed"
+    assert status_dump == 422 and problem["detail"].startswith(
+        f"a dump takes pid {s.pid} with all its descendants")
+    assert not (tmp_path / "images").exists()
+    assert status_thread == 422 and thread["thread_group_leader"] == t.pid
 
 
 def test_crwatch_gate_asks_a_running_service_and_gets_its_drift_report(server):

@@ -52,6 +52,24 @@ def test_reconcile_reports_a_stale_mark_and_drops_it():
         assert [(t.pid, t.state) for t in transitions] == [(s.pid, CR)]
 
 
+def test_the_gates_own_ptrace_hold_marked_meanwhile_is_no_stale_mark():
+    # The subject traces its child (PTRACE_TRACEME) as a gate's holder would: the audit
+    # looks through that tracer (the hold), the table marked it from the probes' event.
+    from tests.test_live_unit import TRACED_CHILD
+    from tracker.context import Hold
+
+    with subject(TRACED_CHILD) as s:
+        child = int(s.note)
+        held = Hold(s.pid, {child: "S"}, {})
+        for gate_tracer, stale in ((s.pid, []), (None, [("stale", "task.traced")])):
+            table = LiveTable(profile("criu", (4, 2, 1)))
+            table.apply(Event(Kind.TRACED, time.monotonic_ns(), child, comm="python", tid=child,
+                              arg=child))
+            assert table.tracked(child)["state"] == NOCR
+            drift, _ = table.reconcile(audit(child, hold=held), time.monotonic_ns(), gate_tracer)
+            assert [(d["kind"], d["reason"]["code"]) for d in drift] == stale
+
+
 def test_criu_arguments_name_each_option_once_with_the_largest_ghost_limit():
     reasons = [{"option": "--ghost-limit", "option_value": "5M"},
                {"option": "--ghost-limit", "option_value": "12M"},

@@ -312,6 +312,43 @@ def test_nonlinear_is_a_blocker_for_the_strict_profile(kernel):
     assert entered[0].reasons[0]["severity"] == "blocker"
 
 
+def test_the_tracked_state_is_per_profile_and_transitions_say_each(table):
+    with subject("ready(); hold()") as s:
+        pi = table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=0x1000))  # an unreadable word: held
+        assert states(pi) == [(s.pid, NOCR)] and pi[0].profiles == {"criu": "cr", "strict": "nocr"}
+        assert pi[0].to_json()["profiles"] == {"criu": "cr", "strict": "nocr"}
+        assert table.tracked(s.pid, profile("criu", (4, 2, 1)))["state"] == CR
+        assert table.tracked(s.pid, profile("strict", (4, 2, 1)))["state"] == NOCR
+        assert table.states(profile("criu", (4, 2, 1)))[s.pid][1] == CR
+        found = table.probe_found([table_identity(s.pid)])
+        assert [(finding.code, finding.tid) for finding, _ in found] == [("task.pi_futex", s.pid)]
+        assert found[0][1].endswith("Z")
+        released = table.apply(event(Kind.PI_RELEASED, s.pid, arg=0x1000))
+        assert states(released) == [(s.pid, CR)]
+        assert released[0].profiles == {"criu": "cr", "strict": "cr"}
+        assert table.probe_found([table_identity(s.pid)]) == []
+
+
+def test_a_profile_change_alone_is_a_transition(table):
+    # nocr before and after (a PI futex held, then a device too): `criu` refuses it now
+    with subject(KVM_HOLDER) as s:
+        (pi,) = table.apply(event(Kind.PI_ACQUIRED, s.pid, arg=0x1000))
+        later = pi.cause_ns + 5_000_000  # times are said to the millisecond
+        (device,) = table.apply(opened(s.pid, int(s.note), ts_ns=later))
+        assert (device.state, device.profiles) == (NOCR, {"criu": "nocr", "strict": "nocr"})
+        assert codes(device) == ["device.chr.unsupported", "task.pi_futex"]
+        # each profile's state began when it changed
+        assert table.tracked(s.pid, profile("strict", (4, 2, 1)))["since"] == pi.ts
+        assert table.tracked(s.pid, profile("criu", (4, 2, 1)))["since"] == device.ts
+        assert pi.ts < device.ts
+
+
+def table_identity(pid: int):
+    from tracker.audit import identify
+
+    return identify(pid)
+
+
 def test_a_traced_task_is_marked_and_its_tracers_exit_clears_it(table):
     with subject(TRACED_CHILD) as s:
         child = int(s.note)

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from api.models import EventLine
 from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
+from tests.test_cli import NESTED_PID_NS, THREADED
+from tracker.criu import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 ARRIVAL_TIMEOUT = 10.0
@@ -101,10 +103,10 @@ hold()
 """
     with subject(code) as s:
         child = int(s.note)
-        alone = server.ok(f"/processes/{s.pid}/checkpointable")
+        alone = server.ok(f"/processes/{s.pid}/checkpointable?tree=false")
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while True:  # the child opens the device after the parent reported ready
-            tree = server.ok(f"/processes/{s.pid}/checkpointable?tree=true")
+            tree = server.ok(f"/processes/{s.pid}/checkpointable")  # the tree, by default
             if tree["verdict"] == "blocked" or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
@@ -112,6 +114,79 @@ hold()
         assert tree["verdict"] == "blocked" and tree["tree"] is True
         assert child in [p["pid"] for p in tree["processes"]]
         assert ("device.chr.unsupported", child) in [(r["code"], r["pid"]) for r in tree["reasons"]]
+        detail = server.ok(f"/processes/{s.pid}")
+        assert detail["tree"] is True and detail["verdict"] == "blocked"
+        assert server.ok(f"/processes/{s.pid}?tree=false")["verdict"] == "ok"
+
+
+def test_a_root_whose_child_nests_a_pid_namespace_is_blocked_as_criu_refuses_it(server):
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    with subject(NESTED_PID_NS) as s:
+        tree = server.ok(f"/processes/{s.pid}/checkpointable")
+        alone = server.ok(f"/processes/{s.pid}/checkpointable?tree=false")
+        dumped = criu.dump(s.pid)
+        row = _listed(server, s.pid, lambda row: row["tree_size"] == 3)
+        blocked_trees = server.ok("/processes?tree_verdict=blocked&limit=1000")["processes"]
+    assert tree["tree"] is True and tree["verdict"] == "blocked" and not tree["checkpointable"]
+    assert "namespace.nested" in _codes(tree["reasons"]) and len(tree["processes"]) == 3
+    assert not dumped.ok and "Can't dump nested pid namespace for" in dumped.log
+    assert alone["tree"] is False and alone["verdict"] == "ok"
+    # the row: its own findings, and the verdict of the tree rooted there
+    assert (row["verdict"], row["checkpointable"]) == ("ok", True)
+    assert (row["tree_verdict"], row["tree_checkpointable"]) == ("blocked", False)
+    assert row["tree_nested_namespace"] is True and row["ppid"] == os.getpid()
+    assert s.pid in [r["pid"] for r in blocked_trees]
+    assert all(r["tree_verdict"] == "blocked" for r in blocked_trees)
+
+
+def test_an_orphans_row_follows_it_to_its_new_parent(server):
+    code = """
+signal.signal(signal.SIGCHLD, lambda *_: os.waitpid(-1, os.WNOHANG))  # reap the middle one
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:
+    orphan = os.fork()
+    if orphan == 0:
+        hold()
+    os.write(w, f"{orphan}\\n".encode())
+    hold()
+os.close(w)
+ready(f"{middle} {int(os.read(r, 32))}")
+hold()
+"""
+    with subject(code) as s:
+        middle, orphan = map(int, s.note.split())
+        assert _listed(server, s.pid, lambda row: row["tree_size"] == 3)["ppid"] == os.getpid()
+        os.kill(middle, signal.SIGKILL)
+        alone = _listed(server, s.pid, lambda row: row["tree_size"] == 1)
+        rows = {row["pid"]: row for row in server.ok("/processes?limit=1000")["processes"]}
+        reaper = int(Path(f"/proc/{orphan}/stat").read_text().rpartition(")")[2].split()[1])
+    assert alone["tree_verdict"] == alone["verdict"] and middle not in rows
+    assert reaper != middle and rows[orphan]["ppid"] == reaper
+
+
+def test_a_thread_id_gets_a_422_naming_its_process(server):
+    with subject(THREADED) as s:
+        tid = next(int(t) for t in os.listdir(f"/proc/{s.pid}/task") if int(t) != s.pid)
+        for path in (f"/processes/{tid}/checkpointable", f"/processes/{tid}",
+                     f"/processes/{tid}/fds"):
+            status, body = server.get(path)
+            assert status == 422 and body["thread_group_leader"] == s.pid, (path, body)
+            assert body["detail"].startswith(f"{tid} is a thread of process {s.pid}")
+
+
+def _listed(server, pid: int, settled=lambda row: True) -> dict:
+    """The process list's row of pid, once it is there (the list is refreshed every second)
+    and `settled` holds for it."""
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while True:
+        rows = server.ok("/processes?limit=1000")["processes"]
+        row = next((row for row in rows if row["pid"] == pid), None)
+        if row is not None and settled(row):
+            return row
+        assert time.monotonic() < deadline, f"pid {pid} never appeared settled: {row}"
+        time.sleep(0.05)
 
 
 def test_a_process_document_adds_its_command_line_and_cgroup(server):
@@ -165,9 +240,17 @@ def test_rules_and_openapi_describe_the_service(server):
     assert rules["schema"] == "crwatch.rules/1"
     assert "device.chr.unsupported" in _codes(rules["rules"])
     assert server.ok("/rules?profile=strict")["profile"] == "strict"
-    paths = server.ok("/openapi.json")["paths"]
+    schema = server.ok("/openapi.json")
+    paths = schema["paths"]
     assert {"/processes/{pid}/checkpointable", "/processes/{pid}/fds", "/rules",
             "/healthz"} <= set(paths)
+    tree = next(p for p in paths["/processes/{pid}/checkpointable"]["get"]["parameters"]
+                if p["name"] == "tree")
+    assert tree["schema"]["default"] is True  # the scope of a checkpoint: the tree
+    components = schema["components"]["schemas"]
+    assert {"tree_verdict", "tree_checkpointable", "ppid"} <= set(
+        components["ProcessRow"]["properties"])
+    assert components["GateRequestBody"]["properties"]["tree"]["default"] is True
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/docs", timeout=30) as page:
         assert page.status == 200 and b"swagger" in page.read().lower()
 
@@ -289,6 +372,12 @@ def test_the_process_list_is_judged_filtered_and_paginated(server):
         assert all(row["verdict"] == "blocked" for row in blocked["processes"])
         row = next(row for row in blocked["processes"] if row["pid"] == s.pid)
         assert "device.chr.unsupported" in row["codes"] and row["checkpointable"] is False
+        assert (row["tree_verdict"], row["tree_size"]) == ("blocked", 1)
+        assert row["tree_checkpointable"] is False and row["tree_nested_namespace"] is False
+        # the tree rooted at this test process holds the blocked subject
+        mine = next(r for r in server.ok("/processes?limit=1000")["processes"]
+                    if r["pid"] == os.getpid())
+        assert mine["tree_verdict"] in ("blocked", "unknown") and mine["tree_size"] >= 2
         everything = server.ok("/processes?limit=1000")
         assert everything["total"] >= blocked["total"] + 1
         pids = [row["pid"] for row in everything["processes"]]
@@ -314,13 +403,15 @@ ready(); hold()
     with subject(code) as s:
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while True:  # idle, it gets no event: its audit is kept (once its start-up's are in)
-            document = server.ok(f"/processes/{s.pid}/checkpointable")
+            # (a process's own audit is kept; a tree is audited afresh)
+            document = server.ok(f"/processes/{s.pid}/checkpointable?tree=false")
             if document["audit_reused"]:
                 break
             assert time.monotonic() < deadline, "the audit was never reused"
         assert document["verdict"] == "ok"
         os.kill(s.pid, signal.SIGUSR1)
-        while (document := server.ok(f"/processes/{s.pid}/checkpointable"))["verdict"] == "ok":
+        while (document := server.ok(f"/processes/{s.pid}/checkpointable?tree=false")
+               )["verdict"] == "ok":
             assert time.monotonic() < deadline + ARRIVAL_TIMEOUT, "the device open was not seen"
         assert document["verdict"] == "blocked" and document["audit_reused"] is False
 

@@ -35,12 +35,35 @@ class Audit:
     findings: list[Finding] = field(default_factory=list)
 
 
+class ThreadId(LookupError):
+    """The id names a thread, not a process: /proc/TID exists, but its thread group
+    is led by another task. CRIU's `dump -t` takes thread group leaders only."""
+
+    def __init__(self, tid: int, tgid: int):
+        super().__init__(f"{tid} is a thread of process {tgid}")
+        self.tid, self.tgid = tid, tgid
+
+
 def identify(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> ProcessIdentity:
-    """The (pid, start time) identity; raises ProcessGone for a pid that does not exist."""
+    """The (pid, start time) identity; raises ProcessGone for a pid that does not exist,
+    ThreadId for the id of a thread that does not lead its thread group."""
     if pid <= 0:
         raise ProcessGone(pid)
-    stat = Proc(pid, proc_root).stat
+    proc = Proc(pid, proc_root)
+    stat = proc.stat
+    leader = _thread_group_leader(proc)
+    if leader is not None and leader != pid:
+        raise ThreadId(pid, leader)
     return ProcessIdentity(pid, stat.start_time, stat.comm, stat.ppid)
+
+
+def _thread_group_leader(proc: Proc) -> int | None:
+    """The Tgid of /proc/ID/status (None when it cannot be read: the identity's stat was)."""
+    try:
+        tgid = proc.status.get("Tgid", "")
+    except (ProcessGone, AccessDenied):
+        return None
+    return int(tgid) if tgid.isdigit() else None
 
 
 def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:

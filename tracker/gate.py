@@ -9,21 +9,25 @@ whatever CRIU still refuses is read back from its log as a reason.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from tracker import verdict
-from tracker.audit import Audit, audit, identify
+from tracker import live_verdict, verdict
+from tracker.audit import Audit, ProcessIdentity, audit, identify
 from tracker.checks.gate import not_frozen, watchdog_expired
 from tracker.criu import Criu, DumpResult, arguments_for
 from tracker.criu_log import failure_findings
 from tracker.freeze import DEFAULT_WATCHDOG_S, Freeze, FreezeError, Frozen
+from tracker.live_verdict import ProbeFound
 from tracker.profiles import Profile
 
 SCHEMA = "crwatch.gate/1"
 
-Reconcile = Callable[[Audit, int], "list[dict] | None"]
+# (the audit, when it began, the pid of the gate's ptrace holder): the drift, or None
+Reconcile = Callable[[Audit, int, "int | None"], "list[dict] | None"]
+# What only the probes see of the tree's processes (LiveTable.probe_found).
+ProbeFinder = Callable[[list[ProcessIdentity]], ProbeFound]
 
 
 class GateError(Exception):
@@ -37,43 +41,49 @@ class CriuUnavailable(GateError):
 @dataclass(frozen=True)
 class GateRequest:
     pid: int
-    tree: bool = False
+    tree: bool = True                 # False: the pid alone (a recheck without a dump only)
     allow: tuple[str, ...] = ()
     dump_dir: Path | None = None      # hand off to CRIU, images here
     leave_running: bool = True
     watchdog_s: float = DEFAULT_WATCHDOG_S
     hold_s: float = 0.0               # stay frozen this long after the recheck (tests the watchdog)
 
-    @property
-    def whole_tree(self) -> bool:
-        return self.tree or self.dump_dir is not None  # CRIU always dumps the whole tree
+    def check(self) -> None:
+        """Refuse a dump of the pid alone: CRIU has no such thing."""
+        if self.dump_dir is not None and not self.tree:
+            raise GateError(f"a dump takes pid {self.pid} with all its descendants (criu dump "
+                            f"-t {self.pid}): the gate of a dump judges that whole tree, not "
+                            f"the pid alone (--only, tree=false)")
 
 
 @dataclass
 class _Run:
     result: Audit
     frozen: Frozen | None
+    probe_found: ProbeFound = field(default_factory=list)
     freeze_error: str | None = None
     dump: DumpResult | None = None
     dumped_frozen: bool = False
 
 
 def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
-         reconcile: Reconcile | None = None) -> dict:
+         reconcile: Reconcile | None = None, probe_finder: ProbeFinder | None = None) -> dict:
     """Run the gate and return its document (schema crwatch.gate/1).
 
-    Raises ProcessGone when the pid does not exist, GateError when a dump was
-    asked for and cannot be made.
+    Raises ProcessGone when the pid does not exist, ThreadId for the id of a thread,
+    GateError when a dump was asked for and cannot be made (or of the pid alone).
     """
+    request.check()
     if request.dump_dir is not None:
         criu = _usable(criu)
         judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
         _prepare(request.dump_dir)
     identify(request.pid)  # ProcessGone before anything is frozen
     started_ns = time.monotonic_ns()
-    run = _frozen_recheck(request, judged_by, criu)
-    document = verdict.document(run.result, judged_by, request.allow)
-    drift = reconcile(run.result, started_ns) if reconcile is not None else None
+    run = _frozen_recheck(request, judged_by, criu, probe_finder)
+    document = live_verdict.document(run.result, run.probe_found, judged_by, request.allow)
+    holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
+    drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
     if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
             and run.frozen is not None and not run.frozen.expired):
@@ -84,24 +94,25 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     return _document(request, judged_by, document, run, drift, criu_findings, criu)
 
 
-def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None) -> _Run:
-    freeze = Freeze(request.pid, request.whole_tree, watchdog_s=request.watchdog_s)
+def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
+                    probe_finder: ProbeFinder | None) -> _Run:
+    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
     try:
         frozen = freeze.__enter__()
     except FreezeError as error:
         # Still audit (every reason at once), but never call it checkpointable.
-        result = audit(request.pid, tree=request.whole_tree)
+        result = audit(request.pid, tree=request.tree)
         result.findings.append(not_frozen(request.pid, None, str(error)))
-        return _Run(result, None, freeze_error=str(error))
+        return _Run(result, None, _probe_found(probe_finder, result), freeze_error=str(error))
     try:
-        result = audit(request.pid, tree=request.whole_tree, hold=frozen.hold)
+        result = audit(request.pid, tree=request.tree, hold=frozen.hold)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
             freeze.hold(request.hold_s)
-        run = _Run(result, frozen)
+        run = _Run(result, frozen, _probe_found(probe_finder, result))
         if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
-            judged = verdict.document(result, judged_by, request.allow)
+            judged = live_verdict.document(result, run.probe_found, judged_by, request.allow)
             if judged["checkpointable"] and freeze.holding():
                 # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
                 run.dump = _dump(criu, request, judged, cgroup=frozen.cgroup,
@@ -112,6 +123,11 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None)
     if frozen.expired:
         run.result.findings.append(watchdog_expired(request.pid, request.watchdog_s))
     return run
+
+
+def _probe_found(probe_finder: ProbeFinder | None, result: Audit) -> ProbeFound:
+    """What the probes saw of the frozen tree and no audit can (none without probes)."""
+    return probe_finder(result.processes) if probe_finder is not None else []
 
 
 def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | None,
@@ -157,7 +173,7 @@ def _document(request: GateRequest, judged_by: Profile, judged: dict, run: _Run,
     return {
         "schema": SCHEMA,
         "pid": judged["pid"], "start_time": judged["start_time"], "comm": judged["comm"],
-        "tree": request.whole_tree,
+        "tree": request.tree,
         "outcome": outcome,
         "checkpointable": judged["checkpointable"] and outcome != "dump_failed",
         "verdict": judged,

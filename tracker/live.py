@@ -30,7 +30,7 @@ from tracker.audit import Audit, ProcessIdentity, audit
 from tracker.live_model import (CR, Counters, Entry, Mark, MarkKey, PiThread, Transition,
                                 boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns)
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Mapping, Proc, ProcessGone
-from tracker.profiles import Profile
+from tracker.profiles import PROFILE_NAMES, Profile
 from tracker.rules import Finding
 from tracker.verdict import reason
 
@@ -56,17 +56,22 @@ class KernelMaps(Protocol):
     def forget(self, tgid: int) -> None: ...
 
 
-class _Batch:
-    """The entries one apply touched, with their state before, to report what changed."""
+States = tuple[str, ...]  # an entry's state, then its state under each profile
 
-    def __init__(self, cause_ns: int):
+
+class _Batch:
+    """The entries one apply touched, with their states before, to report what changed."""
+
+    def __init__(self, cause_ns: int, states_of: Callable[[Entry], States]):
         self.cause_ns = cause_ns
-        self.before: dict[int, tuple[Entry, str, int | None]] = {}
+        self.states_of = states_of
+        self.before: dict[int, tuple[Entry, States | None, int | None]] = {}
         self.removed: set[int] = set()
 
-    def touch(self, entry: Entry, tid: int | None, state: str | None = None) -> None:
+    def touch(self, entry: Entry, tid: int | None, new: bool = False) -> None:
+        """`new`: an entry made now, `cr` before under every profile."""
         if id(entry) not in self.before:
-            self.before[id(entry)] = (entry, state or entry.state, tid)
+            self.before[id(entry)] = (entry, None if new else self.states_of(entry), tid)
 
     def remove(self, entry: Entry) -> None:
         self.touch(entry, None)
@@ -110,6 +115,8 @@ class LiveTable:
     def __init__(self, profile: Profile, kernel: KernelMaps | None = None,
                  proc_root: Path = DEFAULT_PROC_ROOT, own_pid: int | None = None):
         self.profile = profile
+        # Every profile's state is followed: the service answers for any profile.
+        self.profiles = tuple(Profile(name, profile.criu_version) for name in PROFILE_NAMES)
         self.kernel = kernel
         self.proc_root = proc_root
         self.own_pid = os.getpid() if own_pid is None else own_pid
@@ -160,7 +167,7 @@ class LiveTable:
     def seed(self) -> list[Transition]:
         """Audit every process and mark what the probes would have marked."""
         with self._lock:
-            batch = _Batch(time.monotonic_ns())
+            batch = self._batch(time.monotonic_ns())
             for pid in self._pids():
                 self._audit_into(pid, batch)
             return self._finish(batch)
@@ -199,7 +206,7 @@ class LiveTable:
             if self._identities and event.kind in (Kind.FORKED, Kind.EXECED, Kind.EXITED):
                 self._identities.pop(event.tgid, None)
                 self._identities.pop(event.arg, None)  # the child of a fork
-            batch = _Batch(event.ts_ns)
+            batch = self._batch(event.ts_ns)
             handler = self._handlers.get(event.kind)
             if handler is None:
                 self.counters.ignored += 1
@@ -216,7 +223,7 @@ class LiveTable:
         """The deferred lock reads whose time has come."""
         with self._lock:
             now = time.monotonic_ns()
-            batch = _Batch(now)
+            batch = self._batch(now)
             for pid, (due, event) in list(self._lock_reads_due.items()):
                 if due <= now:
                     del self._lock_reads_due[pid]
@@ -230,7 +237,7 @@ class LiveTable:
         PI futexes unlocked in user space (no syscall when uncontended), and waits that began
         before the probes were attached (they see no end of a call they did not see start)."""
         with self._lock:
-            batch = _Batch(time.monotonic_ns())
+            batch = self._batch(time.monotonic_ns())
             for entry in list(self._entries.values()):
                 who = self._identity(entry.pid)
                 if who is None or who.start_time != entry.start_time:
@@ -252,19 +259,39 @@ class LiveTable:
                         by_code[finding.code] = by_code.get(finding.code, 0) + 1
             return {"by_state": by_state, "by_code": by_code}
 
-    def states(self) -> dict[int, tuple[float, str]]:
-        """pid: (start time, state) of every process the table follows, at once."""
+    def states(self, judged_by: Profile | None = None) -> dict[int, tuple[float, str]]:
+        """pid: (start time, state under the profile) of every process the table follows."""
+        judged_by = judged_by or self.profile
         with self._lock:
-            return {pid: (entry.start_time, entry.state) for pid, entry in self._entries.items()}
+            return {pid: (entry.start_time, entry.state_under(judged_by))
+                    for pid, entry in self._entries.items()}
 
-    def tracked(self, pid: int) -> dict | None:
-        """The `tracked` part of a verdict document: state, since, reasons (None: never marked)."""
+    def tracked(self, pid: int, judged_by: Profile | None = None) -> dict | None:
+        """The `tracked` part of a verdict document under a profile (by default the table's):
+        state, since, reasons (None: never marked)."""
+        judged_by = judged_by or self.profile
         with self._lock:
             entry = self._entries.get(pid)
             if entry is None:
                 return None
-            return {"state": entry.state, "since": entry.since, "stale": entry.stale,
-                    "start_time": entry.start_time, "reasons": entry.reasons(self.profile)}
+            return {"state": entry.state_under(judged_by),
+                    "since": entry.since_under.get(judged_by.name, entry.since),
+                    "stale": entry.stale, "start_time": entry.start_time,
+                    "reasons": entry.reasons(judged_by)}
+
+    def probe_found(self, identities: Iterable[ProcessIdentity]) -> list[tuple[Finding, str]]:
+        """What only the probes see of these processes (a PI futex held, a nonlinear
+        mapping), which no /proc audit can, with since when: (finding, since) pairs."""
+        found = []
+        with self._lock:
+            for who in identities:
+                entry = self._entries.get(who.pid)
+                if entry is None or entry.start_time != who.start_time:
+                    continue
+                for key, mark in entry.marks.items():
+                    if not _audited(entry, key):
+                        found.extend((finding, mark.since) for finding in mark.findings)
+        return found
 
     # ------------------------------------------------------------ identity and entries
 
@@ -318,7 +345,7 @@ class LiveTable:
         if entry is None:
             entry = Entry(who.pid, who.start_time, who.comm, since=iso_from_wall_ns(time.time_ns()))
             self._entries[who.pid] = entry
-            batch.touch(entry, tid, CR)
+            batch.touch(entry, tid, new=True)
         else:
             batch.touch(entry, tid)
         entry.ppid = who.ppid or entry.ppid
@@ -369,17 +396,32 @@ class LiveTable:
         batch.touch(entry, tid)
         del entry.marks[key]
 
+    def _batch(self, cause_ns: int) -> _Batch:
+        return _Batch(cause_ns, self._states)
+
+    def _states(self, entry: Entry) -> States:
+        return (entry.state, *(entry.state_under(judged_by) for judged_by in self.profiles))
+
     def _finish(self, batch: _Batch) -> list[Transition]:
+        """A transition for each touched entry whose state changed, under any profile (a
+        device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
+        all_cr = (CR,) * (1 + len(self.profiles))
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
-            after = CR if exited else entry.state
+            after = all_cr if exited else self._states(entry)
+            before = before or all_cr
             if after != before:
                 entry.since = iso_from_monotonic_ns(batch.cause_ns)
-                reasons = [] if after == CR else entry.reasons(self.profile)
-                transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm, after,
-                                              reasons, entry.since, batch.cause_ns, exited,
-                                              ppid=entry.ppid))
+                for judged_by, was, now in zip(self.profiles, before[1:], after[1:]):
+                    if was != now:
+                        entry.since_under[judged_by.name] = entry.since
+                reasons = [] if after[0] == CR else entry.reasons(self.profile)
+                profiles = {judged_by.name: state
+                            for judged_by, state in zip(self.profiles, after[1:])}
+                transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm,
+                                              after[0], reasons, entry.since, batch.cause_ns,
+                                              exited, ppid=entry.ppid, profiles=profiles))
             self._drop_if_idle(entry, exited)
         self.counters.transitions += len(transitions)
         return transitions
@@ -795,13 +837,16 @@ class LiveTable:
             self._follow_in_kernel(entry)
         return found
 
-    def reconcile(self, result: Audit, started_ns: int) -> tuple[list[dict], list[Transition]]:
+    def reconcile(self, result: Audit, started_ns: int, gate_tracer: int | None = None
+                  ) -> tuple[list[dict], list[Transition]]:
         """Compare what the table holds with an audit that read a frozen tree (started at
         `started_ns`), and take the audit's view. Returns the drift (reasons the probes
-        missed, marks that were stale) and the transitions the correction makes."""
+        missed, marks that were stale) and the transitions the correction makes. The
+        gate's own ptrace hold (`gate_tracer`, which the audit looks through) may have been
+        marked meanwhile: that is no stale mark."""
         drift: list[dict] = []
         with self._lock:
-            batch = _Batch(started_ns)
+            batch = self._batch(started_ns)
             for who in result.processes:
                 findings = [f for f in result.findings if f.pid == who.pid]
                 if {f.code for f in findings} & {"audit.exited", "task.kernel_thread"}:
@@ -814,6 +859,8 @@ class LiveTable:
                     drift += [_drift("missed", who, reason(f, self.profile), "audit")
                               for f in found[key][0]]
                 for key in held.keys() - found.keys():
+                    if _traced_by(held[key], gate_tracer):
+                        continue
                     drift += [_drift("stale", who, reason(f, self.profile), held[key].source,
                                      held[key].since) for f in held[key].findings]
             return drift, self._finish(batch)
@@ -882,6 +929,10 @@ def _audited(entry: Entry, key: MarkKey) -> bool:
         thread = entry.pi.get(key[1])
         return thread is None or key[2] not in thread.held
     return key[0] in AUDITED_KINDS
+
+
+def _traced_by(mark: Mark, tracer_pid: int | None) -> bool:
+    return tracer_pid is not None and mark.tracer is not None and mark.tracer[1] == tracer_pid
 
 
 def _drift(kind: str, who: ProcessIdentity, reason: dict, source: str,

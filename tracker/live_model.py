@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from tracker.profiles import Profile
-from tracker.rules import Finding
+from tracker.rules import INFO, Finding, catalogue
 from tracker.verdict import VERDICT_ORDER, reason
 
 SCHEMA = "crwatch.event/1"
@@ -73,8 +73,9 @@ class Entry:
     pid: int
     start_time: float
     comm: str
-    since: str
+    since: str                       # when its state (any profile's) last changed
     marks: dict[MarkKey, Mark] = field(default_factory=dict)
+    since_under: dict[str, str] = field(default_factory=dict)  # profile: when its state began
     pi: dict[int, PiThread] = field(default_factory=dict)
     audited_ns: int = 0              # CLOCK_MONOTONIC start of its last /proc audit
     stale: bool = False              # events were lost; a re-audit is under way
@@ -82,7 +83,16 @@ class Entry:
 
     @property
     def state(self) -> str:
+        """`nocr` while anything is marked: a state some profile's dumper refuses."""
         return NOCR if self.marks else CR
+
+    def state_under(self, profile: Profile) -> str:
+        """`nocr` only when this profile refuses a marked reason (without options): under
+        `criu` a PI futex held is no reason to, under `strict` it is."""
+        rules = catalogue()
+        refused = any(profile.severity(rules[finding.code]) != INFO
+                      for mark in self.marks.values() for finding in mark.findings)
+        return NOCR if refused else CR
 
     @property
     def idle(self) -> bool:
@@ -113,6 +123,7 @@ class Transition:
     exited: bool = False             # `cr` because the process is gone
     emitted_ns: int = 0              # CLOCK_MONOTONIC when subscribers were told
     ppid: int = 0                    # its parent when last read: who started it (0: unknown)
+    profiles: dict[str, str] | None = None  # the state under each profile, after it
 
     def to_json(self) -> dict:
         line = {"schema": SCHEMA, "kind": "transition", "pid": self.pid, "tid": self.tid,
@@ -120,6 +131,8 @@ class Transition:
                 "reasons": self.reasons, "ts": self.ts}
         if self.ppid:
             line["ppid"] = self.ppid
+        if self.profiles is not None:
+            line["profiles"] = self.profiles
         if self.exited:
             line["exited"] = True
         return line

@@ -108,12 +108,14 @@ class Tracker:
             counts["lost"] = self.reader.counters()
         return counts
 
-    def reconcile(self, result: Audit, started_ns: int) -> list[dict] | None:
+    def reconcile(self, result: Audit, started_ns: int,
+                  gate_tracer: int | None = None) -> list[dict] | None:
         """The drift between the tracked state and a recheck of a frozen tree, which then
-        corrects the table (None: nothing is tracked, the probes are not attached)."""
+        corrects the table (None: nothing is tracked, the probes are not attached).
+        `gate_tracer`: the pid of the gate's ptrace holder, whose tracing is no drift."""
         if self.degraded or self.table is None:
             return None
-        drift, transitions = self.table.reconcile(result, started_ns)
+        drift, transitions = self.table.reconcile(result, started_ns, gate_tracer)
         self._publish(transitions)
         return drift
 

@@ -16,14 +16,21 @@ PID_MAX = 4_194_304  # the kernel's limit (PID_MAX_LIMIT on 64-bit)
 Pid = Annotated[int, Path(gt=0, le=PID_MAX, description="a process id")]
 ProfileName = Annotated[Optional[Literal["criu", "strict"]],
                         Query(description="dumper profile (default: the service's)")]
-NOT_FOUND = {404: {"model": Problem, "description": "no such process (or it exited meanwhile)"}}
+NOT_FOUND = {404: {"model": Problem, "description": "no such process (or it exited meanwhile)"},
+             422: {"model": Problem, "description": "bad input, or the id of a thread (the "
+                                                    "problem names its process)"}}
+Verdicts = Literal["ok", "needs_options", "blocked", "unknown"]
+Tree = Annotated[bool, Query(description="judge the process with all its descendants, as a "
+                                         "checkpoint takes them (false: its own findings)")]
 
 
 @router.get("", response_model=ProcessList, response_model_by_alias=True)
 def processes(
     request: Request,
-    verdict: Annotated[Optional[Literal["ok", "needs_options", "blocked", "unknown"]],
-                       Query(description="only processes with this verdict")] = None,
+    verdict: Annotated[Optional[Verdicts],
+                       Query(description="only processes with this verdict (their own)")] = None,
+    tree_verdict: Annotated[Optional[Verdicts],
+                            Query(description="only processes whose tree has this verdict")] = None,
     comm: Annotated[Optional[str], Query(max_length=64,
                                          description="only commands containing this")] = None,
     cgroup: Annotated[Optional[str], Query(max_length=4096, description="only cgroups (v2 "
@@ -33,9 +40,14 @@ def processes(
     profile: ProfileName = None,
 ) -> dict:
     """Every process but kernel threads, judged (an audit is reused while no probe event
-    came for its process), filtered and paginated in pid order."""
+    came for its process), filtered and paginated in pid order. A row has the process's
+    own verdict and that of the tree rooted there (`tree_verdict`): the worst of its
+    members' own, refusing also a member in a namespace CRIU cannot nest. Members judged
+    alone see their peers in the tree as outside it, so `tree_verdict` errs towards
+    refusing: `/processes/{pid}/checkpointable` audits the tree and decides."""
     listed = _shown(request, request.app.state.service.processes(
-        verdict_is=verdict, comm=comm, cgroup=cgroup, offset=offset, limit=limit,
+        verdict_is=verdict, tree_verdict_is=tree_verdict, comm=comm, cgroup=cgroup,
+        offset=offset, limit=limit,
         profile_name=profile))
     # Built by the service in the model's shape: returned as it is, without the
     # per-field validation that would cost more than the listing itself.
@@ -44,22 +56,26 @@ def processes(
 
 @router.get("/{pid}", response_model=ProcessDetail, response_model_by_alias=True,
             responses=NOT_FOUND)
-def process(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
-    """The process's verdict (as /checkpointable), its command line and its cgroup."""
-    return _shown(request, request.app.state.service.process(pid, profile_name=profile))
+def process(request: Request, pid: Pid, tree: Tree = True, profile: ProfileName = None) -> dict:
+    """The verdict of the process's tree (as /checkpointable), its command line and cgroup."""
+    return _shown(request, request.app.state.service.process(pid, tree=tree,
+                                                             profile_name=profile))
 
 
 @router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
             responses=NOT_FOUND)
 def checkpointable(
     request: Request, pid: Pid,
-    tree: Annotated[bool, Query(description="judge the process with all its descendants")] = False,
+    tree: Tree = True,
     allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
                                                   "(repeatable), e.g. --tcp-established")] = [],
     profile: ProfileName = None,
 ) -> dict:
-    """Can it be checkpointed now? The reasons come from an audit read for this request
-    (`source: audit`); `tracked` is what the probes follow (`source: probe`)."""
+    """Can it be checkpointed now, with all its descendants (a checkpoint takes them)? The
+    reasons come from an audit read for this request (`source: audit`) and, for what no
+    audit can see (a PI futex held, a remap_file_pages mapping), from the probes
+    (`source: probe`); the profile asked for judges both. `tracked` is what the probes
+    follow, `nocr` when this profile refuses a tracked reason."""
     return _shown(request, request.app.state.service.checkpointable(
         pid, tree=tree, allow=allow, profile_name=profile))
 
@@ -86,8 +102,9 @@ def history(request: Request, pid: Pid,
                         409: {"model": Problem, "description": "a gate of this pid is running"},
                         503: {"model": Problem, "description": "no usable CRIU for the dump"}})
 def gate(request: Request, pid: Pid, body: Optional[GateRequestBody] = None) -> dict:
-    """Freeze the tree, recheck it, judge it, thaw it; with `dump`, hand it to the real CRIU
-    with exactly the options the verdict requires. Needs the token."""
+    """Freeze the tree, recheck it, judge it (with what only the probes see), thaw it; with
+    `dump`, hand it to the real CRIU with exactly the options the verdict requires. Needs
+    the token. `tree: false` rechecks the pid alone, never for a dump."""
     body = body or GateRequestBody()
     return _shown(request, request.app.state.service.gates.run(
         pid, tree=body.tree, allow=body.allow, profile_name=body.profile,
