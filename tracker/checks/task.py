@@ -8,7 +8,9 @@ with wait(WUNTRACED); the kernel keeps it, and compel reads it from the
 trap PTRACE_INTERRUPT reports (infect.c, compel_wait_task): so does crwatch,
 for such a stop only, seizing and detaching at once. After the
 seize it gives each process kernel-object ids with kcmp and refuses two
-processes that share an mm or fs_struct without being threads of one group.
+processes that share an mm or fs_struct without being threads of one group,
+or an fd table unless one is the other's parent (cr-dump.c dump_task_kobj_ids,
+pstree.h shared_fdtable).
 """
 from __future__ import annotations
 
@@ -64,6 +66,11 @@ RULES = (
     Rule("task.shared_fs", "Processes share cwd/root/umask without being threads (CLONE_FS)",
          BLOCKER, "checkpoint a tree whose processes were not cloned with CLONE_FS",
          criu_message="Can't make FS id for %d"),
+    Rule("task.shared_files", "A process shares its fd table (CLONE_FILES) with a process of the "
+         "tree that is not its parent", BLOCKER,
+         "checkpoint a tree whose processes share an fd table only with their parent (clone "
+         "without CLONE_FILES, or call unshare(CLONE_FILES) in the child)",
+         criu_message="Can't make FILES id for %d"),
     Rule("task.pi_futex", "A thread waits on a priority-inheritance futex", INFO,
          "nothing to do for CRIU: the futex word and owner TID are restored as they were",
          strict=BLOCKER),
@@ -78,7 +85,7 @@ CLONE_VFORK = 0x4000
 FUTEX_CMD_MASK = 127  # drops FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
 FUTEX_TID_MASK = 0x3FFFFFFF
 FUTEX_PI_OPS = {6: "FUTEX_LOCK_PI", 11: "FUTEX_WAIT_REQUEUE_PI", 13: "FUTEX_LOCK_PI2"}
-KCMP_VM, KCMP_FS = 1, 3
+KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3
 STAT_EXIT_CODE = 49  # field 52 of /proc/PID/stat, counted after the ")" of comm
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_EVENT_STOP = 128
@@ -128,6 +135,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     yield from _check_life(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
+    yield from _check_shared_files(ctx, proc)
 
 
 # ---------------------------------------------------------------- reading threads
@@ -358,16 +366,27 @@ def _check_shared(ctx: AuditContext, proc: Proc, kind: int, code: str,
 
 
 def _sharing_groups(ctx: AuditContext, kind: int) -> dict[int, list[int]]:
-    """pid -> the tree process (lowest pid) whose kernel object it shares, by kcmp as CRIU does.
+    """pid -> the tree process (lowest pid) whose kernel object it shares, by kcmp as CRIU does."""
+    shared = {}
+    for group in _kcmp_groups(ctx, kind):
+        if not (kind == KCMP_VM and _explained_by_vfork(ctx, group)):
+            first, *others = sorted(group)
+            for pid in others:  # one finding per sharer, as CRIU names the second one
+                shared[pid] = [first]
+    return shared
+
+
+def _kcmp_groups(ctx: AuditContext, kind: int) -> list[list[int]]:
+    """The tree's processes that share one kernel object of `kind`, two or more a group.
 
     Sorting by kcmp's order puts processes that share an object side by side:
     n log n syscalls instead of comparing every pair.
     """
     if SYSCALLS is None or ctx.proc_root != DEFAULT_PROC_ROOT:
-        return {}  # kcmp asks the live kernel; a fixture tree has no kernel objects
+        return []  # kcmp asks the live kernel; a fixture tree has no kernel objects
     pids = [pid for pid in sorted(ctx.tree_pids) if _has_objects(ctx, pid)]
     if len(pids) < 2:
-        return {}
+        return []
     order = sorted(pids, key=functools.cmp_to_key(lambda a, b: _kcmp_order(a, b, kind)))
     groups: list[list[int]] = [[order[0]]]
     for pid in order[1:]:
@@ -375,13 +394,53 @@ def _sharing_groups(ctx: AuditContext, kind: int) -> dict[int, list[int]]:
             groups[-1].append(pid)
         else:
             groups.append([pid])
-    shared = {}
-    for group in groups:
-        if len(group) > 1 and not (kind == KCMP_VM and _explained_by_vfork(ctx, group)):
-            first, *others = sorted(group)
-            for pid in others:  # one finding per sharer, as CRIU names the second one
-                shared[pid] = [first]
-    return shared
+    return [group for group in groups if len(group) > 1]
+
+
+def _check_shared_files(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    first = ctx.table(("task.kcmp", KCMP_FILES), lambda: _files_sharing(ctx)).get(proc.pid)
+    if first:
+        yield Finding("task.shared_files", f"pid {proc.pid} shares its fd table with pid {first}, "
+                      f"which is not its parent (CLONE_FILES)", proc.pid)
+
+
+def _files_sharing(ctx: AuditContext) -> dict[int, int]:
+    """pid -> the process it shares its fd table with, where CRIU refuses the sharing.
+
+    CRIU names fd tables in the tree's order (parents first, depth first): a table it
+    has named already is accepted only as the parent's. In a group sharing one table,
+    the members whose parent is in the group are fine, the first of the others names
+    the table, and every later one is refused.
+    """
+    refused = {}
+    for group in _kcmp_groups(ctx, KCMP_FILES):
+        members = set(group)
+        outside = [pid for pid in _tree_order(ctx) if pid in members
+                   and _parent(ctx, pid) not in members]
+        for pid in outside[1:]:
+            refused[pid] = outside[0]
+    return refused
+
+
+def _tree_order(ctx: AuditContext) -> list[int]:
+    """The tree's pids as CRIU walks them (for_each_pstree_item): depth first, parents first."""
+    order, stack = [], [ctx.root_pid]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        try:
+            kids = [kid for kid in ctx.proc(pid).children() if kid in ctx.tree_pids]
+        except ProcessGone:
+            kids = []
+        stack.extend(reversed(kids))
+    return order
+
+
+def _parent(ctx: AuditContext, pid: int) -> int:
+    try:
+        return ctx.proc(pid).stat.ppid
+    except ProcessGone:
+        return 0
 
 
 def _has_objects(ctx: AuditContext, pid: int) -> bool:
