@@ -2,12 +2,22 @@
 the real CRIU:
 - an fd table (CLONE_FILES) shared by two processes of the tree neither of which is
   the other's parent (cr-dump.c dump_task_kobj_ids: `Can't make FILES id for %d`);
-  shared with the parent it dumps.
+  shared with the parent it dumps;
+- 974 or more supplementary groups, more than the parasite's page holds
+  (pie/parasite.c dump_creds: `Too many groups in task %d`);
+- a line of /proc/PID/status or smaps of 4096 bytes or more, more than CRIU's
+  buffered reader holds (bfd.c breadchr: `The bfd buffer is too small`): a Groups
+  line of 818 4-digit gids, the smaps line of a file mapped through a long path,
+  an executable run through one. Each next to the largest state that still dumps.
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from tests.agreement import assert_agrees
 from tests.subjects import subject
+from tests.test_agree_gaps_files import DESCEND
 
 # clone() as fork() (no new stack) with CLONE_FILES: the child shares its parent's fd table.
 CLONE_FILES = """
@@ -76,3 +86,96 @@ hold()
         document = assert_agrees(s.pid, "a child shares its parent's fd table", expect="ok",
                                  tree=True)
     assert int(s.note) in {p["pid"] for p in document["processes"]}
+
+
+# ---------------------------------------------------------------- CRIU's buffers
+
+def groups_code(count: int, first: int) -> str:
+    return f"os.setgroups(list(range({first}, {first + count})))\nready(); hold()\n"
+
+
+def test_974_supplementary_groups_are_blocked():
+    with subject(groups_code(974, 0)) as s:
+        document = assert_agrees(s.pid, "974 supplementary groups", expect="blocked",
+                                 codes={"task.too_many_groups"}, criu_error="Too many groups in task")
+    reason = next(r for r in document["reasons"] if r["code"] == "task.too_many_groups")
+    assert reason["tid"] == s.pid and "974 supplementary groups" in reason["message"]
+
+
+def test_973_supplementary_groups_are_ok():
+    with subject(groups_code(973, 0)) as s:
+        assert_agrees(s.pid, "973 supplementary groups", expect="ok")
+
+
+def test_a_status_groups_line_over_4095_bytes_is_blocked():
+    # 818 gids of 4 digits: "Groups:\t" and 818 times "NNNN " make a 4098-byte line
+    with subject(groups_code(818, 1000)) as s:
+        assert _status_line(s.pid, "Groups:") >= 4096
+        document = assert_agrees(s.pid, "a status Groups line over 4095 bytes", expect="blocked",
+                                 codes={"task.proc_line_too_long"},
+                                 criu_error="The bfd buffer is too small")
+    reason = next(r for r in document["reasons"] if r["code"] == "task.proc_line_too_long")
+    assert f"/proc/{s.pid}/status" in reason["message"] and "groups" in reason["remedy"]
+
+
+def test_a_status_groups_line_of_4093_bytes_is_ok():
+    with subject(groups_code(817, 1000)) as s:
+        assert _status_line(s.pid, "Groups:") == 4093
+        assert_agrees(s.pid, "a status Groups line of 4093 bytes", expect="ok")
+
+
+def test_a_file_mapped_through_a_path_over_4095_bytes_is_blocked(tmp_path):
+    # the fd is closed once mapped: only the smaps line of the mapping is long
+    code = DESCEND + f"""
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+descend({str(tmp_path)!r}, 4200, "f")
+fd = os.open("f", os.O_CREAT | os.O_RDWR)
+os.ftruncate(fd, 4096)
+if libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) in (None, 2**64 - 1):
+    raise OSError(ctypes.get_errno(), "mmap")
+os.close(fd)
+os.chdir("/")
+ready(); hold()
+"""
+    with subject(code) as s:
+        document = assert_agrees(s.pid, "a file mapped through a path over 4095 bytes",
+                                 expect="blocked", codes={"task.proc_line_too_long"},
+                                 criu_error="The bfd buffer is too small")
+    reason = next(r for r in document["reasons"] if r["code"] == "task.proc_line_too_long")
+    assert f"/proc/{s.pid}/smaps" in reason["message"] and "shorter path" in reason["remedy"]
+
+
+def test_an_executable_run_through_a_path_over_path_max_is_blocked(tmp_path):
+    # the executable is mapped: CRIU reads its smaps line before it saves the exe link
+    code = DESCEND + f"""
+import shutil
+descend({str(tmp_path)!r}, 5000, "sleep")
+shutil.copy("/bin/sleep", "sleep")
+ready()
+os.execv("./sleep", ["sleep", "1000"])
+"""
+    with subject(code) as s:
+        _await_exec(s.pid, "sleep")
+        document = assert_agrees(s.pid, "an executable run through a path over PATH_MAX",
+                                 expect="blocked",
+                                 codes={"task.proc_line_too_long", "file.path.too_long"},
+                                 criu_error="The bfd buffer is too small")
+    messages = {r["code"]: r["message"] for r in document["reasons"]}
+    assert f"/proc/{s.pid}/smaps" in messages["task.proc_line_too_long"]
+    assert "its cwd" in messages["file.path.too_long"]   # it runs in the deep directory
+
+
+def _await_exec(pid: int, name: str) -> None:
+    """exec() sends no event the test can wait on: poll the process's name until it changes."""
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/comm").read_text().strip() != name:
+        assert time.monotonic() < deadline, f"pid {pid} never ran {name}"
+        time.sleep(0.005)
+
+
+def _status_line(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return len(next(line for line in status if line.startswith(key)).rstrip("\n"))

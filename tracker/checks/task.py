@@ -11,6 +11,12 @@ seize it gives each process kernel-object ids with kcmp and refuses two
 processes that share an mm or fs_struct without being threads of one group,
 or an fd table unless one is the other's parent (cr-dump.c dump_task_kobj_ids,
 pstree.h shared_fdtable).
+
+Two limits of CRIU's own buffers: the parasite copies a thread's supplementary
+groups into one page (pie/parasite.c dump_creds, PARASITE_MAX_GROUPS), and
+CRIU reads /proc/PID/status and smaps a line at a time into a page (bfd.c
+breadline): a longer line fails the dump. (Its other bfd reads have short lines,
+or split children at spaces.)
 """
 from __future__ import annotations
 
@@ -71,6 +77,15 @@ RULES = (
          "checkpoint a tree whose processes share an fd table only with their parent (clone "
          "without CLONE_FILES, or call unshare(CLONE_FILES) in the child)",
          criu_message="Can't make FILES id for %d"),
+    Rule("task.too_many_groups", "A thread has 974 or more supplementary groups", BLOCKER,
+         "drop supplementary groups (setgroups) to fewer than 974 before checkpointing: CRIU's "
+         "parasite copies them into one page", criu_message="Too many groups in task %d"),
+    Rule("task.proc_line_too_long", "A line of /proc/PID/status or smaps is 4096 bytes or "
+         "longer", BLOCKER,
+         "shorten what makes the line long before checkpointing (fewer or shorter supplementary "
+         "group ids, a mapped file reached through a shorter path): CRIU reads "
+         "these files a line at a time into a 4096-byte buffer",
+         criu_message="The bfd buffer is too small"),
     Rule("task.pi_futex", "A thread waits on a priority-inheritance futex", INFO,
          "nothing to do for CRIU: the futex word and owner TID are restored as they were",
          strict=BLOCKER),
@@ -91,6 +106,12 @@ PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000    # __WALL
 TRAP_TIMEOUT = 5.0   # a task in group stop traps at once; this only bounds the wait
+# PARASITE_MAX_GROUPS of CRIU 4.2 on x86_64 with 4 KiB pages (what fits in a page after the
+# thread's other dump arguments): 973 groups dump, 974 are refused (measured with 4.2.1).
+PARASITE_MAX_GROUPS = 974
+LINE_BUFFER = 4096   # bfd.c BUFSIZE: a line must fit in it with its "\n"
+# A maps line is its path and less than this; only a mapping with a longer path can overflow.
+MAPS_LINE_HEAD = 128
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,8 @@ class Thread:
     tracer: int
     pending: int       # SigPnd: signals pending for this thread alone
     syscall: list[str]  # /proc/.../syscall split in words; [] when not read
+    groups: int = 0    # supplementary groups
+    longest_status_value: int = 0  # bytes of the longest value in its status
 
     @property
     def live(self) -> bool:
@@ -132,6 +155,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     for thread in threads:
         yield from _check_thread(ctx, proc, thread)
     yield from _check_shared_pending(proc)
+    yield from _check_buffers(proc, threads)
     yield from _check_life(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
@@ -158,7 +182,9 @@ def _read_thread(task: Proc, tid: int) -> Thread:
     state = status.get("State", "?")[:1]
     syscall = task.read("syscall").split() if state not in ("Z", "X") else []
     return Thread(tid=tid, state=state, tracer=int(status.get("TracerPid", "0")),
-                  pending=int(status.get("SigPnd", "0"), 16), syscall=syscall)
+                  pending=int(status.get("SigPnd", "0"), 16), syscall=syscall,
+                  groups=len(status.get("Groups", "").split()),
+                  longest_status_value=max(map(len, status.values()), default=0))
 
 
 def _unheld(ctx: AuditContext, thread: Thread) -> Thread:
@@ -353,6 +379,43 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+# ---------------------------------------------------------------- CRIU's buffers
+
+def _check_buffers(proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
+    for thread in threads:
+        if not thread.live:
+            continue    # CRIU neither seizes nor asks the parasite about a dead thread
+        if thread.groups >= PARASITE_MAX_GROUPS:
+            yield Finding("task.too_many_groups", f"tid {thread.tid} has {thread.groups} "
+                          f"supplementary groups; CRIU's parasite holds at most "
+                          f"{PARASITE_MAX_GROUPS - 1}", proc.pid, tid=thread.tid)
+        task = proc if thread.tid == proc.pid else proc.task(thread.tid)
+        if thread.longest_status_value >= LINE_BUFFER - MAPS_LINE_HEAD:
+            yield from _long_lines(proc, thread.tid, f"{thread.tid}/status", task.read("status"),
+                                   "drop supplementary groups, or use shorter group ids, before "
+                                   "checkpointing")
+    try:
+        mappings = proc.maps
+    except ProcessGone:
+        return          # gone meanwhile (the audit's end says so), or a fixture without maps
+    if any(len(mapping.path) >= LINE_BUFFER - MAPS_LINE_HEAD for mapping in mappings):
+        yield from _long_lines(proc, None, f"{proc.pid}/smaps", proc.read("maps"),
+                               "map the file (or run the executable) through a shorter path "
+                               "before checkpointing")
+
+
+def _long_lines(proc: Proc, tid: int | None, name: str, text: str,
+                remedy: str) -> Iterator[Finding]:
+    """The lines CRIU's buffered reader cannot hold: 4096 bytes or more before their "\n"."""
+    for line in text.split("\n"):
+        size = len(line.encode("utf-8", "surrogateescape"))
+        if size >= LINE_BUFFER:
+            head = line[:40].rstrip()
+            yield Finding("task.proc_line_too_long", f"/proc/{name} has a line of {size} bytes "
+                          f"({head}...), more than CRIU's 4095", proc.pid, tid=tid,
+                          remedy=remedy)
 
 
 # ---------------------------------------------------------------- shared mm / fs
