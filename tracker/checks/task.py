@@ -478,14 +478,14 @@ def _files_sharing(ctx: AuditContext) -> dict[int, int]:
     refused = {}
     for group in _kcmp_groups(ctx, KCMP_FILES):
         members = set(group)
-        outside = [pid for pid in _tree_order(ctx) if pid in members
+        outside = [pid for pid in tree_order(ctx) if pid in members
                    and _parent(ctx, pid) not in members]
         for pid in outside[1:]:
             refused[pid] = outside[0]
     return refused
 
 
-def _tree_order(ctx: AuditContext) -> list[int]:
+def tree_order(ctx: AuditContext) -> list[int]:
     """The tree's pids as CRIU walks them (for_each_pstree_item): depth first, parents first."""
     order, stack = [], [ctx.root_pid]
     while stack:
