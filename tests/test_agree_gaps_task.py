@@ -3,6 +3,8 @@ the real CRIU:
 - an fd table (CLONE_FILES) shared by two processes of the tree neither of which is
   the other's parent (cr-dump.c dump_task_kobj_ids: `Can't make FILES id for %d`);
   shared with the parent it dumps;
+- a zombie as the root of the dump: compel cannot seize it (`Unable to interrupt task`,
+  a warning, then `Dumping FAILED.`); below the root a zombie dumps (test_agree_task);
 - 974 or more supplementary groups, more than the parasite's page holds
   (pie/parasite.c dump_creds: `Too many groups in task %d`);
 - a line of /proc/PID/status or smaps of 4096 bytes or more, more than CRIU's
@@ -86,6 +88,26 @@ hold()
         document = assert_agrees(s.pid, "a child shares its parent's fd table", expect="ok",
                                  tree=True)
     assert int(s.note) in {p["pid"] for p in document["processes"]}
+
+
+# ---------------------------------------------------------------- a zombie root
+
+def test_a_zombie_as_the_root_of_the_dump_is_blocked():
+    # the child leads its own session, so only its being a zombie is in question
+    code = """
+kid = os.fork()
+if kid == 0:
+    os.setsid()
+    os._exit(0)
+os.waitid(os.P_PID, kid, os.WEXITED | os.WNOWAIT)   # it has exited; it stays unreaped
+ready(str(kid)); hold()
+"""
+    with subject(code) as s:
+        zombie = int(s.note)
+        document = assert_agrees(zombie, "a zombie as the root of the dump", expect="blocked",
+                                 codes={"task.zombie_root"}, tree=True,
+                                 criu_error=f"Unable to interrupt task: {zombie}")
+    assert "task.zombie" not in {r["code"] for r in document["reasons"]}
 
 
 # ---------------------------------------------------------------- CRIU's buffers

@@ -45,6 +45,10 @@ RULES = (
                       "Unseizable non-zombie %d found, state %c, err %d/%d"),
     Rule("task.zombie", "A zombie process (exited, not yet reaped)", INFO,
          "nothing to do: CRIU restores it as a zombie"),
+    Rule("task.zombie_root", "The root of the dump is a zombie", BLOCKER,
+         "checkpoint the tree of its parent, where CRIU restores it as a zombie child, or let "
+         "the parent reap it: CRIU cannot seize a zombie as the root",
+         criu_message="Unable to interrupt task: %d (%s)"),
     Rule("task.zombie_threads", "A zombie thread-group leader whose other threads still run",
          BLOCKER, "let the process finish exiting (or have the leader stay alive) before "
          "checkpointing", criu_message="Zombies with threads are not supported"),
@@ -297,6 +301,11 @@ def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterato
             tids = ", ".join(str(t.tid) for t in live)
             yield Finding("task.zombie_threads", f"pid {proc.pid} is a zombie whose threads "
                           f"{tids} still run", proc.pid)
+        elif proc.pid == ctx.root_pid:
+            # compel's seize fails on a zombie; only zombies found below the root are
+            # dumped as such (collect_pstree warns and fails without an error line)
+            yield Finding("task.zombie_root", f"pid {proc.pid} is a zombie, and the root of the "
+                          "dump: CRIU cannot seize it", proc.pid)
         else:
             yield Finding("task.zombie", f"pid {proc.pid} is a zombie", proc.pid)
         return
