@@ -10,8 +10,14 @@ assert_agrees passes to CRIU.
 - A tap with a socket filter (TUNATTACHFILTER): CRIU cannot read the program back
   (tun.c __dump_tun_link_fd: `Can't dump %s with filter on-board`). A TX filter
   (TUNSETTXFILTER, a MAC list) is no such filter: it dumps.
+- Links of the tree's own netns that CRIU cannot dump (net.c dump_unknown_device:
+  `Unsupported link %d (type %d kind %s)`): of the kinds this kernel has, ifb and
+  vxlan; veth, bridge and tap dump.
 """
 from __future__ import annotations
+
+import json
+import subprocess
 
 import pytest
 
@@ -90,3 +96,41 @@ def test_a_tap_of_the_trees_own_namespace_dumps(setup):
     with subject(code) as s:
         assert_agrees(s.pid, f"a tap in the tree's own netns{' with a TX filter' if setup else ''}",
                       expect=PLAIN, codes=NET_LOCK)
+
+
+# ---------------------------------------------------------------- links of the tree's netns
+
+def with_links(*commands: str) -> str:
+    runs = "".join(f"subprocess.run({('ip', 'link', 'add', *command.split())!r}, check=True)\n"
+                   for command in commands)
+    return TUN + "import subprocess\nunshare_net()\n" + runs
+
+
+@pytest.mark.parametrize(("command", "kind"), [
+    ("crwi0 type ifb", "ifb"),
+    ("crwx0 type vxlan id 42 dstport 4789", "vxlan"),
+], ids=["ifb", "vxlan"])
+def test_a_link_crius_cannot_dump_is_blocked(command, kind):
+    name = command.split()[0]
+    with subject(with_links(command) + "ready(); hold()\n") as s:
+        document = assert_agrees(s.pid, f"a {kind} link in the tree's own netns", expect="blocked",
+                                 codes={"namespace.net_link"}, may_also=NET_LOCK)
+        index = _ifindex(s.pid, name)
+        refused_for(s.pid, document, f"Unsupported link {index} (type 1 kind {kind})")
+    reason = next(r for r in document["reasons"] if r["code"] == "namespace.net_link")
+    assert f"link {index} {name} ({kind}, type 1)" in reason["message"]
+    assert f"ip link del {name}" in reason["remedy"]
+
+
+def test_veth_bridge_and_tap_links_dump():
+    code = with_links("crwv0 type veth peer name crwv1", "crwb0 type bridge")
+    with subject(code + "fd = tap('crwt1')\nready(); hold()\n") as s:
+        assert_agrees(s.pid, "veth, bridge and tap links in the tree's own netns", expect=PLAIN,
+                      codes=NET_LOCK)
+
+
+def _ifindex(pid: int, name: str) -> int:
+    """The link's index, as ip reads it inside the subject's namespace."""
+    output = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-j", "link", "show",
+                             "dev", name], capture_output=True, text=True, check=True).stdout
+    return json.loads(output)[0]["ifindex"]
