@@ -56,8 +56,9 @@ ready(str(kept)); hold()
 def test_an_open_file_whose_path_is_longer_than_path_max_is_blocked(scratch: str):
     with subject(fd_at_length(scratch, 5000)) as s:
         assert Proc(s.pid).readlink(f"fd/{s.note}") == NAME_TOO_LONG
-        document = assert_agrees(s.pid, "an open file whose path is over PATH_MAX", expect="blocked",
-                                 codes={"file.path.too_long"}, criu_error="Can't read link of fd")
+        document = assert_agrees(s.pid, "an open file whose path is over PATH_MAX",
+                                 expect="blocked", codes={"file.path.too_long"},
+                                 criu_error="Can't read link of fd")
     reason = next(r for r in document["reasons"] if r["code"] == "file.path.too_long")
     assert reason["fd"] == int(s.note)
     assert "longer than PATH_MAX" in reason["message"]

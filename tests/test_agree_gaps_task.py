@@ -119,7 +119,8 @@ def groups_code(count: int, first: int) -> str:
 def test_974_supplementary_groups_are_blocked():
     with subject(groups_code(974, 0)) as s:
         document = assert_agrees(s.pid, "974 supplementary groups", expect="blocked",
-                                 codes={"task.too_many_groups"}, criu_error="Too many groups in task")
+                                 codes={"task.too_many_groups"},
+                                 criu_error="Too many groups in task")
     reason = next(r for r in document["reasons"] if r["code"] == "task.too_many_groups")
     assert reason["tid"] == s.pid and "974 supplementary groups" in reason["message"]
 

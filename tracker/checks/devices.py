@@ -86,7 +86,7 @@ def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Findi
         device, flags, filter_length = _attached(copy)
     finally:
         os.close(copy)
-    if netns not in _known_netns(ctx):
+    if netns is not None and netns not in _known_netns(ctx):
         yield Finding("device.tun.foreign_netns", f"fd {open_fd.fd}: {open_fd.target} was opened "
                       f"in network namespace net:[{netns}], which neither a process of the tree "
                       "nor the host is in", proc.pid, fd=open_fd.fd)
@@ -95,8 +95,12 @@ def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Findi
                       f"of {filter_length} instructions attached", proc.pid, fd=open_fd.fd)
 
 
-def _netns_inode(tun: int) -> int:
-    netns = fcntl.ioctl(tun, SIOCGSKNS)
+def _netns_inode(tun: int) -> int | None:
+    """None on a kernel without SIOCGSKNS for tun files: CRIU does not ask it there."""
+    try:
+        netns = fcntl.ioctl(tun, SIOCGSKNS)
+    except OSError:
+        return None
     try:
         return os.fstat(netns).st_ino
     finally:

@@ -114,8 +114,9 @@ TRAP_TIMEOUT = 5.0   # a task in group stop traps at once; this only bounds the 
 # thread's other dump arguments): 973 groups dump, 974 are refused (measured with 4.2.1).
 PARASITE_MAX_GROUPS = 974
 LINE_BUFFER = 4096   # bfd.c BUFSIZE: a line must fit in it with its "\n"
-# A maps line is its path and less than this; only a mapping with a longer path can overflow.
-MAPS_LINE_HEAD = 128
+# A status line is its value and less than this, a maps line its path and less than this:
+# only a longer value or path can make a line too long, and only then is the text measured.
+LINE_HEAD = 128
 
 
 @dataclass(frozen=True)
@@ -400,16 +401,20 @@ def _check_buffers(proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
             yield Finding("task.too_many_groups", f"tid {thread.tid} has {thread.groups} "
                           f"supplementary groups; CRIU's parasite holds at most "
                           f"{PARASITE_MAX_GROUPS - 1}", proc.pid, tid=thread.tid)
-        task = proc if thread.tid == proc.pid else proc.task(thread.tid)
-        if thread.longest_status_value >= LINE_BUFFER - MAPS_LINE_HEAD:
-            yield from _long_lines(proc, thread.tid, f"{thread.tid}/status", task.read("status"),
+        if thread.longest_status_value >= LINE_BUFFER - LINE_HEAD:
+            task = proc if thread.tid == proc.pid else proc.task(thread.tid)
+            try:
+                status = task.read("status")
+            except ProcessGone:
+                continue    # the thread ended meanwhile
+            yield from _long_lines(proc, thread.tid, f"{thread.tid}/status", status,
                                    "drop supplementary groups, or use shorter group ids, before "
                                    "checkpointing")
     try:
         mappings = proc.maps
     except ProcessGone:
         return          # gone meanwhile (the audit's end says so), or a fixture without maps
-    if any(len(mapping.path) >= LINE_BUFFER - MAPS_LINE_HEAD for mapping in mappings):
+    if any(len(mapping.path) >= LINE_BUFFER - LINE_HEAD for mapping in mappings):
         yield from _long_lines(proc, None, f"{proc.pid}/smaps", proc.read("maps"),
                                "map the file (or run the executable) through a shorter path "
                                "before checkpointing")
