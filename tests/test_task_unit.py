@@ -45,8 +45,8 @@ class Tree:
             (place / "syscall").write_text(syscall + "\n")
             (place / "children").write_text(children)
 
-    def findings(self, tree_pids: frozenset[int] = frozenset({PID})) -> list:
-        ctx = AuditContext(root_pid=PID, tree_pids=set(tree_pids), proc_root=self.root)
+    def findings(self, tree_pids: frozenset[int] = frozenset({PID}), root: int = PID) -> list:
+        ctx = AuditContext(root_pid=root, tree_pids=set(tree_pids), proc_root=self.root)
         return list(task.check_process(ctx, Proc(PID, self.root)))
 
 
@@ -102,9 +102,14 @@ def test_pending_sigtrap_per_thread_and_per_group(tree):
                      (None, f"pid {PID} has a SIGTRAP pending for the whole thread group")]
 
 
-def test_zombies(tree):
+def test_zombies_below_the_root_are_noted(tree):
     tree.thread(PID, "Z")
-    assert codes(tree.findings()) == ["task.zombie"]
+    assert codes(tree.findings({1, PID}, root=1)) == ["task.zombie"]
+
+
+def test_a_zombie_root_is_refused(tree):
+    tree.thread(PID, "Z")
+    assert codes(tree.findings()) == ["task.zombie_root"]
 
 
 def test_a_zombie_leader_with_running_threads_is_refused(tree):

@@ -17,6 +17,12 @@ from pathlib import Path
 
 DEFAULT_PROC_ROOT = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# What a magic link reads as when the kernel cannot name its path in PATH_MAX bytes
+# (readlink fails with ENAMETOOLONG). No real link text starts with "(".
+NAME_TOO_LONG = "(name too long)"
+# CRIU reads links into PATH_MAX - 1 bytes after a leading "." (files.c fill_fdlink), and
+# refuses a link that fills them (util.c read_fd_link): 4095 bytes or more.
+LONGEST_LINK = 4094
 
 
 class ProcessGone(Exception):
@@ -41,6 +47,11 @@ def _translate(pid: int, what: str, error: OSError) -> Exception:
     if error.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(pid, what, os.strerror(error.errno))
     return error
+
+
+def link_too_long(target: str) -> bool:
+    """A link CRIU cannot read: unreadable here, or as long as CRIU's buffer."""
+    return len(target) > LONGEST_LINK or target == NAME_TOO_LONG
 
 
 @dataclass(frozen=True)
@@ -110,10 +121,13 @@ class OpenFd:
 
     @property
     def kind(self) -> str:
-        """socket, pipe, anon, or the file type of the target (reg, dir, chr, blk, fifo, lnk, other)."""
+        """socket, pipe, anon, the file type of the target (reg, dir, chr, blk, fifo, lnk, other),
+        or long_name for a file whose path is too long to read."""
         if self._kind is None:
             target = self.target
-            if target.startswith("socket:["):
+            if link_too_long(target):
+                self._kind = "long_name"
+            elif target.startswith("socket:["):
                 self._kind = "socket"
             elif target.startswith("pipe:["):
                 self._kind = "pipe"
@@ -238,9 +252,12 @@ class Proc:
         return b"".join(chunks).decode("utf-8", "surrogateescape")
 
     def readlink(self, name: str) -> str:
+        """The link's text; NAME_TOO_LONG when its path does not fit in PATH_MAX."""
         try:
             return os.readlink(self._prefix + name)
         except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:
+                return NAME_TOO_LONG
             raise _translate(self.pid, name, error) from None
 
     def stat_fd(self, fd: int) -> os.stat_result:
@@ -282,7 +299,9 @@ class Proc:
             except FileNotFoundError:
                 continue
             except OSError as error:
-                raise _translate(self.pid, f"fd/{name}", error) from None
+                if error.errno != errno.ENAMETOOLONG:
+                    raise _translate(self.pid, f"fd/{name}", error) from None
+                target = NAME_TOO_LONG
             fds.append(OpenFd(self, int(name), target))
         fds.sort(key=lambda open_fd: open_fd.fd)
         return fds

@@ -23,6 +23,7 @@ FD_OWNERS = {
     "chr": devices, "blk": devices,
     "anon": anon,
     "socket": sockets,
+    "long_name": general,
 }
 
 

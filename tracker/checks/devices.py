@@ -3,19 +3,26 @@
 Memory devices (major 1: null, zero, full, random, urandom, kmsg, mem...)
 and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
 /dev/net/tun (10:200) is dumped with the network namespace, so only a tree
-with its own netns can keep it. Terminals belong to `terminal`, which judges
+with its own netns can keep it, and only a tun file of a netns CRIU knows (the
+tree's or its own: tun.c dump_tunfile, net.c get_socket_ns); a tap with a
+socket filter attached cannot be dumped, as CRIU cannot read the program back
+(tun.c __dump_tun_link_fd). Terminals belong to `terminal`, which judges
 sessions and controlling ttys. Any other device, and every block device,
 cannot be dumped: CRIU cannot save a device's state.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
+import struct
 from typing import Iterator
 
 from tracker.checks import files
+from tracker.checks.sockets.probe import getfd
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -29,6 +36,13 @@ RULES = (
          "run the tree in its own network namespace (CRIU dumps tun devices with it), or close "
          "/dev/net/tun before checkpointing",
          criu_message="tun: Net namespace is required to dump tun link"),
+    Rule("device.tun.foreign_netns", "/dev/net/tun opened in a network namespace neither the "
+         "tree nor the host is in", BLOCKER,
+         "close the fd, or open /dev/net/tun again in the tree's network namespace, before "
+         "checkpointing", criu_message="No net_ns for tun device"),
+    Rule("device.tun.filter", "A tap device with a socket filter attached (TUNATTACHFILTER)",
+         BLOCKER, "detach the filter (TUNDETACHFILTER) before checkpointing: CRIU cannot read "
+         "the program back", criu_message="Can't dump %s with filter on-board"),
 )
 
 MEM_MAJOR = 1
@@ -38,6 +52,12 @@ TTY_AUX_MAJOR, TTY_MAJOR = 5, 4
 SERIAL_MAJORS = frozenset({188, 204})           # USB serial, low-density serial
 PTY_MASTER_MAJORS = frozenset(range(128, 136))
 PTY_SLAVE_MAJOR = 136
+SIOCGSKNS = 0x894C              # the netns a tun file was opened in, as an fd
+TUNGETIFF = 0x800454D2          # the attached device: struct ifreq (name, flags)
+TUNGETFILTER = 0x801054DB       # a tap's socket filter: struct sock_fprog (len first)
+IFF_TAP = 0x0002
+IFREQ = struct.Struct("16sH22x")
+SOCK_FPROG = struct.Struct("H6xQ")
 
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -52,8 +72,67 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
                           f"network namespace", proc.pid, fd=open_fd.fd)
+        elif ctx.proc_root == DEFAULT_PROC_ROOT:   # a fixture's fd is no tun file to ask
+            yield from _check_tun(ctx, proc, open_fd)
     elif not is_tty(*device):
         yield _refused("device.chr.unsupported", proc, open_fd, "character device")
+
+
+def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    """Asked on a copy of the fd, as CRIU asks the fd it takes from the parasite."""
+    copy = getfd(proc.pid, open_fd.fd)
+    try:
+        netns = _netns_inode(copy)
+        device, flags, filter_length = _attached(copy)
+    finally:
+        os.close(copy)
+    if netns is not None and netns not in _known_netns(ctx):
+        yield Finding("device.tun.foreign_netns", f"fd {open_fd.fd}: {open_fd.target} was opened "
+                      f"in network namespace net:[{netns}], which neither a process of the tree "
+                      "nor the host is in", proc.pid, fd=open_fd.fd)
+    if flags & IFF_TAP and filter_length:
+        yield Finding("device.tun.filter", f"fd {open_fd.fd}: tap {device} has a socket filter "
+                      f"of {filter_length} instructions attached", proc.pid, fd=open_fd.fd)
+
+
+def _netns_inode(tun: int) -> int | None:
+    """None on a kernel without SIOCGSKNS for tun files: CRIU does not ask it there."""
+    try:
+        netns = fcntl.ioctl(tun, SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        return os.fstat(netns).st_ino
+    finally:
+        os.close(netns)
+
+
+def _attached(tun: int) -> tuple[str, int, int]:
+    """(device name, IFF_ flags, filter length) of the device the fd is attached to;
+    ("", 0, 0) for a tun file attached to none."""
+    try:
+        name, flags = IFREQ.unpack(fcntl.ioctl(tun, TUNGETIFF, bytes(IFREQ.size)))
+    except OSError as error:
+        if error.errno == errno.EBADFD:
+            return "", 0, 0
+        raise
+    length = 0
+    if flags & IFF_TAP:
+        length = SOCK_FPROG.unpack(fcntl.ioctl(tun, TUNGETFILTER, bytes(SOCK_FPROG.size)))[0]
+    return name.split(b"\0", 1)[0].decode(errors="replace"), flags, length
+
+
+def _known_netns(ctx: AuditContext) -> set[int]:
+    """The network namespaces CRIU knows while dumping: the tree's, and its own."""
+    def build() -> set[int]:
+        known = {os.stat("/proc/self/ns/net").st_ino}
+        for pid in ctx.tree_pids:
+            try:
+                known.add(os.stat(f"{ctx.proc_root}/{pid}/ns/net").st_ino)
+            except OSError:
+                continue    # gone meanwhile: the audit's end says so
+        return known
+    return ctx.table("devices.tun_netns", build)
 
 
 def is_tty(major: int, minor: int) -> bool:

@@ -1,7 +1,16 @@
-"""Findings about the audit itself: what could not be read or classified."""
+"""Findings about the audit itself: what could not be read or classified.
+
+And files whose path is too long to read: CRIU reads every file it saves by
+path (fds, cwd, root, exe) through readlink of its /proc link into PATH_MAX - 1
+bytes (files.c fill_fdlink, util.c read_fd_link); a path that does not fit
+fails the dump.
+"""
 from __future__ import annotations
 
-from tracker.procfs import OpenFd, Proc
+from typing import Iterator
+
+from tracker.context import AuditContext
+from tracker.procfs import NAME_TOO_LONG, OpenFd, Proc, link_too_long
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -18,7 +27,15 @@ RULES = (
     Rule("task.crwatch_itself", "The tree contains the auditing crwatch process", BLOCKER,
          "audit a tree that does not contain crwatch (CRIU refuses to dump itself)",
          criu_message="The criu itself is within dumped tree."),
+    Rule("file.path.too_long", "An open file, cwd or root whose path is 4095 bytes or longer",
+         BLOCKER, "close the file (or chdir/chroot elsewhere), or reach it through a shorter path "
+         "(a bind mount or a directory nearer the root), before checkpointing",
+         criu_message="Can't read link of fd %d; Buffer for read link of fd %d is too small"),
 )
+
+# The links CRIU saves by path besides the fds (cr-dump.c dump_task_fs). The executable is
+# one too, but it is mapped: its smaps line refuses the dump first (the bfd rule).
+PROCESS_LINKS = ("cwd", "root")
 
 
 def exited(pid: int) -> Finding:
@@ -33,3 +50,26 @@ def unclassified_fd(proc: Proc, open_fd: OpenFd) -> Finding:
     return Finding("fd.unclassified",
                    f"fd {open_fd.fd}: unknown kind of file {open_fd.target!r} "
                    f"(mode {open_fd.stat.st_mode:o})", proc.pid, fd=open_fd.fd)
+
+
+def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    """The fds whose kind is long_name (tracker.checks routes them here)."""
+    inode = open_fd.stat.st_ino
+    yield Finding("file.path.too_long", f"fd {open_fd.fd}: the path of inode {inode} "
+                  f"{_path_text(open_fd.target)}", proc.pid, fd=open_fd.fd)
+
+
+def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    if proc.stat.state == "Z" or proc.stat.is_kernel_thread:
+        return  # neither has a cwd or root for CRIU to save
+    for name in PROCESS_LINKS:
+        target = proc.readlink(name)
+        if link_too_long(target):
+            yield Finding("file.path.too_long", f"pid {proc.pid}: its {name} "
+                          f"{_path_text(target)}", proc.pid)
+
+
+def _path_text(target: str) -> str:
+    if target == NAME_TOO_LONG:
+        return "is longer than PATH_MAX (4096 bytes): its /proc link cannot be read"
+    return f"is {len(target)} bytes long (...{target[-40:]}), more than CRIU's 4094"

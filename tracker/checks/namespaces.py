@@ -5,6 +5,8 @@ in the image"); any other namespace a tree process lives in is "nested",
 which only mount and network namespaces may be. A tree in its own pid
 namespace must be dumped from that namespace's init; one in its own user
 namespace needs uid/gid 0 mapped and its other namespaces owned by it.
+A network namespace of the tree's own is dumped link by link: net_links says
+which links CRIU cannot dump (net.c dump_one_link).
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import os
 import shutil
 from typing import Iterator
 
+from tracker.checks import net_links
 from tracker.context import AuditContext
-from tracker.procfs import Proc, ProcessGone
+from tracker.procfs import DEFAULT_PROC_ROOT, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -40,6 +43,13 @@ RULES = (
          "pass --network-lock nftables (or skip, if the network is locked otherwise)",
          option="--network-lock",
          criu_message="net: Locking network failed: iptables-restore returned -1."),
+    Rule("namespace.net_link", "The tree's own network namespace holds a link CRIU cannot dump",
+         BLOCKER, "delete the link (ip link del), or move it out of the tree's network namespace, "
+         "before checkpointing: CRIU dumps loopback, veth, tun/tap, bridge, macvlan and sit links "
+         "only (others need a CRIU plugin)",
+         criu_message="Unsupported link %d (type %d kind %s); no data for macvlan; macvlan mode "
+                      "required for %s; no data for sit; No 6rd prefix for sit device; No 6rd "
+                      "relay prefix for sit device; SIT device with %s kind"),
     Rule("namespace.user_unmapped", "The tree's own user namespace does not map uid or gid 0",
          BLOCKER, "write uid_map and gid_map so that 0 inside maps to a host id before "
          "checkpointing", criu_message="Unable to convert uid or gid"),
@@ -66,6 +76,8 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         yield from _check_nested(proc, links, root, own)
     yield from _check_time_for_children(proc, links["time"])
     yield from _check_session(proc)
+    if links["net"] not in (None, own["net"]):
+        yield from _check_net_links(ctx, proc, links["net"])
 
 
 def _reference(ctx: AuditContext) -> tuple[dict[str, str | None], dict[str, str | None]]:
@@ -159,6 +171,41 @@ def _owner_inode(proc: Proc, kind: str) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- network links
+
+def _check_net_links(ctx: AuditContext, proc: Proc, net: str) -> Iterator[Finding]:
+    """The links of a network namespace of the tree's own, judged once: for the first
+    process of the tree in it."""
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return          # a fixture's namespace has no links to ask
+    if ctx.table("namespace.net_first", lambda: _first_in_netns(ctx)).get(net) != proc.pid:
+        return
+    try:
+        found = net_links.links(str(proc.path / "ns" / "net"))
+    except net_links.LinksUnavailable as error:
+        yield Finding("audit.unreadable", f"pid {proc.pid}: cannot list the links of {net}: "
+                      f"{error}", proc.pid)
+        return
+    for link in found:
+        why = net_links.refusal(link)
+        if why:
+            kind = link.kind or "no kind"
+            yield Finding("namespace.net_link", f"{net} holds link {link.index} {link.name} "
+                          f"({kind}, type {link.type}): {why}", proc.pid,
+                          remedy=f"delete {link.name} (ip link del {link.name}) or move it out "
+                                 f"of {net} before checkpointing")
+
+
+def _first_in_netns(ctx: AuditContext) -> dict[str, int]:
+    """Network namespace -> the lowest pid of the tree in it."""
+    first: dict[str, int] = {}
+    for pid in sorted(ctx.tree_pids):
+        net = _link(ctx.proc(pid), "net")
+        if net is not None:
+            first.setdefault(net, pid)
+    return first
 
 
 # ---------------------------------------------------------------- every process

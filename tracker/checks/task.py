@@ -8,7 +8,15 @@ with wait(WUNTRACED); the kernel keeps it, and compel reads it from the
 trap PTRACE_INTERRUPT reports (infect.c, compel_wait_task): so does crwatch,
 for such a stop only, seizing and detaching at once. After the
 seize it gives each process kernel-object ids with kcmp and refuses two
-processes that share an mm or fs_struct without being threads of one group.
+processes that share an mm or fs_struct without being threads of one group,
+or an fd table unless one is the other's parent (cr-dump.c dump_task_kobj_ids,
+pstree.h shared_fdtable).
+
+Two limits of CRIU's own buffers: the parasite copies a thread's supplementary
+groups into one page (pie/parasite.c dump_creds, PARASITE_MAX_GROUPS), and
+CRIU reads /proc/PID/status and smaps a line at a time into a page (bfd.c
+breadline): a longer line fails the dump. (Its other bfd reads have short lines,
+or split children at spaces.)
 """
 from __future__ import annotations
 
@@ -37,6 +45,10 @@ RULES = (
                       "Unseizable non-zombie %d found, state %c, err %d/%d"),
     Rule("task.zombie", "A zombie process (exited, not yet reaped)", INFO,
          "nothing to do: CRIU restores it as a zombie"),
+    Rule("task.zombie_root", "The root of the dump is a zombie", BLOCKER,
+         "checkpoint the tree of its parent, where CRIU restores it as a zombie child, or let "
+         "the parent reap it: CRIU cannot seize a zombie as the root",
+         criu_message="Unable to interrupt task: %d (%s)"),
     Rule("task.zombie_threads", "A zombie thread-group leader whose other threads still run",
          BLOCKER, "let the process finish exiting (or have the leader stay alive) before "
          "checkpointing", criu_message="Zombies with threads are not supported"),
@@ -64,6 +76,20 @@ RULES = (
     Rule("task.shared_fs", "Processes share cwd/root/umask without being threads (CLONE_FS)",
          BLOCKER, "checkpoint a tree whose processes were not cloned with CLONE_FS",
          criu_message="Can't make FS id for %d"),
+    Rule("task.shared_files", "A process shares its fd table (CLONE_FILES) with a process of the "
+         "tree that is not its parent", BLOCKER,
+         "checkpoint a tree whose processes share an fd table only with their parent (clone "
+         "without CLONE_FILES, or call unshare(CLONE_FILES) in the child)",
+         criu_message="Can't make FILES id for %d"),
+    Rule("task.too_many_groups", "A thread has 974 or more supplementary groups", BLOCKER,
+         "drop supplementary groups (setgroups) to fewer than 974 before checkpointing: CRIU's "
+         "parasite copies them into one page", criu_message="Too many groups in task %d"),
+    Rule("task.proc_line_too_long", "A line of /proc/PID/status or smaps is 4096 bytes or "
+         "longer", BLOCKER,
+         "shorten what makes the line long before checkpointing (fewer or shorter supplementary "
+         "group ids, a mapped file reached through a shorter path): CRIU reads "
+         "these files a line at a time into a 4096-byte buffer",
+         criu_message="The bfd buffer is too small"),
     Rule("task.pi_futex", "A thread waits on a priority-inheritance futex", INFO,
          "nothing to do for CRIU: the futex word and owner TID are restored as they were",
          strict=BLOCKER),
@@ -78,12 +104,19 @@ CLONE_VFORK = 0x4000
 FUTEX_CMD_MASK = 127  # drops FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
 FUTEX_TID_MASK = 0x3FFFFFFF
 FUTEX_PI_OPS = {6: "FUTEX_LOCK_PI", 11: "FUTEX_WAIT_REQUEUE_PI", 13: "FUTEX_LOCK_PI2"}
-KCMP_VM, KCMP_FS = 1, 3
+KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3
 STAT_EXIT_CODE = 49  # field 52 of /proc/PID/stat, counted after the ")" of comm
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000    # __WALL
 TRAP_TIMEOUT = 5.0   # a task in group stop traps at once; this only bounds the wait
+# PARASITE_MAX_GROUPS of CRIU 4.2 on x86_64 with 4 KiB pages (what fits in a page after the
+# thread's other dump arguments): 973 groups dump, 974 are refused (measured with 4.2.1).
+PARASITE_MAX_GROUPS = 974
+LINE_BUFFER = 4096   # bfd.c BUFSIZE: a line must fit in it with its "\n"
+# A status line is its value and less than this, a maps line its path and less than this:
+# only a longer value or path can make a line too long, and only then is the text measured.
+LINE_HEAD = 128
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,8 @@ class Thread:
     tracer: int
     pending: int       # SigPnd: signals pending for this thread alone
     syscall: list[str]  # /proc/.../syscall split in words; [] when not read
+    groups: int = 0    # supplementary groups
+    longest_status_value: int = 0  # bytes of the longest value in its status
 
     @property
     def live(self) -> bool:
@@ -125,9 +160,11 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     for thread in threads:
         yield from _check_thread(ctx, proc, thread)
     yield from _check_shared_pending(proc)
+    yield from _check_buffers(proc, threads)
     yield from _check_life(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
+    yield from _check_shared_files(ctx, proc)
 
 
 # ---------------------------------------------------------------- reading threads
@@ -150,7 +187,9 @@ def _read_thread(task: Proc, tid: int) -> Thread:
     state = status.get("State", "?")[:1]
     syscall = task.read("syscall").split() if state not in ("Z", "X") else []
     return Thread(tid=tid, state=state, tracer=int(status.get("TracerPid", "0")),
-                  pending=int(status.get("SigPnd", "0"), 16), syscall=syscall)
+                  pending=int(status.get("SigPnd", "0"), 16), syscall=syscall,
+                  groups=len(status.get("Groups", "").split()),
+                  longest_status_value=max(map(len, status.values()), default=0))
 
 
 def _unheld(ctx: AuditContext, thread: Thread) -> Thread:
@@ -263,6 +302,11 @@ def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterato
             tids = ", ".join(str(t.tid) for t in live)
             yield Finding("task.zombie_threads", f"pid {proc.pid} is a zombie whose threads "
                           f"{tids} still run", proc.pid)
+        elif proc.pid == ctx.root_pid:
+            # compel's seize fails on a zombie; only zombies found below the root are
+            # dumped as such (collect_pstree warns and fails without an error line)
+            yield Finding("task.zombie_root", f"pid {proc.pid} is a zombie, and the root of the "
+                          "dump: CRIU cannot seize it", proc.pid)
         else:
             yield Finding("task.zombie", f"pid {proc.pid} is a zombie", proc.pid)
         return
@@ -347,6 +391,47 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+# ---------------------------------------------------------------- CRIU's buffers
+
+def _check_buffers(proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
+    for thread in threads:
+        if not thread.live:
+            continue    # CRIU neither seizes nor asks the parasite about a dead thread
+        if thread.groups >= PARASITE_MAX_GROUPS:
+            yield Finding("task.too_many_groups", f"tid {thread.tid} has {thread.groups} "
+                          f"supplementary groups; CRIU's parasite holds at most "
+                          f"{PARASITE_MAX_GROUPS - 1}", proc.pid, tid=thread.tid)
+        if thread.longest_status_value >= LINE_BUFFER - LINE_HEAD:
+            task = proc if thread.tid == proc.pid else proc.task(thread.tid)
+            try:
+                status = task.read("status")
+            except ProcessGone:
+                continue    # the thread ended meanwhile
+            yield from _long_lines(proc, thread.tid, f"{thread.tid}/status", status,
+                                   "drop supplementary groups, or use shorter group ids, before "
+                                   "checkpointing")
+    try:
+        mappings = proc.maps
+    except ProcessGone:
+        return          # gone meanwhile (the audit's end says so), or a fixture without maps
+    if any(len(mapping.path) >= LINE_BUFFER - LINE_HEAD for mapping in mappings):
+        yield from _long_lines(proc, None, f"{proc.pid}/smaps", proc.read("maps"),
+                               "map the file (or run the executable) through a shorter path "
+                               "before checkpointing")
+
+
+def _long_lines(proc: Proc, tid: int | None, name: str, text: str,
+                remedy: str) -> Iterator[Finding]:
+    """The lines CRIU's buffered reader cannot hold: 4096 bytes or more before their "\n"."""
+    for line in text.split("\n"):
+        size = len(line.encode("utf-8", "surrogateescape"))
+        if size >= LINE_BUFFER:
+            head = line[:40].rstrip()
+            yield Finding("task.proc_line_too_long", f"/proc/{name} has a line of {size} bytes "
+                          f"({head}...), more than CRIU's 4095", proc.pid, tid=tid,
+                          remedy=remedy)
+
+
 # ---------------------------------------------------------------- shared mm / fs
 
 def _check_shared(ctx: AuditContext, proc: Proc, kind: int, code: str,
@@ -358,16 +443,27 @@ def _check_shared(ctx: AuditContext, proc: Proc, kind: int, code: str,
 
 
 def _sharing_groups(ctx: AuditContext, kind: int) -> dict[int, list[int]]:
-    """pid -> the tree process (lowest pid) whose kernel object it shares, by kcmp as CRIU does.
+    """pid -> the tree process (lowest pid) whose kernel object it shares, by kcmp as CRIU does."""
+    shared = {}
+    for group in _kcmp_groups(ctx, kind):
+        if not (kind == KCMP_VM and _explained_by_vfork(ctx, group)):
+            first, *others = sorted(group)
+            for pid in others:  # one finding per sharer, as CRIU names the second one
+                shared[pid] = [first]
+    return shared
+
+
+def _kcmp_groups(ctx: AuditContext, kind: int) -> list[list[int]]:
+    """The tree's processes that share one kernel object of `kind`, two or more a group.
 
     Sorting by kcmp's order puts processes that share an object side by side:
     n log n syscalls instead of comparing every pair.
     """
     if SYSCALLS is None or ctx.proc_root != DEFAULT_PROC_ROOT:
-        return {}  # kcmp asks the live kernel; a fixture tree has no kernel objects
+        return []  # kcmp asks the live kernel; a fixture tree has no kernel objects
     pids = [pid for pid in sorted(ctx.tree_pids) if _has_objects(ctx, pid)]
     if len(pids) < 2:
-        return {}
+        return []
     order = sorted(pids, key=functools.cmp_to_key(lambda a, b: _kcmp_order(a, b, kind)))
     groups: list[list[int]] = [[order[0]]]
     for pid in order[1:]:
@@ -375,13 +471,53 @@ def _sharing_groups(ctx: AuditContext, kind: int) -> dict[int, list[int]]:
             groups[-1].append(pid)
         else:
             groups.append([pid])
-    shared = {}
-    for group in groups:
-        if len(group) > 1 and not (kind == KCMP_VM and _explained_by_vfork(ctx, group)):
-            first, *others = sorted(group)
-            for pid in others:  # one finding per sharer, as CRIU names the second one
-                shared[pid] = [first]
-    return shared
+    return [group for group in groups if len(group) > 1]
+
+
+def _check_shared_files(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    first = ctx.table(("task.kcmp", KCMP_FILES), lambda: _files_sharing(ctx)).get(proc.pid)
+    if first:
+        yield Finding("task.shared_files", f"pid {proc.pid} shares its fd table with pid {first}, "
+                      f"which is not its parent (CLONE_FILES)", proc.pid)
+
+
+def _files_sharing(ctx: AuditContext) -> dict[int, int]:
+    """pid -> the process it shares its fd table with, where CRIU refuses the sharing.
+
+    CRIU names fd tables in the tree's order (parents first, depth first): a table it
+    has named already is accepted only as the parent's. In a group sharing one table,
+    the members whose parent is in the group are fine, the first of the others names
+    the table, and every later one is refused.
+    """
+    refused = {}
+    for group in _kcmp_groups(ctx, KCMP_FILES):
+        members = set(group)
+        outside = [pid for pid in tree_order(ctx) if pid in members
+                   and _parent(ctx, pid) not in members]
+        for pid in outside[1:]:
+            refused[pid] = outside[0]
+    return refused
+
+
+def tree_order(ctx: AuditContext) -> list[int]:
+    """The tree's pids as CRIU walks them (for_each_pstree_item): depth first, parents first."""
+    order, stack = [], [ctx.root_pid]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        try:
+            kids = [kid for kid in ctx.proc(pid).children() if kid in ctx.tree_pids]
+        except ProcessGone:
+            kids = []
+        stack.extend(reversed(kids))
+    return order
+
+
+def _parent(ctx: AuditContext, pid: int) -> int:
+    try:
+        return ctx.proc(pid).stat.ppid
+    except ProcessGone:
+        return 0
 
 
 def _has_objects(ctx: AuditContext, pid: int) -> bool:

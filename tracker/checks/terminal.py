@@ -8,6 +8,11 @@ A tty that was hung up (a pty slave whose master was closed, a terminal
 after vhangup) answers every ioctl with EIO: CRIU saves what little it can
 of it and leaves it out of the pairs and sessions (parasite.c,
 parasite_dump_tty; tty.c, dump_tty_info), and so does crwatch.
+/dev/tty is restored from the session's pty, so CRIU wants, for each /dev/tty
+fd, a pty fd of the tree whose session and foreground group are the /dev/tty's
+session, held by the same process (tty.c tty_verify_ctty); the session and
+group are what TIOCGSID/TIOCGPGRP answer in the holder (0 when the tty is not
+its controlling terminal, or was hung up).
 The devices module leaves the tty devices (pty masters and slaves, /dev/tty,
 console, virtual consoles, USB and low-density serial) to this one.
 """
@@ -17,14 +22,16 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, parse_stat
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone, parse_stat
 from tracker.checks.namespaces import session_outside_pidns
 from tracker.checks.sockets.probe import getfd
-from tracker.rules import OPTION, Finding, Rule
+from tracker.checks.task import tree_order
+from tracker.rules import BLOCKER, OPTION, Finding, Rule
 
 RULES = (
     Rule("terminal.root_not_session_leader", "The root of the tree does not lead its session",
@@ -41,6 +48,17 @@ RULES = (
          "terminal)",
          option="--shell-job",
          criu_message="Found dangling tty with sid %d pgid %d (%s) on peer fd %d."),
+    Rule("terminal.ctty_without_pty", "/dev/tty is held but no pty of the tree has its session "
+         "and foreground group", BLOCKER,
+         "close /dev/tty, or keep the session's pty (its master, or the slave as the holder's "
+         "controlling terminal with the session leader's group in the foreground) in the tree, "
+         "before checkpointing",
+         criu_message="ctty inheritance detected sid/pgrp %d, no PTY peer with sid/pgrp needed"),
+    Rule("terminal.ctty_pty_elsewhere", "/dev/tty is held by one process and its session's pty "
+         "by another", BLOCKER,
+         "have the process that holds /dev/tty hold the session's pty too (or close /dev/tty) "
+         "before checkpointing",
+         criu_message="ctty inheritance detected sid/pgrp %d (ctty pid_real %d pty pid_real %d)"),
 )
 
 # As CRIU's get_tty_driver(): pty slaves are all major 136 (minors go past 255);
@@ -49,7 +67,8 @@ PTS_MAJOR, PTM_MAJORS = 136, range(128, 136)
 TTYAUX_MAJOR, TTY_MINOR, CONSOLE_MINOR, PTMX_MINOR = 5, 0, 1, 2
 VT_MAJOR, VT_MINORS = 4, range(1, 64)
 SERIAL_MAJORS = frozenset({188, 204})  # USB serial, low-density serial
-TIOCGSID = 0x5429
+TIOCGSID, TIOCGPGRP = 0x5429, 0x540F
+STAT_TPGID = 5   # /proc/PID/stat's tpgid, counted after the ")" of comm
 TTY_MAJORS = frozenset([PTS_MAJOR, *PTM_MAJORS, TTYAUX_MAJOR, VT_MAJOR, *SERIAL_MAJORS])
 
 
@@ -79,7 +98,8 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
                   else "no process (session 0, never set up with setsid)")
         yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
                       f"leader: its session is led by {leader}", proc.pid)
-    for tty in tty_fds(ctx.tree_fds.get(proc.pid, [])):
+    ttys = list(tty_fds(ctx.tree_fds.get(proc.pid, [])))
+    for tty in ttys:
         if (tty.kind == "slave" and tty.index not in ctx.table("terminal.masters",
                                                                 lambda: _masters(ctx))
                 and not _hung_up(ctx, proc, tty)):
@@ -91,6 +111,89 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
             yield Finding("terminal.foreign_session", f"fd {tty.open_fd.fd}: {tty.kind} "
                           f"{tty.open_fd.target} belongs to session {session}, led from outside "
                           "the tree", proc.pid, fd=tty.open_fd.fd)
+    # a fixture's ttys answer no ioctl
+    if ctx.proc_root == DEFAULT_PROC_ROOT and any(tty.kind == "ctty" for tty in ttys):
+        yield from _check_ctty(ctx, proc)
+
+
+@dataclass(frozen=True)
+class TtyEntry:
+    """A tty fd as CRIU's tty_verify_ctty sees it."""
+
+    pid: int
+    fd: int
+    kind: str
+    sid: int
+    pgrp: int
+
+    @property
+    def pty(self) -> bool:
+        return self.kind in ("master", "slave")
+
+
+def _check_ctty(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    entries = ctx.table("terminal.ctty_entries", lambda: _tty_entries(ctx))
+    for ctty in entries:
+        if ctty.pid != proc.pid or ctty.kind != "ctty":
+            continue
+        pty = next((e for e in entries if e.pty and e.sid == ctty.sid and e.pgrp == ctty.sid),
+                   None)
+        session = f"session {ctty.sid}" if ctty.sid else "no session (hung up, or not its ctty)"
+        if pty is None:
+            yield Finding("terminal.ctty_without_pty", f"fd {ctty.fd}: /dev/tty of {session}, "
+                          f"and no pty fd of the tree has sid and foreground group "
+                          f"{ctty.sid}", proc.pid, fd=ctty.fd)
+        elif pty.pid != proc.pid:
+            yield Finding("terminal.ctty_pty_elsewhere", f"fd {ctty.fd}: /dev/tty of {session}, "
+                          f"whose pty (fd {pty.fd}, a {pty.kind}) pid {pty.pid} holds",
+                          proc.pid, fd=ctty.fd)
+
+
+def _tty_entries(ctx: AuditContext) -> list[TtyEntry]:
+    """Every tty fd of the tree in CRIU's dump order (tree order, fds ascending), with the
+    session and group its parasite would read."""
+    entries = []
+    for pid in tree_order(ctx):
+        proc = ctx.proc(pid)
+        for tty in tty_fds(ctx.tree_fds.get(pid, [])):
+            try:
+                sid, pgrp = _sid_and_group(ctx, proc, tty)
+            except ProcessGone:
+                continue        # the fd closed meanwhile
+            entries.append(TtyEntry(pid, tty.open_fd.fd, tty.kind, sid, pgrp))
+    return entries
+
+
+def _sid_and_group(ctx: AuditContext, proc: Proc, tty: TtyFd) -> tuple[int, int]:
+    """TIOCGSID and TIOCGPGRP as the holder gets them. A master answers for its slave,
+    whoever asks: asked here on a copy. Any other tty answers only its own session's
+    processes: the holder's session and foreground group when it is the holder's
+    controlling terminal (/dev/tty always names it), else 0. A hung-up tty: 0."""
+    if tty.kind == "master":
+        return _ask_master(proc, tty)
+    if _hung_up(ctx, proc, tty):
+        return 0, 0
+    controlling = proc.stat.tty_nr and (tty.kind == "ctty" or proc.stat.tty_nr == tty.rdev)
+    if not controlling:
+        return 0, 0
+    fields = proc.read("stat").rpartition(")")[2].split()
+    return proc.stat.session, int(fields[STAT_TPGID])
+
+
+def _ask_master(proc: Proc, tty: TtyFd) -> tuple[int, int]:
+    copy = getfd(proc.pid, tty.open_fd.fd)
+    try:
+        return _ioctl_pid(copy, TIOCGSID), _ioctl_pid(copy, TIOCGPGRP)
+    finally:
+        os.close(copy)
+
+
+def _ioctl_pid(fd: int, request: int) -> int:
+    try:
+        answer = fcntl.ioctl(fd, request, b"\0\0\0\0")
+    except OSError:
+        return 0            # ENOTTY: no session; the parasite reads 0 the same way
+    return int.from_bytes(answer, sys.byteorder, signed=True)
 
 
 def tty_fds(fds: list[OpenFd]) -> Iterator[TtyFd]:

@@ -8,17 +8,22 @@ A connection still waiting in a listener's queue is dumped when nothing was
 written on it yet. A peer in flight (an fd queued in an SCM_RIGHTS message
 on a socket of the tree) is dumped with that queue, so it counts as inside;
 what the queues hold is queue.py's.
+
+A socket bound to a relative name is saved as the directory its file is in now
+(unix_resolve_name): the file's path, read through SIOCUNIXFILE, must still
+end with the name, or CRIU cannot cut the name from it.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import Iterator
 
-from tracker.checks.sockets import queue, tables
+from tracker.checks.sockets import probe, queue, tables
 from tracker.checks.sockets.common import finding, holders
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, NAME_TOO_LONG, OpenFd, Proc
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -57,6 +62,11 @@ RULES = (
          criu_message="Unix socket %u with unreachable peer %u (%u)"),
     Rule("socket.unix.dangling", "A unix connection with no peer that was not shut down", BLOCKER,
          "close the socket before checkpointing", criu_message="Dangling connection %d"),
+    Rule("socket.unix.name_moved", "A unix socket bound to a relative name whose file was moved "
+         "or renamed since", BLOCKER,
+         "move the socket file back to its name, or close the socket (bind it again) before "
+         "checkpointing: CRIU finds the directory of a relative name from the file's path",
+         criu_message="Unable too cut %s from %s"),
     Rule("socket.unix.unsupported", "A unix socket of a type or in a state CRIU does not know",
          BLOCKER, "close the socket before checkpointing",
          criu_message="Unknown state %d for unix socket %d"),
@@ -66,6 +76,8 @@ TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 SOCK_DGRAM = 2
 ESTABLISHED, CLOSE, LISTEN = 1, 7, 10
 SHUTDOWN_BOTH = 3
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of a bound socket's file (Linux 4.11)
+DELETED = " (deleted)"
 
 
 def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Iterator[Finding]:
@@ -73,6 +85,7 @@ def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> I
         yield finding("socket.unix.unsupported", proc, open_fd,
                       f"unix socket {_name(sock)} of type {sock.type} in state {sock.state}")
         return
+    yield from _check_relative_name(ctx, proc, open_fd, sock)
     if sock.state == LISTEN:
         yield _listener(proc, open_fd, sock)
     elif sock.peer:
@@ -145,6 +158,43 @@ def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSock
                       f"{text} and has data written on it ({sock.wqlen} bytes queued)")
     else:
         yield finding("socket.unix.in_flight", proc, open_fd, text)
+
+
+def _check_relative_name(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
+                         sock: UnixSocket) -> Iterator[Finding]:
+    if sock.name is None or sock.name.startswith(("/", "@")):
+        return          # unbound, absolute or abstract: saved as it is
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return          # a fixture's socket has no file to ask
+    name = sock.name.split("\0", 1)[0]     # CRIU reads it as a C string: to its first NUL
+    path = _socket_file(proc.pid, open_fd.fd, sock.inode)
+    if path is not None and not _ends_with(path, name):
+        yield finding("socket.unix.name_moved", proc, open_fd,
+                      f"unix {TYPES[sock.type]} socket bound to the relative name {name!r}, "
+                      f"whose file is now {path}: the name no longer ends its path")
+
+
+def _socket_file(pid: int, fd: int, inode: int) -> str | None:
+    """The path of a bound socket's file as CRIU reads it (SIOCUNIXFILE, then readlink, the
+    " (deleted)" mark dropped); None on a kernel without SIOCUNIXFILE; NAME_TOO_LONG."""
+    with probe.borrowed(pid, fd, inode) as sock:
+        try:
+            file = fcntl.ioctl(sock.fileno(), SIOCUNIXFILE)
+        except OSError:
+            return None     # CRIU falls back to its older method there
+    try:
+        return os.readlink(f"/proc/self/fd/{file}").removesuffix(DELETED)
+    except OSError:
+        return NAME_TOO_LONG    # CRIU cannot read it either (read_fd_link)
+    finally:
+        os.close(file)
+
+
+def _ends_with(path: str, name: str) -> bool:
+    """Whether the name ends the path after a "/", as util.c cut_path_ending asks."""
+    ending = name.removeprefix("./")
+    cut = len(path) - len(ending)
+    return cut >= 1 and path[cut:] == ending and path[cut - 1] == "/"
 
 
 def _outside(ctx: AuditContext, target: str) -> set[int]:
