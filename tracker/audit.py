@@ -89,6 +89,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
 
     for proc in procs:
         result.findings.extend(_check_one(ctx, proc))
+    result.findings.extend(list(checks.check_tree(ctx, result.findings)))
 
     # Identity is confirmed once, at the end: a pid that died or was reused
     # while we read it makes everything read about it worthless.

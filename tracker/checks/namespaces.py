@@ -5,17 +5,29 @@ in the image"); any other namespace a tree process lives in is "nested",
 which only mount and network namespaces may be. A tree in its own pid
 namespace must be dumped from that namespace's init; one in its own user
 namespace needs uid/gid 0 mapped and its other namespaces owned by it.
+
+The network lock: CRIU locks the network of a tree in its own network
+namespace as a whole (net.c network_lock_internal, `iptables-restore` and
+`ip6tables-restore` by default), and otherwise each TCP connection it dumps
+with TCP_REPAIR (sk-tcp.c tcp_repair_established, `iptables`/`ip6tables`):
+the connected states --tcp-established admits, and a closed socket that
+still has a peer (dump_one_tcp locks any socket with a destination port;
+after a shutdown or a reset the kernel keeps it). Where those tools are not
+on the dumper's PATH, the dump needs `--network-lock nftables`.
 """
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
+import socket
 from typing import Iterator
 
+from tracker.checks.sockets import probe
 from tracker.context import AuditContext
-from tracker.procfs import Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
+from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
+                                 Environment)
+from tracker.procfs import AccessDenied, Proc, ProcessGone
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, catalogue
 
 RULES = (
     Rule("namespace.own", "The tree lives in its own namespaces", INFO,
@@ -35,11 +47,12 @@ RULES = (
          BLOCKER, "call setsid() in the namespace's init (e.g. `unshare --pid --fork setsid CMD`): "
          "--shell-job does not help here",
          criu_message="A session leader of %d(%d) is outside of its pid namespace"),
-    Rule("namespace.net_lock", "The tree has its own network namespace and this host has no "
-         "iptables-restore for CRIU's default network lock", OPTION,
-         "pass --network-lock nftables (or skip, if the network is locked otherwise)",
+    Rule("namespace.net_lock", "CRIU must lock the network (the tree's own network namespace, "
+         "or TCP connections it dumps) and the dumper has no iptables tools for its default "
+         "lock", OPTION,
+         "dump with --network-lock nftables (CRIU locks with libnftables, no iptables needed)",
          option="--network-lock",
-         criu_message="net: Locking network failed: iptables-restore returned -1."),
+         criu_message="Failed to lock TCP connection %x"),
     Rule("namespace.user_unmapped", "The tree's own user namespace does not map uid or gid 0",
          BLOCKER, "write uid_map and gid_map so that 0 inside maps to a host id before "
          "checkpointing", criu_message="Unable to convert uid or gid"),
@@ -54,7 +67,9 @@ KINDS = ("pid", "net", "mnt", "ipc", "uts", "user", "cgroup", "time")
 NESTABLE = {"net", "mnt"}  # CRIU's CLONE_SUBNS
 OWNED_BY_USERNS = ("net", "uts", "ipc", "mnt", "time")  # those CRIU enters from the user ns
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
-SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+TCP_ESTABLISHED_OPTION = "--tcp-established"
+SO_PEERNAME = 28  # asm-generic/socket.h; Python's socket module does not export it
+SOCKADDR_IN_SIZE = 16  # the kernel refuses a buffer longer than the address (EINVAL)
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
@@ -101,16 +116,8 @@ def _check_root(proc: Proc, links: dict[str, str | None],
         yield Finding("namespace.pid_without_init", f"pid {proc.pid} is pid "
                       f"{_innermost(proc, 'NSpid')} in its own pid namespace, not its init (1)",
                       proc.pid)
-    if "net" in kinds and not host_has_iptables_restore():
-        yield Finding("namespace.net_lock", f"pid {proc.pid} has its own network namespace "
-                      f"({links['net']}) and no iptables-restore is installed", proc.pid)
     if "user" in kinds:
         yield from _check_user(proc, [kind for kind in kinds if kind in OWNED_BY_USERNS])
-
-
-def host_has_iptables_restore() -> bool:
-    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
-    return shutil.which("iptables-restore", path=search) is not None
 
 
 def _check_user(proc: Proc, owned_kinds: list[str]) -> Iterator[Finding]:
@@ -202,3 +209,56 @@ def _innermost(proc: Proc, field: str) -> int | None:
     """The last (innermost pid namespace) number of an NSpid/NSsid line of status."""
     words = proc.status.get(field, "").split()
     return int(words[-1]) if words else None
+
+
+# ---------------------------------------------------------------- the network lock
+
+def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
+    root, own = ctx.table("namespace.reference", lambda: _reference(ctx))
+    if root["net"] and own["net"] and root["net"] != own["net"]:
+        # CRIU locks the namespace as a whole and no single connection.
+        locked, tools = f"its own network namespace {root['net']}", IPTABLES_NAMESPACE_TOOLS
+    else:
+        rules = catalogue()
+        connections = [f for f in findings if rules[f.code].option == TCP_ESTABLISHED_OPTION]
+        connections += [f for f in findings if f.code == "socket.tcp.closed" and _has_peer(ctx, f)]
+        if not connections:
+            return
+        locked = "the TCP connections it dumps (" + ", ".join(sorted(
+            {f"pid {f.pid} fd {f.fd}" for f in connections})) + ")"
+        tools = IPTABLES_CONNECTION_TOOLS
+    yield from _network_lock(ctx.root_pid, ctx.environment, locked, tools)
+
+
+def _network_lock(root: int, environment: Environment, locked: str,
+                  tools: tuple[str, ...]) -> Iterator[Finding]:
+    method = environment.network_lock(tools)
+    if method == "iptables":
+        return
+    fact = environment.tools_fact(tools)
+    message = f"pid {root}: CRIU locks the network for {locked}, and {fact}"
+    if method == "nftables":
+        yield Finding("namespace.net_lock", message, root, option_value="nftables",
+                      environment_fact=fact)
+        return
+    fact += " and CRIU cannot lock with nftables (no network_lock_nftables feature)"
+    yield Finding("namespace.net_lock", f"{message}; this CRIU cannot lock with nftables either",
+                  root, option_value="skip", environment_fact=fact,
+                  remedy="install iptables where CRIU runs, or lock the network yourself and "
+                         "dump with --network-lock skip")
+
+
+def _has_peer(ctx: AuditContext, finding: Finding) -> bool:
+    """A closed TCP socket that keeps its peer's address: CRIU locks its connection too.
+
+    SO_PEERNAME answers for a closed socket while the kernel keeps the destination port
+    (inet_getname with peer == 2), which is what CRIU asks (gen_uncon_sk)."""
+    if finding.fd is None:
+        return False
+    try:
+        inode = os.stat(ctx.proc_root / str(finding.pid) / "fd" / str(finding.fd)).st_ino
+        with probe.borrowed(finding.pid, finding.fd, inode) as sock:
+            sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, SOCKADDR_IN_SIZE)
+    except (OSError, ProcessGone, AccessDenied):
+        return False    # ENOTCONN: no peer; or the fd is gone (its process is confirmed at the end)
+    return True

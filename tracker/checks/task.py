@@ -5,6 +5,10 @@ PTRACE_INTERRUPT), so whatever stops a seize stops the dump: another tracer,
 a stop signal it does not know, a thread that cannot be interrupted. After the
 seize it gives each process kernel-object ids with kcmp and refuses two
 processes that share an mm or fs_struct without being threads of one group.
+It reads every live process's rlimits with prlimit64() (cr-dump.c
+dump_task_rlimits), which the kernel refuses to a dumper whose real uid and
+gid differ from any of the target's, unless the dumper holds CAP_SYS_RESOURCE
+(kernel/sys.c check_prlimit_permission).
 """
 from __future__ import annotations
 
@@ -63,6 +67,11 @@ RULES = (
          strict=BLOCKER),
     Rule("task.unknown_state", "A thread in a state crwatch does not know", BLOCKER,
          "audit again; a state outside R/S/D/T/t/Z/X/I is new to crwatch and CRIU alike"),
+    Rule("task.foreign_uid_needs_sys_resource", "A process runs under other uids or gids than "
+         "the dumper, which lacks CAP_SYS_RESOURCE", BLOCKER,
+         "run the dumper with CAP_SYS_RESOURCE (in its bounding and effective sets), or under "
+         "the process's own uid and gid",
+         criu_message="Can't get rlimit 0: Operation not permitted"),
 )
 
 SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
@@ -116,8 +125,33 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         yield from _check_thread(ctx, proc, thread)
     yield from _check_shared_pending(proc)
     yield from _check_life(ctx, proc, threads)
+    yield from _check_rlimits_readable(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
+
+
+# ---------------------------------------------------------------- the dumper's rights
+
+def _check_rlimits_readable(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
+    # CRIU reads no rlimits of a zombie (dump_zombies).
+    if not any(thread.live for thread in threads) or ctx.environment.has_sys_resource:
+        return
+    dumper = ctx.environment.credentials
+    uids = _ids(proc.status.get("Uid", ""))
+    gids = _ids(proc.status.get("Gid", ""))
+    if set(uids) == {dumper.uid} and set(gids) == {dumper.gid}:
+        return
+    fact = ctx.environment.sys_resource_fact()
+    yield Finding("task.foreign_uid_needs_sys_resource",
+                  f"pid {proc.pid} runs as uids {'/'.join(map(str, uids))} and gids "
+                  f"{'/'.join(map(str, gids))} (real/effective/saved), the dumper as uid "
+                  f"{dumper.uid} gid {dumper.gid}: CRIU cannot read its rlimits, since {fact}",
+                  proc.pid, environment_fact=fact)
+
+
+def _ids(line: str) -> tuple[int, ...]:
+    """The real, effective and saved ids of a status Uid/Gid line (the fs id does not count)."""
+    return tuple(int(word) for word in line.split()[:3])
 
 
 # ---------------------------------------------------------------- reading threads
