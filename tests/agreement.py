@@ -13,11 +13,25 @@ from pathlib import Path
 
 from tracker.audit import audit
 from tracker.criu import arguments_for, find_criu
+from tracker.environment import IPTABLES_CONNECTION_TOOLS, current
 from tracker.profiles import profile
 from tracker.rules import catalogue
 from tracker import verdict
 
 TABLE = Path(__file__).resolve().parents[1] / "build" / "agreement.tsv"
+
+
+def network_lock_options() -> list[str]:
+    """What a dump that locks TCP connections needs besides --tcp-established in this
+    environment: nothing where iptables is on PATH, else `--network-lock nftables`."""
+    method = current().network_lock(IPTABLES_CONNECTION_TOOLS)
+    return [] if method == "iptables" else ["--network-lock", method]
+
+
+def network_lock_allowed() -> list[str]:
+    """The same as `crwatch check` arguments: [] or ["--allow=--network-lock=nftables"]."""
+    options = network_lock_options()
+    return [f"--allow={options[0]}={options[1]}"] if options else []
 
 
 def _record(state: str, criu_result: str, document: dict) -> None:
@@ -58,9 +72,11 @@ def assert_agrees(pid: int, state: str, *, expect: str, codes: set[str] = frozen
                 else "fails even with options", document)
         assert with_options.ok, (state, options, with_options.errors)
     else:
-        named = sorted({catalogue()[code].option for code in found if catalogue()[code].option})
-        with_options = criu.dump(pid, arguments_for(
-            [{"option": option, "option_value": None} for option in named]))
+        # Every option any reason names, with the value the reason gives (--network-lock).
+        named_reasons = [{"option": catalogue()[r["code"]].option, "option_value": r["option_value"]}
+                         for r in document["reasons"] if catalogue()[r["code"]].option]
+        named = sorted({r["option"] for r in named_reasons})
+        with_options = criu.dump(pid, arguments_for(named_reasons))
         _record(state, "fails" + (f" (also with {' '.join(named)})" if named else ""), document)
         assert not with_options.ok, f"{state}: CRIU dumped it with {named}, crwatch said blocked"
     return document

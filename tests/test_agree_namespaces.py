@@ -9,8 +9,8 @@ import pytest
 from tests.agreement import assert_agrees
 from tests.subjects import subject
 from tracker.audit import audit
-from tracker.checks.namespaces import host_has_iptables_restore
 from tracker.criu import find_criu
+from tracker.environment import IPTABLES_NAMESPACE_TOOLS, current
 from tracker.profiles import profile
 from tracker.verdict import document
 
@@ -171,18 +171,13 @@ def test_root_in_a_mapped_user_namespace_dumps():
                       codes={"namespace.own"})
 
 
-@pytest.mark.skipif(host_has_iptables_restore(),
-                    reason="with iptables-restore CRIU locks the namespace without an option")
-def test_root_in_its_own_network_namespace_needs_a_network_lock():
-    # assert_agrees dumps with bare option names, and --network-lock takes a
-    # value: the same three steps, spelt out.
-    criu = find_criu()
-    assert criu is not None
+def test_root_in_its_own_network_namespace_needs_a_network_lock_without_iptables():
+    # CRIU locks the namespace with iptables-restore, or with nftables when told.
+    needed = current().network_lock(IPTABLES_NAMESPACE_TOOLS) != "iptables"
     with subject(UNSHARE + f"unshare({CLONE['net']})\nready()\nhold()") as s:
-        verdict = document(audit(s.pid), profile("criu", criu.version))
-        assert verdict["verdict"] == "needs_options", verdict["reasons"]
-        assert verdict["required_options"] == ["--network-lock"]
-        plain = criu.dump(s.pid)
-        assert not plain.ok and "Locking network failed" in plain.log, plain.errors
-        locked = criu.dump(s.pid, ["--network-lock", "nftables"])
-        assert locked.ok, locked.errors
+        verdict = assert_agrees(s.pid, "root in its own network namespace",
+                                expect="needs_options" if needed else "ok",
+                                criu_error="Locking network failed" if needed else None)
+    if needed:
+        lock = next(r for r in verdict["reasons"] if r["code"] == "namespace.net_lock")
+        assert lock["option_value"] == "nftables" and "ip6tables-restore" in lock["environment_fact"]

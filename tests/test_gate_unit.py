@@ -64,6 +64,13 @@ def test_criu_arguments_name_each_option_once_with_the_largest_ghost_limit():
                                       "--external", "unix[11]", "--external", "unix[12]"]
 
 
+def test_criu_arguments_pass_the_network_lock_the_reason_names():
+    for value in ("nftables", "skip"):
+        reasons = [{"option": "--tcp-established", "option_value": None},
+                   {"option": "--network-lock", "option_value": value}]
+        assert arguments_for(reasons) == ["--tcp-established", "--network-lock", value]
+
+
 def test_the_hook_reads_the_options_criu_was_given():
     argv = ["criu", "dump", "-t", "42", "-D", "/images", "--tcp-established", "-j",
             "--ghost-limit", "8M", "--external=unix[99]", "--leave-running", "-v4",
