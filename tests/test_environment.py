@@ -1,0 +1,330 @@
+"""The dumper's environment decides verdicts: changed for real, judged by crwatch and the
+real CRIU run in that same environment.
+
+- the network lock: with no iptables tools on PATH (this machine), CRIU locks TCP
+  connections only with `--network-lock nftables`; with iptables (Debian's package,
+  unpacked by scripts/setup.sh into .deps/iptables-root, run through wrappers in
+  .deps/iptables-bin) it needs no option;
+- CAP_SYS_RESOURCE: without it CRIU cannot read the rlimits of a process under other
+  ids (this machine's bounding set already lacks it; the tests drop it again with
+  setpriv so that they hold on any host);
+- CAP_CHECKPOINT_RESTORE and CAP_SYS_ADMIN: without both CRIU refuses to start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.agreement import assert_agrees
+from tests.servers import Server
+from tests.subjects import subject
+from tracker import environment
+from tracker.criu import Criu, arguments_for, find_criu
+from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
+                                 Capabilities, Credentials, Environment)
+
+REPO = Path(__file__).resolve().parents[1]
+CRWATCH = Path(sys.executable).with_name("crwatch")
+IPTABLES_BIN = Path(os.environ.get("CRWATCH_IPTABLES_BIN", REPO / ".deps" / "iptables-bin"))
+ALL_TOOLS = (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)
+
+TCP_PAIR = """
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
+server.close()
+"""
+# States of a TCP socket after shutdown() and close() on either side. `settle` waits
+# (with the kernel's own handshake, over loopback) until the socket reaches the state.
+SETTLE = """
+def settle(sock, state):
+    for _ in range(2000):
+        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == state:
+            return
+        time.sleep(0.001)
+    raise SystemExit(f"socket never reached TCP state {state}")
+"""
+TCP_FIN_WAIT2, TCP_CLOSE, TCP_CLOSE_WAIT = 5, 7, 8
+SHUT_DOWN_STATES = {
+    # our side shut its writing half down; the peer acknowledged
+    "shut down for writing (FIN_WAIT2)":
+        ("client.shutdown(socket.SHUT_WR); settle(client, %d)" % TCP_FIN_WAIT2,
+         "--tcp-established"),
+    # the peer shut its writing half down
+    "peer shut down (CLOSE_WAIT)":
+        ("peer.shutdown(socket.SHUT_WR); peer.close(); settle(client, %d)" % TCP_CLOSE_WAIT,
+         "--tcp-established"),
+    # both halves closed: CLOSE, but the kernel keeps the peer's address and CRIU locks it
+    "closed after both shut down (CLOSE with a peer)":
+        ("client.shutdown(socket.SHUT_WR); peer.close(); settle(client, %d)" % TCP_CLOSE,
+         None),
+    # reset by the peer: CLOSE with a peer as well
+    "reset by the peer (CLOSE with a peer)":
+        ("peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); "
+         "peer.close(); settle(client, %d)" % TCP_CLOSE, None),
+}
+
+
+# ---------------------------------------------------------------- parsers
+
+def test_capability_masks_parse_as_proc_prints_them():
+    bounding = Capabilities.parse("000001fffeffffff\n")
+    assert bounding.missing() == ["sys_resource"]
+    assert bounding.has(environment.CAP_CHECKPOINT_RESTORE) and bounding.hex == "000001fffeffffff"
+    assert Capabilities.parse("0").names() == [] and "sys_admin" in Capabilities.parse("0").missing()
+    for bad in ("", "xyz", "00000000000000000", "-1"):
+        with pytest.raises(ValueError, match="not a capability mask"):
+            Capabilities.parse(bad)
+
+
+def test_credentials_come_from_the_status_lines():
+    status = ("Name:\tpython\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n"
+              "CapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n"
+              "CapEff:\t0000010000000000\nCapBnd:\t000001fffeffffff\n")
+    creds = Credentials.parse(status)
+    assert (creds.uid, creds.euid, creds.gid) == (1000, 0, 100)
+    assert creds.effective.names() == ["checkpoint_restore"]
+    with pytest.raises(ValueError, match="unreadable status"):
+        Credentials.parse("Name:\tpython\nUid:\t0\t0\t0\t0\n")
+
+
+def fixture_environment(tools: dict[str, str | None], nftables: bool = True,
+                        effective: str = "000001fffeffffff", euid: int = 0,
+                        bounding: str = "000001ffffffffff") -> Environment:
+    caps, bound = Capabilities.parse(effective), Capabilities.parse(bounding)
+    return Environment(Credentials(euid, 0, euid, caps, caps, bound), "6.18", "/usr/bin", tools,
+                       features={"network_lock_nftables": nftables})
+
+
+def test_the_lock_method_follows_the_tools_and_features():
+    nothing = dict.fromkeys(ALL_TOOLS)
+    assert fixture_environment(nothing).network_lock(IPTABLES_CONNECTION_TOOLS) == "nftables"
+    assert fixture_environment(nothing, nftables=False).network_lock(
+        IPTABLES_CONNECTION_TOOLS) == "none"
+    only_connections = {**nothing, "iptables": "/x/iptables", "ip6tables": "/x/ip6tables"}
+    env = fixture_environment(only_connections)
+    assert env.network_lock(IPTABLES_CONNECTION_TOOLS) == "iptables"
+    assert env.network_lock(IPTABLES_NAMESPACE_TOOLS) == "nftables"
+    assert env.tools_fact(IPTABLES_NAMESPACE_TOOLS) == \
+        "no iptables-restore or ip6tables-restore on the dumper's PATH"
+    assert env.to_json()["network_lock"]["connections"] == "iptables"
+
+
+def test_dumper_capabilities_decide_the_dumper_facts():
+    assert not fixture_environment({}, effective="0").can_checkpoint
+    unprivileged = fixture_environment({}, effective="0000010000000000", euid=1000)
+    assert unprivileged.can_checkpoint and unprivileged.unprivileged
+    assert unprivileged.sys_resource_fact() == "the dumper's effective set lacks CAP_SYS_RESOURCE"
+    assert fixture_environment({}, bounding="000001fffeffffff").sys_resource_fact() == \
+        "the dumper's bounding set lacks CAP_SYS_RESOURCE"
+
+
+# ---------------------------------------------------------------- helpers
+
+def path_without_iptables() -> str:
+    """This PATH minus every directory holding an iptables tool (none, on this machine)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs
+                           if d and not any(shutil.which(tool, path=d) for tool in ALL_TOOLS))
+
+
+def iptables_bin() -> Path:
+    wrapper = IPTABLES_BIN / "iptables-restore"
+    assert os.access(wrapper, os.X_OK), f"no {wrapper}: scripts/setup.sh provides it"
+    return IPTABLES_BIN
+
+
+@contextmanager
+def search_path(path: str) -> Iterator[Environment]:
+    """crwatch (detecting again) and the CRIU it starts both search this PATH."""
+    saved = os.environ["PATH"]
+    os.environ["PATH"] = path
+    try:
+        yield environment.redetect()
+    finally:
+        os.environ["PATH"] = saved
+        environment.redetect()
+
+
+def crwatch(*args: str, prefix: tuple[str, ...] = (), path: str | None = None
+            ) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=path if path is not None else os.environ["PATH"])
+    return subprocess.run([*prefix, str(CRWATCH), *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def criu_under(prefix: tuple[str, ...], tmp_path: Path) -> Criu:
+    """The real CRIU, started through `prefix` (e.g. setpriv dropping capabilities)."""
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    wrapper = tmp_path / "criu"
+    wrapper.write_text("#!/bin/sh\nexec " + " ".join(prefix) + f" {criu.path} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return Criu(str(wrapper), criu.version)
+
+
+def reason(document: dict, code: str) -> dict:
+    found = [r for r in document["reasons"] if r["code"] == code]
+    assert found, (code, document["reasons"])
+    return found[0]
+
+
+# ---------------------------------------------------------------- the network lock
+
+def test_without_iptables_a_tcp_connection_needs_the_nftables_lock_named_in_the_verdict():
+    with search_path(path_without_iptables()) as env, subject(TCP_PAIR + "ready(); hold()") as s:
+        assert env.network_lock(IPTABLES_CONNECTION_TOOLS) == "nftables"
+        document = json.loads(crwatch("check", "--json", str(s.pid), path=os.environ["PATH"])
+                              .stdout)
+        assert document["required_options"] == ["--network-lock", "--tcp-established"]
+        lock = reason(document, "namespace.net_lock")
+        assert lock["option_value"] == "nftables"
+        assert lock["environment_fact"] == "no iptables or ip6tables on the dumper's PATH"
+        assert lock["environment_fact"] in lock["message"]
+        assert document["environment"]["network_lock"]["connections"] == "nftables"
+
+        criu = find_criu()
+        only_tcp = criu.dump(s.pid, ["--tcp-established"])
+        assert not only_tcp.ok and "Failed to lock TCP connection" in only_tcp.log, only_tcp.errors
+        assert arguments_for(document["reasons"]) == ["--tcp-established", "--network-lock",
+                                                      "nftables"]
+        both = criu.dump(s.pid, arguments_for(document["reasons"]))
+        assert both.ok, both.errors
+
+
+def test_with_iptables_on_path_a_tcp_connection_needs_only_tcp_established():
+    path = os.pathsep.join([str(iptables_bin()), path_without_iptables()])
+    with search_path(path) as env, subject(TCP_PAIR + "ready(); hold()") as s:
+        assert env.network_lock(IPTABLES_CONNECTION_TOOLS) == "iptables"
+        assert env.tools["iptables"] == str(IPTABLES_BIN / "iptables")
+        document = json.loads(crwatch("check", "--json", str(s.pid), path=path).stdout)
+        assert document["required_options"] == ["--tcp-established"], document["reasons"]
+        assert document["environment"]["network_lock"]["tools"]["iptables-restore"]
+        dumped = find_criu().dump(s.pid, arguments_for(document["reasons"]))
+        assert dumped.ok, dumped.errors
+        assert "Running iptables [iptables -w -t filter -I INPUT" in dumped.log
+
+
+def test_with_iptables_on_path_an_own_network_namespace_needs_no_lock_option():
+    path = os.pathsep.join([str(iptables_bin()), path_without_iptables()])
+    code = ("libc = ctypes.CDLL(None, use_errno=True)\n"
+            "assert libc.unshare(0x40000000) == 0\nready(); hold()")
+    with search_path(path), subject(code) as s:
+        assert_agrees(s.pid, "own network namespace, iptables on PATH", expect="ok",
+                      codes={"namespace.own"})
+
+
+@pytest.mark.parametrize("state", sorted(SHUT_DOWN_STATES))
+def test_shut_down_tcp_sockets_are_locked_too(state):
+    setup, option = SHUT_DOWN_STATES[state]
+    code = "import struct\n" + SETTLE + TCP_PAIR + setup + "\nready(); hold()"
+    with search_path(path_without_iptables()), subject(code) as s:
+        document = assert_agrees(s.pid, f"TCP {state}, no iptables", expect="needs_options",
+                                 codes={"namespace.net_lock"},
+                                 criu_error="Failed to lock TCP connection" if not option
+                                 else None)
+    expected = sorted(["--network-lock", *([option] if option else [])])
+    assert document["required_options"] == expected, document["reasons"]
+
+
+# ---------------------------------------------------------------- capabilities
+
+WITHOUT_SYS_RESOURCE = ("setpriv", "--bounding-set", "-sys_resource", "--")
+FOREIGN_CHILD = """
+if os.fork() == 0:
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    hold()
+ready(); hold()
+"""
+
+
+def test_a_process_under_another_uid_is_blocked_without_cap_sys_resource(tmp_path):
+    with subject(FOREIGN_CHILD) as s:
+        result = crwatch("check", "--tree", "--json", str(s.pid), prefix=WITHOUT_SYS_RESOURCE)
+        document = json.loads(result.stdout)
+        assert document["verdict"] == "blocked", document["reasons"]
+        blocker = reason(document, "task.foreign_uid_needs_sys_resource")
+        assert blocker["environment_fact"] == "the dumper's bounding set lacks CAP_SYS_RESOURCE"
+        assert "65534" in blocker["message"] and blocker["pid"] != s.pid
+        assert "sys_resource" in document["environment"]["dumper"]["capabilities"]["bounding"][
+            "missing"]
+        failed = criu_under(WITHOUT_SYS_RESOURCE, tmp_path).dump(s.pid)
+        assert not failed.ok and "Can't get rlimit 0: Operation not permitted" in failed.log, \
+            failed.errors
+
+
+def test_a_root_tree_dumps_without_cap_sys_resource(tmp_path):
+    with subject("ready(); hold()") as s:
+        document = json.loads(crwatch("check", "--tree", "--json", str(s.pid),
+                                      prefix=WITHOUT_SYS_RESOURCE).stdout)
+        assert document["verdict"] == "ok", document["reasons"]
+        dumped = criu_under(WITHOUT_SYS_RESOURCE, tmp_path).dump(s.pid)
+        assert dumped.ok, dumped.errors
+
+
+def test_the_agreement_harness_sees_the_same_blocker_in_this_environment():
+    if environment.current().has_sys_resource:
+        pytest.skip("this dumper holds CAP_SYS_RESOURCE: the setpriv tests above cover it")
+    with subject(FOREIGN_CHILD) as s:
+        assert_agrees(s.pid, "child under uid 65534, dumper without CAP_SYS_RESOURCE",
+                      expect="blocked", tree=True, codes={"task.foreign_uid_needs_sys_resource"},
+                      criu_error="Can't get rlimit 0: Operation not permitted")
+
+
+WITHOUT_CHECKPOINT_CAPS = ("setpriv", "--bounding-set", "-checkpoint_restore,-sys_admin", "--")
+
+
+def test_a_dumper_without_checkpoint_capabilities_blocks_everything(tmp_path):
+    with subject("ready(); hold()") as s:
+        plain = json.loads(crwatch("check", "--json", str(s.pid)).stdout)
+        assert plain["verdict"] == "ok" and plain["environment"]["dumper"]["can_checkpoint"]
+        dropped = json.loads(crwatch("check", "--json", str(s.pid),
+                                     prefix=WITHOUT_CHECKPOINT_CAPS).stdout)
+        assert dropped["verdict"] == "blocked", dropped["reasons"]
+        blocker = reason(dropped, "dumper.no_checkpoint_capability")
+        assert "CAP_CHECKPOINT_RESTORE" in blocker["environment_fact"]
+        facts = dropped["environment"]["dumper"]
+        assert not facts["can_checkpoint"]
+        assert {"sys_admin", "checkpoint_restore"} <= set(
+            facts["capabilities"]["effective"]["missing"])
+        failed = criu_under(WITHOUT_CHECKPOINT_CAPS, tmp_path).dump(s.pid)
+        assert not failed.ok
+        assert "CRIU needs to have the CAP_SYS_ADMIN or the CAP_CHECKPOINT_RESTORE" in failed.log
+
+
+# ---------------------------------------------------------------- showing the facts
+
+def test_crwatch_env_shows_the_facts_in_text_and_json():
+    as_json = crwatch("env", "--json", prefix=WITHOUT_CHECKPOINT_CAPS)
+    assert as_json.returncode == 0, as_json.stderr
+    facts = json.loads(as_json.stdout)
+    assert facts["schema"] == "crwatch.environment/1" and facts["kernel"] == os.uname().release
+    assert "checkpoint_restore" in facts["dumper"]["capabilities"]["bounding"]["missing"]
+    assert facts["criu"]["version"] == find_criu().version_text
+    assert set(facts["criu"]["features"]) >= {"network_lock_nftables", "pidfd_store"}
+    assert set(facts["criu"]["libraries"]) == {"libbpf", "libnftables"}
+    assert set(facts["network_lock"]["tools"]) == set(ALL_TOOLS)
+    text = crwatch("env", prefix=WITHOUT_CHECKPOINT_CAPS).stdout
+    assert "CANNOT checkpoint" in text and "network lock" in text
+
+
+def test_get_environment_serves_the_same_facts_as_the_cli():
+    server = Server("--no-probes")
+    try:
+        served = server.ok("/environment")
+        with subject("ready(); hold()") as s:
+            verdict = server.ok(f"/processes/{s.pid}/checkpointable")
+    finally:
+        server.stop()
+    local = json.loads(crwatch("env", "--json").stdout)
+    for facts in (served, verdict["environment"]):
+        assert {k: v for k, v in facts.items() if k != "detected_in_seconds"} == \
+            {k: v for k, v in local.items() if k != "detected_in_seconds"}
