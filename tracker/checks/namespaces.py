@@ -214,7 +214,10 @@ def _innermost(proc: Proc, field: str) -> int | None:
 # ---------------------------------------------------------------- the network lock
 
 def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
-    root, own = ctx.table("namespace.reference", lambda: _reference(ctx))
+    try:
+        root, own = ctx.table("namespace.reference", lambda: _reference(ctx))
+    except (ProcessGone, AccessDenied):
+        return  # the root's own checks have reported it unreadable or gone
     if root["net"] and own["net"] and root["net"] != own["net"]:
         # CRIU locks the namespace as a whole and no single connection.
         locked, tools = f"its own network namespace {root['net']}", IPTABLES_NAMESPACE_TOOLS
