@@ -73,8 +73,9 @@ def assert_agrees(pid: int, state: str, *, expect: str, codes: set[str] = frozen
         assert with_options.ok, (state, options, with_options.errors)
     else:
         # Every option any reason names, with the value the reason gives (--network-lock).
-        named_reasons = [{"option": catalogue()[r["code"]].option, "option_value": r["option_value"]}
-                         for r in document["reasons"] if catalogue()[r["code"]].option]
+        rules = catalogue()
+        named_reasons = [{"option": rules[r["code"]].option, "option_value": r["option_value"]}
+                         for r in document["reasons"] if rules[r["code"]].option]
         named = sorted({r["option"] for r in named_reasons})
         with_options = criu.dump(pid, arguments_for(named_reasons))
         _record(state, "fails" + (f" (also with {' '.join(named)})" if named else ""), document)

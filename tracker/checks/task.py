@@ -132,7 +132,8 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
 
 # ---------------------------------------------------------------- the dumper's rights
 
-def _check_rlimits_readable(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterator[Finding]:
+def _check_rlimits_readable(ctx: AuditContext, proc: Proc,
+                            threads: list[Thread]) -> Iterator[Finding]:
     # CRIU reads no rlimits of a zombie (dump_zombies).
     if not any(thread.live for thread in threads) or ctx.environment.has_sys_resource:
         return
