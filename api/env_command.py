@@ -25,6 +25,14 @@ def run_env(args) -> int:
     return EXIT_OK
 
 
+def _capability_summary(capabilities: environment.Capabilities) -> str:
+    """The shorter of the two lists: what the set lacks, or the little it holds."""
+    missing, held = capabilities.missing(), capabilities.names()
+    if len(held) < len(missing):
+        return f"holds only: {', '.join(held) or 'nothing'}"
+    return f"lacks: {', '.join(missing) or 'nothing'}"
+
+
 def environment_text(facts: environment.Environment) -> str:
     document = facts.to_json()
     dumper, criu, lock = document["dumper"], document["criu"], document["network_lock"]
@@ -35,8 +43,8 @@ def environment_text(facts: environment.Environment) -> str:
         + ("  (not root: CRIU needs --unprivileged)" if dumper["unprivileged"] else ""),
     ]
     for name in ("effective", "permitted", "bounding"):
-        missing = ", ".join(capabilities[name]["missing"]) or "nothing"
-        lines.append(f"  {name:<11} {capabilities[name]['hex']}  lacks: {missing}")
+        lines.append(f"  {name:<11} {capabilities[name]['hex']}  "
+                     f"{_capability_summary(getattr(facts.credentials, name))}")
     lines.append("  " + ("can checkpoint (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
                          if dumper["can_checkpoint"] else
                          "CANNOT checkpoint: neither CAP_CHECKPOINT_RESTORE nor CAP_SYS_ADMIN"))

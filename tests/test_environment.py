@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -329,3 +330,47 @@ def test_get_environment_serves_the_same_facts_as_the_cli():
     for facts in (served, verdict["environment"]):
         assert {k: v for k, v in facts.items() if k != "detected_in_seconds"} == \
             {k: v for k, v in local.items() if k != "detected_in_seconds"}
+
+
+# ---------------------------------------------------------------- unprivileged mode
+
+UNPRIVILEGED = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=+checkpoint_restore", "--ambient-caps=+checkpoint_restore", "--")
+OWN_UID_SUBJECT = """
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: the uid change cleared it
+os.chdir("/")
+ready(); hold()
+"""
+
+
+def scratch_for_nobody() -> Path:
+    """An images directory the unprivileged CRIU (uid 65534) can write."""
+    images = Path(tempfile.mkdtemp(prefix="crwatch-env-"))
+    images.chmod(0o777)
+    return images
+
+
+def test_a_non_root_dumper_with_checkpoint_restore_needs_unprivileged(tmp_path):
+    with subject(OWN_UID_SUBJECT) as s:
+        result = crwatch("check", "--json", str(s.pid), prefix=UNPRIVILEGED)
+        document = json.loads(result.stdout)
+        assert document["verdict"] == "needs_options", document["reasons"]
+        assert document["required_options"] == ["--unprivileged"]
+        assert reason(document, "dumper.unprivileged")["environment_fact"] == \
+            "the dumper's euid is 65534"
+        dumper = document["environment"]["dumper"]
+        assert dumper["unprivileged"] and dumper["euid"] == 65534 and dumper["can_checkpoint"]
+        assert "checkpoint_restore" not in dumper["capabilities"]["effective"]["missing"]
+
+        criu = criu_under(UNPRIVILEGED, tmp_path)
+        plain_images, images = scratch_for_nobody(), scratch_for_nobody()
+        try:
+            plain = criu.dump(s.pid, images_dir=plain_images)
+            assert not plain.ok and "Running as non-root requires '--unprivileged'" in plain.log
+            dumped = criu.dump(s.pid, arguments_for(document["reasons"]), images_dir=images)
+            assert dumped.ok, dumped.errors
+        finally:
+            shutil.rmtree(plain_images)
+            shutil.rmtree(images)

@@ -221,7 +221,9 @@ def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
     features: dict[str, bool] = {}
     libraries: dict[str, bool] = {}
     if criu is not None:
-        features = {name: criu_has_feature(criu, name) for name in FEATURES}
+        # CRIU refuses every command, `check` included, to non-root without --unprivileged.
+        unprivileged = credentials.euid != 0
+        features = {name: criu_has_feature(criu, name, unprivileged) for name in FEATURES}
         libraries = criu_libraries(criu)
     return Environment(credentials=credentials, kernel=os.uname().release, path=search,
                        tools=tools, criu_path=criu.path if criu else None,
@@ -235,11 +237,12 @@ def exec_path() -> str:
     return os.environ.get("PATH", DEFAULT_EXEC_PATH)
 
 
-def criu_has_feature(criu: Criu, name: str) -> bool:
+def criu_has_feature(criu: Criu, name: str, unprivileged: bool = False) -> bool:
     """`criu check --feature NAME` exits 0 when the feature works here."""
+    command = [criu.path, "check", *(["--unprivileged"] if unprivileged else []), "--feature", name]
     try:
-        result = subprocess.run([criu.path, "check", "--feature", name], stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=FEATURE_TIMEOUT)
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=FEATURE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
