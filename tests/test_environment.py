@@ -26,7 +26,7 @@ import pytest
 
 from tests.agreement import assert_agrees
 from tests.servers import Server
-from tests.subjects import subject
+from tests.subjects import skip_if_refused, subject
 from tracker import environment
 from tracker.criu import Criu, arguments_for, find_criu
 from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
@@ -374,3 +374,30 @@ def test_a_non_root_dumper_with_checkpoint_restore_needs_unprivileged(tmp_path):
         finally:
             shutil.rmtree(plain_images)
             shutil.rmtree(images)
+
+
+# ---------------------------------------------------------------- CRIU's build
+
+BPF_HASH_MAP = """
+import struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+attr = ctypes.create_string_buffer(struct.pack("IIII", 1, 4, 4, 4) + bytes(112))
+fd = libc.syscall(321, 0, attr, len(attr))  # bpf(BPF_MAP_CREATE): a HASH map
+if fd < 0:
+    ready(f"skip: bpf: {os.strerror(ctypes.get_errno())}"); hold()
+ready(); hold()
+"""
+
+
+def test_a_bpf_map_names_the_criu_build_that_refuses_it():
+    if environment.current().libraries.get("libbpf"):
+        pytest.skip("this CRIU is linked with libbpf: no CRIU without it to compare with")
+    with subject(BPF_HASH_MAP) as s:
+        skip_if_refused(s, "a BPF hash map")
+        document = assert_agrees(s.pid, "BPF hash map, CRIU without libbpf", expect="blocked",
+                                 codes={"anon.bpf_map"},
+                                 criu_error="(anon anon_inode:bpf-map)")
+    blocker = reason(document, "anon.bpf_map")
+    assert blocker["environment_fact"] == "the dumper's CRIU is built without libbpf"
+    assert document["environment"]["criu"]["libraries"]["libbpf"] is False
