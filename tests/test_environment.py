@@ -28,6 +28,7 @@ from tests.agreement import assert_agrees
 from tests.servers import Server
 from tests.subjects import skip_if_refused, subject
 from tracker import environment
+from tracker.checks.namespaces import network_lock_findings
 from tracker.criu import Criu, arguments_for, find_criu
 from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
                                  Capabilities, Credentials, Environment)
@@ -117,6 +118,21 @@ def test_the_lock_method_follows_the_tools_and_features():
     assert env.tools_fact(IPTABLES_NAMESPACE_TOOLS) == \
         "no iptables-restore or ip6tables-restore on the dumper's PATH"
     assert env.to_json()["network_lock"]["connections"] == "iptables"
+
+
+def test_the_lock_reason_names_the_value_and_the_deciding_fact():
+    nothing = dict.fromkeys(ALL_TOOLS)
+    [nft] = network_lock_findings(42, fixture_environment(nothing), "its own network namespace",
+                                  IPTABLES_NAMESPACE_TOOLS)
+    assert (nft.code, nft.option_value) == ("namespace.net_lock", "nftables")
+    assert nft.environment_fact == "no iptables-restore or ip6tables-restore on the dumper's PATH"
+    # A CRIU without the nftables lock and no iptables: only a lock of the caller's own.
+    [skip] = network_lock_findings(42, fixture_environment(nothing, nftables=False), "x",
+                                   IPTABLES_CONNECTION_TOOLS)
+    assert skip.option_value == "skip" and "network_lock_nftables" in skip.environment_fact
+    assert "--network-lock skip" in skip.remedy
+    tools = {tool: f"/x/{tool}" for tool in ALL_TOOLS}
+    assert list(network_lock_findings(42, fixture_environment(tools), "x", ALL_TOOLS)) == []
 
 
 def test_dumper_capabilities_decide_the_dumper_facts():

@@ -37,11 +37,12 @@ class AuditContext:
     tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     hold: Hold | None = None
+    dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
 
-    @cached_property
+    @property
     def environment(self) -> Environment:
         """The dumper's environment (detected once per crwatch process)."""
-        return current()
+        return self.dumper_environment or current()
 
     def in_tree(self, pid: int) -> bool:
         return pid in self.tree_pids

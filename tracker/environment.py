@@ -1,7 +1,9 @@
 """The dumper's environment: the facts about the CRIU that would run, detected once.
 
 A verdict holds for one dumper in one environment. CRIU inherits crwatch's
-credentials and PATH, so crwatch reads them from itself:
+credentials and PATH, so crwatch reads them from itself (a wrapper script that
+changes CRIU's capabilities on the way is not seen; its features are, since
+they are asked through it):
 
 - capabilities (`/proc/self/status`): CRIU refuses to start without
   CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN (cr-check.c check_caps), asks for
@@ -20,8 +22,8 @@ credentials and PATH, so crwatch reads them from itself:
   is_bpfmap_link is compiled only with CONFIG_HAS_LIBBPF);
 - the kernel release.
 
-`current()` detects once per process and caches; `redetect()` is for tests
-that change the environment.
+`current()` detects once per process and caches (`of(criu)` for another
+CRIU); `redetect()` is for tests that change the environment.
 """
 from __future__ import annotations
 
@@ -264,17 +266,22 @@ def criu_libraries(criu: Criu) -> dict[str, bool]:
 
 
 @functools.cache
+def of(criu: Criu | None) -> Environment:
+    """The environment of this CRIU (e.g. a gate's --criu), detected once per process."""
+    return detect(criu)
+
+
 def current() -> Environment:
     """The environment of the CRIU find_criu() finds, detected once per process."""
     from tracker.criu import find_criu
 
-    return detect(find_criu())
+    return of(find_criu())
 
 
 def redetect() -> Environment:
     """Forget the cached facts (and the CRIU found) and detect again."""
     from tracker.criu import find_criu
 
-    current.cache_clear()
+    of.cache_clear()
     find_criu.cache_clear()
     return current()

@@ -18,6 +18,7 @@ from tracker.audit import Audit, audit, identify
 from tracker.checks.gate import not_frozen, watchdog_expired
 from tracker.criu import Criu, DumpResult, arguments_for
 from tracker.criu_log import failure_findings
+from tracker.environment import Environment, of
 from tracker.freeze import DEFAULT_WATCHDOG_S, Freeze, FreezeError, Frozen
 from tracker.profiles import Profile
 
@@ -70,9 +71,11 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
         judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
         _prepare(request.dump_dir)
     identify(request.pid)  # ProcessGone before anything is frozen
+    # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
+    dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
-    run = _frozen_recheck(request, judged_by, criu)
-    document = verdict.document(run.result, judged_by, request.allow)
+    run = _frozen_recheck(request, judged_by, criu, dumper)
+    document = verdict.document(run.result, judged_by, request.allow, dumper)
     drift = reconcile(run.result, started_ns) if reconcile is not None else None
 
     if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
@@ -84,24 +87,26 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     return _document(request, judged_by, document, run, drift, criu_findings, criu)
 
 
-def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None) -> _Run:
+def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
+                    dumper: Environment | None) -> _Run:
     freeze = Freeze(request.pid, request.whole_tree, watchdog_s=request.watchdog_s)
     try:
         frozen = freeze.__enter__()
     except FreezeError as error:
         # Still audit (every reason at once), but never call it checkpointable.
-        result = audit(request.pid, tree=request.whole_tree)
+        result = audit(request.pid, tree=request.whole_tree, environment=dumper)
         result.findings.append(not_frozen(request.pid, None, str(error)))
         return _Run(result, None, freeze_error=str(error))
     try:
-        result = audit(request.pid, tree=request.whole_tree, hold=frozen.hold)
+        result = audit(request.pid, tree=request.whole_tree, hold=frozen.hold,
+                       environment=dumper)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
             freeze.hold(request.hold_s)
         run = _Run(result, frozen)
         if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
-            judged = verdict.document(result, judged_by, request.allow)
+            judged = verdict.document(result, judged_by, request.allow, dumper)
             if judged["checkpointable"] and freeze.holding():
                 # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
                 run.dump = _dump(criu, request, judged, cgroup=frozen.cgroup,

@@ -230,11 +230,12 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
         locked = "the TCP connections it dumps (" + ", ".join(sorted(
             {f"pid {f.pid} fd {f.fd}" for f in connections})) + ")"
         tools = IPTABLES_CONNECTION_TOOLS
-    yield from _network_lock(ctx.root_pid, ctx.environment, locked, tools)
+    yield from network_lock_findings(ctx.root_pid, ctx.environment, locked, tools)
 
 
-def _network_lock(root: int, environment: Environment, locked: str,
-                  tools: tuple[str, ...]) -> Iterator[Finding]:
+def network_lock_findings(root: int, environment: Environment, locked: str,
+                          tools: tuple[str, ...]) -> Iterator[Finding]:
+    """The lock reason for what CRIU locks (`locked`, run with `tools` by default), if any."""
     method = environment.network_lock(tools)
     if method == "iptables":
         return
