@@ -68,6 +68,7 @@ NESTABLE = {"net", "mnt"}  # CRIU's CLONE_SUBNS
 OWNED_BY_USERNS = ("net", "uts", "ipc", "mnt", "time")  # those CRIU enters from the user ns
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 TCP_ESTABLISHED_OPTION = "--tcp-established"
+TCP_CODES = "socket.tcp."
 SO_PEERNAME = 28  # asm-generic/socket.h; Python's socket module does not export it
 SOCKADDR_IN_SIZE = 16  # the kernel refuses a buffer longer than the address (EINVAL)
 
@@ -224,7 +225,9 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
     else:
         rules = catalogue()
         connections = [f for f in findings if rules[f.code].option == TCP_ESTABLISHED_OPTION]
-        connections += [f for f in findings if f.code == "socket.tcp.closed" and _has_peer(ctx, f)]
+        # Any other TCP socket (closed, shut down, reset...) is locked when it has a peer.
+        connections += [f for f in findings if f.code.startswith(TCP_CODES)
+                        and rules[f.code].option != TCP_ESTABLISHED_OPTION and _has_peer(ctx, f)]
         if not connections:
             return
         locked = "the TCP connections it dumps (" + ", ".join(sorted(
