@@ -204,7 +204,7 @@ def test_without_iptables_a_tcp_connection_needs_the_nftables_lock_named_in_the_
         assert document["required_options"] == ["--network-lock", "--tcp-established"]
         lock = reason(document, "namespace.net_lock")
         assert lock["option_value"] == "nftables"
-        assert lock["environment_fact"] == "no iptables or ip6tables on the dumper's PATH"
+        assert lock["environment_fact"] == "no iptables on the dumper's PATH"  # IPv4 only
         assert lock["environment_fact"] in lock["message"]
         assert document["environment"]["network_lock"]["connections"] == "nftables"
 
@@ -228,6 +228,36 @@ def test_with_iptables_on_path_a_tcp_connection_needs_only_tcp_established():
         dumped = find_criu().dump(s.pid, arguments_for(document["reasons"]))
         assert dumped.ok, dumped.errors
         assert "Running iptables [iptables -w -t filter -I INPUT" in dumped.log
+
+
+TCP6_PAIR = """
+server = socket.socket(socket.AF_INET6); server.bind((HOST, 0)); server.listen()
+client = socket.create_connection(server.getsockname()[:2]); peer, _ = server.accept()
+server.close()
+ready(); hold()
+"""
+# CRIU locks an IPv6 peer with ip6tables, an IPv4 or IPv4-mapped one with iptables.
+FAMILIES = {"IPv4": (TCP_PAIR + "ready(); hold()", None),
+            "IPv6": (TCP6_PAIR.replace("HOST", "'::1'"), "ip6tables"),
+            "IPv4-mapped IPv6": (TCP6_PAIR.replace("HOST", "'::ffff:127.0.0.1'"), None)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_only_iptables_on_path_locks_ipv4_peers_and_not_ipv6_ones(family, tmp_path):
+    code, missing = FAMILIES[family]
+    only_iptables = tmp_path / "bin"
+    only_iptables.mkdir()
+    (only_iptables / "iptables").symlink_to(iptables_bin() / "iptables")
+    with search_path(os.pathsep.join([str(only_iptables), path_without_iptables()])), \
+            subject(code) as s:
+        document = assert_agrees(s.pid, f"{family} TCP connection, only iptables on PATH",
+                                 expect="needs_options", codes={"socket.tcp.established"})
+    if missing:
+        lock = reason(document, "namespace.net_lock")
+        assert lock["environment_fact"] == f"no {missing} on the dumper's PATH"
+        assert document["required_options"] == ["--network-lock", "--tcp-established"]
+    else:
+        assert document["required_options"] == ["--tcp-established"], document["reasons"]
 
 
 def test_with_iptables_on_path_an_own_network_namespace_needs_no_lock_option():

@@ -70,7 +70,10 @@ NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 TCP_ESTABLISHED_OPTION = "--tcp-established"
 TCP_CODES = "socket.tcp."
 SO_PEERNAME = 28  # asm-generic/socket.h; Python's socket module does not export it
-SOCKADDR_IN_SIZE = 16  # the kernel refuses a buffer longer than the address (EINVAL)
+# The kernel refuses a buffer longer than the address (EINVAL).
+SOCKADDR_IN_SIZE, SOCKADDR_IN6_SIZE = 16, 28
+# The third 32-bit word of sockaddr_in6's address: CRIU's ipv6_addr_mapped() test.
+IN6_ADDR_WORD2, IPV4_MAPPED_WORD = slice(16, 20), b"\x00\x00\xff\xff"
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
@@ -223,16 +226,17 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
         # CRIU locks the namespace as a whole and no single connection.
         locked, tools = f"its own network namespace {root['net']}", IPTABLES_NAMESPACE_TOOLS
     else:
-        rules = catalogue()
-        connections = [f for f in findings if rules[f.code].option == TCP_ESTABLISHED_OPTION]
-        # Any other TCP socket (closed, shut down, reset...) is locked when it has a peer.
-        connections += [f for f in findings if f.code.startswith(TCP_CODES)
-                        and rules[f.code].option != TCP_ESTABLISHED_OPTION and _has_peer(ctx, f)]
-        if not connections:
+        # Connected sockets, and any other TCP socket (closed after a shutdown or a reset)
+        # that still has a peer.
+        locks = {(f.pid, f.fd): _lock_tools(ctx, f) for f in findings
+                 if f.code.startswith(TCP_CODES) and f.fd is not None}
+        locks = {where: tools for where, tools in locks.items() if tools}
+        if not locks:
             return
-        locked = "the TCP connections it dumps (" + ", ".join(sorted(
-            {f"pid {f.pid} fd {f.fd}" for f in connections})) + ")"
-        tools = IPTABLES_CONNECTION_TOOLS
+        locked = "the TCP connections it dumps (" + ", ".join(
+            f"pid {pid} fd {fd}" for pid, fd in sorted(locks)) + ")"
+        needed = {tool for tools in locks.values() for tool in tools}
+        tools = tuple(tool for tool in IPTABLES_CONNECTION_TOOLS if tool in needed)
     yield from network_lock_findings(ctx.root_pid, ctx.environment, locked, tools)
 
 
@@ -255,17 +259,26 @@ def network_lock_findings(root: int, environment: Environment, locked: str,
                          "dump with --network-lock skip")
 
 
-def _has_peer(ctx: AuditContext, finding: Finding) -> bool:
-    """A closed TCP socket that keeps its peer's address: CRIU locks its connection too.
+def _lock_tools(ctx: AuditContext, finding: Finding) -> tuple[str, ...]:
+    """The iptables tool CRIU runs to lock this socket's connection; none without a peer.
 
-    SO_PEERNAME answers for a closed socket while the kernel keeps the destination port
-    (inet_getname with peer == 2), which is what CRIU asks (gen_uncon_sk)."""
-    if finding.fd is None:
-        return False
+    CRIU locks every TCP socket with a destination port (dump_one_tcp): SO_PEERNAME gives
+    it even for a closed socket (inet_getname with peer == 2, what gen_uncon_sk asks).
+    IPv6 peers take ip6tables, IPv4 and IPv4-mapped ones iptables (netfilter.c)."""
     try:
         inode = os.stat(ctx.proc_root / str(finding.pid) / "fd" / str(finding.fd)).st_ino
         with probe.borrowed(finding.pid, finding.fd, inode) as sock:
-            sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, SOCKADDR_IN_SIZE)
-    except (OSError, ProcessGone, AccessDenied):
-        return False    # ENOTCONN: no peer; or the fd is gone (its process is confirmed at the end)
-    return True
+            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            size = SOCKADDR_IN6_SIZE if family == socket.AF_INET6 else SOCKADDR_IN_SIZE
+            peer = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
+    except ProcessGone:
+        return ()      # the fd closed (its process is confirmed at the end of the audit)
+    except AccessDenied:
+        # A connection we cannot look into: locked, by either tool (deny by default).
+        connected = catalogue()[finding.code].option == TCP_ESTABLISHED_OPTION
+        return IPTABLES_CONNECTION_TOOLS if connected else ()
+    except OSError:
+        return ()      # ENOTCONN: no peer (a listener, a socket never connected)
+    if family == socket.AF_INET6 and peer[IN6_ADDR_WORD2] != IPV4_MAPPED_WORD:
+        return ("ip6tables",)
+    return ("iptables",)
