@@ -50,6 +50,8 @@ class CriuFacts(BaseModel):
 class NetworkLockFacts(BaseModel):
     path: str = Field(description="the PATH CRIU searches for the iptables tools")
     tools: dict[str, Optional[str]] = Field(description="iptables tool -> where PATH finds it")
+    ipv6: bool = Field(description="the kernel has IPv6: CRIU's namespace lock also runs "
+                                   "ip6tables-restore")
     connections: Literal["iptables", "nftables", "none"] = Field(
         description="how CRIU can lock TCP connections: iptables (its default), nftables "
                     "(--network-lock nftables needed), none")

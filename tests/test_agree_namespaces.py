@@ -10,7 +10,7 @@ from tests.agreement import assert_agrees
 from tests.subjects import subject
 from tracker.audit import audit
 from tracker.criu import find_criu
-from tracker.environment import IPTABLES_NAMESPACE_TOOLS, current
+from tracker.environment import current
 from tracker.profiles import profile
 from tracker.verdict import document
 
@@ -173,7 +173,7 @@ def test_root_in_a_mapped_user_namespace_dumps():
 
 def test_root_in_its_own_network_namespace_needs_a_network_lock_without_iptables():
     # CRIU locks the namespace with iptables-restore, or with nftables when told.
-    needed = current().network_lock(IPTABLES_NAMESPACE_TOOLS) != "iptables"
+    needed = current().network_lock(current().namespace_tools) != "iptables"
     with subject(UNSHARE + f"unshare({CLONE['net']})\nready()\nhold()") as s:
         verdict = assert_agrees(s.pid, "root in its own network namespace",
                                 expect="needs_options" if needed else "ok",

@@ -126,6 +126,7 @@ class Environment:
     criu_version: str | None = None
     features: dict[str, bool] = field(default_factory=dict)
     libraries: dict[str, bool] = field(default_factory=dict)
+    ipv6: bool = True          # kerndat.c get_ipv6: /proc/sys/net/ipv6 exists
     seconds: float = 0.0
 
     # ------------------------------------------------------------ capabilities
@@ -157,12 +158,10 @@ class Environment:
         return [tool for tool in tools if not self.tools.get(tool)]
 
     @property
-    def iptables_locks_connections(self) -> bool:
-        return not self.missing_tools(IPTABLES_CONNECTION_TOOLS)
-
-    @property
-    def iptables_locks_namespace(self) -> bool:
-        return not self.missing_tools(IPTABLES_NAMESPACE_TOOLS)
+    def namespace_tools(self) -> tuple[str, ...]:
+        """What CRIU's iptables lock of a network namespace runs: ip6tables-restore only
+        where the kernel has IPv6 (net.c iptables_network_lock_internal)."""
+        return IPTABLES_NAMESPACE_TOOLS if self.ipv6 else IPTABLES_NAMESPACE_TOOLS[:1]
 
     @property
     def nftables_lock(self) -> bool:
@@ -203,8 +202,9 @@ class Environment:
             "network_lock": {
                 "path": self.path,
                 "tools": dict(self.tools),
+                "ipv6": self.ipv6,
                 "connections": self.network_lock(IPTABLES_CONNECTION_TOOLS),
-                "namespace": self.network_lock(IPTABLES_NAMESPACE_TOOLS),
+                "namespace": self.network_lock(self.namespace_tools),
             },
             "detected_in_seconds": round(self.seconds, 3),
         }
@@ -231,6 +231,7 @@ def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
                        tools=tools, criu_path=criu.path if criu else None,
                        criu_version=criu.version_text if criu else None,
                        features=features, libraries=libraries,
+                       ipv6=os.path.exists("/proc/sys/net/ipv6"),
                        seconds=time.monotonic() - started)
 
 

@@ -24,8 +24,7 @@ from typing import Iterator
 
 from tracker.checks.sockets import probe
 from tracker.context import AuditContext
-from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
-                                 Environment)
+from tracker.environment import IPTABLES_CONNECTION_TOOLS, Environment
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, catalogue
 
@@ -224,7 +223,8 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
         return  # the root's own checks have reported it unreadable or gone
     if root["net"] and own["net"] and root["net"] != own["net"]:
         # CRIU locks the namespace as a whole and no single connection.
-        locked, tools = f"its own network namespace {root['net']}", IPTABLES_NAMESPACE_TOOLS
+        locked = f"its own network namespace {root['net']}"
+        tools = ctx.environment.namespace_tools
     else:
         # Connected sockets, and any other TCP socket (closed after a shutdown or a reset)
         # that still has a peer.
