@@ -1,9 +1,10 @@
 """The check modules, one per resource family, and the fd dispatcher.
 
 Every check module exposes `RULES` (the rules it owns) and any of
-`check_fd(ctx, proc, open_fd)` and `check_process(ctx, proc)`, both yielding
-Findings, and `check_tree(ctx, findings)`, which sees the whole tree's
-findings once they are all in (what CRIU decides for the dump as a whole). `check_fd` routes each fd to the module that owns its kind, as
+`check_fd(ctx, proc, open_fd)`, `check_process(ctx, proc)` and
+`check_tree(ctx, findings)` (which sees the whole tree's findings once they
+are all in: what CRIU decides for the dump as a whole), all yielding
+Findings. `check_fd` routes each fd to the module that owns its kind, as
 CRIU's dump_one_file does; a kind nobody owns is a blocker (deny by default).
 """
 from __future__ import annotations
