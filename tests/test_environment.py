@@ -99,6 +99,23 @@ def test_credentials_come_from_the_status_lines():
         Credentials.parse("Name:\tpython\nUid:\t0\t0\t0\t0\n")
 
 
+def test_detection_reads_the_given_status_and_path_and_needs_no_criu(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nCapEff:\t000001fffeffffff\n"
+                      "CapPrm:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n")
+    (tmp_path / "iptables").write_text("#!/bin/sh\n")
+    (tmp_path / "iptables").chmod(0o755)
+    facts = environment.detect(None, status_path=status, path=str(tmp_path))
+    assert facts.tools["iptables"] == str(tmp_path / "iptables") and facts.tools["ip6tables"] is None
+    assert facts.features == {} and facts.criu_path is None
+    # No CRIU to ask: the lock that needs no iptables is named, never "skip".
+    assert facts.network_lock(IPTABLES_CONNECTION_TOOLS) == "nftables"
+    assert not facts.has_sys_resource and facts.to_json()["dumper"]["sys_resource"] is False
+    status.write_text("Uid:\t0\n")
+    with pytest.raises(ValueError, match="unreadable status"):
+        environment.detect(None, status_path=status, path=str(tmp_path))
+
+
 def fixture_environment(tools: dict[str, str | None], nftables: bool = True,
                         effective: str = "000001fffeffffff", euid: int = 0,
                         bounding: str = "000001ffffffffff") -> Environment:

@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,7 +166,8 @@ class Environment:
 
     @property
     def nftables_lock(self) -> bool:
-        return self.features.get("network_lock_nftables", False)
+        # With no CRIU to ask, name the lock that needs no iptables rather than none at all.
+        return self.features.get("network_lock_nftables", self.criu_path is None)
 
     def network_lock(self, tools: tuple[str, ...]) -> str:
         """The --network-lock value a lock that runs these tools needs: "iptables" (CRIU's
@@ -225,8 +227,12 @@ def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
     if criu is not None:
         # CRIU refuses every command, `check` included, to non-root without --unprivileged.
         unprivileged = credentials.euid != 0
-        features = {name: criu_has_feature(criu, name, unprivileged) for name in FEATURES}
-        libraries = criu_libraries(criu)
+        with ThreadPoolExecutor(max_workers=len(FEATURES) + 1) as pool:  # each is a CRIU run
+            asked = {name: pool.submit(criu_has_feature, criu, name, unprivileged)
+                     for name in FEATURES}
+            loaded = pool.submit(criu_libraries, criu)
+            features = {name: answer.result() for name, answer in asked.items()}
+            libraries = loaded.result()
     return Environment(credentials=credentials, kernel=os.uname().release, path=search,
                        tools=tools, criu_path=criu.path if criu else None,
                        criu_version=criu.version_text if criu else None,
