@@ -106,7 +106,8 @@ def test_detection_reads_the_given_status_and_path_and_needs_no_criu(tmp_path):
     (tmp_path / "iptables").write_text("#!/bin/sh\n")
     (tmp_path / "iptables").chmod(0o755)
     facts = environment.detect(None, status_path=status, path=str(tmp_path))
-    assert facts.tools["iptables"] == str(tmp_path / "iptables") and facts.tools["ip6tables"] is None
+    assert facts.tools["iptables"] == str(tmp_path / "iptables")
+    assert facts.tools["ip6tables"] is None
     assert facts.features == {} and facts.criu_path is None
     # No CRIU to ask: the lock that needs no iptables is named, never "skip".
     assert facts.network_lock(IPTABLES_CONNECTION_TOOLS) == "nftables"
