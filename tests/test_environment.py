@@ -29,10 +29,12 @@ from tests.agreement import assert_agrees
 from tests.servers import Server
 from tests.subjects import skip_if_refused, subject
 from tracker import environment
-from tracker.checks.namespaces import network_lock_findings
+from tracker.checks.namespaces import (marked_connections_lock, network_lock_findings,
+                                       without_orphaned_lock)
 from tracker.criu import Criu, arguments_for, find_criu
 from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
                                  Capabilities, Credentials, Environment)
+from tracker.rules import Finding
 
 REPO = Path(__file__).resolve().parents[1]
 CRWATCH = Path(sys.executable).with_name("crwatch")
@@ -155,6 +157,23 @@ def test_the_lock_reason_names_the_value_and_the_deciding_fact():
     assert "--network-lock skip" in skip.remedy
     tools = {tool: f"/x/{tool}" for tool in ALL_TOOLS}
     assert list(network_lock_findings(42, fixture_environment(tools), "x", ALL_TOOLS)) == []
+
+
+def test_the_live_view_asks_for_the_lock_from_its_marks_alone():
+    connection = Finding("socket.tcp.established", "fd 4: TCP connection ...", 7, fd=4)
+    listener = Finding("socket.tcp.listen", "fd 3: TCP listener ...", 7, fd=3)
+    nothing = dict.fromkeys(ALL_TOOLS)
+    [lock] = marked_connections_lock(7, [listener, connection], fixture_environment(nothing))
+    assert lock.option_value == "nftables" and "pid 7 fd 4" in lock.message
+    assert "pid 7 fd 3" not in lock.message
+    assert marked_connections_lock(7, [listener], fixture_environment(nothing)) == []
+    tools = {tool: f"/x/{tool}" for tool in ALL_TOOLS}
+    assert marked_connections_lock(7, [connection], fixture_environment(tools)) == []
+    # Once the connections are set aside (the watcher's own), their lock goes with them.
+    reasons = [{"code": "namespace.net_lock"}, {"code": "device.chr.unsupported"}]
+    assert without_orphaned_lock(reasons) == [{"code": "device.chr.unsupported"}]
+    kept = reasons + [{"code": "socket.tcp.established"}]
+    assert without_orphaned_lock(kept) == kept
 
 
 def test_dumper_capabilities_decide_the_dumper_facts():

@@ -240,6 +240,33 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
     yield from network_lock_findings(ctx.root_pid, ctx.environment, locked, tools)
 
 
+def lock_subjects(findings: list[Finding]) -> list[Finding]:
+    """The findings of connections CRIU dumps with --tcp-established (and so locks)."""
+    rules = catalogue()
+    return [finding for finding in findings
+            if rules[finding.code].option == TCP_ESTABLISHED_OPTION and finding.fd is not None]
+
+
+def marked_connections_lock(pid: int, findings: list[Finding],
+                            environment: Environment) -> list[Finding]:
+    """The lock reason for the live view, from one process's marks alone. It reads no /proc,
+    so it cannot tell the peers' families and asks for both tools (the audit decides)."""
+    fds = sorted({finding.fd for finding in lock_subjects(findings)})
+    if not fds:
+        return []
+    locked = "the TCP connections it dumps (" + ", ".join(f"pid {pid} fd {fd}" for fd in fds) + ")"
+    return list(network_lock_findings(pid, environment, locked, IPTABLES_CONNECTION_TOOLS))
+
+
+def without_orphaned_lock(reasons: list[dict]) -> list[dict]:
+    """A live view's reasons once some were set aside (e.g. connections of the watcher's
+    own): its lock reason stands for the connections it locks, and goes with the last."""
+    rules = catalogue()
+    if any(rules[reason["code"]].option == TCP_ESTABLISHED_OPTION for reason in reasons):
+        return reasons
+    return [reason for reason in reasons if reason["code"] != "namespace.net_lock"]
+
+
 def network_lock_findings(root: int, environment: Environment, locked: str,
                           tools: tuple[str, ...]) -> Iterator[Finding]:
     """The lock reason for what CRIU locks (`locked`, run with `tools` by default), if any."""
