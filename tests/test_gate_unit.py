@@ -79,6 +79,12 @@ def test_the_hook_reads_the_options_criu_was_given():
                                   "--external=unix[99]", "--file-locks"]
 
 
+def test_the_hook_reads_the_environment_options_with_their_values():
+    argv = ["criu", "dump", "-t", "42", "--unprivileged", "--network-lock", "nftables",
+            "--tcp-established"]
+    assert criu_options(argv) == ["--unprivileged", "--network-lock=nftables", "--tcp-established"]
+
+
 def test_a_real_criu_failure_is_read_into_a_reason_naming_task_and_fd(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("CRIU needs root (CI is root)")
