@@ -52,8 +52,9 @@ CAPABILITY_NAMES = (
 CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_CHECKPOINT_RESTORE = 21, 24, 40
 
 # The `criu check --feature` names detected: the nftables lock decides verdicts
-# (namespace.net_lock); pidfd_store (the pid-reuse guard of iterative dumps) and tcp_half_closed (kernel repair of
-# shut-down connections) are shown, no rule depends on them yet.
+# (namespace.net_lock); pidfd_store (the pid-reuse guard of iterative dumps) and
+# tcp_half_closed (kernel repair of shut-down connections) are shown, no rule
+# depends on them yet.
 FEATURES = ("network_lock_nftables", "pidfd_store", "tcp_half_closed")
 # Libraries whose presence in CRIU's binary decides what it can dump.
 LIBRARIES = {"libbpf": "libbpf.so", "libnftables": "libnftables.so"}
