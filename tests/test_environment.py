@@ -46,8 +46,10 @@ server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
 client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
 server.close()
 """
-# States of a TCP socket after shutdown() and close() on either side. `settle` waits
-# (with the kernel's own handshake, over loopback) until the socket reaches the state.
+# States of a TCP socket after shutdown() and close() on either side. Each setup waits
+# for the event that brings the state (the peer's FIN or RST read as end of stream or
+# an error); `settle` then checks the state, polling only for the one transition no
+# read reports (the ACK of our FIN that moves FIN_WAIT1 to FIN_WAIT2).
 SETTLE = """
 def settle(sock, state):
     for _ in range(2000):
@@ -58,22 +60,23 @@ def settle(sock, state):
 """
 TCP_FIN_WAIT2, TCP_CLOSE, TCP_CLOSE_WAIT = 5, 7, 8
 SHUT_DOWN_STATES = {
-    # our side shut its writing half down; the peer acknowledged
+    # our side shut its writing half down; the peer read the FIN and acknowledged it
     "shut down for writing (FIN_WAIT2)":
-        ("client.shutdown(socket.SHUT_WR); settle(client, %d)" % TCP_FIN_WAIT2,
-         "--tcp-established"),
-    # the peer shut its writing half down
+        ("client.shutdown(socket.SHUT_WR); assert peer.recv(1) == b''; "
+         "settle(client, %d)" % TCP_FIN_WAIT2, "--tcp-established"),
+    # the peer shut its writing half down and closed
     "peer shut down (CLOSE_WAIT)":
-        ("peer.shutdown(socket.SHUT_WR); peer.close(); settle(client, %d)" % TCP_CLOSE_WAIT,
-         "--tcp-established"),
+        ("peer.shutdown(socket.SHUT_WR); peer.close(); assert client.recv(1) == b''; "
+         "settle(client, %d)" % TCP_CLOSE_WAIT, "--tcp-established"),
     # both halves closed: CLOSE, but the kernel keeps the peer's address and CRIU locks it
     "closed after both shut down (CLOSE with a peer)":
-        ("client.shutdown(socket.SHUT_WR); peer.close(); settle(client, %d)" % TCP_CLOSE,
-         None),
+        ("client.shutdown(socket.SHUT_WR); peer.close(); assert client.recv(1) == b''; "
+         "settle(client, %d)" % TCP_CLOSE, None),
     # reset by the peer: CLOSE with a peer as well
     "reset by the peer (CLOSE with a peer)":
         ("peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); "
-         "peer.close(); settle(client, %d)" % TCP_CLOSE, None),
+         "peer.close()\ntry:\n    client.recv(1)\nexcept ConnectionResetError:\n    pass\n"
+         "settle(client, %d)" % TCP_CLOSE, None),
 }
 
 
