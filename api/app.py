@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from api.auth import must_redact, refusal
-from api.routes import dashboard, events, health, metrics, processes, rules
+from api.routes import dashboard, environment, events, health, metrics, processes, rules
 from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
 from tracker.audit import ThreadId
@@ -32,8 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="crwatch", lifespan=lifespan,
                   description="Can this process be checkpointed right now, and if not, why?")
-    for router in (processes.router, events.router, rules.router, health.router,
-                   metrics.router, dashboard.router):
+    for router in (processes.router, events.router, rules.router, environment.router,
+                   health.router, metrics.router, dashboard.router):
         app.include_router(router)
     _add_error_handlers(app)
 

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--json", action="store_true")
     _add_profile_arguments(rules)
 
+    env = commands.add_parser("env", help="show the dumper's environment verdicts depend on "
+                                          "(capabilities, network lock, CRIU features, kernel)")
+    env.add_argument("--json", action="store_true",
+                     help="print the environment document (crwatch.environment/1)")
+    env.set_defaults(profile="criu", criu_version=None)
+
     watch = commands.add_parser("watch", help="stream nocr/cr transitions as NDJSON (needs root)")
     _add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
@@ -190,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             from api.serve_command import run_serve
 
             return run_serve(args)
+        if args.command == "env":
+            from api.env_command import run_env
+
+            return run_env(args)
         if args.command == "watch":
             from api.watch_command import run_watch
 

@@ -18,6 +18,56 @@ class Reason(BaseModel):
     fd: Optional[int]
     source: Literal["audit", "probe", "criu"]
     since: Optional[str] = Field(description="when the state began (probe reasons)")
+    environment_fact: Optional[str] = Field(
+        None, description="the fact about the dumper's environment that decided this reason, "
+                          "e.g. \"no iptables or ip6tables on the dumper's PATH\"")
+
+
+class CapabilitySet(BaseModel):
+    hex: str = Field(description="as /proc/PID/status prints it, e.g. 000001fffeffffff")
+    missing: list[str] = Field(description="the capabilities the set lacks, e.g. sys_resource")
+
+
+class DumperFacts(BaseModel):
+    uid: int
+    gid: int
+    euid: int
+    capabilities: dict[Literal["effective", "permitted", "bounding"], CapabilitySet]
+    can_checkpoint: bool = Field(description="CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN is effective")
+    unprivileged: bool = Field(description="not root: CRIU needs --unprivileged")
+    sys_resource: bool = Field(description="CAP_SYS_RESOURCE is effective: CRIU can read the "
+                                           "rlimits of processes under other ids")
+
+
+class CriuFacts(BaseModel):
+    path: Optional[str]
+    version: Optional[str]
+    features: dict[str, bool] = Field(description="`criu check --feature NAME` results")
+    libraries: dict[str, bool] = Field(description="libraries CRIU's binary loads (libbpf: BPF "
+                                                   "maps; libnftables: the nftables lock)")
+
+
+class NetworkLockFacts(BaseModel):
+    path: str = Field(description="the PATH CRIU searches for the iptables tools")
+    tools: dict[str, Optional[str]] = Field(description="iptables tool -> where PATH finds it")
+    ipv6: bool = Field(description="the kernel has IPv6: CRIU's namespace lock also runs "
+                                   "ip6tables-restore")
+    connections: Literal["iptables", "nftables", "none"] = Field(
+        description="how CRIU can lock TCP connections: iptables (its default), nftables "
+                    "(--network-lock nftables needed), none")
+    namespace: Literal["iptables", "nftables", "none"] = Field(
+        description="the same for a tree in its own network namespace")
+
+
+class Environment(BaseModel):
+    """crwatch.environment/1: the dumper's environment a verdict is judged in."""
+
+    schema_: str = Field(alias="schema")
+    kernel: str
+    dumper: DumperFacts
+    criu: CriuFacts
+    network_lock: NetworkLockFacts
+    detected_in_seconds: float
 
 
 class Tracked(BaseModel):
@@ -56,6 +106,7 @@ class Verdict(BaseModel):
     checked_at: str = Field(description="when the audit was read")
     audit_reused: bool = Field(False, description="the audit is an earlier one, kept because no "
                                                   "probe event came for the process since")
+    environment: Environment = Field(description="the dumper's environment it was judged in")
 
 
 class ProcessDetail(Verdict):

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from tracker import verdict
 from tracker.audit import Audit, audit
+from tracker.checks.namespaces import without_orphaned_lock
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
 
@@ -178,7 +179,8 @@ class Recorder:
             return
         if line.get("kind") != "transition":
             return
-        reasons = [r for r in line["reasons"] if not self._inherited_from_us(r)]
+        reasons = without_orphaned_lock(
+            [r for r in line["reasons"] if not self._inherited_from_us(r)])
         if line["state"] == "nocr" and not reasons:
             return  # only our own connection, in a child not yet exec'd: nothing of its own
         with self._lock:

@@ -13,8 +13,9 @@ subject = subprocess.Popen([sys.executable, str(HERE / "demo_subject.py")], stdi
 try:
     pid, kid = subject.stdout.readline().decode().split()
     subject.stdout.close()
+    # --network-lock nftables: what a host without iptables needs for the TCP connection.
     for arguments in ([pid], ["--only", "--allow=--tcp-established", "--allow=--file-locks",
-                              "--allow=--ghost-limit=4M", pid]):
+                              "--allow=--ghost-limit=4M", "--allow=--network-lock=nftables", pid]):
         print(f"$ crwatch check {' '.join(arguments)}", flush=True)
         status = subprocess.run([str(CRWATCH), "check", *arguments]).returncode
         print(f"(exit status {status})\n", flush=True)

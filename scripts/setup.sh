@@ -9,6 +9,10 @@
 #   .deps/criu-apt/        private apt state used to fetch CRIU from Debian sid
 #   .deps/criu-root/       those .debs unpacked (never installed into the system)
 #   .deps/bin/criu         wrapper running criu-root's criu with criu-root's libs
+#   .deps/iptables-root/   Debian sid's iptables unpacked (same private apt state)
+#   .deps/iptables-bin/    iptables, ip6tables, *-restore, *-save wrappers (xtables-nft-multi);
+#                          never on PATH by default: the tests put it there to judge and dump
+#                          in an environment where CRIU locks TCP with iptables
 #   .deps/env              KEY=VALUE lines: CRWATCH_CRIU, BCC_KERNEL_SOURCE
 set -euo pipefail
 
@@ -34,7 +38,8 @@ mkdir -p "$DEPS"
 # flock (base packages, listed so a trimmed image still gets them);
 # chromium: the dashboard's tests drive it headless (Playwright, executable_path).
 # No nftables/iptables package: criu's `--network-lock nftables` uses
-# libnftables in-process (part of the private criu closure below).
+# libnftables in-process (part of the private criu closure below); iptables
+# is unpacked privately (.deps/iptables-bin) for the tests of CRIU's default lock.
 PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium)
 # bcc compiles against kernel headers; without this kernel's own, use Debian's.
 [ -e "/lib/modules/$KREL/build" ] || PKGS+=(linux-headers-amd64)
@@ -147,8 +152,18 @@ criu_usable() {  # $1 = path; ok when version >= CRIU_MIN and `criu check` passe
     [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" && "$1" check >/dev/null 2>&1
 }
 
-fetch_private_criu() {
-    local aptd=$DEPS/criu-apt root=$DEPS/criu-root mirror
+private_apt() {  # the apt-get command line of the private sid state in $1
+    local aptd=$1
+    PRIVATE_APT=(apt-get -q
+        -o Dir::Etc::sourcelist="$aptd/sources.list" -o Dir::Etc::sourceparts=-
+        -o Dir::State="$aptd/state" -o Dir::State::lists="$aptd/lists"
+        -o Dir::State::status="$aptd/empty-status"
+        -o Dir::Cache="$aptd/cache" -o Dir::Cache::archives="$aptd/archives"
+        -o APT::Sandbox::User=root)
+}
+
+prepare_private_apt() {  # a private apt state for sid in $1 (sources, lists, empty status)
+    local aptd=$1 mirror
     # The system's Debian mirror (deb822 .sources or one-line .list format).
     mirror=$("$SYSPY" - <<'EOF'
 import glob, re
@@ -177,19 +192,21 @@ else:
     print("http://deb.debian.org/debian")
 EOF
 )
-    say "fetching CRIU from Debian sid ($mirror) into .deps (private apt state, system untouched)"
+    say "private apt state for Debian sid ($mirror) in ${aptd#$ROOT/} (system untouched)"
     mkdir -p "$aptd/lists/partial" "$aptd/archives/partial" "$aptd/cache" "$aptd/state"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" \
         > "$aptd/sources.list"
     # Empty dpkg status: apt then downloads the whole closure, libc included,
     # so the unpacked root is self-contained.
     : > "$aptd/empty-status"
-    local apt=(apt-get -q
-        -o Dir::Etc::sourcelist="$aptd/sources.list" -o Dir::Etc::sourceparts=-
-        -o Dir::State="$aptd/state" -o Dir::State::lists="$aptd/lists"
-        -o Dir::State::status="$aptd/empty-status"
-        -o Dir::Cache="$aptd/cache" -o Dir::Cache::archives="$aptd/archives"
-        -o APT::Sandbox::User=root)
+}
+
+fetch_private_criu() {
+    local aptd=$DEPS/criu-apt root=$DEPS/criu-root
+    prepare_private_apt "$aptd"
+    say "fetching CRIU from Debian sid into .deps"
+    private_apt "$aptd"
+    local apt=("${PRIVATE_APT[@]}")
     "${apt[@]}" update >"$aptd/update.log" 2>&1 \
         || { cat "$aptd/update.log" >&2; die "private apt-get update (sid) failed"; }
     rm -f "$aptd"/archives/*.deb
@@ -241,6 +258,57 @@ else
 $("$CRIU" check 2>&1 | tail -n 15)"
 fi
 say "criu $(criu_version "$CRIU") at $CRIU: check passed"
+
+# ---------------------------------------------------------------- iptables (tests only)
+# The tests judge and dump TCP connections both without iptables on PATH (CRIU
+# then needs --network-lock nftables) and with it (CRIU's default lock). Debian
+# sid's iptables, from the same private apt state as CRIU, unpacked and run
+# through xtables-nft-multi with its own loader, libraries and extensions.
+IPT_TOOLS=(iptables ip6tables iptables-restore ip6tables-restore iptables-save ip6tables-save)
+fetch_private_iptables() {
+    local aptd=$DEPS/criu-apt root=$DEPS/iptables-root bin=$DEPS/iptables-bin
+    [ -s "$aptd/sources.list" ] || prepare_private_apt "$aptd"
+    say "fetching iptables from Debian sid into .deps/iptables-root (private apt state)"
+    private_apt "$aptd"
+    local apt=("${PRIVATE_APT[@]}") archives
+    archives=$(mktemp -d "$DEPS/iptables-archives.XXXXXX")
+    mkdir -p "$archives/partial"
+    { "${apt[@]}" update && DEBIAN_FRONTEND=noninteractive "${apt[@]}" \
+        -o Dir::Cache::archives="$archives" install --download-only -y \
+        --no-install-recommends iptables; } >"$aptd/iptables.log" 2>&1 \
+        || { cat "$aptd/iptables.log" >&2; die "downloading iptables from sid failed"; }
+    rm -rf "$root" "$root.tmp"
+    mkdir -p "$root.tmp"
+    local deb
+    for deb in "$archives"/*.deb; do
+        dpkg -x "$deb" "$root.tmp"
+    done
+    rm -rf "$archives"
+    [ -x "$root.tmp/usr/sbin/xtables-nft-multi" ] || die "the iptables package lacks xtables-nft-multi"
+    mv "$root.tmp" "$root"
+    rm -rf "$bin"
+    mkdir -p "$bin"
+    local tool
+    for tool in "${IPT_TOOLS[@]}"; do
+        # xtables-nft-multi runs the tool its first argument names.
+        cat > "$bin/$tool" <<WRAPPER
+#!/bin/sh
+# Generated by scripts/setup.sh: Debian sid's iptables (nf_tables backend) from .deps/iptables-root.
+R=\$(dirname "\$(readlink -f "\$0")")/../iptables-root
+L=\$R/usr/lib/x86_64-linux-gnu
+XTABLES_LIBDIR=\$L/xtables exec "\$L/ld-linux-x86-64.so.2" --library-path "\$L" "\$R/usr/sbin/xtables-nft-multi" $tool "\$@"
+WRAPPER
+        chmod +x "$bin/$tool"
+    done
+}
+if [ -x "$DEPS/iptables-bin/iptables-restore" ] && "$DEPS/iptables-bin/iptables" -V >/dev/null 2>&1; then
+    say "private iptables present"
+else
+    fetch_private_iptables
+    "$DEPS/iptables-bin/iptables" -w -L -n >/dev/null 2>&1 \
+        || die "the private iptables does not run: $("$DEPS/iptables-bin/iptables" -w -L -n 2>&1 | tail -n 3)"
+    say "$("$DEPS/iptables-bin/iptables" -V) in .deps/iptables-bin"
+fi
 
 # ---------------------------------------------------------------- .deps/env
 envline() {  # KEY=VALUE, single-quoted only when the value needs it

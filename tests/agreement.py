@@ -29,6 +29,7 @@ from pathlib import Path
 from tracker.audit import audit
 from tracker.criu import Criu, DumpResult, arguments_for, find_criu
 from tracker.criu_log import transient
+from tracker.environment import IPTABLES_CONNECTION_TOOLS, current
 from tracker.profiles import profile
 from tracker.rules import INFO
 from tracker import verdict
@@ -36,6 +37,19 @@ from tracker import verdict
 TABLE = Path(__file__).resolve().parents[1] / "build" / "agreement.tsv"
 COLUMNS = ("state", "test", "crwatch verdict", "options", "codes", "CRIU plain",
            "CRIU with options", "drop-one results", "retries")
+
+
+def network_lock_options() -> list[str]:
+    """What a dump that locks TCP connections needs besides --tcp-established in this
+    environment: nothing where iptables is on PATH, else `--network-lock nftables`."""
+    method = current().network_lock(IPTABLES_CONNECTION_TOOLS)
+    return [] if method == "iptables" else ["--network-lock", method]
+
+
+def network_lock_allowed() -> list[str]:
+    """The same as `crwatch check` arguments: [] or ["--allow=--network-lock=nftables"]."""
+    options = network_lock_options()
+    return [f"--allow={options[0]}={options[1]}"] if options else []
 
 
 @dataclass

@@ -8,8 +8,8 @@ import pytest
 
 from tests.agreement import assert_agrees
 from tests.subjects import subject
-from tracker.checks.namespaces import host_has_iptables_restore
 from tracker.criu import find_criu
+from tracker.environment import current
 
 CLONE = {"mnt": 0x00020000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
          "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000, "time": 0x00000080}
@@ -168,11 +168,15 @@ def test_root_in_a_mapped_user_namespace_dumps():
                       codes={"namespace.own"})
 
 
-@pytest.mark.skipif(host_has_iptables_restore(),
-                    reason="with iptables-restore CRIU locks the namespace without an option")
-def test_root_in_its_own_network_namespace_needs_a_network_lock():
+def test_root_in_its_own_network_namespace_needs_a_network_lock_without_iptables():
+    # CRIU locks the namespace with iptables-restore, or with nftables when told.
+    needed = current().network_lock(current().namespace_tools) != "iptables"
     with subject(UNSHARE + f"unshare({CLONE['net']})\nready()\nhold()") as s:
-        document = assert_agrees(s.pid, "root in its own network namespace, no iptables-restore",
-                                 expect="needs_options", codes={"namespace.net_lock"},
-                                 criu_error="Locking network failed")
-    assert document["required_options"] == ["--network-lock"]
+        verdict = assert_agrees(s.pid, "root in its own network namespace",
+                                expect="needs_options" if needed else "ok",
+                                codes={"namespace.net_lock"} if needed else set(),
+                                criu_error="Locking network failed" if needed else None)
+    if needed:
+        lock = next(r for r in verdict["reasons"] if r["code"] == "namespace.net_lock")
+        assert lock["option_value"] == "nftables"
+        assert "iptables-restore" in lock["environment_fact"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agreement import network_lock_allowed, network_lock_options
 from tests.subjects import subject
 from tests.test_agree_namespaces import CLONE, child_in_namespace
 from tracker.criu import find_criu
@@ -54,7 +55,9 @@ def test_json_is_the_verdict_document():
     assert result.returncode == 1
     assert document["schema"] == "crwatch.verdict/1"
     assert (document["pid"], document["verdict"]) == (tcp.pid, "needs_options")
-    assert document["required_options"] == ["--tcp-established"]
+    # Without iptables on PATH, CRIU can lock the connections only with nftables.
+    assert document["required_options"] == sorted(
+        ["--tcp-established", *network_lock_options()[:1]])
     assert document["checkpointable"] is False
     assert {r["code"] for r in document["reasons"]} >= {"socket.tcp.established"}
     reason = next(r for r in document["reasons"] if r["code"] == "socket.tcp.established")
@@ -65,10 +68,13 @@ def test_json_is_the_verdict_document():
 
 def test_allowing_the_required_option_makes_it_checkpointable():
     with subject(TCP_PAIR) as tcp:
-        allowed = crwatch("check", "--allow=--tcp-established", str(tcp.pid))
-        short = crwatch("check", "--allow", "tcp-established", "--json", str(tcp.pid))
+        allowed = crwatch("check", "--allow=--tcp-established", *network_lock_allowed(),
+                          str(tcp.pid))
+        short = crwatch("check", "--allow", "tcp-established", *network_lock_allowed(), "--json",
+                        str(tcp.pid))
     assert allowed.returncode == 0, allowed.stdout
-    assert "checkpointable: yes (with --tcp-established)" in allowed.stdout
+    options = " ".join(sorted(["--tcp-established", *network_lock_options()[:1]]))
+    assert f"checkpointable: yes (with {options})" in allowed.stdout
     assert json.loads(short.stdout)["checkpointable"] is True
 
 
@@ -137,9 +143,11 @@ def test_a_thread_id_is_refused_naming_its_process():
 def test_the_conclusion_names_only_the_options_still_missing():
     both = TCP_PAIR.replace("ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
     with subject(both) as tcp:
-        result = crwatch("check", "--allow=--tcp-established", str(tcp.pid))
+        result = crwatch("check", "--allow=--tcp-established", *network_lock_allowed(),
+                         str(tcp.pid))
     assert result.returncode == 1
-    assert "needs options: --file-locks --tcp-established" in result.stdout
+    options = " ".join(sorted(["--file-locks", "--tcp-established", *network_lock_options()[:1]]))
+    assert f"needs options: {options}" in result.stdout
     assert result.stdout.rstrip().endswith("checkpointable: no (allow --file-locks to dump it)")
 
 

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.agreement import network_lock_allowed, network_lock_options
 from tests.subjects import Subject, start
 from tracker.criu import find_criu
 from tracker.freeze import cgroup2_mount
@@ -246,17 +247,24 @@ def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, m
         status, refused = gate(str(running.root), "--dump", str(tmp_path / "refused"))
         assert status == 1 and refused["outcome"] == "refused", refused
         assert refused["verdict"]["verdict"] == "needs_options"
-        assert refused["verdict"]["required_options"] == ["--ghost-limit", "--tcp-established"]
+        lock = network_lock_options()
+        assert refused["verdict"]["required_options"] == sorted(
+            ["--ghost-limit", "--tcp-established", *lock[:1]])
         assert not refused["dump"]["ran"] and not (tmp_path / "refused" / "dump.log").exists()
         running.assert_running()
 
         ghost = next(r["option_value"] for r in refused["verdict"]["reasons"]
                      if r["option"] == "--ghost-limit")
         status, document = gate(str(running.root), "--dump", str(tmp_path / "images"),
-                                "--allow=--tcp-established", "--allow=--ghost-limit=64M")
+                                "--allow=--tcp-established", "--allow=--ghost-limit=64M",
+                                *network_lock_allowed())
         assert status == 0 and document["outcome"] == "dumped", document
         command = document["dump"]["command"]
         assert "--tcp-established" in command and "--leave-running" in command
+        # Exactly the verdict's options: the network lock only where the verdict names it.
+        assert ("--network-lock" in command) == bool(lock)
+        if lock:
+            assert command[command.index("--network-lock") + 1] == lock[1]
         assert command[command.index("--ghost-limit") + 1] == ghost  # what it needs, no more
         running.assert_running()
 

@@ -82,12 +82,25 @@ def test_criu_arguments_name_each_option_once_with_the_largest_ghost_limit():
                                       "--external", "unix[11]", "--external", "unix[12]"]
 
 
+def test_criu_arguments_pass_the_network_lock_the_reason_names():
+    for value in ("nftables", "skip"):
+        reasons = [{"option": "--tcp-established", "option_value": None},
+                   {"option": "--network-lock", "option_value": value}]
+        assert arguments_for(reasons) == ["--tcp-established", "--network-lock", value]
+
+
 def test_the_hook_reads_the_options_criu_was_given():
     argv = ["criu", "dump", "-t", "42", "-D", "/images", "--tcp-established", "-j",
             "--ghost-limit", "8M", "--external=unix[99]", "--leave-running", "-v4",
             "--file-locks", "--action-script", "/usr/bin/crwatch-criu-hook"]
     assert criu_options(argv) == ["--tcp-established", "--shell-job", "--ghost-limit=8M",
                                   "--external=unix[99]", "--file-locks"]
+
+
+def test_the_hook_reads_the_environment_options_with_their_values():
+    argv = ["criu", "dump", "-t", "42", "--unprivileged", "--network-lock", "nftables",
+            "--tcp-established"]
+    assert criu_options(argv) == ["--unprivileged", "--network-lock=nftables", "--tcp-established"]
 
 
 def test_a_real_criu_failure_is_read_into_a_reason_naming_task_and_fd(tmp_path):

@@ -5,11 +5,17 @@ import os
 
 import pytest
 
+from tests.agreement import network_lock_options
 from tests.servers import Server
+
+# Where CRIU locks TCP connections only with nftables, allowing them allows that too.
+LOCK = ["=".join(network_lock_options())] if network_lock_options() else []
 
 TESTS = '''
 import subprocess, sys
 import pytest
+
+LOCK = __LOCK__
 
 HOLD_KVM = "import os, time; fd = os.open('/dev/kvm', os.O_RDONLY); time.sleep(0.05)"
 TCP = ("import socket, time; s = socket.create_server(('127.0.0.1', 0)); "
@@ -24,14 +30,14 @@ def test_nothing_special():
 def test_tcp_not_allowed():
     subprocess.run([sys.executable, "-c", TCP], check=True)
 
-@pytest.mark.crwatch_allow("--tcp-established")
+@pytest.mark.crwatch_allow("--tcp-established", *LOCK)
 def test_tcp_allowed_by_marker():
     subprocess.run([sys.executable, "-c", TCP], check=True)
 
 def test_a_daemonized_grandchild():
     subprocess.run(["sh", "-c", "(exec 3</dev/kvm; sleep 0.1) & exit 0"], check=True)
     subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)"], check=True)
-'''
+'''.replace("__LOCK__", repr(LOCK))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,8 @@ def test_tests_whose_processes_became_non_checkpointable_fail_with_the_reasons(p
 def test_allowing_for_every_test_and_opting_out(pytester, service):
     pytester.makepyfile(test_workloads=TESTS)
     allowed = pytester.runpytest_subprocess("--crwatch", "--crwatch-service", service,
-                                            "--crwatch-allow=--tcp-established")
+                                            "--crwatch-allow=--tcp-established",
+                                            *[f"--crwatch-allow={lock}" for lock in LOCK])
     allowed.assert_outcomes(passed=3, failed=2)
     plain = pytester.runpytest_subprocess()  # without --crwatch: nothing is watched
     plain.assert_outcomes(passed=5)

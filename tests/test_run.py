@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.agreement import network_lock_allowed
 from tests.servers import Server
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
@@ -109,7 +110,8 @@ def test_allowed_options_pass_and_a_clean_run_exits_0(tmp_path, service):
            "c = socket.create_connection(server.getsockname()); a, _ = server.accept(); "
            "time.sleep(0.05)")
     assert run("--", PY, "-c", tcp, service=service).returncode == 1
-    allowed = run("--allow=--tcp-established", "--json", str(tmp_path / "r.json"),
+    allowed = run("--allow=--tcp-established", *network_lock_allowed(), "--json",
+                  str(tmp_path / "r.json"),
                   "--", PY, "-c", tcp, service=service)
     assert allowed.returncode == 0, allowed.stderr
     (process,) = json.loads((tmp_path / "r.json").read_text())["processes"]

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.models import EventLine
+from tests.agreement import network_lock_options
 from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
 from tests.test_cli import NESTED_PID_NS, THREADED
@@ -85,9 +86,13 @@ def test_allowed_options_make_a_needs_options_process_checkpointable(server):
     with subject(TCP_PAIR) as s:
         plain = server.ok(f"/processes/{s.pid}/checkpointable")
         assert plain["verdict"] == "needs_options" and not plain["checkpointable"]
-        assert plain["required_options"] == ["--tcp-established"]
-        allowed = server.ok(f"/processes/{s.pid}/checkpointable?allow=--tcp-established")
-        assert allowed["checkpointable"] and allowed["allowed_options"] == ["--tcp-established"]
+        lock = network_lock_options()
+        assert plain["required_options"] == sorted(["--tcp-established", *lock[:1]])
+        lock_allowed = f"&allow={urllib.parse.quote('='.join(lock))}" if lock else ""
+        allowed = server.ok(f"/processes/{s.pid}/checkpointable?allow=--tcp-established"
+                            f"{lock_allowed}")
+        assert allowed["checkpointable"]
+        assert allowed["allowed_options"] == sorted(["--tcp-established", *lock[:1]])
         strict = server.ok(f"/processes/{s.pid}/checkpointable?profile=strict")
         assert strict["profile"] == "strict"
 

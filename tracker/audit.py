@@ -13,6 +13,7 @@ from pathlib import Path
 from tracker import checks
 from tracker.checks import general
 from tracker.context import AuditContext, Hold
+from tracker.environment import Environment
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 
@@ -80,14 +81,16 @@ def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
 
 
 def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
-          hold: Hold | None = None) -> Audit:
+          hold: Hold | None = None, environment: Environment | None = None) -> Audit:
     """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
 
-    `hold` is the gate's ptrace hold, when the tree is frozen with ptrace.
+    `hold` is the gate's ptrace hold, when the tree is frozen with ptrace; `environment`
+    the dumper's, when it is not the one of the CRIU find_criu() finds.
     """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
-    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold)
+    ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold,
+                       dumper_environment=environment)
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []
@@ -112,6 +115,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
 
     for proc in procs:
         result.findings.extend(_check_one(ctx, proc))
+    result.findings.extend(list(checks.check_tree(ctx, result.findings)))
 
     # Identity is confirmed once, at the end: a pid that died or was reused
     # while we read it makes everything read about it worthless.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from tracker.environment import Environment, current
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 
 
@@ -36,6 +37,12 @@ class AuditContext:
     tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     hold: Hold | None = None
+    dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
+
+    @property
+    def environment(self) -> Environment:
+        """The dumper's environment (detected once per crwatch process)."""
+        return self.dumper_environment or current()
 
     def in_tree(self, pid: int) -> bool:
         return pid in self.tree_pids

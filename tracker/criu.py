@@ -61,15 +61,9 @@ class Criu:
 
         Without `images_dir` it is a trial: the images go to a scratch directory
         that is thrown away. `on_start` is told CRIU's pid as soon as it runs.
+        CRIU gets exactly `options` (and `extra`): nothing is added on the way.
         """
         opts = list(options)
-        if (
-            "--tcp-established" in opts
-            and not any(o == "--network-lock" or o.startswith("--network-lock=") for o in opts)
-            and not _have_iptables_restore()
-        ):
-            # CRIU locks the connections with iptables by default.
-            opts += ["--network-lock", "nftables"]
         with contextlib.ExitStack() as scratch:
             images = str(images_dir) if images_dir is not None else scratch.enter_context(
                 tempfile.TemporaryDirectory(prefix="crwatch-dump-"))
@@ -94,8 +88,9 @@ class Criu:
 
 
 def arguments_for(reasons: Iterable[dict]) -> list[str]:
-    """The CRIU command line that verdict reasons ask for: each option once, with its
-    value (--ghost-limit gets the largest size any reason needs, and no more)."""
+    """The CRIU command line that verdict reasons ask for: each option once, with the
+    value its reasons name (--ghost-limit gets the largest size any reason needs, and
+    no more)."""
     arguments: list[str] = []
     values: dict[str, list[str | None]] = {}
     for reason in reasons:
@@ -106,8 +101,6 @@ def arguments_for(reasons: Iterable[dict]) -> list[str]:
         named = [value for value in given if value]
         if option == "--ghost-limit" and named:
             named = [max(named, key=parse_size)]
-        if option == "--network-lock":
-            named = ["nftables"]  # the way that needs no iptables-restore
         arguments += [part for value in (named or [None])
                       for part in ([option, value] if value else [option])]
     return arguments
@@ -175,11 +168,6 @@ def criu_at(path: str | None) -> Criu | None:
         return find_criu()
     found = shutil.which(path, path=_search_path()) if os.sep not in path else path
     return probe_criu(found) if found else None
-
-
-@functools.cache
-def _have_iptables_restore() -> bool:
-    return shutil.which("iptables-restore", path=_search_path()) is not None
 
 
 def _search_path() -> str:

@@ -18,6 +18,7 @@ from tracker.audit import Audit, ProcessIdentity, audit, identify
 from tracker.checks.gate import not_frozen, watchdog_expired
 from tracker.criu import Criu, DumpResult, arguments_for
 from tracker.criu_log import failure_findings
+from tracker.environment import Environment, of
 from tracker.freeze import DEFAULT_WATCHDOG_S, Freeze, FreezeError, Frozen
 from tracker.live_verdict import ProbeFound
 from tracker.profiles import Profile
@@ -79,9 +80,12 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
         judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
         _prepare(request.dump_dir)
     identify(request.pid)  # ProcessGone before anything is frozen
+    # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
+    dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
-    run = _frozen_recheck(request, judged_by, criu, probe_finder)
-    document = live_verdict.document(run.result, run.probe_found, judged_by, request.allow)
+    run = _frozen_recheck(request, judged_by, criu, probe_finder, dumper)
+    document = live_verdict.document(run.result, run.probe_found, judged_by, request.allow,
+                                     dumper)
     holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
     drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
@@ -95,24 +99,25 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
 
 
 def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
-                    probe_finder: ProbeFinder | None) -> _Run:
+                    probe_finder: ProbeFinder | None, dumper: Environment | None) -> _Run:
     freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
     try:
         frozen = freeze.__enter__()
     except FreezeError as error:
         # Still audit (every reason at once), but never call it checkpointable.
-        result = audit(request.pid, tree=request.tree)
+        result = audit(request.pid, tree=request.tree, environment=dumper)
         result.findings.append(not_frozen(request.pid, None, str(error)))
         return _Run(result, None, _probe_found(probe_finder, result), freeze_error=str(error))
     try:
-        result = audit(request.pid, tree=request.tree, hold=frozen.hold)
+        result = audit(request.pid, tree=request.tree, hold=frozen.hold, environment=dumper)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
             freeze.hold(request.hold_s)
         run = _Run(result, frozen, _probe_found(probe_finder, result))
         if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
-            judged = live_verdict.document(result, run.probe_found, judged_by, request.allow)
+            judged = live_verdict.document(result, run.probe_found, judged_by, request.allow,
+                                           dumper)
             if judged["checkpointable"] and freeze.holding():
                 # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
                 run.dump = _dump(criu, request, judged, cgroup=frozen.cgroup,

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from tracker.checks.namespaces import lock_subjects, marked_connections_lock
+from tracker.environment import current
 from tracker.profiles import Profile
 from tracker.rules import INFO, Finding, catalogue
 from tracker.verdict import VERDICT_ORDER, reason
@@ -104,8 +106,24 @@ class Entry:
         for mark in self.marks.values():
             for finding in mark.findings:
                 found.append(dict(reason(finding, profile), source=mark.source, since=mark.since))
+        found += self._environment_reasons(profile)
         return sorted(found, key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
                                             r["fd"] or 0, r["code"], r["message"]))
+
+
+    def _environment_reasons(self, profile: Profile) -> list[dict]:
+        """What the dumper's environment adds to the marks: the network lock its marked TCP
+        connections need where iptables is missing (as the audit's namespace.net_lock)."""
+        findings = [finding for mark in self.marks.values() for finding in mark.findings]
+        lock = marked_connections_lock(self.pid, findings, current())
+        if not lock:
+            return []
+        # It holds since the first connection it locks was marked.
+        marked = [mark for mark in self.marks.values()
+                  if set(mark.findings) & set(lock_subjects(findings))]
+        first = min(marked, key=lambda mark: mark.since)
+        return [dict(reason(finding, profile), source=first.source, since=first.since)
+                for finding in lock]
 
 
 @dataclass(slots=True)

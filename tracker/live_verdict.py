@@ -15,6 +15,7 @@ from typing import Iterable
 
 from tracker import verdict
 from tracker.audit import Audit
+from tracker.environment import Environment
 from tracker.profiles import Profile
 from tracker.rules import Finding
 
@@ -22,10 +23,10 @@ ProbeFound = list[tuple[Finding, str]]  # (finding, since), from LiveTable.probe
 
 
 def document(result: Audit, found: ProbeFound, judged_by: Profile,
-             allow: Iterable[str] = ()) -> dict:
+             allow: Iterable[str] = (), environment: Environment | None = None) -> dict:
     """The verdict document of the audit's findings and the probes' together."""
     joined = replace(result, findings=[*result.findings, *(finding for finding, _ in found)])
-    judged = verdict.document(joined, judged_by, allow)
+    judged = verdict.document(joined, judged_by, allow, environment)
     since = {_key(finding.code, finding.pid, finding.tid, finding.message): when
              for finding, when in found}
     for reason in judged["reasons"]:

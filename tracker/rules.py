@@ -53,6 +53,7 @@ class Finding:
     fd: int | None = None
     remedy: str | None = None      # overrides the rule's remedy when the fix depends on the resource
     option_value: str | None = None  # e.g. the size for --ghost-limit
+    environment_fact: str | None = None  # the fact about the dumper that decided it
 
 
 class Catalogue:

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from tracker.audit import Audit
+from tracker.environment import Environment, current
 from tracker.profiles import Profile
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, catalogue
 
@@ -67,6 +68,7 @@ def reason(finding: Finding, profile: Profile) -> dict:
         "option_value": finding.option_value if profile.severity(rule) == OPTION else None,
         "pid": finding.pid, "tid": finding.tid, "fd": finding.fd,
         "source": "audit", "since": None,
+        "environment_fact": finding.environment_fact,
     }
 
 
@@ -107,7 +109,9 @@ def blocking_reasons(reasons: Iterable[dict], allow: dict[str, str | None]) -> l
     return [reason for reason in reasons if not reason_allowed(reason, allow)]
 
 
-def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:
+def document(audit: Audit, profile: Profile, allow: Iterable[str] = (),
+             environment: Environment | None = None) -> dict:
+    """The verdict document, with the dumper's environment it was judged in."""
     allowed = parse_allow(allow)
     verdict, options = judge(audit.findings, profile)
     # Grouped per process in tree order (root first), the worst first within each.
@@ -130,4 +134,5 @@ def document(audit: Audit, profile: Profile, allow: Iterable[str] = ()) -> dict:
         "reasons": reasons,
         "tracked": None,
         "checked_at": utc_now(),
+        "environment": (environment or current()).to_json(),
     }

@@ -1,7 +1,9 @@
 """The check modules, one per resource family, and the fd dispatcher.
 
 Every check module exposes `RULES` (the rules it owns) and any of
-`check_fd(ctx, proc, open_fd)` and `check_process(ctx, proc)`, both yielding
+`check_fd(ctx, proc, open_fd)`, `check_process(ctx, proc)` and
+`check_tree(ctx, findings)` (which sees the whole tree's findings once they
+are all in: what CRIU decides for the dump as a whole), all yielding
 Findings. `check_fd` routes each fd to the module that owns its kind, as
 CRIU's dump_one_file does; a kind nobody owns is a blocker (deny by default).
 """
@@ -9,14 +11,14 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from tracker.checks import (anon, devices, files, gate, general, ipc, locks, memory, namespaces,
-                            sockets, task, terminal)
+from tracker.checks import (anon, devices, dumper, files, gate, general, ipc, locks, memory,
+                            namespaces, sockets, task, terminal)
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 from tracker.rules import Finding
 
-MODULES = (general, files, devices, anon, sockets, memory, task, locks, ipc, namespaces, terminal,
-           gate)
+MODULES = (general, dumper, files, devices, anon, sockets, memory, task, locks, ipc, namespaces,
+           terminal, gate)
 
 FD_OWNERS = {
     "reg": files, "dir": files, "lnk": files, "pipe": files, "fifo": files,
@@ -40,3 +42,10 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         check = getattr(module, "check_process", None)
         if check is not None:
             yield from check(ctx, proc)
+
+
+def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
+    for module in MODULES:
+        check = getattr(module, "check_tree", None)
+        if check is not None:
+            yield from check(ctx, findings)

@@ -74,7 +74,7 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
     elif name in ("inotify", "fanotify"):
         yield from _check_notify(ctx, proc, open_fd, name)
     elif name == "bpf-map":
-        yield _bpf_map(proc, open_fd)
+        yield _bpf_map(ctx, proc, open_fd)
     elif name == "io_uring":
         yield Finding("anon.io_uring", f"fd {open_fd.fd}: io_uring instance ({open_fd.target})",
                       proc.pid, fd=open_fd.fd)
@@ -315,13 +315,19 @@ def _mounts_by_device(ctx: AuditContext) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- BPF
 
-def _bpf_map(proc: Proc, open_fd: OpenFd) -> Finding:
+def _bpf_map(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Finding:
     map_type = int(open_fd.fdinfo.get("map_type", "-1"))
+    fact = None
     if map_type in BPF_MAP_TYPES:
         kind = BPF_MAP_TYPES[map_type]
-        why = "only CRIU built with libbpf dumps it (Debian's is not)"
+        if ctx.environment.libraries.get("libbpf"):
+            # No CRIU built with libbpf was at hand to prove it dumps these: deny by default.
+            why = "crwatch has not verified CRIU's BPF map dumping"
+        else:
+            fact = "the dumper's CRIU is built without libbpf"
+            why = f"only CRIU built with libbpf dumps it, and {fact}"
     else:
         kind, why = f"type {map_type}", "CRIU dumps only HASH and ARRAY maps"
     map_id = open_fd.fdinfo.get("map_id", "?")
     return Finding("anon.bpf_map", f"fd {open_fd.fd}: BPF {kind} map (id {map_id}): {why}",
-                   proc.pid, fd=open_fd.fd)
+                   proc.pid, fd=open_fd.fd, environment_fact=fact)

@@ -7,18 +7,29 @@ namespace must be dumped from that namespace's init; one in its own user
 namespace needs uid/gid 0 mapped and its other namespaces owned by it.
 A network namespace of the tree's own is dumped link by link: net_links says
 which links CRIU cannot dump (net.c dump_one_link).
+
+The network lock: CRIU locks the network of a tree in its own network
+namespace as a whole (net.c network_lock_internal, `iptables-restore` and
+`ip6tables-restore` by default), and otherwise each TCP connection it dumps
+with TCP_REPAIR (sk-tcp.c tcp_repair_established, `iptables`/`ip6tables`):
+the connected states --tcp-established admits, and a closed socket that
+still has a peer (dump_one_tcp locks any socket with a destination port;
+after a shutdown or a reset the kernel keeps it). Where those tools are not
+on the dumper's PATH, the dump needs `--network-lock nftables`.
 """
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
+import socket
 from typing import Iterator
 
 from tracker.checks import net_links
+from tracker.checks.sockets import probe
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
+from tracker.environment import IPTABLES_CONNECTION_TOOLS, Environment
+from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, catalogue
 
 RULES = (
     Rule("namespace.own", "The tree lives in its own namespaces", INFO,
@@ -38,11 +49,12 @@ RULES = (
          BLOCKER, "call setsid() in the namespace's init (e.g. `unshare --pid --fork setsid CMD`): "
          "--shell-job does not help here",
          criu_message="A session leader of %d(%d) is outside of its pid namespace"),
-    Rule("namespace.net_lock", "The tree has its own network namespace and this host has no "
-         "iptables-restore for CRIU's default network lock", OPTION,
-         "pass --network-lock nftables (or skip, if the network is locked otherwise)",
+    Rule("namespace.net_lock", "CRIU must lock the network (the tree's own network namespace, "
+         "or TCP connections it dumps) and the dumper has no iptables tools for its default "
+         "lock", OPTION,
+         "dump with --network-lock nftables (CRIU locks with libnftables, no iptables needed)",
          option="--network-lock",
-         criu_message="net: Locking network failed: iptables-restore returned -1."),
+         criu_message="Failed to lock TCP connection %x"),
     Rule("namespace.net_link", "The tree's own network namespace holds a link CRIU cannot dump",
          BLOCKER, "delete the link (ip link del), or move it out of the tree's network namespace, "
          "before checkpointing: CRIU dumps loopback, veth, tun/tap, bridge, macvlan and sit links "
@@ -64,7 +76,13 @@ KINDS = ("pid", "net", "mnt", "ipc", "uts", "user", "cgroup", "time")
 NESTABLE = {"net", "mnt"}  # CRIU's CLONE_SUBNS
 OWNED_BY_USERNS = ("net", "uts", "ipc", "mnt", "time")  # those CRIU enters from the user ns
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
-SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+TCP_ESTABLISHED_OPTION = "--tcp-established"
+TCP_CODES = "socket.tcp."
+SO_PEERNAME = 28  # asm-generic/socket.h; Python's socket module does not export it
+# The kernel refuses a buffer longer than the address (EINVAL).
+SOCKADDR_IN_SIZE, SOCKADDR_IN6_SIZE = 16, 28
+# The third 32-bit word of sockaddr_in6's address: CRIU's ipv6_addr_mapped() test.
+IN6_ADDR_WORD2, IPV4_MAPPED_WORD = slice(16, 20), b"\x00\x00\xff\xff"
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
@@ -113,16 +131,8 @@ def _check_root(proc: Proc, links: dict[str, str | None],
         yield Finding("namespace.pid_without_init", f"pid {proc.pid} is pid "
                       f"{_innermost(proc, 'NSpid')} in its own pid namespace, not its init (1)",
                       proc.pid)
-    if "net" in kinds and not host_has_iptables_restore():
-        yield Finding("namespace.net_lock", f"pid {proc.pid} has its own network namespace "
-                      f"({links['net']}) and no iptables-restore is installed", proc.pid)
     if "user" in kinds:
         yield from _check_user(proc, [kind for kind in kinds if kind in OWNED_BY_USERNS])
-
-
-def host_has_iptables_restore() -> bool:
-    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
-    return shutil.which("iptables-restore", path=search) is not None
 
 
 def _check_user(proc: Proc, owned_kinds: list[str]) -> Iterator[Finding]:
@@ -249,3 +259,100 @@ def _innermost(proc: Proc, field: str) -> int | None:
     """The last (innermost pid namespace) number of an NSpid/NSsid line of status."""
     words = proc.status.get(field, "").split()
     return int(words[-1]) if words else None
+
+
+# ---------------------------------------------------------------- the network lock
+
+def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
+    try:
+        root, own = ctx.table("namespace.reference", lambda: _reference(ctx))
+    except (ProcessGone, AccessDenied):
+        return  # the root's own checks have reported it unreadable or gone
+    if root["net"] and own["net"] and root["net"] != own["net"]:
+        # CRIU locks the namespace as a whole and no single connection.
+        locked = f"its own network namespace {root['net']}"
+        tools = ctx.environment.namespace_tools
+    else:
+        # Connected sockets, and any other TCP socket (closed after a shutdown or a reset)
+        # that still has a peer.
+        locks = {(f.pid, f.fd): _lock_tools(ctx, f) for f in findings
+                 if f.code.startswith(TCP_CODES) and f.fd is not None}
+        locks = {where: tools for where, tools in locks.items() if tools}
+        if not locks:
+            return
+        locked = "the TCP connections it dumps (" + ", ".join(
+            f"pid {pid} fd {fd}" for pid, fd in sorted(locks)) + ")"
+        needed = {tool for tools in locks.values() for tool in tools}
+        tools = tuple(tool for tool in IPTABLES_CONNECTION_TOOLS if tool in needed)
+    yield from network_lock_findings(ctx.root_pid, ctx.environment, locked, tools)
+
+
+def lock_subjects(findings: list[Finding]) -> list[Finding]:
+    """The findings of connections CRIU dumps with --tcp-established (and so locks)."""
+    rules = catalogue()
+    return [finding for finding in findings
+            if rules[finding.code].option == TCP_ESTABLISHED_OPTION and finding.fd is not None]
+
+
+def marked_connections_lock(pid: int, findings: list[Finding],
+                            environment: Environment) -> list[Finding]:
+    """The lock reason for the live view, from one process's marks alone. It reads no /proc,
+    so it cannot tell the peers' families and asks for both tools (the audit decides)."""
+    fds = sorted({finding.fd for finding in lock_subjects(findings)})
+    if not fds:
+        return []
+    locked = "the TCP connections it dumps (" + ", ".join(f"pid {pid} fd {fd}" for fd in fds) + ")"
+    return list(network_lock_findings(pid, environment, locked, IPTABLES_CONNECTION_TOOLS))
+
+
+def without_orphaned_lock(reasons: list[dict]) -> list[dict]:
+    """A live view's reasons once some were set aside (e.g. connections of the watcher's
+    own): its lock reason stands for the connections it locks, and goes with the last."""
+    rules = catalogue()
+    if any(rules[reason["code"]].option == TCP_ESTABLISHED_OPTION for reason in reasons):
+        return reasons
+    return [reason for reason in reasons if reason["code"] != "namespace.net_lock"]
+
+
+def network_lock_findings(root: int, environment: Environment, locked: str,
+                          tools: tuple[str, ...]) -> Iterator[Finding]:
+    """The lock reason for what CRIU locks (`locked`, run with `tools` by default), if any."""
+    method = environment.network_lock(tools)
+    if method == "iptables":
+        return
+    fact = environment.tools_fact(tools)
+    message = f"pid {root}: CRIU locks the network for {locked}, and {fact}"
+    if method == "nftables":
+        yield Finding("namespace.net_lock", message, root, option_value="nftables",
+                      environment_fact=fact)
+        return
+    fact += " and CRIU cannot lock with nftables (no network_lock_nftables feature)"
+    yield Finding("namespace.net_lock", f"{message}; this CRIU cannot lock with nftables either",
+                  root, option_value="skip", environment_fact=fact,
+                  remedy="install iptables where CRIU runs, or lock the network yourself and "
+                         "dump with --network-lock skip")
+
+
+def _lock_tools(ctx: AuditContext, finding: Finding) -> tuple[str, ...]:
+    """The iptables tool CRIU runs to lock this socket's connection; none without a peer.
+
+    CRIU locks every TCP socket with a destination port (dump_one_tcp): SO_PEERNAME gives
+    it even for a closed socket (inet_getname with peer == 2, what gen_uncon_sk asks).
+    IPv6 peers take ip6tables, IPv4 and IPv4-mapped ones iptables (netfilter.c)."""
+    try:
+        inode = os.stat(ctx.proc_root / str(finding.pid) / "fd" / str(finding.fd)).st_ino
+        with probe.borrowed(finding.pid, finding.fd, inode) as sock:
+            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            size = SOCKADDR_IN6_SIZE if family == socket.AF_INET6 else SOCKADDR_IN_SIZE
+            peer = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
+    except ProcessGone:
+        return ()      # the fd closed (its process is confirmed at the end of the audit)
+    except AccessDenied:
+        # A connection we cannot look into: locked, by either tool (deny by default).
+        connected = catalogue()[finding.code].option == TCP_ESTABLISHED_OPTION
+        return IPTABLES_CONNECTION_TOOLS if connected else ()
+    except OSError:
+        return ()      # ENOTCONN: no peer (a listener, a socket never connected)
+    if family == socket.AF_INET6 and peer[IN6_ADDR_WORD2] != IPV4_MAPPED_WORD:
+        return ("ip6tables",)
+    return ("iptables",)

@@ -11,6 +11,10 @@ seize it gives each process kernel-object ids with kcmp and refuses two
 processes that share an mm or fs_struct without being threads of one group,
 or an fd table unless one is the other's parent (cr-dump.c dump_task_kobj_ids,
 pstree.h shared_fdtable).
+It reads every live process's rlimits with prlimit64() (cr-dump.c
+dump_task_rlimits), which the kernel refuses to a dumper whose real uid and
+gid differ from any of the target's, unless the dumper holds CAP_SYS_RESOURCE
+(kernel/sys.c check_prlimit_permission).
 
 Two limits of CRIU's own buffers: the parasite copies a thread's supplementary
 groups into one page (pie/parasite.c dump_creds, PARASITE_MAX_GROUPS), and
@@ -95,6 +99,11 @@ RULES = (
          strict=BLOCKER),
     Rule("task.unknown_state", "A thread in a state crwatch does not know", BLOCKER,
          "audit again; a state outside R/S/D/T/t/Z/X/I is new to crwatch and CRIU alike"),
+    Rule("task.foreign_uid_needs_sys_resource", "A process runs under other uids or gids than "
+         "the dumper, which lacks CAP_SYS_RESOURCE", BLOCKER,
+         "run the dumper with CAP_SYS_RESOURCE (in its bounding and effective sets), or under "
+         "the process's own uid and gid",
+         criu_message="Can't get rlimit 0: Operation not permitted"),
 )
 
 SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
@@ -162,9 +171,36 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     yield from _check_shared_pending(proc)
     yield from _check_buffers(proc, threads)
     yield from _check_life(ctx, proc, threads)
+    yield from _check_rlimits_readable(ctx, proc, threads)
     yield from _check_shared(ctx, proc, KCMP_VM, "task.shared_mm", "address space (mm)")
     yield from _check_shared(ctx, proc, KCMP_FS, "task.shared_fs", "fs_struct (cwd, root, umask)")
     yield from _check_shared_files(ctx, proc)
+
+
+# ---------------------------------------------------------------- the dumper's rights
+
+def _check_rlimits_readable(ctx: AuditContext, proc: Proc,
+                            threads: list[Thread]) -> Iterator[Finding]:
+    # CRIU reads no rlimits of a zombie (dump_zombies).
+    if not any(thread.live for thread in threads) or ctx.environment.has_sys_resource:
+        return
+    dumper = ctx.environment.credentials
+    uids = _ids(proc.status.get("Uid", ""))
+    gids = _ids(proc.status.get("Gid", ""))
+    # The kernel always prints both lines; a fixture tree without them has no ids to compare.
+    if not uids or not gids or (set(uids) == {dumper.uid} and set(gids) == {dumper.gid}):
+        return
+    fact = ctx.environment.sys_resource_fact()
+    yield Finding("task.foreign_uid_needs_sys_resource",
+                  f"pid {proc.pid} runs as uids {'/'.join(map(str, uids))} and gids "
+                  f"{'/'.join(map(str, gids))} (real/effective/saved), the dumper as uid "
+                  f"{dumper.uid} gid {dumper.gid}: CRIU cannot read its rlimits, since {fact}",
+                  proc.pid, environment_fact=fact)
+
+
+def _ids(line: str) -> tuple[int, ...]:
+    """The real, effective and saved ids of a status Uid/Gid line (the fs id does not count)."""
+    return tuple(int(word) for word in line.split()[:3])
 
 
 # ---------------------------------------------------------------- reading threads

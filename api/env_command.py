@@ -1,0 +1,64 @@
+"""`crwatch env [--json]`: the dumper's environment, the facts verdicts depend on."""
+from __future__ import annotations
+
+import json
+import sys
+
+from tracker import environment
+
+EXIT_OK, EXIT_USAGE = 0, 2
+LOCK_NEEDS = {"iptables": "no option needed", "nftables": "needs --network-lock nftables",
+              "none": "no lock works: install iptables, or lock it yourself and use "
+                      "--network-lock skip"}
+
+
+def run_env(args) -> int:
+    try:
+        facts = environment.current()
+    except (OSError, ValueError) as error:  # /proc/self/status unreadable or unexpected
+        print(f"crwatch: cannot read the dumper's environment: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(facts.to_json(), indent=2))
+    else:
+        print(environment_text(facts))
+    return EXIT_OK
+
+
+def _capability_summary(capabilities: environment.Capabilities) -> str:
+    """The shorter of the two lists: what the set lacks, or the little it holds."""
+    missing, held = capabilities.missing(), capabilities.names()
+    if len(held) < len(missing):
+        return f"holds only: {', '.join(held) or 'nothing'}"
+    return f"lacks: {', '.join(missing) or 'nothing'}"
+
+
+def environment_text(facts: environment.Environment) -> str:
+    document = facts.to_json()
+    dumper, criu, lock = document["dumper"], document["criu"], document["network_lock"]
+    capabilities = dumper["capabilities"]
+    lines = [
+        f"kernel        {document['kernel']}",
+        f"dumper        uid {dumper['uid']} gid {dumper['gid']} euid {dumper['euid']}"
+        + ("  (not root: CRIU needs --unprivileged)" if dumper["unprivileged"] else ""),
+    ]
+    for name in ("effective", "permitted", "bounding"):
+        lines.append(f"  {name:<11} {capabilities[name]['hex']}  "
+                     f"{_capability_summary(getattr(facts.credentials, name))}")
+    lines.append("  " + ("can checkpoint (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+                         if dumper["can_checkpoint"] else
+                         "CANNOT checkpoint: neither CAP_CHECKPOINT_RESTORE nor CAP_SYS_ADMIN"))
+    lines.append("  " + ("CAP_SYS_RESOURCE: processes under other ids can be dumped"
+                         if dumper["sys_resource"] else
+                         f"{facts.sys_resource_fact()}: processes under other uids or gids "
+                         "cannot be dumped"))
+    lines.append(f"criu          {criu['version'] or 'not found'}"
+                 + (f" at {criu['path']}" if criu["path"] else ""))
+    for name, present in {**criu["features"], **criu["libraries"]}.items():
+        lines.append(f"  {name:<22} {'yes' if present else 'no'}")
+    lines.append("network lock  (CRIU's default is iptables)")
+    for tool, where in lock["tools"].items():
+        lines.append(f"  {tool:<18} {where or 'not on PATH'}")
+    for label, what in (("TCP connections", "connections"), ("own netns", "namespace")):
+        lines.append(f"  {label:<18} {lock[what]} ({LOCK_NEEDS[lock[what]]})")
+    return "\n".join(lines)

@@ -1,0 +1,299 @@
+"""The dumper's environment: the facts about the CRIU that would run, detected once.
+
+A verdict holds for one dumper in one environment. CRIU inherits crwatch's
+credentials and PATH, so crwatch reads them from itself (a wrapper script that
+changes CRIU's capabilities on the way is not seen; its features are, since
+they are asked through it):
+
+- capabilities (`/proc/self/status`): CRIU refuses to start without
+  CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN (cr-check.c check_caps), asks for
+  `--unprivileged` when not root, and reads a target's rlimits with
+  prlimit64(), which the kernel allows only to a caller whose real uid and gid
+  match the target's, or one with CAP_SYS_RESOURCE (cr-dump.c
+  dump_task_rlimits, kernel/sys.c check_prlimit_permission);
+- the network-lock backend: CRIU's default is iptables (cr_options.h
+  NETWORK_LOCK_DEFAULT). It locks each TCP connection with
+  `sh -c "iptables ..."` (`ip6tables` for IPv6; netfilter.c) and a network
+  namespace with `iptables-restore` / `ip6tables-restore` (net.c), all found
+  through PATH (execvp). `--network-lock nftables` uses libnftables
+  in-process (needs the `network_lock_nftables` feature);
+- CRIU's build features: `criu check --feature NAME`, and the libraries its
+  binary loads (BPF maps need a CRIU linked with libbpf; files-ext.c
+  is_bpfmap_link is compiled only with CONFIG_HAS_LIBBPF);
+- the kernel release.
+
+`current()` detects once per process and caches (`of(criu)` for another
+CRIU); `redetect()` is for tests that change the environment.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # tracker.criu imports the verdict code, which reaches the checks and us
+    from tracker.criu import Criu
+
+CAPABILITY_NAMES = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
+    "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
+    "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
+    "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
+    "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
+    "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+)
+CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_CHECKPOINT_RESTORE = 21, 24, 40
+
+# The `criu check --feature` names detected: the nftables lock decides verdicts
+# (namespace.net_lock); pidfd_store (the pid-reuse guard of iterative dumps) and
+# tcp_half_closed (kernel repair of shut-down connections) are shown, no rule
+# depends on them yet.
+FEATURES = ("network_lock_nftables", "pidfd_store", "tcp_half_closed")
+# Libraries whose presence in CRIU's binary decides what it can dump.
+LIBRARIES = {"libbpf": "libbpf.so", "libnftables": "libnftables.so"}
+# What CRIU runs for the iptables lock: per connection, and per network namespace.
+IPTABLES_CONNECTION_TOOLS = ("iptables", "ip6tables")
+IPTABLES_NAMESPACE_TOOLS = ("iptables-restore", "ip6tables-restore")
+DEFAULT_EXEC_PATH = "/bin:/usr/bin"  # glibc's execvp without PATH
+FEATURE_TIMEOUT = 10.0
+
+_LOADED_LIBRARY = re.compile(r"calling init: (\S+)")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A capability set as /proc/PID/status prints it (CapEff, CapPrm, CapBnd: hex)."""
+
+    mask: int
+
+    @classmethod
+    def parse(cls, text: str) -> Capabilities:
+        """`000001fffeffffff` -> the set; a clear ValueError for anything else."""
+        text = text.strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{1,16}", text):
+            raise ValueError(f"not a capability mask: {text!r}")
+        return cls(int(text, 16))
+
+    def has(self, number: int) -> bool:
+        return bool(self.mask >> number & 1)
+
+    def names(self) -> list[str]:
+        return [name for number, name in enumerate(CAPABILITY_NAMES) if self.has(number)]
+
+    def missing(self) -> list[str]:
+        return [name for number, name in enumerate(CAPABILITY_NAMES) if not self.has(number)]
+
+    @property
+    def hex(self) -> str:
+        return f"{self.mask:016x}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The dumper's ids and capabilities, from its /proc/PID/status."""
+
+    uid: int        # real uid: the one prlimit64() compares with the target's
+    gid: int
+    euid: int
+    effective: Capabilities
+    permitted: Capabilities
+    bounding: Capabilities
+
+    @classmethod
+    def parse(cls, status: str) -> Credentials:
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            uids = fields["Uid"].split()
+            gids = fields["Gid"].split()
+            return cls(uid=int(uids[0]), gid=int(gids[0]), euid=int(uids[1]),
+                       effective=Capabilities.parse(fields["CapEff"]),
+                       permitted=Capabilities.parse(fields["CapPrm"]),
+                       bounding=Capabilities.parse(fields["CapBnd"]))
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"unreadable status (Uid/Gid/CapEff/CapPrm/CapBnd): {error}") from None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The facts one CRIU run would meet, and what they mean for it."""
+
+    credentials: Credentials
+    kernel: str
+    path: str                                   # the PATH CRIU searches
+    tools: dict[str, str | None]                # iptables tool -> where PATH finds it
+    criu_path: str | None = None
+    criu_version: str | None = None
+    features: dict[str, bool] = field(default_factory=dict)
+    libraries: dict[str, bool] = field(default_factory=dict)
+    ipv6: bool = True          # kerndat.c get_ipv6: /proc/sys/net/ipv6 exists
+    seconds: float = 0.0
+
+    # ------------------------------------------------------------ capabilities
+
+    @property
+    def can_checkpoint(self) -> bool:
+        """CRIU's check_caps(): CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN, effective."""
+        effective = self.credentials.effective
+        return effective.has(CAP_CHECKPOINT_RESTORE) or effective.has(CAP_SYS_ADMIN)
+
+    @property
+    def unprivileged(self) -> bool:
+        """Not root: CRIU runs only with --unprivileged."""
+        return self.credentials.euid != 0
+
+    @property
+    def has_sys_resource(self) -> bool:
+        return self.credentials.effective.has(CAP_SYS_RESOURCE)
+
+    def sys_resource_fact(self) -> str:
+        """Why the dumper lacks CAP_SYS_RESOURCE, in the words a reason quotes."""
+        if not self.credentials.bounding.has(CAP_SYS_RESOURCE):
+            return "the dumper's bounding set lacks CAP_SYS_RESOURCE"
+        return "the dumper's effective set lacks CAP_SYS_RESOURCE"
+
+    # ------------------------------------------------------------ network lock
+
+    def missing_tools(self, tools: tuple[str, ...]) -> list[str]:
+        return [tool for tool in tools if not self.tools.get(tool)]
+
+    @property
+    def namespace_tools(self) -> tuple[str, ...]:
+        """What CRIU's iptables lock of a network namespace runs: ip6tables-restore only
+        where the kernel has IPv6 (net.c iptables_network_lock_internal)."""
+        return IPTABLES_NAMESPACE_TOOLS if self.ipv6 else IPTABLES_NAMESPACE_TOOLS[:1]
+
+    @property
+    def nftables_lock(self) -> bool:
+        # With no CRIU to ask, name the lock that needs no iptables rather than none at all.
+        return self.features.get("network_lock_nftables", self.criu_path is None)
+
+    def network_lock(self, tools: tuple[str, ...]) -> str:
+        """The --network-lock value a lock that runs these tools needs: "iptables" (CRIU's
+        default, no option), "nftables", or "none" when neither works."""
+        if not self.missing_tools(tools):
+            return "iptables"
+        return "nftables" if self.nftables_lock else "none"
+
+    def tools_fact(self, tools: tuple[str, ...]) -> str:
+        missing = self.missing_tools(tools)
+        return f"no {' or '.join(missing)} on the dumper's PATH" if missing else ""
+
+    # ------------------------------------------------------------ document
+
+    def to_json(self) -> dict:
+        creds = self.credentials
+        return {
+            "schema": "crwatch.environment/1",
+            "kernel": self.kernel,
+            "dumper": {
+                "uid": creds.uid, "gid": creds.gid, "euid": creds.euid,
+                "capabilities": {
+                    name: {"hex": caps.hex, "missing": caps.missing()}
+                    for name, caps in (("effective", creds.effective),
+                                       ("permitted", creds.permitted),
+                                       ("bounding", creds.bounding))
+                },
+                "can_checkpoint": self.can_checkpoint,
+                "unprivileged": self.unprivileged,
+                "sys_resource": self.has_sys_resource,
+            },
+            "criu": {"path": self.criu_path, "version": self.criu_version,
+                     "features": dict(self.features), "libraries": dict(self.libraries)},
+            "network_lock": {
+                "path": self.path,
+                "tools": dict(self.tools),
+                "ipv6": self.ipv6,
+                "connections": self.network_lock(IPTABLES_CONNECTION_TOOLS),
+                "namespace": self.network_lock(self.namespace_tools),
+            },
+            "detected_in_seconds": round(self.seconds, 3),
+        }
+
+
+# ---------------------------------------------------------------- detection
+
+def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
+           path: str | None = None) -> Environment:
+    """The facts about this process as CRIU's parent, and about `criu`."""
+    started = time.monotonic()
+    search = exec_path() if path is None else path
+    credentials = Credentials.parse(status_path.read_text())
+    tools = {tool: shutil.which(tool, path=search)
+             for tool in (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)}
+    features: dict[str, bool] = {}
+    libraries: dict[str, bool] = {}
+    if criu is not None:
+        # CRIU refuses every command, `check` included, to non-root without --unprivileged.
+        unprivileged = credentials.euid != 0
+        with ThreadPoolExecutor(max_workers=len(FEATURES) + 1) as pool:  # each is a CRIU run
+            asked = {name: pool.submit(criu_has_feature, criu, name, unprivileged)
+                     for name in FEATURES}
+            loaded = pool.submit(criu_libraries, criu)
+            features = {name: answer.result() for name, answer in asked.items()}
+            libraries = loaded.result()
+    return Environment(credentials=credentials, kernel=os.uname().release, path=search,
+                       tools=tools, criu_path=criu.path if criu else None,
+                       criu_version=criu.version_text if criu else None,
+                       features=features, libraries=libraries,
+                       ipv6=os.path.exists("/proc/sys/net/ipv6"),
+                       seconds=time.monotonic() - started)
+
+
+def exec_path() -> str:
+    """The PATH CRIU's execvp() and its `sh -c` search: the one it inherits."""
+    return os.environ.get("PATH", DEFAULT_EXEC_PATH)
+
+
+def criu_has_feature(criu: Criu, name: str, unprivileged: bool = False) -> bool:
+    """`criu check --feature NAME` exits 0 when the feature works here."""
+    command = [criu.path, "check", *(["--unprivileged"] if unprivileged else []), "--feature", name]
+    try:
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=FEATURE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def criu_libraries(criu: Criu) -> dict[str, bool]:
+    """Which of LIBRARIES CRIU's binary loads. The dynamic loader names each one it
+    initialises (LD_DEBUG=libs), through any wrapper script that execs CRIU."""
+    env = dict(os.environ, LD_DEBUG="libs")
+    try:
+        result = subprocess.run([criu.path, "--version"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, errors="replace", env=env,
+                                timeout=FEATURE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return {name: False for name in LIBRARIES}
+    loaded = {Path(match).name for match in _LOADED_LIBRARY.findall(result.stderr)}
+    return {name: any(lib.startswith(soname) for lib in loaded)
+            for name, soname in LIBRARIES.items()}
+
+
+@functools.cache
+def of(criu: Criu | None) -> Environment:
+    """The environment of this CRIU (e.g. a gate's --criu), detected once per process."""
+    return detect(criu)
+
+
+def current() -> Environment:
+    """The environment of the CRIU find_criu() finds, detected once per process."""
+    from tracker.criu import find_criu
+
+    return of(find_criu())
+
+
+def redetect() -> Environment:
+    """Forget the cached facts (and the CRIU found) and detect again."""
+    from tracker.criu import find_criu
+
+    of.cache_clear()
+    find_criu.cache_clear()
+    return current()
