@@ -46,6 +46,12 @@ def network_lock_options() -> list[str]:
     return [] if method == "iptables" else ["--network-lock", method]
 
 
+def connection_lock_codes() -> set[str]:
+    """The codes a tree with TCP connections gets besides its sockets' own in this environment:
+    the lock reason where iptables is not on PATH."""
+    return {"namespace.net_lock"} if network_lock_options() else set()
+
+
 def network_lock_allowed() -> list[str]:
     """The same as `crwatch check` arguments: [] or ["--allow=--network-lock=nftables"]."""
     options = network_lock_options()

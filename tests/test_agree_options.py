@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.agreement import assert_agrees
+from tests.agreement import assert_agrees, connection_lock_codes, network_lock_options
 from tests.subjects import subject
 
 # A TCP connection with both ends held, a flock, and a deleted 3 MiB file (over CRIU's
@@ -20,13 +20,15 @@ os.unlink({scratch!r})
 """
 
 
-def test_a_state_needing_three_options_fails_without_any_one_of_them(tmp_path: Path):
+def test_a_state_needing_several_options_fails_without_any_one_of_them(tmp_path: Path):
     code = SEVERAL_OPTIONS.format(lock=str(tmp_path / "lock"), scratch=str(tmp_path / "scratch"))
     with subject(code + "ready(); hold()") as s:
         document = assert_agrees(
             s.pid, "TCP connection, flock and a deleted 3 MiB file", expect="needs_options",
-            codes={"socket.tcp.established", "lock.flock", "file.deleted.over_ghost_limit"})
-    assert document["required_options"] == ["--file-locks", "--ghost-limit", "--tcp-established"]
+            codes={"socket.tcp.established", "lock.flock", "file.deleted.over_ghost_limit"}
+            | connection_lock_codes())
+    assert document["required_options"] == sorted(
+        ["--file-locks", "--ghost-limit", "--tcp-established", *network_lock_options()[:1]])
 
 
 def test_a_blocked_state_is_refused_even_with_the_options_its_other_reasons_name(tmp_path: Path):
@@ -35,4 +37,4 @@ def test_a_blocked_state_is_refused_even_with_the_options_its_other_reasons_name
         assert_agrees(s.pid, "/dev/kvm next to a TCP connection, a flock and a deleted 3 MiB file",
                       expect="blocked",
                       codes={"device.chr.unsupported", "socket.tcp.established", "lock.flock",
-                             "file.deleted.over_ghost_limit"})
+                             "file.deleted.over_ghost_limit"} | connection_lock_codes())

@@ -67,7 +67,7 @@ def test_the_table_is_sorted_by_state_counts_its_verdicts_and_escapes_bars():
 
 def test_a_run_is_whole_only_when_every_agreement_test_ran_and_none_failed():
     every = conftest.defined_agreement_tests()
-    assert ("test_agree_options.py", "test_a_state_needing_three_options_fails_without_any_one_"
+    assert ("test_agree_options.py", "test_a_state_needing_several_options_fails_without_any_one_"
             "of_them") in every
     assert conftest._agreement_test("tests/test_agree_files.py::test_x[5 MiB]") == (
         "test_agree_files.py", "test_x")

@@ -343,16 +343,24 @@ def _lock_tools(ctx: AuditContext, finding: Finding) -> tuple[str, ...]:
         inode = os.stat(ctx.proc_root / str(finding.pid) / "fd" / str(finding.fd)).st_ino
         with probe.borrowed(finding.pid, finding.fd, inode) as sock:
             family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                # The connection is in flight in this unix socket's queue: CRIU dumps
+                # and locks it all the same.
+                return _unseen_connection_tools(finding)
             size = SOCKADDR_IN6_SIZE if family == socket.AF_INET6 else SOCKADDR_IN_SIZE
             peer = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
     except ProcessGone:
         return ()      # the fd closed (its process is confirmed at the end of the audit)
     except AccessDenied:
-        # A connection we cannot look into: locked, by either tool (deny by default).
-        connected = catalogue()[finding.code].option == TCP_ESTABLISHED_OPTION
-        return IPTABLES_CONNECTION_TOOLS if connected else ()
+        return _unseen_connection_tools(finding)
     except OSError:
         return ()      # ENOTCONN: no peer (a listener, a socket never connected)
     if family == socket.AF_INET6 and peer[IN6_ADDR_WORD2] != IPV4_MAPPED_WORD:
         return ("ip6tables",)
     return ("iptables",)
+
+
+def _unseen_connection_tools(finding: Finding) -> tuple[str, ...]:
+    """A connection we cannot look into is locked by either tool (deny by default)."""
+    connected = catalogue()[finding.code].option == TCP_ESTABLISHED_OPTION
+    return IPTABLES_CONNECTION_TOOLS if connected else ()
