@@ -19,10 +19,12 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Iterator, TypeVar
 
 from tracker.context import AuditContext
-from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
+from tracker.procfs import (AccessDenied, MntIdUnavailable, OpenFd, Proc, ProcessGone, mnt_id_of,
+                            mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -36,14 +38,27 @@ RULES = (
          OPTION, "dump with --link-remap: CRIU links the file back under a temporary name",
          option="--link-remap",
          criu_message="Can't create link remap for %s. Use link-remap option."),
-    Rule("file.mount.invisible", "An open file on a mount the process's namespace does not show",
-         BLOCKER, "close the file before checkpointing (it lives on a lazily unmounted file system "
-         "or a mount of another namespace); a file that must stay open can be declared with "
-         "--external file[MNT_ID:INODE] and handed back with --inherit-fd at restore",
+    Rule("file.mount.invisible", "An open file, mapping, cwd or executable on a mount outside "
+         "the dumped mount namespace", BLOCKER,
+         "close or unmap the file before checkpointing (it lives on a lazily unmounted mount, or "
+         "was opened before unshare(CLONE_NEWNS) and keeps the old namespace's mount: open it "
+         "again, or exec again, after the unshare); a file that must stay open can be declared "
+         "with --external file[MNT_ID:INODE] and handed back with --inherit-fd at restore",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
     Rule("file.mount.overmounted", "An open file on a mount hidden under another mount", BLOCKER,
          "close the file, or unmount what was mounted over it, before checkpointing",
          criu_message="Open files on overmounted mounts are not supported yet"),
+    Rule("file.path.overmounted", "A linked file whose directory another mount now covers",
+         BLOCKER, "unmount what covers the file's directory, or close the file, before "
+         "checkpointing: --link-remap cannot link the file back across mounts",
+         criu_message="Can't link remap to %s: Invalid cross-device link"),
+    Rule("file.path.unaccessible", "An open file whose path now names another file", BLOCKER,
+         "close the file, or undo what put another file (or a mount) at its path, before "
+         "checkpointing", criu_message="Unaccessible path opened %u:%u, need %u:%u"),
+    Rule("file.path.evasive_device", "An open device node whose path now names another node of "
+         "the same device", OPTION, "dump with --evasive-devices: CRIU then reopens the device "
+         "by that other node", option="--evasive-devices",
+         criu_message="Unaccessible path opened %u:%u, need %u:%u"),
     Rule("file.mqueue", "A POSIX message queue descriptor", BLOCKER,
          "close the queue (mq_close) before checkpointing: CRIU cannot save POSIX message queues",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
@@ -87,17 +102,15 @@ class Mount:
 
 
 class Mounts:
-    """One mount namespace's table (/proc/PID/mountinfo), as CRIU looks files up in it."""
+    """One mount namespace's table (/proc/PID/mountinfo), as CRIU's mount tree holds it."""
 
     def __init__(self, mounts: list[Mount]):
         self._by_id = {mount.id: mount for mount in mounts}
-        self._by_dev: dict[int, list[Mount]] = defaultdict(list)
+        self._devices = {mount.dev for mount in mounts}
         self._mountpoints_under: dict[int, Counter[str]] = defaultdict(Counter)
         for mount in mounts:
-            self._by_dev[mount.dev].append(mount)
             self._mountpoints_under[mount.parent][mount.mountpoint] += 1
         self._hidden: dict[int, bool] = {}
-        self._plain: dict[int, bool] = {}
 
     @classmethod
     def parse(cls, text: str) -> "Mounts":
@@ -107,31 +120,19 @@ class Mounts:
             major, _, minor = fields[2].partition(":")
             fstype = fields[fields.index("-", 6) + 1]
             mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
-                                fields[4], fstype))
+                                _unescape(fields[4]), fstype))
         return cls(mounts)
 
+    def __contains__(self, mnt_id: int) -> bool:
+        return mnt_id in self._by_id
+
+    def get(self, mnt_id: int) -> Mount | None:
+        return self._by_id.get(mnt_id)
+
     def shows_device(self, dev: int) -> bool:
-        return dev in self._by_dev
-
-    def plainly_shows(self, dev: int) -> bool:
-        """Whether every mount of this device is listed and unhidden: then any file on it is fine."""
-        if dev not in self._plain:
-            candidates = self._by_dev.get(dev, ())
-            self._plain[dev] = bool(candidates) and not any(map(self.hidden, candidates))
-        return self._plain[dev]
-
-    def find(self, dev: int, read_mnt_id: Callable[[], int]) -> tuple[int, Mount | None]:
-        """The mount a file lives on, as (mnt_id, the mount or None when not in this table).
-
-        The file's device settles it for nearly every file, without reading
-        fdinfo (a syscall per fd): only a device with no mount here, or with a
-        hidden one, needs the file's own mnt_id.
-        """
-        if self.plainly_shows(dev):
-            first = self._by_dev[dev][0]
-            return first.id, first
-        mnt_id = read_mnt_id()
-        return mnt_id, self._by_id.get(mnt_id)
+        """Whether any mount here is of this device: the kernel's internal mounts (shared
+        memory, memfd, hugetlb, aio) never are."""
+        return dev in self._devices
 
     def hidden(self, mount: Mount) -> bool:
         """Overmounted, as CRIU's mnt_is_overmounted sees it."""
@@ -159,6 +160,11 @@ def _parents(path: str) -> Iterator[str]:
         yield path
 
 
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in paths as octal escapes
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
 def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
     """The mount table of proc's mount namespace, read once per namespace and audit."""
     def of_namespace() -> Mounts:
@@ -166,6 +172,53 @@ def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
                          lambda: Mounts.parse(proc.read("mountinfo")))
 
     return ctx.table(("files.mounts_of", proc.pid), of_namespace)
+
+
+@dataclass(frozen=True)
+class DumpedNamespace:
+    """A mount namespace CRIU looks files up in: its table, and the directory
+    its paths resolve from (CRIU's mntns_get_root_fd)."""
+
+    mounts: Mounts
+    root: str
+
+
+def dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
+    """The mount tables CRIU's lookup_mnt_id searches (collect_mnt_namespaces).
+
+    When the root shares CRIU's mount namespace, that one only, read as CRIU
+    reads it (its own mountinfo, paths from its own root). Otherwise every
+    mount namespace of the tree but CRIU's, each read through the first
+    process living in it, with paths resolved from that process's root.
+    """
+    return ctx.table("files.dumped_namespaces", lambda: _dumped_namespaces(ctx))
+
+
+def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
+    auditor = ctx.proc_root / "self"
+    if not root_in_own_namespace(ctx, "mnt"):
+        return [DumpedNamespace(Mounts.parse((auditor / "mountinfo").read_text()),
+                                f"{auditor}/root")]
+    own = os.readlink(auditor / "ns" / "mnt")
+    found: dict[str, DumpedNamespace] = {}
+    for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
+        proc = ctx.proc(pid)
+        try:
+            namespace = proc.namespace("mnt")
+            if namespace != own and namespace not in found:
+                found[namespace] = DumpedNamespace(mounts(ctx, proc), f"{proc.path}/root")
+        except (ProcessGone, AccessDenied):
+            continue  # the audit reports it for that process
+    return list(found.values())
+
+
+def find_mount(ctx: AuditContext, mnt_id: int) -> tuple[DumpedNamespace, Mount] | None:
+    """lookup_mnt_id: the mount of that id in the dumped namespaces, with its namespace."""
+    for namespace in dumped_namespaces(ctx):
+        mount = namespace.mounts.get(mnt_id)
+        if mount is not None:
+            return namespace, mount
+    return None
 
 
 def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
@@ -187,13 +240,13 @@ def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
 
 @dataclass
 class Opened:
-    """Something CRIU dumps by its path: an fd, the cwd or root, a mapped file."""
+    """Something CRIU dumps by its path: an fd, the cwd, root or exe, a mapped file."""
 
     label: str                      # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
     path: str                       # the kernel's name for it (link text)
     link: str                       # its magic link under /proc
     stat: os.stat_result
-    read_mnt_id: Callable[[], int]
+    mnt_id: Callable[[], int]       # the mount it was opened through (fdinfo mnt_id)
     fd: int | None = None
 
 
@@ -204,39 +257,111 @@ def opened_fd(proc: Proc, open_fd: OpenFd) -> Opened:
 
 
 def opened_link(proc: Proc, label: str, relative: str, path: str) -> Opened:
-    """A magic link of proc (cwd, root, map_files/RANGE) as an Opened file."""
+    """A magic link of proc (cwd, root, exe, map_files/RANGE) as an Opened file."""
     return Opened(label, path, f"{proc.path}/{relative}", _follow(proc, relative, os.stat),
-                  lambda: _mnt_id_of(proc, relative))
+                  lambda: proc.mnt_id(relative))
 
 
 def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
-    """CRIU's dump_one_reg_file checks, in its order; the first failure is the one it reports."""
-    table = mounts(ctx, proc)
-    mnt_id, mount = table.find(opened.stat.st_dev, opened.read_mnt_id)
-    if mount is None:
+    """CRIU's dump_one_reg_file checks, in its order; the first failure is the one it reports.
+
+    The file's mount is looked up by its mnt_id, never by its device: a
+    lazily unmounted bind mount shares its device with the mounts still in
+    place, and a file opened before unshare(CLONE_NEWNS) keeps a mount of
+    the old namespace.
+    """
+    mnt_id = opened.mnt_id()
+    found = find_mount(ctx, mnt_id)
+    if found is None:
         yield _invisible(proc, opened, mnt_id)
-    elif table.hidden(mount):
+        return
+    namespace, mount = found
+    if namespace.mounts.hidden(mount):
         yield _finding("file.mount.overmounted", proc, opened,
                        f"{opened.label}: {opened.path} is on mount {mnt_id} ({mount.mountpoint}), "
                        f"which another mount hides")
-    elif mount.fstype not in KERNEL_NAMED_FS:
-        yield from _check_unlinked(ctx, proc, opened)
-
-
-def _check_unlinked(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
-    stat = opened.stat
-    if stat.st_nlink and not opened.path.endswith(DELETED):
+    elif mount.fstype in KERNEL_NAMED_FS:
         return
+    elif opened.stat.st_nlink == 0:
+        yield from _check_deleted(ctx, proc, opened)
+    else:
+        yield from _check_linked(ctx, proc, opened, namespace, mnt_id)
+
+
+def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
+                  mnt_id: int) -> Iterator[Finding]:
+    """check_path_remap for a file with links: its name must still lead to it."""
+    stat, path = opened.stat, opened.path
+    fine = ctx.table("files.paths_fine", set)
+    key = (path, stat.st_dev, stat.st_ino, mnt_id)
+    if key in fine:
+        return  # the same file by the same name through the same mount: judged already
+    try:
+        now = os.stat(namespace.root + path, follow_symlinks=not S_ISLNK(stat.st_mode))
+    except FileNotFoundError:
+        yield from _check_link_remap(ctx, proc, opened, namespace, mnt_id)
+        return
+    except OSError as error:
+        yield _finding("file.path.unaccessible", proc, opened,
+                       f"{opened.label}: {path} cannot be looked up ({error.strerror})")
+        return
+    if (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino):
+        fine.add(key)
+    elif (S_ISCHR(stat.st_mode) or S_ISBLK(stat.st_mode)) and now.st_rdev == stat.st_rdev:
+        yield _finding("file.path.evasive_device", proc, opened,
+                       f"{opened.label}: {path} now names another node of the same device "
+                       f"({os.major(stat.st_rdev)}:{os.minor(stat.st_rdev)})")
+    else:
+        yield _finding("file.path.unaccessible", proc, opened,
+                       f"{opened.label}: {path} now names another file ({_inode(now)}), not the "
+                       f"open one ({_inode(stat)})")
+
+
+def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
+                      mnt_id: int) -> Iterator[Finding]:
+    """A linked file whose name leads nowhere: CRIU links it back (create_link_remap)."""
+    stat = opened.stat
     seen = ctx.table("files.unlinked_seen", set)
     if (stat.st_dev, stat.st_ino) in seen:
         return  # one finding per file, however many fds and mappings reach it
     seen.add((stat.st_dev, stat.st_ino))
     name = opened.path.removesuffix(DELETED)
-    if stat.st_nlink:
+    directory = _linkable_directory(namespace.root, name)
+    if directory is not None and _mnt_id_of(namespace.root + directory) == mnt_id:
         yield _finding("file.deleted.link_remap", proc, opened,
                        f"{opened.label}: {name} was unlinked, but the file still has "
                        f"{stat.st_nlink} other link(s)")
-        return
+    else:
+        where = f"{directory} is on another mount" if directory else "no directory of it is left"
+        yield _finding("file.path.overmounted", proc, opened,
+                       f"{opened.label}: {name} is no longer reachable ({where}, mounted over the "
+                       f"file's own), so --link-remap cannot link it back")
+
+
+def _linkable_directory(root: str, name: str) -> str | None:
+    """Where create_link_remap puts its link: the nearest directory above `name` that exists."""
+    directory = os.path.dirname(name)
+    while True:
+        try:
+            if S_ISDIR(os.stat(root + directory).st_mode):
+                return directory
+            return None  # linkat fails with ENOTDIR, no parent is tried
+        except FileNotFoundError:
+            if directory == "/":
+                return None
+            directory = os.path.dirname(directory)
+        except OSError:
+            return None
+
+
+def _check_deleted(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
+    """A file with no link left travels in the image as a ghost (dump_ghost_remap)."""
+    stat = opened.stat
+    seen = ctx.table("files.unlinked_seen", set)
+    if (stat.st_dev, stat.st_ino) in seen:
+        return  # one finding per file, however many fds and mappings reach it
+    seen.add((stat.st_dev, stat.st_ino))
+    name = opened.path.removesuffix(DELETED)
     size = stat.st_blocks * BLOCK_UNIT
     if size <= DEFAULT_GHOST_LIMIT:
         yield _finding("file.deleted.ghost", proc, opened,
@@ -265,8 +390,13 @@ def _invisible(proc: Proc, opened: Opened, mnt_id: int) -> Finding:
                         f"{opened.label}: POSIX message queue {opened.path} (its mount {mnt_id} "
                         f"is the kernel's own, which no mount namespace shows)")
     return _finding("file.mount.invisible", proc, opened,
-                    f"{opened.label}: {opened.path} is on mount {mnt_id}, which pid {proc.pid}'s "
-                    f"mount namespace does not show (lazily unmounted, or another namespace's)")
+                    f"{opened.label}: {opened.path} is on mount {mnt_id}, which the dumped mount "
+                    f"namespace does not show (lazily unmounted, or a mount of a namespace "
+                    f"outside the dump, such as one left by unshare)")
+
+
+def _inode(status: os.stat_result) -> str:
+    return f"device {os.major(status.st_dev)}:{os.minor(status.st_dev)} inode {status.st_ino}"
 
 
 def _finding(code: str, proc: Proc, opened: Opened, message: str) -> Finding:
@@ -290,18 +420,30 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
 
 def check_fd_path(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     """The path rules for an fd whose target is a path (files, FIFOs, memory devices)."""
-    status, table = open_fd.stat, mounts(ctx, proc)
-    # Nearly every fd: linked, on a mount in plain sight. Decided before building anything.
-    if status.st_nlink and not open_fd.target.endswith(DELETED) and table.plainly_shows(status.st_dev):
-        return
     if not _is_memfd(ctx, proc, open_fd):
         yield from check_path(ctx, proc, opened_fd(proc, open_fd))
 
 
 def _is_memfd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> bool:
     # memfds live on the kernel's internal shmem (or hugetlbfs) mount; CRIU dumps their contents.
-    return (open_fd.target.startswith("/memfd:")
-            and not mounts(ctx, proc).shows_device(open_fd.stat.st_dev))
+    dev = open_fd.stat.st_dev
+    return dev == shmem_device() or (open_fd.target.startswith("/memfd:")
+                                     and not mounts(ctx, proc).shows_device(dev))
+
+
+_shmem_device: list[int] = []
+
+
+def shmem_device() -> int:
+    """The device of the kernel's shmem mount (shared anonymous memory, memfds), found as
+    CRIU's kerndat finds it: by making one and looking at its device."""
+    if not _shmem_device:
+        fd = os.memfd_create("crwatch-kerndat", os.MFD_CLOEXEC)
+        try:
+            _shmem_device.append(os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+    return _shmem_device[0]
 
 
 def _check_namespace_file(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -361,13 +503,24 @@ def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:
     return pipes
 
 
-# ---------------------------------------------------------------- cwd and root
+# ---------------------------------------------------------------- cwd, root and exe
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    """dump_task_fs and dump_task_exe_link: cwd, root and the executable go through the path rules."""
     if proc.stat.state == "Z":
-        return  # a zombie has given its cwd and root up, and CRIU saves neither for it
+        return  # a zombie has given its cwd, root and mm up, and CRIU saves none of them
     for name in ("cwd", "root"):
         yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
+    yield from _check_exe(ctx, proc)
+
+
+def _check_exe(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    exe = opened_link(proc, "exe", "exe", proc.readlink("exe"))
+    # CRIU dumps a file it saw through the same mount once (fd_id_generate_special): the
+    # executable is mapped too, and its mapping has been judged by the memory checks.
+    mapped = {(os.makedev(m.major, m.minor), m.inode) for m in proc.maps}
+    if (exe.stat.st_dev, exe.stat.st_ino) not in mapped:
+        yield from check_path(ctx, proc, exe)
 
 
 # ---------------------------------------------------------------- helpers
@@ -382,17 +535,15 @@ def _follow(proc: Proc, relative: str, call: Callable[[Path], T]) -> T:
         raise AccessDenied(proc.pid, relative, error.strerror) from None
 
 
-def _mnt_id_of(proc: Proc, relative: str) -> int:
-    """The mnt_id of what a magic link leads to, read from fdinfo of an O_PATH open of it."""
-    fd = _follow(proc, relative, lambda link: os.open(link, os.O_PATH))
+def _mnt_id_of(path: str) -> int:
+    """The mount id of what `path` leads to, or -1 when it leads nowhere."""
     try:
-        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
-            for line in fdinfo:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
+        try:
+            return mnt_id_of(path)
+        except MntIdUnavailable:
+            return mnt_id_via_fdinfo(path)
+    except OSError:
         return -1
-    finally:
-        os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
