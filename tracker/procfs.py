@@ -309,6 +309,13 @@ class Proc:
         except OSError as error:
             raise _translate(self.pid, name, error) from None
 
+    def stat_link(self, link: str) -> os.stat_result:
+        """stat(2) of what a magic link (cwd, root, exe, map_files/RANGE) leads to."""
+        try:
+            return os.stat(self._prefix + link)
+        except OSError as error:
+            raise _translate(self.pid, link, error) from None
+
     def stat_fd(self, fd: int) -> os.stat_result:
         try:
             return os.stat(f"{self._prefix}fd/{fd}")

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Generator, Iterator
 
 from tracker.context import AuditContext
 from tracker.procfs import (AccessDenied, MntIdUnavailable, OpenFd, Proc, ProcessGone, mnt_id_of,
@@ -87,7 +87,6 @@ NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "ti
 KERNEL_NAMED_FS = frozenset({"proc", "devpts"})
 MQUEUE_MAGIC = 0x19800202
 SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20))
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- mounts
@@ -123,6 +122,16 @@ class Mounts:
                                 _unescape(fields[4]), fstype))
         return cls(mounts)
 
+    @classmethod
+    def of_text(cls, text: str) -> "Mounts":
+        """parse(), kept for a text seen before: a table is read every audit, but seldom changes."""
+        table = _PARSED.get(text)
+        if table is None:
+            if len(_PARSED) >= PARSED_TABLES_KEPT:
+                _PARSED.clear()
+            table = _PARSED[text] = cls.parse(text)
+        return table
+
     def __contains__(self, mnt_id: int) -> bool:
         return mnt_id in self._by_id
 
@@ -154,6 +163,10 @@ class Mounts:
         return False
 
 
+PARSED_TABLES_KEPT = 64
+_PARSED: dict[str, Mounts] = {}
+
+
 def _parents(path: str) -> Iterator[str]:
     while path != "/":
         path = os.path.dirname(path)
@@ -169,7 +182,7 @@ def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
     """The mount table of proc's mount namespace, read once per namespace and audit."""
     def of_namespace() -> Mounts:
         return ctx.table(("files.mounts", proc.namespace("mnt")),
-                         lambda: Mounts.parse(proc.read("mountinfo")))
+                         lambda: Mounts.of_text(proc.read("mountinfo")))
 
     return ctx.table(("files.mounts_of", proc.pid), of_namespace)
 
@@ -197,7 +210,7 @@ def dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
 def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
     auditor = ctx.proc_root / "self"
     if not root_in_own_namespace(ctx, "mnt"):
-        return [DumpedNamespace(Mounts.parse((auditor / "mountinfo").read_text()),
+        return [DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()),
                                 f"{auditor}/root")]
     own = os.readlink(auditor / "ns" / "mnt")
     found: dict[str, DumpedNamespace] = {}
@@ -238,28 +251,55 @@ def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
 
 # ---------------------------------------------------------------- path rules
 
-@dataclass
 class Opened:
-    """Something CRIU dumps by its path: an fd, the cwd, root or exe, a mapped file."""
+    """Something CRIU dumps by its path: an fd, the cwd, root or exe, a mapped file.
 
-    label: str                      # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
-    path: str                       # the kernel's name for it (link text)
-    link: str                       # its magic link under /proc
-    stat: os.stat_result
-    mnt_id: Callable[[], int]       # the mount it was opened through (fdinfo mnt_id)
-    fd: int | None = None
+    A plain slotted class with its stat read on first use: every mapped file
+    of every process makes one, and most are settled before their stat is needed.
+    """
+
+    __slots__ = ("label", "path", "link", "fd", "identity", "_stat", "_read_stat", "_mnt_id")
+
+    def __init__(self, label: str, path: str, link: str, mnt_id: Callable[[], int],
+                 read_stat: Callable[[], os.stat_result], *,
+                 identity: tuple[int, int] | None = None, fd: int | None = None):
+        self.label = label          # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
+        self.path = path            # the kernel's name for it (link text)
+        self.link = link            # its magic link under /proc
+        self.fd = fd
+        self.identity = identity    # (device, inode) when known without a stat (from maps)
+        self._stat: os.stat_result | None = None
+        self._read_stat, self._mnt_id = read_stat, mnt_id
+
+    @property
+    def identity_only(self) -> bool:
+        """Known by (device, inode) alone so far: no stat read yet."""
+        return self._stat is None and self.identity is not None
+
+    @property
+    def stat(self) -> os.stat_result:
+        if self._stat is None:
+            self._stat = self._read_stat()
+            self.identity = (self._stat.st_dev, self._stat.st_ino)
+        return self._stat
+
+    def mnt_id(self) -> int:
+        """The mount it was opened through (fdinfo's mnt_id)."""
+        return self._mnt_id()
 
 
 def opened_fd(proc: Proc, open_fd: OpenFd) -> Opened:
     # Strings, not pathlib: this runs for every file fd.
     return Opened(f"fd {open_fd.fd}", open_fd.target, f"{proc.path}/fd/{open_fd.fd}",
-                  open_fd.stat, lambda: open_fd.mnt_id, open_fd.fd)
+                  lambda: open_fd.mnt_id, lambda: open_fd.stat, fd=open_fd.fd)
 
 
-def opened_link(proc: Proc, label: str, relative: str, path: str) -> Opened:
+def opened_link(proc: Proc, label: str, relative: str, path: str, *,
+                identity: tuple[int, int] | None = None) -> Opened:
     """A magic link of proc (cwd, root, exe, map_files/RANGE) as an Opened file."""
-    return Opened(label, path, f"{proc.path}/{relative}", _follow(proc, relative, os.stat),
-                  lambda: proc.mnt_id(relative))
+    return Opened(label, path, f"{proc.proc_root}/{proc.pid}/{relative}",
+                  lambda: proc.mnt_id(relative), lambda: proc.stat_link(relative),
+                  identity=identity)
 
 
 def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
@@ -280,34 +320,47 @@ def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Findin
         yield _finding("file.mount.overmounted", proc, opened,
                        f"{opened.label}: {opened.path} is on mount {mnt_id} ({mount.mountpoint}), "
                        f"which another mount hides")
-    elif mount.fstype in KERNEL_NAMED_FS:
         return
-    elif opened.stat.st_nlink == 0:
-        yield from _check_deleted(ctx, proc, opened)
+    if mount.fstype in KERNEL_NAMED_FS:
+        return
+    # The same file by the same name through the same mount is judged once an
+    # audit (shared libraries are mapped by most processes): before its stat.
+    fine = ctx.table("files.paths_fine", set)
+    key = (opened.path, opened.identity or (opened.stat.st_dev, opened.stat.st_ino), mnt_id)
+    if key in fine:
+        return
+    # A name without " (deleted)" is a linked dentry: a mapping (known by its
+    # line of maps) needs no stat to say so.
+    if (opened.identity_only and not opened.path.endswith(DELETED)) or opened.stat.st_nlink:
+        if (yield from _check_linked(ctx, proc, opened, namespace, mnt_id)):
+            fine.add(key)
     else:
-        yield from _check_linked(ctx, proc, opened, namespace, mnt_id)
+        yield from _check_deleted(ctx, proc, opened)
 
 
 def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
-                  mnt_id: int) -> Iterator[Finding]:
-    """check_path_remap for a file with links: its name must still lead to it."""
-    stat, path = opened.stat, opened.path
-    fine = ctx.table("files.paths_fine", set)
-    key = (path, stat.st_dev, stat.st_ino, mnt_id)
-    if key in fine:
-        return  # the same file by the same name through the same mount: judged already
+                  mnt_id: int) -> Generator[Finding, None, bool]:
+    """check_path_remap for a file with links: its name must still lead to it.
+
+    Returns (as the generator's value) whether the name leads to it.
+    """
+    path = opened.path
+    follow = opened.identity_only or not S_ISLNK(opened.stat.st_mode)  # mappings are no symlinks
     try:
-        now = os.stat(namespace.root + path, follow_symlinks=not S_ISLNK(stat.st_mode))
+        now = os.stat(namespace.root + path, follow_symlinks=follow)
     except FileNotFoundError:
         yield from _check_link_remap(ctx, proc, opened, namespace, mnt_id)
-        return
+        return False
     except OSError as error:
         yield _finding("file.path.unaccessible", proc, opened,
                        f"{opened.label}: {path} cannot be looked up ({error.strerror})")
-        return
+        return False
+    if (now.st_dev, now.st_ino) == opened.identity:
+        return True
+    stat = opened.stat  # maps says the superblock's device, which btrfs, for one, stats otherwise
     if (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino):
-        fine.add(key)
-    elif (S_ISCHR(stat.st_mode) or S_ISBLK(stat.st_mode)) and now.st_rdev == stat.st_rdev:
+        return True
+    if (S_ISCHR(stat.st_mode) or S_ISBLK(stat.st_mode)) and now.st_rdev == stat.st_rdev:
         yield _finding("file.path.evasive_device", proc, opened,
                        f"{opened.label}: {path} now names another node of the same device "
                        f"({os.major(stat.st_rdev)}:{os.minor(stat.st_rdev)})")
@@ -315,6 +368,7 @@ def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: Dump
         yield _finding("file.path.unaccessible", proc, opened,
                        f"{opened.label}: {path} now names another file ({_inode(now)}), not the "
                        f"open one ({_inode(stat)})")
+    return False
 
 
 def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
@@ -524,16 +578,6 @@ def _check_exe(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
 
 
 # ---------------------------------------------------------------- helpers
-
-def _follow(proc: Proc, relative: str, call: Callable[[Path], T]) -> T:
-    """call(proc's magic link `relative`), with vanishing and refusal turned into our exceptions."""
-    try:
-        return call(proc.path / relative)
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(proc.pid) from None
-    except PermissionError as error:
-        raise AccessDenied(proc.pid, relative, error.strerror) from None
-
 
 def _mnt_id_of(path: str) -> int:
     """The mount id of what `path` leads to, or -1 when it leads nowhere."""

@@ -142,7 +142,8 @@ def _is_hugetlb_memfd(proc: Proc, mapping: Mapping, name: str) -> bool:
 
 def _opened(proc: Proc, mapping: Mapping) -> files.Opened:
     return files.opened_link(proc, f"mapping {mapping.address}", f"map_files/{mapping.address}",
-                             mapping.path)
+                             mapping.path,
+                             identity=(os.makedev(mapping.major, mapping.minor), mapping.inode))
 
 
 def _finding(code: str, proc: Proc, mapping: Mapping, what: str) -> Finding:
