@@ -267,3 +267,49 @@ def test_shared_anonymous_memory_and_memfds_are_not_files_on_mount_0(own_namespa
         document = assert_agrees(s.pid, "shared anonymous memory, memfds mapped shared"
                                  + (" (own mount namespace)" if own_namespace else ""), expect="ok")
     assert not [r for r in document["reasons"] if r["code"].startswith("file.")]
+
+
+# ---------------------------------------------------------------- the mount tree of an own namespace
+
+def test_own_mount_namespace_with_a_file_system_criu_does_not_know_needs_enable_fs(scratch: Path):
+    (scratch / "ramfs").mkdir()
+    code = in_own_mount_namespace(f"""
+assert libc.mount(b"crwatch-ramfs", {str(scratch / 'ramfs')!r}.encode(), b"ramfs", 0, None) == 0
+ready(); hold()
+""")
+    with subject(code) as s:
+        document = assert_agrees(s.pid, "own mount namespace with a ramfs", expect="needs_options",
+                                 codes={"mount.fs_unsupported"}, criu_error="unsupported id")
+    assert document["required_options"] == ["--enable-fs"]
+
+
+def test_own_mount_namespace_slave_of_a_shared_host_mount_needs_external_masters(scratch: Path):
+    # `unshare -m --propagation slave` where the host's mounts are shared (as
+    # systemd makes them): the copy receives mounts from the host's peer group.
+    (scratch / "shared").mkdir()
+    mount("-t", "tmpfs", "crwatch-shared", str(scratch / "shared"))
+    mount("--make-shared", str(scratch / "shared"))
+    with subject(in_own_mount_namespace("ready(); hold()", MS_REC | MS_SLAVE)) as s:
+        assert_agrees(s.pid, "own mount namespace, slave of a shared host mount",
+                      expect="needs_options",
+                      codes={"mount.sharing.external_master", "mount.external.auto"},
+                      criu_error="has unreachable sharing")
+        dump_fails_with(s.pid, ["--enable-external-masters"], "has unreachable sharing")
+
+
+def test_own_mount_namespace_with_a_bind_mount_whose_file_system_is_gone_is_blocked(scratch: Path):
+    (scratch / "whole").mkdir()
+    (scratch / "bind").mkdir()
+    code = in_own_mount_namespace(f"""
+assert libc.mount(b"crwatch-whole", {str(scratch / 'whole')!r}.encode(), b"tmpfs", 0, None) == 0
+os.mkdir({str(scratch / 'whole' / 'sub')!r})
+assert libc.mount({str(scratch / 'whole' / 'sub')!r}.encode(), {str(scratch / 'bind')!r}.encode(),
+                  None, 0x1000, None) == 0   # MS_BIND
+assert libc.umount2({str(scratch / 'whole')!r}.encode(), 0) == 0
+ready(); hold()
+""")
+    with subject(code) as s:
+        assert_agrees(s.pid, "own mount namespace, bind mount of a file system mounted nowhere "
+                      "else", expect="blocked", codes={"mount.bind.no_root"},
+                      criu_error="doesn't have a proper root mount")
+        dump_fails_with(s.pid, ["--ext-mount-map", "auto"], "doesn't have a proper root mount")

@@ -259,3 +259,59 @@ def test_a_zombie_has_no_cwd_or_root_to_judge(proc_root: Path):
     (proc_root / str(PID) / "stat").write_text(f"{PID} (subject) {' '.join(fields)}\n")
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
     assert list(files.check_process(ctx, Proc(PID, proc_root))) == []  # no cwd link to read
+
+
+# ---------------------------------------------------------------- the mount tree of an own namespace
+
+OWN_NAMESPACE = """\
+60 59 254:0 / / rw - ext4 /dev/vda rw
+61 60 0:21 / /proc rw - proc proc rw
+62 60 254:0 /etc /srv/etc rw master:7 - ext4 /dev/vda rw
+63 60 0:70 / /data rw - ramfs none rw
+64 60 0:71 /sub /bind rw - tmpfs none rw
+65 60 0:72 / /shared rw master:9 - tmpfs none rw
+66 60 0:73 / /orphan rw master:11 - tmpfs none rw
+67 60 0:74 / /peer rw shared:12 - tmpfs none rw
+68 60 0:75 / /peer-slave rw master:12 - tmpfs none rw
+"""
+
+
+def mount_tree(proc_root: Path, root_master: str = "") -> list[tuple[str, str | None]]:
+    (proc_root / str(PID) / "ns" / "mnt").unlink()
+    os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
+    (proc_root / str(PID) / "mountinfo").write_text(OWN_NAMESPACE.replace(" / / rw ", f" / / rw {root_master}"))
+    # CRIU's own namespace has peer group 9 on the device of mount 65, none for 11.
+    (proc_root / "self" / "mountinfo").write_text(
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n90 27 0:72 / /mnt rw shared:9 - tmpfs none rw\n")
+    ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
+    return [(f.code, f.option_value) for f in files.check_mount_tree(ctx, Proc(PID, proc_root))]
+
+
+def test_mountinfo_says_roots_and_peer_groups():
+    table = Mounts.parse(OWN_NAMESPACE)
+    assert table.namespace_root().id == 60
+    assert (table.get(62).root, table.get(62).master, table.get(67).shared) == ("/etc", 7, 12)
+
+
+def test_the_mount_tree_of_a_root_in_its_own_namespace(proc_root: Path):
+    assert sorted(mount_tree(proc_root)) == sorted([
+        ("mount.sharing.unreachable", None),            # 62: master 7 is nowhere
+        ("mount.fs_unsupported", "ramfs"),              # 63
+        ("mount.bind.no_root", None),                   # 64: /sub of a tmpfs mounted nowhere
+        ("mount.sharing.external_master", None),        # 65: master 9 is in CRIU's namespace
+        ("mount.external.auto", "auto"),
+        ("mount.sharing.unreachable", None),            # 66: master 11 is nowhere
+    ])                                                  # 68: its master is 67, dumped too
+
+
+def test_a_bind_of_the_namespace_root_takes_the_root_s_master(proc_root: Path):
+    # 62 is a bind of the root's file system: with the root's master (7) it
+    # receives it from the root; only 66's master is left unreachable.
+    findings = mount_tree(proc_root, "master:7 ")
+    assert findings.count(("mount.sharing.unreachable", None)) == 1
+    assert ("mount.fs_unsupported", "ramfs") in findings
+
+
+def test_a_root_in_the_auditor_s_namespace_has_no_mount_tree_to_judge(proc_root: Path):
+    ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
+    assert list(files.check_mount_tree(ctx, Proc(PID, proc_root))) == []

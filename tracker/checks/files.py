@@ -59,6 +59,33 @@ RULES = (
          "the same device", OPTION, "dump with --evasive-devices: CRIU then reopens the device "
          "by that other node", option="--evasive-devices",
          criu_message="Unaccessible path opened %u:%u, need %u:%u"),
+    Rule("mount.fs_unsupported", "A mount of a file system type CRIU does not know, in a "
+         "mount namespace the dump takes", OPTION,
+         "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
+         "restore (its contents are not saved); or unmount it before checkpointing",
+         option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
+    Rule("mount.bind.no_root", "A bind mount, in a mount namespace the dump takes, whose file "
+         "system is mounted nowhere else there", BLOCKER,
+         "mount the file system itself in the namespace (or unmount the bind mount) before "
+         "checkpointing: CRIU restores a bind mount from its file system's own mount",
+         criu_message="%d:%s doesn't have a proper root mount"),
+    Rule("mount.sharing.external_master", "A mount of the dumped namespace that receives mounts "
+         "from a peer group outside it (a slave of the host's mounts)", OPTION,
+         "dump with --enable-external-masters (and --ext-mount-map auto, which it needs to find "
+         "the master among CRIU's mounts)", option="--enable-external-masters",
+         criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
+                      "Try --enable-external-masters."),
+    Rule("mount.external.auto", "A mount of the dumped namespace that CRIU must take as external "
+         "(a mount of its own namespace's file systems)", OPTION,
+         "dump with --ext-mount-map auto: CRIU then restores it as a bind of the same place on the "
+         "restoring host", option="--ext-mount-map",
+         criu_message='Mount %d:%s is autodetected external mount. Try "--ext-mount-map auto" to '
+                      'allow them.'),
+    Rule("mount.sharing.unreachable", "A mount of the dumped namespace whose master peer group "
+         "neither the dump nor CRIU's own namespace has", BLOCKER,
+         "make the mount private (mount --make-private) in the namespace before checkpointing",
+         criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
+                      "Try --enable-external-masters."),
     Rule("file.mqueue", "A POSIX message queue descriptor", BLOCKER,
          "close the queue (mq_close) before checkpointing: CRIU cannot save POSIX message queues",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
@@ -98,6 +125,9 @@ class Mount:
     dev: int
     mountpoint: str
     fstype: str
+    root: str = "/"                 # the directory of its file system it shows
+    shared: int = 0                 # its peer group (shared:N), 0 when private
+    master: int = 0                 # the peer group it receives mounts from (master:N)
 
 
 class Mounts:
@@ -117,9 +147,11 @@ class Mounts:
         for line in text.splitlines():
             fields = line.split()
             major, _, minor = fields[2].partition(":")
-            fstype = fields[fields.index("-", 6) + 1]
+            separator = fields.index("-", 6)
+            tags = dict(tag.partition(":")[::2] for tag in fields[6:separator])
             mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
-                                _unescape(fields[4]), fstype))
+                                _unescape(fields[4]), fields[separator + 1], _unescape(fields[3]),
+                                int(tags.get("shared") or 0), int(tags.get("master") or 0)))
         return cls(mounts)
 
     @classmethod
@@ -131,6 +163,13 @@ class Mounts:
                 _PARSED.clear()
             table = _PARSED[text] = cls.parse(text)
         return table
+
+    def namespace_root(self) -> Mount | None:
+        """The namespace's "/": the mount whose parent is not in the table."""
+        return next((mount for mount in self if mount.parent not in self._by_id), None)
+
+    def __iter__(self) -> Iterator[Mount]:
+        return iter(self._by_id.values())
 
     def __contains__(self, mnt_id: int) -> bool:
         return mnt_id in self._by_id
@@ -247,6 +286,80 @@ def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
         return ctx.proc(ctx.root_pid).namespace(kind)
 
     return ctx.table(("files.root_ns", kind), root) != ctx.table(("files.own_ns", kind), own)
+
+
+# ---------------------------------------------------------------- the mount tree
+
+# The file systems CRIU's fstypes[] knows (filesystems.c); any other needs --enable-fs.
+KNOWN_FS = frozenset({"proc", "sysfs", "devtmpfs", "binfmt_misc", "tmpfs", "devpts", "simfs",
+                      "btrfs", "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
+                      "cgroup", "cgroup2", "aufs", "fuse", "overlay", "autofs"})
+
+
+def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    """What CRIU refuses in the mount namespaces it dumps (resolve_shared_mounts, validate_mounts).
+
+    Only a root in a mount namespace of its own has its mounts dumped; the
+    findings are the root's, once an audit.
+    """
+    if proc.pid != ctx.root_pid or not root_in_own_namespace(ctx, "mnt"):
+        return
+    namespaces = dumped_namespaces(ctx)
+    if not namespaces:
+        return  # the root is gone: the audit says so
+    everything = [mount for namespace in namespaces for mount in namespace.mounts]
+    groups = {mount.shared for mount in everything if mount.shared}
+    # The root's namespace comes first; its "/" is what binds are restored from.
+    root = namespaces[0].mounts.namespace_root()
+    for mount in everything:
+        if mount is root:
+            continue
+        root_bind = root is not None and _shows_part_of(mount, root)
+        if mount.master and mount.master not in groups and not (
+                root_bind and root.master == mount.master):
+            yield from _external_master(ctx, proc, mount)
+        if root_bind:
+            continue  # restored as a bind of the namespace's root
+        if mount.root == "/":
+            if mount.fstype not in KNOWN_FS:
+                yield Finding("mount.fs_unsupported",
+                              f"mount {mount.id} at {mount.mountpoint} is a {mount.fstype}, a "
+                              f"file system CRIU does not know", proc.pid,
+                              remedy=f"dump with --enable-fs {mount.fstype}: CRIU then mounts a "
+                                     f"new, empty {mount.fstype} at restore (its contents are not "
+                                     f"saved); or unmount it before checkpointing",
+                              option_value=mount.fstype)
+        elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
+            yield Finding("mount.bind.no_root",
+                          f"mount {mount.id} at {mount.mountpoint} binds {mount.root} of a "
+                          f"{mount.fstype} that no dumped mount shows whole", proc.pid)
+
+
+def _shows_part_of(mount: Mount, whole: Mount) -> bool:
+    """A bind of `whole`: the same file system, a directory within what `whole` shows."""
+    return mount.dev == whole.dev and (whole.root == "/" or mount.root == whole.root
+                                       or mount.root.startswith(whole.root + "/"))
+
+
+def _external_master(ctx: AuditContext, proc: Proc, mount: Mount) -> Iterator[Finding]:
+    # With --enable-external-masters and --ext-mount-map auto CRIU takes the
+    # mount as external when its own namespace has the master's peer group on
+    # that file system (resolve_external_mounts); otherwise nothing helps.
+    criu_table = Mounts.of_text((ctx.proc_root / "self" / "mountinfo").read_text())
+    reachable = any(_shows_part_of(mount, other) and mount.master in (other.shared, other.master)
+                    for other in criu_table)
+    where = f"mount {mount.id} at {mount.mountpoint}"
+    if not reachable:
+        yield Finding("mount.sharing.unreachable",
+                      f"{where} receives mounts from peer group {mount.master}, which neither "
+                      f"the dumped namespaces nor CRIU's own mounts have", proc.pid)
+        return
+    yield Finding("mount.sharing.external_master",
+                  f"{where} receives mounts from peer group {mount.master}, outside the dumped "
+                  f"namespaces", proc.pid)
+    yield Finding("mount.external.auto",
+                  f"{where} shows a file system mounted in CRIU's own namespace, the master's "
+                  f"peer group", proc.pid, option_value="auto")
 
 
 # ---------------------------------------------------------------- path rules
@@ -566,6 +679,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     for name in ("cwd", "root"):
         yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
     yield from _check_exe(ctx, proc)
+    yield from check_mount_tree(ctx, proc)
 
 
 def _check_exe(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
