@@ -313,3 +313,29 @@ ready(); hold()
                       "else", expect="blocked", codes={"mount.bind.no_root"},
                       criu_error="doesn't have a proper root mount")
         dump_fails_with(s.pid, ["--ext-mount-map", "auto"], "doesn't have a proper root mount")
+
+
+def test_child_in_a_nested_mount_namespace_with_a_file_on_its_own_mount_is_blocked(scratch: Path):
+    # The root shares CRIU's namespace, so CRIU resolves every path from its
+    # own root, where the child's tmpfs is not: the name leads nowhere, and the
+    # link --link-remap would make lands on another mount.
+    (scratch / "nested").mkdir()
+    code = f"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        assert libc.unshare(0x00020000) == 0
+        assert libc.mount(b"none", b"/", None, {MS_REC | MS_PRIVATE}, None) == 0
+        assert libc.mount(b"crwatch-nested", {str(scratch / 'nested')!r}.encode(), b"tmpfs", 0, None) == 0
+        f = open({str(scratch / 'nested' / 'file')!r}, "w")
+        os.write(w, b"x")
+        hold()
+    os.read(r, 1); os.close(r); os.close(w)
+    ready(); hold()
+    """
+    with subject(code) as s:
+        assert_agrees(s.pid, "child in a nested mount namespace, file on its own tmpfs",
+                      expect="blocked", codes={"file.path.overmounted", "namespace.nested_subns"},
+                      tree=True, criu_error="Use link-remap option")
+        dump_fails_with(s.pid, ["--link-remap"], "Invalid cross-device link")

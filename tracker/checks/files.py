@@ -236,29 +236,32 @@ class DumpedNamespace:
 
 
 def dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
-    """The mount tables CRIU's lookup_mnt_id searches (collect_mnt_namespaces).
+    """The mount tables CRIU's lookup_mnt_id searches (collect_mnt_namespaces), root's first.
 
-    When the root shares CRIU's mount namespace, that one only, read as CRIU
-    reads it (its own mountinfo, paths from its own root). Otherwise every
-    mount namespace of the tree but CRIU's, each read through the first
-    process living in it, with paths resolved from that process's root.
+    Every mount namespace of the tree but CRIU's own, each read through the
+    first process living in it; CRIU's own too when the root shares it (then
+    with nested namespaces of children, if any). Paths resolve from the root
+    of the namespace's process, or from CRIU's own root for every namespace
+    when the root shares CRIU's (mntns_get_root_fd).
     """
     return ctx.table("files.dumped_namespaces", lambda: _dumped_namespaces(ctx))
 
 
 def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
     auditor = ctx.proc_root / "self"
-    if not root_in_own_namespace(ctx, "mnt"):
-        return [DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()),
-                                f"{auditor}/root")]
     own = os.readlink(auditor / "ns" / "mnt")
+    shared = not root_in_own_namespace(ctx, "mnt")
     found: dict[str, DumpedNamespace] = {}
+    if shared:
+        found[own] = DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()),
+                                     f"{auditor}/root")
     for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
         proc = ctx.proc(pid)
         try:
             namespace = proc.namespace("mnt")
-            if namespace != own and namespace not in found:
-                found[namespace] = DumpedNamespace(mounts(ctx, proc), f"{proc.path}/root")
+            if namespace not in found and namespace != own:
+                root = f"{auditor}/root" if shared else f"{proc.path}/root"
+                found[namespace] = DumpedNamespace(mounts(ctx, proc), root)
         except (ProcessGone, AccessDenied):
             continue  # the audit reports it for that process
     return list(found.values())
@@ -499,10 +502,11 @@ def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: 
                        f"{opened.label}: {name} was unlinked, but the file still has "
                        f"{stat.st_nlink} other link(s)")
     else:
-        where = f"{directory} is on another mount" if directory else "no directory of it is left"
+        where = (f"{directory}, where CRIU would link it, is on another mount" if directory
+                 else "no directory of it is left")
         yield _finding("file.path.overmounted", proc, opened,
-                       f"{opened.label}: {name} is no longer reachable ({where}, mounted over the "
-                       f"file's own), so --link-remap cannot link it back")
+                       f"{opened.label}: {name} is not reachable by its name from where the dump "
+                       f"resolves paths ({where}), so --link-remap cannot link it back")
 
 
 def _linkable_directory(root: str, name: str) -> str | None:
