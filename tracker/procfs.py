@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -196,9 +197,9 @@ class _Statx(ctypes.Structure):
                 ("_rest", ctypes.c_uint8 * 112)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_statx = _libc.statx
-_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+# No argtypes: the arguments are passed as ctypes takes them, with nothing to convert.
+_statx = ctypes.CDLL(None, use_errno=True).statx
+_statx_buffers = threading.local()  # one a thread: audits run in several threads of the service
 
 
 def mnt_id_of(path: str) -> int:
@@ -208,8 +209,12 @@ def mnt_id_of(path: str) -> int:
     file was opened through, the mnt_id CRIU reads from fdinfo: one syscall
     instead of an open, a read and a close. Raises OSError as os.stat does.
     """
-    buffer = _Statx()  # one per call: audits run in several threads of the service
-    if _statx(AT_FDCWD, os.fsencode(path), 0, STATX_MNT_ID, ctypes.byref(buffer)) != 0:
+    buffer = getattr(_statx_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _statx_buffers.buffer = _Statx()
+        _statx_buffers.pointer = ctypes.byref(buffer)
+    if _statx(AT_FDCWD, path.encode("utf-8", "surrogateescape"), 0, STATX_MNT_ID,
+              _statx_buffers.pointer) != 0:
         number = ctypes.get_errno()
         if number == errno.ENOSYS:
             raise MntIdUnavailable(path)

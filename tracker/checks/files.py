@@ -1,15 +1,30 @@
-"""Files reached by a path (regular files, directories, symlinks, FIFOs), pipes, cwd and root.
+"""Files reached by a path (regular files, directories, symlinks, FIFOs), pipes, cwd, root
+and the executable; the mount tables CRIU looks them up in.
 
 CRIU saves such a file as its path and reopens it at restore
-(dump_one_reg_file): the file's mount must be one the process's mount
-namespace shows and not be hidden under another mount, and the path must
-still lead to the file. A deleted file (no link left) travels in the image
-as a "ghost", up to --ghost-limit; a file unlinked from its path but linked
-elsewhere needs --link-remap. memfd and namespace files have their own code
-in CRIU, and pipes are dumped with their data wherever their other end is.
+(files-reg.c dump_one_reg_file). It finds the file's mount by the mount id
+the kernel gives (fdinfo mnt_id; for the executable, cwd, root and mapped
+files, the same of an O_PATH open of the magic link: "fd=-3" in its
+messages) in the mount tables of the dump (mount.c lookup_mnt_id,
+collect_mnt_namespaces): never by device, since a lazily unmounted bind
+mount shares its device with mounts still in place, and a file opened before
+unshare(CLONE_NEWNS) keeps a mount of the old namespace. The mount must not
+be hidden under another (mnt_is_overmounted), and the path must still lead
+to the file from the namespace's root (check_path_remap: "Unaccessible path
+opened", with --evasive-devices only for device nodes). A deleted file (no
+link left) travels in the image as a "ghost", up to --ghost-limit; a linked
+file whose name leads nowhere needs --link-remap, which links it into the
+nearest directory left and so fails when that directory is on another mount
+(an overmounted directory). memfd and namespace files have their own code in
+CRIU, and pipes are dumped with their data wherever their other end is.
 
-Mapped files, cwd and root follow the same path rules, so the memory and
-device checks reuse `check_path` and the mount table from here.
+A root in a mount namespace of its own has that namespace dumped too
+(mount.c resolve_shared_mounts, validate_mounts): file systems CRIU does not
+know, slaves of mounts outside, and bind mounts without their file system's
+own mount are judged here.
+
+Mapped files follow the same path rules, so the memory and device checks
+reuse `check_path` and the mount tables from here.
 """
 from __future__ import annotations
 

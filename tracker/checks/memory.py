@@ -1,8 +1,11 @@
 """Memory mappings (/proc/PID/maps), as CRIU's parse_smaps/handle_vma sort them.
 
 Anonymous memory, file mappings, /dev/zero, shared anonymous memory, memfd,
-hugetlb, AIO rings and the vDSO are all dumped. A mapped file that was
-deleted is saved like a deleted open file (see `files`). What CRIU refuses:
+hugetlb, AIO rings and the vDSO are all dumped. Shared anonymous memory and
+memfds are known by the device of the kernel's shmem mount (kdat.shmem_dev),
+never looked up as files. Every other mapped file is reopened by its path
+(dump_filemap), so the path rules of `files` apply to it, its mount looked
+up by id: a deleted one is saved like a deleted open file. What CRIU refuses:
 mappings of devices other than /dev/zero, of anonymous inodes (io_uring,
 perf, BPF rings...), I/O or PFN-mapped memory, SysV shm while the tree
 shares the host's IPC namespace, and (without --allow-uprobes, CRIU 4.2) the
