@@ -6,6 +6,7 @@ real CRIU next to crwatch's verdict.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -339,3 +340,54 @@ def test_child_in_a_nested_mount_namespace_with_a_file_on_its_own_mount_is_block
                       expect="blocked", codes={"file.path.overmounted", "namespace.nested_subns"},
                       tree=True, criu_error="Use link-remap option")
         dump_fails_with(s.pid, ["--link-remap"], "Invalid cross-device link")
+
+
+def test_own_mount_namespace_with_a_fuse_mount_is_blocked_whatever_the_options(scratch: Path):
+    # A FUSE mount whose connection is already gone (its /dev/fuse fd closed,
+    # so nothing waits on a daemon): CRIU refuses FUSE mounts without looking in.
+    (scratch / "fuse").mkdir()
+    code = in_own_mount_namespace(f"""
+fuse = os.open("/dev/fuse", os.O_RDWR)
+options = f"fd={{fuse}},rootmode=40000,user_id=0,group_id=0".encode()
+assert libc.mount(b"crwatch", {str(scratch / 'fuse')!r}.encode(), b"fuse.crwatch", 0, options) == 0, \\
+    os.strerror(ctypes.get_errno())
+os.close(fuse)
+ready(); hold()
+""")
+    with subject(code) as s:
+        assert_agrees(s.pid, "own mount namespace with a FUSE mount", expect="blocked",
+                      codes={"mount.fuse"}, criu_error="always fail")
+        dump_fails_with(s.pid, ["--enable-fs", "fuse"], "always fail")
+
+
+@pytest.fixture
+def message_queue() -> Iterator[bytes]:
+    """A POSIX message queue name, unlinked after the test (a queue outlives its creator)."""
+    name = f"/crwatch-mounts-{os.getpid()}".encode()
+    yield name
+    ctypes.CDLL("librt.so.1").mq_unlink(name)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_own_mount_namespace_with_an_mqueue_mount_is_ok_only_empty(scratch: Path, message_queue: bytes,
+                                                                    with_queue: bool):
+    (scratch / "mqueue").mkdir()
+    queue = f"""
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+queue = rt.mq_open({message_queue!r}, os.O_RDWR | os.O_CREAT, 0o600, None)
+assert queue >= 0, os.strerror(ctypes.get_errno())
+rt.mq_close(queue)
+"""
+    code = in_own_mount_namespace(f"""
+assert libc.mount(b"mqueue", {str(scratch / 'mqueue')!r}.encode(), b"mqueue", 0, None) == 0
+{queue if with_queue else ""}
+ready(); hold()
+""")
+    with subject(code) as s:
+        if with_queue:
+            assert_agrees(s.pid, "own mount namespace with an mqueue mount holding a queue",
+                          expect="blocked", codes={"mount.fs_not_empty"},
+                          criu_error="mqueue isn't empty")
+        else:
+            assert_agrees(s.pid, "own mount namespace with an empty mqueue mount", expect="ok")

@@ -273,6 +273,9 @@ OWN_NAMESPACE = """\
 66 60 0:73 / /orphan rw master:11 - tmpfs none rw
 67 60 0:74 / /peer rw shared:12 - tmpfs none rw
 68 60 0:75 / /peer-slave rw master:12 - tmpfs none rw
+69 60 0:76 / /remote rw - fuse.sshfs host:/ rw
+70 60 0:77 / /dev/mqueue rw - mqueue mqueue rw
+71 60 0:78 / /empty-mqueue rw - mqueue mqueue rw
 """
 
 
@@ -280,6 +283,10 @@ def mount_tree(proc_root: Path, root_master: str = "") -> list[tuple[str, str | 
     (proc_root / str(PID) / "ns" / "mnt").unlink()
     os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
     (proc_root / str(PID) / "mountinfo").write_text(OWN_NAMESPACE.replace(" / / rw ", f" / / rw {root_master}"))
+    # Paths of the namespace resolve from its process's root: one queue in /dev/mqueue.
+    (proc_root / str(PID) / "root" / "dev" / "mqueue").mkdir(parents=True)
+    (proc_root / str(PID) / "root" / "dev" / "mqueue" / "jobs").touch()
+    (proc_root / str(PID) / "root" / "empty-mqueue").mkdir()
     # CRIU's own namespace has peer group 9 on the device of mount 65, none for 11.
     (proc_root / "self" / "mountinfo").write_text(
         "27 1 254:0 / / rw - ext4 /dev/vda rw\n90 27 0:72 / /mnt rw shared:9 - tmpfs none rw\n")
@@ -301,6 +308,8 @@ def test_the_mount_tree_of_a_root_in_its_own_namespace(proc_root: Path):
         ("mount.sharing.external_master", None),        # 65: master 9 is in CRIU's namespace
         ("mount.external.auto", "auto"),
         ("mount.sharing.unreachable", None),            # 66: master 11 is nowhere
+        ("mount.fuse", None),                           # 69, whatever its subtype
+        ("mount.fs_not_empty", None),                   # 70: 71 is empty
     ])                                                  # 68: its master is 67, dumped too
 
 

@@ -79,6 +79,14 @@ RULES = (
          "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
          "restore (its contents are not saved); or unmount it before checkpointing",
          option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
+    Rule("mount.fuse", "A FUSE mount in a mount namespace the dump takes", BLOCKER,
+         "unmount the FUSE file system in the namespace before checkpointing: CRIU refuses every "
+         "FUSE mount it would have to recreate, whatever the options",
+         criu_message="failed to dump fs %s (%s): always fail"),
+    Rule("mount.fs_not_empty", "A pstore or mqueue mount with entries, in a mount namespace the "
+         "dump takes", BLOCKER,
+         "remove what is in it (mq_unlink the queues) or unmount it before checkpointing: CRIU "
+         "saves these file systems only when empty", criu_message="%s isn't empty"),
     Rule("mount.bind.no_root", "A bind mount, in a mount namespace the dump takes, whose file "
          "system is mounted nowhere else there", BLOCKER,
          "mount the file system itself in the namespace (or unmount the bind mount) before "
@@ -314,6 +322,11 @@ KNOWN_FS = frozenset({"proc", "sysfs", "devtmpfs", "binfmt_misc", "tmpfs", "devp
                       "cgroup", "cgroup2", "aufs", "fuse", "overlay", "autofs"})
 
 
+# Their fstypes[] entries dump them with always_fail, or with dump_empty_fs.
+ALWAYS_FAIL_FS = frozenset({"fuse"})
+EMPTY_ONLY_FS = frozenset({"pstore", "mqueue"})
+
+
 def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     """What CRIU refuses in the mount namespaces it dumps (resolve_shared_mounts, validate_mounts).
 
@@ -326,6 +339,7 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     if not namespaces:
         return  # the root is gone: the audit says so
     everything = [mount for namespace in namespaces for mount in namespace.mounts]
+    namespace_of = {mount.id: namespace for namespace in namespaces for mount in namespace.mounts}
     groups = {mount.shared for mount in everything if mount.shared}
     # The root's namespace comes first; its "/" is what binds are restored from.
     root = namespaces[0].mounts.namespace_root()
@@ -339,18 +353,35 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         if root_bind:
             continue  # restored as a bind of the namespace's root
         if mount.root == "/":
-            if mount.fstype not in KNOWN_FS:
-                yield Finding("mount.fs_unsupported",
-                              f"mount {mount.id} at {mount.mountpoint} is a {mount.fstype}, a "
-                              f"file system CRIU does not know", proc.pid,
-                              remedy=f"dump with --enable-fs {mount.fstype}: CRIU then mounts a "
-                                     f"new, empty {mount.fstype} at restore (its contents are not "
-                                     f"saved); or unmount it before checkpointing",
-                              option_value=mount.fstype)
+            yield from _check_file_system(proc, mount, namespace_of[mount.id])
         elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
             yield Finding("mount.bind.no_root",
                           f"mount {mount.id} at {mount.mountpoint} binds {mount.root} of a "
                           f"{mount.fstype} that no dumped mount shows whole", proc.pid)
+
+
+def _check_file_system(proc: Proc, mount: Mount, namespace: DumpedNamespace) -> Iterator[Finding]:
+    """A file system CRIU mounts anew at restore: its type must be one it knows how to save."""
+    where = f"mount {mount.id} at {mount.mountpoint}"
+    fstype = mount.fstype.partition(".")[0]  # CRIU disregards subtypes (fuse.sshfs)
+    if fstype not in KNOWN_FS:
+        yield Finding("mount.fs_unsupported",
+                      f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
+                      remedy=f"dump with --enable-fs {fstype}: CRIU then mounts a new, empty "
+                             f"{fstype} at restore (its contents are not saved); or unmount it "
+                             f"before checkpointing", option_value=fstype)
+    elif fstype in ALWAYS_FAIL_FS:
+        yield Finding("mount.fuse", f"{where} is a FUSE file system ({mount.fstype})", proc.pid)
+    elif fstype in EMPTY_ONLY_FS:
+        try:
+            entries = os.listdir(namespace.root + mount.mountpoint)
+        except OSError:
+            return  # not reachable by its path: CRIU reaches it otherwise, and so is not judged
+        if entries:
+            yield Finding("mount.fs_not_empty",
+                          f"{where} is a {fstype} holding {len(entries)} entries "
+                          f"({', '.join(sorted(entries)[:3])}{'...' if len(entries) > 3 else ''})",
+                          proc.pid)
 
 
 def _shows_part_of(mount: Mount, whole: Mount) -> bool:
