@@ -391,3 +391,15 @@ ready(); hold()
                           criu_error="mqueue isn't empty")
         else:
             assert_agrees(s.pid, "own mount namespace with an empty mqueue mount", expect="ok")
+
+
+def test_unlinked_file_with_a_link_left_on_a_read_only_mount_is_blocked(scratch: Path):
+    (scratch / "file").write_text("x")
+    os.link(scratch / "file", scratch / "other-link")
+    with subject(f"f = open({str(scratch / 'file')!r}); os.unlink({str(scratch / 'file')!r}); "
+                 f"ready(); hold()") as s:
+        mount("-o", "remount,ro", str(scratch))
+        assert_agrees(s.pid, "unlinked file with a link left, on a read-only mount",
+                      expect="blocked", codes={"file.link_remap.read_only"},
+                      criu_error="Use link-remap option")
+        dump_fails_with(s.pid, ["--link-remap"], "Read-only file system")

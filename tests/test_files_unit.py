@@ -324,3 +324,9 @@ def test_a_bind_of_the_namespace_root_takes_the_root_s_master(proc_root: Path):
 def test_a_root_in_the_auditor_s_namespace_has_no_mount_tree_to_judge(proc_root: Path):
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
     assert list(files.check_mount_tree(ctx, Proc(PID, proc_root))) == []
+
+
+def test_read_only_mounts_are_those_whose_mount_or_file_system_says_ro():
+    table = Mounts.parse("1 0 0:1 / / ro,relatime - tmpfs a rw\n2 1 0:2 / /b rw - tmpfs b ro\n"
+                         "3 1 0:3 / /c rw,nosuid - tmpfs c rw,size=4k\n")
+    assert [table.get(n).read_only for n in (1, 2, 3)] == [True, True, False]

@@ -67,6 +67,10 @@ RULES = (
          BLOCKER, "unmount what covers the file's directory, or close the file, before "
          "checkpointing: --link-remap cannot link the file back across mounts",
          criu_message="Can't link remap to %s: Invalid cross-device link"),
+    Rule("file.link_remap.read_only", "A linked file whose name leads nowhere, on a read-only "
+         "mount", BLOCKER, "make the mount writable, or close the file, before checkpointing: "
+         "--link-remap must create a link on it",
+         criu_message="Can't link remap to %s: Read-only file system"),
     Rule("file.path.unaccessible", "An open file whose path now names another file", BLOCKER,
          "close the file, or undo what put another file (or a mount) at its path, before "
          "checkpointing", criu_message="Unaccessible path opened %u:%u, need %u:%u"),
@@ -151,6 +155,7 @@ class Mount:
     root: str = "/"                 # the directory of its file system it shows
     shared: int = 0                 # its peer group (shared:N), 0 when private
     master: int = 0                 # the peer group it receives mounts from (master:N)
+    read_only: bool = False         # the mount, or its file system, is read-only
 
 
 class Mounts:
@@ -172,9 +177,11 @@ class Mounts:
             major, _, minor = fields[2].partition(":")
             separator = fields.index("-", 6)
             tags = dict(tag.partition(":")[::2] for tag in fields[6:separator])
+            read_only = "ro" in (fields[5].split(",")[0], fields[separator + 3].split(",")[0])
             mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
                                 _unescape(fields[4]), fields[separator + 1], _unescape(fields[3]),
-                                int(tags.get("shared") or 0), int(tags.get("master") or 0)))
+                                int(tags.get("shared") or 0), int(tags.get("master") or 0),
+                                read_only))
         return cls(mounts)
 
     @classmethod
@@ -494,14 +501,14 @@ def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Findin
     # A name without " (deleted)" is a linked dentry: a mapping (known by its
     # line of maps) needs no stat to say so.
     if (opened.identity_only and not opened.path.endswith(DELETED)) or opened.stat.st_nlink:
-        if (yield from _check_linked(ctx, proc, opened, namespace, mnt_id)):
+        if (yield from _check_linked(ctx, proc, opened, namespace, mount)):
             fine.add(key)
     else:
         yield from _check_deleted(ctx, proc, opened)
 
 
 def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
-                  mnt_id: int) -> Generator[Finding, None, bool]:
+                  mount: Mount) -> Generator[Finding, None, bool]:
     """check_path_remap for a file with links: its name must still lead to it.
 
     Returns (as the generator's value) whether the name leads to it.
@@ -511,7 +518,7 @@ def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: Dump
     try:
         now = os.stat(namespace.root + path, follow_symlinks=follow)
     except FileNotFoundError:
-        yield from _check_link_remap(ctx, proc, opened, namespace, mnt_id)
+        yield from _check_link_remap(ctx, proc, opened, namespace, mount)
         return False
     except OSError as error:
         yield _finding("file.path.unaccessible", proc, opened,
@@ -534,7 +541,7 @@ def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: Dump
 
 
 def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
-                      mnt_id: int) -> Iterator[Finding]:
+                      mount: Mount) -> Iterator[Finding]:
     """A linked file whose name leads nowhere: CRIU links it back (create_link_remap)."""
     stat = opened.stat
     seen = ctx.table("files.unlinked_seen", set)
@@ -543,7 +550,12 @@ def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: 
     seen.add((stat.st_dev, stat.st_ino))
     name = opened.path.removesuffix(DELETED)
     directory = _linkable_directory(namespace.root, name)
-    if directory is not None and _mnt_id_of(namespace.root + directory) == mnt_id:
+    if directory is not None and _mnt_id_of(namespace.root + directory) == mount.id:
+        if mount.read_only:
+            yield _finding("file.link_remap.read_only", proc, opened,
+                           f"{opened.label}: {name} was unlinked and its mount {mount.id} "
+                           f"({mount.mountpoint}) is read-only, so --link-remap cannot link it back")
+            return
         yield _finding("file.deleted.link_remap", proc, opened,
                        f"{opened.label}: {name} was unlinked, but the file still has "
                        f"{stat.st_nlink} other link(s)")
