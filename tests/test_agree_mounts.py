@@ -403,3 +403,32 @@ def test_unlinked_file_with_a_link_left_on_a_read_only_mount_is_blocked(scratch:
                       expect="blocked", codes={"file.link_remap.read_only"},
                       criu_error="Use link-remap option")
         dump_fails_with(s.pid, ["--link-remap"], "Read-only file system")
+
+
+def test_own_mount_namespace_with_a_copy_of_a_host_ramfs_needs_ext_mount_map_auto(scratch: Path):
+    # The host mounted the ramfs before the unshare: CRIU cannot save a ramfs,
+    # but can take the copy as external, a bind of the host's at restore.
+    (scratch / "ramfs").mkdir()
+    mount("-t", "ramfs", "crwatch-ramfs", str(scratch / "ramfs"))
+    with subject(in_own_mount_namespace("ready(); hold()")) as s:
+        document = assert_agrees(s.pid, "own mount namespace with a copy of a host ramfs",
+                                 expect="needs_options", codes={"mount.external.auto"},
+                                 criu_error="unsupported id")
+    assert document["required_options"] == ["--ext-mount-map"]
+
+
+def test_own_mount_namespace_bind_of_a_host_mount_it_unmounted_needs_ext_mount_map_auto(scratch: Path):
+    (scratch / "whole").mkdir()
+    (scratch / "bind").mkdir()
+    mount("-t", "tmpfs", "crwatch-whole", str(scratch / "whole"))
+    (scratch / "whole" / "sub").mkdir()
+    code = in_own_mount_namespace(f"""
+assert libc.mount({str(scratch / 'whole' / 'sub')!r}.encode(), {str(scratch / 'bind')!r}.encode(),
+                  None, 0x1000, None) == 0   # MS_BIND
+assert libc.umount2({str(scratch / 'whole')!r}.encode(), 0) == 0
+ready(); hold()
+""")
+    with subject(code) as s:
+        assert_agrees(s.pid, "own mount namespace, bind of a host tmpfs it unmounted",
+                      expect="needs_options", codes={"mount.external.auto"},
+                      criu_error="doesn't have a proper root mount")

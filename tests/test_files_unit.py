@@ -276,6 +276,8 @@ OWN_NAMESPACE = """\
 69 60 0:76 / /remote rw - fuse.sshfs host:/ rw
 70 60 0:77 / /dev/mqueue rw - mqueue mqueue rw
 71 60 0:78 / /empty-mqueue rw - mqueue mqueue rw
+72 60 0:79 / /host-ramfs rw - ramfs none rw
+73 60 0:80 /dir /host-bind rw - tmpfs none rw
 """
 
 
@@ -287,9 +289,11 @@ def mount_tree(proc_root: Path, root_master: str = "") -> list[tuple[str, str | 
     (proc_root / str(PID) / "root" / "dev" / "mqueue").mkdir(parents=True)
     (proc_root / str(PID) / "root" / "dev" / "mqueue" / "jobs").touch()
     (proc_root / str(PID) / "root" / "empty-mqueue").mkdir()
-    # CRIU's own namespace has peer group 9 on the device of mount 65, none for 11.
+    # CRIU's own namespace has peer group 9 on the device of mount 65, none for 11,
+    # and mounts the file systems of 72 and 73 (whole, or a directory above 73's).
     (proc_root / "self" / "mountinfo").write_text(
-        "27 1 254:0 / / rw - ext4 /dev/vda rw\n90 27 0:72 / /mnt rw shared:9 - tmpfs none rw\n")
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n90 27 0:72 / /mnt rw shared:9 - tmpfs none rw\n"
+        "91 27 0:79 / /ramfs rw - ramfs none rw\n92 27 0:80 / /tmpfs rw - tmpfs none rw\n")
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
     return [(f.code, f.option_value) for f in files.check_mount_tree(ctx, Proc(PID, proc_root))]
 
@@ -310,6 +314,8 @@ def test_the_mount_tree_of_a_root_in_its_own_namespace(proc_root: Path):
         ("mount.sharing.unreachable", None),            # 66: master 11 is nowhere
         ("mount.fuse", None),                           # 69, whatever its subtype
         ("mount.fs_not_empty", None),                   # 70: 71 is empty
+        ("mount.external.auto", "auto"),                # 72: a ramfs CRIU's namespace has
+        ("mount.external.auto", "auto"),                # 73: a bind of a tmpfs CRIU's has whole
     ])                                                  # 68: its master is 67, dumped too
 
 

@@ -102,12 +102,11 @@ RULES = (
          "the master among CRIU's mounts)", option="--enable-external-masters",
          criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
                       "Try --enable-external-masters."),
-    Rule("mount.external.auto", "A mount of the dumped namespace that CRIU must take as external "
-         "(a mount of its own namespace's file systems)", OPTION,
-         "dump with --ext-mount-map auto: CRIU then restores it as a bind of the same place on the "
-         "restoring host", option="--ext-mount-map",
-         criu_message='Mount %d:%s is autodetected external mount. Try "--ext-mount-map auto" to '
-                      'allow them.'),
+    Rule("mount.external.auto", "A mount of the dumped namespace that CRIU can save only as "
+         "external: a copy of a mount of its own namespace (an unknown file system, a bind "
+         "without its file system's own mount, a slave of a mount outside)", OPTION,
+         "dump with --ext-mount-map auto: CRIU then restores it as a bind of the same place on "
+         "the restoring host, which must have it", option="--ext-mount-map"),
     Rule("mount.sharing.unreachable", "A mount of the dumped namespace whose master peer group "
          "neither the dump nor CRIU's own namespace has", BLOCKER,
          "make the mount private (mount --make-private) in the namespace before checkpointing",
@@ -354,24 +353,35 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         if mount is root:
             continue
         root_bind = root is not None and _shows_part_of(mount, root)
+        external = False
         if mount.master and mount.master not in groups and not (
                 root_bind and root.master == mount.master):
-            yield from _external_master(ctx, proc, mount)
-        if root_bind:
-            continue  # restored as a bind of the namespace's root
+            external = yield from _external_master(ctx, proc, mount)
+        if root_bind or external:
+            continue  # restored as a bind of the namespace's root, or of CRIU's own mount
         if mount.root == "/":
-            yield from _check_file_system(proc, mount, namespace_of[mount.id])
+            yield from _check_file_system(ctx, proc, mount, namespace_of[mount.id])
         elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
-            yield Finding("mount.bind.no_root",
-                          f"mount {mount.id} at {mount.mountpoint} binds {mount.root} of a "
-                          f"{mount.fstype} that no dumped mount shows whole", proc.pid)
+            if _autodetected_external(ctx, mount):
+                yield _external_auto(proc, mount, f"binds {mount.root} of a {mount.fstype} that "
+                                                  f"no dumped mount shows whole")
+            else:
+                yield Finding("mount.bind.no_root",
+                              f"mount {mount.id} at {mount.mountpoint} binds {mount.root} of a "
+                              f"{mount.fstype} that neither a dumped mount nor CRIU's own "
+                              f"mounts show whole", proc.pid)
 
 
-def _check_file_system(proc: Proc, mount: Mount, namespace: DumpedNamespace) -> Iterator[Finding]:
+def _check_file_system(ctx: AuditContext, proc: Proc, mount: Mount,
+                       namespace: DumpedNamespace) -> Iterator[Finding]:
     """A file system CRIU mounts anew at restore: its type must be one it knows how to save."""
     where = f"mount {mount.id} at {mount.mountpoint}"
     fstype = mount.fstype.partition(".")[0]  # CRIU disregards subtypes (fuse.sshfs)
     if fstype not in KNOWN_FS:
+        if _autodetected_external(ctx, mount):
+            yield _external_auto(proc, mount, f"is a {mount.fstype}, a file system CRIU does not "
+                                              f"know how to save")
+            return
         yield Finding("mount.fs_unsupported",
                       f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
                       remedy=f"dump with --enable-fs {fstype}: CRIU then mounts a new, empty "
@@ -391,31 +401,50 @@ def _check_file_system(proc: Proc, mount: Mount, namespace: DumpedNamespace) -> 
                           proc.pid)
 
 
+def _criu_mounts(ctx: AuditContext) -> Mounts:
+    """CRIU's own mount table, where --ext-mount-map auto looks for what a mount shows."""
+    return ctx.table("files.criu_mounts",
+                     lambda: Mounts.of_text((ctx.proc_root / "self" / "mountinfo").read_text()))
+
+
+def _autodetected_external(ctx: AuditContext, mount: Mount) -> bool:
+    """Whether --ext-mount-map auto makes `mount` external (resolve_external_mounts): a private
+    mount showing a directory of a file system CRIU's own namespace mounts too."""
+    return not mount.shared and not mount.master and any(
+        _shows_part_of(mount, other) for other in _criu_mounts(ctx))
+
+
+def _external_auto(proc: Proc, mount: Mount, what: str) -> Finding:
+    return Finding("mount.external.auto",
+                   f"mount {mount.id} at {mount.mountpoint} {what}; CRIU's own namespace mounts "
+                   f"that file system too", proc.pid, option_value="auto")
+
+
 def _shows_part_of(mount: Mount, whole: Mount) -> bool:
     """A bind of `whole`: the same file system, a directory within what `whole` shows."""
     return mount.dev == whole.dev and (whole.root == "/" or mount.root == whole.root
                                        or mount.root.startswith(whole.root + "/"))
 
 
-def _external_master(ctx: AuditContext, proc: Proc, mount: Mount) -> Iterator[Finding]:
-    # With --enable-external-masters and --ext-mount-map auto CRIU takes the
-    # mount as external when its own namespace has the master's peer group on
-    # that file system (resolve_external_mounts); otherwise nothing helps.
-    criu_table = Mounts.of_text((ctx.proc_root / "self" / "mountinfo").read_text())
+def _external_master(ctx: AuditContext, proc: Proc,
+                     mount: Mount) -> Generator[Finding, None, bool]:
+    """A slave whose master is outside the dump. With --enable-external-masters and
+    --ext-mount-map auto CRIU takes it as external when its own namespace has the
+    master's peer group on that file system (resolve_external_mounts); otherwise
+    nothing helps. Returns (as the generator's value) whether it can be external."""
     reachable = any(_shows_part_of(mount, other) and mount.master in (other.shared, other.master)
-                    for other in criu_table)
+                    for other in _criu_mounts(ctx))
     where = f"mount {mount.id} at {mount.mountpoint}"
     if not reachable:
         yield Finding("mount.sharing.unreachable",
                       f"{where} receives mounts from peer group {mount.master}, which neither "
                       f"the dumped namespaces nor CRIU's own mounts have", proc.pid)
-        return
+        return False
     yield Finding("mount.sharing.external_master",
                   f"{where} receives mounts from peer group {mount.master}, outside the dumped "
                   f"namespaces", proc.pid)
-    yield Finding("mount.external.auto",
-                  f"{where} shows a file system mounted in CRIU's own namespace, the master's "
-                  f"peer group", proc.pid, option_value="auto")
+    yield _external_auto(proc, mount, "receives mounts from a peer group of CRIU's namespace")
+    return True
 
 
 # ---------------------------------------------------------------- path rules
