@@ -113,7 +113,8 @@ def test_executable_run_from_a_lazily_unmounted_tmpfs_is_blocked(scratch: Path):
     code = f"""
     if os.environ.get("CRWATCH_STAGE") != "copied":
         os.environ["CRWATCH_STAGE"] = "copied"
-        os.execv({str(python)!r}, [{str(python)!r}, "-c", open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]])
+        own_code = open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]
+        os.execv({str(python)!r}, [{str(python)!r}, "-c", own_code])
     ready(); hold()
     """
     with subject(code) as s:

@@ -284,7 +284,8 @@ OWN_NAMESPACE = """\
 def mount_tree(proc_root: Path, root_master: str = "") -> list[tuple[str, str | None]]:
     (proc_root / str(PID) / "ns" / "mnt").unlink()
     os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
-    (proc_root / str(PID) / "mountinfo").write_text(OWN_NAMESPACE.replace(" / / rw ", f" / / rw {root_master}"))
+    (proc_root / str(PID) / "mountinfo").write_text(
+        OWN_NAMESPACE.replace(" / / rw ", f" / / rw {root_master}"))
     # Paths of the namespace resolve from its process's root: one queue in /dev/mqueue.
     (proc_root / str(PID) / "root" / "dev" / "mqueue").mkdir(parents=True)
     (proc_root / str(PID) / "root" / "dev" / "mqueue" / "jobs").touch()
