@@ -678,8 +678,14 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
 
 def check_fd_path(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     """The path rules for an fd whose target is a path (files, FIFOs, memory devices)."""
-    if not _is_memfd(ctx, proc, open_fd):
-        yield from check_path(ctx, proc, opened_fd(proc, open_fd))
+    if _is_memfd(ctx, proc, open_fd):
+        return
+    # Nearly every fd: a file already judged fine by the same name through the
+    # same mount (check_path's own shortcut, taken before building anything).
+    status, mnt_id = open_fd.stat, open_fd.mnt_id
+    if (open_fd.target, (status.st_dev, status.st_ino), mnt_id) in ctx.table("files.paths_fine", set):
+        return
+    yield from check_path(ctx, proc, opened_fd(proc, open_fd))
 
 
 def _is_memfd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> bool:
