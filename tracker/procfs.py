@@ -99,13 +99,13 @@ class OpenFd:
     A plain slotted class: an audit makes one per fd, 10,000 at a time.
     """
 
-    __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines")
+    __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines", "_mnt_id")
 
     def __init__(self, process: "Proc", fd: int, target: str, *,
                  known_stat: os.stat_result | None = None, known_fdinfo: dict[str, str] | None = None):
         self.process, self.fd, self.target = process, fd, target
         self._stat, self._fdinfo = known_stat, known_fdinfo
-        self._kind = self._fdinfo_lines = None
+        self._kind = self._fdinfo_lines = self._mnt_id = None
 
     def __repr__(self) -> str:
         return f"OpenFd({self.process.pid}, {self.fd}, {self.target!r})"
@@ -166,12 +166,15 @@ class OpenFd:
     @property
     def mnt_id(self) -> int:
         """The id of the mount the fd's file was opened through (fdinfo's mnt_id)."""
-        if self._fdinfo is not None or self._fdinfo_lines is not None:
-            return int(self.fdinfo.get("mnt_id", "-1"))  # already read: free
-        try:
-            return self.process.mnt_id(f"fd/{self.fd}")
-        except MntIdUnavailable:
-            return int(self.fdinfo.get("mnt_id", "-1"))
+        if self._mnt_id is None:
+            if self._fdinfo is not None or self._fdinfo_lines is not None:
+                self._mnt_id = int(self.fdinfo.get("mnt_id", "-1"))  # already read: free
+            else:
+                try:
+                    self._mnt_id = self.process.mnt_id(f"fd/{self.fd}")
+                except MntIdUnavailable:
+                    self._mnt_id = int(self.fdinfo.get("mnt_id", "-1"))
+        return self._mnt_id
 
 
 # ---------------------------------------------------------------- mount ids

@@ -38,8 +38,8 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterator
 
 from tracker.context import AuditContext
-from tracker.procfs import (AccessDenied, MntIdUnavailable, OpenFd, Proc, ProcessGone, mnt_id_of,
-                            mnt_id_via_fdinfo)
+from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
+                            ProcessGone, mnt_id_of, mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -280,16 +280,18 @@ def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
     auditor = ctx.proc_root / "self"
     own = os.readlink(auditor / "ns" / "mnt")
     shared = not root_in_own_namespace(ctx, "mnt")
+    # The auditor's root is "/" itself: going through /proc/self/root would cost
+    # a lookup of three more names for every path (only a fixture /proc needs it).
+    own_root = "" if ctx.proc_root == DEFAULT_PROC_ROOT else f"{auditor}/root"
     found: dict[str, DumpedNamespace] = {}
     if shared:
-        found[own] = DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()),
-                                     f"{auditor}/root")
+        found[own] = DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()), own_root)
     for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
         proc = ctx.proc(pid)
         try:
             namespace = proc.namespace("mnt")
             if namespace not in found and namespace != own:
-                root = f"{auditor}/root" if shared else f"{proc.path}/root"
+                root = own_root if shared else f"{proc.path}/root"
                 found[namespace] = DumpedNamespace(mounts(ctx, proc), root)
         except (ProcessGone, AccessDenied):
             continue  # the audit reports it for that process
