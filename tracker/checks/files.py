@@ -682,12 +682,34 @@ def check_fd_path(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Fi
     """The path rules for an fd whose target is a path (files, FIFOs, memory devices)."""
     if _is_memfd(ctx, proc, open_fd):
         return
-    # Nearly every fd: a file already judged fine by the same name through the
-    # same mount (check_path's own shortcut, taken before building anything).
-    status, mnt_id = open_fd.stat, open_fd.mnt_id
-    if (open_fd.target, (status.st_dev, status.st_ino), mnt_id) in ctx.table("files.paths_fine", set):
+    # Nearly every fd is a linked file on a mount in plain sight whose name
+    # still leads to it: check_path's verdict, reached before building anything.
+    status, mnt_id, target = open_fd.stat, open_fd.mnt_id, open_fd.target
+    key = (target, (status.st_dev, status.st_ino), mnt_id)
+    fine = ctx.table("files.paths_fine", set)
+    if key in fine:
         return
+    root = _plain_mount_root(ctx, mnt_id)
+    if root is not None and status.st_nlink and not target.endswith(DELETED):
+        try:
+            now = os.stat(root + target, follow_symlinks=not S_ISLNK(status.st_mode))
+            if now.st_ino == status.st_ino and now.st_dev == status.st_dev:
+                fine.add(key)
+                return
+        except OSError:
+            pass  # check_path says why
     yield from check_path(ctx, proc, opened_fd(proc, open_fd))
+
+
+def _plain_mount_root(ctx: AuditContext, mnt_id: int) -> str | None:
+    """Where paths resolve, for a mount in the dumped tables, unhidden, of a file system
+    that is no kernel's own; None for any other mount (check_path judges those)."""
+    plain = ctx.table("files.plain_mounts", dict)
+    if mnt_id not in plain:
+        found = find_mount(ctx, mnt_id)
+        plain[mnt_id] = None if found is None or found[0].mounts.hidden(found[1]) or \
+            found[1].fstype in KERNEL_NAMED_FS else found[0].root
+    return plain[mnt_id]
 
 
 def _is_memfd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> bool:
