@@ -510,7 +510,15 @@ def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Findin
     place, and a file opened before unshare(CLONE_NEWNS) keeps a mount of
     the old namespace.
     """
-    mnt_id = opened.mnt_id()
+    try:
+        mnt_id = opened.mnt_id()
+    except AccessDenied:
+        if not opened.identity_only:
+            raise
+        # map_files asks for CAP_SYS_ADMIN: an audit without it (not root's, as
+        # in a degraded `crwatch run`) cannot place a mapped file. CRIU, which
+        # runs as root, can: nothing is said here rather than all being lost.
+        return
     found = find_mount(ctx, mnt_id)
     if found is None:
         yield _invisible(proc, opened, mnt_id)
