@@ -8,9 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from tracker.checks import memory
+from tracker.checks import files, memory
 from tracker.context import AuditContext
-from tracker.procfs import Proc
+from tracker.procfs import Proc, mnt_id_of
 
 PID = 100
 MOUNTINFO = """\
@@ -28,10 +28,16 @@ def proc_root(tmp_path: Path) -> Path:
         (tmp_path / name / "ns").mkdir(parents=True)
         for kind, inode in (("mnt", 1), ("ipc", 3)):
             os.symlink(f"{kind}:[{inode}]", tmp_path / name / "ns" / kind)
-    # Temporary files are mapped in some tests: their file system is mounted here too.
-    scratch = os.stat(tempfile.gettempdir()).st_dev
-    scratch_mount = f"29 27 {os.major(scratch)}:{os.minor(scratch)} / /tmp rw - tmpfs tmpfs rw\n"
-    (tmp_path / str(PID) / "mountinfo").write_text(MOUNTINFO + scratch_mount)
+    # Real files are mapped in some tests: the mounts they are on (found by
+    # their real mount ids, as the checks find them) are in the table too.
+    real = {mnt_id_of(str(directory)): os.stat(directory).st_dev
+            for directory in (tmp_path, tempfile.gettempdir())}
+    table = "".join(line + "\n" for line in MOUNTINFO.splitlines() if int(line.split()[0]) not in real)
+    table += "".join(f"{mnt_id} 1 {os.major(dev)}:{os.minor(dev)} / /real{mnt_id} rw - tmpfs t rw\n"
+                     for mnt_id, dev in real.items())
+    for name in (str(PID), "self"):
+        (tmp_path / name / "mountinfo").write_text(table)
+    (tmp_path / "self" / "root").mkdir()
     (tmp_path / str(PID) / "map_files").mkdir()
     return tmp_path
 
@@ -101,10 +107,25 @@ def test_a_mapped_deleted_file_is_a_ghost(proc_root: Path, deleted_file: Path):
         "file.deleted.ghost"]
 
 
-def test_pseudo_files_mapped_as_io_memory_are_blocked(proc_root: Path, tmp_path: Path):
-    (tmp_path / "resource0").write_text("")
-    os.symlink(tmp_path / "resource0", proc_root / str(PID) / "map_files" / RANGE)
-    resource = line("/sys/devices/pci0000:00/0000:00:02.0/resource0", "00:16", 300, "rw-s")
+def test_pseudo_files_mapped_as_io_memory_are_blocked(proc_root: Path):
+    name = "/sys/devices/pci0000:00/0000:00:02.0/resource0"
+    (proc_root / "self" / "root" / name[1:]).parent.mkdir(parents=True)
+    (proc_root / "self" / "root" / name[1:]).write_text("")
+    os.symlink(proc_root / "self" / "root" / name[1:], proc_root / str(PID) / "map_files" / RANGE)
+    resource = line(name, "00:16", 300, "rw-s")
     smaps = f"{RANGE} rw-s 00000000 00:16 300 /sys/x\nSize: 4 kB\nVmFlags: rd wr sh mr mw me ms io pf dd\n"
     assert codes(judge(proc_root, resource, smaps=smaps)) == ["memory.io"]
     assert judge(proc_root, resource, smaps=smaps.replace("io pf ", "")) == []
+
+
+def test_shared_anonymous_memory_and_memfds_are_known_by_the_shmem_device(proc_root: Path):
+    # Even where the process's own table lists a mount of that device, CRIU
+    # takes them by their device (kdat.shmem_dev) and dumps their contents:
+    # they are no files to look up (their mount id is 0).
+    shmem = files.shmem_device()
+    mountinfo = proc_root / str(PID) / "mountinfo"
+    mountinfo.write_text(mountinfo.read_text() + f"90 27 {os.major(shmem)}:{os.minor(shmem)} / "
+                                                  f"/odd rw - tmpfs t rw\n")
+    device = f"{os.major(shmem):02x}:{os.minor(shmem):02x}"
+    assert judge(proc_root, line("/dev/zero (deleted)", device, 12, "rw-s"),
+                 line("/memfd:cache (deleted)", device, 13, "rw-s")) == []

@@ -1,15 +1,30 @@
-"""Files reached by a path (regular files, directories, symlinks, FIFOs), pipes, cwd and root.
+"""Files reached by a path (regular files, directories, symlinks, FIFOs), pipes, cwd, root
+and the executable; the mount tables CRIU looks them up in.
 
 CRIU saves such a file as its path and reopens it at restore
-(dump_one_reg_file): the file's mount must be one the process's mount
-namespace shows and not be hidden under another mount, and the path must
-still lead to the file. A deleted file (no link left) travels in the image
-as a "ghost", up to --ghost-limit; a file unlinked from its path but linked
-elsewhere needs --link-remap. memfd and namespace files have their own code
-in CRIU, and pipes are dumped with their data wherever their other end is.
+(files-reg.c dump_one_reg_file). It finds the file's mount by the mount id
+the kernel gives (fdinfo mnt_id; for the executable, cwd, root and mapped
+files, the same of an O_PATH open of the magic link: "fd=-3" in its
+messages) in the mount tables of the dump (mount.c lookup_mnt_id,
+collect_mnt_namespaces): never by device, since a lazily unmounted bind
+mount shares its device with mounts still in place, and a file opened before
+unshare(CLONE_NEWNS) keeps a mount of the old namespace. The mount must not
+be hidden under another (mnt_is_overmounted), and the path must still lead
+to the file from the namespace's root (check_path_remap: "Unaccessible path
+opened", with --evasive-devices only for device nodes). A deleted file (no
+link left) travels in the image as a "ghost", up to --ghost-limit; a linked
+file whose name leads nowhere needs --link-remap, which links it into the
+nearest directory left and so fails when that directory is on another mount
+(an overmounted directory). memfd and namespace files have their own code in
+CRIU, and pipes are dumped with their data wherever their other end is.
 
-Mapped files, cwd and root follow the same path rules, so the memory and
-device checks reuse `check_path` and the mount table from here.
+A root in a mount namespace of its own has that namespace dumped too
+(mount.c resolve_shared_mounts, validate_mounts): file systems CRIU does not
+know, slaves of mounts outside, and bind mounts without their file system's
+own mount are judged here.
+
+Mapped files follow the same path rules, so the memory and device checks
+reuse `check_path` and the mount tables from here.
 """
 from __future__ import annotations
 
@@ -19,10 +34,12 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
+from typing import Callable, Generator, Iterator
 
 from tracker.context import AuditContext
-from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
+from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
+                            ProcessGone, mnt_id_of, mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -36,14 +53,65 @@ RULES = (
          OPTION, "dump with --link-remap: CRIU links the file back under a temporary name",
          option="--link-remap",
          criu_message="Can't create link remap for %s. Use link-remap option."),
-    Rule("file.mount.invisible", "An open file on a mount the process's namespace does not show",
-         BLOCKER, "close the file before checkpointing (it lives on a lazily unmounted file system "
-         "or a mount of another namespace); a file that must stay open can be declared with "
-         "--external file[MNT_ID:INODE] and handed back with --inherit-fd at restore",
+    Rule("file.mount.invisible", "An open file, mapping, cwd or executable on a mount outside "
+         "the dumped mount namespace", BLOCKER,
+         "close or unmap the file before checkpointing (it lives on a lazily unmounted mount, or "
+         "was opened before unshare(CLONE_NEWNS) and keeps the old namespace's mount: open it "
+         "again, or exec again, after the unshare); a file that must stay open can be declared "
+         "with --external file[MNT_ID:INODE] and handed back with --inherit-fd at restore",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
     Rule("file.mount.overmounted", "An open file on a mount hidden under another mount", BLOCKER,
          "close the file, or unmount what was mounted over it, before checkpointing",
          criu_message="Open files on overmounted mounts are not supported yet"),
+    Rule("file.path.overmounted", "A linked file whose directory another mount now covers",
+         BLOCKER, "unmount what covers the file's directory, or close the file, before "
+         "checkpointing: --link-remap cannot link the file back across mounts",
+         criu_message="Can't link remap to %s: Invalid cross-device link"),
+    Rule("file.link_remap.read_only", "A linked file whose name leads nowhere, on a read-only "
+         "mount", BLOCKER, "make the mount writable, or close the file, before checkpointing: "
+         "--link-remap must create a link on it",
+         criu_message="Can't link remap to %s: Read-only file system"),
+    Rule("file.path.unaccessible", "An open file whose path now names another file", BLOCKER,
+         "close the file, or undo what put another file (or a mount) at its path, before "
+         "checkpointing", criu_message="Unaccessible path opened %u:%u, need %u:%u"),
+    Rule("file.path.evasive_device", "An open device node whose path now names another node of "
+         "the same device", OPTION, "dump with --evasive-devices: CRIU then reopens the device "
+         "by that other node", option="--evasive-devices",
+         criu_message="Unaccessible path opened %u:%u, need %u:%u"),
+    Rule("mount.fs_unsupported", "A mount of a file system type CRIU does not know, in a "
+         "mount namespace the dump takes", OPTION,
+         "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
+         "restore (its contents are not saved); or unmount it before checkpointing",
+         option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
+    Rule("mount.fuse", "A FUSE mount in a mount namespace the dump takes", BLOCKER,
+         "unmount the FUSE file system in the namespace before checkpointing: CRIU refuses every "
+         "FUSE mount it would have to recreate, whatever the options",
+         criu_message="failed to dump fs %s (%s): always fail"),
+    Rule("mount.fs_not_empty", "A pstore or mqueue mount with entries, in a mount namespace the "
+         "dump takes", BLOCKER,
+         "remove what is in it (mq_unlink the queues) or unmount it before checkpointing: CRIU "
+         "saves these file systems only when empty", criu_message="%s isn't empty"),
+    Rule("mount.bind.no_root", "A bind mount, in a mount namespace the dump takes, whose file "
+         "system is mounted nowhere else there", BLOCKER,
+         "mount the file system itself in the namespace (or unmount the bind mount) before "
+         "checkpointing: CRIU restores a bind mount from its file system's own mount",
+         criu_message="%d:%s doesn't have a proper root mount"),
+    Rule("mount.sharing.external_master", "A mount of the dumped namespace that receives mounts "
+         "from a peer group outside it (a slave of the host's mounts)", OPTION,
+         "dump with --enable-external-masters (and --ext-mount-map auto, which it needs to find "
+         "the master among CRIU's mounts)", option="--enable-external-masters",
+         criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
+                      "Try --enable-external-masters."),
+    Rule("mount.external.auto", "A mount of the dumped namespace that CRIU can save only as "
+         "external: a copy of a mount of its own namespace (an unknown file system, a bind "
+         "without its file system's own mount, a slave of a mount outside)", OPTION,
+         "dump with --ext-mount-map auto: CRIU then restores it as a bind of the same place on "
+         "the restoring host, which must have it", option="--ext-mount-map"),
+    Rule("mount.sharing.unreachable", "A mount of the dumped namespace whose master peer group "
+         "neither the dump nor CRIU's own namespace has", BLOCKER,
+         "make the mount private (mount --make-private) in the namespace before checkpointing",
+         criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
+                      "Try --enable-external-masters."),
     Rule("file.mqueue", "A POSIX message queue descriptor", BLOCKER,
          "close the queue (mq_close) before checkpointing: CRIU cannot save POSIX message queues",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
@@ -72,7 +140,6 @@ NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "ti
 KERNEL_NAMED_FS = frozenset({"proc", "devpts"})
 MQUEUE_MAGIC = 0x19800202
 SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20))
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- mounts
@@ -84,20 +151,22 @@ class Mount:
     dev: int
     mountpoint: str
     fstype: str
+    root: str = "/"                 # the directory of its file system it shows
+    shared: int = 0                 # its peer group (shared:N), 0 when private
+    master: int = 0                 # the peer group it receives mounts from (master:N)
+    read_only: bool = False         # the mount, or its file system, is read-only
 
 
 class Mounts:
-    """One mount namespace's table (/proc/PID/mountinfo), as CRIU looks files up in it."""
+    """One mount namespace's table (/proc/PID/mountinfo), as CRIU's mount tree holds it."""
 
     def __init__(self, mounts: list[Mount]):
         self._by_id = {mount.id: mount for mount in mounts}
-        self._by_dev: dict[int, list[Mount]] = defaultdict(list)
+        self._devices = {mount.dev for mount in mounts}
         self._mountpoints_under: dict[int, Counter[str]] = defaultdict(Counter)
         for mount in mounts:
-            self._by_dev[mount.dev].append(mount)
             self._mountpoints_under[mount.parent][mount.mountpoint] += 1
         self._hidden: dict[int, bool] = {}
-        self._plain: dict[int, bool] = {}
 
     @classmethod
     def parse(cls, text: str) -> "Mounts":
@@ -105,33 +174,42 @@ class Mounts:
         for line in text.splitlines():
             fields = line.split()
             major, _, minor = fields[2].partition(":")
-            fstype = fields[fields.index("-", 6) + 1]
+            separator = fields.index("-", 6)
+            tags = dict(tag.partition(":")[::2] for tag in fields[6:separator])
+            read_only = "ro" in (fields[5].split(",")[0], fields[separator + 3].split(",")[0])
             mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
-                                fields[4], fstype))
+                                _unescape(fields[4]), fields[separator + 1], _unescape(fields[3]),
+                                int(tags.get("shared") or 0), int(tags.get("master") or 0),
+                                read_only))
         return cls(mounts)
 
+    @classmethod
+    def of_text(cls, text: str) -> "Mounts":
+        """parse(), kept for a text seen before: a table is read every audit, but seldom changes."""
+        table = _PARSED.get(text)
+        if table is None:
+            if len(_PARSED) >= PARSED_TABLES_KEPT:
+                _PARSED.clear()
+            table = _PARSED[text] = cls.parse(text)
+        return table
+
+    def namespace_root(self) -> Mount | None:
+        """The namespace's "/": the mount whose parent is not in the table."""
+        return next((mount for mount in self if mount.parent not in self._by_id), None)
+
+    def __iter__(self) -> Iterator[Mount]:
+        return iter(self._by_id.values())
+
+    def __contains__(self, mnt_id: int) -> bool:
+        return mnt_id in self._by_id
+
+    def get(self, mnt_id: int) -> Mount | None:
+        return self._by_id.get(mnt_id)
+
     def shows_device(self, dev: int) -> bool:
-        return dev in self._by_dev
-
-    def plainly_shows(self, dev: int) -> bool:
-        """Whether every mount of this device is listed and unhidden: then any file on it is fine."""
-        if dev not in self._plain:
-            candidates = self._by_dev.get(dev, ())
-            self._plain[dev] = bool(candidates) and not any(map(self.hidden, candidates))
-        return self._plain[dev]
-
-    def find(self, dev: int, read_mnt_id: Callable[[], int]) -> tuple[int, Mount | None]:
-        """The mount a file lives on, as (mnt_id, the mount or None when not in this table).
-
-        The file's device settles it for nearly every file, without reading
-        fdinfo (a syscall per fd): only a device with no mount here, or with a
-        hidden one, needs the file's own mnt_id.
-        """
-        if self.plainly_shows(dev):
-            first = self._by_dev[dev][0]
-            return first.id, first
-        mnt_id = read_mnt_id()
-        return mnt_id, self._by_id.get(mnt_id)
+        """Whether any mount here is of this device: the kernel's internal mounts (shared
+        memory, memfd, hugetlb, aio) never are."""
+        return dev in self._devices
 
     def hidden(self, mount: Mount) -> bool:
         """Overmounted, as CRIU's mnt_is_overmounted sees it."""
@@ -153,19 +231,80 @@ class Mounts:
         return False
 
 
+PARSED_TABLES_KEPT = 64
+_PARSED: dict[str, Mounts] = {}
+
+
 def _parents(path: str) -> Iterator[str]:
     while path != "/":
         path = os.path.dirname(path)
         yield path
 
 
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in paths as octal escapes
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
 def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
     """The mount table of proc's mount namespace, read once per namespace and audit."""
     def of_namespace() -> Mounts:
         return ctx.table(("files.mounts", proc.namespace("mnt")),
-                         lambda: Mounts.parse(proc.read("mountinfo")))
+                         lambda: Mounts.of_text(proc.read("mountinfo")))
 
     return ctx.table(("files.mounts_of", proc.pid), of_namespace)
+
+
+@dataclass(frozen=True)
+class DumpedNamespace:
+    """A mount namespace CRIU looks files up in: its table, and the directory
+    its paths resolve from (CRIU's mntns_get_root_fd)."""
+
+    mounts: Mounts
+    root: str
+
+
+def dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
+    """The mount tables CRIU's lookup_mnt_id searches (collect_mnt_namespaces), root's first.
+
+    Every mount namespace of the tree but CRIU's own, each read through the
+    first process living in it; CRIU's own too when the root shares it (then
+    with nested namespaces of children, if any). Paths resolve from the root
+    of the namespace's process, or from CRIU's own root for every namespace
+    when the root shares CRIU's (mntns_get_root_fd).
+    """
+    return ctx.table("files.dumped_namespaces", lambda: _dumped_namespaces(ctx))
+
+
+def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
+    auditor = ctx.proc_root / "self"
+    own = os.readlink(auditor / "ns" / "mnt")
+    shared = not root_in_own_namespace(ctx, "mnt")
+    # The auditor's root is "/" itself: going through /proc/self/root would cost
+    # a lookup of three more names for every path (only a fixture /proc needs it).
+    own_root = "" if ctx.proc_root == DEFAULT_PROC_ROOT else f"{auditor}/root"
+    found: dict[str, DumpedNamespace] = {}
+    if shared:
+        found[own] = DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()), own_root)
+    for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
+        proc = ctx.proc(pid)
+        try:
+            namespace = proc.namespace("mnt")
+            if namespace not in found and namespace != own:
+                root = own_root if shared else f"{proc.path}/root"
+                found[namespace] = DumpedNamespace(mounts(ctx, proc), root)
+        except (ProcessGone, AccessDenied):
+            continue  # the audit reports it for that process
+    return list(found.values())
+
+
+def find_mount(ctx: AuditContext, mnt_id: int) -> tuple[DumpedNamespace, Mount] | None:
+    """lookup_mnt_id: the mount of that id in the dumped namespaces, with its namespace."""
+    for namespace in dumped_namespaces(ctx):
+        mount = namespace.mounts.get(mnt_id)
+        if mount is not None:
+            return namespace, mount
+    return None
 
 
 def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
@@ -183,60 +322,314 @@ def root_in_own_namespace(ctx: AuditContext, kind: str) -> bool:
     return ctx.table(("files.root_ns", kind), root) != ctx.table(("files.own_ns", kind), own)
 
 
+# ---------------------------------------------------------------- the mount tree
+
+# The file systems CRIU's fstypes[] knows (filesystems.c); any other needs --enable-fs.
+KNOWN_FS = frozenset({"proc", "sysfs", "devtmpfs", "binfmt_misc", "tmpfs", "devpts", "simfs",
+                      "btrfs", "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
+                      "cgroup", "cgroup2", "aufs", "fuse", "overlay", "autofs"})
+
+
+# Their fstypes[] entries dump them with always_fail, or with dump_empty_fs.
+ALWAYS_FAIL_FS = frozenset({"fuse"})
+EMPTY_ONLY_FS = frozenset({"pstore", "mqueue"})
+
+
+def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    """What CRIU refuses in the mount namespaces it dumps (resolve_shared_mounts, validate_mounts).
+
+    Only a root in a mount namespace of its own has its mounts dumped; the
+    findings are the root's, once an audit.
+    """
+    if proc.pid != ctx.root_pid or not root_in_own_namespace(ctx, "mnt"):
+        return
+    namespaces = dumped_namespaces(ctx)
+    if not namespaces:
+        return  # the root is gone: the audit says so
+    everything = [mount for namespace in namespaces for mount in namespace.mounts]
+    namespace_of = {mount.id: namespace for namespace in namespaces for mount in namespace.mounts}
+    groups = {mount.shared for mount in everything if mount.shared}
+    # The root's namespace comes first; its "/" is what binds are restored from.
+    root = namespaces[0].mounts.namespace_root()
+    for mount in everything:
+        if mount is root:
+            continue
+        root_bind = root is not None and _shows_part_of(mount, root)
+        external = False
+        if mount.master and mount.master not in groups and not (
+                root_bind and root.master == mount.master):
+            external = yield from _external_master(ctx, proc, mount)
+        if root_bind or external:
+            continue  # restored as a bind of the namespace's root, or of CRIU's own mount
+        if mount.root == "/":
+            yield from _check_file_system(ctx, proc, mount, namespace_of[mount.id])
+        elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
+            if _autodetected_external(ctx, mount):
+                yield _external_auto(proc, mount, f"binds {mount.root} of a {mount.fstype} that "
+                                                  f"no dumped mount shows whole")
+            else:
+                yield Finding("mount.bind.no_root",
+                              f"mount {mount.id} at {mount.mountpoint} binds {mount.root} of a "
+                              f"{mount.fstype} that neither a dumped mount nor CRIU's own "
+                              f"mounts show whole", proc.pid)
+
+
+def _check_file_system(ctx: AuditContext, proc: Proc, mount: Mount,
+                       namespace: DumpedNamespace) -> Iterator[Finding]:
+    """A file system CRIU mounts anew at restore: its type must be one it knows how to save."""
+    where = f"mount {mount.id} at {mount.mountpoint}"
+    fstype = mount.fstype.partition(".")[0]  # CRIU disregards subtypes (fuse.sshfs)
+    if fstype not in KNOWN_FS:
+        if _autodetected_external(ctx, mount):
+            yield _external_auto(proc, mount, f"is a {mount.fstype}, a file system CRIU does not "
+                                              f"know how to save")
+            return
+        yield Finding("mount.fs_unsupported",
+                      f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
+                      remedy=f"dump with --enable-fs {fstype}: CRIU then mounts a new, empty "
+                             f"{fstype} at restore (its contents are not saved); or unmount it "
+                             f"before checkpointing", option_value=fstype)
+    elif fstype in ALWAYS_FAIL_FS:
+        yield Finding("mount.fuse", f"{where} is a FUSE file system ({mount.fstype})", proc.pid)
+    elif fstype in EMPTY_ONLY_FS:
+        try:
+            entries = os.listdir(namespace.root + mount.mountpoint)
+        except OSError:
+            return  # not reachable by its path: CRIU reaches it otherwise, and so is not judged
+        if entries:
+            yield Finding("mount.fs_not_empty",
+                          f"{where} is a {fstype} holding {len(entries)} entries "
+                          f"({', '.join(sorted(entries)[:3])}{'...' if len(entries) > 3 else ''})",
+                          proc.pid)
+
+
+def _criu_mounts(ctx: AuditContext) -> Mounts:
+    """CRIU's own mount table, where --ext-mount-map auto looks for what a mount shows."""
+    return ctx.table("files.criu_mounts",
+                     lambda: Mounts.of_text((ctx.proc_root / "self" / "mountinfo").read_text()))
+
+
+def _autodetected_external(ctx: AuditContext, mount: Mount) -> bool:
+    """Whether --ext-mount-map auto makes `mount` external (resolve_external_mounts): a private
+    mount showing a directory of a file system CRIU's own namespace mounts too."""
+    return not mount.shared and not mount.master and any(
+        _shows_part_of(mount, other) for other in _criu_mounts(ctx))
+
+
+def _external_auto(proc: Proc, mount: Mount, what: str) -> Finding:
+    return Finding("mount.external.auto",
+                   f"mount {mount.id} at {mount.mountpoint} {what}; CRIU's own namespace mounts "
+                   f"that file system too", proc.pid, option_value="auto")
+
+
+def _shows_part_of(mount: Mount, whole: Mount) -> bool:
+    """A bind of `whole`: the same file system, a directory within what `whole` shows."""
+    return mount.dev == whole.dev and (whole.root == "/" or mount.root == whole.root
+                                       or mount.root.startswith(whole.root + "/"))
+
+
+def _external_master(ctx: AuditContext, proc: Proc,
+                     mount: Mount) -> Generator[Finding, None, bool]:
+    """A slave whose master is outside the dump. With --enable-external-masters and
+    --ext-mount-map auto CRIU takes it as external when its own namespace has the
+    master's peer group on that file system (resolve_external_mounts); otherwise
+    nothing helps. Returns (as the generator's value) whether it can be external."""
+    reachable = any(_shows_part_of(mount, other) and mount.master in (other.shared, other.master)
+                    for other in _criu_mounts(ctx))
+    where = f"mount {mount.id} at {mount.mountpoint}"
+    if not reachable:
+        yield Finding("mount.sharing.unreachable",
+                      f"{where} receives mounts from peer group {mount.master}, which neither "
+                      f"the dumped namespaces nor CRIU's own mounts have", proc.pid)
+        return False
+    yield Finding("mount.sharing.external_master",
+                  f"{where} receives mounts from peer group {mount.master}, outside the dumped "
+                  f"namespaces", proc.pid)
+    yield _external_auto(proc, mount, "receives mounts from a peer group of CRIU's namespace")
+    return True
+
+
 # ---------------------------------------------------------------- path rules
 
-@dataclass
 class Opened:
-    """Something CRIU dumps by its path: an fd, the cwd or root, a mapped file."""
+    """Something CRIU dumps by its path: an fd, the cwd, root or exe, a mapped file.
 
-    label: str                      # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
-    path: str                       # the kernel's name for it (link text)
-    link: str                       # its magic link under /proc
-    stat: os.stat_result
-    read_mnt_id: Callable[[], int]
-    fd: int | None = None
+    A plain slotted class with its stat read on first use: every mapped file
+    of every process makes one, and most are settled before their stat is needed.
+    """
+
+    __slots__ = ("label", "path", "link", "fd", "identity", "_stat", "_read_stat", "_mnt_id")
+
+    def __init__(self, label: str, path: str, link: str, mnt_id: Callable[[], int],
+                 read_stat: Callable[[], os.stat_result], *,
+                 identity: tuple[int, int] | None = None, fd: int | None = None):
+        self.label = label          # "fd 3", "cwd", "mapping 7f3a...-7f3b..."
+        self.path = path            # the kernel's name for it (link text)
+        self.link = link            # its magic link under /proc
+        self.fd = fd
+        self.identity = identity    # (device, inode) when known without a stat (from maps)
+        self._stat: os.stat_result | None = None
+        self._read_stat, self._mnt_id = read_stat, mnt_id
+
+    @property
+    def identity_only(self) -> bool:
+        """Known by (device, inode) alone so far: no stat read yet."""
+        return self._stat is None and self.identity is not None
+
+    @property
+    def stat(self) -> os.stat_result:
+        if self._stat is None:
+            self._stat = self._read_stat()
+            self.identity = (self._stat.st_dev, self._stat.st_ino)
+        return self._stat
+
+    def mnt_id(self) -> int:
+        """The mount it was opened through (fdinfo's mnt_id)."""
+        return self._mnt_id()
 
 
 def opened_fd(proc: Proc, open_fd: OpenFd) -> Opened:
     # Strings, not pathlib: this runs for every file fd.
     return Opened(f"fd {open_fd.fd}", open_fd.target, f"{proc.path}/fd/{open_fd.fd}",
-                  open_fd.stat, lambda: open_fd.mnt_id, open_fd.fd)
+                  lambda: open_fd.mnt_id, lambda: open_fd.stat, fd=open_fd.fd)
 
 
-def opened_link(proc: Proc, label: str, relative: str, path: str) -> Opened:
-    """A magic link of proc (cwd, root, map_files/RANGE) as an Opened file."""
-    return Opened(label, path, f"{proc.path}/{relative}", _follow(proc, relative, os.stat),
-                  lambda: _mnt_id_of(proc, relative))
+def opened_link(proc: Proc, label: str, relative: str, path: str, *,
+                identity: tuple[int, int] | None = None) -> Opened:
+    """A magic link of proc (cwd, root, exe, map_files/RANGE) as an Opened file."""
+    return Opened(label, path, f"{proc.proc_root}/{proc.pid}/{relative}",
+                  lambda: proc.mnt_id(relative), lambda: proc.stat_link(relative),
+                  identity=identity)
 
 
 def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
-    """CRIU's dump_one_reg_file checks, in its order; the first failure is the one it reports."""
-    table = mounts(ctx, proc)
-    mnt_id, mount = table.find(opened.stat.st_dev, opened.read_mnt_id)
-    if mount is None:
+    """CRIU's dump_one_reg_file checks, in its order; the first failure is the one it reports.
+
+    The file's mount is looked up by its mnt_id, never by its device: a
+    lazily unmounted bind mount shares its device with the mounts still in
+    place, and a file opened before unshare(CLONE_NEWNS) keeps a mount of
+    the old namespace.
+    """
+    try:
+        mnt_id = opened.mnt_id()
+    except AccessDenied:
+        if not opened.identity_only:
+            raise
+        # map_files asks for CAP_SYS_ADMIN: an audit without it (not root's, as
+        # in a degraded `crwatch run`) cannot place a mapped file. CRIU, which
+        # runs as root, can: nothing is said here rather than all being lost.
+        return
+    found = find_mount(ctx, mnt_id)
+    if found is None:
         yield _invisible(proc, opened, mnt_id)
-    elif table.hidden(mount):
+        return
+    namespace, mount = found
+    if namespace.mounts.hidden(mount):
         yield _finding("file.mount.overmounted", proc, opened,
                        f"{opened.label}: {opened.path} is on mount {mnt_id} ({mount.mountpoint}), "
                        f"which another mount hides")
-    elif mount.fstype not in KERNEL_NAMED_FS:
-        yield from _check_unlinked(ctx, proc, opened)
-
-
-def _check_unlinked(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
-    stat = opened.stat
-    if stat.st_nlink and not opened.path.endswith(DELETED):
         return
+    if mount.fstype in KERNEL_NAMED_FS:
+        return
+    # The same file by the same name through the same mount is judged once an
+    # audit (shared libraries are mapped by most processes): before its stat.
+    fine = ctx.table("files.paths_fine", set)
+    key = (opened.path, opened.identity or (opened.stat.st_dev, opened.stat.st_ino), mnt_id)
+    if key in fine:
+        return
+    # A name without " (deleted)" is a linked dentry: a mapping (known by its
+    # line of maps) needs no stat to say so.
+    if (opened.identity_only and not opened.path.endswith(DELETED)) or opened.stat.st_nlink:
+        if (yield from _check_linked(ctx, proc, opened, namespace, mount)):
+            fine.add(key)
+    else:
+        yield from _check_deleted(ctx, proc, opened)
+
+
+def _check_linked(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
+                  mount: Mount) -> Generator[Finding, None, bool]:
+    """check_path_remap for a file with links: its name must still lead to it.
+
+    Returns (as the generator's value) whether the name leads to it.
+    """
+    path = opened.path
+    follow = opened.identity_only or not S_ISLNK(opened.stat.st_mode)  # mappings are no symlinks
+    try:
+        now = os.stat(namespace.root + path, follow_symlinks=follow)
+    except FileNotFoundError:
+        yield from _check_link_remap(ctx, proc, opened, namespace, mount)
+        return False
+    except OSError as error:
+        yield _finding("file.path.unaccessible", proc, opened,
+                       f"{opened.label}: {path} cannot be looked up ({error.strerror})")
+        return False
+    if (now.st_dev, now.st_ino) == opened.identity:
+        return True
+    stat = opened.stat  # maps says the superblock's device, which btrfs, for one, stats otherwise
+    if (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino):
+        return True
+    if (S_ISCHR(stat.st_mode) or S_ISBLK(stat.st_mode)) and now.st_rdev == stat.st_rdev:
+        yield _finding("file.path.evasive_device", proc, opened,
+                       f"{opened.label}: {path} now names another node of the same device "
+                       f"({os.major(stat.st_rdev)}:{os.minor(stat.st_rdev)})")
+    else:
+        yield _finding("file.path.unaccessible", proc, opened,
+                       f"{opened.label}: {path} now names another file ({_inode(now)}), not the "
+                       f"open one ({_inode(stat)})")
+    return False
+
+
+def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: DumpedNamespace,
+                      mount: Mount) -> Iterator[Finding]:
+    """A linked file whose name leads nowhere: CRIU links it back (create_link_remap)."""
+    stat = opened.stat
     seen = ctx.table("files.unlinked_seen", set)
     if (stat.st_dev, stat.st_ino) in seen:
         return  # one finding per file, however many fds and mappings reach it
     seen.add((stat.st_dev, stat.st_ino))
     name = opened.path.removesuffix(DELETED)
-    if stat.st_nlink:
+    directory = _linkable_directory(namespace.root, name)
+    if directory is not None and _mnt_id_of(namespace.root + directory) == mount.id:
+        if mount.read_only:
+            yield _finding("file.link_remap.read_only", proc, opened,
+                           f"{opened.label}: {name} was unlinked and its mount {mount.id} "
+                           f"({mount.mountpoint}) is read-only, so --link-remap cannot link it back")
+            return
         yield _finding("file.deleted.link_remap", proc, opened,
                        f"{opened.label}: {name} was unlinked, but the file still has "
                        f"{stat.st_nlink} other link(s)")
-        return
+    else:
+        where = (f"{directory}, where CRIU would link it, is on another mount" if directory
+                 else "no directory of it is left")
+        yield _finding("file.path.overmounted", proc, opened,
+                       f"{opened.label}: {name} is not reachable by its name from where the dump "
+                       f"resolves paths ({where}), so --link-remap cannot link it back")
+
+
+def _linkable_directory(root: str, name: str) -> str | None:
+    """Where create_link_remap puts its link: the nearest directory above `name` that exists."""
+    directory = os.path.dirname(name)
+    while True:
+        try:
+            if S_ISDIR(os.stat(root + directory).st_mode):
+                return directory
+            return None  # linkat fails with ENOTDIR, no parent is tried
+        except FileNotFoundError:
+            if directory == "/":
+                return None
+            directory = os.path.dirname(directory)
+        except OSError:
+            return None
+
+
+def _check_deleted(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
+    """A file with no link left travels in the image as a ghost (dump_ghost_remap)."""
+    stat = opened.stat
+    seen = ctx.table("files.unlinked_seen", set)
+    if (stat.st_dev, stat.st_ino) in seen:
+        return  # one finding per file, however many fds and mappings reach it
+    seen.add((stat.st_dev, stat.st_ino))
+    name = opened.path.removesuffix(DELETED)
     size = stat.st_blocks * BLOCK_UNIT
     if size <= DEFAULT_GHOST_LIMIT:
         yield _finding("file.deleted.ghost", proc, opened,
@@ -265,8 +658,13 @@ def _invisible(proc: Proc, opened: Opened, mnt_id: int) -> Finding:
                         f"{opened.label}: POSIX message queue {opened.path} (its mount {mnt_id} "
                         f"is the kernel's own, which no mount namespace shows)")
     return _finding("file.mount.invisible", proc, opened,
-                    f"{opened.label}: {opened.path} is on mount {mnt_id}, which pid {proc.pid}'s "
-                    f"mount namespace does not show (lazily unmounted, or another namespace's)")
+                    f"{opened.label}: {opened.path} is on mount {mnt_id}, which the dumped mount "
+                    f"namespace does not show (lazily unmounted, or a mount of a namespace "
+                    f"outside the dump, such as one left by unshare)")
+
+
+def _inode(status: os.stat_result) -> str:
+    return f"device {os.major(status.st_dev)}:{os.minor(status.st_dev)} inode {status.st_ino}"
 
 
 def _finding(code: str, proc: Proc, opened: Opened, message: str) -> Finding:
@@ -290,18 +688,58 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
 
 def check_fd_path(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     """The path rules for an fd whose target is a path (files, FIFOs, memory devices)."""
-    status, table = open_fd.stat, mounts(ctx, proc)
-    # Nearly every fd: linked, on a mount in plain sight. Decided before building anything.
-    if status.st_nlink and not open_fd.target.endswith(DELETED) and table.plainly_shows(status.st_dev):
+    if _is_memfd(ctx, proc, open_fd):
         return
-    if not _is_memfd(ctx, proc, open_fd):
-        yield from check_path(ctx, proc, opened_fd(proc, open_fd))
+    # Nearly every fd is a linked file on a mount in plain sight whose name
+    # still leads to it: check_path's verdict, reached before building anything.
+    status, mnt_id, target = open_fd.stat, open_fd.mnt_id, open_fd.target
+    key = (target, (status.st_dev, status.st_ino), mnt_id)
+    fine = ctx.table("files.paths_fine", set)
+    if key in fine:
+        return
+    root = _plain_mount_root(ctx, mnt_id)
+    if root is not None and status.st_nlink and not target.endswith(DELETED):
+        try:
+            now = os.stat(root + target, follow_symlinks=not S_ISLNK(status.st_mode))
+            if now.st_ino == status.st_ino and now.st_dev == status.st_dev:
+                fine.add(key)
+                return
+        except OSError:
+            pass  # check_path says why
+    yield from check_path(ctx, proc, opened_fd(proc, open_fd))
+
+
+def _plain_mount_root(ctx: AuditContext, mnt_id: int) -> str | None:
+    """Where paths resolve, for a mount in the dumped tables, unhidden, of a file system
+    that is no kernel's own; None for any other mount (check_path judges those)."""
+    plain = ctx.table("files.plain_mounts", dict)
+    if mnt_id not in plain:
+        found = find_mount(ctx, mnt_id)
+        plain[mnt_id] = None if found is None or found[0].mounts.hidden(found[1]) or \
+            found[1].fstype in KERNEL_NAMED_FS else found[0].root
+    return plain[mnt_id]
 
 
 def _is_memfd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> bool:
     # memfds live on the kernel's internal shmem (or hugetlbfs) mount; CRIU dumps their contents.
-    return (open_fd.target.startswith("/memfd:")
-            and not mounts(ctx, proc).shows_device(open_fd.stat.st_dev))
+    dev = open_fd.stat.st_dev
+    return dev == shmem_device() or (open_fd.target.startswith("/memfd:")
+                                     and not mounts(ctx, proc).shows_device(dev))
+
+
+_shmem_device: list[int] = []
+
+
+def shmem_device() -> int:
+    """The device of the kernel's shmem mount (shared anonymous memory, memfds), found as
+    CRIU's kerndat finds it: by making one and looking at its device."""
+    if not _shmem_device:
+        fd = os.memfd_create("crwatch-kerndat", os.MFD_CLOEXEC)
+        try:
+            _shmem_device.append(os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+    return _shmem_device[0]
 
 
 def _check_namespace_file(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -361,38 +799,38 @@ def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:
     return pipes
 
 
-# ---------------------------------------------------------------- cwd and root
+# ---------------------------------------------------------------- cwd, root and exe
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    """dump_task_fs and dump_task_exe_link: cwd, root and the executable go through the path rules."""
     if proc.stat.state == "Z":
-        return  # a zombie has given its cwd and root up, and CRIU saves neither for it
+        return  # a zombie has given its cwd, root and mm up, and CRIU saves none of them
     for name in ("cwd", "root"):
         yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
+    yield from _check_exe(ctx, proc)
+    yield from check_mount_tree(ctx, proc)
+
+
+def _check_exe(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
+    exe = opened_link(proc, "exe", "exe", proc.readlink("exe"))
+    # CRIU dumps a file it saw through the same mount once (fd_id_generate_special): the
+    # executable is mapped too, and its mapping has been judged by the memory checks.
+    mapped = {(os.makedev(m.major, m.minor), m.inode) for m in proc.maps}
+    if (exe.stat.st_dev, exe.stat.st_ino) not in mapped:
+        yield from check_path(ctx, proc, exe)
 
 
 # ---------------------------------------------------------------- helpers
 
-def _follow(proc: Proc, relative: str, call: Callable[[Path], T]) -> T:
-    """call(proc's magic link `relative`), with vanishing and refusal turned into our exceptions."""
+def _mnt_id_of(path: str) -> int:
+    """The mount id of what `path` leads to, or -1 when it leads nowhere."""
     try:
-        return call(proc.path / relative)
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessGone(proc.pid) from None
-    except PermissionError as error:
-        raise AccessDenied(proc.pid, relative, error.strerror) from None
-
-
-def _mnt_id_of(proc: Proc, relative: str) -> int:
-    """The mnt_id of what a magic link leads to, read from fdinfo of an O_PATH open of it."""
-    fd = _follow(proc, relative, lambda link: os.open(link, os.O_PATH))
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
-            for line in fdinfo:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
+        try:
+            return mnt_id_of(path)
+        except MntIdUnavailable:
+            return mnt_id_via_fdinfo(path)
+    except OSError:
         return -1
-    finally:
-        os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -1,8 +1,11 @@
 """Memory mappings (/proc/PID/maps), as CRIU's parse_smaps/handle_vma sort them.
 
 Anonymous memory, file mappings, /dev/zero, shared anonymous memory, memfd,
-hugetlb, AIO rings and the vDSO are all dumped. A mapped file that was
-deleted is saved like a deleted open file (see `files`). What CRIU refuses:
+hugetlb, AIO rings and the vDSO are all dumped. Shared anonymous memory and
+memfds are known by the device of the kernel's shmem mount (kdat.shmem_dev),
+never looked up as files. Every other mapped file is reopened by its path
+(dump_filemap), so the path rules of `files` apply to it, its mount looked
+up by id: a deleted one is saved like a deleted open file. What CRIU refuses:
 mappings of devices other than /dev/zero, of anonymous inodes (io_uring,
 perf, BPF rings...), I/O or PFN-mapped memory, SysV shm while the tree
 shares the host's IPC namespace, and (without --allow-uprobes, CRIU 4.2) the
@@ -104,7 +107,7 @@ def _check_mapping(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[
     elif mapping.deleted:
         yield from _check_deleted(ctx, proc, mapping)
     else:
-        yield from _check_file(proc, mapping)
+        yield from _check_file(ctx, proc, mapping)
 
 
 def _check_socket(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
@@ -129,7 +132,11 @@ def _check_socket(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[F
 
 def _check_deleted(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
     name = mapping.path.removesuffix(files.DELETED)
-    internal = not files.mounts(ctx, proc).shows_device(os.makedev(mapping.major, mapping.minor))
+    device = os.makedev(mapping.major, mapping.minor)
+    # Shared anonymous memory and memfds live on the kernel's shmem mount, which
+    # CRIU knows by its device (kdat.shmem_dev), not by any mount: mount id 0.
+    shmem = device == files.shmem_device()
+    internal = shmem or not files.mounts(ctx, proc).shows_device(device)
     if internal and name.startswith(SYSV_SHM):
         if not files.root_in_own_namespace(ctx, "ipc"):
             yield _finding("memory.sysv_shm.host_ipc", proc, mapping,
@@ -137,26 +144,32 @@ def _check_deleted(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[
     elif internal and (name == ANON_HUGEPAGE or _is_hugetlb_memfd(proc, mapping, name)):
         yield _finding("memory.hugetlb", proc, mapping,
                        f"is {mapping.end - mapping.start} bytes of huge-page memory ({name})")
-    elif not (internal and name.startswith(SHARED_ANONYMOUS)):
+    elif not (shmem or (internal and name.startswith(SHARED_ANONYMOUS))):
         # A deleted file: saved as a ghost, like a deleted open file.
         yield from files.check_path(ctx, proc, _opened(proc, mapping))
 
 
-def _check_file(proc: Proc, mapping: Mapping) -> Iterator[Finding]:
+def _check_file(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
     # Device nodes live on /dev or on pseudo file systems (major 0): only
-    # those mappings are worth a stat.
+    # those mappings are worth a stat before the path rules.
     if "/dev/" not in mapping.path and mapping.major != 0:
+        yield from files.check_path(ctx, proc, _opened(proc, mapping))
         return
-    status = _opened(proc, mapping).stat
+    opened = _opened(proc, mapping)
+    status = opened.stat
     if stat.S_ISBLK(status.st_mode) or (stat.S_ISCHR(status.st_mode) and status.st_rdev != DEV_ZERO):
         device = f"{os.major(status.st_rdev)}:{os.minor(status.st_rdev)}"
         yield _finding("memory.device", proc, mapping, f"maps device {mapping.path} ({device})")
-    elif mapping.path.startswith(("/sys/", "/proc/")):
+        return
+    if mapping.path.startswith(("/sys/", "/proc/")):
         # smaps is slow to read: only pseudo-file mappings (PCI resources...) ask for it.
         flags = proc.smaps_flags.get(mapping.start, set()) & IO_FLAGS
         if flags:
             yield _finding("memory.io", proc, mapping,
                            f"maps {mapping.path} as I/O memory (VmFlags {' '.join(sorted(flags))})")
+            return
+    # /dev/zero and ordinary files: CRIU reopens them by path (parse_smaps, dump_filemap).
+    yield from files.check_path(ctx, proc, opened)
 
 
 def _is_hugetlb_memfd(proc: Proc, mapping: Mapping, name: str) -> bool:
@@ -166,7 +179,8 @@ def _is_hugetlb_memfd(proc: Proc, mapping: Mapping, name: str) -> bool:
 
 def _opened(proc: Proc, mapping: Mapping) -> files.Opened:
     return files.opened_link(proc, f"mapping {mapping.address}", f"map_files/{mapping.address}",
-                             mapping.path)
+                             mapping.path,
+                             identity=(os.makedev(mapping.major, mapping.minor), mapping.inode))
 
 
 def _finding(code: str, proc: Proc, mapping: Mapping, what: str) -> Finding:
