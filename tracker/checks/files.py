@@ -39,7 +39,7 @@ from typing import Callable, Generator, Iterator
 
 from tracker.context import AuditContext
 from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
-                            ProcessGone, mnt_id_of, mnt_id_via_fdinfo)
+                            ProcessGone, link_too_long, mnt_id_of, mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
@@ -236,8 +236,9 @@ _PARSED: dict[str, Mounts] = {}
 
 
 def _parents(path: str) -> Iterator[str]:
-    while path != "/":
-        path = os.path.dirname(path)
+    # Ends at "/" for an absolute path, and at once for a name that is no path at all.
+    while (parent := os.path.dirname(path)) != path:
+        path = parent
         yield path
 
 
@@ -615,8 +616,8 @@ def _linkable_directory(root: str, name: str) -> str | None:
                 return directory
             return None  # linkat fails with ENOTDIR, no parent is tried
         except FileNotFoundError:
-            if directory == "/":
-                return None
+            if os.path.dirname(directory) == directory:
+                return None  # "/" (or a name that is no path) has no parent to try
             directory = os.path.dirname(directory)
         except OSError:
             return None
@@ -806,7 +807,9 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     if proc.stat.state == "Z":
         return  # a zombie has given its cwd, root and mm up, and CRIU saves none of them
     for name in ("cwd", "root"):
-        yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
+        target = proc.readlink(name)
+        if not link_too_long(target):  # general reports a path CRIU cannot read
+            yield from check_path(ctx, proc, opened_link(proc, name, name, target))
     yield from _check_exe(ctx, proc)
     yield from check_mount_tree(ctx, proc)
 
