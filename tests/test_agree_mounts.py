@@ -37,7 +37,7 @@ if os.environ.get("CRWATCH_STAGE") != "unshared":
     os.environ["CRWATCH_STAGE"] = "unshared"
     os.execv(sys.executable, [sys.executable, "-c", open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]])
 """
-MS_REC, MS_PRIVATE, MS_SLAVE = 0x4000, 0x40000, 0x80000
+MS_REC, MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x4000, 0x40000, 0x80000, 0x100000
 
 
 def in_own_mount_namespace(code: str, propagation: int = MS_REC | MS_PRIVATE) -> str:
@@ -433,3 +433,41 @@ ready(); hold()
         assert_agrees(s.pid, "own mount namespace, bind of a host tmpfs it unmounted",
                       expect="needs_options", codes={"mount.external.auto"},
                       criu_error="doesn't have a proper root mount")
+
+
+def test_own_mount_namespace_slave_of_a_peer_group_only_an_outside_process_has_is_blocked(
+        scratch: Path):
+    # The subject makes a shared mount in a namespace of its own, and its child copies that
+    # namespace as a slave: the child's mount receives from a peer group that neither the
+    # dumped tree (the child) nor CRIU's namespace has.
+    peer = scratch / "peer"
+    peer.mkdir()
+    code = f"""
+libc = ctypes.CDLL(None, use_errno=True)
+def call(result):
+    assert result == 0, os.strerror(ctypes.get_errno())
+call(libc.unshare(0x00020000))                                        # CLONE_NEWNS
+call(libc.mount(b"none", b"/", None, {MS_REC | MS_PRIVATE}, None))
+call(libc.mount(b"crwatch-peer", {str(peer).encode()!r}, b"tmpfs", 0, None))
+call(libc.mount(b"none", {str(peer).encode()!r}, None, {MS_SHARED}, None))
+kid = os.fork()
+if kid == 0:
+    call(libc.prctl(1, signal.SIGKILL))                               # PR_SET_PDEATHSIG
+    os.setsid()                                                       # a root of its own session
+    call(libc.unshare(0x00020000))
+    call(libc.mount(b"none", b"/", None, {MS_REC | MS_SLAVE}, None))
+    null = os.open("/dev/null", os.O_RDWR)
+    for number in (0, 1, 2):
+        os.dup2(null, number)
+    os.execv("/bin/sleep", ["sleep", "1000"])                         # nothing of the old namespace
+while os.readlink(f"/proc/{{kid}}/exe") != "/usr/bin/sleep":
+    time.sleep(0.01)
+ready(str(kid)); hold()
+"""
+    with subject(code) as s:
+        kid = int(s.note)
+        assert_agrees(kid, "own mount namespace, slave of a peer group of an outside process",
+                      expect="blocked", codes={"mount.sharing.unreachable"},
+                      criu_error="has unreachable sharing")
+        dump_fails_with(kid, ["--enable-external-masters", "--ext-mount-map", "auto"],
+                        "has unreachable sharing")

@@ -511,6 +511,8 @@ def check_path(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Findin
     place, and a file opened before unshare(CLONE_NEWNS) keeps a mount of
     the old namespace.
     """
+    if link_too_long(opened.path):
+        return  # CRIU cannot even read the name: file.path.too_long or task.proc_line_too_long
     try:
         mnt_id = opened.mnt_id()
     except AccessDenied:
