@@ -11,19 +11,15 @@ lacks what CRIU reads fails too (dump_macvlan, dump_sit).
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
-from tracker.checks.sockets.diag import DiagUnavailable, attributes, replies
+from tracker.checks.sockets.diag import DiagUnavailable, attributes, netlink_socket_in, replies
 
 NETLINK_ROUTE = 0
 RTM_GETLINK = 18
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-CLONE_NEWNET = 0x40000000
 TIMEOUT = 5.0
 IFLA_IFNAME, IFLA_LINKINFO = 3, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
@@ -112,7 +108,7 @@ def _u16(value: bytes | None) -> int:
 def links(netns: str) -> list[Link]:
     """Every link of the network namespace at `netns` (a /proc/PID/ns/net path)."""
     try:
-        with _route_socket(netns) as route:
+        with netlink_socket_in(netns, NETLINK_ROUTE) as route:
             route.settimeout(TIMEOUT)
             route.sendall(_REQUEST)
             return [decode(body) for body in replies(route)]
@@ -135,32 +131,5 @@ def decode(body: bytes) -> Link:
 
 _REQUEST = _NLMSG.pack(_NLMSG.size + _IFINFOMSG.size, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
                        1, 0) + _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _route_socket(netns: str) -> socket.socket:
-    """An rtnetlink socket of that namespace: made by a thread that joins it first
-    (setns changes only the calling thread; the socket stays in the namespace)."""
-    made: list[socket.socket] = []
-    failed: list[OSError] = []
-
-    def join_and_open() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, os.strerror(code))
-            finally:
-                os.close(fd)
-            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      NETLINK_ROUTE))
-        except OSError as error:
-            failed.append(error)
-
-    thread = threading.Thread(target=join_and_open, name="crwatch-rtnetlink")
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-    return made[0]

@@ -234,6 +234,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _open(netns: str | None) -> socket.socket:
     if netns is None:
         return _diag_socket()
+    return netlink_socket_in(netns, NETLINK_SOCK_DIAG)
+
+
+def netlink_socket_in(netns: str, protocol: int) -> socket.socket:
+    """A netlink socket of the network namespace `netns` (its nsfs path): made by a thread
+    that joins it first (setns changes only the calling thread; the socket stays there)."""
     opened: list[socket.socket] = []
     failed: list[OSError] = []
 
@@ -246,11 +252,12 @@ def _open(netns: str | None) -> socket.socket:
                     raise OSError(code, f"setns {netns}: {os.strerror(code)}")
             finally:
                 os.close(fd)
-            opened.append(_diag_socket())
+            opened.append(socket.socket(socket.AF_NETLINK,
+                                        socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol))
         except OSError as error:
             failed.append(error)
 
-    thread = threading.Thread(target=join_and_open, name="crwatch-sock-diag")
+    thread = threading.Thread(target=join_and_open, name="crwatch-netns-socket")
     thread.start()
     thread.join()
     if failed:
