@@ -49,13 +49,15 @@ def test_the_dashboard_shows_who_is_not_checkpointable_why_and_what_happened(ser
     with subject("fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()") as s:
         # live: the transition arrives over /events, the row with the next refresh
         page.wait_for_selector(f'#timeline li.nocr[data-pid="{s.pid}"]', timeout=WAIT_MS)
-        row = page.wait_for_selector(f'#not-checkpointable tr[data-pid="{s.pid}"]',
-                                     timeout=WAIT_MS)
-        assert "blocked" in row.inner_text() and "device.chr.unsupported" in row.inner_text()
+        # A locator, not an element handle: the list is redrawn as rows change.
+        row = page.locator(f'#not-checkpointable tr[data-pid="{s.pid}"]')
+        row.wait_for(timeout=WAIT_MS)
+        text = row.inner_text(timeout=WAIT_MS)
+        assert "blocked" in text and "device.chr.unsupported" in text
         assert int(page.inner_text('#verdict-counts [data-verdict="blocked"]').split(": ")[1]) >= 1
         page.wait_for_selector('#reason-counts tr[data-code="device.chr.unsupported"]',
                                timeout=WAIT_MS)
-        row.click()  # drill down: verdict, fds and history
+        row.click(timeout=WAIT_MS)  # drill down: verdict, fds and history
         page.wait_for_selector(f'#detail[data-pid="{s.pid}"]', timeout=WAIT_MS)
         device = page.inner_text(f'#detail-fds tr[data-fd="{s.note}"]')
         assert "/dev/kvm" in device and "device.chr.unsupported" in device
@@ -81,13 +83,14 @@ def test_the_dashboard_judges_the_tree_rooted_at_each_process_when_asked(server,
     with subject(NESTED_PID_NS) as root:
         # Its own findings are fine; its tree (a grandchild in a nested pid namespace) is not.
         page.select_option("#scope", "tree")
-        row = page.wait_for_selector(f'#not-checkpointable tr[data-pid="{root.pid}"]',
-                                     timeout=WAIT_MS)
+        # A locator, not an element handle: the list is redrawn as rows change.
+        row = page.locator(f'#not-checkpointable tr[data-pid="{root.pid}"]')
+        row.wait_for(timeout=WAIT_MS)
         page.wait_for_function(
             f'document.querySelector(\'#not-checkpointable tr[data-pid="{root.pid}"] td.tree\')'
-            f'.textContent === "blocked (3 processes)"', timeout=WAIT_MS)
-        assert row.query_selector("td.verdict-ok").inner_text() == "ok"
-        row.click()
+            f'?.textContent === "blocked (3 processes)"', timeout=WAIT_MS)
+        assert row.locator("td.verdict-ok").inner_text(timeout=WAIT_MS) == "ok"
+        row.click(timeout=WAIT_MS)
         page.wait_for_selector(f'#detail[data-pid="{root.pid}"]', timeout=WAIT_MS)
         verdict = page.inner_text("#detail-verdict")
         assert "tree of 3 processes: blocked" in verdict and "namespace.nested" in verdict

@@ -67,8 +67,9 @@ BARRIER_TIMEOUT = 30.0               # a burst of events from elsewhere on the h
 MESSAGE_BYTES = 65536
 # Findings the tracker follows that carry no fd; the others are fd findings of the
 # files the probes follow (reads.probe_visible) and the held locks.
+# namespace.net_lock: the live table asks for the lock wherever it tracks a connection.
 PROCESS_CODES = frozenset({"task.traced", "task.pi_futex", "memory.sysv_shm.host_ipc",
-                           "namespace.nested"})
+                           "namespace.nested", "namespace.net_lock"})
 
 BARRIER = """
 requests = int(os.environ["BARRIER_FD"])
