@@ -1,0 +1,76 @@
+"""Namespaces: the tree's own and nested ones, pid-namespace inits, user maps
+(tracker/checks/namespaces.py; CRIU namespaces.c, pid-ns handling in pstree.c)."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from bench.fuzz import generator
+from bench.fuzz.runtime import CLONE, hold, unshare
+
+
+@generator("namespaces", weight=2, draw=lambda rng, place: {
+    "kind": rng.choice(("net", "uts", "ipc", "cgroup", "time"))})
+def unshare_namespace(ctx, kind):
+    """the process in a new net, uts, ipc or cgroup namespace (time: for its later children)"""
+    unshare(CLONE[kind])
+
+
+@generator("namespaces", draw=lambda rng, place: {"private": rng.random() < 0.5},
+           known="mounts (a process in its own mount namespace)")
+def mount_namespace(ctx, private):
+    """the process in a new mount namespace, its mounts made private or left as they were"""
+    unshare(CLONE["mnt"])
+    if private:
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+@generator("namespaces", stage="privileges", draw=lambda rng, place: {"mapped": rng.random() < 0.6})
+def user_namespace(ctx, mapped):
+    """the process in a new user namespace, its ids mapped (0 to 0) by a helper or not at all"""
+    read_end, write_end = os.pipe()
+    done_read, done_write = os.pipe()
+    parent = os.getpid()
+    helper = ctx.fork()
+    if helper == 0:
+        os.read(read_end, 1)
+        if mapped:
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{parent}/{name}", "w") as id_map:
+                    id_map.write("0 0 4294967295")
+        os.write(done_write, b"x")
+        os._exit(0)
+    os.close(read_end)
+    os.close(done_write)
+    try:
+        unshare(CLONE["user"])
+    finally:
+        os.write(write_end, b"x")
+        os.close(write_end)
+        os.read(done_read, 1)
+        os.close(done_read)
+        os.waitpid(helper, 0)
+
+
+@generator("namespaces", once=True, draw=lambda rng, place: {"setsid": rng.random() < 0.7,
+                                                  "second": rng.random() < 0.3})
+def pid_namespace_init(ctx, setsid, second):
+    """a child that is init of a new pid namespace (leading its own session or not, with a second member);
+    the process's later children are members of that namespace too"""
+    unshare(CLONE["pid"])
+    read_end, write_end = os.pipe()
+    init = ctx.fork()
+    if init == 0:
+        os.close(read_end)
+        if setsid:
+            os.setsid()
+        if second and ctx.fork() == 0:
+            os.close(write_end)
+            hold()
+        os.write(write_end, b"x")
+        os.close(write_end)
+        hold()
+    os.close(write_end)
+    os.read(read_end, 1)
+    os.close(read_end)
+    ctx.extra.append(init)

@@ -1,0 +1,154 @@
+"""The differential fuzzer (bench/fuzz_criu.py): a bounded run against the real CRIU,
+and the parts of it that need no CRIU.
+
+The bounded run composes CRWATCH_FUZZ_COMPOSITIONS random trees (default 100)
+from CRWATCH_FUZZ_SEED (default below, printed), and fails on any unsafe
+verdict (crwatch said a dump would work and CRIU refused it), naming each
+reproducer; `python -m bench.fuzz_criu --replay PATH` re-runs one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import fuzz_criu
+from bench.fuzz import STAGES, load
+from tracker.criu import DumpResult, find_criu
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get("CRWATCH_FUZZ_SEED", "20261207"))
+COMPOSITIONS = int(os.environ.get("CRWATCH_FUZZ_COMPOSITIONS", "100"))
+FAMILIES = {"files", "sockets", "anon", "memory", "locks", "ipc", "namespaces", "task", "terminal",
+            "devices"}
+
+
+def test_bounded_fuzz_run_finds_no_unsafe_verdict():
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    out = REPO / "build" / "fuzz-test"
+    figures = fuzz_criu.fuzz(COMPOSITIONS, SEED, 4, out, list(load().values()), criu)
+    assert figures["compositions"] == COMPOSITIONS
+    unsafe = [d for d in figures["disagreements"] if d["result"] == fuzz_criu.UNSAFE]
+    unexplained = [d for d in unsafe if not fuzz_criu.known_cause(d["generators"])]
+    for disagreement in unsafe:
+        cause = fuzz_criu.known_cause(disagreement["generators"])
+        print(f"{out / fuzz_criu.reproducer_name(disagreement['index'])}: {disagreement['why']}"
+              + (f" (known: {cause})" if cause else ""))
+    assert not unexplained, (
+        f"seed {SEED}: {len(unexplained)} unsafe verdict(s); reproducers: "
+        + ", ".join(str(out / fuzz_criu.reproducer_name(d["index"])) for d in unexplained))
+
+
+def test_generators_cover_every_family_with_a_docstring_each():
+    generators = load()
+    assert len(generators) >= 40
+    assert {g.family for g in generators.values()} == FAMILIES
+    assert all(g.doc and g.stage in STAGES for g in generators.values())
+
+
+def test_the_same_seed_composes_the_same_trees_and_a_tree_has_1_to_4_processes():
+    pool = list(load().values())
+    first = [fuzz_criu.compose(random.Random(f"5:{i}"), 4, pool) for i in range(50)]
+    again = [fuzz_criu.compose(random.Random(f"5:{i}"), 4, pool) for i in range(50)]
+    assert first == again
+    assert {len(tree) for tree in first} == {1, 2, 3, 4}
+    for tree in first:
+        assert tree[0]["parent"] is None and tree[0]["generators"]
+        assert all(p["parent"] < i for i, p in enumerate(tree) if i)
+        json.dumps(tree)   # a reproducer holds it as it is
+
+
+def test_a_composition_never_puts_a_vfork_with_threads_or_a_final_stage_twice():
+    pool = list(load().values())
+    generators = load()
+    for index in range(300):
+        for process in fuzz_criu.compose(random.Random(f"9:{index}"), 4, pool):
+            chosen = [generators[step["name"]] for step in process["generators"]]
+            assert sum(g.exclusive for g in chosen) <= 1
+            assert not (any(g.single_threaded for g in chosen)
+                        and any(g.stage == "threads" for g in chosen))
+
+
+class FakeCriu:
+    """Answers dumps from a table (the classification alone; the bounded run uses the real CRIU)."""
+
+    version = (4, 2, 1)
+
+    def __init__(self, *answers: tuple[bool, str]):
+        self.answers = list(answers)
+        self.calls: list[list[str]] = []
+
+    def dump(self, pid: int, options=()) -> DumpResult:
+        self.calls.append(list(options))
+        ok, error = self.answers.pop(0)
+        return DumpResult(ok, 0 if ok else 1, [] if ok else [error], "", ["criu", *options])
+
+
+def outcome(verdict: str, reasons: list[dict] = ()) -> fuzz_criu.Outcome:
+    result = fuzz_criu.Outcome(0, [])
+    result.document = {"verdict": verdict, "reasons": list(reasons)}
+    return result
+
+
+FILE_LOCKS = {"option": "--file-locks", "option_value": None, "severity": "option"}
+
+
+@pytest.mark.parametrize("verdict, reasons, answers, expected", [
+    ("ok", [], [(True, "")], fuzz_criu.AGREE),
+    ("ok", [], [(False, "Error (x): refused")], fuzz_criu.UNSAFE),
+    ("needs_options", [FILE_LOCKS], [(False, "Error: locks"), (True, "")], fuzz_criu.AGREE),
+    ("needs_options", [FILE_LOCKS], [(True, "")], fuzz_criu.OVERCAUTIOUS),
+    ("needs_options", [FILE_LOCKS], [(False, "Error: locks"), (False, "Error: else")], fuzz_criu.UNSAFE),
+    ("blocked", [], [(False, "Error: no"), (False, "Error: no")], fuzz_criu.AGREE),
+    ("blocked", [], [(True, "")], fuzz_criu.OVERCAUTIOUS),
+    ("blocked", [FILE_LOCKS], [(False, "Error: no"), (True, "")], fuzz_criu.OVERCAUTIOUS),
+    ("unknown", [], [], fuzz_criu.UNKNOWN),
+])
+def test_classification(verdict, reasons, answers, expected):
+    criu = FakeCriu(*answers)
+    result = outcome(verdict, reasons)
+    fuzz_criu.classify(result, criu, 1)
+    assert result.result == expected
+    assert criu.answers == []   # every planned dump was made, no more
+    if len(criu.calls) == 2:
+        assert criu.calls == [[], ["--file-locks"] if reasons else []]
+
+
+def test_a_transient_failure_is_retried_once_and_counted():
+    criu = FakeCriu((False, "Error (compel/src/lib/infect.c:1): Unable to detach from PID 5"), (True, ""))
+    result = outcome("ok")
+    fuzz_criu.classify(result, criu, 1)
+    assert (result.result, result.retries, len(criu.calls)) == (fuzz_criu.AGREE, 1, 2)
+
+
+def test_dropping_an_empty_leaf_renumbers_the_parents():
+    tree = [{"parent": None, "generators": [{"name": "pipe"}]},
+            {"parent": 0, "generators": []},
+            {"parent": 0, "generators": [{"name": "pipe"}]}]
+    assert fuzz_criu.drop_empty_leaf(tree) == [tree[0], dict(tree[2], parent=0)]
+    assert fuzz_criu.drop_empty_leaf([tree[0]]) is None
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--generators", "pipe,no_such_thing"], "unknown generator(s): no_such_thing"),
+    (["--replay", "/nonexistent/repro.json"], "cannot read /nonexistent/repro.json"),
+    (["--compositions", "0"], "--compositions must be at least 1"),
+])
+def test_bad_input_is_one_clear_line_and_exit_status_2(arguments, message):
+    run = subprocess.run([sys.executable, "-m", "bench.fuzz_criu", *arguments], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_reproducer_that_is_not_one_is_refused(tmp_path: Path):
+    path = tmp_path / "repro.json"
+    path.write_text(json.dumps({"processes": [{"parent": None, "generators": [{"name": "nope"}]}]}))
+    with pytest.raises(fuzz_criu.UsageError, match="unknown generators: nope"):
+        fuzz_criu.load_reproducer(path)
