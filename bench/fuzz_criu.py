@@ -302,7 +302,22 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
     if verdict == "unknown":
         outcome.result, outcome.why = UNKNOWN, "crwatch could not judge the tree"
         return
-    plain = dump(outcome, criu, pid, [])
+    members = [process["pid"] for process in outcome.document.get("processes", [])] or [pid]
+    options = arguments_for(outcome.document["reasons"])
+    if verdict == "needs_options":
+        # With the options first: a refused plain dump may still disturb the tree (a write
+        # lease CRIU's reopen breaks kills its holder), and would spoil the second dump.
+        named = dump(outcome, criu, pid, options, members)
+        plain = dump(outcome, criu, pid, [], members)
+        if plain["ok"]:
+            outcome.result, outcome.why = OVERCAUTIOUS, f"crwatch: {verdict}; CRIU dumped it plainly"
+        elif not named["ok"]:
+            outcome.result, outcome.why = UNSAFE, (
+                f"crwatch: needs {' '.join(options)}; CRIU refused it with them: {first_error(named)}")
+        else:
+            outcome.result = AGREE
+        return
+    plain = dump(outcome, criu, pid, [], members)
     if verdict == "ok":
         outcome.result, outcome.why = (AGREE, "") if plain["ok"] else \
             (UNSAFE, f"crwatch: ok; CRIU refused it plainly: {first_error(plain)}")
@@ -310,29 +325,46 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
     if plain["ok"]:
         outcome.result, outcome.why = OVERCAUTIOUS, f"crwatch: {verdict}; CRIU dumped it plainly"
         return
-    options = arguments_for(outcome.document["reasons"])
-    named = dump(outcome, criu, pid, options)
-    if verdict == "needs_options":
-        outcome.result, outcome.why = (AGREE, "") if named["ok"] else (
-            UNSAFE, f"crwatch: needs {' '.join(options)}; CRIU refused it with them: {first_error(named)}")
-    elif named["ok"]:
+    named = dump(outcome, criu, pid, options, members)
+    if named["ok"]:
         outcome.result, outcome.why = OVERCAUTIOUS, \
             f"crwatch: blocked; CRIU dumped it with {' '.join(options) or 'no options'}"
     else:
         outcome.result = AGREE
 
 
-def dump(outcome: Outcome, criu, pid: int, options: list[str]) -> dict:
+def dump(outcome: Outcome, criu, pid: int, options: list[str], members: list[int]) -> dict:
+    """One CRIU dump (retried once when CRIU's errors are its own trouble under load); a dump
+    after which a process of the tree has died counts as a failure."""
     from tracker.criu_log import transient
 
+    before = states(members)
     result = criu.dump(pid, options)
     if not result.ok and transient(result.errors):
         outcome.retries += 1
         result = criu.dump(pid, options)
-    record = {"options": options, "command": result.command, "ok": result.ok,
-              "errors": result.errors, "seconds": round(result.seconds, 3)}
+    errors = list(result.errors)
+    killed = [member for member, state in states(members).items()
+              if state in ("gone", "Z", "X") and before[member] not in ("gone", "Z", "X")]
+    if result.ok and killed:
+        errors.append(f"the dump left the tree without pid(s) {', '.join(map(str, killed))} "
+                      f"(it killed them)")
+    record = {"options": options, "command": result.command, "ok": result.ok and not killed,
+              "errors": errors, "seconds": round(result.seconds, 3)}
     outcome.dumps.append(record)
     return record
+
+
+def states(pids: list[int]) -> dict[int, str]:
+    """Each process's state letter, or "gone"."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                found[pid] = stat.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            found[pid] = "gone"
+    return found
 
 
 def first_error(record: dict) -> str:

@@ -83,6 +83,7 @@ def fork_children(spec: dict, index: int, ctx: Context) -> list[tuple[int, int, 
     for child_index, child in enumerate(spec["processes"]):
         if child.get("parent") != index:
             continue
+        ctx.child_number = len(children)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:

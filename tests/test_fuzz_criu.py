@@ -92,7 +92,9 @@ class FakeCriu:
 
 def outcome(verdict: str, reasons: list[dict] = ()) -> fuzz_criu.Outcome:
     result = fuzz_criu.Outcome(0, [])
-    result.document = {"verdict": verdict, "reasons": list(reasons)}
+    # this test's own pid stands in for the tree: it lives through every dump
+    result.document = {"verdict": verdict, "reasons": list(reasons),
+                       "processes": [{"pid": os.getpid()}]}
     return result
 
 
@@ -102,9 +104,10 @@ FILE_LOCKS = {"option": "--file-locks", "option_value": None, "severity": "optio
 @pytest.mark.parametrize("verdict, reasons, answers, expected", [
     ("ok", [], [(True, "")], fuzz_criu.AGREE),
     ("ok", [], [(False, "Error (x): refused")], fuzz_criu.UNSAFE),
-    ("needs_options", [FILE_LOCKS], [(False, "Error: locks"), (True, "")], fuzz_criu.AGREE),
-    ("needs_options", [FILE_LOCKS], [(True, "")], fuzz_criu.OVERCAUTIOUS),
-    ("needs_options", [FILE_LOCKS], [(False, "Error: locks"), (False, "Error: else")], fuzz_criu.UNSAFE),
+    # needs_options: with the options first, then plainly
+    ("needs_options", [FILE_LOCKS], [(True, ""), (False, "Error: locks")], fuzz_criu.AGREE),
+    ("needs_options", [FILE_LOCKS], [(True, ""), (True, "")], fuzz_criu.OVERCAUTIOUS),
+    ("needs_options", [FILE_LOCKS], [(False, "Error: else"), (False, "Error: locks")], fuzz_criu.UNSAFE),
     ("blocked", [], [(False, "Error: no"), (False, "Error: no")], fuzz_criu.AGREE),
     ("blocked", [], [(True, "")], fuzz_criu.OVERCAUTIOUS),
     ("blocked", [FILE_LOCKS], [(False, "Error: no"), (True, "")], fuzz_criu.OVERCAUTIOUS),
@@ -117,7 +120,8 @@ def test_classification(verdict, reasons, answers, expected):
     assert result.result == expected
     assert criu.answers == []   # every planned dump was made, no more
     if len(criu.calls) == 2:
-        assert criu.calls == [[], ["--file-locks"] if reasons else []]
+        named = ["--file-locks"] if reasons else []
+        assert criu.calls == ([named, []] if verdict == "needs_options" else [[], named])
 
 
 def test_a_transient_failure_is_retried_once_and_counted():

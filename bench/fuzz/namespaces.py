@@ -2,7 +2,10 @@
 (tracker/checks/namespaces.py; CRIU namespaces.c, pid-ns handling in pstree.c)."""
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import struct
 import subprocess
 
 from bench.fuzz import generator
@@ -12,8 +15,19 @@ from bench.fuzz.runtime import CLONE, hold, unshare
 @generator("namespaces", weight=2, draw=lambda rng, place: {
     "kind": rng.choice(("net", "uts", "ipc", "cgroup", "time"))})
 def unshare_namespace(ctx, kind):
-    """the process in a new net, uts, ipc or cgroup namespace (time: for its later children)"""
+    """the process in a new net (its loopback up), uts, ipc or cgroup namespace (time: for its
+    later children)"""
     unshare(CLONE[kind])
+    if kind == "net":
+        loopback_up()
+
+
+def loopback_up() -> None:
+    """Bring `lo` of the current network namespace up (SIOCGIFFLAGS, SIOCSIFFLAGS)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, 0x8913, request))[1]
+        fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))   # IFF_UP
 
 
 @generator("namespaces", draw=lambda rng, place: {"private": rng.random() < 0.5},

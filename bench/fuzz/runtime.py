@@ -60,25 +60,26 @@ def host_pid() -> int:
     return int(os.readlink("/proc/self"))
 
 
-def host_pid_of(pid: int) -> int:
-    """The /proc pid of a process this one knows as `pid` (its own pid namespace's number)."""
+def host_pid_of(child: int) -> int:
+    """The /proc pid of a child this process knows as `child` (its number in this process's
+    pid namespace for children, which may not be the one /proc shows)."""
     with open("/proc/self/status") as status:
         depth = len(next(line for line in status if line.startswith("NSpid:")).split()) - 2
     if depth == 0:
-        return pid
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/status") as status:
-                nspid = next(line for line in status if line.startswith("NSpid:")).split()[1:]
-        except (OSError, StopIteration, NotADirectoryError):
-            continue
-        if len(nspid) > depth and int(nspid[depth]) == pid:
-            return int(entry)
-    raise OSError(0, f"no /proc entry for pid {pid} of this pid namespace")
+        return child
+    me = host_pid()
+    for task in os.listdir(f"/proc/{me}/task"):
+        with open(f"/proc/{me}/task/{task}/children") as children:
+            for pid in children.read().split():
+                with open(f"/proc/{pid}/status") as status:
+                    nspid = next(line for line in status if line.startswith("NSpid:")).split()[1:]
+                if len(nspid) > depth and int(nspid[depth]) == child:
+                    return int(pid)
+    raise OSError(0, f"pid {child} is no child of this process")
 
 
 def state_of(pid: int) -> str:
-    """The state letter of a process this one knows as `pid`."""
+    """The state letter of a child (or, from the fuzzer, the root) this process knows as `pid`."""
     with open(f"/proc/{host_pid_of(pid)}/stat") as stat:
         return stat.read().rpartition(")")[2].split()[0]
 
@@ -98,6 +99,7 @@ class Context:
                                          # numbered in this process's pid namespace
         self.sysv: list[tuple[str, int, int]] = []   # (kind, id, ipc ns inode) to remove afterwards
         self.shared_fds: set[int] = set()  # fds a child keeps even when it inherits nothing
+        self.child_number = 0            # in a child: how many siblings were forked before it
         self._names = 0
 
     def keep(self, *objects):

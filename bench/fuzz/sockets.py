@@ -172,11 +172,23 @@ def tcp_listener(ctx, family, pending):
         ctx.outside(setup=lambda: ctx.kept.append(socket.create_connection(address)))
 
 
-@generator("sockets", weight=1.5, draw=lambda rng, place: {
-    "family": draw_family(rng), "shutdown": rng.choice(("none", "none", "write", "read", "both")),
-    "data": rng.random() < 0.5, "peer_closed": rng.random() < 0.2})
-def tcp_connection(ctx, family, shutdown, data, peer_closed):
-    """an established TCP connection with both ends in the process: data queued, shut down, peer closed"""
+@generator("sockets", weight=1.5, draw=lambda rng, place: {"family": draw_family(rng),
+                                                           "data": rng.random() < 0.5})
+def tcp_connection(ctx, family, data):
+    """an established TCP connection with both ends in the process, data queued or not"""
+    connect_tcp(ctx, family, "none", data, False)
+
+
+@generator("sockets", draw=lambda rng, place: {
+    "family": draw_family(rng), "shutdown": rng.choice(("none", "write", "read", "both")),
+    "data": rng.random() < 0.5, "peer_closed": rng.random() < 0.5},
+           known="env (shut-down and closing TCP sockets CRIU still locks)")
+def tcp_connection_closing(ctx, family, shutdown, data, peer_closed):
+    """a TCP connection of the process shut down (read, write, both) or whose peer closed"""
+    connect_tcp(ctx, family, shutdown, data, peer_closed or shutdown == "none")
+
+
+def connect_tcp(ctx, family, shutdown, data, peer_closed):
     listener = socket.socket(FAMILIES[family])
     listener.bind((loopback(FAMILIES[family]), 0))
     listener.listen(1)

@@ -39,13 +39,14 @@ def pty_pair(ctx, controlling, keep):
 
 @generator("terminal", draw=lambda rng, place: {"controlling": rng.random() < 0.7})
 def pty_across_fork(ctx, controlling):
-    """a pty whose master this process keeps and whose slave its children keep (as their terminal)"""
+    """a pty whose master this process keeps and whose slave its children keep (the first child
+    as its controlling terminal, or none)"""
     master, slave = ctx.keep(*os.openpty())
     ctx.shared_fds.add(slave)
 
     def in_child():
         os.close(master)
-        if controlling:
+        if controlling and ctx.child_number == 0:   # a terminal controls one session
             take_controlling(slave)
     ctx.in_children.append(in_child)
     ctx.after_children.append(lambda children: os.close(slave) if children else None)
