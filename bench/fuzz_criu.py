@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -46,6 +47,7 @@ from bench.fuzz import Generator, Place, load
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0
 HUGE_PAGES_PER_MAPPING = 2
+NUMBERS = re.compile(r"\b[0-9a-f]*\d[0-9a-f]*\b")   # pids, fds, inodes, ids: they differ each run
 AGREE, UNSAFE, OVERCAUTIOUS, UNKNOWN, SKIPPED = "agree", "unsafe", "overcautious", "unknown", "skipped"
 
 
@@ -114,12 +116,13 @@ class Outcome:
     dumps: list[dict] = field(default_factory=list)
     retries: int = 0
     seconds: float = 0.0
+    other_cause: str = ""   # an agreeing refusal whose CRIU error no reason predicted
 
     def record(self, seed: int | None) -> dict:
         return {"schema": "crwatch.fuzz-reproducer/1", "seed": seed, "index": self.index,
                 "result": self.result, "why": self.why, "processes": self.processes,
                 "generators": generator_names(self.processes), "document": self.document,
-                "dumps": self.dumps, "retries": self.retries}
+                "dumps": self.dumps, "retries": self.retries, "other_cause": self.other_cause}
 
 
 class Subject:
@@ -128,10 +131,11 @@ class Subject:
     def __init__(self, processes: list[dict], workdir: Path):
         self.scratch = workdir / "scratch"
         self.scratch.mkdir(parents=True)
-        spec = workdir / "spec.json"
+        self.spec = spec = workdir / "spec.json"
         spec.write_text(json.dumps({"scratch": str(self.scratch), "processes": processes}))
         self.huge_pages = reserve_huge_pages(HUGE_PAGES_PER_MAPPING * sum(
             name == "hugetlb_mapping" for name in generator_names(processes)))
+        self.lease_break_time = shorten_lease_break_time(processes)
         read_end, write_end = os.pipe()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.fuzz_subject", str(spec)], cwd=REPO,
@@ -139,24 +143,31 @@ class Subject:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         os.close(write_end)
+        self.ready_pipe = read_end
         self.pid = self.process.pid
         self.report: dict = {"pids": {"0": self.pid}, "others": [], "extra": [], "sysv": []}
+
+    def await_ready(self) -> None:
+        """Wait for the tree's ready line (stop() cleans up whatever happens here)."""
         try:
-            self.report = read_report(read_end, self.process)
+            self.report = read_report(self.ready_pipe, self.process)
         finally:
-            os.close(read_end)
+            os.close(self.ready_pipe)
 
     def stop(self) -> None:
         """Kill every process of the tree and its helpers, then undo what they left: mounts,
         SysV objects and queues of the host namespace, files."""
         # (the "extra" processes generators added are numbered in their pid namespace,
-        # and are descendants: found below)
+        # and are descendants: found below; a tree that never got ready reported nothing, but
+        # every process of it still runs the subject's command line)
         pids = {*map(int, self.report["pids"].values()), *self.report["others"], self.pid}
-        for pid in sorted(pids | descendants_of(pids)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for _ in range(100):   # a tree still building forks on: until none is left
+            pids |= running_command(str(self.spec))
+            pids |= descendants_of(pids)
+            alive = [pid for pid in sorted(pids) if kill(pid)]
+            if not alive:
+                break
+            pids = set()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -166,6 +177,8 @@ class Subject:
         for leftover in glob.glob(f"/dev/shm/{self.scratch.name}-*"):
             os.unlink(leftover)
         release_huge_pages(self.huge_pages)
+        if self.lease_break_time is not None:
+            LEASE_BREAK_TIME.write_text(self.lease_break_time)
 
 
 def read_report(pipe: int, process: subprocess.Popen) -> dict:
@@ -184,6 +197,32 @@ def read_report(pipe: int, process: subprocess.Popen) -> dict:
     if b"\n" not in data:
         raise RuntimeError(f"the subject died before it was ready (status {process.poll()})")
     return json.loads(data.split(b"\n", 1)[0])
+
+
+def kill(pid: int) -> bool:
+    """SIGKILL; whether there was a process to kill (a zombie counts as none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rpartition(")")[2].split()[0] in "ZX":
+                return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def running_command(word: str) -> set[int]:
+    """The processes whose command line holds `word`."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if word.encode() in cmdline.read().split(b"\0"):
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def descendants_of(pids: set[int]) -> set[int]:
@@ -237,6 +276,19 @@ def remove_ipc(objects: list) -> None:
 
 
 HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
+LEASE_BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
+
+
+def shorten_lease_break_time(processes: list[dict]) -> str | None:
+    """A tree holding a write lease: a dump that breaks it (CRIU reopens the file) would wait
+    the kernel's lease-break-time, 45 s by default; 1 s says the same. The old value is
+    returned, to be put back."""
+    if not any(step["name"] == "file_lock" and step["params"].get("kind") == "lease_write"
+               for process in processes for step in process["generators"]):
+        return None
+    saved = LEASE_BREAK_TIME.read_text()
+    LEASE_BREAK_TIME.write_text("1")
+    return saved
 
 
 def reserve_huge_pages(count: int) -> int:
@@ -267,6 +319,7 @@ def run(index: int, processes: list[dict], criu, workdir: Path) -> Outcome:
     subject = None
     try:
         subject = Subject(processes, workdir)
+        subject.await_ready()
         if subject.report.get("refused"):
             outcome.why = f"refused by the kernel: {subject.report['refused']}"
             return outcome
@@ -316,6 +369,7 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
                 f"crwatch: needs {' '.join(options)}; CRIU refused it with them: {first_error(named)}")
         else:
             outcome.result = AGREE
+            outcome.other_cause = unpredicted(outcome.document["reasons"], plain)
         return
     plain = dump(outcome, criu, pid, [], members)
     if verdict == "ok":
@@ -331,6 +385,26 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
             f"crwatch: blocked; CRIU dumped it with {' '.join(options) or 'no options'}"
     else:
         outcome.result = AGREE
+        outcome.other_cause = unpredicted(outcome.document["reasons"], named)
+
+
+def unpredicted(reasons: list[dict], refused: dict) -> str:
+    """CRIU's first error when no reason's rule predicts it (by the message the rule says CRIU
+    prints), though some do say one: an agreement that may hide a disagreement behind it."""
+    from tracker.rules import catalogue
+
+    messages = {catalogue()[r["code"]].criu_message for r in reasons if r["severity"] != "info"}
+    messages.discard("")
+    errors = " ".join(refused["errors"])
+    if not messages or any(printf_pattern(message).search(errors) for message in messages):
+        return ""
+    return first_error(refused)
+
+
+def printf_pattern(message: str) -> re.Pattern:
+    """CRIU's printf format (as the rules quote it) as a pattern for its log lines."""
+    parts = re.split(r"%[-#0-9.lz]*[a-zA-Z]", message.strip())
+    return re.compile(".*?".join(re.escape(part) for part in parts))
 
 
 def dump(outcome: Outcome, criu, pid: int, options: list[str], members: list[int]) -> dict:
@@ -380,6 +454,13 @@ class Totals:
     def count(self, result: str) -> int:
         return sum(o.result == result for o in self.outcomes)
 
+    def without_known(self) -> float | None:
+        """The agreement once the disagreements a known part fixes are left out."""
+        known = sum(o.result in (UNSAFE, OVERCAUTIOUS) and known_cause(generator_names(o.processes))
+                    is not None for o in self.outcomes)
+        judged = self.count(AGREE) + self.count(UNSAFE) + self.count(OVERCAUTIOUS) - known
+        return round(100 * self.count(AGREE) / judged, 2) if judged else None
+
     def figures(self, seed: int | None) -> dict:
         judged = self.count(AGREE) + self.count(UNSAFE) + self.count(OVERCAUTIOUS)
         disagreeing: Counter = Counter()
@@ -398,11 +479,37 @@ class Totals:
             "agreement_percent": round(100 * self.count(AGREE) / judged, 2) if judged else None,
             "retries": sum(o.retries for o in self.outcomes),
             "seconds_per_composition": round(seconds / len(self.outcomes), 3) if self.outcomes else None,
+            "agreement_percent_without_known": self.without_known(),
+            "agreeing_for_another_cause": dict(Counter(
+                NUMBERS.sub("N", re.sub(r"^\(\d+\.\d+\) ", "", o.other_cause))
+                for o in self.outcomes if o.other_cause).most_common()),
             "disagreements_per_generator": dict(disagreeing.most_common()),
+            "distinct_disagreements": distinct(self.outcomes),
             "disagreements": [{"index": o.index, "result": o.result, "why": o.why,
                                "generators": generator_names(o.processes)}
                               for o in self.outcomes if o.result in (UNSAFE, OVERCAUTIOUS)],
         }
+
+
+def signature(outcome: Outcome) -> str:
+    """What a disagreement is about, without the numbers that differ between runs."""
+    failed = next((record for record in outcome.dumps if not record["ok"]), None)
+    text = outcome.why.split(":", 1)[0] if failed is None else first_error(failed)
+    text = re.sub(r"^\(\d+\.\d+\) ", "", text)
+    return f"{outcome.result}: {NUMBERS.sub('N', text)}"
+
+
+def distinct(outcomes: list[Outcome]) -> list[dict]:
+    """Disagreements grouped by what they are about, with the smallest composition of each."""
+    groups: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.result in (UNSAFE, OVERCAUTIOUS):
+            groups.setdefault(signature(outcome), []).append(outcome)
+    return [{"signature": key, "count": len(group),
+             "smallest": min(group, key=lambda o: len(generator_names(o.processes))).index,
+             "known": known_cause(generator_names(
+                 min(group, key=lambda o: len(generator_names(o.processes))).processes))}
+            for key, group in sorted(groups.items(), key=lambda item: -len(item[1]))]
 
 
 def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list[Generator],
@@ -441,8 +548,18 @@ def print_figures(figures: dict, echo=print) -> None:
     echo(f"agreement {figures['agreement_percent']}% of the judged compositions; "
          f"CRIU retried {figures['retries']} time(s); "
          f"{figures['seconds_per_composition']} s per composition")
+    echo(f"agreement without the disagreements a known part fixes: "
+         f"{figures['agreement_percent_without_known']}%")
     for name, count in figures["disagreements_per_generator"].items():
         echo(f"  {count:4d} disagreement(s) with {name}")
+    if figures["agreeing_for_another_cause"]:
+        echo("agreeing refusals whose CRIU error no reason predicts (a disagreement may hide behind):")
+        for text, count in figures["agreeing_for_another_cause"].items():
+            echo(f"  {count:4d} x {text}")
+    echo(f"distinct disagreements: {len(figures['distinct_disagreements'])}")
+    for group in figures["distinct_disagreements"]:
+        echo(f"  {group['count']:4d} x {group['signature']} (smallest: #{group['smallest']}"
+             + (f"; known: {group['known']})" if group["known"] else ")"))
 
 
 def workdir(out: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,16 +99,18 @@ def outcome(verdict: str, reasons: list[dict] = ()) -> fuzz_criu.Outcome:
     return result
 
 
-FILE_LOCKS = {"option": "--file-locks", "option_value": None, "severity": "option"}
+FILE_LOCKS = {"code": "lock.flock", "option": "--file-locks", "option_value": None,
+              "severity": "option"}
+LOCKS_ERROR = "Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! You can try --file-locks to dump them."
 
 
 @pytest.mark.parametrize("verdict, reasons, answers, expected", [
     ("ok", [], [(True, "")], fuzz_criu.AGREE),
     ("ok", [], [(False, "Error (x): refused")], fuzz_criu.UNSAFE),
     # needs_options: with the options first, then plainly
-    ("needs_options", [FILE_LOCKS], [(True, ""), (False, "Error: locks")], fuzz_criu.AGREE),
+    ("needs_options", [FILE_LOCKS], [(True, ""), (False, LOCKS_ERROR)], fuzz_criu.AGREE),
     ("needs_options", [FILE_LOCKS], [(True, ""), (True, "")], fuzz_criu.OVERCAUTIOUS),
-    ("needs_options", [FILE_LOCKS], [(False, "Error: else"), (False, "Error: locks")], fuzz_criu.UNSAFE),
+    ("needs_options", [FILE_LOCKS], [(False, "Error: else"), (False, LOCKS_ERROR)], fuzz_criu.UNSAFE),
     ("blocked", [], [(False, "Error: no"), (False, "Error: no")], fuzz_criu.AGREE),
     ("blocked", [], [(True, "")], fuzz_criu.OVERCAUTIOUS),
     ("blocked", [FILE_LOCKS], [(False, "Error: no"), (True, "")], fuzz_criu.OVERCAUTIOUS),
@@ -122,6 +125,19 @@ def test_classification(verdict, reasons, answers, expected):
     if len(criu.calls) == 2:
         named = ["--file-locks"] if reasons else []
         assert criu.calls == ([named, []] if verdict == "needs_options" else [[], named])
+
+
+def test_an_agreeing_refusal_for_a_cause_no_reason_predicts_is_noted():
+    kvm = {"code": "device.chr.unsupported", "option": None, "option_value": None,
+           "severity": "blocker"}
+    other = "Error (criu/sk-queue.c:144): skqueue: Control messages in queue, not supported"
+    result = outcome("blocked", [kvm])
+    fuzz_criu.classify(result, FakeCriu((False, other), (False, other)), 1)
+    assert (result.result, result.other_cause) == (fuzz_criu.AGREE, other)
+    predicted = outcome("blocked", [kvm])
+    fuzz_criu.classify(predicted, FakeCriu(*[(False, "Error (x): Can't dump file 3 of that type "
+                                                     "[20660] (chr 10:232)")] * 2), 1)
+    assert predicted.other_cause == ""
 
 
 def test_a_transient_failure_is_retried_once_and_counted():
@@ -156,3 +172,33 @@ def test_a_reproducer_that_is_not_one_is_refused(tmp_path: Path):
     path.write_text(json.dumps({"processes": [{"parent": None, "generators": [{"name": "nope"}]}]}))
     with pytest.raises(fuzz_criu.UsageError, match="unknown generators: nope"):
         fuzz_criu.load_reproducer(path)
+
+
+def test_a_refused_generator_skips_the_composition_and_leaves_no_process(tmp_path: Path):
+    processes = [
+        {"parent": None, "generators": [{"name": "pipe", "params": {"data": True, "ends": "both"}}]},
+        {"parent": 0, "inherit": True, "generators": [
+            {"name": "zombie_child", "params": {"count": 1}},
+            {"name": "device", "params": {"path": "/dev/crwatch-no-such-device", "o_path": False}}]},
+    ]
+    workdir = tmp_path / "composition"
+    result = fuzz_criu.run(0, processes, find_criu(), workdir)
+    assert result.result == fuzz_criu.SKIPPED
+    assert result.why.startswith("refused by the kernel: device: FileNotFoundError")
+    assert not fuzz_criu.running_command(str(workdir / "spec.json"))
+    assert not workdir.exists()
+
+
+def test_a_tree_still_building_when_the_fuzzer_gives_up_is_killed_whole(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(fuzz_criu, "READY_TIMEOUT", 0.02)   # about half its build (40 ms here)
+    processes = [{"parent": None, "generators": [{"name": "threads", "params": {"count": 1}}]},
+                 {"parent": 0, "generators": [{"name": "session", "params": {"kind": "setsid"}}]},
+                 {"parent": 1, "generators": [{"name": "zombie_child", "params": {"count": 1}}]}]
+    workdir = tmp_path / "composition"
+    subject = fuzz_criu.Subject(processes, workdir)
+    try:
+        with pytest.raises(RuntimeError, match="no ready line"):
+            subject.await_ready()
+    finally:
+        subject.stop()
+    assert not fuzz_criu.running_command(str(workdir / "spec.json"))
