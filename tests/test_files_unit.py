@@ -153,11 +153,15 @@ def test_ttys_are_the_devices_criu_tty_code_takes(major: int, minor: int, tty: b
 
 
 def test_devices_by_major_and_minor(proc_root: Path):
-    def device(target: str, major: int, minor: int, mode: int = CHR) -> list:
-        return audit_fd(proc_root, target, stat(mode, dev=DEVTMPFS, rdev=os.makedev(major, minor)))
+    def device(target: str, major: int, minor: int, mode: int = CHR, **fdinfo: str) -> list:
+        return audit_fd(proc_root, target, stat(mode, dev=DEVTMPFS, rdev=os.makedev(major, minor)),
+                        **fdinfo)
 
     assert device("/dev/null", 1, 3) == [] and device("/dev/autofs", 10, 235) == []
-    assert device("/dev/pts/3", 136, 3) == []  # terminal's to judge
+    assert device("/dev/pts/3", 136, 3, flags="0100002") == []  # terminal's to judge
+    # an O_PATH fd on a terminal (here the tree's only fd on it): no ioctl can ask it anything
+    assert device("/dev/pts/3", 136, 3, flags="010000000") == [("device.tty.o_path", None)]
+    assert device("/dev/ptmx", 5, 2, flags="010000000") == [("device.tty.o_path", None)]
     assert device("/dev/kvm", 10, 232) == [("device.chr.unsupported", None)]
     assert device("/dev/ttyS0", 4, 64) == [("device.chr.unsupported", None)]
     assert device("/dev/loop0", 7, 0, BLK) == [("device.blk", None)]

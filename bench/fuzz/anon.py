@@ -145,3 +145,35 @@ def bpf_object(ctx, kind):
         return
     layout = {"hash": (1, 4, 4, 4), "array": (2, 4, 4, 4), "ringbuf": (27, 0, 0, 4096)}[kind]
     ctx.keep(bpf(0, ctypes.create_string_buffer(struct.pack("IIII", *layout) + bytes(112))))
+
+
+@generator("anon", weight=0.5, draw=lambda rng, place: {"mapped": rng.random() < 0.5,
+                                                        "keep_fd": rng.random() < 0.7})
+def memfd_secret(ctx, mapped, keep_fd):
+    """a memfd_secret fd (secretmem), mapped or not"""
+    fd = syscall(447, 0)
+    if mapped:
+        os.ftruncate(fd, 4096)
+        map_memory(fd, 4096, 0x01)
+    if keep_fd or not mapped:
+        ctx.keep(fd)
+    else:
+        os.close(fd)
+
+
+@generator("anon", weight=0.5)
+def landlock_ruleset(ctx):
+    """a Landlock ruleset fd"""
+    attr = ctx.keep(ctypes.create_string_buffer(struct.pack("Q", 1)))   # handled: execute
+    ctx.keep(syscall(444, attr, 8, 0))
+
+
+@generator("anon", weight=0.5, draw=lambda rng, place: {"kind": rng.choice(("fsopen", "fspick", "open_tree"))})
+def mount_api_fd(ctx, kind):
+    """an fd of the new mount API: a filesystem context (fsopen, fspick) or a detached mount tree"""
+    if kind == "fsopen":
+        ctx.keep(syscall(430, b"tmpfs", 1))            # FSOPEN_CLOEXEC
+    elif kind == "fspick":
+        ctx.keep(syscall(433, -100, b"/", 1))          # FSPICK_CLOEXEC, on a mount root
+    else:
+        ctx.keep(syscall(428, -100, b"/tmp", 1 | 0x80000))   # OPEN_TREE_CLONE | O_CLOEXEC

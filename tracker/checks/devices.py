@@ -4,8 +4,13 @@ Memory devices (major 1: null, zero, full, random, urandom, kmsg, mem...)
 and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
 /dev/net/tun (10:200) is dumped with the network namespace, so only a tree
 with its own netns can keep it. Terminals belong to `terminal`, which judges
-sessions and controlling ttys. Any other device, and every block device,
-cannot be dumped: CRIU cannot save a device's state.
+sessions and controlling ttys, except a terminal open with O_PATH, which an
+ioctl refuses with EBADF: CRIU's tty code (tty.c dump_one_tty) asks a pty
+master's fd for its index (TIOCGPTN) every time, and asks the first fd of each
+terminal it dumps for the terminal's parameters (parasite_dump_tty, once per
+terminal for the whole dump, in its task order: depth first from the root, fds
+in ascending order). Any other device, and every block device, cannot be
+dumped: CRIU cannot save a device's state.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Iterator
 
 from tracker.checks import files
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc
+from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -29,6 +34,10 @@ RULES = (
          "run the tree in its own network namespace (CRIU dumps tun devices with it), or close "
          "/dev/net/tun before checkpointing",
          criu_message="tun: Net namespace is required to dump tun link"),
+    Rule("device.tty.o_path", "A terminal device open with O_PATH", BLOCKER,
+         "close the O_PATH fd on the terminal before checkpointing (CRIU's tty code needs an "
+         "fd it can ask the terminal's parameters with; an ordinary open would do)",
+         criu_message="tty: Can't fetch params: err = %d"),
 )
 
 MEM_MAJOR = 1
@@ -54,6 +63,11 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
                           f"network namespace", proc.pid, fd=open_fd.fd)
     elif not is_tty(*device):
         yield _refused("device.chr.unsupported", proc, open_fd, "character device")
+    elif open_fd.flags & os.O_PATH and (is_pty_master(*device) or _first_fd_of(ctx, rdev) is open_fd):
+        yield Finding("device.tty.o_path",
+                      f"fd {open_fd.fd}: terminal {open_fd.target} ({device[0]}:{device[1]}) is "
+                      f"open with O_PATH: CRIU cannot read its parameters through it",
+                      proc.pid, fd=open_fd.fd)
 
 
 def is_tty(major: int, minor: int) -> bool:
@@ -63,6 +77,38 @@ def is_tty(major: int, minor: int) -> bool:
     if major == TTY_MAJOR:
         return 1 <= minor <= 63                  # virtual consoles tty1..tty63
     return major in SERIAL_MAJORS or major in PTY_MASTER_MAJORS or major == PTY_SLAVE_MAJOR
+
+
+def is_pty_master(major: int, minor: int) -> bool:
+    """/dev/ptmx and the BSD pty masters, whose index CRIU asks the fd for."""
+    return (major, minor) == (TTY_AUX_MAJOR, 2) or major in PTY_MASTER_MAJORS
+
+
+def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
+    """The first fd on this terminal in CRIU's dump order: the one it asks for the parameters."""
+    for pid in ctx.table("devices.dump_order", lambda: _dump_order(ctx)):
+        for open_fd in sorted(ctx.tree_fds.get(pid, []), key=lambda candidate: candidate.fd):
+            try:
+                if (open_fd.target.startswith("/dev/") and stat.S_ISCHR(open_fd.stat.st_mode)
+                        and open_fd.stat.st_rdev == rdev):
+                    return open_fd
+            except ProcessGone:
+                continue
+    return None
+
+
+def _dump_order(ctx: AuditContext) -> list[int]:
+    """The tree's pids as CRIU walks its pstree: depth first, children in /proc's order."""
+    order, stack = [], [ctx.root_pid]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        try:
+            children = [child for child in ctx.proc(pid).children() if ctx.in_tree(child)]
+        except (ProcessGone, AccessDenied):
+            children = []
+        stack.extend(reversed(children))
+    return order
 
 
 def _refused(code: str, proc: Proc, open_fd: OpenFd, kind: str) -> Finding:
