@@ -396,15 +396,20 @@ def unpredicted(reasons: list[dict], refused: dict) -> str:
     messages = {catalogue()[r["code"]].criu_message for r in reasons if r["severity"] != "info"}
     messages.discard("")
     errors = " ".join(refused["errors"])
-    if not messages or any(printf_pattern(message).search(errors) for message in messages):
+    if not messages or any(pattern.search(errors) for message in messages
+                           for pattern in printf_patterns(message)):
         return ""
     return first_error(refused)
 
 
-def printf_pattern(message: str) -> re.Pattern:
-    """CRIU's printf format (as the rules quote it) as a pattern for its log lines."""
-    parts = re.split(r"%[-#0-9.lz]*[a-zA-Z]", message.strip())
-    return re.compile(".*?".join(re.escape(part) for part in parts))
+def printf_patterns(message: str) -> list[re.Pattern]:
+    """CRIU's printf formats, as a rule quotes them (several joined by "; " or " / "), as
+    patterns for its log lines."""
+    patterns = []
+    for alternative in re.split(r"; | / ", message.strip()):
+        parts = re.split(r"%[-#0-9.lz]*[a-zA-Z]", alternative)
+        patterns.append(re.compile(".*?".join(re.escape(part) for part in parts)))
+    return patterns
 
 
 def dump(outcome: Outcome, criu, pid: int, options: list[str], members: list[int]) -> dict:

@@ -46,7 +46,7 @@ def build(spec: dict, index: int, report_fd: int) -> None:
             for step in stage_of(spec["processes"][child_index], "by_parent", generators):
                 apply(step, generators, ctx, pid)
         for hook in ctx.after_children:
-            hook([pid for _, pid, _ in children])
+            run_hook(hook, [pid for _, pid, _ in children])
         for stage in ("privileges", "threads"):
             run_stage(ctx, process, stage, generators)
         final = stage_of(process, "final", generators)
@@ -75,6 +75,15 @@ def apply(step: dict, generators: dict, ctx: Context, *args, **extra) -> None:
         raise
     except Exception as error:  # the kernel's refusal, whatever form it takes
         raise Refused(f"{step['name']}: {type(error).__name__}: {error}") from None
+
+
+def run_hook(hook, children: list[int]) -> None:
+    """A generator's step once the children are built (a refusal like its own)."""
+    try:
+        hook(children)
+    except Exception as error:
+        raise Refused(f"{getattr(hook, '__qualname__', 'hook').split('.')[0]}: "
+                      f"{type(error).__name__}: {error}") from None
 
 
 def fork_children(spec: dict, index: int, ctx: Context) -> list[tuple[int, int, int]]:

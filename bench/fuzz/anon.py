@@ -44,7 +44,8 @@ def timerfd(ctx, armed, clock):
 def epoll(ctx, target, escape):
     """an epoll watching a pipe, socket, eventfd or epoll; the target moved, closed or renumbered"""
     fd = {"pipe": lambda: os.pipe()[0], "socket": lambda: socket.socket().detach(),
-          "eventfd": lambda: os.eventfd(0), "epoll": lambda: check(libc.epoll_create1(0), "epoll_create1")}[target]()
+          "eventfd": lambda: os.eventfd(0),
+          "epoll": lambda: check(libc.epoll_create1(0), "epoll_create1")}[target]()
     watcher = ctx.keep(select.epoll())
     watcher.register(fd, select.EPOLLIN)
     if escape == "moved":
@@ -133,7 +134,8 @@ def perf_event(ctx, config):
     ctx.keep(syscall(298, attr, 0, -1, -1, 0))
 
 
-@generator("anon", weight=0.7, draw=lambda rng, place: {"kind": rng.choice(("hash", "array", "ringbuf", "prog"))})
+@generator("anon", weight=0.7, draw=lambda rng, place: {
+    "kind": rng.choice(("hash", "array", "ringbuf", "prog"))})
 def bpf_object(ctx, kind):
     """a BPF map (hash, array, ring buffer) or a loaded socket-filter program"""
     if kind == "prog":
@@ -168,7 +170,8 @@ def landlock_ruleset(ctx):
     ctx.keep(syscall(444, attr, 8, 0))
 
 
-@generator("anon", weight=0.5, draw=lambda rng, place: {"kind": rng.choice(("fsopen", "fspick", "open_tree"))})
+@generator("anon", weight=0.5, draw=lambda rng, place: {
+    "kind": rng.choice(("fsopen", "fspick", "open_tree"))})
 def mount_api_fd(ctx, kind):
     """an fd of the new mount API: a filesystem context (fsopen, fspick) or a detached mount tree"""
     if kind == "fsopen":

@@ -12,8 +12,9 @@ SHARED, PRIVATE, ANONYMOUS = mmap.MAP_SHARED, mmap.MAP_PRIVATE, mmap.MAP_ANONYMO
 MAP_HUGETLB, MAP_POPULATE = 0x40000, 0x8000
 
 
-@generator("memory", draw=lambda rng, place: {"shared": rng.random() < 0.5, "pages": rng.choice((1, 16, 256)),
-                                              "touched": rng.random() < 0.5, "prot": rng.choice((0, 1, 3, 7))})
+@generator("memory", draw=lambda rng, place: {
+    "shared": rng.random() < 0.5, "pages": rng.choice((1, 16, 256)), "touched": rng.random() < 0.5,
+    "prot": rng.choice((0, 1, 3, 7))})
 def anonymous_mapping(ctx, shared, pages, touched, prot):
     """an anonymous mapping, shared or private, touched or not, of some protection"""
     flags = (SHARED if shared else PRIVATE) | ANONYMOUS | (MAP_POPULATE if touched else 0)

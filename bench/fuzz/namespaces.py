@@ -66,11 +66,11 @@ def user_namespace(ctx, mapped):
         os.waitpid(helper, 0)
 
 
-@generator("namespaces", once=True, draw=lambda rng, place: {"setsid": rng.random() < 0.7,
-                                                  "second": rng.random() < 0.3})
+@generator("namespaces", once=True, single_threaded=True, draw=lambda rng, place: {
+    "setsid": rng.random() < 0.7, "second": rng.random() < 0.3})
 def pid_namespace_init(ctx, setsid, second):
     """a child that is init of a new pid namespace (leading its own session or not, with a second member);
-    the process's later children are members of that namespace too"""
+    the process's later children are members of that namespace too (and it can start no thread)"""
     unshare(CLONE["pid"])
     read_end, write_end = os.pipe()
     init = ctx.fork()

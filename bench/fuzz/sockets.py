@@ -396,8 +396,8 @@ def socket_of_another_netns(ctx, kind):
         if kind == "socketpair":
             ctx.keep(*socket.socketpair())
         else:
-            sock = ctx.keep(socket.socket(socket.AF_INET,
-                                          socket.SOCK_STREAM if kind == "tcp_listener" else socket.SOCK_DGRAM))
+            kind_of = socket.SOCK_STREAM if kind == "tcp_listener" else socket.SOCK_DGRAM
+            sock = ctx.keep(socket.socket(socket.AF_INET, kind_of))
             if kind == "tcp_listener":
                 sock.bind(("127.0.0.1", 0))
                 sock.listen(1)

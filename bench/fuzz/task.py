@@ -100,7 +100,8 @@ def stopped_and_reaped(ctx, pid, sig):
     os.waitpid(pid, os.WUNTRACED)
 
 
-@generator("task", stage="by_parent", fits=not_root, draw=lambda rng, place: {"interrupt": rng.random() < 0.5})
+@generator("task", stage="by_parent", fits=not_root,
+           draw=lambda rng, place: {"interrupt": rng.random() < 0.5})
 def traced_by_parent(ctx, pid, interrupt):
     """the process seized with ptrace by its parent, running or in a trace stop"""
     check(libc.ptrace(PTRACE_SEIZE, pid, None, None), "PTRACE_SEIZE")
