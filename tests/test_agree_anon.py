@@ -75,6 +75,14 @@ mask = ctypes.c_uint64(1 << 9)  # SIGUSR1
 fd = syscall(289, -1, ctypes.byref(mask), 8, 0)
 """),
     ok("timerfd", "fd = check(libc.timerfd_create(1, 0))"),
+    ok("timerfd on CLOCK_BOOTTIME, armed", """
+fd = check(libc.timerfd_create(7, 0))
+check(libc.timerfd_settime(fd, 0, (ctypes.c_long * 4)(100, 0, 100, 0), None))
+"""),
+    blocked("timerfd on CLOCK_REALTIME_ALARM", "fd = make(lambda: check(libc.timerfd_create(8, 0)))",
+            "anon.timerfd.clock", "Unknown clock type 8"),
+    blocked("timerfd on CLOCK_BOOTTIME_ALARM", "fd = make(lambda: check(libc.timerfd_create(9, 0)))",
+            "anon.timerfd.clock", "Unknown clock type 9"),
     ok("epoll watching a pipe", """
 import select
 r, w = os.pipe(); ep = select.epoll(); ep.register(r)

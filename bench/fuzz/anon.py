@@ -16,10 +16,12 @@ def bpf(command: int, attr) -> int:
     return syscall(321, command, attr, len(attr))
 
 
-@generator("anon", draw=lambda rng, place: {"value": rng.choice((0, 7)), "nonblock": rng.random() < 0.5})
-def eventfd(ctx, value, nonblock):
-    """an eventfd with a count"""
-    ctx.keep(os.eventfd(value, os.EFD_NONBLOCK if nonblock else 0))
+@generator("anon", draw=lambda rng, place: {"value": rng.choice((0, 7)), "nonblock": rng.random() < 0.5,
+                                            "semaphore": rng.random() < 0.3})
+def eventfd(ctx, value, nonblock, semaphore):
+    """an eventfd with a count, non-blocking or in semaphore mode"""
+    flags = (os.EFD_NONBLOCK if nonblock else 0) | (os.EFD_SEMAPHORE if semaphore else 0)
+    ctx.keep(os.eventfd(value, flags))
 
 
 @generator("anon", draw=lambda rng, place: {"signals": rng.sample((10, 12, 15, 17), 2)})
@@ -29,9 +31,9 @@ def signalfd(ctx, signals):
     ctx.keep(syscall(289, -1, ctypes.byref(mask), 8, 0))
 
 
-@generator("anon", draw=lambda rng, place: {"armed": rng.random() < 0.5, "clock": rng.choice((0, 1))})
+@generator("anon", draw=lambda rng, place: {"armed": rng.random() < 0.5, "clock": rng.choice((0, 1, 7, 9))})
 def timerfd(ctx, armed, clock):
-    """a timerfd, armed with an interval or not"""
+    """a timerfd on the realtime, monotonic, boottime or boottime-alarm clock, armed or not"""
     fd = ctx.keep(check(libc.timerfd_create(clock, 0), "timerfd_create"))
     if armed:
         spec = (ctypes.c_long * 4)(100, 0, 100, 0)   # every 100 s, first in 100 s
@@ -40,9 +42,10 @@ def timerfd(ctx, armed, clock):
 
 @generator("anon", weight=1.5, draw=lambda rng, place: {
     "target": rng.choice(("pipe", "socket", "eventfd", "epoll")),
-    "escape": rng.choice(("none", "none", "moved", "closed", "renumbered"))})
+    "escape": rng.choice(("none", "none", "moved", "closed", "renumbered", "to_children"))})
 def epoll(ctx, target, escape):
-    """an epoll watching a pipe, socket, eventfd or epoll; the target moved, closed or renumbered"""
+    """an epoll watching a pipe, socket, eventfd or epoll; the target moved, closed, renumbered,
+    or left to the process's children (closed in the process after they were forked)"""
     fd = {"pipe": lambda: os.pipe()[0], "socket": lambda: socket.socket().detach(),
           "eventfd": lambda: os.eventfd(0),
           "epoll": lambda: check(libc.epoll_create1(0), "epoll_create1")}[target]()
@@ -60,33 +63,50 @@ def epoll(ctx, target, escape):
         os.dup2(other, fd)
         os.close(other)
         ctx.keep(fd)
+    elif escape == "to_children":
+        ctx.shared_fds.add(fd)
+        ctx.after_children.append(lambda children: os.close(fd) if children else None)
     else:
         ctx.keep(fd)
 
 
-@generator("anon", draw=lambda rng, place: {"path": rng.choice(("/tmp", "/etc", "/proc/sys/kernel", "/dev")),
-                                            "event": rng.random() < 0.3})
+@generator("anon", draw=lambda rng, place: {
+    "path": rng.choice(("/tmp", "/etc", "/proc/sys/kernel", "/dev", "deleted_file", "deleted_dir",
+                        "tmpfs")),
+    "event": rng.random() < 0.3})
 def inotify(ctx, path, event):
-    """an inotify watching a directory, maybe with an event queued"""
+    """an inotify watching a directory (of ext4, proc, devtmpfs, tmpfs), a deleted file or
+    directory, maybe with an event queued"""
     fd = ctx.keep(check(libc.inotify_init1(0), "inotify_init1"))
-    watched = ctx.directory("watched") if event else path
-    check(libc.inotify_add_watch(fd, watched.encode(), 0x100 | 0x2), "inotify_add_watch")
-    if event:
+    watched = {"deleted_file": lambda: ctx.path("watched-file"), "tmpfs": lambda: ctx.mount("tmpfs"),
+               "deleted_dir": lambda: ctx.directory("watched-dir")}.get(
+        path, lambda: ctx.directory("watched") if event else path)()
+    if path == "deleted_file":
+        open(watched, "w").close()
+    check(libc.inotify_add_watch(fd, watched.encode(), 0x100 | 0x2 | 0x200), "inotify_add_watch")
+    if path == "deleted_file":
+        os.unlink(watched)
+    elif path == "deleted_dir":
+        os.rmdir(watched)
+    elif event:
         open(os.path.join(watched, "new"), "w").close()
 
 
-@generator("anon", draw=lambda rng, place: {"mark": rng.choice(("inode", "mount", "filesystem"))})
-def fanotify(ctx, mark):
-    """a fanotify with an inode, mount or filesystem mark"""
+@generator("anon", draw=lambda rng, place: {"mark": rng.choice(("inode", "mount", "filesystem")),
+                                            "content": rng.random() < 0.3})
+def fanotify(ctx, mark, content):
+    """a fanotify (notification or content class) with an inode, mount or filesystem mark"""
     flags = {"inode": 0, "mount": 0x10, "filesystem": 0x100}[mark]
-    fd = ctx.keep(check(libc.fanotify_init(0x200 if mark == "filesystem" else 0, 0), "fanotify_init"))
+    init = (0x200 if mark == "filesystem" else 0) | (0x04 if content and mark != "filesystem" else 0)
+    fd = ctx.keep(check(libc.fanotify_init(init, 0), "fanotify_init"))
     check(libc.fanotify_mark(fd, 1 | flags, ctypes.c_uint64(0x8), -100, b"/tmp"), "fanotify_mark")
 
 
 @generator("anon", weight=1.5, draw=lambda rng, place: {
-    "of": rng.choice(("self", "child", "reaped", "outside", "thread_flag", "tree_child"))})
+    "of": rng.choice(("self", "child", "reaped", "zombie", "outside", "thread_flag", "tree_child"))})
 def pidfd(ctx, of):
-    """a pidfd of itself, a held or reaped child, a process outside the tree, or with PIDFD_THREAD"""
+    """a pidfd of itself, a held, zombie or reaped child, a process outside the tree, or with
+    PIDFD_THREAD"""
     if of == "self":
         ctx.keep(os.pidfd_open(os.getpid()))
     elif of == "outside":
@@ -96,7 +116,7 @@ def pidfd(ctx, of):
     else:
         child = ctx.fork()
         if child == 0:
-            if of == "reaped":
+            if of in ("reaped", "zombie"):
                 os._exit(3)
             while True:
                 select.select([], [], [])
@@ -104,6 +124,8 @@ def pidfd(ctx, of):
         ctx.keep(syscall(434, child, os.O_EXCL) if of == "thread_flag" else os.pidfd_open(child))
         if of == "reaped":
             os.waitpid(child, 0)
+        elif of == "zombie":
+            os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
 
 
 @generator("anon", weight=0.7, draw=lambda rng, place: {"mapped": rng.random() < 0.3,

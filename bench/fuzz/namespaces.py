@@ -39,19 +39,22 @@ def mount_namespace(ctx, private):
         subprocess.run(["mount", "--make-rprivate", "/"], check=True)
 
 
-@generator("namespaces", stage="privileges", draw=lambda rng, place: {"mapped": rng.random() < 0.6})
-def user_namespace(ctx, mapped):
-    """the process in a new user namespace, its ids mapped (0 to 0) by a helper or not at all"""
+@generator("namespaces", stage="privileges", draw=lambda rng, place: {
+    "mapping": rng.choice(("identity", "identity", "shifted", "none")),
+    "then": rng.choice(("nothing", "nothing", "uts", "ipc", "net"))})
+def user_namespace(ctx, mapping, then):
+    """the process in a new user namespace, its ids mapped by a helper (0 to 0, or 0 to 100000)
+    or not at all, then maybe in a uts, ipc or net namespace that user namespace owns"""
     read_end, write_end = os.pipe()
     done_read, done_write = os.pipe()
     parent = os.getpid()
     helper = ctx.fork()
     if helper == 0:
         os.read(read_end, 1)
-        if mapped:
+        if mapping != "none":
             for name in ("uid_map", "gid_map"):
                 with open(f"/proc/{parent}/{name}", "w") as id_map:
-                    id_map.write("0 0 4294967295")
+                    id_map.write("0 0 4294967295" if mapping == "identity" else "0 100000 65536")
         os.write(done_write, b"x")
         os._exit(0)
     os.close(read_end)
@@ -64,6 +67,10 @@ def user_namespace(ctx, mapped):
         os.read(done_read, 1)
         os.close(done_read)
         os.waitpid(helper, 0)
+    if then != "nothing":
+        unshare(CLONE[then])
+        if then == "net":
+            loopback_up()
 
 
 @generator("namespaces", once=True, single_threaded=True, draw=lambda rng, place: {

@@ -3,7 +3,9 @@
 CRIU tells these apart by the fd's link text (`anon_inode:[eventfd]`,
 `anon_inode:inotify`, ...): the kinds it knows are dumped, every other one
 ends in "Can't dump file ... (anon <link>)". Most supported kinds need no
-finding; epoll, pidfd and the notify groups carry conditions read from fdinfo.
+finding; epoll, pidfd, timerfd and the notify groups carry conditions read
+from fdinfo (a timerfd's clock must be one CRIU restores: include/timerfd.h
+verify_timerfd takes realtime, monotonic and boottime, not the alarm clocks).
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ RULES = (
     Rule("anon.pidfd.thread", "A pidfd opened with PIDFD_THREAD", BLOCKER,
          "open the pidfd without PIDFD_THREAD, or close it before checkpointing",
          criu_message="PIDFD_THREAD flag is currently not supported"),
+    Rule("anon.timerfd.clock", "A timerfd on a clock CRIU does not restore (an alarm clock)",
+         BLOCKER, "use a timerfd on CLOCK_REALTIME, CLOCK_MONOTONIC or CLOCK_BOOTTIME, or close "
+         "it before checkpointing", criu_message="Unknown clock type %d for %#x"),
     Rule("anon.notify.events_dropped", "Events queued on an inotify/fanotify fd are dropped", INFO,
          "expect to miss the events queued at dump time; rescan what the watches cover",
          criu_message="The %#08x inotify events will be dropped"),
@@ -59,6 +64,8 @@ SUPPORTED = frozenset({"eventfd", "eventpoll", "inotify", "fanotify", "signalfd"
                        "pidfd"})
 PIDFD_THREAD = os.O_EXCL
 BPF_MAP_TYPES = {1: "HASH", 2: "ARRAY"}
+TIMERFD_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME"}
+OTHER_CLOCKS = {8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -73,6 +80,8 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
         yield _check_pidfd(ctx, proc, open_fd)
     elif name in ("inotify", "fanotify"):
         yield from _check_notify(ctx, proc, open_fd, name)
+    elif name == "timerfd":
+        yield from _check_timerfd(proc, open_fd)
     elif name == "bpf-map":
         yield _bpf_map(proc, open_fd)
     elif name == "io_uring":
@@ -80,6 +89,15 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
                       proc.pid, fd=open_fd.fd)
     elif name not in SUPPORTED:
         yield Finding("anon.unsupported", f"fd {open_fd.fd}: {open_fd.target} cannot be dumped",
+                      proc.pid, fd=open_fd.fd)
+
+
+def _check_timerfd(proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    clock = int(open_fd.fdinfo.get("clockid", "0"))
+    if clock not in TIMERFD_CLOCKS:
+        yield Finding("anon.timerfd.clock",
+                      f"fd {open_fd.fd}: timerfd on clock {clock} "
+                      f"({OTHER_CLOCKS.get(clock, 'unknown')}), which CRIU cannot restore",
                       proc.pid, fd=open_fd.fd)
 
 
