@@ -128,9 +128,7 @@ def test_bpf_maps_name_their_type(tmp_path: Path):
 def test_supported_kinds_need_no_finding_and_unknown_ones_block(tmp_path: Path):
     for target in ("anon_inode:[eventfd]", "anon_inode:[signalfd]"):
         assert findings(tmp_path, OpenFd(Proc(SUBJECT, tmp_path), 3, target)) == []
-    timer = fixture_fd(tmp_path, 3, "anon_inode:[timerfd]", "clockid: 1
-ticks: 0
-")
+    timer = fixture_fd(tmp_path, 3, "anon_inode:[timerfd]", "clockid: 1\nticks: 0\n")
     assert findings(tmp_path, timer) == []
     for target in ("anon_inode:[vfio-device]", "anon_inode:kvm-vm", "anon_inode:[fscontext]"):
         [finding] = findings(tmp_path, OpenFd(Proc(SUBJECT, tmp_path), 3, target))
