@@ -122,7 +122,8 @@ class Outcome:
         return {"schema": "crwatch.fuzz-reproducer/1", "seed": seed, "index": self.index,
                 "result": self.result, "why": self.why, "processes": self.processes,
                 "generators": generator_names(self.processes), "document": self.document,
-                "dumps": self.dumps, "retries": self.retries, "other_cause": self.other_cause}
+                "dumps": self.dumps, "retries": self.retries, "other_cause": self.other_cause,
+                "signature": signature(self) if self.result in (UNSAFE, OVERCAUTIOUS) else None}
 
 
 class Subject:
@@ -499,7 +500,7 @@ class Totals:
 def signature(outcome: Outcome) -> str:
     """What a disagreement is about, without the numbers that differ between runs."""
     failed = next((record for record in outcome.dumps if not record["ok"]), None)
-    text = outcome.why.split(":", 1)[0] if failed is None else first_error(failed)
+    text = outcome.why if failed is None else first_error(failed)
     text = re.sub(r"^\(\d+\.\d+\) ", "", text)
     return f"{outcome.result}: {NUMBERS.sub('N', text)}"
 
@@ -585,9 +586,10 @@ def replay(path: Path, criu, echo=print) -> Outcome:
 
 def reduce(path: Path, criu, echo=print) -> dict:
     """Drop generators (and then childless processes without any) one at a time while the
-    composition still gives the recorded result; save and return the smallest one."""
+    composition still disagrees the same way (same result, same CRIU error); save and return
+    the smallest one."""
     recorded = load_reproducer(path)
-    wanted = recorded["result"]
+    wanted = recorded.get("signature") or recorded["result"]
     processes = json.loads(json.dumps(recorded["processes"]))
     last = None
     changed = True
@@ -598,7 +600,7 @@ def reduce(path: Path, criu, echo=print) -> dict:
                 trial = json.loads(json.dumps(processes))
                 del trial[index]["generators"][position]
                 outcome = run(recorded.get("index", 0), trial, criu, workdir(path.parent))
-                if outcome.result == wanted:
+                if same_disagreement(outcome, wanted):
                     processes, last, changed = trial, outcome, True
                     break
             if changed:
@@ -606,7 +608,7 @@ def reduce(path: Path, criu, echo=print) -> dict:
         trial = drop_empty_leaf(processes)
         if not changed and trial is not None:
             outcome = run(recorded.get("index", 0), trial, criu, workdir(path.parent))
-            if outcome.result == wanted:
+            if same_disagreement(outcome, wanted):
                 processes, last, changed = trial, outcome, True
     reduced = dict(recorded, processes=processes, generators=generator_names(processes),
                    reduced_from=str(path))
@@ -617,6 +619,13 @@ def reduce(path: Path, criu, echo=print) -> dict:
     echo(f"reduced {path} to {len(processes)} process(es), generators "
          f"{generator_names(processes)}: {reduced['why']} -> {target}")
     return reduced
+
+
+def same_disagreement(outcome: Outcome, wanted: str) -> bool:
+    """`wanted` is a signature, or a bare result for reproducers that carry none."""
+    if outcome.result not in (UNSAFE, OVERCAUTIOUS):
+        return False
+    return wanted == outcome.result if wanted in (UNSAFE, OVERCAUTIOUS) else signature(outcome) == wanted
 
 
 def drop_empty_leaf(processes: list[dict]) -> list[dict] | None:

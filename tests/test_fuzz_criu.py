@@ -101,7 +101,8 @@ def outcome(verdict: str, reasons: list[dict] = ()) -> fuzz_criu.Outcome:
 
 FILE_LOCKS = {"code": "lock.flock", "option": "--file-locks", "option_value": None,
               "severity": "option"}
-LOCKS_ERROR = "Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! You can try --file-locks to dump them."
+LOCKS_ERROR = ("Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! "
+               "You can try --file-locks to dump them.")
 
 
 @pytest.mark.parametrize("verdict, reasons, answers, expected", [
@@ -202,3 +203,28 @@ def test_a_tree_still_building_when_the_fuzzer_gives_up_is_killed_whole(tmp_path
     finally:
         subject.stop()
     assert not fuzz_criu.running_command(str(workdir / "spec.json"))
+
+
+def test_reduce_keeps_the_fewest_generators_that_disagree_the_same_way(tmp_path: Path, monkeypatch):
+    # A stand-in for the real run: the tree "disagrees" while it holds an eventfd.
+    def fake_run(index, processes, criu, workdir):
+        result = fuzz_criu.Outcome(index, processes)
+        if "eventfd" in fuzz_criu.generator_names(processes):
+            result.result, result.why = fuzz_criu.UNSAFE, "crwatch: ok; CRIU refused it plainly"
+            result.dumps = [{"options": [], "ok": False, "errors": ["Error (x.c:1): eventfd 7"]}]
+        else:
+            result.result = fuzz_criu.AGREE
+        return result
+    monkeypatch.setattr(fuzz_criu, "run", fake_run)
+    step = {"name": "pipe", "params": {"data": False, "ends": "both"}}
+    eventfd = {"name": "eventfd", "params": {"value": 0, "nonblock": False, "semaphore": False}}
+    tree = [{"parent": None, "generators": [step, step]},
+            {"parent": 0, "generators": [step, eventfd]},
+            {"parent": 0, "generators": [step]}]
+    original = fake_run(3, tree, None, None)
+    path = tmp_path / "repro-0003.json"
+    path.write_text(json.dumps(original.record(5)))
+    reduced = fuzz_criu.reduce(path, None, echo=lambda line: None)
+    assert reduced["generators"] == ["eventfd"]
+    assert [p["parent"] for p in reduced["processes"]] == [None, 0]
+    assert json.loads(path.with_suffix(".reduced.json").read_text())["generators"] == ["eventfd"]
