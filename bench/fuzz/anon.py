@@ -192,13 +192,10 @@ def landlock_ruleset(ctx):
     ctx.keep(syscall(444, attr, 8, 0))
 
 
-@generator("anon", weight=0.5, draw=lambda rng, place: {
-    "kind": rng.choice(("fsopen", "fspick", "open_tree"))})
-def mount_api_fd(ctx, kind):
-    """an fd of the new mount API: a filesystem context (fsopen, fspick) or a detached mount tree"""
+@generator("anon", weight=0.5, draw=lambda rng, place: {"kind": rng.choice(("fsopen", "fspick"))})
+def filesystem_context(ctx, kind):
+    """a filesystem context fd of the new mount API (fsopen, or fspick of a mount)"""
     if kind == "fsopen":
         ctx.keep(syscall(430, b"tmpfs", 1))            # FSOPEN_CLOEXEC
-    elif kind == "fspick":
-        ctx.keep(syscall(433, -100, b"/", 1))          # FSPICK_CLOEXEC, on a mount root
     else:
-        ctx.keep(syscall(428, -100, b"/tmp", 1 | 0x80000))   # OPEN_TREE_CLONE | O_CLOEXEC
+        ctx.keep(syscall(433, -100, b"/", 1))          # FSPICK_CLOEXEC, on a mount root

@@ -6,7 +6,7 @@ import socket
 import subprocess
 
 from bench.fuzz import generator
-from bench.fuzz.runtime import CLONE, hold, unshare
+from bench.fuzz.runtime import CLONE, hold, syscall, unshare
 
 MOUNT_KINDS = ("ext4", "tmpfs", "ramfs", "dev_shm", "proc", "sysfs", "devpts", "cgroup", "bind")
 
@@ -146,6 +146,12 @@ def file_of_another_mount_namespace(ctx):
     if not fds:
         raise OSError(0, "the helper in another mount namespace sent nothing")
     ctx.keep(fds[0])
+
+
+@generator("files", weight=0.5, known="mounts (files on mounts outside the mount namespace)")
+def detached_mount_tree(ctx):
+    """an fd on a detached copy of a mount tree (open_tree with OPEN_TREE_CLONE), in no namespace"""
+    ctx.keep(syscall(428, -100, b"/tmp", 1 | 0x80000))   # OPEN_TREE_CLONE | O_CLOEXEC
 
 
 @generator("files", draw=lambda rng, place: {"size": rng.choice((0, 100, 8192))})
