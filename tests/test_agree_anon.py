@@ -61,8 +61,8 @@ def ok(name: str, code: str, *codes: str, tree: bool = False) -> State:
     return State(name, code, "ok", frozenset(codes), tree=tree)
 
 
-def blocked(name: str, code: str, rule: str, criu_error: str) -> State:
-    return State(name, code, "blocked", frozenset({rule}), criu_error)
+def blocked(name: str, code: str, rule: str, criu_error: str, tree: bool = False) -> State:
+    return State(name, code, "blocked", frozenset({rule}), criu_error, tree)
 
 
 # Debian's CRIU is built without libbpf, so it refuses every BPF map.
@@ -104,6 +104,32 @@ r, w = os.pipe(); ep = select.epoll(); ep.register(r)
 keep_outside_tree()
 r2, w2 = os.pipe(); os.dup2(r2, r)
 """, "anon.epoll.escaped_target", "Dump eventpoll"),
+    blocked("epoll whose watched pipe only its child still holds", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+os.close(r)
+""", "anon.epoll.escaped_target", "Dump eventpoll", tree=True),
+    ok("epoll of a child watching a pipe it inherited", """
+import select
+r, w = os.pipe(); sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    ep = select.epoll(); ep.register(r)
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+""", tree=True),
+    blocked("epoll of a child that moved the inherited pipe it watches", """
+import select
+r, w = os.pipe(); sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    ep = select.epoll(); ep.register(r)
+    moved = os.dup(r); os.close(r)   # CRIU meets the pipe first in the parent: pid mismatch
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+""", "anon.epoll.escaped_target", "Dump eventpoll", tree=True),
     ok("inotify watching a directory", """
 fd = check(libc.inotify_init1(0)); check(libc.inotify_add_watch(fd, b"/tmp", 0x100))
 """, "anon.notify.events_dropped"),

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
@@ -31,7 +32,8 @@ RULES = (
          "close the map fd before checkpointing; only CRIU built with libbpf dumps BPF maps, "
          "and then only HASH and ARRAY maps",
          criu_message="Can't dump file %d of that type [%o] (anon anon_inode:bpf-map)"),
-    Rule("anon.epoll.escaped_target", "An epoll watches a file that no fd of the tree holds",
+    Rule("anon.epoll.escaped_target", "An epoll watches a file CRIU cannot find among the fds of "
+         "the epoll's process",
          BLOCKER, "remove the watch (EPOLL_CTL_DEL) before closing or replacing the watched fd",
          criu_message="kid_lookup_epoll: no match pid %d efd %d tfd %d toff %u; "
                       "Dump eventpoll (pid: %d) failed with -1"),
@@ -140,26 +142,32 @@ def _check_epoll(ctx: AuditContext, proc: Proc, epoll: OpenFd) -> Iterator[Findi
     own = ctx.table(("anon.fds_by_number", proc.pid),
                     lambda: {open_fd.fd: open_fd for open_fd in ctx.tree_fds.get(proc.pid, [])})
     for target in targets:
-        if not _target_held(ctx, proc.pid, own, epoll.fd, target):
+        holder = _target_holder(ctx, proc.pid, own, epoll.fd, target)
+        if holder != proc.pid:
+            held = ("no fd of the tree holds the watched file" if holder is None else
+                    f"CRIU finds the watched file first in pid {holder}, not in the epoll's own "
+                    "process")
             yield Finding(
                 "anon.epoll.escaped_target",
                 f"fd {epoll.fd}: epoll watches fd {target.tfd} (inode {target.inode}), but fd "
-                f"{target.tfd} was closed or now names another file, and no fd of the tree "
-                "holds the watched file", proc.pid, fd=epoll.fd)
+                f"{target.tfd} was closed or now names another file, and {held}",
+                proc.pid, fd=epoll.fd)
 
 
-def _target_held(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: int,
-                 target: EpollTarget) -> bool:
-    """Does some fd of the tree hold the watched file? (CRIU looks it up with kcmp, as here.)"""
+def _target_holder(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: int,
+                   target: EpollTarget) -> int | None:
+    """The process where CRIU finds the watched file (it looks it up with kcmp, as here)."""
     at_number = own.get(target.tfd)
     if at_number is not None and _same_file(ctx, pid, at_number, pid, epfd, target):
-        return True
-    # Rare: the watched file moved (dup + close) or lives in another process of the tree.
-    for holder, fds in ctx.tree_fds.items():
-        for open_fd in fds:
+        return pid
+    # Rare: the watched file moved (dup + close) or lives on in another process of the tree.
+    # CRIU (eventpoll.c flush_eventpoll_dinfo_queue) takes the first fd it dumped on that file,
+    # which must be the epoll's own process's ("pid mismatch" otherwise).
+    for holder in general.dump_order(ctx):
+        for open_fd in sorted(ctx.tree_fds.get(holder, []), key=lambda candidate: candidate.fd):
             if open_fd is not at_number and _same_file(ctx, holder, open_fd, pid, epfd, target):
-                return True
-    return False
+                return holder
+    return None
 
 
 def _same_file(ctx: AuditContext, holder: int, open_fd: OpenFd, pid: int, epfd: int,

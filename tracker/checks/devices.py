@@ -18,9 +18,9 @@ import os
 import stat
 from typing import Iterator
 
-from tracker.checks import files
+from tracker.checks import files, general
 from tracker.context import AuditContext
-from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
+from tracker.procfs import OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -37,7 +37,7 @@ RULES = (
     Rule("device.tty.o_path", "A terminal device open with O_PATH", BLOCKER,
          "close the O_PATH fd on the terminal before checkpointing (CRIU's tty code needs an "
          "fd it can ask the terminal's parameters with; an ordinary open would do)",
-         criu_message="tty: Can't fetch params: err = %d"),
+         criu_message="tty: Can't fetch params: err = %d / tty: Can't obtain ptmx index"),
 )
 
 MEM_MAJOR = 1
@@ -86,7 +86,7 @@ def is_pty_master(major: int, minor: int) -> bool:
 
 def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
     """The first fd on this terminal in CRIU's dump order: the one it asks for the parameters."""
-    for pid in ctx.table("devices.dump_order", lambda: _dump_order(ctx)):
+    for pid in general.dump_order(ctx):
         for open_fd in sorted(ctx.tree_fds.get(pid, []), key=lambda candidate: candidate.fd):
             try:
                 if (open_fd.target.startswith("/dev/") and stat.S_ISCHR(open_fd.stat.st_mode)
@@ -95,20 +95,6 @@ def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
             except ProcessGone:
                 continue
     return None
-
-
-def _dump_order(ctx: AuditContext) -> list[int]:
-    """The tree's pids as CRIU walks its pstree: depth first, children in /proc's order."""
-    order, stack = [], [ctx.root_pid]
-    while stack:
-        pid = stack.pop()
-        order.append(pid)
-        try:
-            children = [child for child in ctx.proc(pid).children() if ctx.in_tree(child)]
-        except (ProcessGone, AccessDenied):
-            children = []
-        stack.extend(reversed(children))
-    return order
 
 
 def _refused(code: str, proc: Proc, open_fd: OpenFd, kind: str) -> Finding:

@@ -1,7 +1,8 @@
 """Findings about the audit itself: what could not be read or classified."""
 from __future__ import annotations
 
-from tracker.procfs import OpenFd, Proc
+from tracker.context import AuditContext
+from tracker.procfs import AccessDenied, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -33,3 +34,22 @@ def unclassified_fd(proc: Proc, open_fd: OpenFd) -> Finding:
     return Finding("fd.unclassified",
                    f"fd {open_fd.fd}: unknown kind of file {open_fd.target!r} "
                    f"(mode {open_fd.stat.st_mode:o})", proc.pid, fd=open_fd.fd)
+
+
+def dump_order(ctx: AuditContext) -> list[int]:
+    """The tree's pids in the order CRIU dumps them (pstree_item_next: depth first from the
+    root, children in /proc's order); within a process it dumps fds in ascending order."""
+    return ctx.table("general.dump_order", lambda: _walk(ctx))
+
+
+def _walk(ctx: AuditContext) -> list[int]:
+    order, stack = [], [ctx.root_pid]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        try:
+            children = [child for child in ctx.proc(pid).children() if ctx.in_tree(child)]
+        except (ProcessGone, AccessDenied):
+            children = []
+        stack.extend(reversed(children))
+    return order
