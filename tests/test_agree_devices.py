@@ -7,6 +7,8 @@ import pytest
 
 from tests.agreement import assert_agrees
 from tests.subjects import subject
+from tracker.checks.namespaces import host_has_iptables_restore
+from tracker.criu import find_criu
 
 
 def test_memory_devices_are_ok():
@@ -107,3 +109,33 @@ ready(); hold()
         assert_agrees(s.pid, f"pty slave: parent {parent_flags}, child {child_flags}", expect=expect,
                       tree=True, codes={"device.tty.o_path"} if expect == "blocked" else set(),
                       criu_error="tty: Can't fetch params" if expect == "blocked" else None)
+
+
+TUN_IN_NETNS = """
+libc = ctypes.CDLL(None, use_errno=True)
+def unshare_net():
+    assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
+"""
+
+
+@pytest.mark.parametrize("opened_in, expect", [
+    ("the host's network namespace", "needs_options"),
+    ("a network namespace the process left", "blocked"),
+    ("the tree's network namespace", "needs_options"),
+])
+def test_tun_file_judged_by_the_network_namespace_it_belongs_to(opened_in: str, expect: str):
+    steps = {"the host's network namespace": "fd = os.open('/dev/net/tun', os.O_RDWR); unshare_net()",
+             "a network namespace the process left":
+                 "unshare_net(); fd = os.open('/dev/net/tun', os.O_RDWR); unshare_net()",
+             "the tree's network namespace": "unshare_net(); fd = os.open('/dev/net/tun', os.O_RDWR)"}
+    if expect == "needs_options" and host_has_iptables_restore():
+        expect = "ok"   # the root's own network namespace needs no option then
+    with subject(TUN_IN_NETNS + steps[opened_in] + "\nready(); hold()") as s:
+        if expect == "blocked":
+            assert_agrees(s.pid, f"/dev/net/tun opened in {opened_in}", expect="blocked",
+                          codes={"device.tun.foreign_netns"})
+            locked = find_criu().dump(s.pid, ["--network-lock", "nftables"])
+            assert "Unable to dump a socket from an external network namespace" in locked.log
+        else:
+            document = assert_agrees(s.pid, f"/dev/net/tun opened in {opened_in}", expect=expect)
+            assert not [r for r in document["reasons"] if r["code"].startswith("device.")]

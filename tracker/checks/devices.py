@@ -3,7 +3,9 @@
 Memory devices (major 1: null, zero, full, random, urandom, kmsg, mem...)
 and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
 /dev/net/tun (10:200) is dumped with the network namespace, so only a tree
-with its own netns can keep it. Terminals belong to `terminal`, which judges
+with its own netns can keep it, and only when the tun file's own network
+namespace (SIOCGSKNS, as tun.c dump_tunfile asks it through get_socket_ns) is
+one CRIU knows: its own or a tree process's. Terminals belong to `terminal`, which judges
 sessions and controlling ttys, except a terminal open with O_PATH, which an
 ioctl refuses with EBADF: CRIU's tty code (tty.c dump_one_tty) asks a pty
 master's fd for its index (TIOCGPTN) every time, and asks the first fd of each
@@ -14,13 +16,14 @@ dumped: CRIU cannot save a device's state.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 from typing import Iterator
 
 from tracker.checks import files, general
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc, ProcessGone
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -34,11 +37,20 @@ RULES = (
          "run the tree in its own network namespace (CRIU dumps tun devices with it), or close "
          "/dev/net/tun before checkpointing",
          criu_message="tun: Net namespace is required to dump tun link"),
+    Rule("device.tun.foreign_netns", "/dev/net/tun open on a network namespace no process of the "
+         "tree lives in", BLOCKER,
+         "open /dev/net/tun again in the tree's network namespace (or keep a process of the tree "
+         "in the namespace the tun file was opened in)",
+         criu_message="net: Unable to dump a socket from an external network namespace"),
     Rule("device.tty.o_path", "A terminal device open with O_PATH", BLOCKER,
          "close the O_PATH fd on the terminal before checkpointing (CRIU's tty code needs an "
          "fd it can ask the terminal's parameters with; an ordinary open would do)",
          criu_message="tty: Can't fetch params: err = %d / tty: Can't obtain ptmx index"),
 )
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+SYS_PIDFD_GETFD, SIOCGSKNS = 438, 0x894C
 
 MEM_MAJOR = 1
 TUN = (10, 200)
@@ -61,6 +73,11 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
                           f"network namespace", proc.pid, fd=open_fd.fd)
+        elif (netns := tun_netns(ctx, proc, open_fd)) is not None and netns not in _known_netns(ctx):
+            yield Finding("device.tun.foreign_netns",
+                          f"fd {open_fd.fd}: {open_fd.target} (10:200) belongs to network "
+                          f"namespace net:[{netns}], where no process of the tree lives",
+                          proc.pid, fd=open_fd.fd)
     elif not is_tty(*device):
         yield _refused("device.chr.unsupported", proc, open_fd, "character device")
     elif open_fd.flags & os.O_PATH and (is_pty_master(*device) or _first_fd_of(ctx, rdev) is open_fd):
@@ -77,6 +94,38 @@ def is_tty(major: int, minor: int) -> bool:
     if major == TTY_MAJOR:
         return 1 <= minor <= 63                  # virtual consoles tty1..tty63
     return major in SERIAL_MAJORS or major in PTY_MASTER_MAJORS or major == PTY_SLAVE_MAJOR
+
+
+def tun_netns(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> int | None:
+    """The inode of the network namespace a tun file belongs to: a copy of the fd
+    (pidfd_getfd) asked with SIOCGSKNS. None where the kernel cannot tell (or a fixture)."""
+    if ctx.proc_root != DEFAULT_PROC_ROOT:
+        return None
+    pidfd = copy = namespace = -1
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, open_fd.fd, 0)
+        namespace = _libc.ioctl(copy, SIOCGSKNS) if copy >= 0 else -1
+        return os.fstat(namespace).st_ino if namespace >= 0 else None
+    except OSError:
+        return None
+    finally:
+        for fd in (namespace, copy, pidfd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _known_netns(ctx: AuditContext) -> set[int]:
+    """The network namespaces CRIU knows in a dump: its own and the tree processes'."""
+    def build() -> set[int]:
+        known = {os.stat(ctx.proc_root / "self" / "ns" / "net").st_ino}
+        for pid in ctx.tree_pids:
+            try:
+                known.add(os.stat(ctx.proc_root / str(pid) / "ns" / "net").st_ino)
+            except OSError:
+                continue   # a zombie
+        return known
+    return ctx.table("devices.known_netns", build)
 
 
 def is_pty_master(major: int, minor: int) -> bool:
