@@ -121,6 +121,15 @@ if os.fork() == 0:
     os.write(sync_w, b"x"); hold()
 os.read(sync_r, 1)
 """, tree=True),
+    ok("epoll and its moved pipe, both inherited by a child", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+moved = os.dup(r); os.close(r)
+sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    os.write(sync_w, b"x"); hold()   # CRIU dumps the shared epoll once, with the parent
+os.read(sync_r, 1)
+""", tree=True),
     blocked("epoll of a child that moved the inherited pipe it watches", """
 import select
 r, w = os.pipe(); sync_r, sync_w = os.pipe()

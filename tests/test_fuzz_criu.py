@@ -180,7 +180,7 @@ def test_a_refused_generator_skips_the_composition_and_leaves_no_process(tmp_pat
         {"parent": None, "generators": [{"name": "pipe", "params": {"data": True, "ends": "both"}}]},
         {"parent": 0, "inherit": True, "generators": [
             {"name": "zombie_child", "params": {"count": 1}},
-            {"name": "device", "params": {"path": "/dev/crwatch-no-such-device", "o_path": False}}]},
+            {"name": "device", "params": {"path": "/dev/crwatch-no-such-device", "mode": "rdwr"}}]},
     ]
     workdir = tmp_path / "composition"
     result = fuzz_criu.run(0, processes, find_criu(), workdir)

@@ -71,7 +71,7 @@ OTHER_CLOCKS = {8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-SYS_KCMP, KCMP_EPOLL_TFD, SYS_OPEN_BY_HANDLE_AT = 312, 7, 304
+SYS_KCMP, KCMP_FILE, KCMP_EPOLL_TFD, SYS_OPEN_BY_HANDLE_AT = 312, 0, 7, 304
 
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -136,7 +136,7 @@ def parse_epoll_targets(lines: list[str]) -> list[EpollTarget]:
 
 def _check_epoll(ctx: AuditContext, proc: Proc, epoll: OpenFd) -> Iterator[Finding]:
     targets = parse_epoll_targets(epoll.fdinfo_lines)
-    if not targets:
+    if not targets or _dumped_earlier(ctx, proc.pid, epoll):
         return
     # built once per process, not per epoll: a process may hold thousands of each
     own = ctx.table(("anon.fds_by_number", proc.pid),
@@ -152,6 +152,21 @@ def _check_epoll(ctx: AuditContext, proc: Proc, epoll: OpenFd) -> Iterator[Findi
                 f"fd {epoll.fd}: epoll watches fd {target.tfd} (inode {target.inode}), but fd "
                 f"{target.tfd} was closed or now names another file, and {held}",
                 proc.pid, fd=epoll.fd)
+
+
+def _dumped_earlier(ctx: AuditContext, pid: int, epoll: OpenFd) -> bool:
+    """Is this epoll file (inherited, say) one CRIU dumps with an earlier process of its
+    dump order? It dumps each file once, judged in that process."""
+    if not _live(ctx):
+        return False
+    for holder in general.dump_order(ctx):
+        if holder == pid:
+            return False
+        for open_fd in ctx.tree_fds.get(holder, []):
+            if (open_fd.target == epoll.target
+                    and _libc.syscall(SYS_KCMP, holder, pid, KCMP_FILE, open_fd.fd, epoll.fd) == 0):
+                return True
+    return False
 
 
 def _target_holder(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: int,
