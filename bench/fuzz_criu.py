@@ -308,8 +308,9 @@ def release_huge_pages(count: int) -> None:
 
 # ---- judging ------------------------------------------------------------------------
 
-def run(index: int, processes: list[dict], criu, workdir: Path) -> Outcome:
-    """Build the composition, ask crwatch, dump with CRIU, classify; always tear it down."""
+def run(index: int, processes: list[dict], criu, workdir: Path | None = None) -> Outcome:
+    """Build the composition, ask crwatch, dump with CRIU, classify; always tear it down
+    (its working directory, a fresh one in /tmp unless given, included)."""
     from tracker.audit import audit
     from tracker.procfs import ProcessGone
     from tracker.profiles import profile
@@ -318,6 +319,7 @@ def run(index: int, processes: list[dict], criu, workdir: Path) -> Outcome:
     started = time.monotonic()
     outcome = Outcome(index, processes)
     subject = None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="crwatch-fuzz-", dir="/tmp"))
     try:
         subject = Subject(processes, workdir)
         subject.await_ready()
@@ -527,7 +529,7 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
     totals = Totals()
     for index in range(compositions):
         rng = random.Random(f"{seed}:{index}")   # one composition replays without the others
-        outcome = run(index, compose(rng, max_processes, pool), criu, workdir(out))
+        outcome = run(index, compose(rng, max_processes, pool), criu)
         totals.outcomes.append(outcome)
         if verbose:
             echo(f"#{index} {outcome.result} {outcome.document and outcome.document['verdict']} "
@@ -568,14 +570,10 @@ def print_figures(figures: dict, echo=print) -> None:
              + (f"; known: {group['known']})" if group["known"] else ")"))
 
 
-def workdir(out: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix="crwatch-fuzz-", dir="/tmp"))
-
-
 def replay(path: Path, criu, echo=print) -> Outcome:
     """Run a reproducer's tree again and say whether it still disagrees the same way."""
     recorded = load_reproducer(path)
-    outcome = run(recorded.get("index", 0), recorded["processes"], criu, workdir(path.parent))
+    outcome = run(recorded.get("index", 0), recorded["processes"], criu)
     echo(f"replay of {path} (seed {recorded.get('seed')}, composition {recorded.get('index')}): "
          f"{outcome.result} (recorded: {recorded.get('result')}) {outcome.why}")
     for record in outcome.dumps:
@@ -599,7 +597,7 @@ def reduce(path: Path, criu, echo=print) -> dict:
             for position in range(len(process["generators"]) - 1, -1, -1):
                 trial = json.loads(json.dumps(processes))
                 del trial[index]["generators"][position]
-                outcome = run(recorded.get("index", 0), trial, criu, workdir(path.parent))
+                outcome = run(recorded.get("index", 0), trial, criu)
                 if same_disagreement(outcome, wanted):
                     processes, last, changed = trial, outcome, True
                     break
@@ -607,7 +605,7 @@ def reduce(path: Path, criu, echo=print) -> dict:
                 break
         trial = drop_empty_leaf(processes)
         if not changed and trial is not None:
-            outcome = run(recorded.get("index", 0), trial, criu, workdir(path.parent))
+            outcome = run(recorded.get("index", 0), trial, criu)
             if same_disagreement(outcome, wanted):
                 processes, last, changed = trial, outcome, True
     reduced = dict(recorded, processes=processes, generators=generator_names(processes),

@@ -207,7 +207,7 @@ def test_a_tree_still_building_when_the_fuzzer_gives_up_is_killed_whole(tmp_path
 
 def test_reduce_keeps_the_fewest_generators_that_disagree_the_same_way(tmp_path: Path, monkeypatch):
     # A stand-in for the real run: the tree "disagrees" while it holds an eventfd.
-    def fake_run(index, processes, criu, workdir):
+    def fake_run(index, processes, criu, workdir=None):
         result = fuzz_criu.Outcome(index, processes)
         if "eventfd" in fuzz_criu.generator_names(processes):
             result.result, result.why = fuzz_criu.UNSAFE, "crwatch: ok; CRIU refused it plainly"
