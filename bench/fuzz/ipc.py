@@ -6,7 +6,7 @@ import ctypes
 import os
 
 from bench.fuzz import generator
-from bench.fuzz.runtime import check, libc
+from bench.fuzz.runtime import CLONE, check, libc, unshare
 
 IPC_PRIVATE, IPC_CREAT, IPC_RMID = 0, 0o1000, 0
 libc.shmat.restype = ctypes.c_void_p
@@ -17,9 +17,13 @@ class Sembuf(ctypes.Structure):
 
 
 @generator("ipc", draw=lambda rng, place: {"kind": rng.choice(("sem", "msg", "shm")),
-                                           "used": rng.random() < 0.7})
-def sysv_object(ctx, kind, used):
-    """a SysV semaphore set, message queue or detached shm segment in the process's IPC namespace"""
+                                           "used": rng.random() < 0.7,
+                                           "own_namespace": rng.random() < 0.3})
+def sysv_object(ctx, kind, used, own_namespace):
+    """a SysV semaphore set, message queue or detached shm segment in the process's IPC namespace
+    (a new one of its own, or the one it has)"""
+    if own_namespace:
+        unshare(CLONE["ipc"])
     if kind == "sem":
         ident = check(libc.semget(IPC_PRIVATE, 2, IPC_CREAT | 0o600), "semget")
         if used:

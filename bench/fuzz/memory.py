@@ -104,3 +104,39 @@ def advised_mapping(ctx, advice):
     number = {"dontfork": 10, "dontdump": 16, "wipeonfork": 18, "mergeable": 12, "hugepage": 14}[advice]
     address = map_memory(-1, 1 << 21, PRIVATE | ANONYMOUS)
     check(libc.madvise(ctypes.c_void_p(address), 1 << 21, number), f"madvise {advice}")
+
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+@generator("memory", weight=0.3)
+def uprobes_area(ctx):
+    """an [uprobes] area: a uprobe on a private copy of libz fired once in the process, then removed"""
+    import shutil
+    ctypes.CDLL("libz.so.1")
+    libz = next(line.split()[-1] for line in open("/proc/self/maps") if "/libz.so" in line)
+    copy = ctx.path("libz.so")
+    shutil.copy(libz, copy)
+    lib = ctypes.CDLL(copy)
+    address = ctypes.cast(lib.zlibVersion, ctypes.c_void_p).value
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high and fields[-1] == copy:
+            offset = address - low + int(fields[2], 16)
+    event = f"crwfz/z{os.getpid()}"
+    tracefs("uprobe_events", f"p:{event} {copy}:{offset:#x}\n")
+    try:
+        tracefs(f"events/{event}/enable", "1")
+        lib.zlibVersion()   # the uprobe fires: the kernel adds the [uprobes] area for good
+        tracefs(f"events/{event}/enable", "0")
+    finally:
+        tracefs("uprobe_events", f"-:{event}\n")
+
+
+def tracefs(name: str, text: str) -> None:
+    fd = os.open(f"{TRACEFS}/{name}", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
