@@ -524,7 +524,7 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
          criu, echo=print, verbose: bool = False) -> dict:
     echo(f"seed {seed}")
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("repro-*.json"):
+    for old in [*out.glob("repro-*.json"), *out.glob("skipped-*.json")]:
         old.unlink()
     totals = Totals()
     for index in range(compositions):
@@ -534,6 +534,8 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
         if verbose:
             echo(f"#{index} {outcome.result} {outcome.document and outcome.document['verdict']} "
                  f"{outcome.seconds:.2f}s {outcome.why} [{', '.join(generator_names(outcome.processes))}]")
+        if outcome.result == SKIPPED:   # kept to see why, not reported
+            (out / f"skipped-{index:04d}.json").write_text(json.dumps(outcome.record(seed)) + "\n")
         if outcome.result in (UNSAFE, OVERCAUTIOUS):
             path = out / reproducer_name(index)
             path.write_text(json.dumps(outcome.record(seed), indent=1) + "\n")

@@ -277,7 +277,10 @@ def packet_socket(ctx, kind):
     "state": rng.choice(("unbound", "bound", "group", "queued", "group_33", "group_unbound")),
     "protocol": rng.choice((0, 15))})
 def netlink_socket(ctx, state, protocol):
-    """a netlink socket: unbound, bound, in a group, with a reply queued, in group 33, grouped unbound"""
+    """a netlink socket (route or uevent): unbound, bound, in a group, with a reply queued, in
+    group 33 (route only), grouped unbound"""
+    if state == "group_33":
+        protocol = 0   # uevent has 32 groups
     sock = ctx.keep(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
     if state == "group_unbound":
         sock.setsockopt(270, 1, 1)

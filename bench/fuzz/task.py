@@ -76,13 +76,19 @@ def draw_stop(rng, place):
 
 
 def stop(pid: int, sig: str) -> None:
+    """Stop the child `pid` with `sig`, and wait until it is stopped."""
     number = signal.Signals[sig]
     if number != signal.SIGSTOP:
+        if os.getsid(pid) != os.getsid(0):
+            # its group is orphaned (its parent is in another session): the kernel would
+            # discard the job-control stop
+            raise OSError(0, f"{sig} to pid {pid}, which leads a session of its own")
         try:
-            os.setpgid(pid, pid)   # an orphaned group would discard the job-control stop
+            os.setpgid(pid, pid)   # in a group of its own, to be stopped alone
         except OSError:
-            pass
+            pass   # it leads its group already
     os.kill(pid, number)
+    wait_until(pid, "T", "stop")
 
 
 @generator("task", weight=1.5, stage="by_parent", draw=draw_stop)
@@ -90,7 +96,6 @@ def stopped(ctx, pid, sig):
     """the process stopped by its parent with SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU (job-control
     stops in a process group of its own), the stop not reaped by the parent"""
     stop(pid, sig)
-    wait_until(pid, "T", "stop")
 
 
 @generator("task", stage="by_parent", draw=draw_stop, known="sockets (a stop its parent reaped)")
@@ -110,9 +115,10 @@ def traced_by_parent(ctx, pid, interrupt):
         os.waitpid(pid, 0x40000000)   # __WALL: the trace stop
 
 
-@generator("task", weight=0.5, fits=not_root, once=True)
+@generator("task", weight=0.5, stage="threads", fits=not_root, once=True)
 def ptrace_traceme(ctx):
-    """the process asked its parent to trace it (PTRACE_TRACEME)"""
+    """the process asked its parent to trace it (PTRACE_TRACEME), last (a signal it gets later,
+    a SIGCHLD say, would stop it for a tracer that never answers)"""
     check(libc.ptrace(PTRACE_TRACEME, 0, None, None), "PTRACE_TRACEME")
 
 
