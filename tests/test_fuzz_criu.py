@@ -228,3 +228,22 @@ def test_reduce_keeps_the_fewest_generators_that_disagree_the_same_way(tmp_path:
     assert reduced["generators"] == ["eventfd"]
     assert [p["parent"] for p in reduced["processes"]] == [None, 0]
     assert json.loads(path.with_suffix(".reduced.json").read_text())["generators"] == ["eventfd"]
+
+
+def test_a_dump_after_which_a_process_of_the_tree_died_counts_as_failed():
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        class KillingCriu(FakeCriu):
+            def dump(self, pid, options=()):
+                os.kill(victim.pid, signal.SIGKILL)
+                os.waitid(os.P_PID, victim.pid, os.WEXITED | os.WNOWAIT)   # dead, not reaped
+                return super().dump(pid, options)
+        result = fuzz_criu.Outcome(0, [])
+        result.document = {"verdict": "ok", "reasons": [], "processes": [{"pid": victim.pid}]}
+        fuzz_criu.classify(result, KillingCriu((True, "")), victim.pid)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert result.result == fuzz_criu.UNSAFE
+    assert result.dumps[0]["errors"] == [f"the dump left the tree without pid(s) {victim.pid} "
+                                         "(it killed them)"]
