@@ -151,7 +151,7 @@ class Subject:
         os.close(write_end)
         self.ready_pipe = read_end
         self.pid = self.process.pid
-        self.report: dict = {"pids": {"0": self.pid}, "others": [], "extra": [], "sysv": []}
+        self.report: dict = {"pids": {"0": self.pid}, "others": [], "sysv": []}
 
     def await_ready(self) -> None:
         """Wait for the tree's ready line (stop() cleans up whatever happens here)."""
@@ -163,9 +163,9 @@ class Subject:
     def stop(self) -> None:
         """Kill every process of the tree and its helpers, then undo what they left: mounts,
         SysV objects and queues of the host namespace, files."""
-        # (the "extra" processes generators added are numbered in their pid namespace,
-        # and are descendants: found below; a tree that never got ready reported nothing, but
-        # every process of it still runs the subject's command line)
+        # (processes a generator added, zombies or pid-namespace inits, are descendants:
+        # found below; a tree that never got ready reported nothing, but every process of it
+        # still runs the subject's command line)
         pids = {*map(int, self.report["pids"].values()), *self.report["others"], self.pid}
         for _ in range(100):   # a tree still building forks on: until none is left
             pids |= running_command(str(self.spec))
@@ -329,7 +329,7 @@ def run(index: int, processes: list[dict], criu, workdir: Path | None = None) ->
         subject = Subject(processes, workdir)
         subject.await_ready()
         if subject.report.get("refused"):
-            outcome.why = f"refused by the kernel: {subject.report['refused']}"
+            outcome.why = f"not built: {subject.report['refused']}"
             return outcome
         apply_root_stage(processes[0], subject.pid)
         try:

@@ -36,8 +36,8 @@ def build(spec: dict, index: int, report_fd: int) -> None:
     generators = load()
     process = spec["processes"][index]
     ctx = Context(index, Path(spec["scratch"]), report_fd)
-    report = {"pids": {str(index): host_pid()}, "others": ctx.others, "extra": ctx.extra,
-              "sysv": ctx.sysv, "refused": None}
+    report = {"pids": {str(index): host_pid()}, "others": ctx.others, "sysv": ctx.sysv,
+              "refused": None}
     try:
         run_stage(ctx, process, "build", generators)
         children = fork_children(spec, index, ctx)
@@ -107,7 +107,7 @@ def fork_children(spec: dict, index: int, ctx: Context) -> list[tuple[int, int, 
                     close_inherited(ctx.shared_fds | {write_end})
             except Exception as error:
                 send(write_end, {"pids": {str(child_index): host_pid()}, "others": [],
-                                 "extra": [], "sysv": [], "refused": f"fork: {error}"})
+                                 "sysv": [], "refused": f"fork: {error}"})
                 hold()
             build(spec, child_index, write_end)
             os._exit(0)
@@ -126,7 +126,7 @@ def read_report(pipe: int, index: int, pid: int) -> dict:
 
 def merge(report: dict, child: dict) -> None:
     report["pids"].update(child["pids"])
-    for key in ("others", "extra", "sysv"):
+    for key in ("others", "sysv"):
         report[key].extend(child[key])
     if child["refused"] and not report["refused"]:
         raise Refused(child["refused"])

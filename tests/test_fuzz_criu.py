@@ -185,7 +185,7 @@ def test_a_refused_generator_skips_the_composition_and_leaves_no_process(tmp_pat
     workdir = tmp_path / "composition"
     result = fuzz_criu.run(0, processes, find_criu(), workdir)
     assert result.result == fuzz_criu.SKIPPED
-    assert result.why.startswith("refused by the kernel: device: FileNotFoundError")
+    assert result.why.startswith("not built: device: FileNotFoundError")
     assert not fuzz_criu.running_command(str(workdir / "spec.json"))
     assert not workdir.exists()
 

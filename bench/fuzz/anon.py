@@ -120,7 +120,6 @@ def pidfd(ctx, of):
                 os._exit(3)
             while True:
                 select.select([], [], [])
-        ctx.extra.append(child)
         ctx.keep(syscall(434, child, os.O_EXCL) if of == "thread_flag" else os.pidfd_open(child))
         if of == "reaped":
             os.waitpid(child, 0)

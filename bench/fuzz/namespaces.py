@@ -94,4 +94,3 @@ def pid_namespace_init(ctx, setsid, second):
     os.close(write_end)
     os.read(read_end, 1)
     os.close(read_end)
-    ctx.extra.append(init)

@@ -95,8 +95,6 @@ class Context:
         self.in_children: list[Callable[[], None]] = []     # run in each child right after fork
         self.after_children: list[Callable[[list[int]], None]] = []  # in this process, given the children
         self.others: list[int] = []      # helper processes outside the tree (the fuzzer kills them)
-        self.extra: list[int] = []       # processes a generator added to the tree (zombies, inits),
-                                         # numbered in this process's pid namespace
         self.sysv: list[tuple[str, int, int]] = []   # (kind, id, ipc ns inode) to remove afterwards
         self.shared_fds: set[int] = set()  # fds a child keeps even when it inherits nothing
         self.child_number = 0            # in a child: how many siblings were forked before it

@@ -38,7 +38,6 @@ def zombie_child(ctx, count):
         pid = ctx.fork()
         if pid == 0:
             os._exit(0)
-        ctx.extra.append(pid)
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)   # exited, left unreaped
 
 
@@ -54,7 +53,6 @@ def zombie_leader_with_threads(ctx):
     os.read(read_end, 1)
     os.close(read_end)
     os.close(write_end)
-    ctx.extra.append(pid)
     wait_until(pid, "Z", "zombie leader")
 
 
@@ -168,7 +166,6 @@ def clone_sharing_child(ctx, flags):
             os.close(ctx.report_fd)
         while True:
             libc.pause()
-    ctx.extra.append(pid)
 
 
 @generator("task", stage="privileges", draw=lambda rng, place: {"keep_gid": rng.random() < 0.3},
