@@ -6,6 +6,7 @@ import os
 import struct
 
 from bench.fuzz import generator
+from bench.fuzz.namespaces import loopback_up
 from bench.fuzz.runtime import CLONE, unshare
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random", "/dev/kmsg",
@@ -34,6 +35,7 @@ def tun_device(ctx, own_netns, interface, persist):
     interface (persistent or not, in its own namespace only: nothing outlives the tree) or none"""
     if own_netns:
         unshare(CLONE["net"])
+        loopback_up()
     fd = ctx.keep(os.open("/dev/net/tun", os.O_RDWR))
     if interface == "none":
         return
