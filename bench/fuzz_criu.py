@@ -14,12 +14,14 @@ CRIU dumps it plainly and with exactly the options crwatch names
 
     ok             CRIU must dump it plainly                       else UNSAFE
     needs_options  the dump with the options must succeed          else UNSAFE
-                   (made first: a refused plain dump may still disturb the tree)
                    and the plain dump must fail                    else OVERCAUTIOUS
     blocked        both dumps must fail                            else OVERCAUTIOUS
     unknown        counted apart
 
-A dump after which a process of the tree has died counts as failed. A failure
+The dump with the options comes first: a refused plain dump may still disturb
+the tree (a write lease CRIU's reopen breaks kills its holder). A dump after
+which a process of the tree has died counts as failed, and a composition whose
+first dump killed one is skipped (the second would judge another tree). A failure
 CRIU logs as its own trouble under load (tracker.criu_log.transient) is
 retried once, and counted. Generators whose disagreement another part of
 issue #11 fixes carry a `known` mark naming it; the bounded test in
@@ -365,36 +367,31 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
         outcome.result, outcome.why = UNKNOWN, "crwatch could not judge the tree"
         return
     members = [process["pid"] for process in outcome.document.get("processes", [])] or [pid]
-    options = arguments_for(outcome.document["reasons"])
-    if verdict == "needs_options":
-        # With the options first: a refused plain dump may still disturb the tree (a write
-        # lease CRIU's reopen breaks kills its holder), and would spoil the second dump.
-        named = dump(outcome, criu, pid, options, members)
-        plain = dump(outcome, criu, pid, [], members)
-        if plain["ok"]:
-            outcome.result, outcome.why = OVERCAUTIOUS, f"crwatch: {verdict}; CRIU dumped it plainly"
-        elif not named["ok"]:
-            outcome.result, outcome.why = UNSAFE, (
-                f"crwatch: needs {' '.join(options)}; CRIU refused it with them: {first_error(named)}")
-        else:
-            outcome.result = AGREE
-            outcome.other_cause = unpredicted(outcome.document["reasons"], plain)
-        return
-    plain = dump(outcome, criu, pid, [], members)
     if verdict == "ok":
+        plain = dump(outcome, criu, pid, [], members)
         outcome.result, outcome.why = (AGREE, "") if plain["ok"] else \
             (UNSAFE, f"crwatch: ok; CRIU refused it plainly: {first_error(plain)}")
         return
-    if plain["ok"]:
-        outcome.result, outcome.why = OVERCAUTIOUS, f"crwatch: {verdict}; CRIU dumped it plainly"
-        return
+    # With the options first: a refused plain dump may still disturb the tree (a write lease
+    # CRIU's reopen breaks kills its holder) and spoil the dump after it.
+    options = arguments_for(outcome.document["reasons"])
     named = dump(outcome, criu, pid, options, members)
-    if named["ok"]:
+    if verdict == "blocked" and named["ok"]:
         outcome.result, outcome.why = OVERCAUTIOUS, \
             f"crwatch: blocked; CRIU dumped it with {' '.join(options) or 'no options'}"
+        return
+    if killed := named.get("killed"):
+        outcome.why = f"the dump with {' '.join(options) or 'no options'} killed pid(s) {killed}"
+        return   # skipped: the plain dump would judge another tree
+    plain = dump(outcome, criu, pid, [], members) if options else named
+    if plain["ok"]:
+        outcome.result, outcome.why = OVERCAUTIOUS, f"crwatch: {verdict}; CRIU dumped it plainly"
+    elif verdict == "needs_options" and not named["ok"]:
+        outcome.result, outcome.why = UNSAFE, (
+            f"crwatch: needs {' '.join(options)}; CRIU refused it with them: {first_error(named)}")
     else:
         outcome.result = AGREE
-        outcome.other_cause = unpredicted(outcome.document["reasons"], named)
+        outcome.other_cause = unpredicted(outcome.document["reasons"], plain)
 
 
 def unpredicted(reasons: list[dict], refused: dict) -> str:
@@ -438,7 +435,8 @@ def dump(outcome: Outcome, criu, pid: int, options: list[str], members: list[int
         errors.append(f"the dump left the tree without pid(s) {', '.join(map(str, killed))} "
                       f"(it killed them)")
     record = {"options": options, "command": result.command, "ok": result.ok and not killed,
-              "errors": errors, "seconds": round(result.seconds, 3)}
+              "errors": errors, "seconds": round(result.seconds, 3),
+              "killed": ", ".join(map(str, killed))}
     outcome.dumps.append(record)
     return record
 
