@@ -139,3 +139,12 @@ def test_tun_file_judged_by_the_network_namespace_it_belongs_to(opened_in: str, 
         else:
             document = assert_agrees(s.pid, f"/dev/net/tun opened in {opened_in}", expect=expect)
             assert not [r for r in document["reasons"] if r["code"].startswith("device.")]
+
+
+def test_tun_open_with_o_path_is_blocked():
+    code = TUN_IN_NETNS + "unshare_net(); fd = os.open('/dev/net/tun', os.O_PATH)\nready(); hold()"
+    with subject(code) as s:
+        assert_agrees(s.pid, "/dev/net/tun open with O_PATH in the tree's network namespace",
+                      expect="blocked", codes={"device.tun.o_path"})
+        locked = find_criu().dump(s.pid, ["--network-lock", "nftables"])
+        assert "tun: Can't dump tun-file device: Bad file descriptor" in locked.log

@@ -165,14 +165,15 @@ def test_devices_by_major_and_minor(proc_root: Path):
     assert device("/dev/kvm", 10, 232) == [("device.chr.unsupported", None)]
     assert device("/dev/ttyS0", 4, 64) == [("device.chr.unsupported", None)]
     assert device("/dev/loop0", 7, 0, BLK) == [("device.blk", None)]
-    assert device("/dev/net/tun", 10, 200) == [("device.tun.host_netns", None)]
+    assert device("/dev/net/tun", 10, 200, flags="0100002") == [("device.tun.host_netns", None)]
 
 
 def test_tun_is_fine_when_the_tree_has_its_own_network_namespace(proc_root: Path):
     (proc_root / str(PID) / "ns" / "net").unlink()
     os.symlink("net:[8]", proc_root / str(PID) / "ns" / "net")
     tun = stat(CHR, dev=DEVTMPFS, rdev=os.makedev(10, 200))
-    assert audit_fd(proc_root, "/dev/net/tun", tun) == []
+    assert audit_fd(proc_root, "/dev/net/tun", tun, flags="0100002") == []
+    assert audit_fd(proc_root, "/dev/net/tun", tun, flags="010000000") == [("device.tun.o_path", None)]
 
 
 def test_a_zombie_has_no_cwd_or_root_to_judge(proc_root: Path):

@@ -56,7 +56,8 @@ def lock_held_outside(ctx, also_inside):
         fcntl.lockf(fd, fcntl.LOCK_SH)
 
 
-@generator("locks", draw=lambda rng, place: {"holder": rng.choice(("posix", "flock_in_ofd"))})
+@generator("locks", threaded=True, draw=lambda rng, place: {
+    "holder": rng.choice(("posix", "flock_in_ofd"))})
 def lock_contended(ctx, holder):
     """a POSIX lock held by this process, waited for (F_OFD_SETLKW) by a thread of each child, or of
     itself when it has none"""

@@ -39,7 +39,7 @@ def mount_namespace(ctx, private):
         subprocess.run(["mount", "--make-rprivate", "/"], check=True)
 
 
-@generator("namespaces", stage="privileges", draw=lambda rng, place: {
+@generator("namespaces", stage="privileges", single_threaded=True, draw=lambda rng, place: {
     "mapping": rng.choice(("identity", "identity", "shifted", "none")),
     "then": rng.choice(("nothing", "nothing", "uts", "ipc", "net"))})
 def user_namespace(ctx, mapping, then):

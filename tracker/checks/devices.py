@@ -5,7 +5,8 @@ and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
 /dev/net/tun (10:200) is dumped with the network namespace, so only a tree
 with its own netns can keep it, and only when the tun file's own network
 namespace (SIOCGSKNS, as tun.c dump_tunfile asks it through get_socket_ns) is
-one CRIU knows: its own or a tree process's. Terminals belong to `terminal`, which judges
+one CRIU knows: its own or a tree process's; and never with O_PATH (tun.c
+dump_tunfile asks the fd for its interface, TUNGETIFF, and fails with EBADF). Terminals belong to `terminal`, which judges
 sessions and controlling ttys, except a terminal open with O_PATH, which an
 ioctl refuses with EBADF: CRIU's tty code (tty.c dump_one_tty) asks a pty
 master's fd for its index (TIOCGPTN) every time, and asks the first fd of each
@@ -42,6 +43,10 @@ RULES = (
          "open /dev/net/tun again in the tree's network namespace (or keep a process of the tree "
          "in the namespace the tun file was opened in)",
          criu_message="net: Unable to dump a socket from an external network namespace"),
+    Rule("device.tun.o_path", "/dev/net/tun open with O_PATH", BLOCKER,
+         "close the O_PATH fd on /dev/net/tun before checkpointing (CRIU asks a tun file for its "
+         "interface with an ioctl, which an O_PATH fd refuses)",
+         criu_message="tun: Can't dump tun-file device"),
     Rule("device.tty.o_path", "A terminal device open with O_PATH", BLOCKER,
          "close the O_PATH fd on the terminal before checkpointing (CRIU's tty code needs an "
          "fd it can ask the terminal's parameters with; an ordinary open would do)",
@@ -69,6 +74,9 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
     elif device[0] == MEM_MAJOR or device == AUTOFS:
         yield from files.check_fd_path(ctx, proc, open_fd)
     elif device == TUN:
+        if open_fd.flags & os.O_PATH:
+            yield Finding("device.tun.o_path", f"fd {open_fd.fd}: {open_fd.target} (10:200) is open "
+                          "with O_PATH: CRIU cannot ask it for its interface", proc.pid, fd=open_fd.fd)
         if not files.root_in_own_namespace(ctx, "net"):
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
