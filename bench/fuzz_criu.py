@@ -340,6 +340,10 @@ def run(index: int, processes: list[dict], criu, workdir: Path | None = None) ->
         except ProcessGone as gone:
             outcome.why = f"the tree vanished during the audit ({gone})"
             return outcome
+        except Exception as error:   # crwatch itself failed: no verdict to compare, say so
+            outcome.result = UNKNOWN
+            outcome.why = f"crwatch's audit raised {type(error).__name__}: {error}"
+            return outcome
         classify(outcome, criu, subject.pid)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         outcome.why = f"the subject failed: {error}"
@@ -540,6 +544,8 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
                  f"{outcome.seconds:.2f}s {outcome.why} [{', '.join(generator_names(outcome.processes))}]")
         if outcome.result == SKIPPED:   # kept to see why, not reported
             (out / f"skipped-{index:04d}.json").write_text(json.dumps(outcome.record(seed)) + "\n")
+        if outcome.result == UNKNOWN:
+            echo(f"#{index} UNKNOWN: {outcome.why} [{', '.join(generator_names(outcome.processes))}]")
         if outcome.result in (UNSAFE, OVERCAUTIOUS):
             path = out / reproducer_name(index)
             path.write_text(json.dumps(outcome.record(seed), indent=1) + "\n")

@@ -174,6 +174,27 @@ if child == 0:
     hold()
 fd = make(lambda: syscall(434, child, os.O_EXCL))
 """, "anon.pidfd.thread", "PIDFD_THREAD flag is currently not supported"),
+    blocked("eventfd reopened with O_PATH", """
+e = os.eventfd(0); fd = os.open(f"/proc/self/fd/{e}", os.O_PATH)
+""", "anon.o_path", "No records of type 6 found in fdinfo file"),
+    blocked("timerfd reopened with O_PATH", """
+t = check(libc.timerfd_create(1, 0)); fd = os.open(f"/proc/self/fd/{t}", os.O_PATH)
+""", "anon.o_path", "No records of type 17 found in fdinfo file"),
+    blocked("signalfd reopened with O_PATH", """
+mask = ctypes.c_uint64(1 << 9)
+s = syscall(289, -1, ctypes.byref(mask), 8, 0); fd = os.open(f"/proc/self/fd/{s}", os.O_PATH)
+""", "anon.o_path", "No records of type 9 found in fdinfo file"),
+    blocked("fanotify reopened with O_PATH", """
+f = make(lambda: check(libc.fanotify_init(0, 0))); fd = os.open(f"/proc/self/fd/{f}", os.O_PATH)
+""", "anon.o_path", "No records of type 12 found in fdinfo file"),
+    blocked("pidfd reopened with O_PATH", """
+p = os.pidfd_open(os.getpid()); fd = os.open(f"/proc/self/fd/{p}", os.O_PATH)
+""", "anon.o_path", "pidfd pid 0 is not a part of process tree"),
+    ok("epoll and inotify reopened with O_PATH", """
+import select
+ep = select.epoll(); a = os.open(f"/proc/self/fd/{ep.fileno()}", os.O_PATH)
+i = check(libc.inotify_init1(0)); b = os.open(f"/proc/self/fd/{i}", os.O_PATH)
+"""),
     blocked("io_uring", """
 params = ctypes.create_string_buffer(120)
 fd = make(lambda: syscall(425, 4, params))

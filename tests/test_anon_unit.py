@@ -127,7 +127,7 @@ def test_bpf_maps_name_their_type(tmp_path: Path):
 
 def test_supported_kinds_need_no_finding_and_unknown_ones_block(tmp_path: Path):
     for target in ("anon_inode:[eventfd]", "anon_inode:[signalfd]"):
-        assert findings(tmp_path, OpenFd(Proc(SUBJECT, tmp_path), 3, target)) == []
+        assert findings(tmp_path, fixture_fd(tmp_path, 3, target, "")) == []
     timer = fixture_fd(tmp_path, 3, "anon_inode:[timerfd]", "clockid: 1\nticks: 0\n")
     assert findings(tmp_path, timer) == []
     for target in ("anon_inode:[vfio-device]", "anon_inode:kvm-vm", "anon_inode:[fscontext]"):
@@ -145,3 +145,14 @@ def test_a_timerfd_is_judged_by_its_clock(tmp_path: Path, clock: int, codes: lis
                        f"clockid: {clock}\nticks: 0\nsettime flags: 00\n"
                        "it_value: (0, 0)\nit_interval: (0, 0)\n")
     assert [f.code for f in findings(tmp_path, timer)] == codes
+
+
+@pytest.mark.parametrize("target, blocked", [
+    ("anon_inode:[eventfd]", True), ("anon_inode:[pidfd]", True),
+    ("anon_inode:[eventpoll]", False), ("anon_inode:inotify", False),   # dumped empty
+])
+def test_an_o_path_fd_on_an_anon_inode(tmp_path: Path, target: str, blocked: bool):
+    (tmp_path / str(SUBJECT) / "fdinfo").mkdir(parents=True, exist_ok=True)
+    (tmp_path / str(SUBJECT) / "fdinfo" / "3").write_text("pos:\t0\nflags:\t012000000\nmnt_id:\t17\n")
+    open_fd = OpenFd(Proc(SUBJECT, tmp_path), 3, target)
+    assert ("anon.o_path" in [f.code for f in findings(tmp_path, open_fd)]) is blocked

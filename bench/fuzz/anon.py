@@ -198,3 +198,44 @@ def filesystem_context(ctx, kind):
         ctx.keep(syscall(430, b"tmpfs", 1))            # FSOPEN_CLOEXEC
     else:
         ctx.keep(syscall(433, -100, b"/", 1))          # FSPICK_CLOEXEC, on a mount root
+
+
+O_PATH_KINDS = {
+    "eventfd": lambda ctx: os.eventfd(0),
+    "timerfd": lambda ctx: check(libc.timerfd_create(1, 0), "timerfd_create"),
+    "signalfd": lambda ctx: syscall(289, -1, ctypes.byref(ctx.keep(ctypes.c_uint64(1 << 9))), 8, 0),
+    "fanotify": lambda ctx: check(libc.fanotify_init(0, 0), "fanotify_init"),
+    "inotify": lambda ctx: check(libc.inotify_init1(0), "inotify_init1"),
+    "epoll": lambda ctx: check(libc.epoll_create1(0), "epoll_create1"),
+    "pidfd": lambda ctx: os.pidfd_open(os.getpid()),
+}
+O_PATH_OTHER_KINDS = {
+    "pipe": lambda ctx: os.pipe()[0],
+    "memfd": lambda ctx: os.memfd_create("crwatch-fuzz-o-path"),
+    "unix_socket": lambda ctx: socket.socketpair()[0].detach(),
+    "tcp_socket": lambda ctx: socket.socket().detach(),
+}
+
+
+def reopen_with_o_path(ctx, original: int, keep_original: bool) -> None:
+    ctx.keep(os.open(f"/proc/self/fd/{original}", os.O_PATH))
+    if keep_original:
+        ctx.keep(original)
+    else:
+        os.close(original)
+
+
+@generator("anon", weight=0.7, draw=lambda rng, place: {"kind": rng.choice(sorted(O_PATH_KINDS)),
+                                                        "keep_original": rng.random() < 0.5})
+def o_path_reopen(ctx, kind, keep_original):
+    """an O_PATH fd opened through /proc/self/fd on an eventfd, timerfd, signalfd, fanotify,
+    inotify, epoll or pidfd, the original fd kept or closed"""
+    reopen_with_o_path(ctx, O_PATH_KINDS[kind](ctx), keep_original)
+
+
+@generator("files", weight=0.5, draw=lambda rng, place: {
+    "kind": rng.choice(sorted(O_PATH_OTHER_KINDS)), "keep_original": rng.random() < 0.5})
+def o_path_reopen_file(ctx, kind, keep_original):
+    """an O_PATH fd opened through /proc/self/fd on a pipe, memfd, unix or TCP socket, the
+    original fd kept or closed"""
+    reopen_with_o_path(ctx, O_PATH_OTHER_KINDS[kind](ctx), keep_original)

@@ -6,6 +6,8 @@ ends in "Can't dump file ... (anon <link>)". Most supported kinds need no
 finding; epoll, pidfd, timerfd and the notify groups carry conditions read
 from fdinfo (a timerfd's clock must be one CRIU restores: include/timerfd.h
 verify_timerfd takes realtime, monotonic and boottime, not the alarm clocks).
+An O_PATH fd reopened through /proc/PID/fd on an eventfd, timerfd, signalfd,
+fanotify or pidfd shows no such records, and CRIU refuses it.
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ RULES = (
     Rule("anon.pidfd.thread", "A pidfd opened with PIDFD_THREAD", BLOCKER,
          "open the pidfd without PIDFD_THREAD, or close it before checkpointing",
          criu_message="PIDFD_THREAD flag is currently not supported"),
+    Rule("anon.o_path", "An O_PATH fd on an eventfd, timerfd, signalfd, fanotify or pidfd",
+         BLOCKER, "close the O_PATH fd (opened through /proc/PID/fd) before checkpointing: CRIU "
+         "reads the object's state from the fd's fdinfo, which an O_PATH fd does not show",
+         criu_message="No records of type %d found in fdinfo file / "
+                      "pidfd pid %d is not a part of process tree"),
     Rule("anon.timerfd.clock", "A timerfd on a clock CRIU does not restore (an alarm clock)",
          BLOCKER, "use a timerfd on CLOCK_REALTIME, CLOCK_MONOTONIC or CLOCK_BOOTTIME, or close "
          "it before checkpointing", criu_message="Unknown clock type %d for %#x"),
@@ -65,6 +72,9 @@ RULES = (
 SUPPORTED = frozenset({"eventfd", "eventpoll", "inotify", "fanotify", "signalfd", "timerfd",
                        "pidfd"})
 PIDFD_THREAD = os.O_EXCL
+# Kinds whose fdinfo CRIU needs records of (proc_parse.c parse_fdinfo_pid_s, or the pidfd's
+# Pid line): an O_PATH fd shows none. An epoll or inotify with no records dumps as empty.
+FDINFO_KINDS = frozenset({"eventfd", "timerfd", "signalfd", "fanotify", "pidfd"})
 BPF_MAP_TYPES = {1: "HASH", 2: "ARRAY"}
 TIMERFD_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME"}
 OTHER_CLOCKS = {8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM"}
@@ -76,7 +86,10 @@ SYS_KCMP, KCMP_FILE, KCMP_EPOLL_TFD, SYS_OPEN_BY_HANDLE_AT = 312, 0, 7, 304
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     name = open_fd.anon_name
-    if name == "eventpoll":
+    if name in FDINFO_KINDS and open_fd.flags & os.O_PATH:
+        yield Finding("anon.o_path", f"fd {open_fd.fd}: {open_fd.target} is open with O_PATH: its "
+                      "fdinfo shows none of the state CRIU reads", proc.pid, fd=open_fd.fd)
+    elif name == "eventpoll":
         yield from _check_epoll(ctx, proc, open_fd)
     elif name == "pidfd":
         yield _check_pidfd(ctx, proc, open_fd)
