@@ -92,6 +92,8 @@ def compatible(candidate: Generator, chosen: list[Generator]) -> bool:
         return False    # a process is stopped, traced, moved to a user ns or vforked once
     if candidate.exclusive and any(g.exclusive for g in chosen):
         return False
+    if any(g.name in candidate.conflicts or candidate.name in g.conflicts for g in chosen):
+        return False
     threaded = any(g.stage == "threads" or g.threaded for g in [*chosen, candidate])
     single = any(g.single_threaded for g in chosen) or candidate.single_threaded
     return not (threaded and single)

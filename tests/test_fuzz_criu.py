@@ -65,7 +65,7 @@ def test_the_same_seed_composes_the_same_trees_and_a_tree_has_1_to_4_processes()
         json.dumps(tree)   # a reproducer holds it as it is
 
 
-def test_a_composition_never_puts_a_vfork_with_threads_or_a_final_stage_twice():
+def test_a_composition_never_puts_a_vfork_with_threads_or_a_stop_or_a_final_stage_twice():
     pool = list(load().values())
     generators = load()
     for index in range(300):
@@ -73,7 +73,9 @@ def test_a_composition_never_puts_a_vfork_with_threads_or_a_final_stage_twice():
             chosen = [generators[step["name"]] for step in process["generators"]]
             assert sum(g.exclusive for g in chosen) <= 1
             assert not (any(g.single_threaded for g in chosen)
-                        and any(g.stage == "threads" for g in chosen))
+                        and any(g.stage == "threads" or g.threaded for g in chosen))
+            names = {g.name for g in chosen}
+            assert not any(names & set(g.conflicts) for g in chosen)
 
 
 class FakeCriu:

@@ -44,6 +44,7 @@ class Generator:
     once: bool = False               # the kernel allows it once per process
     single_threaded: bool = False    # needs a process without threads
     threaded: bool = False           # may start threads in the process (besides the threads stage)
+    conflicts: tuple[str, ...] = ()  # generators one process cannot also apply
     known: str | None = None         # the part of issue #11 that fixes its known disagreement
     doc: str = field(default="", compare=False)
 
@@ -53,7 +54,8 @@ GENERATORS: dict[str, Generator] = {}
 
 def generator(family: str, *, weight: float = 1.0, draw=None, stage: str = "build",
               fits=None, exclusive: bool = False, once: bool = False,
-              single_threaded: bool = False, threaded: bool = False, known: str | None = None):
+              single_threaded: bool = False, threaded: bool = False,
+              conflicts: tuple[str, ...] = (), known: str | None = None):
     """Register the decorated function as a generator named after it."""
     assert stage in STAGES, stage
 
@@ -62,7 +64,8 @@ def generator(family: str, *, weight: float = 1.0, draw=None, stage: str = "buil
         assert name not in GENERATORS, name
         GENERATORS[name] = Generator(
             name, family, weight, build, draw or (lambda rng, place: {}), stage,
-            fits or (lambda place: True), exclusive, once, single_threaded, threaded, known,
+            fits or (lambda place: True), exclusive, once, single_threaded, threaded, conflicts,
+            known,
             (build.__doc__ or "").strip().splitlines()[0] if build.__doc__ else "")
         return build
     return register

@@ -89,21 +89,26 @@ def stop(pid: int, sig: str) -> None:
     wait_until(pid, "T", "stop")
 
 
-@generator("task", weight=1.5, stage="by_parent", draw=draw_stop)
+# A process blocked in vfork() sleeps uninterruptibly: no stop or trace stop reaches it.
+NOT_WITH_VFORK = ("vfork_in_progress",)
+
+
+@generator("task", weight=1.5, stage="by_parent", draw=draw_stop, conflicts=NOT_WITH_VFORK)
 def stopped(ctx, pid, sig):
     """the process stopped by its parent with SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU (job-control
     stops in a process group of its own), the stop not reaped by the parent"""
     stop(pid, sig)
 
 
-@generator("task", stage="by_parent", draw=draw_stop, known="sockets (a stop its parent reaped)")
+@generator("task", stage="by_parent", draw=draw_stop, conflicts=NOT_WITH_VFORK,
+           known="sockets (a stop its parent reaped)")
 def stopped_and_reaped(ctx, pid, sig):
     """the process stopped by its parent, which reaped the stop with waitpid(WUNTRACED)"""
     stop(pid, sig)
     os.waitpid(pid, os.WUNTRACED)
 
 
-@generator("task", stage="by_parent", fits=not_root,
+@generator("task", stage="by_parent", fits=not_root, conflicts=NOT_WITH_VFORK,
            draw=lambda rng, place: {"interrupt": rng.random() < 0.5})
 def traced_by_parent(ctx, pid, interrupt):
     """the process seized with ptrace by its parent, running or in a trace stop"""
@@ -124,10 +129,16 @@ def ptrace_traceme(ctx):
 def pending_sigtrap(ctx, in_thread):
     """a SIGTRAP blocked and pending, for the process or for one thread"""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
-    if in_thread:
-        signal.pthread_kill(threading.get_ident(), signal.SIGTRAP)
+    send_blocked(signal.SIGTRAP, to_thread=in_thread)
+
+
+def send_blocked(number: int, *, to_thread: bool) -> None:
+    """Leave `number`, blocked in this thread, pending for the thread or for the process. Other
+    threads (a lock waiter, say) do not block it: only a lone thread may take a process-wide one."""
+    if to_thread or threading.active_count() > 1:
+        signal.pthread_kill(threading.get_ident(), number)
     else:
-        os.kill(os.getpid(), signal.SIGTRAP)
+        os.kill(os.getpid(), number)
 
 
 @generator("task", draw=lambda rng, place: {"signals": rng.sample((10, 12, 14, 17, 28), 2),
@@ -140,7 +151,7 @@ def signal_state(ctx, signals, handler):
             signal.signal(number, lambda *args: None)
     signal.pthread_sigmask(signal.SIG_BLOCK, chosen)
     for number in chosen:
-        os.kill(os.getpid(), number)
+        send_blocked(number, to_thread=False)
 
 
 @generator("task", draw=lambda rng, place: {"itimer": rng.random() < 0.5, "posix_timer": rng.random() < 0.5})
