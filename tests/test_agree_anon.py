@@ -61,8 +61,8 @@ def ok(name: str, code: str, *codes: str, tree: bool = False) -> State:
     return State(name, code, "ok", frozenset(codes), tree=tree)
 
 
-def blocked(name: str, code: str, rule: str, criu_error: str) -> State:
-    return State(name, code, "blocked", frozenset({rule}), criu_error)
+def blocked(name: str, code: str, rule: str, criu_error: str, tree: bool = False) -> State:
+    return State(name, code, "blocked", frozenset({rule}), criu_error, tree)
 
 
 # Debian's CRIU is built without libbpf, so it refuses every BPF map.
@@ -75,6 +75,14 @@ mask = ctypes.c_uint64(1 << 9)  # SIGUSR1
 fd = syscall(289, -1, ctypes.byref(mask), 8, 0)
 """),
     ok("timerfd", "fd = check(libc.timerfd_create(1, 0))"),
+    ok("timerfd on CLOCK_BOOTTIME, armed", """
+fd = check(libc.timerfd_create(7, 0))
+check(libc.timerfd_settime(fd, 0, (ctypes.c_long * 4)(100, 0, 100, 0), None))
+"""),
+    blocked("timerfd on CLOCK_REALTIME_ALARM", "fd = make(lambda: check(libc.timerfd_create(8, 0)))",
+            "anon.timerfd.clock", "Unknown clock type 8"),
+    blocked("timerfd on CLOCK_BOOTTIME_ALARM", "fd = make(lambda: check(libc.timerfd_create(9, 0)))",
+            "anon.timerfd.clock", "Unknown clock type 9"),
     ok("epoll watching a pipe", """
 import select
 r, w = os.pipe(); ep = select.epoll(); ep.register(r)
@@ -96,6 +104,41 @@ r, w = os.pipe(); ep = select.epoll(); ep.register(r)
 keep_outside_tree()
 r2, w2 = os.pipe(); os.dup2(r2, r)
 """, "anon.epoll.escaped_target", "Dump eventpoll"),
+    blocked("epoll whose watched pipe only its child still holds", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+os.close(r)
+""", "anon.epoll.escaped_target", "Dump eventpoll", tree=True),
+    ok("epoll of a child watching a pipe it inherited", """
+import select
+r, w = os.pipe(); sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    ep = select.epoll(); ep.register(r)
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+""", tree=True),
+    ok("epoll and its moved pipe, both inherited by a child", """
+import select
+r, w = os.pipe(); ep = select.epoll(); ep.register(r)
+moved = os.dup(r); os.close(r)
+sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    os.write(sync_w, b"x"); hold()   # CRIU dumps the shared epoll once, with the parent
+os.read(sync_r, 1)
+""", tree=True),
+    blocked("epoll of a child that moved the inherited pipe it watches", """
+import select
+r, w = os.pipe(); sync_r, sync_w = os.pipe()
+if os.fork() == 0:
+    ep = select.epoll(); ep.register(r)
+    moved = os.dup(r); os.close(r)   # CRIU meets the pipe first in the parent: pid mismatch
+    os.write(sync_w, b"x"); hold()
+os.read(sync_r, 1)
+""", "anon.epoll.escaped_target", "Dump eventpoll", tree=True),
     ok("inotify watching a directory", """
 fd = check(libc.inotify_init1(0)); check(libc.inotify_add_watch(fd, b"/tmp", 0x100))
 """, "anon.notify.events_dropped"),
@@ -131,6 +174,27 @@ if child == 0:
     hold()
 fd = make(lambda: syscall(434, child, os.O_EXCL))
 """, "anon.pidfd.thread", "PIDFD_THREAD flag is currently not supported"),
+    blocked("eventfd reopened with O_PATH", """
+e = os.eventfd(0); fd = os.open(f"/proc/self/fd/{e}", os.O_PATH)
+""", "anon.o_path", "No records of type 6 found in fdinfo file"),
+    blocked("timerfd reopened with O_PATH", """
+t = check(libc.timerfd_create(1, 0)); fd = os.open(f"/proc/self/fd/{t}", os.O_PATH)
+""", "anon.o_path", "No records of type 17 found in fdinfo file"),
+    blocked("signalfd reopened with O_PATH", """
+mask = ctypes.c_uint64(1 << 9)
+s = syscall(289, -1, ctypes.byref(mask), 8, 0); fd = os.open(f"/proc/self/fd/{s}", os.O_PATH)
+""", "anon.o_path", "No records of type 9 found in fdinfo file"),
+    blocked("fanotify reopened with O_PATH", """
+f = make(lambda: check(libc.fanotify_init(0, 0))); fd = os.open(f"/proc/self/fd/{f}", os.O_PATH)
+""", "anon.o_path", "No records of type 12 found in fdinfo file"),
+    blocked("pidfd reopened with O_PATH", """
+p = os.pidfd_open(os.getpid()); fd = os.open(f"/proc/self/fd/{p}", os.O_PATH)
+""", "anon.o_path", "pidfd pid 0 is not a part of process tree"),
+    ok("epoll and inotify reopened with O_PATH", """
+import select
+ep = select.epoll(); a = os.open(f"/proc/self/fd/{ep.fileno()}", os.O_PATH)
+i = check(libc.inotify_init1(0)); b = os.open(f"/proc/self/fd/{i}", os.O_PATH)
+"""),
     blocked("io_uring", """
 params = ctypes.create_string_buffer(120)
 fd = make(lambda: syscall(425, 4, params))

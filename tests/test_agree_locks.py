@@ -1,12 +1,17 @@
 """File locks and leases in real processes, judged by crwatch and by the real CRIU."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.agreement import assert_agrees
 from tests.subjects import subject
+from tracker.audit import audit
+from tracker.criu import arguments_for, find_criu
+from tracker.profiles import profile
+from tracker import verdict
 
 OPEN = """
 path = os.environ["LOCKED_FILE"]
@@ -59,3 +64,57 @@ def test_lock_agrees_with_criu(name: str, tmp_path: Path):
                                  criu_error="You can try --file-locks" if expect != "ok" else None)
     messages = [r["message"] for r in document["reasons"] if r["code"] in codes]
     assert all(str(locked) in message for message in messages), messages
+
+
+# A write lease on a file of 5 bytes or more: CRIU reopens the file to read its build-id
+# (files-reg.c), which breaks the lease. A short lease-break-time keeps the waits short.
+WRITE_LEASE = """
+fd = os.open(os.environ["LOCKED_FILE"], os.O_RDWR)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+"""
+IGNORE_SIGIO = "signal.signal(signal.SIGIO, signal.SIG_IGN)\n"
+LEASE_BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
+
+
+@pytest.fixture
+def short_lease_break_time():
+    saved = LEASE_BREAK_TIME.read_text()
+    LEASE_BREAK_TIME.write_text("1")
+    try:
+        yield
+    finally:
+        LEASE_BREAK_TIME.write_text(saved)
+
+
+def test_write_lease_on_a_file_criu_reopens_agrees_with_criu(tmp_path: Path, short_lease_break_time):
+    locked = tmp_path / "locked"
+    locked.write_text("0123456789" * 10)
+    # the plain dump breaks the lease: this holder ignores SIGIO to live through it
+    with subject(IGNORE_SIGIO + WRITE_LEASE + "ready()\nhold()\n",
+                 env={"LOCKED_FILE": str(locked)}) as running:
+        document = assert_agrees(running.pid, "write lease on a file of 100 bytes",
+                                 expect="needs_options", codes={"lock.lease", "lock.lease.reopened"},
+                                 criu_error="You can try --file-locks")
+    assert document["required_options"] == ["--file-locks", "--file-validation"]
+    assert "--file-validation filesize" in " ".join(r["remedy"] for r in document["reasons"])
+
+
+def test_write_lease_survives_only_a_dump_with_file_validation_filesize(tmp_path: Path,
+                                                                       short_lease_break_time):
+    criu = find_criu()
+    assert criu is not None, "no CRIU: scripts/setup.sh provides one"
+    locked = tmp_path / "locked"
+    locked.write_text("0123456789" * 10)
+    code = WRITE_LEASE + "ready()\nhold()\n"
+    with subject(code, env={"LOCKED_FILE": str(locked)}) as running:
+        reasons = verdict.document(audit(running.pid), profile("criu", criu.version))["reasons"]
+        options = arguments_for(reasons)
+        assert options == ["--file-locks", "--file-validation", "filesize"]
+        dumped = criu.dump(running.pid, options)
+        assert dumped.ok, dumped.errors
+        assert running.process.poll() is None
+        assert f"LEASE  ACTIVE    WRITE {running.pid} " in Path("/proc/locks").read_text()
+    with subject(code, env={"LOCKED_FILE": str(locked)}) as running:
+        criu.dump(running.pid, ["--file-locks"])
+        # CRIU's reopen broke the lease; the lease-break SIGIO killed the holder once let go
+        assert running.process.wait(timeout=30) == -signal.SIGIO

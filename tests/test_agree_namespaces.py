@@ -180,3 +180,49 @@ def test_root_in_its_own_network_namespace_needs_a_network_lock_without_iptables
         lock = next(r for r in verdict["reasons"] if r["code"] == "namespace.net_lock")
         assert lock["option_value"] == "nftables"
         assert "iptables-restore" in lock["environment_fact"]
+
+
+@pytest.mark.parametrize("child_netns", [False, True],
+                         ids=["child left in the host's network namespace",
+                              "child in a network namespace of its own"])
+def test_root_in_own_user_and_network_namespaces_with_a_child_forked_before(child_netns):
+    # The child is forked first (and maybe unshares a network namespace); then the root
+    # unshares a user and a network namespace together, and a helper it forked before maps
+    # uid and gid 0.
+    code = UNSHARE + f"""
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    if {child_netns}:
+        unshare({CLONE["net"]})
+    os.write(w, b"x")
+    hold()
+os.read(r, 1); os.close(r); os.close(w)
+parent = os.getpid()
+r, w = os.pipe()
+helper = os.fork()
+if helper == 0:
+    os.read(r, 1)
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{{parent}}/{{name}}", "w") as id_map:
+            id_map.write("0 0 4294967295")
+    os._exit(0)
+unshare({CLONE["user"] | CLONE["net"]})
+os.write(w, b"x"); os.waitpid(helper, 0); os.close(r); os.close(w)
+ready(str(kid))
+hold()
+"""
+    with subject(code) as s:
+        if child_netns:
+            assert_agrees(s.pid, "own user and network namespaces, child in its own netns",
+                          expect="ok" if host_has_iptables_restore() else "needs_options",
+                          tree=True)
+            return
+        document = assert_agrees(
+            s.pid, "own user and network namespaces, child in the host's", expect="blocked",
+            codes={"namespace.user_host_netns"}, tree=True)
+        reason = next(r for r in document["reasons"] if r["code"] == "namespace.user_host_netns")
+        assert reason["pid"] == int(s.note)
+        # the plain dump stops at the network lock; past it, the child cannot be infected
+        locked = find_criu().dump(s.pid, ["--network-lock", "nftables"])
+        assert "Unable to get name for a socket: Socket operation on non-socket" in locked.log

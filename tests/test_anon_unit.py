@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tracker.checks import anon
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
@@ -124,9 +126,33 @@ def test_bpf_maps_name_their_type(tmp_path: Path):
 
 
 def test_supported_kinds_need_no_finding_and_unknown_ones_block(tmp_path: Path):
-    for target in ("anon_inode:[eventfd]", "anon_inode:[signalfd]", "anon_inode:[timerfd]"):
-        assert findings(tmp_path, OpenFd(Proc(SUBJECT, tmp_path), 3, target)) == []
+    for target in ("anon_inode:[eventfd]", "anon_inode:[signalfd]"):
+        assert findings(tmp_path, fixture_fd(tmp_path, 3, target, "")) == []
+    timer = fixture_fd(tmp_path, 3, "anon_inode:[timerfd]", "clockid: 1\nticks: 0\n")
+    assert findings(tmp_path, timer) == []
     for target in ("anon_inode:[vfio-device]", "anon_inode:kvm-vm", "anon_inode:[fscontext]"):
         [finding] = findings(tmp_path, OpenFd(Proc(SUBJECT, tmp_path), 3, target))
         assert (finding.code, finding.fd) == ("anon.unsupported", 3)
         assert target in finding.message
+
+
+@pytest.mark.parametrize("clock, codes", [
+    (0, []), (1, []), (7, []),                              # realtime, monotonic, boottime
+    (8, ["anon.timerfd.clock"]), (9, ["anon.timerfd.clock"]),  # the alarm clocks
+])
+def test_a_timerfd_is_judged_by_its_clock(tmp_path: Path, clock: int, codes: list):
+    timer = fixture_fd(tmp_path, 4, "anon_inode:[timerfd]",
+                       f"clockid: {clock}\nticks: 0\nsettime flags: 00\n"
+                       "it_value: (0, 0)\nit_interval: (0, 0)\n")
+    assert [f.code for f in findings(tmp_path, timer)] == codes
+
+
+@pytest.mark.parametrize("target, blocked", [
+    ("anon_inode:[eventfd]", True), ("anon_inode:[pidfd]", True),
+    ("anon_inode:[eventpoll]", False), ("anon_inode:inotify", False),   # dumped empty
+])
+def test_an_o_path_fd_on_an_anon_inode(tmp_path: Path, target: str, blocked: bool):
+    (tmp_path / str(SUBJECT) / "fdinfo").mkdir(parents=True, exist_ok=True)
+    (tmp_path / str(SUBJECT) / "fdinfo" / "3").write_text("pos:\t0\nflags:\t012000000\nmnt_id:\t17\n")
+    open_fd = OpenFd(Proc(SUBJECT, tmp_path), 3, target)
+    assert ("anon.o_path" in [f.code for f in findings(tmp_path, open_fd)]) is blocked

@@ -73,7 +73,8 @@ def host_file(proc_root: Path, path: str, mode: int = REG, rdev: int = 0) -> os.
     if S_ISDIR(mode):
         where.mkdir(exist_ok=True)
     elif S_ISCHR(mode) or S_ISBLK(mode):
-        os.mknod(where, mode, rdev)
+        if not where.exists():   # one node, however many fds on it a test audits
+            os.mknod(where, mode, rdev)
     else:
         where.touch()
     return os.stat(where)
@@ -235,23 +236,27 @@ def test_ttys_are_the_devices_criu_tty_code_takes(major: int, minor: int, tty: b
 
 
 def test_devices_by_major_and_minor(proc_root: Path):
-    def device(target: str, major: int, minor: int, mode: int = CHR) -> list:
+    def device(target: str, major: int, minor: int, mode: int = CHR, **fdinfo: str) -> list:
         node = host_file(proc_root, target, mode, os.makedev(major, minor))
-        return audit_fd(proc_root, target, node)
+        return audit_fd(proc_root, target, node, **fdinfo)
 
     assert device("/dev/null", 1, 3) == [] and device("/dev/autofs", 10, 235) == []
-    assert device("/dev/pts/3", 136, 3) == []  # terminal's to judge
+    assert device("/dev/pts/3", 136, 3, flags="0100002") == []  # terminal's to judge
+    # an O_PATH fd on a terminal (here the tree's only fd on it): no ioctl can ask it anything
+    assert device("/dev/pts/3", 136, 3, flags="010000000") == [("device.tty.o_path", None)]
+    assert device("/dev/ptmx", 5, 2, flags="010000000") == [("device.tty.o_path", None)]
     assert device("/dev/kvm", 10, 232) == [("device.chr.unsupported", None)]
     assert device("/dev/ttyS0", 4, 64) == [("device.chr.unsupported", None)]
     assert device("/dev/loop0", 7, 0, BLK) == [("device.blk", None)]
-    assert device("/dev/net/tun", 10, 200) == [("device.tun.host_netns", None)]
+    assert device("/dev/net/tun", 10, 200, flags="0100002") == [("device.tun.host_netns", None)]
 
 
 def test_tun_is_fine_when_the_tree_has_its_own_network_namespace(proc_root: Path):
     (proc_root / str(PID) / "ns" / "net").unlink()
     os.symlink("net:[8]", proc_root / str(PID) / "ns" / "net")
     tun = stat(CHR, dev=DEVTMPFS, rdev=os.makedev(10, 200))
-    assert audit_fd(proc_root, "/dev/net/tun", tun) == []
+    assert audit_fd(proc_root, "/dev/net/tun", tun, flags="0100002") == []
+    assert audit_fd(proc_root, "/dev/net/tun", tun, flags="010000000") == [("device.tun.o_path", None)]
 
 
 def test_a_zombie_has_no_cwd_or_root_to_judge(proc_root: Path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tracker.checks import locks
 from tracker.context import AuditContext
 from tracker.procfs import Proc
@@ -51,8 +53,8 @@ class Tree:
         numbered = (f"{number}: {line}\n" for number, line in enumerate(lines, 1))
         (self.root / "locks").write_text("".join(numbered))
 
-    def fd_locks(self, *lines: str) -> None:
-        text = "pos:\t0\nflags:\t02\nmnt_id:\t27\n" + "".join(f"lock:\t{n}: {line}\n"
+    def fd_locks(self, *lines: str, flags: str = "02") -> None:
+        text = f"pos:\t0\nflags:\t{flags}\nmnt_id:\t27\n" + "".join(f"lock:\t{n}: {line}\n"
                                                               for n, line in enumerate(lines, 1))
         (self.root / str(SUBJECT) / "fdinfo" / "3").write_text(text)
 
@@ -106,3 +108,28 @@ def test_a_flock_shared_with_an_outside_parent_is_the_trees(tmp_path: Path):
     tree.host_locks(shared)
     tree.fd_locks(shared)
     assert [f.code for f in tree.findings()] == ["lock.flock"]
+
+
+def test_a_write_lease_on_a_file_criu_reopens_needs_file_validation_filesize(tmp_path: Path):
+    tree = Tree(tmp_path)   # 100 bytes: CRIU reopens it to look for an ELF build-id
+    lease = f"LEASE  ACTIVE    WRITE {SUBJECT} {tree.where} 0 EOF"
+    tree.host_locks(lease)
+    tree.fd_locks(lease)
+    found = tree.findings()
+    assert [(f.code, f.fd, f.option_value) for f in found] == [
+        ("lock.lease", 3, None), ("lock.lease.reopened", 3, "filesize")]
+    assert found[1].message.startswith(f"fd 3 ({tree.file}): write lease on a file of 100 bytes")
+
+
+@pytest.mark.parametrize("size, flags, access", [
+    (4, "02", "WRITE"),          # under SELFMAG + 1 bytes: no build-id to look for
+    (100, "02001", "WRITE"),     # O_WRONLY|O_APPEND (a log): CRIU skips its size check
+    (100, "00", "READ"),         # a read lease survives a read-only open
+])
+def test_leases_criu_does_not_break(tmp_path: Path, size: int, flags: str, access: str):
+    tree = Tree(tmp_path)
+    tree.file.write_text("x" * size)
+    lease = f"LEASE  ACTIVE    {access} {SUBJECT} {tree.where} 0 EOF"
+    tree.host_locks(lease)
+    tree.fd_locks(lease, flags=flags)
+    assert [f.code for f in tree.findings()] == ["lock.lease"]

@@ -3,7 +3,11 @@
 CRIU tells these apart by the fd's link text (`anon_inode:[eventfd]`,
 `anon_inode:inotify`, ...): the kinds it knows are dumped, every other one
 ends in "Can't dump file ... (anon <link>)". Most supported kinds need no
-finding; epoll, pidfd and the notify groups carry conditions read from fdinfo.
+finding; epoll, pidfd, timerfd and the notify groups carry conditions read
+from fdinfo (a timerfd's clock must be one CRIU restores: include/timerfd.h
+verify_timerfd takes realtime, monotonic and boottime, not the alarm clocks).
+An O_PATH fd reopened through /proc/PID/fd on an eventfd, timerfd, signalfd,
+fanotify or pidfd shows no such records, and CRIU refuses it.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
@@ -29,7 +34,8 @@ RULES = (
          "close the map fd before checkpointing; only CRIU built with libbpf dumps BPF maps, "
          "and then only HASH and ARRAY maps",
          criu_message="Can't dump file %d of that type [%o] (anon anon_inode:bpf-map)"),
-    Rule("anon.epoll.escaped_target", "An epoll watches a file that no fd of the tree holds",
+    Rule("anon.epoll.escaped_target", "An epoll watches a file CRIU cannot find among the fds of "
+         "the epoll's process",
          BLOCKER, "remove the watch (EPOLL_CTL_DEL) before closing or replacing the watched fd",
          criu_message="kid_lookup_epoll: no match pid %d efd %d tfd %d toff %u; "
                       "Dump eventpoll (pid: %d) failed with -1"),
@@ -42,6 +48,14 @@ RULES = (
     Rule("anon.pidfd.thread", "A pidfd opened with PIDFD_THREAD", BLOCKER,
          "open the pidfd without PIDFD_THREAD, or close it before checkpointing",
          criu_message="PIDFD_THREAD flag is currently not supported"),
+    Rule("anon.o_path", "An O_PATH fd on an eventfd, timerfd, signalfd, fanotify or pidfd",
+         BLOCKER, "close the O_PATH fd (opened through /proc/PID/fd) before checkpointing: CRIU "
+         "reads the object's state from the fd's fdinfo, which an O_PATH fd does not show",
+         criu_message="No records of type %d found in fdinfo file / "
+                      "pidfd pid %d is not a part of process tree"),
+    Rule("anon.timerfd.clock", "A timerfd on a clock CRIU does not restore (an alarm clock)",
+         BLOCKER, "use a timerfd on CLOCK_REALTIME, CLOCK_MONOTONIC or CLOCK_BOOTTIME, or close "
+         "it before checkpointing", criu_message="Unknown clock type %d for %#x"),
     Rule("anon.notify.events_dropped", "Events queued on an inotify/fanotify fd are dropped", INFO,
          "expect to miss the events queued at dump time; rescan what the watches cover",
          criu_message="The %#08x inotify events will be dropped"),
@@ -58,21 +72,31 @@ RULES = (
 SUPPORTED = frozenset({"eventfd", "eventpoll", "inotify", "fanotify", "signalfd", "timerfd",
                        "pidfd"})
 PIDFD_THREAD = os.O_EXCL
+# Kinds whose fdinfo CRIU needs records of (proc_parse.c parse_fdinfo_pid_s, or the pidfd's
+# Pid line): an O_PATH fd shows none. An epoll or inotify with no records dumps as empty.
+FDINFO_KINDS = frozenset({"eventfd", "timerfd", "signalfd", "fanotify", "pidfd"})
 BPF_MAP_TYPES = {1: "HASH", 2: "ARRAY"}
+TIMERFD_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME"}
+OTHER_CLOCKS = {8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-SYS_KCMP, KCMP_EPOLL_TFD, SYS_OPEN_BY_HANDLE_AT = 312, 7, 304
+SYS_KCMP, KCMP_FILE, KCMP_EPOLL_TFD, SYS_OPEN_BY_HANDLE_AT = 312, 0, 7, 304
 
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     name = open_fd.anon_name
-    if name == "eventpoll":
+    if name in FDINFO_KINDS and open_fd.flags & os.O_PATH:
+        yield Finding("anon.o_path", f"fd {open_fd.fd}: {open_fd.target} is open with O_PATH: its "
+                      "fdinfo shows none of the state CRIU reads", proc.pid, fd=open_fd.fd)
+    elif name == "eventpoll":
         yield from _check_epoll(ctx, proc, open_fd)
     elif name == "pidfd":
         yield _check_pidfd(ctx, proc, open_fd)
     elif name in ("inotify", "fanotify"):
         yield from _check_notify(ctx, proc, open_fd, name)
+    elif name == "timerfd":
+        yield from _check_timerfd(proc, open_fd)
     elif name == "bpf-map":
         yield _bpf_map(ctx, proc, open_fd)
     elif name == "io_uring":
@@ -80,6 +104,15 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
                       proc.pid, fd=open_fd.fd)
     elif name not in SUPPORTED:
         yield Finding("anon.unsupported", f"fd {open_fd.fd}: {open_fd.target} cannot be dumped",
+                      proc.pid, fd=open_fd.fd)
+
+
+def _check_timerfd(proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    clock = int(open_fd.fdinfo.get("clockid", "0"))
+    if clock not in TIMERFD_CLOCKS:
+        yield Finding("anon.timerfd.clock",
+                      f"fd {open_fd.fd}: timerfd on clock {clock} "
+                      f"({OTHER_CLOCKS.get(clock, 'unknown')}), which CRIU cannot restore",
                       proc.pid, fd=open_fd.fd)
 
 
@@ -116,32 +149,53 @@ def parse_epoll_targets(lines: list[str]) -> list[EpollTarget]:
 
 def _check_epoll(ctx: AuditContext, proc: Proc, epoll: OpenFd) -> Iterator[Finding]:
     targets = parse_epoll_targets(epoll.fdinfo_lines)
-    if not targets:
+    if not targets or _dumped_earlier(ctx, proc.pid, epoll):
         return
     # built once per process, not per epoll: a process may hold thousands of each
     own = ctx.table(("anon.fds_by_number", proc.pid),
                     lambda: {open_fd.fd: open_fd for open_fd in ctx.tree_fds.get(proc.pid, [])})
     for target in targets:
-        if not _target_held(ctx, proc.pid, own, epoll.fd, target):
+        holder = _target_holder(ctx, proc.pid, own, epoll.fd, target)
+        if holder != proc.pid:
+            held = ("no fd of the tree holds the watched file" if holder is None else
+                    f"CRIU finds the watched file first in pid {holder}, not in the epoll's own "
+                    "process")
             yield Finding(
                 "anon.epoll.escaped_target",
                 f"fd {epoll.fd}: epoll watches fd {target.tfd} (inode {target.inode}), but fd "
-                f"{target.tfd} was closed or now names another file, and no fd of the tree "
-                "holds the watched file", proc.pid, fd=epoll.fd)
+                f"{target.tfd} was closed or now names another file, and {held}",
+                proc.pid, fd=epoll.fd)
 
 
-def _target_held(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: int,
-                 target: EpollTarget) -> bool:
-    """Does some fd of the tree hold the watched file? (CRIU looks it up with kcmp, as here.)"""
-    at_number = own.get(target.tfd)
-    if at_number is not None and _same_file(ctx, pid, at_number, pid, epfd, target):
-        return True
-    # Rare: the watched file moved (dup + close) or lives in another process of the tree.
-    for holder, fds in ctx.tree_fds.items():
-        for open_fd in fds:
-            if open_fd is not at_number and _same_file(ctx, holder, open_fd, pid, epfd, target):
+def _dumped_earlier(ctx: AuditContext, pid: int, epoll: OpenFd) -> bool:
+    """Is this epoll file (inherited, say) one CRIU dumps with an earlier process of its
+    dump order? It dumps each file once, judged in that process."""
+    if not _live(ctx):
+        return False
+    for holder in general.dump_order(ctx):
+        if holder == pid:
+            return False
+        for open_fd in ctx.tree_fds.get(holder, []):
+            if (open_fd.target == epoll.target
+                    and _libc.syscall(SYS_KCMP, holder, pid, KCMP_FILE, open_fd.fd, epoll.fd) == 0):
                 return True
     return False
+
+
+def _target_holder(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: int,
+                   target: EpollTarget) -> int | None:
+    """The process where CRIU finds the watched file (it looks it up with kcmp, as here)."""
+    at_number = own.get(target.tfd)
+    if at_number is not None and _same_file(ctx, pid, at_number, pid, epfd, target):
+        return pid
+    # Rare: the watched file moved (dup + close) or lives on in another process of the tree.
+    # CRIU (eventpoll.c flush_eventpoll_dinfo_queue) takes the first fd it dumped on that file,
+    # which must be the epoll's own process's ("pid mismatch" otherwise).
+    for holder in general.dump_order(ctx):
+        for open_fd in sorted(ctx.tree_fds.get(holder, []), key=lambda candidate: candidate.fd):
+            if open_fd is not at_number and _same_file(ctx, holder, open_fd, pid, epfd, target):
+                return holder
+    return None
 
 
 def _same_file(ctx: AuditContext, holder: int, open_fd: OpenFd, pid: int, epfd: int,

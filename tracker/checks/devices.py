@@ -4,11 +4,17 @@ Memory devices (major 1: null, zero, full, random, urandom, kmsg, mem...)
 and autofs (10:235) are dumped as paths, so the path rules of `files` apply.
 /dev/net/tun (10:200) is dumped with the network namespace, so only a tree
 with its own netns can keep it, and only a tun file of a netns CRIU knows (the
-tree's or its own: tun.c dump_tunfile, net.c get_socket_ns); a tap with a
-socket filter attached cannot be dumped, as CRIU cannot read the program back
-(tun.c __dump_tun_link_fd). Terminals belong to `terminal`, which judges
-sessions and controlling ttys. Any other device, and every block device,
-cannot be dumped: CRIU cannot save a device's state.
+tree's or its own: tun.c dump_tunfile, net.c get_socket_ns), never with O_PATH
+(dump_tunfile asks the fd for its interface, TUNGETIFF, and fails with EBADF);
+a tap with a socket filter attached cannot be dumped, as CRIU cannot read the
+program back (tun.c __dump_tun_link_fd). Terminals belong to `terminal`, which
+judges sessions and controlling ttys, except a terminal open with O_PATH, which
+an ioctl refuses with EBADF: CRIU's tty code (tty.c dump_one_tty) asks a pty
+master's fd for its index (TIOCGPTN) every time, and asks the first fd of each
+terminal it dumps for the terminal's parameters (parasite_dump_tty, once per
+terminal for the whole dump, in its task order: depth first from the root, fds
+in ascending order). Any other device, and every block device, cannot be
+dumped: CRIU cannot save a device's state.
 """
 from __future__ import annotations
 
@@ -19,10 +25,10 @@ import stat
 import struct
 from typing import Iterator
 
-from tracker.checks import files
+from tracker.checks import files, general
 from tracker.checks.sockets.probe import getfd
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -39,11 +45,21 @@ RULES = (
     Rule("device.tun.foreign_netns", "/dev/net/tun opened in a network namespace neither the "
          "tree nor the host is in", BLOCKER,
          "close the fd, or open /dev/net/tun again in the tree's network namespace, before "
-         "checkpointing", criu_message="No net_ns for tun device"),
+         "checkpointing", criu_message="No net_ns for tun device; net: Unable to dump a socket "
+                                       "from an external network namespace"),
     Rule("device.tun.filter", "A tap device with a socket filter attached (TUNATTACHFILTER)",
          BLOCKER, "detach the filter (TUNDETACHFILTER) before checkpointing: CRIU cannot read "
          "the program back", criu_message="Can't dump %s with filter on-board"),
+    Rule("device.tun.o_path", "/dev/net/tun open with O_PATH", BLOCKER,
+         "close the O_PATH fd on /dev/net/tun before checkpointing (CRIU asks a tun file for its "
+         "interface with an ioctl, which an O_PATH fd refuses)",
+         criu_message="tun: Can't dump tun-file device"),
+    Rule("device.tty.o_path", "A terminal device open with O_PATH", BLOCKER,
+         "close the O_PATH fd on the terminal before checkpointing (CRIU's tty code needs an "
+         "fd it can ask the terminal's parameters with; an ordinary open would do)",
+         criu_message="tty: Can't fetch params: err = %d / tty: Can't obtain ptmx index"),
 )
+
 
 MEM_MAJOR = 1
 TUN = (10, 200)
@@ -68,14 +84,23 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
     elif device[0] == MEM_MAJOR or device == AUTOFS:
         yield from files.check_fd_path(ctx, proc, open_fd)
     elif device == TUN:
+        if open_fd.flags & os.O_PATH:
+            yield Finding("device.tun.o_path", f"fd {open_fd.fd}: {open_fd.target} (10:200) is open "
+                          "with O_PATH: CRIU cannot ask it for its interface", proc.pid, fd=open_fd.fd)
         if not files.root_in_own_namespace(ctx, "net"):
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
                           f"network namespace", proc.pid, fd=open_fd.fd)
-        elif ctx.proc_root == DEFAULT_PROC_ROOT:   # a fixture's fd is no tun file to ask
+        elif ctx.proc_root == DEFAULT_PROC_ROOT and not open_fd.flags & os.O_PATH:
+            # (a fixture's fd is no tun file to ask, and an O_PATH one answers nothing)
             yield from _check_tun(ctx, proc, open_fd)
     elif not is_tty(*device):
         yield _refused("device.chr.unsupported", proc, open_fd, "character device")
+    elif open_fd.flags & os.O_PATH and (is_pty_master(*device) or _first_fd_of(ctx, rdev) is open_fd):
+        yield Finding("device.tty.o_path",
+                      f"fd {open_fd.fd}: terminal {open_fd.target} ({device[0]}:{device[1]}) is "
+                      f"open with O_PATH: CRIU cannot read its parameters through it",
+                      proc.pid, fd=open_fd.fd)
 
 
 def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -142,6 +167,24 @@ def is_tty(major: int, minor: int) -> bool:
     if major == TTY_MAJOR:
         return 1 <= minor <= 63                  # virtual consoles tty1..tty63
     return major in SERIAL_MAJORS or major in PTY_MASTER_MAJORS or major == PTY_SLAVE_MAJOR
+
+
+def is_pty_master(major: int, minor: int) -> bool:
+    """/dev/ptmx and the BSD pty masters, whose index CRIU asks the fd for."""
+    return (major, minor) == (TTY_AUX_MAJOR, 2) or major in PTY_MASTER_MAJORS
+
+
+def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
+    """The first fd on this terminal in CRIU's dump order: the one it asks for the parameters."""
+    for pid in general.dump_order(ctx):
+        for open_fd in sorted(ctx.tree_fds.get(pid, []), key=lambda candidate: candidate.fd):
+            try:
+                if (open_fd.target.startswith("/dev/") and stat.S_ISCHR(open_fd.stat.st_mode)
+                        and open_fd.stat.st_rdev == rdev):
+                    return open_fd
+            except ProcessGone:
+                continue
+    return None
 
 
 def _refused(code: str, proc: Proc, open_fd: OpenFd, kind: str) -> Finding:

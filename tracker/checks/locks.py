@@ -5,6 +5,14 @@ and refuses to dump them unless asked with --file-locks; locks of processes
 outside the tree do not show on the tree's fds, so CRIU ignores them.
 /proc/locks, read once per audit, tells which inodes carry locks at all, so
 only the fds of those inodes pay for an fdinfo read.
+
+A write lease has one more catch: CRIU reopens every regular file it dumps
+(`open_proc(PROC_SELF, "fd/%d")` in files-reg.c store_validation_data_build_id,
+to read an ELF build-id for restore-time validation) when the file holds at
+least SELFMAG + 1 bytes and is not open O_WRONLY|O_APPEND (should_check_size).
+That open breaks the lease: the dump waits for the kernel's lease-break-time
+and the holder gets SIGIO (by default fatal) once CRIU lets it go.
+`--file-validation filesize` skips the reopen.
 """
 from __future__ import annotations
 
@@ -31,6 +39,11 @@ RULES = (
          option="--file-locks", criu_message=_LOCKS_MESSAGE),
     Rule("lock.lease", "A file lease (F_SETLEASE) held by the tree", OPTION, _LOCKS_REMEDY,
          option="--file-locks", criu_message=_LOCKS_MESSAGE),
+    Rule("lock.lease.reopened", "A write lease that CRIU's own reopen of the file would break",
+         OPTION, "dump with --file-validation filesize (and --file-locks): CRIU then does not "
+         "reopen the file to read its build-id; or release the lease before checkpointing",
+         option="--file-validation",
+         criu_message="Only file size could be stored for validation"),
     Rule("lock.unknown", "A file lock of a kind CRIU does not know", BLOCKER,
          "release the lock before checkpointing", criu_message="Unknown file lock!"),
     Rule("lock.outside_holder", "A file the tree holds is also locked by a process outside it",
@@ -41,6 +54,7 @@ RULES = (
 
 CODES = {"POSIX": "lock.posix", "OFDLCK": "lock.ofd", "FLOCK": "lock.flock", "LEASE": "lock.lease"}
 ACCESS = {"READ", "WRITE", "UNLCK"}
+BUILD_ID_MIN_SIZE = 5   # SELFMAG + 1: a smaller file is not reopened for its build-id
 LOCK_NAMES = {"POSIX": "POSIX", "OFDLCK": "OFD", "FLOCK": "flock", "LEASE": "lease"}
 
 
@@ -128,6 +142,8 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
             if lock.identity not in reported:
                 reported.add(lock.identity)
                 yield _held(proc, open_fd, lock)
+                if _broken_by_reopen(open_fd, lock):
+                    yield _reopened(proc, open_fd)
         for lock in outside:
             if lock.identity not in reported:
                 reported.add(lock.identity)
@@ -159,6 +175,21 @@ def _held(proc: Proc, open_fd: OpenFd, lock: FileLock) -> Finding:
     return Finding(CODES[lock.kind],
                    f"fd {open_fd.fd} ({open_fd.target}): {lock.describe()}{owner}",
                    proc.pid, fd=open_fd.fd)
+
+
+def _broken_by_reopen(open_fd: OpenFd, lock: FileLock) -> bool:
+    """A write lease on a file CRIU will reopen to read its build-id (files-reg.c)."""
+    appending = (open_fd.flags & os.O_ACCMODE) == os.O_WRONLY and open_fd.flags & os.O_APPEND
+    return (lock.kind == "LEASE" and lock.access == "WRITE" and open_fd.kind == "reg"
+            and open_fd.stat.st_size >= BUILD_ID_MIN_SIZE and not appending)
+
+
+def _reopened(proc: Proc, open_fd: OpenFd) -> Finding:
+    return Finding("lock.lease.reopened",
+                   f"fd {open_fd.fd} ({open_fd.target}): write lease on a file of "
+                   f"{open_fd.stat.st_size} bytes: CRIU reopens the file to read its build-id, "
+                   "which breaks the lease (the dump waits lease-break-time, then the holder "
+                   "gets SIGIO)", proc.pid, fd=open_fd.fd, option_value="filesize")
 
 
 def _locked_outside(ctx: AuditContext, open_fd: OpenFd, on_inode: list[FileLock],
