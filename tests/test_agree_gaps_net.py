@@ -21,14 +21,11 @@ import subprocess
 
 import pytest
 
-from tests.agreement import assert_agrees
+from tests.agreement import assert_agrees, namespace_lock_codes
 from tests.subjects import subject
 from tracker.criu import arguments_for, find_criu
-from tracker.environment import current
 
-# CRIU locks a network namespace of the tree's own with iptables-restore, else needs an option.
-NAMESPACE_LOCKED_PLAINLY = current().network_lock(current().namespace_tools) == "iptables"
-NET_LOCK = set() if NAMESPACE_LOCKED_PLAINLY else {"namespace.net_lock"}
+NET_LOCK = namespace_lock_codes()
 
 
 def refused_for(pid: int, document: dict, message: str) -> None:
@@ -37,7 +34,7 @@ def refused_for(pid: int, document: dict, message: str) -> None:
     result = find_criu().dump(pid, arguments_for(document["reasons"]))
     assert not result.ok and message in result.log, result.errors
 
-PLAIN = "ok" if NAMESPACE_LOCKED_PLAINLY else "needs_options"
+PLAIN = "needs_options" if NET_LOCK else "ok"
 
 TUN = """
 import struct

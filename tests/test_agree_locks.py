@@ -94,7 +94,9 @@ def test_write_lease_on_a_file_criu_reopens_agrees_with_criu(tmp_path: Path, sho
                  env={"LOCKED_FILE": str(locked)}) as running:
         document = assert_agrees(running.pid, "write lease on a file of 100 bytes",
                                  expect="needs_options", codes={"lock.lease", "lock.lease.reopened"},
-                                 criu_error="You can try --file-locks")
+                                 criu_error="You can try --file-locks",
+                                 needed_for_effect={"--file-validation": "test_write_lease_survives_"
+                                                    "only_a_dump_with_file_validation_filesize"})
     assert document["required_options"] == ["--file-locks", "--file-validation"]
     assert "--file-validation filesize" in " ".join(r["remedy"] for r in document["reasons"])
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.agreement import assert_agrees
+from tests.agreement import assert_agrees, namespace_lock_codes
 from tests.subjects import subject
 from tracker.criu import find_criu
 from tracker.environment import current
@@ -215,12 +215,12 @@ hold()
     with subject(code) as s:
         if child_netns:
             assert_agrees(s.pid, "own user and network namespaces, child in its own netns",
-                          expect="ok" if host_has_iptables_restore() else "needs_options",
-                          tree=True)
+                          expect="needs_options" if namespace_lock_codes() else "ok",
+                          codes=namespace_lock_codes(), tree=True)
             return
         document = assert_agrees(
             s.pid, "own user and network namespaces, child in the host's", expect="blocked",
-            codes={"namespace.user_host_netns"}, tree=True)
+            codes={"namespace.user_host_netns"} | namespace_lock_codes(), tree=True)
         reason = next(r for r in document["reasons"] if r["code"] == "namespace.user_host_netns")
         assert reason["pid"] == int(s.note)
         # the plain dump stops at the network lock; past it, the child cannot be infected
