@@ -494,6 +494,7 @@ class Totals:
             "skipped_why": dict(Counter(o.why.split(":")[0] + ": " + o.why.split(":")[1].strip()
                                         if o.why.count(":") > 1 else o.why
                                         for o in self.outcomes if o.result == SKIPPED)),
+            "unknown_why": dict(Counter(o.why for o in self.outcomes if o.result == UNKNOWN)),
             "agreement_percent": round(100 * self.count(AGREE) / judged, 2) if judged else None,
             "retries": sum(o.retries for o in self.outcomes),
             "seconds_per_composition": round(seconds / len(self.outcomes), 3) if self.outcomes else None,
@@ -534,7 +535,7 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
          criu, echo=print, verbose: bool = False) -> dict:
     echo(f"seed {seed}")
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("repro-*.json"), *out.glob("skipped-*.json")]:
+    for old in [*out.glob("repro-*.json"), *out.glob("skipped-*.json"), *out.glob("unknown-*.json")]:
         old.unlink()
     totals = Totals()
     for index in range(compositions):
@@ -547,7 +548,10 @@ def fuzz(compositions: int, seed: int, max_processes: int, out: Path, pool: list
         if outcome.result == SKIPPED:   # kept to see why, not reported
             (out / f"skipped-{index:04d}.json").write_text(json.dumps(outcome.record(seed)) + "\n")
         if outcome.result == UNKNOWN:
-            echo(f"#{index} UNKNOWN: {outcome.why} [{', '.join(generator_names(outcome.processes))}]")
+            path = out / f"unknown-{index:04d}.json"
+            path.write_text(json.dumps(outcome.record(seed), indent=1) + "\n")
+            echo(f"#{index} UNKNOWN: {outcome.why} [{', '.join(generator_names(outcome.processes))}]"
+                 f" -> {path}")
         if outcome.result in (UNSAFE, OVERCAUTIOUS):
             path = out / reproducer_name(index)
             path.write_text(json.dumps(outcome.record(seed), indent=1) + "\n")
@@ -567,6 +571,8 @@ def print_figures(figures: dict, echo=print) -> None:
          f"skipped {figures['skipped']}")
     for why, count in figures["skipped_why"].items():
         echo(f"  skipped {count}: {why}")
+    for why, count in figures["unknown_why"].items():
+        echo(f"  unknown {count}: {why}")
     echo(f"agreement {figures['agreement_percent']}% of the judged compositions; "
          f"CRIU retried {figures['retries']} time(s); "
          f"{figures['seconds_per_composition']} s per composition")
