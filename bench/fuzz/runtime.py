@@ -84,6 +84,19 @@ def state_of(pid: int) -> str:
         return stat.read().rpartition(")")[2].split()[0]
 
 
+def thread_states(pid: int) -> set[str]:
+    """The state letters of every thread of that process."""
+    task = f"/proc/{host_pid_of(pid)}/task"
+    states = set()
+    for tid in os.listdir(task):
+        try:
+            with open(f"{task}/{tid}/stat") as stat:
+                states.add(stat.read().rpartition(")")[2].split()[0])
+        except FileNotFoundError:
+            continue   # a thread that ended meanwhile
+    return states
+
+
 class Context:
     """One process's build: what it keeps, what its children and parent must do."""
 

@@ -10,15 +10,15 @@ import threading
 import time
 
 from bench.fuzz import generator, not_root
-from bench.fuzz.runtime import check, hold, libc, state_of, syscall
+from bench.fuzz.runtime import check, hold, libc, state_of, syscall, thread_states
 
 PTRACE_TRACEME, PTRACE_SEIZE, PTRACE_INTERRUPT = 0, 0x4206, 0x4207
 CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x200, 0x400, 0x800
 
 
-def wait_until(pid: int, states: str, what: str) -> None:
+def wait_until(pid: int, states: str, what: str, every_thread: bool = False) -> None:
     deadline = time.monotonic() + 10
-    while state_of(pid) not in states:
+    while not (thread_states(pid) <= set(states) if every_thread else state_of(pid) in states):
         if time.monotonic() > deadline:
             raise OSError(0, f"{what}: pid {pid} never reached state {states}")
         time.sleep(0.001)
@@ -86,7 +86,8 @@ def stop(pid: int, sig: str) -> None:
         except OSError:
             pass   # it leads its group already
     os.kill(pid, number)
-    wait_until(pid, "T", "stop")
+    # A group stop reaches the threads one by one: the state is built once all have stopped.
+    wait_until(pid, "T", "stop", every_thread=True)
 
 
 # A process blocked in vfork() sleeps uninterruptibly: no stop or trace stop reaches it.
