@@ -23,9 +23,10 @@ the tree (a write lease CRIU's reopen breaks kills its holder). A dump after
 which a process of the tree has died counts as failed, and a composition whose
 first dump killed one is skipped (the second would judge another tree). A failure
 CRIU logs as its own trouble under load (tracker.criu_log.transient) is
-retried once, and counted. Generators whose disagreement another part of
-issue #11 fixes carry a `known` mark naming it; the bounded test in
-tests/test_fuzz_criu.py fails only on unsafe verdicts no mark explains. Every disagreement is saved as a reproducer
+retried once, and counted. A generator whose disagreement a change still to
+come fixes carries a `known` mark naming that change; the bounded test in
+tests/test_fuzz_criu.py fails only on unsafe verdicts no mark explains. Every
+disagreement is saved as a reproducer
 (seed, composition index, the tree with each generator's parameters,
 crwatch's document, CRIU's commands and error lines) that --replay re-runs
 and --reduce shrinks to the fewest generators that still disagree.
@@ -104,7 +105,7 @@ def generator_names(processes: list[dict]) -> list[str]:
 
 
 def known_cause(names: list[str]) -> str | None:
-    """The parts of issue #11 known to fix a disagreement these generators take part in."""
+    """The changes known to fix a disagreement these generators take part in."""
     generators = load()
     causes = sorted({generators[name].known for name in names if generators[name].known})
     return "; ".join(causes) or None

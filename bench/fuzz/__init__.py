@@ -45,7 +45,7 @@ class Generator:
     single_threaded: bool = False    # needs a process without threads
     threaded: bool = False           # may start threads in the process (besides the threads stage)
     conflicts: tuple[str, ...] = ()  # generators one process cannot also apply
-    known: str | None = None         # the part of issue #11 that fixes its known disagreement
+    known: str | None = None         # the change that fixes its known disagreement
     doc: str = field(default="", compare=False)
 
 

@@ -116,7 +116,7 @@ def lazily_unmounted_file(ctx):
     subprocess.run(["umount", "-l", where], check=True)
 
 
-@generator("files", known="mounts (bind mounts lazily unmounted)")
+@generator("files")
 def lazily_unmounted_bind_mount(ctx):
     """an fd on a file opened through a bind mount that was then lazily unmounted"""
     where = ctx.mount("bind", source=ctx.directory("src"))
@@ -148,7 +148,7 @@ def file_of_another_mount_namespace(ctx):
     ctx.keep(fds[0])
 
 
-@generator("files", weight=0.5, known="mounts (files on mounts outside the mount namespace)")
+@generator("files", weight=0.5)
 def detached_mount_tree(ctx):
     """an fd on a detached copy of a mount tree (open_tree with OPEN_TREE_CLONE), in no namespace"""
     ctx.keep(syscall(428, -100, b"/tmp", 1 | 0x80000))   # OPEN_TREE_CLONE | O_CLOEXEC

@@ -30,8 +30,7 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))   # IFF_UP
 
 
-@generator("namespaces", draw=lambda rng, place: {"private": rng.random() < 0.5},
-           known="mounts (a process in its own mount namespace)")
+@generator("namespaces", draw=lambda rng, place: {"private": rng.random() < 0.5})
 def mount_namespace(ctx, private):
     """the process in a new mount namespace, its mounts made private or left as they were"""
     unshare(CLONE["mnt"])

@@ -120,8 +120,7 @@ def unix_scm_rights(ctx, passed, kind):
 
 
 @generator("sockets", draw=lambda rng, place: {"explicit": rng.random() < 0.5,
-                                               "kind": rng.choice(("stream", "dgram"))},
-           known="sockets (control messages in queues)")
+                                               "kind": rng.choice(("stream", "dgram"))})
 def unix_scm_credentials(ctx, explicit, kind):
     """a unix socket with SO_PASSCRED and an SCM_CREDENTIALS message queued"""
     a, b = ctx.keep(*socket.socketpair(socket.AF_UNIX, UNIX_KINDS[kind]))
@@ -181,8 +180,7 @@ def tcp_connection(ctx, family, data):
 
 @generator("sockets", draw=lambda rng, place: {
     "family": draw_family(rng), "shutdown": rng.choice(("none", "write", "read", "both")),
-    "data": rng.random() < 0.5, "peer_closed": rng.random() < 0.5},
-           known="env (shut-down and closing TCP sockets CRIU still locks)")
+    "data": rng.random() < 0.5, "peer_closed": rng.random() < 0.5})
 def tcp_connection_closing(ctx, family, shutdown, data, peer_closed):
     """a TCP connection of the process shut down (read, write, both) or whose peer closed"""
     connect_tcp(ctx, family, shutdown, data, peer_closed or shutdown == "none")
@@ -367,8 +365,7 @@ def socket_with_classic_filter(ctx, kind):
 
 
 @generator("sockets", draw=lambda rng, place: {"kind": rng.choice(tuple(FILTERED)),
-                                               "keep_program": rng.random() < 0.3},
-           known="sockets (socket filters: an eBPF one cannot be read back)")
+                                               "keep_program": rng.random() < 0.3})
 def socket_with_ebpf_filter(ctx, kind, keep_program):
     """a socket with an eBPF program attached as its filter (SO_ATTACH_BPF), the program fd kept or not"""
     program = ebpf_socket_filter(ctx)

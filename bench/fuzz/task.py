@@ -101,8 +101,7 @@ def stopped(ctx, pid, sig):
     stop(pid, sig)
 
 
-@generator("task", stage="by_parent", draw=draw_stop, conflicts=NOT_WITH_VFORK,
-           known="sockets (a stop its parent reaped)")
+@generator("task", stage="by_parent", draw=draw_stop, conflicts=NOT_WITH_VFORK)
 def stopped_and_reaped(ctx, pid, sig):
     """the process stopped by its parent, which reaped the stop with waitpid(WUNTRACED)"""
     stop(pid, sig)
@@ -180,8 +179,7 @@ def clone_sharing_child(ctx, flags):
             libc.pause()
 
 
-@generator("task", stage="privileges", draw=lambda rng, place: {"keep_gid": rng.random() < 0.3},
-           known="env (a target under another uid needs CAP_SYS_RESOURCE)")
+@generator("task", stage="privileges", draw=lambda rng, place: {"keep_gid": rng.random() < 0.3})
 def uid_nobody(ctx, keep_gid):
     """the process's uids (and gids) changed to 65534 with setresuid/setresgid"""
     if not keep_gid:
