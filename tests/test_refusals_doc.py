@@ -2,9 +2,10 @@
 
 The doc maps every refusal site of CRIU 4.2's dump path to a rule, a pending
 state, or a reason no process reaches it. Here: every rule code it cites is in
-the catalogue, its counts match its rows, every row has one mapping, and the
-pending rows are exactly the "Sites without a rule yet". The extractor is run
-on small fixture C trees shaped like CRIU's code.
+the catalogue, every rule that quotes a CRIU message is cited by a row (or is
+listed with the reason no row can), its counts match its rows, every row has one
+mapping, and the pending rows are exactly the "Sites without a rule yet". The
+extractor is run on small fixture C trees shaped like CRIU's code.
 """
 from __future__ import annotations
 
