@@ -11,6 +11,7 @@ CRIU refuses it (needs_scope_id in do_dump_one_inet_fd).
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from typing import Iterator
@@ -55,6 +56,10 @@ RULES = (
          "bind the socket to its interface again (SO_BINDTODEVICE) or use a global address "
          "before checkpointing: CRIU binds a link-local address through the socket's interface",
          criu_message="couldn't find ifname for %d, can't bind"),
+    Rule("socket.inet.link_local_device_gone",
+         "An IPv6 socket with a link-local address, bound to an interface since deleted", BLOCKER,
+         "close the socket before checkpointing (its interface is gone: no restore could bind "
+         "it again)", criu_message="can't get ifname"),
     Rule("socket.inet.unsupported", "An inet socket of a protocol or type CRIU cannot dump "
          "(SCTP, MPTCP, DCCP, ...)", BLOCKER,
          "use plain TCP or UDP, or close the socket before checkpointing (Go programs: "
@@ -78,10 +83,8 @@ LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
 def check(proc: Proc, open_fd: OpenFd, sock: InetSocket) -> Iterator[Finding]:
     """A socket listed in its namespace's socket tables."""
     label = sock.protocol + ("v6" if sock.version == 6 else "")
-    if _link_local(sock) and not probe.bound_device(proc.pid, open_fd.fd, sock.inode):
-        yield finding("socket.inet.link_local_no_device", proc, open_fd,
-                      f"{label} socket {sock.local} has a link-local address but is bound to "
-                      f"no interface (SO_BINDTODEVICE)")
+    if _link_local(sock):
+        yield from _check_link_local(proc, open_fd, sock, label)
     if sock.protocol == "TCP":
         yield _tcp(proc, open_fd, sock, label)
     elif sock.protocol in ("UDP", "UDPLITE"):
@@ -91,6 +94,25 @@ def check(proc: Proc, open_fd: OpenFd, sock: InetSocket) -> Iterator[Finding]:
     else:
         yield finding("socket.raw.open", proc, open_fd,
                       f"raw IPv{sock.version} socket for IP protocol {sock.port}")
+
+
+def _check_link_local(proc: Proc, open_fd: OpenFd, sock: InetSocket,
+                      label: str) -> Iterator[Finding]:
+    """CRIU binds a link-local address again through the socket's interface, which it reads
+    with SO_BINDTODEVICE (sk-inet.c do_dump_one_inet_fd)."""
+    try:
+        device = probe.bound_device(proc.pid, open_fd.fd, sock.inode)
+    except OSError as error:
+        if error.errno != errno.ENODEV:
+            raise
+        yield finding("socket.inet.link_local_device_gone", proc, open_fd,
+                      f"{label} socket {sock.local} has a link-local address and was bound to "
+                      f"an interface that no longer exists")
+        return
+    if not device:
+        yield finding("socket.inet.link_local_no_device", proc, open_fd,
+                      f"{label} socket {sock.local} has a link-local address but is bound to "
+                      f"no interface (SO_BINDTODEVICE)")
 
 
 def _tcp(proc: Proc, open_fd: OpenFd, sock: InetSocket, label: str) -> Finding:
