@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracker.checks import general
+from tracker.checks import files, general
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
@@ -63,6 +63,10 @@ RULES = (
          BLOCKER, "remove watches on files without usable file handles (/proc, /sys and other "
          "pseudo-filesystems) before checkpointing",
          criu_message="Can't dump that handle"),
+    Rule("anon.fanotify.mount_unreachable", "A fanotify mount mark on a mount the dump does not "
+         "take", BLOCKER, "remove the mark (FAN_MARK_REMOVE), or mark a mount of the tree's own "
+         "mount namespace, before checkpointing: CRIU saves a mount mark by the mount's id",
+         criu_message="Can't find mnt_id 0x%x"),
     Rule("anon.fanotify.filesystem_mark", "A fanotify filesystem mark is not carried", INFO,
          "add the FAN_MARK_FILESYSTEM mark again after restore: CRIU's image holds only inode "
          "and mount marks"),
@@ -314,11 +318,21 @@ def _check_notify(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
             yield Finding("anon.fanotify.filesystem_mark",
                           f"fd {open_fd.fd}: fanotify filesystem mark on device {watch.device} "
                           "is not in CRIU's image", proc.pid, fd=open_fd.fd)
+        elif watch.kind == "mount" and _live(ctx) and not _mount_taken(ctx, watch):
+            # CRIU looks the mark's mount up among the mounts it dumps (fsnotify.c check_one_mark)
+            yield Finding("anon.fanotify.mount_unreachable",
+                          f"fd {open_fd.fd}: fanotify mount mark on mount "
+                          f"{int(watch.fields['mnt_id'], 16)}, which no mount namespace the dump "
+                          "takes shows (a mount of another namespace)", proc.pid, fd=open_fd.fd)
         elif watch.kind == "inode" and _handle_opens(ctx, watch) is False:
             yield Finding("anon.notify.unopenable_watch",
                           f"fd {open_fd.fd}: {name} watch on inode {watch.inode} of device "
                           f"{watch.device}: its file handle cannot be opened",
                           proc.pid, fd=open_fd.fd)
+
+
+def _mount_taken(ctx: AuditContext, watch: Watch) -> bool:
+    return files.find_mount(ctx, int(watch.fields.get("mnt_id", "0"), 16)) is not None
 
 
 class _FileHandle(ctypes.Structure):
