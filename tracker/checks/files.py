@@ -112,6 +112,10 @@ RULES = (
          "make the mount private (mount --make-private) in the namespace before checkpointing",
          criu_message="Mount %d %s (master_id: %d shared_id: %d) has unreachable sharing. "
                       "Try --enable-external-masters."),
+    Rule("file.secretmem", "Secret memory (memfd_secret), as an fd or a mapping", BLOCKER,
+         "close and unmap the secret memory before checkpointing: no one, CRIU included, can "
+         "read its contents", criu_message="Unknown shit %o (%s); Can't lookup mount=%d for "
+                                          "fd=%d path=%s"),
     Rule("file.mqueue", "A POSIX message queue descriptor", BLOCKER,
          "close the queue (mq_close) before checkpointing: CRIU cannot save POSIX message queues",
          criu_message="Can't lookup mount=%d for fd=%d path=%s"),
@@ -139,6 +143,7 @@ NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "ti
 # CRIU neither ghosts nor remaps files of these: their names are made by the kernel.
 KERNEL_NAMED_FS = frozenset({"proc", "devpts"})
 MQUEUE_MAGIC = 0x19800202
+SECRETMEM_MAGIC = 0x5345434D  # "SECM": memfd_secret's internal file system
 SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20))
 
 
@@ -656,10 +661,15 @@ def ghost_limit_value(size: int) -> str:
 
 
 def _invisible(proc: Proc, opened: Opened, mnt_id: int) -> Finding:
-    if fs_magic(opened.link) == MQUEUE_MAGIC:
+    magic = fs_magic(opened.link)
+    if magic == MQUEUE_MAGIC:
         return _finding("file.mqueue", proc, opened,
                         f"{opened.label}: POSIX message queue {opened.path} (its mount {mnt_id} "
                         f"is the kernel's own, which no mount namespace shows)")
+    if magic == SECRETMEM_MAGIC:
+        return _finding("file.secretmem", proc, opened,
+                        f"{opened.label}: memfd_secret memory {opened.path}, which no process "
+                        f"but its owner can read (the kernel unmaps it from everyone else)")
     return _finding("file.mount.invisible", proc, opened,
                     f"{opened.label}: {opened.path} is on mount {mnt_id}, which the dumped mount "
                     f"namespace does not show (lazily unmounted, or a mount of a namespace "
