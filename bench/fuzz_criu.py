@@ -287,6 +287,28 @@ def remove_ipc(objects: list) -> None:
              "shm": lambda: libc.shmctl(ident, 0, None)}[kind]()
 
 
+def uses(processes: list[dict], generator_name: str) -> bool:
+    return any(step["name"] == generator_name
+               for process in processes for step in process["generators"])
+
+
+def sweep_posix_queues() -> None:
+    """Unlink every queue of ours left in the fuzzer's IPC namespace, also by a tree that never
+    reported what it made (a leftover queue shows in every mqueue mount of the host)."""
+    import ctypes
+
+    librt = ctypes.CDLL("librt.so.1")
+    with tempfile.TemporaryDirectory(prefix="crwatch-fuzz-mq-") as where:
+        if subprocess.run(["mount", "-t", "mqueue", "none", where]).returncode != 0:
+            return
+        try:
+            for name in os.listdir(where):
+                if name.startswith("crwatch-fuzz-"):
+                    librt.mq_unlink(f"/{name}".encode())
+        finally:
+            subprocess.run(["umount", where])
+
+
 HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
 LEASE_BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
 
@@ -353,6 +375,8 @@ def run(index: int, processes: list[dict], criu, workdir: Path | None = None) ->
     finally:
         if subject is not None:
             subject.stop()
+        if uses(processes, "posix_mqueue"):
+            sweep_posix_queues()
         shutil.rmtree(workdir, ignore_errors=True)
         outcome.seconds = time.monotonic() - started
     return outcome
