@@ -14,8 +14,11 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+import pytest
+
 from tests.agreement import assert_agrees
 from tests.subjects import subject
+from tracker.criu import find_criu
 
 # The subject opens each slave named in SLAVES itself (the test keeps its own copies).
 OPEN_SLAVES = """
@@ -62,17 +65,24 @@ def codes_of(document: dict, code: str) -> list[dict]:
     return [r for r in document["reasons"] if r["code"] == code]
 
 
-def test_two_slaves_without_masters_need_shell_job_and_external_for_the_second():
-    with outside_ptys(2) as names:
+@pytest.mark.parametrize("count", [2, 3])
+def test_slaves_without_masters_need_shell_job_and_external_for_all_but_the_first(count):
+    with outside_ptys(count) as names:
         code = f"SLAVES = {names!r}\n" + OPEN_SLAVES + "ready(); hold()\n"
         with subject(code) as s:
             document = assert_agrees(
-                s.pid, "two pty slaves, masters held by the test", expect="needs_options",
+                s.pid, f"{count} pty slaves, masters held by the test", expect="needs_options",
                 codes={"terminal.slave_without_master", "terminal.another_slave_without_master"},
                 criu_error="without correspond master peer")
             values = [external_value(name) for name in names]
-    second = codes_of(document, "terminal.another_slave_without_master")
-    assert [r["option_value"] for r in second] == [values[1]]
+            # assert_agrees drops --external with all its values: each value is needed too
+            for left_out in values[1:]:
+                kept = [part for value in values[1:] if value != left_out
+                        for part in ("--external", value)]
+                refused = find_criu().dump(s.pid, ["--shell-job", *kept])
+                assert not refused.ok and "Only one slave external peer is allowed" in refused.log
+    others = codes_of(document, "terminal.another_slave_without_master")
+    assert [r["option_value"] for r in others] == values[1:]
     assert document["required_options"] == ["--external", "--shell-job"]
 
 

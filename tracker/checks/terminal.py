@@ -167,11 +167,16 @@ def _unpaired_slaves(ctx: AuditContext) -> list[int]:
     shows them), the one --shell-job covers first: the pty the first /dev/tty needs if it is
     one of them (an --external tty is no pty to tty_verify_ctty), else the lowest index, the
     one tty_verify_active_pairs passes."""
-    masters = {tty.index for _, _, tty in _first_fds(ctx) if tty.kind == "master"}
-    unpaired = sorted(tty.index for _, proc, tty in _first_fds(ctx)
+    first = _first_fds(ctx)
+    masters = {tty.index for _, _, tty in first if tty.kind == "master"}
+    unpaired = sorted(tty.index for _, proc, tty in first
                       if tty.kind == "slave" and tty.index not in masters
                       and not _hung_up_now(ctx, proc, tty))
-    needed = _ctty_pty(ctx) if ctx.proc_root == DEFAULT_PROC_ROOT else None
+    # a fixture's ttys answer no ioctl; with one unpaired slave there is nothing to choose
+    if (len(unpaired) < 2 or ctx.proc_root != DEFAULT_PROC_ROOT
+            or not any(tty.kind == "ctty" for _, _, tty in first)):
+        return unpaired
+    needed = _ctty_pty(ctx)
     if needed is not None and needed.kind == "slave" and needed.index in unpaired:
         unpaired.remove(needed.index)
         unpaired.insert(0, needed.index)
