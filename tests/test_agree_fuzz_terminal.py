@@ -187,3 +187,47 @@ ready(str(kid)); hold()
                        f"pty pid_real {s.pid})")
     reason, = codes_of(document, "terminal.ctty_pty_elsewhere")
     assert reason["pid"] == kid
+
+
+def test_a_hung_up_slave_is_no_second_slave_without_master():
+    # Closing a master hangs its slave up: CRIU leaves a hung-up tty out of the pairs, so the
+    # one slave whose master the test holds is the only one --shell-job has to cover.
+    with outside_ptys(1) as names:
+        code = f"SLAVES = {names!r}\n" + OPEN_SLAVES + """
+master, slave = os.openpty()
+os.close(master)
+ready(); hold()
+"""
+        with subject(code) as s:
+            document = assert_agrees(
+                s.pid, "a hung-up pty slave and one whose master the test holds",
+                expect="needs_options", codes={"terminal.slave_without_master"})
+    assert document["required_options"] == ["--shell-job"]
+
+
+def test_only_the_first_dev_tty_of_the_tree_needs_its_pty_in_its_holder():
+    # The child leads a session of its own whose terminal is a pty the parent holds the master
+    # of; the child keeps only /dev/tty. CRIU saves /dev/tty once, from the parent's fd.
+    code = CTTY + """
+tty = os.open('/dev/tty', os.O_RDWR)
+other_master, other_slave = pty.openpty()
+go_r, go_w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    for fd in (tty, master, slave, other_master, go_r):
+        os.close(fd)
+    os.setsid()
+    fcntl.ioctl(other_slave, termios.TIOCSCTTY, 0)
+    os.open('/dev/tty', os.O_RDWR)
+    os.close(other_slave)
+    os.close(go_w)
+    hold()
+os.close(go_w)
+os.close(other_slave)
+os.read(go_r, 1)
+os.close(go_r)
+ready(str(kid)); hold()
+"""
+    with subject(code) as s:
+        assert_agrees(s.pid, "/dev/tty in a parent with its pty, and in a child of another "
+                             "session without its pty", expect="ok", tree=True)
