@@ -35,9 +35,9 @@ from typing import Iterator
 
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone, parse_stat
+from tracker.checks import general
 from tracker.checks.namespaces import session_outside_pidns
 from tracker.checks.sockets.probe import getfd
-from tracker.checks.task import tree_order
 from tracker.rules import BLOCKER, OPTION, Finding, Rule
 
 RULES = (
@@ -196,8 +196,8 @@ def _first_fds(ctx: AuditContext) -> list[tuple[int, Proc, TtyFd]]:
     once per tty_info_id)."""
     def collect() -> list[tuple[int, Proc, TtyFd]]:
         first, seen = [], set()
-        for pid in tree_order(ctx):
-            for tty in tty_fds(ctx.tree_fds.get(pid, [])):
+        for pid in general.dump_order(ctx):
+            for tty in tty_fds(sorted(ctx.tree_fds.get(pid, []), key=lambda open_fd: open_fd.fd)):
                 if tty.info_id not in seen:
                     seen.add(tty.info_id)
                     first.append((pid, ctx.proc(pid), tty))
