@@ -8,11 +8,18 @@ A tty that was hung up (a pty slave whose master was closed, a terminal
 after vhangup) answers every ioctl with EIO: CRIU saves what little it can
 of it and leaves it out of the pairs and sessions (parasite.c,
 parasite_dump_tty; tty.c, dump_tty_info), and so does crwatch.
-/dev/tty is restored from the session's pty, so CRIU wants, for each /dev/tty
-fd, a pty fd of the tree whose session and foreground group are the /dev/tty's
-session, held by the same process (tty.c tty_verify_ctty); the session and
-group are what TIOCGSID/TIOCGPGRP answer in the holder (0 when the tty is not
-its controlling terminal, or was hung up).
+CRIU judges each tty once, as the first fd on it in dump order (tree order,
+fds ascending) shows it: a pty end is one tty per index, and /dev/tty, the
+console, the virtual consoles and the serial lines are one tty each
+(tty.c tty_gen_id, dump_one_tty: dump_tty_info runs once per tty_info_id).
+With --shell-job, one pty slave may lack its master; each further one must be
+named with --external tty[RDEV:DEV], which takes it out of the pairs
+(tty.c tty_verify_active_pairs, get_tty_driver).
+/dev/tty is restored from the session's pty, so CRIU wants, for that first
+/dev/tty fd, a pty of the tree whose session and foreground group are the
+/dev/tty's session, held by the same process (tty.c tty_verify_ctty); the
+session and group are what TIOCGSID/TIOCGPGRP answer in the holder (0 when
+the tty is not its controlling terminal, or was hung up).
 The devices module leaves the tty devices (pty masters and slaves, /dev/tty,
 console, virtual consoles, USB and low-density serial) to this one.
 """
@@ -28,9 +35,9 @@ from typing import Iterator
 
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone, parse_stat
+from tracker.checks import general
 from tracker.checks.namespaces import session_outside_pidns
 from tracker.checks.sockets.probe import getfd
-from tracker.checks.task import tree_order
 from tracker.rules import BLOCKER, OPTION, Finding, Rule
 
 RULES = (
@@ -43,6 +50,12 @@ RULES = (
          OPTION, "pass --shell-job, or point the fd at /dev/null or a file before checkpointing",
          option="--shell-job",
          criu_message="Found slave peer index %d without correspond master peer"),
+    Rule("terminal.another_slave_without_master", "A second pty slave whose master is held "
+         "outside the tree", OPTION,
+         "dump with --external tty[RDEV:DEV] naming this slave (and give it back with "
+         "--inherit-fd on restore), or checkpoint its master's process too",
+         option="--external",
+         criu_message="Only one slave external peer is allowed (index %d)"),
     Rule("terminal.foreign_session", "A terminal whose session is led from outside the tree",
          OPTION, "pass --shell-job (the restored tree then inherits the restoring shell's "
          "terminal)",
@@ -88,6 +101,12 @@ class TtyFd:
             return None
         return os.makedev(PTS_MAJOR, self.index)
 
+    @property
+    def info_id(self) -> tuple[str, int | None]:
+        """What CRIU's tty_gen_id tells apart: a pty end by its index; any other kind is
+        one tty whatever the device (its driver has one fixed index)."""
+        return self.kind, self.index
+
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     # A session led from outside the pid namespace is namespace.session_outside:
@@ -99,13 +118,10 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
                       f"leader: its session is led by {leader}", proc.pid)
     ttys = list(tty_fds(ctx.tree_fds.get(proc.pid, [])))
+    unpaired = ctx.table("terminal.unpaired_slaves", lambda: _unpaired_slaves(ctx))
     for tty in ttys:
-        if (tty.kind == "slave" and tty.index not in ctx.table("terminal.masters",
-                                                                lambda: _masters(ctx))
-                and not _hung_up(ctx, proc, tty)):
-            yield Finding("terminal.slave_without_master", f"fd {tty.open_fd.fd}: pty slave "
-                          f"{tty.open_fd.target} (index {tty.index}) has no master in the tree",
-                          proc.pid, fd=tty.open_fd.fd)
+        if tty.kind == "slave" and tty.index in unpaired:
+            yield _slave_without_master(proc, tty, unpaired)
         session = _session(ctx, proc, tty)
         if session and not ctx.in_tree(session):
             yield Finding("terminal.foreign_session", f"fd {tty.open_fd.fd}: {tty.kind} "
@@ -125,10 +141,78 @@ class TtyEntry:
     kind: str
     sid: int
     pgrp: int
+    index: int | None
 
     @property
     def pty(self) -> bool:
         return self.kind in ("master", "slave")
+
+
+def _slave_without_master(proc: Proc, tty: TtyFd, unpaired: list[int]) -> Finding:
+    """The first unpaired slave is --shell-job's; each further one needs --external."""
+    text = (f"fd {tty.open_fd.fd}: pty slave {tty.open_fd.target} (index {tty.index}) has no "
+            "master in the tree")
+    if tty.index == unpaired[0]:
+        return Finding("terminal.slave_without_master", text, proc.pid, fd=tty.open_fd.fd)
+    value = f"tty[{tty.rdev:x}:{tty.open_fd.stat.st_dev:x}]"
+    return Finding("terminal.another_slave_without_master",
+                   f"{text}, and --shell-job takes only one such slave (index {unpaired[0]})",
+                   proc.pid, fd=tty.open_fd.fd, option_value=value,
+                   remedy=f"dump with --external {value} (and give the slave back with "
+                          "--inherit-fd on restore), or checkpoint its master's process too")
+
+
+def _unpaired_slaves(ctx: AuditContext) -> list[int]:
+    """The indexes of the pty slaves CRIU pairs with no master (not hung up as their first fd
+    shows them), the one --shell-job covers first: the pty the first /dev/tty needs if it is
+    one of them (an --external tty is no pty to tty_verify_ctty), else the lowest index, the
+    one tty_verify_active_pairs passes."""
+    first = _first_fds(ctx)
+    masters = {tty.index for _, _, tty in first if tty.kind == "master"}
+    unpaired = sorted(tty.index for _, proc, tty in first
+                      if tty.kind == "slave" and tty.index not in masters
+                      and not _hung_up_now(ctx, proc, tty))
+    # a fixture's ttys answer no ioctl; with one unpaired slave there is nothing to choose
+    if (len(unpaired) < 2 or ctx.proc_root != DEFAULT_PROC_ROOT
+            or not any(tty.kind == "ctty" for _, _, tty in first)):
+        return unpaired
+    needed = _ctty_pty(ctx)
+    if needed is not None and needed.kind == "slave" and needed.index in unpaired:
+        unpaired.remove(needed.index)
+        unpaired.insert(0, needed.index)
+    return unpaired
+
+
+def _hung_up_now(ctx: AuditContext, proc: Proc, tty: TtyFd) -> bool:
+    try:
+        return _hung_up(ctx, proc, tty)
+    except ProcessGone:
+        return True         # the fd closed meanwhile: no slave to pair
+
+
+def _first_fds(ctx: AuditContext) -> list[tuple[int, Proc, TtyFd]]:
+    """Each tty of the tree as the first fd on it in CRIU's dump order (tree order, fds
+    ascending): CRIU reads a tty's session, group and hangup only there (dump_tty_info runs
+    once per tty_info_id)."""
+    def collect() -> list[tuple[int, Proc, TtyFd]]:
+        first, seen = [], set()
+        for pid in general.dump_order(ctx):
+            for tty in tty_fds(sorted(ctx.tree_fds.get(pid, []), key=lambda open_fd: open_fd.fd)):
+                if tty.info_id not in seen:
+                    seen.add(tty.info_id)
+                    first.append((pid, ctx.proc(pid), tty))
+        return first
+    return ctx.table("terminal.first_fds", collect)
+
+
+def _ctty_pty(ctx: AuditContext) -> TtyEntry | None:
+    """The pty tty_verify_ctty pairs with the tree's /dev/tty: the first with its session as
+    session and foreground group; None without /dev/tty or such a pty."""
+    entries = ctx.table("terminal.ctty_entries", lambda: _tty_entries(ctx))
+    ctty = next((e for e in entries if e.kind == "ctty"), None)
+    if ctty is None:
+        return None
+    return next((e for e in entries if e.pty and e.sid == ctty.sid and e.pgrp == ctty.sid), None)
 
 
 def _check_ctty(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
@@ -136,8 +220,7 @@ def _check_ctty(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     for ctty in entries:
         if ctty.pid != proc.pid or ctty.kind != "ctty":
             continue
-        pty = next((e for e in entries if e.pty and e.sid == ctty.sid and e.pgrp == ctty.sid),
-                   None)
+        pty = _ctty_pty(ctx)
         session = f"session {ctty.sid}" if ctty.sid else "no session (hung up, or not its ctty)"
         if pty is None:
             yield Finding("terminal.ctty_without_pty", f"fd {ctty.fd}: /dev/tty of {session}, "
@@ -150,17 +233,15 @@ def _check_ctty(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
 
 
 def _tty_entries(ctx: AuditContext) -> list[TtyEntry]:
-    """Every tty fd of the tree in CRIU's dump order (tree order, fds ascending), with the
-    session and group its parasite would read."""
+    """CRIU's all_ttys: each tty of the tree once, from its first fd in dump order, with the
+    session and group the parasite reads in that fd's holder."""
     entries = []
-    for pid in tree_order(ctx):
-        proc = ctx.proc(pid)
-        for tty in tty_fds(ctx.tree_fds.get(pid, [])):
-            try:
-                sid, pgrp = _sid_and_group(ctx, proc, tty)
-            except ProcessGone:
-                continue        # the fd closed meanwhile
-            entries.append(TtyEntry(pid, tty.open_fd.fd, tty.kind, sid, pgrp))
+    for pid, proc, tty in _first_fds(ctx):
+        try:
+            sid, pgrp = _sid_and_group(ctx, proc, tty)
+        except ProcessGone:
+            continue        # the fd closed meanwhile
+        entries.append(TtyEntry(pid, tty.open_fd.fd, tty.kind, sid, pgrp, tty.index))
     return entries
 
 
@@ -251,12 +332,6 @@ def _hung_up(ctx: AuditContext, proc: Proc, tty: TtyFd) -> bool:
 def _master_index(open_fd: OpenFd) -> int | None:
     index = open_fd.fdinfo.get("tty-index")
     return int(index) if index is not None and index.isdigit() else None
-
-
-def _masters(ctx: AuditContext) -> set[int]:
-    """The pty indexes whose master some process of the tree holds."""
-    return {tty.index for fds in ctx.tree_fds.values() for tty in tty_fds(fds)
-            if tty.kind == "master" and tty.index is not None}
 
 
 def _session(ctx: AuditContext, proc: Proc, tty: TtyFd) -> int:
