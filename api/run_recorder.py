@@ -251,8 +251,9 @@ class Recorder:
                 episode.until = at
 
     def _allow_texts(self):
-        for option, value in self.allowed.items():
-            yield f"{option}={value}" if value else option
+        for option, values in self.allowed.items():
+            for value in values:
+                yield f"{option}={value}" if value else option
 
 
 def _instant(text: str) -> datetime:

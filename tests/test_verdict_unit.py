@@ -123,3 +123,16 @@ def test_a_process_that_exits_mid_audit_is_unknown(tmp_path):
 def test_a_pid_that_does_not_exist_raises_process_gone(tmp_path):
     with pytest.raises(ProcessGone):
         audit(78, proc_root=tmp_path)
+
+
+def test_an_option_allowed_again_adds_a_value():
+    allowed = verdict.parse_allow(["--external=tty[136:3]", "--external=tty[136:4]",
+                                   "--shell-job", "--ghost-limit=2M"])
+    assert allowed == {"--external": ("tty[136:3]", "tty[136:4]"), "--shell-job": (None,),
+                       "--ghost-limit": ("2M",)}
+    assert verdict.allows("--external", "tty[136:4]", allowed)
+    assert verdict.allows("--external", "tty[136:3]", allowed)
+    assert not verdict.allows("--external", "tty[136:5]", allowed)
+    assert verdict.allows("--ghost-limit", "1M", allowed)
+    assert not verdict.allows("--ghost-limit", "3M", allowed)
+    assert not verdict.allows("--tcp-established", None, allowed)

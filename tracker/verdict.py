@@ -26,11 +26,15 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def allows(option: str, value: str | None, allow: dict[str, str | None]) -> bool:
+Allowed = dict[str, tuple[str | None, ...]]
+
+
+def allows(option: str, value: str | None, allow: Allowed) -> bool:
     """Does the caller's parsed --allow list cover this option (and its value)?"""
-    if option not in allow:
-        return False
-    granted = allow[option]
+    return any(_covers(option, value, granted) for granted in allow.get(option, ()))
+
+
+def _covers(option: str, value: str | None, granted: str | None) -> bool:
     if value is None or granted is None:
         return True
     if option == "--ghost-limit":
@@ -41,15 +45,16 @@ def allows(option: str, value: str | None, allow: dict[str, str | None]) -> bool
     return granted == value  # e.g. --external=unix[INODE] names one socket
 
 
-def parse_allow(options: Iterable[str]) -> dict[str, str | None]:
-    """`--ghost-limit=10M` or `--tcp-established` -> {option: value or None}."""
-    parsed: dict[str, str | None] = {}
+def parse_allow(options: Iterable[str]) -> Allowed:
+    """`--ghost-limit=10M` or `--tcp-established` -> {option: (its values, or None)}; an
+    option given again adds a value (--external names one resource each time)."""
+    parsed: Allowed = {}
     for text in options:
         text = text.strip()
         if not text.startswith("-"):
             text = "--" + text
         name, _, value = text.replace(" ", "=", 1).partition("=")
-        parsed[name] = value or None
+        parsed[name] = parsed.get(name, ()) + (value or None,)
     return parsed
 
 
@@ -86,7 +91,7 @@ def judge(findings: list[Finding], profile: Profile) -> tuple[str, list[str]]:
     return verdict, options
 
 
-def checkpointable(findings: list[Finding], profile: Profile, allow: dict[str, str | None]) -> bool:
+def checkpointable(findings: list[Finding], profile: Profile, allow: Allowed) -> bool:
     verdict, _ = judge(findings, profile)
     if verdict == "ok":
         return True
@@ -97,14 +102,14 @@ def checkpointable(findings: list[Finding], profile: Profile, allow: dict[str, s
                for f in findings if profile.severity(rules[f.code]) == OPTION)
 
 
-def reason_allowed(reason: dict, allow: dict[str, str | None]) -> bool:
+def reason_allowed(reason: dict, allow: Allowed) -> bool:
     """A reason (of a verdict or a transition) that the allowed options make harmless."""
     if reason["severity"] == INFO:
         return True
     return reason["severity"] == OPTION and allows(reason["option"], reason["option_value"], allow)
 
 
-def blocking_reasons(reasons: Iterable[dict], allow: dict[str, str | None]) -> list[dict]:
+def blocking_reasons(reasons: Iterable[dict], allow: Allowed) -> list[dict]:
     """The reasons that the allowed options do not make harmless."""
     return [reason for reason in reasons if not reason_allowed(reason, allow)]
 
