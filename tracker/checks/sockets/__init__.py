@@ -5,19 +5,23 @@ namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
 sockets). A socket in no table is asked directly (probe.py): unbound inet
 and netlink sockets are fine, a listening or connected one, or any unix
 or packet socket, belongs to another namespace, and any other family is
-one CRIU does not know (deny by default). While any eBPF socket filter
+one CRIU does not know (deny by default). An O_PATH fd on a socket (opened
+through /proc/PID/fd/N: its link is socket:[N], fdinfo's flags carry O_PATH)
+answers no getsockopt, so CRIU's dump_socket refuses it whatever its family
+("Can't get 1:39 opt", SO_DOMAIN). While any eBPF socket filter
 program is loaded on the host, every socket is asked whether it holds one,
 as CRIU's dump_socket_opts asks (SO_GET_FILTER), from a copy of the fd.
 """
 from __future__ import annotations
 
+import os
 import socket
 from typing import Iterator
 
 from tracker.checks.sockets import bpf, common, inet, netlink, packet, probe, queue, tables, unix
 from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import Finding
 
 RULES = common.RULES + inet.RULES + unix.RULES + queue.RULES + netlink.RULES + packet.RULES
@@ -31,6 +35,12 @@ FAMILIES = {15: "AF_KEY", 21: "AF_RDS", 29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLU
 
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    if _opened_with_o_path(ctx, open_fd):
+        # dump_socket's first question (SO_DOMAIN) fails with EBADF: nothing else is asked.
+        yield common.finding("socket.o_path", proc, open_fd,
+                             f"socket:[{open_fd.inode}] is open with O_PATH: CRIU cannot ask it "
+                             f"for its family (getsockopt fails with EBADF)")
+        return
     yield from _check_kind(ctx, proc, open_fd)
     if (ctx.proc_root == DEFAULT_PROC_ROOT      # a fixture tree has no socket to ask
             and ctx.table("sockets.ebpf-filters", bpf.socket_filters_possible)
@@ -38,6 +48,15 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
         yield common.finding("socket.filter.ebpf", proc, open_fd,
                              f"socket:[{open_fd.inode}] has an eBPF filter, which SO_GET_FILTER "
                              f"cannot read back")
+
+
+def _opened_with_o_path(ctx: AuditContext, open_fd: OpenFd) -> bool:
+    try:
+        return bool(open_fd.flags & os.O_PATH)
+    except ProcessGone:
+        if ctx.proc_root == DEFAULT_PROC_ROOT:
+            raise
+        return False    # a fixture tree without fdinfo files: its sockets were opened plainly
 
 
 def _check_kind(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:

@@ -24,6 +24,10 @@ RULES = (
          BLOCKER, "close the socket before checkpointing: CRIU dumps only unix, inet, netlink and "
                   "packet sockets",
          criu_message="BUG! Unknown socket collected (family %d)"),
+    Rule("socket.o_path", "A socket open with O_PATH (reopened through /proc/PID/fd)", BLOCKER,
+         "close the O_PATH fd on the socket before checkpointing: CRIU asks every socket fd "
+         "for its family (SO_DOMAIN), which an O_PATH fd refuses",
+         criu_message="Can't get %d:%d opt"),
     Rule("socket.foreign_netns", "A bound or connected socket of another network namespace",
          BLOCKER, "close the socket, or checkpoint the tree that lives in that network namespace: "
                   "CRIU looks sockets up in their holder's namespace only",

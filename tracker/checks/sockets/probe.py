@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 from contextlib import contextmanager
@@ -88,8 +89,10 @@ def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
     wrap every family (AF_XDP...), and getsockopt() does not care."""
     copy = getfd(pid, fd)
     try:
-        if os.fstat(copy).st_ino != inode:
-            raise ProcessGone(pid)      # the fd number now names another file
+        if os.fstat(copy).st_ino != inode or fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_PATH:
+            # The fd number now names another file, or an O_PATH open of the same
+            # socket (which answers no getsockopt): not the fd that was listed.
+            raise ProcessGone(pid)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=copy)
     except BaseException:
         os.close(copy)
