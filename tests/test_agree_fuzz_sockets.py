@@ -4,6 +4,10 @@ the real CRIU.
 - An O_PATH fd reopened on a socket through /proc/PID/fd/N (link socket:[N], fdinfo flags
   with O_PATH): CRIU's dump_socket asks it for SO_DOMAIN first (sockets.c), which an O_PATH
   fd refuses with EBADF, whatever the family and whether the original fd is still open.
+- An O_PATH fd on a pipe or FIFO: CRIU reads the queued data once per pipe (pipes.c
+  dump_one_pipe_data), through its first fd in the dump's order (processes depth first
+  from the root, fds ascending) that is not open write-only. An O_PATH fd has no access
+  mode, so it counts as a read end; when it comes first, F_GETPIPE_SZ fails with EBADF.
 """
 from __future__ import annotations
 
@@ -63,3 +67,76 @@ def test_a_fixture_socket_with_o_path_flags_is_blocked(tmp_path: Path):
     found = list(sockets.check_fd(ctx, proc, OpenFd(proc, 7, "socket:[4242]")))
     assert [(f.code, f.fd) for f in found] == [("socket.o_path", 7)]
     assert found[0].message.startswith("fd 7: socket:[4242] is open with O_PATH")
+
+
+PIPE_DATA_ERROR = "Can't obtain piped data size"
+# (state, code run before ready(), expected verdict)
+PIPE_STATES = [
+    ("O_PATH reopen of a pipe's read end, the read end closed",
+     "r, w = os.pipe(); p = os.open(f'/proc/self/fd/{r}', os.O_PATH); os.close(r)", "blocked"),
+    ("O_PATH reopen of a pipe's read end, the read end kept at a lower fd",
+     "r, w = os.pipe(); p = os.open(f'/proc/self/fd/{r}', os.O_PATH)", "ok"),
+    ("O_PATH reopen of a pipe's read end moved below the read end",
+     "r, w = os.pipe(); p = os.open(f'/proc/self/fd/{r}', os.O_PATH)\n"
+     "os.dup2(r, 90); os.dup2(p, r); os.close(p); p = r", "blocked"),
+    ("O_PATH reopen of a pipe's write end, the read end closed",
+     "r, w = os.pipe(); os.close(r); p = os.open(f'/proc/self/fd/{w}', os.O_PATH)", "blocked"),
+    ("O_PATH reopen of a pipe's write end, the read end kept",
+     "r, w = os.pipe(); p = os.open(f'/proc/self/fd/{w}', os.O_PATH)", "ok"),
+    ("FIFO opened with O_PATH only",
+     "os.mkfifo(FIFO); p = os.open(FIFO, os.O_PATH)", "blocked"),
+    ("FIFO opened O_RDWR, then with O_PATH",
+     "os.mkfifo(FIFO); r = os.open(FIFO, os.O_RDWR); p = os.open(FIFO, os.O_PATH)", "ok"),
+    ("FIFO opened with O_PATH, then O_RDWR",
+     "os.mkfifo(FIFO); p = os.open(FIFO, os.O_PATH); r = os.open(FIFO, os.O_RDWR)", "blocked"),
+    ("FIFO opened write-only and with O_PATH",
+     "os.mkfifo(FIFO); r = os.open(FIFO, os.O_RDWR); w = os.open(FIFO, os.O_WRONLY)\n"
+     "os.close(r); p = os.open(FIFO, os.O_PATH)", "blocked"),
+]
+
+
+@pytest.mark.parametrize(("state", "code", "expect"), PIPE_STATES, ids=[s[0] for s in PIPE_STATES])
+def test_an_o_path_fd_on_a_pipe_or_fifo(tmp_path, state, code, expect):
+    body = f"FIFO = {str(tmp_path / 'fifo')!r}\n{code}\nready(str(p)); hold()"
+    with subject(body) as s:
+        if expect == "ok":
+            document = assert_agrees(s.pid, state, expect="ok")
+            assert "file.pipe.o_path" not in {r["code"] for r in document["reasons"]}
+            return
+        document = assert_agrees(s.pid, state, expect="blocked", codes={"file.pipe.o_path"},
+                                 criu_error=PIPE_DATA_ERROR)
+    reason = next(r for r in document["reasons"] if r["code"] == "file.pipe.o_path")
+    assert reason["fd"] == int(s.note)
+    assert "is open with O_PATH" in reason["message"]
+
+
+def tree_with_pipe(o_path_in: str) -> str:
+    """A parent and its child sharing one pipe: one holds the read end, the other only an
+    O_PATH fd on it (both hold the write end)."""
+    child_drops, parent_drops = ("r", "p") if o_path_in == "child" else ("p", "r")
+    return f"""
+r, w = os.pipe()
+p = os.open(f"/proc/self/fd/{{r}}", os.O_PATH)
+done_r, done_w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close({child_drops}); os.close(done_r)
+    os.close(done_w)   # last: the parent's read of done_r ends when it is closed
+    signal.pause()
+os.close({parent_drops}); os.close(done_w)
+assert os.read(done_r, 1) == b""
+os.close(done_r)
+ready(); hold()
+"""
+
+
+@pytest.mark.parametrize(("o_path_in", "expect"), [("parent", "blocked"), ("child", "ok")])
+def test_the_first_process_in_dump_order_decides_for_a_shared_pipe(o_path_in, expect):
+    state = f"pipe shared by a parent and its child, the O_PATH fd in the {o_path_in}"
+    with subject(tree_with_pipe(o_path_in)) as s:
+        if expect == "ok":
+            assert_agrees(s.pid, state, expect="ok", tree=True)
+            return
+        document = assert_agrees(s.pid, state, expect="blocked", codes={"file.pipe.o_path"},
+                                 tree=True, criu_error=PIPE_DATA_ERROR)
+    assert [r["pid"] for r in document["reasons"] if r["code"] == "file.pipe.o_path"] == [s.pid]
