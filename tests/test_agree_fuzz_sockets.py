@@ -8,6 +8,13 @@ the real CRIU.
   dump_one_pipe_data), through its first fd in the dump's order (processes depth first
   from the root, fds ascending) that is not open write-only. An O_PATH fd has no access
   mode, so it counts as a read end; when it comes first, F_GETPIPE_SZ fails with EBADF.
+- A socket made in a network namespace the process then left: sock_diag lists it in no
+  namespace CRIU collects, so CRIU looks it up by the fd. When the tree's root has a network
+  namespace of its own, an inet or netlink socket must come from a namespace CRIU knows (a
+  tree process's or CRIU's own: net.c get_socket_ns), or "Unable to dump a socket from an
+  external network namespace"; unix and packet sockets are "not found" wherever they come
+  from. With the root in CRIU's namespace nothing is asked (socket.foreign_netns covers the
+  listeners and unix sockets that are refused there).
 """
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.agreement import assert_agrees
+from tests.agreement import assert_agrees, namespace_lock_codes
 from tests.subjects import subject
 from tracker.checks import sockets
+from tracker.criu import arguments_for, find_criu
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 
@@ -140,3 +148,68 @@ def test_the_first_process_in_dump_order_decides_for_a_shared_pipe(o_path_in, ex
         document = assert_agrees(s.pid, state, expect="blocked", codes={"file.pipe.o_path"},
                                  tree=True, criu_error=PIPE_DATA_ERROR)
     assert [r["pid"] for r in document["reasons"] if r["code"] == "file.pipe.o_path"] == [s.pid]
+
+
+NETNS_SOCKETS = {
+    "udp": "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+    "udp_bound": "bound(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))",
+    "udp6": "socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)",
+    "tcp": "socket.socket()",
+    "tcp_listener": "listening(socket.socket())",
+    "raw": "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)",
+    "netlink": "socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
+    "netlink_bound": "nl_bound(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))",
+    "unix": "socket.socketpair()[0]",
+    "packet": "socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)",
+}
+NETNS_HELPERS = """
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+def bound(s): s.bind(("127.0.0.1", 0)); return s
+def listening(s): s.bind(("127.0.0.1", 0)); s.listen(); return s
+def nl_bound(s): s.bind((0, 0)); return s
+def unshare_net(): assert libc.unshare(CLONE_NEWNET) == 0, ctypes.get_errno()
+host = os.open("/proc/self/ns/net", os.O_RDONLY)
+"""
+NOT_FOUND = {"unix": "Unix socket", "packet": "Can't find packet socket"}
+
+
+def refused_with_options(pid: int, document: dict, message: str) -> None:
+    """CRIU's refusal names the state when given the options the reasons name (without
+    them, a missing network lock can fail the dump first)."""
+    result = find_criu().dump(pid, arguments_for(document["reasons"]))
+    assert not result.ok and message in result.log, result.errors
+
+
+@pytest.mark.parametrize("kind", sorted(NETNS_SOCKETS))
+def test_a_socket_of_a_namespace_the_tree_left_is_refused(kind):
+    # made in a namespace the process then left for one of its own, as the fuzzer's
+    # socket_of_another_netns + unshare_namespace(net) does
+    code = NETNS_HELPERS + f"""
+unshare_net(); s = {NETNS_SOCKETS[kind]}
+libc.setns(host, CLONE_NEWNET); os.close(host); unshare_net()
+ready(str(s.fileno())); hold()
+"""
+    code_expected = "socket.foreign_netns" if kind in NOT_FOUND else "socket.external_netns"
+    with subject(code) as s:
+        document = assert_agrees(s.pid, f"{kind} socket of a network namespace the process left",
+                                 expect="blocked", codes={code_expected} | namespace_lock_codes())
+        refused_with_options(s.pid, document, NOT_FOUND.get(
+            kind, "Unable to dump a socket from an external network namespace"))
+    reason = next(r for r in document["reasons"] if r["code"] == code_expected)
+    assert reason["fd"] == int(s.note)
+    if code_expected == "socket.external_netns":
+        assert "where no process of the dumped tree lives" in reason["message"]
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp", "raw", "netlink_bound"])
+def test_a_socket_of_crius_own_namespace_in_a_tree_of_its_own_is_fine(kind):
+    # CRIU knows its own namespace: get_socket_ns finds it, and the socket is dumped unbound
+    code = NETNS_HELPERS + f"""
+os.close(host); s = {NETNS_SOCKETS[kind]}; unshare_net()
+ready(); hold()
+"""
+    with subject(code) as s:
+        assert_agrees(s.pid, f"{kind} socket made before the process left CRIU's network namespace",
+                      expect="needs_options" if namespace_lock_codes() else "ok",
+                      codes=namespace_lock_codes())

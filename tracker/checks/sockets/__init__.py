@@ -21,7 +21,7 @@ from typing import Iterator
 from tracker.checks.sockets import bpf, common, inet, netlink, packet, probe, queue, tables, unix
 from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
+from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, OpenFd, Proc, ProcessGone
 from tracker.rules import Finding
 
 RULES = common.RULES + inet.RULES + unix.RULES + queue.RULES + netlink.RULES + packet.RULES
@@ -29,6 +29,9 @@ RULES = common.RULES + inet.RULES + unix.RULES + queue.RULES + netlink.RULES + p
 # The sock_diag table that lists a family's sockets (unbound unix and packet sockets included).
 DIAG_TABLES = {socket.AF_UNIX: "unix", socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}
 INET_DIAG_TABLES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", inet.IPPROTO_UDPLITE: "udplite"}
+# The families whose unlisted sockets CRIU asks for their namespace (sk-inet.c gen_uncon_sk,
+# sk-netlink.c dump_one_netlink_fd); unix and packet sockets must be listed.
+NAMESPACE_ASKED = (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK)
 # Families Python's socket module may not name (linux/socket.h).
 FAMILIES = {15: "AF_KEY", 21: "AF_RDS", 29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 38: "AF_ALG",
             40: "AF_VSOCK", 41: "AF_KCM", 42: "AF_QIPCRTR", 43: "AF_SMC", 44: "AF_XDP", 45: "AF_MCTP"}
@@ -82,6 +85,11 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
         yield common.finding("socket.unreadable", proc, open_fd,
                              f"{family} socket:[{open_fd.inode}]: sock_diag cannot list its sockets "
                              f"({error})")
+    elif found.family in NAMESPACE_ASKED and _external(ctx, found):
+        yield common.finding("socket.external_netns", proc, open_fd,
+                             f"{family} socket:[{open_fd.inode}] belongs to network namespace "
+                             f"net:[{found.netns}], where no process of the dumped tree lives, "
+                             f"and the tree's root has a network namespace of its own")
     elif found.family in probe.INET_FAMILIES:
         yield from inet.check_unlisted(proc, open_fd, found)
     elif found.family == socket.AF_NETLINK:
@@ -94,6 +102,34 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
         yield common.finding("socket.unknown_family", proc, open_fd,
                              f"socket:[{open_fd.inode}] of family {family} (type {found.type}, "
                              f"protocol {found.protocol}): CRIU cannot dump this family")
+
+
+def _external(ctx: AuditContext, found: probe.Probe) -> bool:
+    """Whether CRIU's get_socket_ns refuses the socket: it asks only when the root has a
+    network namespace of its own, and knows those of the tree's processes and its own."""
+    known = ctx.table("sockets.known-netns", lambda: _known_netns(ctx))
+    return known is not None and found.netns is not None and found.netns not in known
+
+
+def _known_netns(ctx: AuditContext) -> set[int] | None:
+    """The inodes of the network namespaces of the tree and of this process (CRIU's own,
+    as it runs beside crwatch); None when the root shares this process's namespace."""
+    own = _netns_inode(os.readlink("/proc/self/ns/net"))
+    known = {own}
+    for pid in ctx.tree_pids:
+        try:
+            known.add(_netns_inode(ctx.proc(pid).namespace("net")))
+        except (ProcessGone, AccessDenied):
+            continue    # gone: its own findings say so
+    try:
+        root = _netns_inode(ctx.proc(ctx.root_pid).namespace("net"))
+    except (ProcessGone, AccessDenied):
+        return None
+    return None if root == own else known
+
+
+def _netns_inode(link: str) -> int:
+    return int(link.removeprefix("net:[").removesuffix("]"))
 
 
 def _listing_table(found: probe.Probe) -> str | None:

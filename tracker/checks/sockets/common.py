@@ -32,6 +32,12 @@ RULES = (
          BLOCKER, "close the socket, or checkpoint the tree that lives in that network namespace: "
                   "CRIU looks sockets up in their holder's namespace only",
          criu_message="Unix socket %d not found"),
+    Rule("socket.external_netns", "An inet or netlink socket of a network namespace that neither "
+         "the dumped tree nor CRIU lives in, in a tree with a network namespace of its own",
+         BLOCKER, "close the socket before checkpointing (it was made before the process left "
+                  "that namespace), or keep a process of the tree in that namespace: CRIU "
+                  "restores a socket only into a namespace it dumps",
+         criu_message="Unable to dump a socket from an external network namespace"),
     Rule("socket.unreadable", "The kernel's sock_diag could not list the sockets of this family",
          BLOCKER, "enable the sock_diag module of this family (unix_diag, netlink_diag, packet_diag) "
                   "and audit as root: CRIU needs the same listing",

@@ -4,7 +4,8 @@ What CRIU reads with getsockopt and may refuse: UDP_CORK, the socket filter
 (SO_GET_FILTER: an eBPF filter cannot be read back), the bound device of a
 link-local IPv6 socket (SO_BINDTODEVICE); and sockets that are in no table
 at all: unbound inet and netlink sockets, sockets of another network
-namespace, and families CRIU does not know (AF_VSOCK, AF_XDP, MPTCP...).
+namespace (and which one: SIOCGSKNS), and families CRIU does not know
+(AF_VSOCK, AF_XDP, MPTCP...).
 CRIU asks the fd itself (SO_DOMAIN, TCP_INFO) for those; so do we. The copy
 is closed at once; the holder never notices.
 """
@@ -24,6 +25,7 @@ from tracker.procfs import AccessDenied, ProcessGone
 SYS_PIDFD_GETFD = 438   # the same number on every architecture but alpha
 SOL_UDP, UDP_CORK = 17, 1
 SO_GET_FILTER = 26      # SO_ATTACH_FILTER's number, read back
+SIOCGSKNS = 0x894C      # an fd of the socket's network namespace
 IFNAMSIZ = 16
 IPPROTO_UDPLITE = 136
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -40,17 +42,19 @@ class Probe:
     tcp_state: int | None = None     # from TCP_INFO, for TCP sockets
     corked: bool = False             # UDP_CORK, for UDP and UDP-Lite sockets
     local: str = ""                  # "address:port" for inet sockets; "" when unbound
+    netns: int | None = None         # the inode of the socket's network namespace (SIOCGSKNS)
 
 
 def probe(pid: int, fd: int, inode: int) -> Probe:
     with borrowed(pid, fd, inode) as sock:
         family, kind, protocol = (sock.getsockopt(socket.SOL_SOCKET, option)
                                   for option in (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL))
+        netns = _netns(sock)
         if family not in INET_FAMILIES:
-            return Probe(family, kind, protocol)
+            return Probe(family, kind, protocol, netns=netns)
         # Re-wrap the same copy with its real family, so getsockname() decodes it.
         with socket.socket(family, kind, protocol, fileno=sock.detach()) as inet:
-            return Probe(family, kind, protocol,
+            return Probe(family, kind, protocol, netns=netns,
                          tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP else None,
                          corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE) else False,
                          local=_local(inet))
@@ -119,6 +123,19 @@ def getfd(pid: int, fd: int) -> int:
     if code in (errno.EPERM, errno.EACCES):
         raise AccessDenied(pid, f"fd/{fd} (pidfd_getfd)", os.strerror(code))
     raise OSError(code, f"pidfd_getfd({pid}, {fd}): {os.strerror(code)}")
+
+
+def _netns(sock: socket.socket) -> int | None:
+    """The inode of the network namespace the socket was made in, asked as CRIU's
+    get_socket_ns asks (SIOCGSKNS, Linux 4.9); None where the kernel cannot tell."""
+    try:
+        namespace = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        return os.fstat(namespace).st_ino
+    finally:
+        os.close(namespace)
 
 
 def _tcp_state(sock: socket.socket) -> int:
