@@ -213,3 +213,30 @@ ready(); hold()
         assert_agrees(s.pid, f"{kind} socket made before the process left CRIU's network namespace",
                       expect="needs_options" if namespace_lock_codes() else "ok",
                       codes=namespace_lock_codes())
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp_listener", "unix", "packet", "netlink_bound"])
+def test_a_socket_of_a_namespace_a_child_lives_in_is_fine(kind):
+    # CRIU collects the sockets of every namespace of the tree and finds the socket there
+    code = NETNS_HELPERS + f"""
+unshare_net(); s = {NETNS_SOCKETS[kind]}
+made_in = os.open("/proc/self/ns/net", os.O_RDONLY)
+libc.setns(host, CLONE_NEWNET); unshare_net()
+done_r, done_w = os.pipe()
+child = os.fork()
+if child == 0:
+    assert libc.setns(made_in, CLONE_NEWNET) == 0
+    s.close(); os.close(made_in); os.close(host); os.close(done_r)
+    os.close(done_w)   # last: the parent's read of done_r ends when it is closed
+    signal.pause()
+os.close(made_in); os.close(host); os.close(done_w)
+assert os.read(done_r, 1) == b""
+os.close(done_r)
+ready(); hold()
+"""
+    with subject(code) as s:
+        document = assert_agrees(
+            s.pid, f"{kind} socket of the network namespace a child of the tree lives in",
+            expect="needs_options" if namespace_lock_codes() else "ok",
+            codes=namespace_lock_codes(), tree=True)
+    assert not {"socket.foreign_netns", "socket.external_netns"} & {r["code"] for r in document["reasons"]}

@@ -64,16 +64,23 @@ def _opened_with_o_path(ctx: AuditContext, open_fd: OpenFd) -> bool:
 
 def _check_kind(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     sock = tables.find(ctx, proc, open_fd.inode)
+    if sock is None:
+        yield from _check_unlisted(ctx, proc, open_fd)
+    else:
+        yield from _check_listed(ctx, proc, open_fd, sock, proc)
+
+
+def _check_listed(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: tables.Record,
+                  lister: Proc) -> Iterator[Finding]:
+    """A socket some table lists; `lister` lives in the namespace of that table."""
     if isinstance(sock, UnixSocket):
-        yield from unix.check(ctx, proc, open_fd, sock)
+        yield from unix.check(ctx, proc, open_fd, sock, lister)
     elif isinstance(sock, InetSocket):
         yield from inet.check(proc, open_fd, sock)
     elif isinstance(sock, NetlinkSocket):
         yield from netlink.check(proc, open_fd, sock)
-    elif isinstance(sock, PacketSocket):
-        yield from packet.check(proc, open_fd, sock)
     else:
-        yield from _check_unlisted(ctx, proc, open_fd)
+        yield from packet.check(proc, open_fd, sock)
 
 
 def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
@@ -81,7 +88,11 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
     family = _family_name(found.family)
     listing = _listing_table(found)
     error = tables.table(ctx, proc, listing).error if listing else None
-    if error:
+    lister = _tree_process_in(ctx, proc, found.netns)
+    listed = tables.find(ctx, lister, open_fd.inode) if lister else None
+    if listed is not None:
+        yield from _check_listed(ctx, proc, open_fd, listed, lister)
+    elif error:
         yield common.finding("socket.unreadable", proc, open_fd,
                              f"{family} socket:[{open_fd.inode}]: sock_diag cannot list its sockets "
                              f"({error})")
@@ -104,28 +115,57 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
                              f"protocol {found.protocol}): CRIU cannot dump this family")
 
 
+# ---------------------------------------------------------------- the tree's network namespaces
+#
+# CRIU knows the network namespace of every process of the tree and its own
+# (namespaces.c generate_ns_id). With the root in a namespace of its own, it
+# collects the sockets of each of the tree's namespaces (net.c
+# collect_net_namespaces) and looks a socket up in all of them; with the root
+# in CRIU's namespace, only CRIU's (a process of the tree elsewhere is refused
+# as a nested namespace).
+
+def _tree_process_in(ctx: AuditContext, proc: Proc, netns: int | None) -> Proc | None:
+    """A process of the tree living in the socket's namespace, when CRIU collects that
+    namespace's sockets and it is not proc's own (whose tables were already asked)."""
+    members = _tree_netns(ctx)
+    if members is None or netns is None or netns not in members:
+        return None
+    holder = members[netns]
+    return None if holder == proc.pid or _netns_of(ctx, proc) == netns else ctx.proc(holder)
+
+
 def _external(ctx: AuditContext, found: probe.Probe) -> bool:
     """Whether CRIU's get_socket_ns refuses the socket: it asks only when the root has a
     network namespace of its own, and knows those of the tree's processes and its own."""
-    known = ctx.table("sockets.known-netns", lambda: _known_netns(ctx))
-    return known is not None and found.netns is not None and found.netns not in known
+    members = _tree_netns(ctx)
+    return (members is not None and found.netns is not None and found.netns not in members
+            and found.netns != _own_netns())
 
 
-def _known_netns(ctx: AuditContext) -> set[int] | None:
-    """The inodes of the network namespaces of the tree and of this process (CRIU's own,
-    as it runs beside crwatch); None when the root shares this process's namespace."""
-    own = _netns_inode(os.readlink("/proc/self/ns/net"))
-    known = {own}
-    for pid in ctx.tree_pids:
-        try:
-            known.add(_netns_inode(ctx.proc(pid).namespace("net")))
-        except (ProcessGone, AccessDenied):
-            continue    # gone: its own findings say so
+def _tree_netns(ctx: AuditContext) -> dict[int, int] | None:
+    """Each network namespace of the tree (its inode) -> the first process living there;
+    None when the root shares this process's namespace (CRIU's own, as CRIU runs beside
+    crwatch)."""
+    def build() -> dict[int, int] | None:
+        members: dict[int, int] = {}
+        for pid in ctx.tree_fds:        # parents before children
+            netns = _netns_of(ctx, ctx.proc(pid))
+            if netns is not None:
+                members.setdefault(netns, pid)
+        root = _netns_of(ctx, ctx.proc(ctx.root_pid))
+        return None if root is None or root == _own_netns() else members
+    return ctx.table("sockets.tree-netns", build)
+
+
+def _netns_of(ctx: AuditContext, proc: Proc) -> int | None:
     try:
-        root = _netns_inode(ctx.proc(ctx.root_pid).namespace("net"))
+        return _netns_inode(proc.namespace("net"))
     except (ProcessGone, AccessDenied):
-        return None
-    return None if root == own else known
+        return None     # gone: its own findings say so
+
+
+def _own_netns() -> int:
+    return _netns_inode(os.readlink("/proc/self/ns/net"))
 
 
 def _netns_inode(link: str) -> int:
