@@ -240,3 +240,25 @@ ready(); hold()
             expect="needs_options" if namespace_lock_codes() else "ok",
             codes=namespace_lock_codes(), tree=True)
     assert not {"socket.foreign_netns", "socket.external_netns"} & {r["code"] for r in document["reasons"]}
+
+
+@pytest.mark.parametrize("kind", ["tcp_listener", "unix", "packet"])
+def test_a_socket_a_child_took_into_a_namespace_of_its_own_is_fine(kind):
+    # the root stays in CRIU's namespace, whose sockets CRIU collects with the child's
+    code = NETNS_HELPERS + f"""
+os.close(host); s = {NETNS_SOCKETS[kind]}
+done_r, done_w = os.pipe()
+child = os.fork()
+if child == 0:
+    unshare_net(); os.close(done_r)
+    os.close(done_w)   # last: the parent's read of done_r ends when it is closed
+    signal.pause()
+s.close(); os.close(done_w)
+assert os.read(done_r, 1) == b""
+os.close(done_r)
+ready(); hold()
+"""
+    with subject(code) as s:
+        document = assert_agrees(s.pid, f"{kind} socket a child took into a network namespace "
+                                 f"of its own", expect="ok", tree=True)
+    assert not {"socket.foreign_netns", "socket.external_netns"} & {r["code"] for r in document["reasons"]}

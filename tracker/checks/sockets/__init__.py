@@ -2,10 +2,14 @@
 
 An fd's inode is looked up in the socket tables of its holder's network
 namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
-sockets). A socket in no table is asked directly (probe.py): unbound inet
-and netlink sockets are fine, a listening or connected one, or any unix
-or packet socket, belongs to another namespace, and any other family is
-one CRIU does not know (deny by default). An O_PATH fd on a socket (opened
+sockets). A socket in no table is asked directly (probe.py), for its family
+and its namespace (SIOCGSKNS): one of another namespace of the tree is
+looked up in that namespace's tables, as CRIU collects them all. Otherwise
+unbound inet and netlink sockets are fine, but, when the root has a network
+namespace of its own, only from a namespace CRIU knows (the tree's or its
+own); a listening or connected one, or any unix or packet socket, belongs
+to a namespace CRIU does not collect, and any other family is one CRIU
+does not know (deny by default). An O_PATH fd on a socket (opened
 through /proc/PID/fd/N: its link is socket:[N], fdinfo's flags carry O_PATH)
 answers no getsockopt, so CRIU's dump_socket refuses it whatever its family
 ("Can't get 1:39 opt", SO_DOMAIN). While any eBPF socket filter
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from typing import Iterator
 
 from tracker.checks.sockets import bpf, common, inet, netlink, packet, probe, queue, tables, unix
@@ -107,8 +112,8 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
         yield netlink.check_unbound(proc, open_fd, found.protocol)   # only bound ones are listed
     elif listing:
         yield common.finding("socket.foreign_netns", proc, open_fd,
-                             f"{family} socket:[{open_fd.inode}] belongs to another network namespace "
-                             f"than pid {proc.pid}'s")
+                             f"{family} socket:[{open_fd.inode}] belongs to a network namespace "
+                             f"other than pid {proc.pid}'s, whose sockets CRIU does not collect")
     else:
         yield common.finding("socket.unknown_family", proc, open_fd,
                              f"socket:[{open_fd.inode}] of family {family} (type {found.type}, "
@@ -118,54 +123,54 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
 # ---------------------------------------------------------------- the tree's network namespaces
 #
 # CRIU knows the network namespace of every process of the tree and its own
-# (namespaces.c generate_ns_id). With the root in a namespace of its own, it
-# collects the sockets of each of the tree's namespaces (net.c
-# collect_net_namespaces) and looks a socket up in all of them; with the root
-# in CRIU's namespace, only CRIU's (a process of the tree elsewhere is refused
-# as a nested namespace).
+# (namespaces.c generate_ns_id), and collects the sockets of each of them
+# (net.c collect_net_namespaces, walk_namespaces), but for its own when the
+# root has a namespace of its own. It finds a listed socket in any of them.
+# A socket no table lists is asked for its namespace (get_socket_ns) only when
+# the root has a namespace of its own: one CRIU does not know is refused.
+
+
+@dataclass(frozen=True)
+class TreeNetns:
+    collected: dict[int, int]    # namespace inode -> the first process of the tree living there
+    known: frozenset[int]        # what get_socket_ns finds: the tree's and CRIU's own
+    root_has_own: bool
+
 
 def _tree_process_in(ctx: AuditContext, proc: Proc, netns: int | None) -> Proc | None:
     """A process of the tree living in the socket's namespace, when CRIU collects that
     namespace's sockets and it is not proc's own (whose tables were already asked)."""
-    members = _tree_netns(ctx)
-    if members is None or netns is None or netns not in members:
+    holder = _tree_netns(ctx).collected.get(netns) if netns is not None else None
+    if holder is None or holder == proc.pid or _netns_of(proc) == netns:
         return None
-    holder = members[netns]
-    return None if holder == proc.pid or _netns_of(ctx, proc) == netns else ctx.proc(holder)
+    return ctx.proc(holder)
 
 
 def _external(ctx: AuditContext, found: probe.Probe) -> bool:
-    """Whether CRIU's get_socket_ns refuses the socket: it asks only when the root has a
-    network namespace of its own, and knows those of the tree's processes and its own."""
-    members = _tree_netns(ctx)
-    return (members is not None and found.netns is not None and found.netns not in members
-            and found.netns != _own_netns())
+    """Whether CRIU's get_socket_ns refuses the unlisted socket."""
+    spaces = _tree_netns(ctx)
+    return spaces.root_has_own and found.netns is not None and found.netns not in spaces.known
 
 
-def _tree_netns(ctx: AuditContext) -> dict[int, int] | None:
-    """Each network namespace of the tree (its inode) -> the first process living there;
-    None when the root shares this process's namespace (CRIU's own, as CRIU runs beside
-    crwatch)."""
-    def build() -> dict[int, int] | None:
+def _tree_netns(ctx: AuditContext) -> TreeNetns:
+    def build() -> TreeNetns:
         members: dict[int, int] = {}
         for pid in ctx.tree_fds:        # parents before children
-            netns = _netns_of(ctx, ctx.proc(pid))
+            netns = _netns_of(ctx.proc(pid))
             if netns is not None:
                 members.setdefault(netns, pid)
-        root = _netns_of(ctx, ctx.proc(ctx.root_pid))
-        return None if root is None or root == _own_netns() else members
+        own = _netns_inode(os.readlink("/proc/self/ns/net"))   # CRIU's, as it runs beside crwatch
+        root_has_own = _netns_of(ctx.proc(ctx.root_pid)) not in (own, None)
+        collected = {netns: pid for netns, pid in members.items() if not root_has_own or netns != own}
+        return TreeNetns(collected, frozenset(members) | {own}, root_has_own)
     return ctx.table("sockets.tree-netns", build)
 
 
-def _netns_of(ctx: AuditContext, proc: Proc) -> int | None:
+def _netns_of(proc: Proc) -> int | None:
     try:
         return _netns_inode(proc.namespace("net"))
     except (ProcessGone, AccessDenied):
         return None     # gone: its own findings say so
-
-
-def _own_netns() -> int:
-    return _netns_inode(os.readlink("/proc/self/ns/net"))
 
 
 def _netns_inode(link: str) -> int:
