@@ -157,6 +157,7 @@ NETNS_SOCKETS = {
     "tcp": "socket.socket()",
     "tcp_listener": "listening(socket.socket())",
     "raw": "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)",
+    "raw_tcp": "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)",
     "netlink": "socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
     "netlink_bound": "nl_bound(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))",
     "unix": "socket.socketpair()[0]",
@@ -202,7 +203,7 @@ ready(str(s.fileno())); hold()
         assert "where no process of the dumped tree lives" in reason["message"]
 
 
-@pytest.mark.parametrize("kind", ["udp", "tcp", "raw", "netlink_bound"])
+@pytest.mark.parametrize("kind", ["udp", "tcp", "raw", "raw_tcp", "netlink_bound"])
 def test_a_socket_of_crius_own_namespace_in_a_tree_of_its_own_is_fine(kind):
     # CRIU knows its own namespace: get_socket_ns finds it, and the socket is dumped unbound
     code = NETNS_HELPERS + f"""

@@ -53,10 +53,14 @@ def probe(pid: int, fd: int, inode: int) -> Probe:
         if family not in INET_FAMILIES:
             return Probe(family, kind, protocol, netns=netns)
         # Re-wrap the same copy with its real family, so getsockname() decodes it.
+        # A raw socket of protocol TCP or UDP answers neither TCP_INFO nor UDP_CORK (CRIU
+        # asks them only when the type is not SOCK_RAW).
+        raw = kind == socket.SOCK_RAW
         with socket.socket(family, kind, protocol, fileno=sock.detach()) as inet:
             return Probe(family, kind, protocol, netns=netns,
-                         tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP else None,
-                         corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE) else False,
+                         tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP and not raw else None,
+                         corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE)
+                         and not raw else False,
                          local=_local(inet))
 
 
