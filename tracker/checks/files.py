@@ -128,6 +128,11 @@ RULES = (
     Rule("file.pipe.packetized", "A pipe in packet mode (O_DIRECT)", BLOCKER,
          "create the pipe without O_DIRECT, or close it before checkpointing",
          criu_message="The packetized mode for pipes is not supported yet"),
+    Rule("file.pipe.o_path", "A pipe or FIFO whose data CRIU would read through an O_PATH fd",
+         BLOCKER, "close the O_PATH fd on the pipe or FIFO before checkpointing, or keep a read "
+         "end open at a lower fd number: CRIU reads the queued data through the first fd of it "
+         "that is not write-only, and an O_PATH fd refuses F_GETPIPE_SZ",
+         criu_message="Can't obtain piped data size"),
     Rule("file.pipe.external", "A pipe shared with a process outside the dumped tree", INFO,
          "nothing to do at dump; at restore the pipe is recreated without the outside process "
          "unless its end is handed back with --inherit-fd fd[N]:pipe:[INODE]"),
@@ -688,8 +693,11 @@ def _finding(code: str, proc: Proc, opened: Opened, message: str) -> Finding:
 
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     if open_fd.target.startswith("pipe:["):
+        yield from _check_pipe_data(ctx, proc, open_fd)
         yield from _check_pipe(ctx, proc, open_fd)
     elif open_fd.target.startswith("/"):
+        if open_fd.kind == "fifo":
+            yield from _check_pipe_data(ctx, proc, open_fd)
         yield from check_fd_path(ctx, proc, open_fd)
     elif NAMESPACE_FILE.fullmatch(open_fd.target):
         yield from _check_namespace_file(ctx, proc, open_fd)
@@ -810,6 +818,77 @@ def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:
                 except ProcessGone:  # closed before or while we read
                     continue
     return pipes
+
+
+# ---------------------------------------------------------------- pipe and FIFO data
+#
+# pipes.c dump_one_pipe_data: the queued data of a pipe (or FIFO: fifo.c) is read
+# once, through the first fd of it in the dump's order that is not open O_WRONLY
+# (an O_PATH fd's flags have no access mode, so it counts as a read end), with
+# F_GETPIPE_SZ and tee(). An O_PATH fd there fails: "Can't obtain piped data size".
+# CRIU dumps the processes depth first from the root (for_each_pstree_item), and
+# each process's fds in ascending order. Pipes and FIFOs are told apart by inode
+# number alone, each in a list of its own (pd_pipes, pd_fifo), as CRIU does.
+
+PipeKey = tuple[str, int]
+
+
+def _check_pipe_data(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
+    readers = ctx.table("files.pipe_data_readers", lambda: _pipe_data_readers(ctx))
+    if readers.get(_pipe_key(open_fd)) == (proc.pid, open_fd.fd) and open_fd.flags & os.O_PATH:
+        what = open_fd.target if open_fd.kind == "pipe" else f"FIFO {open_fd.target}"
+        yield Finding("file.pipe.o_path",
+                      f"fd {open_fd.fd}: {what} is open with O_PATH, and it is the fd CRIU "
+                      f"reads the queued data through (its first fd not open write-only)",
+                      proc.pid, fd=open_fd.fd)
+
+
+def _pipe_key(open_fd: OpenFd) -> PipeKey | None:
+    if open_fd.kind == "pipe":
+        return ("pipe", open_fd.inode)
+    return ("fifo", open_fd.stat.st_ino) if open_fd.kind == "fifo" else None
+
+
+def _pipe_data_readers(ctx: AuditContext) -> dict[PipeKey, tuple[int, int]]:
+    """Each pipe and FIFO of the tree -> (pid, fd) of the fd CRIU reads its data through."""
+    candidates: dict[PipeKey, dict[int, int]] = defaultdict(dict)   # key -> pid -> lowest fd
+    for pid, fds in ctx.tree_fds.items():
+        for open_fd in fds:
+            try:
+                key = _pipe_key(open_fd)
+                if key is None or open_fd.flags & os.O_WRONLY:
+                    continue
+            except (ProcessGone, AccessDenied):
+                continue    # closed before or while we read
+            lowest = candidates[key].get(pid)
+            if lowest is None or open_fd.fd < lowest:
+                candidates[key][pid] = open_fd.fd
+    readers, order = {}, None
+    for key, holders in candidates.items():
+        if len(holders) > 1 and order is None:
+            order = {pid: place for place, pid in enumerate(_dump_order(ctx))}
+        pid = min(holders, key=lambda holder: order.get(holder, len(order))) if order else \
+            next(iter(holders))
+        readers[key] = (pid, holders[pid])
+    return readers
+
+
+def _dump_order(ctx: AuditContext) -> list[int]:
+    """The tree's pids as CRIU dumps them: depth first from the root, each process's
+    children in the order /proc lists them (the order the audit read them in)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid in ctx.tree_fds:
+        if pid != ctx.root_pid:
+            try:
+                children[ctx.proc(pid).stat.ppid].append(pid)
+            except (ProcessGone, AccessDenied):
+                continue
+    order, stack = [], [ctx.root_pid]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        stack.extend(reversed(children.get(pid, ())))
+    return order
 
 
 # ---------------------------------------------------------------- cwd, root and exe

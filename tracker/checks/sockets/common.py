@@ -24,10 +24,22 @@ RULES = (
          BLOCKER, "close the socket before checkpointing: CRIU dumps only unix, inet, netlink and "
                   "packet sockets",
          criu_message="BUG! Unknown socket collected (family %d)"),
-    Rule("socket.foreign_netns", "A bound or connected socket of another network namespace",
-         BLOCKER, "close the socket, or checkpoint the tree that lives in that network namespace: "
-                  "CRIU looks sockets up in their holder's namespace only",
-         criu_message="Unix socket %d not found"),
+    Rule("socket.o_path", "A socket open with O_PATH (reopened through /proc/PID/fd)", BLOCKER,
+         "close the O_PATH fd on the socket before checkpointing: CRIU asks every socket fd "
+         "for its family (SO_DOMAIN), which an O_PATH fd refuses",
+         criu_message="Can't get %d:%d opt"),
+    Rule("socket.foreign_netns", "A listening, connected, unix or packet socket of a network "
+         "namespace whose sockets CRIU does not collect",
+         BLOCKER, "close the socket, or keep a process of the tree in the socket's network "
+                  "namespace: CRIU finds such a socket only in the namespaces of the tree",
+         criu_message="Unix socket %d not found; Socket state %d obtained but expected %d; "
+                      "Can't find packet socket %lu"),
+    Rule("socket.external_netns", "An inet or netlink socket of a network namespace that neither "
+         "the dumped tree nor CRIU lives in, in a tree with a network namespace of its own",
+         BLOCKER, "close the socket before checkpointing (it was made before the process left "
+                  "that namespace), or keep a process of the tree in that namespace: CRIU "
+                  "restores a socket only into a namespace it dumps",
+         criu_message="Unable to dump a socket from an external network namespace"),
     Rule("socket.unreadable", "The kernel's sock_diag could not list the sockets of this family",
          BLOCKER, "enable the sock_diag module of this family (unix_diag, netlink_diag, packet_diag) "
                   "and audit as root: CRIU needs the same listing",

@@ -191,5 +191,5 @@ def _unlisted_tcp(proc: Proc, open_fd: OpenFd, found: probe.Probe, label: str, w
     # A listening or connected socket missing from the tables lives in another namespace.
     state = TCP_STATES.get(found.tcp_state or 0, f"state {found.tcp_state}")
     return finding("socket.foreign_netns", proc, open_fd,
-                   f"{label} TCP socket ({where}) in {state} belongs to another network namespace "
-                   f"than pid {proc.pid}'s")
+                   f"{label} TCP socket ({where}) in {state} belongs to a network namespace "
+                   f"other than pid {proc.pid}'s, whose sockets CRIU does not collect")

@@ -4,7 +4,8 @@ What CRIU reads with getsockopt and may refuse: UDP_CORK, the socket filter
 (SO_GET_FILTER: an eBPF filter cannot be read back), the bound device of a
 link-local IPv6 socket (SO_BINDTODEVICE); and sockets that are in no table
 at all: unbound inet and netlink sockets, sockets of another network
-namespace, and families CRIU does not know (AF_VSOCK, AF_XDP, MPTCP...).
+namespace (and which one: SIOCGSKNS), and families CRIU does not know
+(AF_VSOCK, AF_XDP, MPTCP...).
 CRIU asks the fd itself (SO_DOMAIN, TCP_INFO) for those; so do we. The copy
 is closed at once; the holder never notices.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from tracker.procfs import AccessDenied, ProcessGone
 SYS_PIDFD_GETFD = 438   # the same number on every architecture but alpha
 SOL_UDP, UDP_CORK = 17, 1
 SO_GET_FILTER = 26      # SO_ATTACH_FILTER's number, read back
+SIOCGSKNS = 0x894C      # an fd of the socket's network namespace
 IFNAMSIZ = 16
 IPPROTO_UDPLITE = 136
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -39,19 +42,25 @@ class Probe:
     tcp_state: int | None = None     # from TCP_INFO, for TCP sockets
     corked: bool = False             # UDP_CORK, for UDP and UDP-Lite sockets
     local: str = ""                  # "address:port" for inet sockets; "" when unbound
+    netns: int | None = None         # the inode of the socket's network namespace (SIOCGSKNS)
 
 
 def probe(pid: int, fd: int, inode: int) -> Probe:
     with borrowed(pid, fd, inode) as sock:
         family, kind, protocol = (sock.getsockopt(socket.SOL_SOCKET, option)
                                   for option in (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL))
+        netns = _netns(sock)
         if family not in INET_FAMILIES:
-            return Probe(family, kind, protocol)
+            return Probe(family, kind, protocol, netns=netns)
         # Re-wrap the same copy with its real family, so getsockname() decodes it.
+        # A raw socket of protocol TCP or UDP answers neither TCP_INFO nor UDP_CORK (CRIU
+        # asks them only when the type is not SOCK_RAW).
+        raw = kind == socket.SOCK_RAW
         with socket.socket(family, kind, protocol, fileno=sock.detach()) as inet:
-            return Probe(family, kind, protocol,
-                         tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP else None,
-                         corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE) else False,
+            return Probe(family, kind, protocol, netns=netns,
+                         tcp_state=_tcp_state(inet) if protocol == socket.IPPROTO_TCP and not raw else None,
+                         corked=_corked(inet) if protocol in (socket.IPPROTO_UDP, IPPROTO_UDPLITE)
+                         and not raw else False,
                          local=_local(inet))
 
 
@@ -88,8 +97,10 @@ def borrowed(pid: int, fd: int, inode: int) -> Iterator[socket.socket]:
     wrap every family (AF_XDP...), and getsockopt() does not care."""
     copy = getfd(pid, fd)
     try:
-        if os.fstat(copy).st_ino != inode:
-            raise ProcessGone(pid)      # the fd number now names another file
+        if os.fstat(copy).st_ino != inode or fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_PATH:
+            # The fd number now names another file, or an O_PATH open of the same
+            # socket (which answers no getsockopt): not the fd that was listed.
+            raise ProcessGone(pid)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=copy)
     except BaseException:
         os.close(copy)
@@ -116,6 +127,19 @@ def getfd(pid: int, fd: int) -> int:
     if code in (errno.EPERM, errno.EACCES):
         raise AccessDenied(pid, f"fd/{fd} (pidfd_getfd)", os.strerror(code))
     raise OSError(code, f"pidfd_getfd({pid}, {fd}): {os.strerror(code)}")
+
+
+def _netns(sock: socket.socket) -> int | None:
+    """The inode of the network namespace the socket was made in, asked as CRIU's
+    get_socket_ns asks (SIOCGSKNS, Linux 4.9); None where the kernel cannot tell."""
+    try:
+        namespace = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        return os.fstat(namespace).st_ino
+    finally:
+        os.close(namespace)
 
 
 def _tcp_state(sock: socket.socket) -> int:

@@ -80,7 +80,11 @@ SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of a bound socket's fil
 DELETED = " (deleted)"
 
 
-def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Iterator[Finding]:
+def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
+          lister: Proc | None = None) -> Iterator[Finding]:
+    """`lister` is a process of the socket's network namespace, when that is not proc's
+    (a socket proc brought from a namespace another process of the tree lives in)."""
+    lister = lister or proc
     if sock.type not in TYPES or sock.state not in (ESTABLISHED, CLOSE, LISTEN):
         yield finding("socket.unix.unsupported", proc, open_fd,
                       f"unix socket {_name(sock)} of type {sock.type} in state {sock.state}")
@@ -89,9 +93,9 @@ def check(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> I
     if sock.state == LISTEN:
         yield _listener(proc, open_fd, sock)
     elif sock.peer:
-        yield from _connected(ctx, proc, open_fd, sock)
+        yield from _connected(ctx, proc, open_fd, sock, lister)
     elif sock.state == ESTABLISHED and sock.type != SOCK_DGRAM:
-        yield from _not_accepted(ctx, proc, open_fd, sock)
+        yield from _not_accepted(ctx, proc, open_fd, sock, lister)
     if queue.has_queue(sock):
         yield from queue.check(ctx, proc, open_fd, sock, f"unix {TYPES[sock.type]} socket {_name(sock)}")
 
@@ -106,9 +110,10 @@ def _listener(proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Finding:
     return finding("socket.unix.listen", proc, open_fd, text + pending)
 
 
-def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Iterator[Finding]:
+def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
+               lister: Proc) -> Iterator[Finding]:
     kind = TYPES[sock.type]
-    peer = tables.table(ctx, proc, "unix").get(sock.peer)
+    peer = tables.table(ctx, lister, "unix").get(sock.peer)
     if not isinstance(peer, UnixSocket):
         yield finding("socket.unix.no_peer", proc, open_fd,
                       f"unix {kind} socket {_name(sock)} is connected to socket:[{sock.peer}], "
@@ -141,10 +146,11 @@ def _external(proc: Proc, open_fd: OpenFd, code: str, text: str, sock: UnixSocke
                           f"give the socket back with --inherit-fd on restore")
 
 
-def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket) -> Iterator[Finding]:
+def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
+                  lister: Proc) -> Iterator[Finding]:
     """A connected stream socket with no peer: queued on a listener, or its peer closed."""
     kind = TYPES[sock.type]
-    listener = tables.unix_listeners_by_client(ctx, proc).get(sock.inode)
+    listener = tables.unix_listeners_by_client(ctx, lister).get(sock.inode)
     if listener is None:
         if sock.shutdown != SHUTDOWN_BOTH:
             yield finding("socket.unix.dangling", proc, open_fd,
