@@ -220,9 +220,34 @@ hold()
             return
         document = assert_agrees(
             s.pid, "own user and network namespaces, child in the host's", expect="blocked",
-            codes={"namespace.user_host_netns"} | namespace_lock_codes(), tree=True)
-        reason = next(r for r in document["reasons"] if r["code"] == "namespace.user_host_netns")
+            codes={"namespace.host_netns_member"} | namespace_lock_codes(), tree=True)
+        reason = next(r for r in document["reasons"] if r["code"] == "namespace.host_netns_member")
         assert reason["pid"] == int(s.note)
         # the plain dump stops at the network lock; past it, the child cannot be infected
+        locked = find_criu().dump(s.pid, ["--network-lock", "nftables"])
+        assert "Unable to get name for a socket: Socket operation on non-socket" in locked.log
+
+
+def test_root_in_its_own_network_namespace_with_a_child_gone_back_to_the_hosts_is_blocked():
+    # The root unshares its network namespace; its child joins the dumper's again (setns).
+    code = UNSHARE + f"""
+host = os.open("/proc/self/ns/net", os.O_RDONLY)
+unshare({CLONE["net"]})
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    assert ctypes.CDLL(None, use_errno=True).setns(host, {CLONE["net"]}) == 0
+    os.close(host); os.close(r); os.write(w, b"x"); os.close(w)
+    hold()
+os.close(host); os.close(w); os.read(r, 1); os.close(r)
+ready(str(kid)); hold()
+"""
+    with subject(code) as s:
+        document = assert_agrees(
+            s.pid, "own network namespace, child back in the host's", expect="blocked",
+            codes={"namespace.host_netns_member"} | namespace_lock_codes(), tree=True)
+        assert next(r for r in document["reasons"]
+                    if r["code"] == "namespace.host_netns_member")["pid"] == int(s.note)
+        # past the network lock, the child cannot be infected
         locked = find_criu().dump(s.pid, ["--network-lock", "nftables"])
         assert "Unable to get name for a socket: Socket operation on non-socket" in locked.log
