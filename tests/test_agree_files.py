@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.agreement import assert_agrees
+from tests.agreement import assert_agrees, namespace_lock_codes
 from tests.subjects import subject
 
 
@@ -180,6 +180,20 @@ def test_namespace_file_of_a_namespace_outside_the_tree_is_blocked():
     with subject(code) as s:
         assert_agrees(s.pid, "namespace file of a foreign network namespace", expect="blocked",
                       codes={"file.nsfs.foreign"}, criu_error="No NS ID with kid")
+
+
+def test_namespace_file_of_the_dumpers_own_network_namespace_is_ok():
+    # The root moves into a network namespace of its own and keeps the host's open: CRIU
+    # knows its own namespaces too.
+    code = """
+    host = os.open("/proc/self/ns/net", os.O_RDONLY)
+    assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0
+    ready(); hold()
+    """
+    with subject(code) as s:
+        assert_agrees(s.pid, "namespace file of the dumper's network namespace, root in its own",
+                      expect="needs_options" if namespace_lock_codes() else "ok",
+                      codes=namespace_lock_codes())
 
 
 def test_posix_message_queue_is_blocked():

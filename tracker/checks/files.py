@@ -771,8 +771,10 @@ def _check_namespace_file(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Ite
 
 
 def _tree_namespaces(ctx: AuditContext) -> set[str]:
+    """The namespaces CRIU knows while dumping: the tree's, and its own (namespaces.c
+    collects both before it looks an nsfs file up)."""
     names = set()
-    for pid in ctx.tree_pids:
+    for pid in (*ctx.tree_pids, "self"):
         for link in NAMESPACE_LINKS:
             try:
                 names.add(os.readlink(ctx.proc_root / str(pid) / "ns" / link))
