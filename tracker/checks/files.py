@@ -37,6 +37,7 @@ from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterator
 
+from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
                             ProcessGone, link_too_long, mnt_id_of, mnt_id_via_fdinfo)
@@ -868,29 +869,13 @@ def _pipe_data_readers(ctx: AuditContext) -> dict[PipeKey, tuple[int, int]]:
     readers, order = {}, None
     for key, holders in candidates.items():
         if len(holders) > 1 and order is None:
-            order = {pid: place for place, pid in enumerate(_dump_order(ctx))}
+            order = {pid: place for place, pid in enumerate(general.dump_order(ctx))}
         pid = min(holders, key=lambda holder: order.get(holder, len(order))) if order else \
             next(iter(holders))
         readers[key] = (pid, holders[pid])
     return readers
 
 
-def _dump_order(ctx: AuditContext) -> list[int]:
-    """The tree's pids as CRIU dumps them: depth first from the root, each process's
-    children in the order /proc lists them (the order the audit read them in)."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid in ctx.tree_fds:
-        if pid != ctx.root_pid:
-            try:
-                children[ctx.proc(pid).stat.ppid].append(pid)
-            except (ProcessGone, AccessDenied):
-                continue
-    order, stack = [], [ctx.root_pid]
-    while stack:
-        pid = stack.pop()
-        order.append(pid)
-        stack.extend(reversed(children.get(pid, ())))
-    return order
 
 
 # ---------------------------------------------------------------- cwd, root and exe

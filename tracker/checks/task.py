@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule
@@ -528,25 +529,11 @@ def _files_sharing(ctx: AuditContext) -> dict[int, int]:
     refused = {}
     for group in _kcmp_groups(ctx, KCMP_FILES):
         members = set(group)
-        outside = [pid for pid in tree_order(ctx) if pid in members
+        outside = [pid for pid in general.dump_order(ctx) if pid in members
                    and _parent(ctx, pid) not in members]
         for pid in outside[1:]:
             refused[pid] = outside[0]
     return refused
-
-
-def tree_order(ctx: AuditContext) -> list[int]:
-    """The tree's pids as CRIU walks them (for_each_pstree_item): depth first, parents first."""
-    order, stack = [], [ctx.root_pid]
-    while stack:
-        pid = stack.pop()
-        order.append(pid)
-        try:
-            kids = [kid for kid in ctx.proc(pid).children() if kid in ctx.tree_pids]
-        except ProcessGone:
-            kids = []
-        stack.extend(reversed(kids))
-    return order
 
 
 def _parent(ctx: AuditContext, pid: int) -> int:
