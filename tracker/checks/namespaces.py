@@ -60,7 +60,8 @@ RULES = (
          "lock", OPTION,
          "dump with --network-lock nftables (CRIU locks with libnftables, no iptables needed)",
          option="--network-lock",
-         criu_message="Failed to lock TCP connection %x"),
+         criu_message="Failed to lock TCP connection %x / Locking network failed: "
+                      "iptables-restore returned %d / execvp(\"%s\", ...) failed"),
     Rule("namespace.net_link", "The tree's own network namespace holds a link CRIU cannot dump",
          BLOCKER, "delete the link (ip link del), or move it out of the tree's network namespace, "
          "before checkpointing: CRIU dumps loopback, veth, tun/tap, bridge, macvlan and sit links "

@@ -48,12 +48,15 @@ RULES = (
          "checkpoint the peer's process too, or dump with --external unix[INO] and give the socket "
          "back with --inherit-fd on restore (--ext-unix-sk does not cover connections)",
          option="--external",
-         criu_message="Can't dump half of stream unix connection. name: %s; peer name: %s"),
+         criu_message="External socket is used. Consider using --ext-unix-sk option. / "
+                      "Can't dump half of stream unix connection. name: %s peer name: %s"),
     Rule("socket.unix.external_unnamed",
          "A unix datagram socket connected to an unnamed socket outside the tree", OPTION,
          "checkpoint the peer's process too, or dump with --external unix[INO] and give the socket "
          "back with --inherit-fd on restore (--ext-unix-sk needs a named peer)",
-         option="--external", criu_message="Can't dump name-less external socket."),
+         option="--external",
+         criu_message="External socket is used. Consider using --ext-unix-sk option. / "
+                      "Can't dump name-less external socket."),
     Rule("socket.unix.no_peer", "A unix socket whose peer is in no table of its namespace", BLOCKER,
          "close the socket before checkpointing", criu_message="Unix socket %u without peer %u"),
     Rule("socket.unix.unreachable_peer",
