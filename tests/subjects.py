@@ -46,12 +46,39 @@ class Subject:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            # Its descendants first: a child that made a session of its own (setsid)
+            # is in no process group of the subject's.
+            for pid in descendants(self.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
                 # its whole session when it leads one (children included)
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 self.process.kill()
         self.process.wait(timeout=10)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (its children's children included), as /proc lists them."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as children:
+                    kids = [int(word) for word in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            queue += kids
+    return found
 
 
 def start(code: str, *, new_session: bool = True, env: dict | None = None,
