@@ -192,9 +192,11 @@ os.execv("./sleep", ["sleep", "1000"])
 
 
 def _await_exec(pid: int, name: str) -> None:
-    """exec() sends no event the test can wait on: poll the process's name until it changes."""
+    """exec() sends no event the test can wait on: poll until the process has the new name and
+    sleeps (the name changes midway through exec, while the new program is still mapped in)."""
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}/comm").read_text().strip() != name:
+    while not (Path(f"/proc/{pid}/comm").read_text().strip() == name
+               and Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "S"):
         assert time.monotonic() < deadline, f"pid {pid} never ran {name}"
         time.sleep(0.005)
 
