@@ -25,8 +25,8 @@ import stat
 import struct
 from typing import Iterator
 
-from tracker.checks import files, general
-from tracker.checks.sockets.probe import getfd
+from tracker.checks import files, general, sockets
+from tracker.checks.sockets import probe
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
@@ -68,7 +68,6 @@ TTY_AUX_MAJOR, TTY_MAJOR = 5, 4
 SERIAL_MAJORS = frozenset({188, 204})           # USB serial, low-density serial
 PTY_MASTER_MAJORS = frozenset(range(128, 136))
 PTY_SLAVE_MAJOR = 136
-SIOCGSKNS = 0x894C              # the netns a tun file was opened in, as an fd
 TUNGETIFF = 0x800454D2          # the attached device: struct ifreq (name, flags)
 TUNGETFILTER = 0x801054DB       # a tap's socket filter: struct sock_fprog (len first)
 IFF_TAP = 0x0002
@@ -105,31 +104,19 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
 
 def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     """Asked on a copy of the fd, as CRIU asks the fd it takes from the parasite."""
-    copy = getfd(proc.pid, open_fd.fd)
+    copy = probe.getfd(proc.pid, open_fd.fd)
     try:
-        netns = _netns_inode(copy)
+        netns = probe.netns_of(copy)
         device, flags, filter_length = _attached(copy)
     finally:
         os.close(copy)
-    if netns is not None and netns not in _known_netns(ctx):
+    if netns is not None and netns not in sockets.known_netns(ctx):
         yield Finding("device.tun.foreign_netns", f"fd {open_fd.fd}: {open_fd.target} was opened "
                       f"in network namespace net:[{netns}], which neither a process of the tree "
                       "nor the host is in", proc.pid, fd=open_fd.fd)
     if flags & IFF_TAP and filter_length:
         yield Finding("device.tun.filter", f"fd {open_fd.fd}: tap {device} has a socket filter "
                       f"of {filter_length} instructions attached", proc.pid, fd=open_fd.fd)
-
-
-def _netns_inode(tun: int) -> int | None:
-    """None on a kernel without SIOCGSKNS for tun files: CRIU does not ask it there."""
-    try:
-        netns = fcntl.ioctl(tun, SIOCGSKNS)
-    except OSError:
-        return None
-    try:
-        return os.fstat(netns).st_ino
-    finally:
-        os.close(netns)
 
 
 def _attached(tun: int) -> tuple[str, int, int]:
@@ -145,19 +132,6 @@ def _attached(tun: int) -> tuple[str, int, int]:
     if flags & IFF_TAP:
         length = SOCK_FPROG.unpack(fcntl.ioctl(tun, TUNGETFILTER, bytes(SOCK_FPROG.size)))[0]
     return name.split(b"\0", 1)[0].decode(errors="replace"), flags, length
-
-
-def _known_netns(ctx: AuditContext) -> set[int]:
-    """The network namespaces CRIU knows while dumping: the tree's, and its own."""
-    def build() -> set[int]:
-        known = {os.stat("/proc/self/ns/net").st_ino}
-        for pid in ctx.tree_pids:
-            try:
-                known.add(os.stat(f"{ctx.proc_root}/{pid}/ns/net").st_ino)
-            except OSError:
-                continue    # gone meanwhile: the audit's end says so
-        return known
-    return ctx.table("devices.tun_netns", build)
 
 
 def is_tty(major: int, minor: int) -> bool:

@@ -146,6 +146,11 @@ def _tree_process_in(ctx: AuditContext, proc: Proc, netns: int | None) -> Proc |
     return ctx.proc(holder)
 
 
+def known_netns(ctx: AuditContext) -> frozenset[int]:
+    """The network namespaces CRIU knows while dumping this tree: the tree's, and its own."""
+    return _tree_netns(ctx).known
+
+
 def _external(ctx: AuditContext, found: probe.Probe) -> bool:
     """Whether CRIU's get_socket_ns refuses the unlisted socket."""
     spaces = _tree_netns(ctx)

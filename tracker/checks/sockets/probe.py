@@ -49,7 +49,7 @@ def probe(pid: int, fd: int, inode: int) -> Probe:
     with borrowed(pid, fd, inode) as sock:
         family, kind, protocol = (sock.getsockopt(socket.SOL_SOCKET, option)
                                   for option in (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL))
-        netns = _netns(sock)
+        netns = netns_of(sock.fileno())
         if family not in INET_FAMILIES:
             return Probe(family, kind, protocol, netns=netns)
         # Re-wrap the same copy with its real family, so getsockname() decodes it.
@@ -129,11 +129,11 @@ def getfd(pid: int, fd: int) -> int:
     raise OSError(code, f"pidfd_getfd({pid}, {fd}): {os.strerror(code)}")
 
 
-def _netns(sock: socket.socket) -> int | None:
-    """The inode of the network namespace the socket was made in, asked as CRIU's
-    get_socket_ns asks (SIOCGSKNS, Linux 4.9); None where the kernel cannot tell."""
+def netns_of(fd: int) -> int | None:
+    """The inode of the network namespace a socket (or tun file) fd belongs to, asked as
+    CRIU's get_socket_ns asks (SIOCGSKNS, Linux 4.9); None where the kernel cannot tell."""
     try:
-        namespace = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+        namespace = fcntl.ioctl(fd, SIOCGSKNS)
     except OSError:
         return None
     try:
