@@ -597,10 +597,8 @@ def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: 
                       mount: Mount) -> Iterator[Finding]:
     """A linked file whose name leads nowhere: CRIU links it back (create_link_remap)."""
     stat = opened.stat
-    seen = ctx.table("files.unlinked_seen", set)
-    if (stat.st_dev, stat.st_ino) in seen:
+    if not _first_sight(ctx, stat):
         return  # one finding per file, however many fds and mappings reach it
-    seen.add((stat.st_dev, stat.st_ino))
     name = opened.path.removesuffix(DELETED)
     directory = _linkable_directory(namespace.root, name)
     if directory is not None and _mnt_id_of(namespace.root + directory) == mount.id:
@@ -618,6 +616,15 @@ def _check_link_remap(ctx: AuditContext, proc: Proc, opened: Opened, namespace: 
         yield _finding("file.path.overmounted", proc, opened,
                        f"{opened.label}: {name} is not reachable by its name from where the dump "
                        f"resolves paths ({where}), so --link-remap cannot link it back")
+
+
+def _first_sight(ctx: AuditContext, stat: os.stat_result) -> bool:
+    """Whether this audit meets this unlinked file for the first time."""
+    seen = ctx.table("files.unlinked_seen", set)
+    if (stat.st_dev, stat.st_ino) in seen:
+        return False
+    seen.add((stat.st_dev, stat.st_ino))
+    return True
 
 
 def _linkable_directory(root: str, name: str) -> str | None:
@@ -639,10 +646,8 @@ def _linkable_directory(root: str, name: str) -> str | None:
 def _check_deleted(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Finding]:
     """A file with no link left travels in the image as a ghost (dump_ghost_remap)."""
     stat = opened.stat
-    seen = ctx.table("files.unlinked_seen", set)
-    if (stat.st_dev, stat.st_ino) in seen:
+    if not _first_sight(ctx, stat):
         return  # one finding per file, however many fds and mappings reach it
-    seen.add((stat.st_dev, stat.st_ino))
     name = opened.path.removesuffix(DELETED)
     size = stat.st_blocks * BLOCK_UNIT
     if size <= DEFAULT_GHOST_LIMIT:
@@ -885,9 +890,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     if proc.stat.state == "Z":
         return  # a zombie has given its cwd, root and mm up, and CRIU saves none of them
     for name in ("cwd", "root"):
-        target = proc.readlink(name)
-        if not link_too_long(target):  # general reports a path CRIU cannot read
-            yield from check_path(ctx, proc, opened_link(proc, name, name, target))
+        yield from check_path(ctx, proc, opened_link(proc, name, name, proc.readlink(name)))
     yield from _check_exe(ctx, proc)
     yield from check_mount_tree(ctx, proc)
 
