@@ -48,6 +48,13 @@ def _pid(text: str) -> int:
     return int(text)
 
 
+def _add_scope_arguments(command: argparse.ArgumentParser, only_help: str) -> None:
+    """--only (the pid's own findings); --tree, the default now, kept so scripts don't break."""
+    scope = command.add_mutually_exclusive_group()
+    scope.add_argument("--only", action="store_true", help=only_help)
+    scope.add_argument("--tree", action="store_true", help=argparse.SUPPRESS)
+
+
 def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="criu",
                         help="dumper profile to judge by (default: criu)")
@@ -62,12 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="audit processes and print their verdicts")
     check.add_argument("pids", nargs="+", type=_pid, metavar="PID")
-    scope = check.add_mutually_exclusive_group()
-    scope.add_argument("--only", action="store_true",
-                       help="judge each pid's own findings, without its descendants (a "
-                            "checkpoint takes them too: `criu dump -t PID` dumps the tree)")
-    scope.add_argument("--tree", action="store_true",
-                       help=argparse.SUPPRESS)  # the default now; kept so scripts don't break
+    _add_scope_arguments(check, "judge each pid's own findings, without its descendants (a "
+                                "checkpoint takes them too: `criu dump -t PID` dumps the tree)")
     check.add_argument("--json", action="store_true", help="print verdict documents (crwatch.verdict/1)")
     check.add_argument("--allow", action="append", default=[], metavar="OPTION",
                        help="a CRIU option the dump may use (repeatable), e.g. --allow=--tcp-established")
@@ -91,12 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
                      "(needs root)")
     gate.add_argument("pid", type=_pid, metavar="PID")
-    gate_scope = gate.add_mutually_exclusive_group()
-    gate_scope.add_argument("--only", action="store_true",
-                            help="recheck the pid alone, without its descendants (not with "
-                                 "--dump: CRIU dumps the whole tree)")
-    gate_scope.add_argument("--tree", action="store_true",
-                            help=argparse.SUPPRESS)  # the default now; kept so scripts don't break
+    _add_scope_arguments(gate, "recheck the pid alone, without its descendants (not with "
+                               "--dump: CRIU dumps the whole tree)")
     gate.add_argument("--allow", action="append", default=[], metavar="OPTION",
                       help="a CRIU option the dump may use (repeatable)")
     gate.add_argument("--dump", metavar="DIR",
