@@ -8,27 +8,18 @@ from __future__ import annotations
 
 from tests.agreement import assert_agrees
 from tests.subjects import subject
+from tests.test_agree_mounts import in_own_mount_namespace
 
 # The mark is made in the host's namespace; then the process unshares its mount namespace and
 # runs itself again with nothing of the old namespace but the fanotify fd.
-MARK_THEN_UNSHARE = """
+MARK = """
 libc = ctypes.CDLL(None, use_errno=True)
 FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_OPEN, AT_FDCWD = 0x1, 0x10, 0x20, -100
-if os.environ.get("CRWATCH_STAGE") != "unshared":
-    fan = libc.fanotify_init(0, os.O_RDONLY)
-    assert fan >= 0, os.strerror(ctypes.get_errno())
-    assert libc.fanotify_mark(fan, FAN_MARK_ADD | MARK_KIND, ctypes.c_uint64(FAN_OPEN), AT_FDCWD,
-                              b"/tmp") == 0, os.strerror(ctypes.get_errno())
-    os.set_inheritable(fan, True)
-    assert libc.unshare(0x00020000) == 0, os.strerror(ctypes.get_errno())   # CLONE_NEWNS
-    assert libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0       # MS_REC | MS_PRIVATE
-    null = os.open("/dev/null", os.O_RDWR)
-    for number in (0, 1, 2):
-        os.dup2(null, number)
-    os.close(null)
-    os.environ["CRWATCH_STAGE"] = "unshared"
-    os.execv(sys.executable, [sys.executable, "-c", open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]])
-ready(); hold()
+fan = libc.fanotify_init(0, os.O_RDONLY)
+assert fan >= 0, os.strerror(ctypes.get_errno())
+assert libc.fanotify_mark(fan, FAN_MARK_ADD | MARK_KIND, ctypes.c_uint64(FAN_OPEN), AT_FDCWD,
+                          b"/tmp") == 0, os.strerror(ctypes.get_errno())
+os.set_inheritable(fan, True)
 """
 
 
@@ -37,7 +28,9 @@ def test_fanotify_mount_mark_of_another_mount_namespace_is_blocked():
                                  ("FAN_MARK_MOUNT", "blocked",
                                   {"anon.fanotify.mount_unreachable"})):
         # without FAN_MARK_MOUNT the mark is an inode's, saved by its file handle
-        with subject(MARK_THEN_UNSHARE.replace("MARK_KIND", flags)) as s:
+        code = in_own_mount_namespace("ready(); hold()",
+                                      before=MARK.replace("MARK_KIND", flags))
+        with subject(code) as s:
             assert_agrees(s.pid, f"fanotify {'mount' if codes else 'inode'} mark made before "
                           "unsharing the mount namespace", expect=expect, codes=codes,
                           criu_error="Can't find mnt_id" if codes else None)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,7 @@ from tracker.criu import find_criu
 IN_OWN_MOUNT_NAMESPACE = """
 libc = ctypes.CDLL(None, use_errno=True)
 if os.environ.get("CRWATCH_STAGE") != "unshared":
+BEFORE
     assert libc.unshare(0x00020000) == 0, os.strerror(ctypes.get_errno())   # CLONE_NEWNS
     if PROPAGATION:   # 0: left as the old namespace had it
         assert libc.mount(b"none", b"/", None, PROPAGATION, None) == 0, os.strerror(ctypes.get_errno())
@@ -40,8 +42,12 @@ if os.environ.get("CRWATCH_STAGE") != "unshared":
 MS_REC, MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x4000, 0x40000, 0x80000, 0x100000
 
 
-def in_own_mount_namespace(code: str, propagation: int = MS_REC | MS_PRIVATE) -> str:
-    return IN_OWN_MOUNT_NAMESPACE.replace("PROPAGATION", str(propagation)) + code
+def in_own_mount_namespace(code: str, propagation: int = MS_REC | MS_PRIVATE,
+                           before: str = "pass") -> str:
+    """`before` runs in the old namespace, once: what it leaves inheritable crosses over."""
+    indented = textwrap.indent(textwrap.dedent(before).strip(), "    ")
+    return (IN_OWN_MOUNT_NAMESPACE.replace("PROPAGATION", str(propagation))
+            .replace("BEFORE", indented) + code)
 
 
 @pytest.fixture
