@@ -18,24 +18,12 @@ import pytest
 from api.models import Gate, Verdict
 from tests.servers import EventStream, Server
 from tests.subjects import skip_if_refused
-from tests.test_tracking import stepped
+from tests.test_tracking import REMAPPED_PAGES, stepped
 
 NATIVE = Path(__file__).parent / "native"
 TOKEN = "s3cret"
 # A shared file mapping whose first page is remapped nonlinearly, held until killed.
-REMAPPED = """
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_long]
-backing = open({path!r}, 'w+b'); backing.truncate(8192)
-address = libc.mmap(None, 8192, 3, 1, backing.fileno(), 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
-def remap():
-    if libc.syscall(216, ctypes.c_void_p(address), ctypes.c_size_t(4096), 0, ctypes.c_size_t(1), 0):
-        raise OSError(ctypes.get_errno(), 'remap_file_pages')
-make(remap)
-ready(hex(address))
-hold()
-"""
+REMAPPED = REMAPPED_PAGES + "hold()\n"
 
 
 @pytest.fixture(scope="module")
