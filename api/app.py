@@ -5,10 +5,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from api.auth import must_redact, refusal
+# every JSON answer, errors included, encodes names that are not UTF-8 safely
+from api.safe_json import SafeJSONResponse as JSONResponse
 from api.routes import dashboard, environment, events, health, metrics, processes, rules
 from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
@@ -30,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title="crwatch", lifespan=lifespan,
+    app = FastAPI(title="crwatch", lifespan=lifespan, default_response_class=JSONResponse,
                   description="Can this process be checkpointed right now, and if not, why?")
     for router in (processes.router, events.router, rules.router, environment.router,
                    health.router, metrics.router, dashboard.router):

@@ -5,7 +5,6 @@ Each pid is judged with all its descendants, as `criu dump -t PID` takes them;
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -13,6 +12,7 @@ from tracker import verdict
 from tracker.audit import ThreadId, audit, identify
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
+from tracker.safe_text import json_text
 
 EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
 
@@ -67,7 +67,7 @@ def _gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool) -> d
 def _print(documents: list[dict], as_json: bool) -> None:
     if as_json:
         payload = documents[0] if len(documents) == 1 else documents
-        print(json.dumps(payload, indent=2))
+        print(json_text(payload, indent=2))
         return
     from api.render import verdict_text
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -12,6 +11,7 @@ from api.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT
 from tracker.freeze import DEFAULT_WATCHDOG_S
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
 from tracker.rules import catalogue
+from tracker.safe_text import json_text
 
 EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
 
@@ -216,7 +216,7 @@ def _run_rules(args, chosen) -> int:
     if args.json:
         from api.rules_document import rules_document
 
-        print(json.dumps(rules_document(catalogue(), chosen), indent=2))
+        print(json_text(rules_document(catalogue(), chosen), indent=2))
     else:
         from api.render import rules_text
 

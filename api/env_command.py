@@ -1,10 +1,10 @@
 """`crwatch env [--json]`: the dumper's environment, the facts verdicts depend on."""
 from __future__ import annotations
 
-import json
 import sys
 
 from tracker import environment
+from tracker.safe_text import json_text, visible_all
 
 EXIT_OK, EXIT_USAGE = 0, 2
 LOCK_NEEDS = {"iptables": "no option needed", "nftables": "needs --network-lock nftables",
@@ -19,7 +19,7 @@ def run_env(args) -> int:
         print(f"crwatch: cannot read the dumper's environment: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps(facts.to_json(), indent=2))
+        print(json_text(facts.to_json(), indent=2))
     else:
         print(environment_text(facts))
     return EXIT_OK
@@ -34,7 +34,7 @@ def _capability_summary(capabilities: environment.Capabilities) -> str:
 
 
 def environment_text(facts: environment.Environment) -> str:
-    document = facts.to_json()
+    document = visible_all(facts.to_json())  # paths come from PATH and /proc
     dumper, criu, lock = document["dumper"], document["criu"], document["network_lock"]
     capabilities = dumper["capabilities"]
     lines = [

@@ -8,13 +8,13 @@ The `ready` notice is kept and sent first to every client, as `crwatch watch` do
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from typing import AsyncIterator
 
 from api.auth import redact
 from tracker.live_model import SCHEMA, iso_from_wall_ns
+from tracker.safe_text import json_text
 
 CLIENT_QUEUE = 10_000
 KEEPALIVE_SECONDS = 15.0
@@ -99,7 +99,7 @@ class EventHub:
 
 
 def _sse(line: dict) -> str:
-    return f"data: {json.dumps(line)}\n\n"
+    return f"data: {json_text(line)}\n\n"
 
 
 def _lost_line(count: int) -> dict:

@@ -19,6 +19,7 @@ from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
+from tracker.safe_text import json_text
 
 EXIT_PASSED, EXIT_REFUSED, EXIT_USAGE, EXIT_DUMP_FAILED = 0, 1, 2, 3
 SERVICE_TIMEOUT_S = 120  # a gate with a dump of a large tree takes a while
@@ -63,7 +64,7 @@ def run_gate(args, chosen: Profile) -> int:
         print(f"crwatch: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json_text(document, indent=2))
     else:
         from api.render import gate_text
 

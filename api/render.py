@@ -1,4 +1,9 @@
-"""Human-readable text for verdict documents and the rule catalogue."""
+"""Human-readable text for verdict documents and the rule catalogue.
+
+Every document is made visible (tracker.safe_text) before it is laid out: a name
+or path with control characters or bytes that are not UTF-8 shows them as
+escapes, and never moves the terminal's cursor or colours its text.
+"""
 from __future__ import annotations
 
 import textwrap
@@ -6,6 +11,7 @@ from itertools import groupby
 
 from tracker.profiles import Profile
 from tracker.rules import Catalogue
+from tracker.safe_text import visible_all
 
 HEADLINES = {
     "ok": "checkpointable",
@@ -17,6 +23,7 @@ WIDTH = 100
 
 
 def verdict_text(document: dict) -> str:
+    document = visible_all(document)
     root = f"pid {document['pid']} ({document['comm']})"
     count = len(document["processes"])
     scope = (f", tree of {count} process{'es' if count != 1 else ''}" if document["tree"]
@@ -40,6 +47,7 @@ def verdict_text(document: dict) -> str:
 
 
 def reason_lines(reason: dict, indent: str) -> list[str]:
+    reason = visible_all(reason)
     label = f"{reason['severity']:<8}"
     body = textwrap.wrap(f"{reason['message']}  [{reason['code']}]", WIDTH - len(indent) - 9)
     lines = [f"{indent}{label} {body[0]}"] + [f"{indent}{'':8} {part}" for part in body[1:]]
@@ -75,6 +83,7 @@ def rules_text(catalogue: Catalogue, profile: Profile) -> str:
 
 def gate_text(document: dict) -> str:
     """A gate document for people: how it froze, the verdict, the drift, CRIU's outcome."""
+    document = visible_all(document)
     freeze = document["freeze"]
     if freeze["method"] is None:
         held = f"could not be frozen ({freeze['error']})"

@@ -10,7 +10,6 @@ process that was ever non-checkpointable, why, when and for how long.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from api.run_recorder import Members, Recorder, become_subreaper
 from api.run_report import document, junit, text
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
+from tracker.safe_text import json_text
 from tracker.verdict import utc_now
 
 EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 127
@@ -40,6 +40,12 @@ def run_run(args, chosen: Profile) -> int:
     if _executable(command[0]) is None:
         print(f"crwatch: {command[0]}: command not found", file=sys.stderr)
         return EXIT_NOT_FOUND
+    unwritable = [problem for path in (args.json, args.junit) if path
+                  and (problem := _unwritable(path))]
+    if unwritable:  # said before the command runs, not after a long run
+        for problem in unwritable:
+            print(f"crwatch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     mode = "marker" if (args.at_signal or args.at_file) else "at-end" if args.at_end \
         else "transient"
 
@@ -103,11 +109,40 @@ def run_run(args, chosen: Profile) -> int:
     report["exit_code"] = status if status != 0 else \
         (EXIT_OK if report["checkpointable"] else EXIT_NOT_CHECKPOINTABLE)
     print(text(report), file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if args.junit:
-        Path(args.junit).write_bytes(junit(report))
-    return report["exit_code"]
+    written = all([_write(args.json, (json_text(report, indent=2) + "\n").encode(), "report"),
+                   _write(args.junit, junit(report), "JUnit report")])
+    return report["exit_code"] if written or report["exit_code"] else EXIT_USAGE
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a report could not be written at `path` (None: it can, as far as access(2) knows)."""
+    target = Path(path)
+    if target.is_dir():
+        return f"cannot write a report to {path}: it is a directory"
+    if target.exists():
+        where, needed = target, os.W_OK
+    elif target.parent.is_dir():
+        where, needed = target.parent, os.W_OK | os.X_OK
+    else:
+        return f"cannot write a report to {path}: no directory {target.parent}"
+    if not os.access(where, needed):  # also refused: a read-only file system, an immutable file
+        return f"cannot write a report to {path}: {where} is not writable"
+    return None
+
+
+def _write(path: str | None, content: bytes, what: str) -> bool:
+    """Write a report file; when that fails after all, say why and print it on stdout instead."""
+    if not path:
+        return True
+    try:
+        Path(path).write_bytes(content)
+        return True
+    except OSError as error:
+        print(f"crwatch: cannot write the {what} to {path}: {error.strerror}; it follows on "
+              f"stdout", file=sys.stderr)
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return False
 
 
 def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:

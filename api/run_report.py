@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from api.render import WIDTH, reason_lines
 from api.run_recorder import Member
 from tracker import verdict
+from tracker.safe_text import visible_all
 
 SCHEMA = "crwatch.run/1"
 MODES = {"transient": "every moment of the run", "at-end": "what still runs at the end",
@@ -65,6 +66,7 @@ def document(*, command: list[str], mode: str, judged_by, allow: list[str], sour
 
 
 def text(report: dict) -> str:
+    report = visible_all(report)
     command = " ".join(" ".join(report["command"]).split())
     command = command if len(command) <= 80 else command[:77] + "..."
     lines = [f"crwatch run: `{command}` exited with status {report['command_status']}; "
@@ -103,7 +105,9 @@ def text(report: dict) -> str:
 
 
 def junit(report: dict) -> bytes:
-    """One test case per process the run has something to say about."""
+    """One test case per process the run has something to say about. Its strings are made
+    visible first: XML 1.0 has no way to write most control characters, even escaped."""
+    report = visible_all(report)
     suite = ET.Element("testsuite", name="crwatch run", tests=str(len(report["processes"])),
                        failures=str(sum(p["failed"] for p in report["processes"])),
                        errors=str(len(report["problems"])), timestamp=report["started_at"])

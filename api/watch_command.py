@@ -7,7 +7,6 @@ reads stdout goes away (`crwatch watch | head -3`), even when no event comes.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -15,6 +14,7 @@ import sys
 import threading
 
 from tracker.profiles import Profile
+from tracker.safe_text import json_text
 
 EXIT_OK, EXIT_PROBES_FAILED, EXIT_USAGE = 0, 1, 2
 READER_CHECK_MS = 500
@@ -37,7 +37,7 @@ def run_watch(args, chosen: Profile) -> int:
         if done.is_set():
             return
         try:
-            sys.stdout.write(json.dumps(notice.to_json()) + "\n")
+            sys.stdout.write(json_text(notice.to_json()) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             closed.set()

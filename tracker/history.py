@@ -6,6 +6,8 @@ that commits them in batches (a storm of events costs one transaction per
 FLUSH_SECONDS, not one per event); reads use their own connections. Rows are
 keyed by identity (pid, start time), so a recycled pid never inherits a
 history, and a process's history outlives it until the retention drops it.
+Names are kept without loss (tracker.safe_text: a name that is not UTF-8 as
+its bytes; the JSON columns escape it as json.dumps does).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Iterable
+
+from tracker.safe_text import from_column, to_column
 
 SCHEMA = "crwatch.history/1"
 FLUSH_SECONDS = 0.05
@@ -88,7 +92,7 @@ class History:
     def record_transition(self, transition) -> None:
         """From the tracker's applier thread: never blocks (a full queue is counted)."""
         self._offer(("transition", (
-            transition.pid, transition.start_time, transition.comm, transition.tid,
+            transition.pid, transition.start_time, to_column(transition.comm), transition.tid,
             transition.state, json.dumps(transition.reasons), int(transition.exited),
             transition.ts, time.time())))
 
@@ -101,7 +105,8 @@ class History:
             return
         self._last_verdicts[key] = value
         self._offer(("verdict", (
-            document["pid"], document["start_time"], document["comm"], document["profile"],
+            document["pid"], document["start_time"], to_column(document["comm"]),
+            document["profile"],
             int(document["tree"]), document["verdict"], json.dumps(document["required_options"]),
             json.dumps(document["reasons"]), document["checked_at"], time.time())))
 
@@ -192,10 +197,11 @@ class History:
             verdicts = reader.execute(
                 "SELECT comm, profile, tree, verdict, required_options, reasons, ts, recorded "
                 "FROM verdicts WHERE pid = ? AND start_time = ?", (pid, start_time)).fetchall()
-        found = [(recorded, {"kind": "transition", "comm": comm, "tid": tid, "state": state,
+        found = [(recorded, {"kind": "transition", "comm": from_column(comm), "tid": tid,
+                             "state": state,
                              "reasons": json.loads(reasons), "exited": bool(exited), "ts": ts})
                  for comm, tid, state, reasons, exited, ts, recorded in transitions]
-        found += [(recorded, {"kind": "verdict", "comm": comm, "profile": profile,
+        found += [(recorded, {"kind": "verdict", "comm": from_column(comm), "profile": profile,
                               "tree": bool(tree), "verdict": verdict_,
                               "required_options": json.loads(options),
                               "reasons": json.loads(reasons), "ts": ts})

@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse
-
 from api.auth import redact
 from api.models import (FdReport, Gate, GateRequestBody, History, Problem, ProcessDetail,
                         ProcessList, Verdict)
+from api.safe_json import SafeJSONResponse
 
 router = APIRouter(prefix="/processes", tags=["processes"])
 
@@ -51,7 +50,7 @@ def processes(
         profile_name=profile))
     # Built by the service in the model's shape: returned as it is, without the
     # per-field validation that would cost more than the listing itself.
-    return JSONResponse(listed)
+    return SafeJSONResponse(listed)
 
 
 @router.get("/{pid}", response_model=ProcessDetail, response_model_by_alias=True,
