@@ -115,18 +115,18 @@ def run_run(args, chosen: Profile) -> int:
 
 
 def _unwritable(path: str) -> str | None:
-    """Why a report could not be written at `path` (None: it can, as far as access(2) knows)."""
-    target = Path(path)
-    if target.is_dir():
-        return f"cannot write a report to {path}: it is a directory"
-    if target.exists():
-        where, needed = target, os.W_OK
-    elif target.parent.is_dir():
-        where, needed = target.parent, os.W_OK | os.X_OK
-    else:
-        return f"cannot write a report to {path}: no directory {target.parent}"
-    if not os.access(where, needed):  # also refused: a read-only file system, an immutable file
-        return f"cannot write a report to {path}: {where} is not writable"
+    """Why a report cannot be written at `path` (None: it can), found by opening it the way
+    the report will be written, without changing it: a file made only for this goes again."""
+    existed = os.path.lexists(path)
+    try:
+        # O_NONBLOCK: a FIFO nobody reads is refused (ENXIO) instead of blocking
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o644)
+    except OSError as error:
+        return f"cannot write a report to {path}: {error.strerror}"
+    os.close(fd)
+    if not existed:
+        os.unlink(path)
     return None
 
 
