@@ -19,7 +19,7 @@ from tracker.criu import criu_at
 from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
-from tracker.safe_text import json_text
+from tracker.safe_text import json_text, visible
 
 EXIT_PASSED, EXIT_REFUSED, EXIT_USAGE, EXIT_DUMP_FAILED = 0, 1, 2, 3
 SERVICE_TIMEOUT_S = 120  # a gate with a dump of a large tree takes a while
@@ -61,7 +61,7 @@ def run_gate(args, chosen: Profile) -> int:
               f"whole processes: gate {thread.tgid}", file=sys.stderr)
         return EXIT_USAGE
     except (GateError, ServiceUnreachable) as error:
-        print(f"crwatch: {error}", file=sys.stderr)
+        print(f"crwatch: {visible(str(error))}", file=sys.stderr)  # may name a directory
         return EXIT_USAGE
     if args.json:
         print(json_text(document, indent=2))

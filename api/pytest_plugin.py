@@ -75,6 +75,7 @@ class CheckpointWatch:
 
     def _failures(self, before: dict, allowed: list[str]) -> list[str]:
         from tracker import verdict
+        from tracker.safe_text import visible
 
         parsed = verdict.parse_allow(allowed)
         lines = []
@@ -91,7 +92,7 @@ class CheckpointWatch:
                              f"`{' '.join(member.cmdline)[:80]}`, from {episode.since} {span}:")
                 lines += [f"    {r['severity']}: {r['message']} [{r['code']}]; fix: {r['remedy']}"
                           for r in blocking]
-        return lines
+        return [visible(line) for line in lines]  # names and paths never move the terminal
 
     def pytest_unconfigure(self, config) -> None:
         self.feed.close()
