@@ -15,6 +15,7 @@ from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 from tracker.profiles import profile
 from tracker.rules import Finding
+from tracker.safe_text import visible
 from tracker.verdict import judge
 
 PID = 100
@@ -121,6 +122,18 @@ def test_unix_reply_decodes_name_peer_pending_connections_and_queues():
         diag.UNIX_DIAG_PEER, struct.pack("=I", 4244)) + attribute(diag.UNIX_DIAG_NAME, b"/run/x.sock")
     decoded = diag.decode_unix(connected)
     assert (decoded.peer, decoded.name, decoded.icons) == (4244, "/run/x.sock", ())
+
+
+def test_unix_names_keep_their_bytes_and_a_path_ends_at_its_nul():
+    def name_of(raw: bytes) -> str:
+        return diag.decode_unix(struct.pack("=BBBxIII", socket.AF_UNIX, 1, 10, 7, 0, 0)
+                                + attribute(diag.UNIX_DIAG_NAME, raw)).name
+
+    # a binder that counts the terminating NUL in the address: CRIU reads the C string
+    assert name_of(b"/run/s\xff\x1b.sock\0") == "/run/s\udcff\x1b.sock"
+    # an abstract name is bytes to its length, NULs included, kept as they are
+    assert name_of(b"\0abs\xff\0x") == "@abs\udcff\0x"
+    assert visible(name_of(b"\0abs\xff\0x")) == "@abs\\xff\\x00x"
 
 
 def test_netlink_reply_decodes_groups_and_unread_bytes():

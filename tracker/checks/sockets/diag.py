@@ -141,8 +141,9 @@ def decode_unix(body: bytes) -> UnixSocket:
 
 
 def _unix_name(raw: bytes) -> str:
+    # Decoded as procfs decodes /proc (lossless); tracker.safe_text decides how it is shown.
     if raw.startswith(b"\0"):
-        return "@" + raw[1:].decode(errors="backslashreplace")
+        return "@" + raw[1:].decode(errors="surrogateescape")
     # A path name is a C string: binders may count its terminating NUL in the address.
     return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
