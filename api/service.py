@@ -21,6 +21,7 @@ from tracker.history import History
 from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
+from tracker.safe_text import unicode_text
 from tracker.tracker import Tracker
 from tracker.tree_rows import NON_NESTABLE, Member, tree_verdicts
 
@@ -234,8 +235,9 @@ class Service:
             tree = trees[row["pid"]]
             if ((verdict_is is not None and judged[0] != verdict_is)
                     or (tree_verdict_is is not None and tree.verdict != tree_verdict_is)
-                    or (comm is not None and comm not in row["comm"])
-                    or (cgroup is not None and cgroup not in row["cgroup"])):
+                    # matched as JSON shows them (bytes that are not UTF-8 as the text \xNN)
+                    or (comm is not None and comm not in unicode_text(row["comm"]))
+                    or (cgroup is not None and cgroup not in unicode_text(row["cgroup"]))):
                 continue
             tracked = states.get(row["pid"])
             page.append({"pid": row["pid"], "ppid": row["ppid"], "start_time": row["start_time"],

@@ -82,6 +82,7 @@ def test_sqlite_keeps_a_name_without_loss_whatever_its_bytes():
                   connection.execute("SELECT comm FROM t ORDER BY id")]
     assert stored == names
     assert isinstance(to_column("plain"), str) and isinstance(to_column(HOSTILE), bytes)
+    assert to_column("lone \ud800") == "lone \\ud800"  # no byte made it: kept as its text
 
 
 def test_an_xml_document_of_visible_text_parses():

@@ -105,7 +105,10 @@ def to_column(text: str) -> str | bytes:
     """A string as SQLite keeps it without loss: text when it is UTF-8, else its bytes."""
     if text.isascii() or not _SURROGATE.search(text):
         return text
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte made (from JSON input, not from /proc)
+        return unicode_text(text)
 
 
 def from_column(value: str | bytes) -> str:
