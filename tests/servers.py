@@ -35,10 +35,13 @@ class Server:
             try:
                 self.get("/healthz")
                 return
-            except (ConnectionError, urllib.error.URLError):
+            except (ConnectionError, TimeoutError, urllib.error.URLError):
                 if self.process.poll() is not None:
                     pytest.fail(f"crwatch serve exited: {self.process.communicate()[1].decode()}")
-                assert time.monotonic() < deadline, "crwatch serve did not start"
+                if time.monotonic() > deadline:
+                    self.process.kill()  # not left behind to load the machine
+                    self.process.wait()
+                    pytest.fail("crwatch serve did not start")
                 time.sleep(0.05)
 
     def get(self, path: str) -> tuple[int, dict]:
