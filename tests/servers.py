@@ -58,7 +58,12 @@ class Server:
 
     def stop(self) -> str:
         self.process.terminate()
-        _, stderr = self.process.communicate(timeout=30)
+        try:
+            _, stderr = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # not left behind to load the machine
+            _, stderr = self.process.communicate()
+            pytest.fail(f"crwatch serve did not stop on SIGTERM: {stderr.decode()[-2000:]}")
         return stderr.decode()
 
     def post(self, path: str, body: dict | None = None, token: str | None = None,
