@@ -122,6 +122,19 @@ def test_check_json_is_ascii_and_carries_the_bytes_as_text(base):
     assert path_json in lock["message"]
 
 
+def test_gate_freezes_and_judges_it_and_shows_the_name_visibly(base):
+    subject = hostile(base, "gate")
+    try:
+        text = crwatch("gate", "--local", str(subject.pid))
+        document = crwatch("gate", "--local", "--json", str(subject.pid))
+    finally:
+        subject.stop()
+    output = text.stdout.decode("utf-8")
+    assert text.returncode == 1 and "\x1b" not in output, text.stderr  # refused, not crashed
+    assert f"pid {subject.pid} ({NAME_SHOWN}), tree of 1 process" in output
+    assert json.loads(document.stdout)["verdict"]["comm"] == NAME_JSON
+
+
 # ---------------------------------------------------------------- crwatch watch
 
 def test_watch_prints_the_name_and_path_as_json_text(base):

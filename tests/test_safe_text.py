@@ -24,7 +24,7 @@ def test_visible_shows_control_characters_and_bytes_that_are_not_utf8_as_escapes
 
 
 def test_visible_keeps_printable_text_as_it_is_and_is_idempotent():
-    for text in ("python3", "/tmp/dir with spaces/é ü 日本 💀", "dev-disk-by\\x2duuid.mount", ""):
+    for text in ("python3", "/tmp/dir with spaces/é ü 日本 💀", "by\\x2duuid.mount", ""):
         assert visible(text) == text
     assert visible(visible(HOSTILE)) == visible(HOSTILE)
 

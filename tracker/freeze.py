@@ -60,7 +60,7 @@ class Frozen:
 def cgroup2_mount(proc_root: Path = DEFAULT_PROC_ROOT) -> Path | None:
     """Where the unified (v2) hierarchy is mounted: /sys/fs/cgroup, or .../unified when hybrid."""
     try:
-        lines = (proc_root / "self" / "mountinfo").read_text().splitlines()
+        lines = (proc_root / "self" / "mountinfo").read_text(errors="surrogateescape").splitlines()
     except OSError:
         return None
     for line in lines:
@@ -73,7 +73,7 @@ def cgroup2_mount(proc_root: Path = DEFAULT_PROC_ROOT) -> Path | None:
 def cgroup_of(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> str | None:
     """The v2 cgroup path of a process ("0::/path" in /proc/PID/cgroup)."""
     try:
-        text = (proc_root / str(pid) / "cgroup").read_text()
+        text = (proc_root / str(pid) / "cgroup").read_text(errors="surrogateescape")
     except OSError:
         return None
     return next((line[3:] for line in text.splitlines() if line.startswith("0::")), None)

@@ -52,7 +52,8 @@ def _ids(path: str) -> list[int]:
 
 def _state(tid: int) -> str:
     try:
-        with open(f"/proc/{tid}/stat") as stat:
+        # the name in it may be any bytes (prctl PR_SET_NAME): decoded as procfs decodes
+        with open(f"/proc/{tid}/stat", errors="surrogateescape") as stat:
             return stat.read().rpartition(")")[2].split()[0]
     except (OSError, IndexError):
         return "X"
@@ -164,7 +165,8 @@ class PtraceHold:
 
 def _seize_refusal(tid: int, error: OSError) -> str:
     try:
-        with open(f"/proc/{tid}/status") as status:
+        # its Name: line may be any bytes
+        with open(f"/proc/{tid}/status", errors="surrogateescape") as status:
             tracer = next((line.split()[1] for line in status if line.startswith("TracerPid:")), "0")
     except OSError:
         tracer = "0"

@@ -297,7 +297,8 @@ def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
     own_root = "" if ctx.proc_root == DEFAULT_PROC_ROOT else f"{auditor}/root"
     found: dict[str, DumpedNamespace] = {}
     if shared:
-        found[own] = DumpedNamespace(Mounts.of_text((auditor / "mountinfo").read_text()), own_root)
+        mounts = (auditor / "mountinfo").read_text(errors="surrogateescape")  # paths: any bytes
+        found[own] = DumpedNamespace(Mounts.of_text(mounts), own_root)
     for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
         proc = ctx.proc(pid)
         try:
@@ -418,7 +419,8 @@ def _check_file_system(ctx: AuditContext, proc: Proc, mount: Mount,
 def _criu_mounts(ctx: AuditContext) -> Mounts:
     """CRIU's own mount table, where --ext-mount-map auto looks for what a mount shows."""
     return ctx.table("files.criu_mounts",
-                     lambda: Mounts.of_text((ctx.proc_root / "self" / "mountinfo").read_text()))
+                     lambda: Mounts.of_text((ctx.proc_root / "self" / "mountinfo")
+                                            .read_text(errors="surrogateescape")))
 
 
 def _autodetected_external(ctx: AuditContext, mount: Mount) -> bool:
