@@ -98,3 +98,40 @@ def test_the_dashboard_judges_the_tree_rooted_at_each_process_when_asked(server,
         page.wait_for_selector(f'#not-checkpointable tr[data-pid="{root.pid}"]',
                                state="detached", timeout=WAIT_MS)
     assert errors == []
+
+
+# Opens /dev/kvm (so it is listed: blocked), then becomes uid 65534 and names itself with
+# markup, a colour escape and a byte that is not UTF-8; its command line holds markup too.
+HOSTILE = """
+kvm = os.open("/dev/kvm", os.O_RDONLY)
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"<script>\\x1b[31m\\xff"), 0, 0, 0)
+ready(); hold()
+# <img src=x onerror="window.pwned = 1"> \x1b[2J
+"""
+
+
+def test_a_hostile_name_is_shown_as_text_with_its_escapes_never_run(server, browser):
+    from tracker.safe_text import visible
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.wait_for_selector("#health.ok", timeout=WAIT_MS)
+    with subject(HOSTILE) as s:
+        row = page.locator(f'#not-checkpointable tr[data-pid="{s.pid}"]')
+        row.wait_for(timeout=WAIT_MS)
+        assert row.locator("td").nth(1).inner_text(timeout=WAIT_MS) == "<script>\\x1b[31m\\xff"
+        row.click(timeout=WAIT_MS)
+        page.wait_for_selector(f'#detail[data-pid="{s.pid}"]', timeout=WAIT_MS)
+        title = page.inner_text("#detail-title")
+        assert title.startswith(f"<script>\\x1b[31m\\xff (pid {s.pid})")
+        assert '<img src=x onerror="window.pwned = 1"> \\x1b[2J' in title
+        assert page.locator("#detail-title img, #not-checkpointable script").count() == 0
+    assert page.evaluate("window.pwned") is None and errors == []
+    # The page's `shown` mirrors tracker.safe_text.visible for what JSON can carry.
+    samples = ["plain", "a\tb\nc\rd", "".join(map(chr, range(0x20))) + "\x7f\x80\x9b\x9f\xa0",
+               "\u061c\u200d\u200e\u200f\u2028\u2029\u202a\u202e\u2066\u2069\ufffd\ufffe\uffff",
+               "\\xff is text", "日本 💀"]
+    assert page.evaluate("(samples) => samples.map(shown)", samples) == list(map(visible, samples))
