@@ -185,7 +185,8 @@ class Service:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie
             raise PermissionError(str(error)) from None
-        if any(finding.code == "audit.exited" for finding in result.findings):
+        if any(finding.code == "audit.exited" and finding.pid == pid
+               for finding in result.findings):
             raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
         return result
 

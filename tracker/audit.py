@@ -34,6 +34,9 @@ class Audit:
     tree: bool
     processes: list[ProcessIdentity] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # Descendants that exited (or whose pid was reused) while the tree was read: no
+    # part of it any more, so no checkpoint takes them and their findings are dropped.
+    departed: list[int] = field(default_factory=list)
 
 
 class ThreadId(LookupError):
@@ -109,7 +112,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
             ctx.tree_fds[member] = proc.fds()
             procs.append(proc)
         except ProcessGone:
-            result.findings.append(general.exited(member))
+            _gone(result, member)
         except AccessDenied as denied:
             result.findings.append(general.unreadable(member, denied.what, denied.reason))
 
@@ -119,11 +122,21 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
 
     # Identity is confirmed once, at the end: a pid that died or was reused
     # while we read it makes everything read about it worthless.
-    for identity in result.processes:
+    for identity in list(result.processes):
         if not _same_process(identity, proc_root):
             result.findings = [f for f in result.findings if f.pid != identity.pid]
-            result.findings.append(general.exited(identity.pid))
+            _gone(result, identity.pid)
     return result
+
+
+def _gone(result: Audit, pid: int) -> None:
+    """pid exited during the audit. The root's exit ends the tree (audit.exited); a
+    descendant's only takes it out of the tree, as a dump begun now would not meet it."""
+    if pid == result.root.pid:
+        result.findings.append(general.exited(pid))
+        return
+    result.processes = [identity for identity in result.processes if identity.pid != pid]
+    result.departed.append(pid)
 
 
 def _check_one(ctx: AuditContext, proc: Proc) -> list[Finding]:
