@@ -140,20 +140,37 @@ def _gone(result: Audit, pid: int) -> None:
 
 
 def _check_one(ctx: AuditContext, proc: Proc) -> list[Finding]:
-    findings: list[Finding] = []
+    """The process's findings. A ProcessGone while the process itself lives on (it just
+    became a zombie or exec'd, or a descendant's fd that a tree-wide check read went
+    away) reads it once more, afresh; a second one says it exited."""
     try:
-        for open_fd in ctx.tree_fds[proc.pid]:
-            try:
-                findings.extend(checks.check_fd(ctx, proc, open_fd))
-            except ProcessGone:
-                # The fd closed while we looked at it; the process's own
-                # survival is checked at the end.
-                continue
-        findings.extend(checks.check_process(ctx, proc))
+        return _findings_of(ctx, proc)
     except ProcessGone:
-        findings.append(general.exited(proc.pid))
+        pass
     except AccessDenied as denied:
-        findings.append(general.unreadable(proc.pid, denied.what, denied.reason))
+        return [general.unreadable(proc.pid, denied.what, denied.reason)]
+    again = Proc(proc.pid, ctx.proc_root)
+    try:
+        if again.stat.start_time != proc.stat.start_time:
+            return [general.exited(proc.pid)]
+        ctx.tree_fds[proc.pid] = again.fds()
+        return _findings_of(ctx, again)
+    except ProcessGone:
+        return [general.exited(proc.pid)]
+    except AccessDenied as denied:
+        return [general.unreadable(proc.pid, denied.what, denied.reason)]
+
+
+def _findings_of(ctx: AuditContext, proc: Proc) -> list[Finding]:
+    findings: list[Finding] = []
+    for open_fd in ctx.tree_fds[proc.pid]:
+        try:
+            findings.extend(checks.check_fd(ctx, proc, open_fd))
+        except ProcessGone:
+            # The fd closed while we looked at it; the process's own
+            # survival is checked at the end.
+            continue
+    findings.extend(checks.check_process(ctx, proc))
     return findings
 
 
