@@ -1,13 +1,17 @@
 """Sharing without a cost per peer: 2,000 real children of one parent share a pipe and a
-unix socket pair. Messages name a few holders and count the rest.
+unix socket pair. Messages name a few holders and count the rest; a pass of audits
+shares one index of holders, walked again only when it is older than an fd it meets.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from bench.sharing_bench import SHARING_CHILDREN
 from tests.subjects import subject
 from tracker.audit import audit
+from tracker.holders import HostHolders
 from tracker.rules import id_list, pid_list
 
 CHILDREN = 2_000
@@ -43,3 +47,24 @@ def test_a_socket_peer_held_by_thousands_names_three_and_counts_the_rest(sharing
     (sock,) = [f for f in audit(parent).findings if f.code == "socket.unix.external_stream"]
     assert sock.message.endswith(f"held by pids {children[0]}, {children[1]}, {children[2]} "
                                  f"and 1,997 more outside the tree")
+
+
+def test_a_pass_of_audits_walks_proc_once_and_again_for_an_fd_newer_than_its_walk(sharing):
+    parent, children = sharing
+    holders = HostHolders(max_age=60)
+    for child in children[:20]:
+        assert [f.message for f in audit(child, holders=holders).findings] == \
+            [f.message for f in audit(child).findings]
+    assert holders.walks == 1
+    # A pipe made after the walk, its other end outside the holder's tree (with this test):
+    # the index that does not show the holder's own end is walked again.
+    read_end, write_end = os.pipe()
+    try:
+        with subject("ready(); hold()", pass_fds=(write_end,)) as late:
+            found = audit(late.pid, holders=holders).findings
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert holders.walks == 2
+    assert [f.message.endswith(f"is shared with pid {os.getpid()} outside the dumped tree")
+            for f in found if f.code == "file.pipe.external"] == [True]

@@ -14,6 +14,7 @@ from tracker import checks
 from tracker.checks import general
 from tracker.context import AuditContext, Hold
 from tracker.environment import Environment
+from tracker.holders import HostHolders
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 
@@ -84,16 +85,18 @@ def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
 
 
 def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
-          hold: Hold | None = None, environment: Environment | None = None) -> Audit:
+          hold: Hold | None = None, environment: Environment | None = None,
+          holders: HostHolders | None = None) -> Audit:
     """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
 
     `hold` is the gate's ptrace hold, when the tree is frozen with ptrace; `environment`
-    the dumper's, when it is not the one of the CRIU find_criu() finds.
+    the dumper's, when it is not the one of the CRIU find_criu() finds; `holders` the
+    index of who holds which pipe and socket, when a pass of audits shares one.
     """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
     ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold,
-                       dumper_environment=environment)
+                       dumper_environment=environment, shared_holders=holders)
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []

@@ -802,7 +802,7 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
     # process of the host that names the outside holders.
     if {end & os.O_ACCMODE for end in ends.values()} >= {os.O_RDONLY, os.O_WRONLY}:
         return
-    outside = ctx.holders_outside(open_fd.target)
+    outside = ctx.holders_outside(open_fd.target, witness=(proc.pid, open_fd.target))
     seen = ctx.table("files.external_pipes_seen", set)
     if outside and open_fd.target not in seen:
         seen.add(open_fd.target)
