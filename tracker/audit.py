@@ -7,6 +7,7 @@ dumper stops at the first.
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,14 +74,16 @@ def _thread_group_leader(proc: Proc) -> int | None:
 
 def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
     """pid and every descendant, parents before children."""
-    order, queue = [], [pid]
+    order, queue, seen = [], deque([pid]), {pid}
     while queue:
-        current = queue.pop(0)
+        current = queue.popleft()
         order.append(current)
         try:
-            queue.extend(kid for kid in Proc(current, proc_root).children() if kid not in order)
+            kids = [kid for kid in Proc(current, proc_root).children() if kid not in seen]
         except (ProcessGone, AccessDenied):
             continue
+        seen.update(kids)   # a set: a parent of 2,000 children costs no 2,000 x 2,000 scan
+        queue.extend(kids)
     return order
 
 
