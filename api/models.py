@@ -97,6 +97,8 @@ class Verdict(BaseModel):
     criu_version: str
     tree: bool
     processes: list[ProcessRef]
+    departed: list[int] = Field([], description="descendants that exited while the tree was "
+                                                "read: no longer part of it, not judged")
     verdict: Literal["ok", "needs_options", "blocked", "unknown"]
     checkpointable: bool
     required_options: list[str]

@@ -28,6 +28,8 @@ def verdict_text(document: dict) -> str:
     count = len(document["processes"])
     scope = (f", tree of {count} process{'es' if count != 1 else ''}" if document["tree"]
              else ", its own findings only (not its descendants')")
+    if document.get("departed"):
+        scope += f" ({len(document['departed'])} more exited while it was read)"
     headline = HEADLINES[document["verdict"]]
     options = " ".join(document["required_options"])
     if options and document["verdict"] == "needs_options":

@@ -18,6 +18,7 @@ from tracker import live_verdict, verdict
 from tracker.audit import Audit, ThreadId, audit, identify
 from tracker.history import SCHEMA as HISTORY_SCHEMA
 from tracker.history import History
+from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
@@ -177,22 +178,25 @@ class Service:
             return self.profile
         return profile(name, self.profile.criu_version)
 
-    def _audit(self, pid: int, tree: bool) -> Audit:
+    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None) -> Audit:
         try:
             identify(pid)
             with self.metrics.audit_seconds.time():
-                result = audit(pid, tree=tree)
+                result = audit(pid, tree=tree, holders=holders)
         except ProcessGone:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie
             raise PermissionError(str(error)) from None
-        if any(finding.code == "audit.exited" for finding in result.findings):
+        if any(finding.code == "audit.exited" and finding.pid == pid
+               for finding in result.findings):
             raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
         return result
 
-    def _reusable_audit(self, pid: int) -> tuple[Audit, bool]:
+    def _reusable_audit(self, pid: int, holders: HostHolders | None = None
+                        ) -> tuple[Audit, bool]:
         """The last audit of this process if no probe event came for it since (and it is
-        recent), else a fresh one. Without probes nothing is reused."""
+        recent), else a fresh one (with the pass's `holders` index, if any). Without
+        probes nothing is reused."""
         table = self._live_table()
         kept = self._kept.get(pid)
         if (table is not None and kept is not None
@@ -205,7 +209,7 @@ class Service:
                 self._kept.pop(pid, None)
                 raise NoSuchProcess(pid) from None
         sequence, began = (table.sequence if table else 0), time.monotonic()
-        result = self._audit(pid, tree=False)
+        result = self._audit(pid, tree=False, holders=holders)
         if table is not None:
             self._kept[pid] = _Kept(result.root.start_time, sequence, began, result)
         return result, False
@@ -259,10 +263,11 @@ class Service:
                           namespaces=row["namespaces"]) for row in rows]
         return tree_verdicts(members, self.dumper_namespaces)
 
-    def row(self, pid: int) -> dict | None:
-        """One row of the process list, audited now (None: gone, unreadable, a kernel thread)."""
+    def row(self, pid: int, holders: HostHolders | None = None) -> dict | None:
+        """One row of the process list, audited now (None: gone, unreadable, a kernel thread);
+        `holders`: the index of who holds which pipe and socket that the pass shares."""
         try:
-            result, _ = self._reusable_audit(pid)
+            result, _ = self._reusable_audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
             return None
         if any(finding.code == "task.kernel_thread" for finding in result.findings):
@@ -376,13 +381,15 @@ class ProcessRows:
                 if row["ppid"] not in alive and row["ppid"] != 0:
                     self._rows[pid] = {**row, "ppid": _parent(row)}
             current = dict(self._rows)
+        # One index of pipe and socket holders for the pass, not a walk of /proc per row.
+        holders = HostHolders(max_age=PASS_MAX_AGE_SECONDS)
         for pid in sorted(alive):
             if self._stopping.is_set():
                 return
             row = current.get(pid)
             if row is not None and not service.stale(row):
                 continue
-            fresh = service.row(pid)
+            fresh = service.row(pid, holders)
             with self._lock:
                 if fresh is None:
                     self._rows.pop(pid, None)

@@ -6,11 +6,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import audit_bench, fuzz_criu, gate_bench, service_bench, tracker_bench  # noqa: E402
+from bench import (audit_bench, fuzz_criu, gate_bench, service_bench, sharing_bench,  # noqa: E402
+                   tracker_bench)
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)
     audit_bench.main()
+    print("== sharing ==", flush=True)
+    sharing_bench.main()
     print("== tracker ==", flush=True)
     tracker_bench.main()
     print("== service ==", flush=True)

@@ -7,6 +7,7 @@ dumper stops at the first.
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tracker import checks
 from tracker.checks import general
 from tracker.context import AuditContext, Hold
 from tracker.environment import Environment
+from tracker.holders import HostHolders
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 
@@ -34,6 +36,9 @@ class Audit:
     tree: bool
     processes: list[ProcessIdentity] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # Descendants that exited (or whose pid was reused) while the tree was read: no
+    # part of it any more, so no checkpoint takes them and their findings are dropped.
+    departed: list[int] = field(default_factory=list)
 
 
 class ThreadId(LookupError):
@@ -69,28 +74,32 @@ def _thread_group_leader(proc: Proc) -> int | None:
 
 def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
     """pid and every descendant, parents before children."""
-    order, queue = [], [pid]
+    order, queue, seen = [], deque([pid]), {pid}
     while queue:
-        current = queue.pop(0)
+        current = queue.popleft()
         order.append(current)
         try:
-            queue.extend(kid for kid in Proc(current, proc_root).children() if kid not in order)
+            kids = [kid for kid in Proc(current, proc_root).children() if kid not in seen]
         except (ProcessGone, AccessDenied):
             continue
+        seen.update(kids)   # a set: a parent of 2,000 children costs no 2,000 x 2,000 scan
+        queue.extend(kids)
     return order
 
 
 def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
-          hold: Hold | None = None, environment: Environment | None = None) -> Audit:
+          hold: Hold | None = None, environment: Environment | None = None,
+          holders: HostHolders | None = None) -> Audit:
     """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
 
     `hold` is the gate's ptrace hold, when the tree is frozen with ptrace; `environment`
-    the dumper's, when it is not the one of the CRIU find_criu() finds.
+    the dumper's, when it is not the one of the CRIU find_criu() finds; `holders` the
+    index of who holds which pipe and socket, when a pass of audits shares one.
     """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
     ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold,
-                       dumper_environment=environment)
+                       dumper_environment=environment, shared_holders=holders)
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []
@@ -109,7 +118,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
             ctx.tree_fds[member] = proc.fds()
             procs.append(proc)
         except ProcessGone:
-            result.findings.append(general.exited(member))
+            _gone(result, member)
         except AccessDenied as denied:
             result.findings.append(general.unreadable(member, denied.what, denied.reason))
 
@@ -119,28 +128,55 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
 
     # Identity is confirmed once, at the end: a pid that died or was reused
     # while we read it makes everything read about it worthless.
-    for identity in result.processes:
+    for identity in list(result.processes):
         if not _same_process(identity, proc_root):
             result.findings = [f for f in result.findings if f.pid != identity.pid]
-            result.findings.append(general.exited(identity.pid))
+            _gone(result, identity.pid)
     return result
 
 
+def _gone(result: Audit, pid: int) -> None:
+    """pid exited during the audit. The root's exit ends the tree (audit.exited); a
+    descendant's only takes it out of the tree, as a dump begun now would not meet it."""
+    if pid == result.root.pid:
+        result.findings.append(general.exited(pid))
+        return
+    result.processes = [identity for identity in result.processes if identity.pid != pid]
+    result.departed.append(pid)
+
+
 def _check_one(ctx: AuditContext, proc: Proc) -> list[Finding]:
-    findings: list[Finding] = []
+    """The process's findings. A ProcessGone while the process itself lives on (it just
+    became a zombie or exec'd, or a descendant's fd that a tree-wide check read went
+    away) reads it once more, afresh; a second one says it exited."""
     try:
-        for open_fd in ctx.tree_fds[proc.pid]:
-            try:
-                findings.extend(checks.check_fd(ctx, proc, open_fd))
-            except ProcessGone:
-                # The fd closed while we looked at it; the process's own
-                # survival is checked at the end.
-                continue
-        findings.extend(checks.check_process(ctx, proc))
+        return _findings_of(ctx, proc)
     except ProcessGone:
-        findings.append(general.exited(proc.pid))
+        pass
     except AccessDenied as denied:
-        findings.append(general.unreadable(proc.pid, denied.what, denied.reason))
+        return [general.unreadable(proc.pid, denied.what, denied.reason)]
+    again = Proc(proc.pid, ctx.proc_root)
+    try:
+        if again.stat.start_time != proc.stat.start_time:
+            return [general.exited(proc.pid)]
+        ctx.tree_fds[proc.pid] = again.fds()
+        return _findings_of(ctx, again)
+    except ProcessGone:
+        return [general.exited(proc.pid)]
+    except AccessDenied as denied:
+        return [general.unreadable(proc.pid, denied.what, denied.reason)]
+
+
+def _findings_of(ctx: AuditContext, proc: Proc) -> list[Finding]:
+    findings: list[Finding] = []
+    for open_fd in ctx.tree_fds[proc.pid]:
+        try:
+            findings.extend(checks.check_fd(ctx, proc, open_fd))
+        except ProcessGone:
+            # The fd closed while we looked at it; the process's own
+            # survival is checked at the end.
+            continue
+    findings.extend(checks.check_process(ctx, proc))
     return findings
 
 

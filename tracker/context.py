@@ -6,13 +6,13 @@ pays for the socket tables.
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from tracker.environment import Environment, current
+from tracker.holders import HostHolders
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 
 
@@ -38,6 +38,7 @@ class AuditContext:
     _tables: dict = field(default_factory=dict)
     hold: Hold | None = None
     dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
+    shared_holders: HostHolders | None = None  # a pass's index of holders, shared by its audits
 
     @property
     def environment(self) -> Environment:
@@ -57,29 +58,15 @@ class AuditContext:
         return holders
 
     @cached_property
-    def host_holders(self) -> dict[str, set[int]]:
-        """Socket and pipe link text -> every pid on the host holding it (one walk of /proc)."""
-        holders: dict[str, set[int]] = defaultdict(set)
-        for name in os.listdir(self.proc_root):
-            if not name.isdigit():
-                continue
-            fd_dir = self.proc_root / name / "fd"
-            try:
-                fd_names = os.listdir(fd_dir)
-            except OSError:
-                continue
-            for fd_name in fd_names:
-                try:
-                    target = os.readlink(fd_dir / fd_name)
-                except OSError:
-                    continue
-                if target.endswith("]"):
-                    holders[target].add(int(name))
-        return holders
+    def host_holders(self) -> HostHolders:
+        """Who holds each pipe and socket on the host: the pass's index when the audit is
+        one of many (shared_holders), else one walk of /proc for this audit alone."""
+        return self.shared_holders or HostHolders(self.proc_root)
 
-    def holders_outside(self, target: str) -> set[int]:
-        """Processes outside the tree that hold the same open file."""
-        return self.host_holders.get(target, set()) - self.tree_pids
+    def holders_outside(self, target: str, witness: tuple[int, str] | None = None) -> set[int]:
+        """Processes outside the tree that hold the same open file; `witness`: a (pid,
+        link) of the tree, held now, that a shared index must show (HostHolders.of)."""
+        return self.host_holders.of(target, witness) - self.tree_pids
 
     def table(self, key, build):
         """A host-wide table built once per audit: `build()` runs on first use of `key`."""

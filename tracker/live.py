@@ -27,6 +27,7 @@ from probes.events import Event, Kind
 from tracker import live_reads as reads
 from tracker.checks import task
 from tracker.audit import Audit, ProcessIdentity, audit
+from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live_model import (CR, Counters, Entry, Mark, MarkKey, PiThread, Transition,
                                 boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns)
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Mapping, Proc, ProcessGone
@@ -168,8 +169,9 @@ class LiveTable:
         """Audit every process and mark what the probes would have marked."""
         with self._lock:
             batch = self._batch(time.monotonic_ns())
+            holders = self._pass_holders()
             for pid in self._pids():
-                self._audit_into(pid, batch)
+                self._audit_into(pid, batch, holders)
             return self._finish(batch)
 
     def skip_dup_and_close(self, dup: Event, close: Event) -> bool:
@@ -799,16 +801,21 @@ class LiveTable:
         self.counters.reaudits += 1
         for entry in self._entries.values():
             entry.stale = True
+        holders = self._pass_holders()
         for pid in self._pids():
-            self._audit_into(pid, batch)
+            self._audit_into(pid, batch, holders)
         for entry in [entry for entry in self._entries.values() if entry.stale]:
             self._remove(entry, batch)  # not audited: gone
 
-    def _audit_into(self, pid: int, batch: _Batch) -> None:
+    def _pass_holders(self) -> HostHolders:
+        """One index of pipe and socket holders for a pass that audits every process."""
+        return HostHolders(self.proc_root, max_age=PASS_MAX_AGE_SECONDS)
+
+    def _audit_into(self, pid: int, batch: _Batch, holders: HostHolders | None = None) -> None:
         """Replace the marks a /proc audit can see by what it sees now."""
         started = time.monotonic_ns()
         try:
-            result = audit(pid, proc_root=self.proc_root)
+            result = audit(pid, proc_root=self.proc_root, holders=holders)
         except (ProcessGone, AccessDenied):
             return
         if {finding.code for finding in result.findings} & {"audit.exited", "task.kernel_thread"}:

@@ -1,10 +1,11 @@
 """Reading one process out of /proc.
 
 All OS errors are turned into three exceptions at this one boundary (as
-psutil does): ProcessGone, AccessDenied, or the OSError itself for anything
-else. A single fd or task that vanishes mid-read is skipped; whether the
-process itself survived is confirmed once, at the end of an audit, by
-comparing its identity.
+psutil does): ProcessGone (the errors of a process gone or on its way out:
+ENOENT, ESRCH, and EINVAL from its mount tables), AccessDenied, or the OSError
+itself for anything else. A single fd or task that vanishes mid-read is
+skipped; whether the process itself survived is confirmed once, at the end of
+an audit, by comparing its identity.
 """
 from __future__ import annotations
 
@@ -43,8 +44,15 @@ class AccessDenied(Exception):
         self.pid, self.what, self.reason = pid, what, reason
 
 
+# The mount tables of a process whose (leading) task is exiting: it has given its
+# namespaces up, and the kernel answers EINVAL (fs/proc_namespace.c mounts_open_common).
+MOUNT_TABLES = frozenset({"mountinfo", "mounts", "mountstats"})
+
+
 def _translate(pid: int, what: str, error: OSError) -> Exception:
     if error.errno in (errno.ENOENT, errno.ESRCH):
+        return ProcessGone(pid)
+    if error.errno == errno.EINVAL and what.rpartition("/")[2] in MOUNT_TABLES:
         return ProcessGone(pid)
     if error.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(pid, what, os.strerror(error.errno))

@@ -56,6 +56,27 @@ class Finding:
     environment_fact: str | None = None  # the fact about the dumper that decided it
 
 
+# A message names this many ids of a larger set, then counts the rest; a set up to
+# IDS_IN_FULL long is named in full.
+IDS_NAMED, IDS_IN_FULL = 3, 5
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """`12, 14, 15` or, for a large set, `12, 14, 15 and 1,997 more` (sorted): a message
+    stays short when 2,000 processes share a file."""
+    ordered = sorted(set(ids))
+    if len(ordered) <= IDS_IN_FULL:
+        return ", ".join(map(str, ordered))
+    named = ", ".join(map(str, ordered[:IDS_NAMED]))
+    return f"{named} and {len(ordered) - IDS_NAMED:,} more"
+
+
+def pid_list(pids: Iterable[int]) -> str:
+    """`pid 12`, `pids 12, 14` or `pids 12, 14, 15 and 1,997 more`."""
+    ordered = set(pids)
+    return f"pid{'s' if len(ordered) != 1 else ''} {id_list(ordered)}"
+
+
 class Catalogue:
     def __init__(self, rules: Iterable[Rule] = ()):
         self._rules: dict[str, Rule] = {}

@@ -132,6 +132,7 @@ def document(audit: Audit, profile: Profile, allow: Iterable[str] = (),
         "tree": audit.tree,
         "processes": [{"pid": p.pid, "start_time": p.start_time, "comm": p.comm}
                       for p in audit.processes],
+        "departed": sorted(audit.departed),
         "verdict": verdict,
         "checkpointable": checkpointable(audit.findings, profile, allowed),
         "required_options": options,

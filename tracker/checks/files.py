@@ -41,7 +41,7 @@ from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
                             ProcessGone, link_too_long, mnt_id_of, mnt_id_via_fdinfo)
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, pid_list
 
 RULES = (
     Rule("file.deleted.ghost", "A deleted file that CRIU carries in the image", INFO,
@@ -804,17 +804,17 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
     # process of the host that names the outside holders.
     if {end & os.O_ACCMODE for end in ends.values()} >= {os.O_RDONLY, os.O_WRONLY}:
         return
-    outside = ctx.holders_outside(open_fd.target)
+    outside = ctx.holders_outside(open_fd.target, witness=(proc.pid, open_fd.target))
     seen = ctx.table("files.external_pipes_seen", set)
     if outside and open_fd.target not in seen:
         seen.add(open_fd.target)
-        pids = ", ".join(map(str, sorted(outside)))
+        pids = pid_list(outside)
         yield Finding("file.pipe.external",
-                      f"fd {open_fd.fd}: {open_fd.target} is shared with pid {pids} outside the "
+                      f"fd {open_fd.fd}: {open_fd.target} is shared with {pids} outside the "
                       f"dumped tree", proc.pid, fd=open_fd.fd,
-                      remedy=f"nothing to do at dump; at restore pass the end pid {pids} holds "
-                             f"with --inherit-fd fd[N]:{open_fd.target}, or the restored pipe "
-                             f"no longer reaches it")
+                      remedy=f"nothing to do at dump; at restore pass the end {pids} "
+                             f"{'holds' if len(outside) == 1 else 'hold'} with --inherit-fd "
+                             f"fd[N]:{open_fd.target}, or the restored pipe no longer reaches it")
 
 
 def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:

@@ -37,7 +37,7 @@ from typing import Iterator
 from tracker.checks import general
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, Finding, Rule
+from tracker.rules import BLOCKER, INFO, Finding, Rule, id_list, pid_list
 
 RULES = (
     Rule("task.threads", "A multi-threaded process", INFO,
@@ -319,7 +319,7 @@ def _children_text(proc: Proc, tid: int) -> str:
         kids = proc.read(f"task/{tid}/children").split()
     except ProcessGone:
         kids = []
-    return ", ".join(f"pid {kid}" for kid in kids) or "(already gone)"
+    return pid_list(map(int, kids)) if kids else "(already gone)"
 
 
 # ---------------------------------------------------------------- per process
@@ -336,7 +336,7 @@ def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterato
     live = [t for t in threads if t.live]
     if leader is not None and not leader.live:
         if live:
-            tids = ", ".join(str(t.tid) for t in live)
+            tids = id_list(t.tid for t in live)
             yield Finding("task.zombie_threads", f"pid {proc.pid} is a zombie whose threads "
                           f"{tids} still run", proc.pid)
         elif proc.pid == ctx.root_pid:
@@ -355,7 +355,7 @@ def _check_life(ctx: AuditContext, proc: Proc, threads: list[Thread]) -> Iterato
     if not stopped:
         return
     if len(stopped) < len(live):
-        tids = ", ".join(str(t.tid) for t in stopped)
+        tids = id_list(t.tid for t in stopped)
         yield Finding("task.stopped_threads", f"pid {proc.pid}: threads {tids} are stopped, "
                       f"{len(live) - len(stopped)} others are not", proc.pid)
         return
@@ -475,7 +475,7 @@ def _check_shared(ctx: AuditContext, proc: Proc, kind: int, code: str,
                   what: str) -> Iterator[Finding]:
     partners = ctx.table(("task.kcmp", kind), lambda: _sharing_groups(ctx, kind)).get(proc.pid)
     if partners:
-        others = ", ".join(f"pid {pid}" for pid in partners)
+        others = pid_list(partners)
         yield Finding(code, f"pid {proc.pid} shares its {what} with {others}", proc.pid)
 
 

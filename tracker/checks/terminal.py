@@ -284,7 +284,10 @@ def tty_fds(fds: list[OpenFd]) -> Iterator[TtyFd]:
         # already cached by the fd dispatcher.
         if not open_fd.target.startswith("/"):
             continue
-        info = open_fd.stat
+        try:
+            info = open_fd.stat
+        except ProcessGone:
+            continue  # closed meanwhile, or its process exited: no dump meets it
         rdev = info.st_rdev
         major, minor = os.major(rdev), os.minor(rdev)
         if not stat.S_ISCHR(info.st_mode) or major not in TTY_MAJORS:

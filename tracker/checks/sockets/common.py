@@ -10,7 +10,7 @@ Sockets are asked only while a socket filter program is loaded (bpf.py).
 from __future__ import annotations
 
 from tracker.procfs import OpenFd, Proc
-from tracker.rules import BLOCKER, Finding, Rule, VersionNote
+from tracker.rules import BLOCKER, Finding, Rule, VersionNote, pid_list
 
 # This kernel refuses SO_PASSCRED/SO_PASSSEC on non-unix sockets; CRIU 4.1 reads
 # them from every socket it dumps and fails, 4.2 reads them only where they exist.
@@ -57,9 +57,6 @@ def finding(code: str, proc: Proc, open_fd: OpenFd, text: str, **extra) -> Findi
 
 
 def holders(pids: set[int]) -> str:
-    """`pid 12` / `pids 12, 14` / `no process`."""
-    if not pids:
-        return "no process"
-    ordered = sorted(pids)
-    return f"pid {ordered[0]}" if len(ordered) == 1 else "pids " + ", ".join(map(str, ordered))
+    """`pid 12` / `pids 12, 14` / `pids 12, 14, 15 and 1,997 more` / `no process`."""
+    return pid_list(pids) if pids else "no process"
 

@@ -130,7 +130,7 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
     target = f"socket:[{peer.inode}]"
     if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
-    outside = _outside(ctx, target)
+    outside = _outside(ctx, target, proc, open_fd)
     held = (f"held by {holders(outside)} outside the tree" if outside
             else "which no process holds (it may be in flight in a queue outside the tree)")
     text = f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, {held}"
@@ -160,7 +160,7 @@ def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSock
                           f"unix {kind} socket {_name(sock)} is connected to nothing")
         return          # its peer closed: CRIU dumps it shut down
     target = f"socket:[{listener.inode}]"
-    where = holders(ctx.tree_holders.get(target) or _outside(ctx, target))
+    where = holders(ctx.tree_holders.get(target) or _outside(ctx, target, proc, open_fd))
     text = f"unix {kind} connection to {_name(listener)} (held by {where}) is not accepted yet"
     if sock.wqlen:
         yield finding("socket.unix.in_flight_data", proc, open_fd,
@@ -206,9 +206,10 @@ def _ends_with(path: str, name: str) -> bool:
     return cut >= 1 and path[cut:] == ending and path[cut - 1] == "/"
 
 
-def _outside(ctx: AuditContext, target: str) -> set[int]:
-    """The holders outside the tree, crwatch aside: its copies of files in flight are its own."""
-    return ctx.holders_outside(target) - {os.getpid()}
+def _outside(ctx: AuditContext, target: str, proc: Proc, open_fd: OpenFd) -> set[int]:
+    """The holders outside the tree, crwatch aside: its copies of files in flight are its own.
+    The socket's own fd is the witness that the holders were read after it was made."""
+    return ctx.holders_outside(target, witness=(proc.pid, open_fd.target)) - {os.getpid()}
 
 
 def _name(sock: UnixSocket) -> str:
