@@ -109,21 +109,22 @@ class History:
         except (OSError, sqlite3.Error) as error:
             raise HistoryError(f"cannot open the history database {self.path}: {error}") from None
         self._pending: queue.Queue = queue.Queue(QUEUE_CAPACITY)
-        self._failed: list[tuple] = []  # a batch the database refused: written first
+        self._failed: list[tuple] = []  # the batch in hand (refused: written first)
         self._last_verdicts: dict[tuple, tuple] = {}
         self._counting = threading.Lock()
         self.dropped = 0
         self.offered = 0
         self.written = 0
         self.rejected = 0
+        self._abandoned = 0  # waiting at stop and not writable: counted in dropped too
         self._pruned = time.monotonic()
         self.worker = Worker("history", self._step, max_backoff=RETRY_MAX_SECONDS,
                              describe=self._describe).start()
 
     @property
     def waiting(self) -> int:
-        """Entries offered and not written yet (the queue and a refused batch)."""
-        return self._pending.qsize() + len(self._failed)
+        """Entries offered and not written yet (in the queue or in the writer's hands)."""
+        return self.offered - self.written - self.rejected - self._abandoned
 
     def status(self) -> dict:
         return {"path": str(self.path), "offered": self.offered, "written": self.written,
@@ -164,13 +165,14 @@ class History:
                 self.dropped += 1
 
     def _step(self) -> None:
-        """One turn of the writer: the refused batch again, else the next one."""
+        """One turn of the writer: the refused batch again, else the next one (taken, it
+        is kept in hand until written: a refusal leaves it for the next try)."""
+        self._failed = self._failed or self._take()
+        # checked last before writing, and each FLUSH_SECONDS when idle
         if self._writer is None or _identity(self.path) != self._identity:
             self._reopen()
-        items = self._failed or self._take()
-        if items:
-            self._failed = items
-            self._write(items)  # raises when refused: the batch stays for the next try
+        if self._failed:
+            self._write(self._failed)
             self._failed = []
         if time.monotonic() - self._pruned > PRUNE_SECONDS:
             self._pruned = time.monotonic()
@@ -274,13 +276,10 @@ class History:
         """At shutdown, one last try to write what waits; what cannot be is counted lost."""
         try:
             while self.waiting:
-                if self._writer is None or _identity(self.path) != self._identity:
-                    self._reopen()
-                self._failed = self._failed or self._take()
-                self._write(self._failed)
-                self._failed = []
+                self._step()
         except HistoryWriteError as error:
             lost = self.waiting
+            self._abandoned += lost
             self.dropped += lost
             log.error("%d history entries could not be written before stopping: %s", lost, error)
 
