@@ -114,8 +114,10 @@ class Service:
         probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
         workers = [worker.status() for worker in self.workers()]
         reasons = {"probes": self.tracker.degraded} if self.tracker.degraded else {}
-        reasons.update({worker["name"]: f"{worker['state']}: {worker['reason']}"
-                        for worker in workers if worker["state"] in (RETRYING, DEAD)})
+        reasons.update({worker["name"]: worker["reason"] for worker in workers
+                        if worker["state"] == RETRYING})
+        reasons.update({worker["name"]: f"stopped working: {worker['reason']}"
+                        for worker in workers if worker["state"] == DEAD})
         return {"status": "degraded" if reasons else "ok",
                 "degraded": "; ".join(f"{name}: {why}" for name, why in reasons.items()) or None,
                 "reasons": reasons,

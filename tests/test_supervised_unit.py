@@ -104,3 +104,14 @@ def test_a_callback_failure_never_reaches_the_caller_and_is_shown():
     guarded(3)
     assert (guarded.state, guarded.reason(), guarded.errors) == ("running", None, 2)
     assert calls == [-1, -2, 3]
+
+
+def test_an_expected_error_is_one_line_and_a_bug_has_its_traceback(caplog):
+    caplog.set_level(logging.ERROR, logger=supervised.__name__)
+    def fail(error: Exception):
+        raise error
+
+    guarded = Callback("writer", fail, expected=(OSError,))
+    guarded(OSError("disk full"))
+    guarded(KeyError("bug"))
+    assert [(record.exc_info is not None) for record in caplog.records] == [False, True]

@@ -119,7 +119,7 @@ class History:
         self._abandoned = 0  # waiting at stop and not writable: counted in dropped too
         self._pruned = time.monotonic()
         self.worker = Worker("history", self._step, max_backoff=RETRY_MAX_SECONDS,
-                             describe=self._describe).start()
+                             describe=self._describe, expected=(HistoryWriteError,)).start()
 
     @property
     def waiting(self) -> int:

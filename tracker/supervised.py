@@ -7,7 +7,9 @@ error is counted, logged once per distinct cause (not once per try), the
 worker is `retrying` with the reason until a step succeeds again, and the
 next try comes after a backoff that doubles up to a cap. A Callback guards
 work done on someone else's thread (a subscriber of the tracker's notices)
-the same way, without the retrying. Both report their state, which
+the same way, without the retrying. Errors a worker expects (a database
+refusing writes) are logged as one line, any other one with its traceback.
+Both report their state, which
 /healthz and /metrics show: `running`, `retrying` (since when, why), `dead`
 (the loop ended on its own, e.g. its source closed), or `stopped` (asked to).
 """
@@ -38,8 +40,10 @@ def backoff(failures: int, first: float = FIRST_BACKOFF, cap: float = MAX_BACKOF
 class _Supervised:
     """What a worker and a callback share: state, counts, and the once-per-cause log."""
 
-    def __init__(self, name: str, describe: Optional[Callable[[str], str]] = None):
+    def __init__(self, name: str, describe: Optional[Callable[[str], str]] = None,
+                 expected: tuple[type[Exception], ...] = ()):
         self.name = name
+        self._expected = expected
         self.errors = 0
         self.restarts = 0
         self.failing = 0          # failures in a row (0: working)
@@ -76,7 +80,8 @@ class _Supervised:
             self._causes.add(cause)
         if first:
             log.error("%s failed (retrying; the same error is not logged again): %s",
-                      self.name, self._reason, exc_info=error)
+                      self.name, self._reason,
+                      exc_info=None if isinstance(error, self._expected) else error)
 
     def _succeeded(self) -> None:
         if self.failing == 0:  # the common case, on hot paths: one attribute read
@@ -96,12 +101,14 @@ class _Supervised:
 class Worker(_Supervised):
     """`step()` in a loop on a thread of its own, `interval` seconds apart; a step that
     returns False ends the loop (its source is gone: the worker is then dead unless it
-    was asked to stop). `describe` adds to the reason shown while retrying."""
+    was asked to stop). `describe` adds to the reason shown while retrying; `expected`:
+    errors logged without their traceback (not bugs, e.g. a full disk)."""
 
     def __init__(self, name: str, step: Callable[[], Optional[bool]], *, interval: float = 0.0,
                  first_backoff: float = FIRST_BACKOFF, max_backoff: float = MAX_BACKOFF,
-                 describe: Optional[Callable[[str], str]] = None):
-        super().__init__(name, describe)
+                 describe: Optional[Callable[[str], str]] = None,
+                 expected: tuple[type[Exception], ...] = ()):
+        super().__init__(name, describe, expected)
         self._step = step
         self._interval = interval
         self._first_backoff = first_backoff
@@ -158,8 +165,9 @@ class Callback(_Supervised):
     cause and shown (`retrying`) until a call succeeds again; it never reaches the caller."""
 
     def __init__(self, name: str, work: Callable[..., object],
-                 describe: Optional[Callable[[str], str]] = None):
-        super().__init__(name, describe)
+                 describe: Optional[Callable[[str], str]] = None,
+                 expected: tuple[type[Exception], ...] = ()):
+        super().__init__(name, describe, expected)
         self._work = work
 
     def __call__(self, *args) -> None:
