@@ -124,7 +124,8 @@ class History:
     @property
     def waiting(self) -> int:
         """Entries offered and not written yet (in the queue or in the writer's hands)."""
-        return self.offered - self.written - self.rejected - self._abandoned
+        # max: an entry can be written before its offer is counted
+        return max(self.offered - self.written - self.rejected - self._abandoned, 0)
 
     def status(self) -> dict:
         return {"path": str(self.path), "offered": self.offered, "written": self.written,
@@ -176,7 +177,11 @@ class History:
             self._failed = []
         if time.monotonic() - self._pruned > PRUNE_SECONDS:
             self._pruned = time.monotonic()
-            self.prune()
+            try:
+                self.prune()
+            except sqlite3.Error as error:  # tried again at the next PRUNE_SECONDS
+                self._close_writer()
+                raise HistoryWriteError(f"cannot prune {self.path}: {error}") from error
 
     def _take(self) -> list[tuple]:
         try:
@@ -345,6 +350,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     """Which file is at the path now (None: none)."""
     try:
         stat = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # gone, or its directory is: opening it again will say which
         return None
     return stat.st_dev, stat.st_ino
