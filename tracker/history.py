@@ -25,7 +25,9 @@ import queue
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tracker.supervised import Worker
 
@@ -109,7 +111,7 @@ class History:
         except (OSError, sqlite3.Error) as error:
             raise HistoryError(f"cannot open the history database {self.path}: {error}") from None
         self._pending: queue.Queue = queue.Queue(QUEUE_CAPACITY)
-        self._failed: list[tuple] = []  # the batch in hand (refused: written first)
+        self._in_hand: list[tuple] = []  # the batch being written (refused: tried again)
         self._last_verdicts: dict[tuple, tuple] = {}
         self._counting = threading.Lock()
         self.dropped = 0
@@ -168,13 +170,13 @@ class History:
     def _step(self) -> None:
         """One turn of the writer: the refused batch again, else the next one (taken, it
         is kept in hand until written: a refusal leaves it for the next try)."""
-        self._failed = self._failed or self._take()
+        self._in_hand = self._in_hand or self._take()
         # checked last before writing, and each FLUSH_SECONDS when idle
         if self._writer is None or _identity(self.path) != self._identity:
             self._reopen()
-        if self._failed:
-            self._write(self._failed)
-            self._failed = []
+        if self._in_hand:
+            self._write(self._in_hand)
+            self._in_hand = []
         if time.monotonic() - self._pruned > PRUNE_SECONDS:
             self._pruned = time.monotonic()
             try:
@@ -280,7 +282,7 @@ class History:
     def _drain(self) -> None:
         """At shutdown, one last try to write what waits; what cannot be is counted lost."""
         try:
-            while self.waiting:
+            while self.waiting > 0:
                 self._step()
         except HistoryWriteError as error:
             lost = self.waiting
@@ -331,19 +333,13 @@ class _reader:
         self.connection.close()
 
 
-class _readable:
-    """Turns a failed read into HistoryUnavailable, which the API answers with a 503."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, _) -> None:
-        if isinstance(error, sqlite3.Error):
-            raise HistoryUnavailable(f"cannot read the history database {self.path}: "
-                                     f"{error}") from error
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A failed read becomes HistoryUnavailable, which the API answers with a 503."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise HistoryUnavailable(f"cannot read the history database {path}: {error}") from error
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
