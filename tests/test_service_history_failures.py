@@ -17,11 +17,14 @@ from tests.subjects import subject
 WAIT = 30.0  # the writer retries every 2 s at most; a loaded runner is slow
 DB = "history.sqlite3"
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
-# transitions: nocr at each open, cr at each close
-KVM_FLAPPING = """
+# 100 transitions: each child is nocr once it opened the device, and cr when it exits
+KVM_CHILDREN = """
 for _ in range(50):
-    os.close(os.open('/dev/kvm', os.O_RDONLY))
-    time.sleep(0.002)
+    child = os.fork()
+    if child == 0:
+        os.open('/dev/kvm', os.O_RDONLY)
+        os._exit(0)
+    os.waitpid(child, 0)
 ready()
 hold()
 """
@@ -81,10 +84,12 @@ def assert_everything_was_written(server: Server, disk: Path) -> dict:
 
 
 def outage(server: Server, disk: Path, cause: str) -> tuple[int, int]:
-    """Transitions made while the database refuses them: the service is degraded with
-    the cause and the count waiting. Returns (offered, waiting) then."""
+    """Transitions (and a verdict, which needs no probe) made while the database refuses
+    them: the service is degraded with the cause and the count waiting. Returns (offered,
+    waiting) then."""
     offered = server.ok("/healthz")["history"]["offered"]
-    with subject(KVM_FLAPPING) as flapping, subject(KVM_HOLDER) as holder:
+    with subject(KVM_CHILDREN), subject(KVM_HOLDER) as holder:
+        server.ok(f"/processes/{holder.pid}/checkpointable")
         reason = until(lambda: (why := history_reason(server)) and "entries waiting" in why
                        and why, f"the history never said it could not write ({cause})")
         assert reason.startswith(f"cannot ") and cause in reason, reason
@@ -98,7 +103,6 @@ def outage(server: Server, disk: Path, cause: str) -> tuple[int, int]:
         assert samples["crwatch_degraded"] == 1
         code, _ = server.get(f"/processes/{holder.pid}/history")
         assert code in (200, 404)  # readable, or nothing of it written yet: never a 500
-        del flapping
     return status["offered"], status["waiting"]
 
 
@@ -144,8 +148,9 @@ def test_a_deleted_database_is_created_again_and_answers(server, disk):
         def recorded():
             code, body = server.get(f"/processes/{s.pid}/history")
             assert code in (200, 404, 503), (code, body)  # never a 500
-            return code == 200 and any(e.get("state") == "nocr" for e in body["entries"])
-        until(recorded, "the new database did not record the transition")
+            return code == 200 and {"transition", "verdict"} <= {e["kind"] for e in body["entries"]}
+        server.ok(f"/processes/{s.pid}/checkpointable")  # a verdict, recorded without probes
+        until(recorded, "the new database did not record the transition and the verdict")
     assert server.ok("/healthz")["status"] == "ok"
 
 
