@@ -1,9 +1,9 @@
 """GET /metrics: Prometheus text, read from the service at each scrape.
 
 Counters that live in the tracker (events, losses, re-audits...), the
-history and the supervised workers are exposed as they are counted there; the audit latency and the verdicts served are
-recorded here, in a registry of the application's own (several apps, e.g. in
-tests, never share one).
+history and the supervised workers are exposed as they are counted there;
+the audit latency and the verdicts served are recorded here, in a registry
+of the application's own (several apps, e.g. in tests, never share one).
 """
 from __future__ import annotations
 
