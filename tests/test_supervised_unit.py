@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 
 from tracker import supervised
 from tracker.supervised import Callback, Worker, backoff
@@ -115,3 +117,45 @@ def test_an_expected_error_is_one_line_and_a_bug_has_its_traceback(caplog):
     guarded(OSError("disk full"))
     guarded(KeyError("bug"))
     assert [(record.exc_info is not None) for record in caplog.records] == [False, True]
+
+
+class _FailingRows:
+    """What ProcessRows asks of the service, failing on every row while `broken`."""
+
+    def __init__(self):
+        self.broken = True
+        self.refused = threading.Event()
+
+    def row(self, pid: int) -> dict:
+        if self.broken:
+            self.refused.set()
+            raise RuntimeError("the audit broke")
+        return {"pid": pid}
+
+    def stale(self, row: dict) -> bool:
+        return False
+
+    def forget_old_audits(self) -> None:
+        pass
+
+
+def test_the_process_list_survives_a_failing_refresh_and_fills_again():
+    from api.service import ProcessRows
+
+    service = _FailingRows()
+    rows = ProcessRows(service)
+    rows.start()
+    try:
+        assert rows.snapshot() == []  # the failed first pass does not hold requests
+        assert service.refused.wait(WAIT)
+        status = rows.worker.status()
+        assert (status["state"], status["reason"]) == ("retrying", "the audit broke")
+        service.broken = False
+        deadline = time.monotonic() + WAIT
+        while not rows.snapshot():
+            assert time.monotonic() < deadline, "the list never filled again"
+            time.sleep(0.01)
+        assert os.getpid() in [row["pid"] for row in rows.snapshot()]
+        assert rows.worker.state == "running" and rows.worker.errors >= 1
+    finally:
+        rows.stop()
