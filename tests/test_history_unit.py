@@ -206,3 +206,22 @@ def test_what_cannot_be_written_at_stop_is_counted_lost(tmp_path):
             until(lambda: store.worker.state == "retrying", "the full disk went unnoticed")
             store.close()
         assert (store.offered, store.written, store.dropped) == (100, 0, 100)
+
+
+def test_a_database_locked_by_another_program_is_written_once_it_lets_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(history, "WRITE_BUSY_SECONDS", 0.05)
+    path = tmp_path / "history.sqlite3"
+    store = History(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        store.record_transition(transition(8, 1.0, "nocr"))
+        until(lambda: store.worker.state == "retrying", "the lock went unnoticed")
+        assert "database is locked" in store.worker.reason()
+        assert store.waiting == 1
+        other.execute("COMMIT")
+        until(lambda: store.waiting == 0, "the entry was not written after the lock went")
+        assert store.identities(8) == [1.0] and store.worker.state == "running"
+    finally:
+        other.close()
+        store.close()

@@ -37,6 +37,9 @@ BATCH = 1000
 QUEUE_CAPACITY = 100_000
 # While the database refuses writes, the batch is tried again this often at most.
 RETRY_MAX_SECONDS = 2.0
+# How long a write waits for a lock another program holds before it counts as refused
+# (and /healthz says so): short, the batch is kept and tried again anyway.
+WRITE_BUSY_SECONDS = 5.0
 PRUNE_SECONDS = 3600
 # Errors of a row's values, not of the database: retrying cannot help.
 ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
@@ -81,7 +84,7 @@ class HistoryUnavailable(RuntimeError):
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    connection = sqlite3.connect(path, timeout=WRITE_BUSY_SECONDS, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash of crwatch loses nothing
     return connection
