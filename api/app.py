@@ -15,6 +15,7 @@ from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
 from tracker.audit import ThreadId
 from tracker.gate import CriuUnavailable, GateError
+from tracker.history import HistoryUnavailable
 from api.settings import Settings
 
 
@@ -70,6 +71,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"status": 422, "detail": f"{error}: a checkpoint takes whole "
                              f"processes, ask for pid {error.tgid}",
                              "thread_group_leader": error.tgid}, status_code=422)
+
+    @app.exception_handler(HistoryUnavailable)
+    async def history_unavailable(_: Request, error: HistoryUnavailable) -> JSONResponse:
+        return _problem(503, str(error))
 
     @app.exception_handler(GateBusy)
     async def gate_busy(_: Request, error: GateBusy) -> JSONResponse:

@@ -1,9 +1,9 @@
 """GET /metrics: Prometheus text, read from the service at each scrape.
 
-Counters that live in the tracker (events, losses, re-audits...) are exposed
-as they are counted there; the audit latency and the verdicts served are
-recorded here, in a registry of the application's own (several apps, e.g. in
-tests, never share one).
+Counters that live in the tracker (events, losses, re-audits...), the
+history and the supervised workers are exposed as they are counted there;
+the audit latency and the verdicts served are recorded here, in a registry
+of the application's own (several apps, e.g. in tests, never share one).
 """
 from __future__ import annotations
 
@@ -101,9 +101,49 @@ class _TrackerCollector:
             probes.add_metric([probe["name"], probe["state"]],
                               1 if probe["state"] == "attached" else 0)
         yield probes
-        degraded = GaugeMetricFamily("crwatch_degraded", "1 when the probes could not attach")
+        degraded = GaugeMetricFamily("crwatch_degraded", "1 when the service is degraded: the "
+                                     "probes could not attach, or a worker cannot work")
         degraded.add_metric([], 1 if health["status"] == "degraded" else 0)
         yield degraded
+        yield from _worker_families(health["workers"])
+        if health["history"] is not None:
+            yield from _history_families(health["history"])
         clients = GaugeMetricFamily("crwatch_event_clients", "open GET /events streams")
         clients.add_metric([], self._service.events.clients())
         yield clients
+
+
+HISTORY_COUNTERS = {  # History.status() key -> (metric, help)
+    "offered": ("crwatch_history_offered", "history entries handed to the writer"),
+    "written": ("crwatch_history_written", "history entries written to the database"),
+    "dropped": ("crwatch_history_dropped", "history entries lost: the waiting ones overflowed "
+                                           "their bound"),
+    "rejected": ("crwatch_history_rejected", "history entries left out: a value the database "
+                                             "cannot store"),
+    "errors": ("crwatch_history_errors", "writes (or reopenings) the database refused"),
+}
+
+
+def _history_families(history: dict):
+    for key, (metric, text) in HISTORY_COUNTERS.items():
+        family = CounterMetricFamily(metric, text)
+        family.add_metric([], history[key])
+        yield family
+    waiting = GaugeMetricFamily("crwatch_history_waiting", "history entries offered and not "
+                                "written yet (kept while the database refuses them)")
+    waiting.add_metric([], history["waiting"])
+    yield waiting
+
+
+def _worker_families(workers: list[dict]):
+    up = GaugeMetricFamily("crwatch_worker_up", "1 while the background worker works, 0 while "
+                           "it is retrying or dead", labels=["worker"])
+    errors = CounterMetricFamily("crwatch_worker_errors", "errors a background worker survived",
+                                 labels=["worker"])
+    restarts = CounterMetricFamily("crwatch_worker_restarts", "times a background worker's "
+                                   "loop was taken up again after an error", labels=["worker"])
+    for worker in workers:
+        up.add_metric([worker["name"]], 1 if worker["state"] == "running" else 0)
+        errors.add_metric([worker["name"]], worker["errors"])
+        restarts.add_metric([worker["name"]], worker["restarts"])
+    yield from (up, errors, restarts)

@@ -230,9 +230,33 @@ class ProbeStatus(BaseModel):
     tracepoints: list[str]
 
 
+class WorkerStatus(BaseModel):
+    name: str
+    state: Literal["running", "retrying", "dead", "stopped"]
+    since: str = Field(description="when it entered this state")
+    reason: Optional[str] = Field(description="why it is not running")
+    errors: int
+    restarts: int
+
+
+class HistoryStatus(BaseModel):
+    path: str
+    offered: int = Field(description="entries handed to the writer")
+    written: int
+    waiting: int = Field(description="offered, not written yet (kept while the database "
+                                     "refuses them)")
+    dropped: int = Field(description="lost: the waiting entries overflowed their bound")
+    rejected: int = Field(description="left out: a value the database cannot store")
+    errors: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     degraded: Optional[str] = Field(description="why, when degraded")
+    reasons: dict[str, str] = Field(description="why, per part that cannot work (probes, "
+                                                "or a worker)")
+    workers: list[WorkerStatus]
+    history: Optional[HistoryStatus]
     probes: list[ProbeStatus]
     counters: dict
 

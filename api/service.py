@@ -23,6 +23,7 @@ from tracker.live_model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.safe_text import unicode_text
+from tracker.supervised import DEAD, RETRYING, Callback, Worker
 from tracker.tracker import Tracker
 from tracker.tree_rows import NON_NESTABLE, Member, tree_verdicts
 
@@ -67,7 +68,10 @@ class Service:
         self.profile = profile(settings.profile, settings.criu_version)
         self.tracker = Tracker(self.profile)
         self.events = EventHub()
-        self.tracker.subscribe(self.events.publish)
+        # the tracker's subscribers, supervised: a failure is counted and shown, once
+        self._publisher = Callback("event-hub", self.events.publish)
+        self._recorder = Callback("history-recorder", self._record)
+        self.tracker.subscribe(self._publisher)
         self.metrics = ServiceMetrics(self)
         self.history: History | None = None
         self._kept: dict[int, _Kept] = {}
@@ -79,7 +83,7 @@ class Service:
 
     def start(self) -> None:
         self.history = History(self.settings.db, self.settings.retention_days)
-        self.tracker.subscribe(self._record)
+        self.tracker.subscribe(self._recorder)
         if self.settings.probes:
             self.tracker.start()
         else:
@@ -101,10 +105,26 @@ class Service:
 
     # ------------------------------------------------------------ documents
 
+    def workers(self) -> list:
+        """The supervised background work: threads (Worker) and subscribers (Callback)."""
+        found = [*self.tracker.workers(), self.rows.worker, self._publisher, self._recorder]
+        return found + ([self.history.worker] if self.history is not None else [])
+
     def health(self) -> dict:
+        """`degraded` with a reason for each part that cannot work: probes not attached,
+        a background worker retrying or dead."""
         probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
-        return {"status": "degraded" if self.tracker.degraded else "ok",
-                "degraded": self.tracker.degraded,
+        workers = [worker.status() for worker in self.workers()]
+        reasons = {"probes": self.tracker.degraded} if self.tracker.degraded else {}
+        reasons.update({worker["name"]: worker["reason"] for worker in workers
+                        if worker["state"] == RETRYING})
+        reasons.update({worker["name"]: f"stopped working: {worker['reason']}"
+                        for worker in workers if worker["state"] == DEAD})
+        return {"status": "degraded" if reasons else "ok",
+                "degraded": "; ".join(f"{name}: {why}" for name, why in reasons.items()) or None,
+                "reasons": reasons,
+                "workers": workers,
+                "history": self.history.status() if self.history is not None else None,
                 "probes": [{"name": name, **status} for name, status in probes.items()],
                 "counters": self.tracker.counters()}
 
@@ -345,30 +365,26 @@ class ProcessRows:
         self._rows: dict[int, dict] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._stopping = threading.Event()
         self.refreshed_at: str | None = None
-        self._thread = threading.Thread(target=self._run, name="crwatch-rows", daemon=True)
+        self.worker = Worker("process-list", self._step, interval=REFRESH_SECONDS)
+        self._stopping = self.worker.stopping
 
     def start(self) -> None:
-        self._thread.start()
+        self.worker.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(30)
+        self.worker.stop()
 
     def snapshot(self) -> list[dict]:
         self._ready.wait(120)  # the first pass audits every process
         with self._lock:
             return [self._rows[pid] for pid in sorted(self._rows)]
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.refresh()
-            except Exception:  # a bug must not end the list's refreshing
-                log.exception("refreshing the process list failed")
+    def _step(self) -> None:
+        try:
+            self.refresh()
+        finally:  # a first pass that failed must not hold the requests waiting
             self._ready.set()
-            self._stopping.wait(REFRESH_SECONDS)
 
     def refresh(self) -> None:
         service = self._service

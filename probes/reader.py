@@ -8,18 +8,19 @@ are counted apart: records the kernel could not send, records dropped
 because the queue was full, and records that did not decode. Whenever their
 sum grows, a LOST event (arg = how many since the last one) goes into the
 queue, ahead of the next records; when the queue is full it is folded into
-the next one.
+the next one. The thread is a supervised worker (tracker/supervised.py): a
+failed poll is counted and tried again after a backoff.
 """
 from __future__ import annotations
 
 import ctypes
 import queue
-import threading
 import time
 
 from probes.events import Event, Kind
 from probes.loader import Probes
 from probes.wire import DecodeError, decode
+from tracker.supervised import Worker
 
 DEFAULT_CAPACITY = 65536
 DEFAULT_POLL_MS = 50
@@ -65,21 +66,18 @@ class Reader:
         self._kernel_lost = 0
         self._reported = 0
         self._batch: list[bytes] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="crwatch-probe-reader", daemon=True)
+        self.worker = Worker("probe-reader", self.poll_once)
         probes.open_events(self._on_record)
 
     def start(self) -> Reader:
-        self._thread.start()
+        self.worker.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self.worker.stop(timeout)
 
     def is_running(self) -> bool:
-        return self._thread.is_alive()
+        return self.worker.is_alive()
 
     def counters(self) -> dict[str, int]:
         return {"kernel": self._kernel_lost, "queue_overflow": self.queue_overflow,
@@ -97,10 +95,6 @@ class Reader:
         self._count_kernel_losses()
         self._report_losses()
         return True
-
-    def _run(self) -> None:
-        while not self._stopping.is_set() and self.poll_once():
-            pass
 
     def _on_record(self, _ctx: int, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))

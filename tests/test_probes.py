@@ -209,6 +209,8 @@ def test_closing_ends_the_reader():
         reader = Reader(loaded).start()
     wait_until(lambda: not reader.is_running())
     assert loaded.poll(0) is False
+    # not asked to stop: its source went, which /healthz shows
+    assert reader.worker.state == "dead"
 
 
 def test_headers_matching_the_kernel_come_first(tmp_path):

@@ -4,12 +4,14 @@ start() attaches the probes, seeds the table from a /proc audit of every
 process, tells subscribers it is ready, then applies events as they come
 and hands each notice (ready, transition, lost) to every subscriber, on the
 applier thread. Probes that cannot load leave the tracker degraded, not
-dead: the table is still seeded, and the reason is reported.
+dead: the table is still seeded, and the reason is reported. The applier and
+the probe reader are supervised workers (tracker/supervised.py): an error
+outside one event's application is counted and the loop goes on after a
+backoff.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -21,6 +23,7 @@ from tracker.audit import Audit
 from tracker.live import LiveTable, dup_close_pairs
 from tracker.live_model import SCHEMA, Transition, iso_from_wall_ns
 from tracker.profiles import Profile
+from tracker.supervised import Worker
 
 SWEEP_SECONDS = 1.0
 # Events applied together, each pid's holder read once for all (LiveTable.memoized):
@@ -73,8 +76,8 @@ class Tracker:
         self.degraded: str | None = None
         self.apply_errors = 0
         self._subscribers: list[Callable[[Notice], None]] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="crwatch-applier", daemon=True)
+        self.applier = Worker("applier", self._step)
+        self._swept = time.monotonic()
 
     def subscribe(self, callback: Callable[[Notice], None]) -> None:
         """Called on the applier thread for every notice, from the ready notice on."""
@@ -92,14 +95,16 @@ class Tracker:
         self._publish([Ready(self._probe_statuses(), self.degraded)])
         self._publish(seeded)
         if self.reader is not None:
-            self._thread.start()
+            self.applier.start()
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(STOP_TIMEOUT)
+        self.applier.stop(STOP_TIMEOUT)
         self._close_probes()
+
+    def workers(self) -> list[Worker]:
+        """The supervised threads running now."""
+        return [self.applier] + ([self.reader.worker] if self.reader is not None else [])
 
     def counters(self) -> dict:
         counts = {"table": self.table.counters.as_dict() if self.table is not None else {},
@@ -133,19 +138,17 @@ class Tracker:
             self.probes.close()
             self.probes = None
 
-    def _run(self) -> None:
-        events = self.reader.events
-        swept = time.monotonic()
-        while not self._stopping.is_set():
-            due_ns = self.table.next_due_ns()
-            wait = SWEEP_SECONDS if due_ns is None else \
-                max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
-            self._guarded(self._apply_batch, events.get_batch(APPLY_BATCH, wait))
-            if due_ns is not None and time.monotonic_ns() >= due_ns:
-                self._publish(self._guarded(self.table.run_due))
-            if time.monotonic() - swept >= SWEEP_SECONDS:
-                swept = time.monotonic()
-                self._publish(self._guarded(self.table.sweep))
+    def _step(self) -> None:
+        """One turn of the applier: a batch of events, then what is due, then a sweep."""
+        due_ns = self.table.next_due_ns()
+        wait = SWEEP_SECONDS if due_ns is None else \
+            max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
+        self._guarded(self._apply_batch, self.reader.events.get_batch(APPLY_BATCH, wait))
+        if due_ns is not None and time.monotonic_ns() >= due_ns:
+            self._publish(self._guarded(self.table.run_due))
+        if time.monotonic() - self._swept >= SWEEP_SECONDS:
+            self._swept = time.monotonic()
+            self._publish(self._guarded(self.table.sweep))
 
     def _apply_batch(self, batch: list[Event]) -> None:
         """Events taken from the queue together: each pid's holder is read once for all."""

@@ -87,7 +87,8 @@ def fds(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
 
 
 @router.get("/{pid}/history", response_model=History, response_model_by_alias=True,
-            responses={404: {"model": Problem, "description": "nothing recorded, no such process"}})
+            responses={404: {"model": Problem, "description": "nothing recorded, no such process"},
+                       503: {"model": Problem, "description": "the database cannot be read now"}})
 def history(request: Request, pid: Pid,
             start_time: Annotated[Optional[float], Query(
                 ge=0, description="which identity (default: the running one, else the newest "
