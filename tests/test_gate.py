@@ -419,6 +419,27 @@ def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anythi
     assert own.stderr.count("\n") == 1 and not images.exists()
 
 
+def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
+    requires_root()
+    with tree(tmp_path) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", str(running.root),
+                                   "--hold", "600", "--watchdog", "900"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            helper = _helper_of(gating)
+            refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", str(helper)],
+                                     capture_output=True, text=True, timeout=AWAIT_S)
+            assert refused.returncode == 2, refused.stderr
+            assert refused.stderr == (f"crwatch: pid {helper} is crwatch itself (crwatch's "
+                                      f"freezer helper): the gate never freezes the crwatch "
+                                      f"that must thaw it\n")
+            assert "TracerPid:\t0\n" in Path(f"/proc/{helper}/status").read_text()
+        finally:
+            gating.kill()
+            gating.wait()
+        running.assert_running()
+
+
 def test_a_tree_nothing_could_freeze_is_not_called_frozen():
     """A kernel thread refuses PTRACE_SEIZE: no "frozen ... (0 tasks)"."""
     requires_root()

@@ -143,6 +143,13 @@ def test_a_dump_directory_must_be_inside_the_dump_root_and_is_made_only_for_a_du
     assert status == 200 and refused["outcome"] == "refused" and not inside.exists()
 
 
+def test_a_relative_dump_root_is_refused_at_start():
+    done = subprocess.run([str(CRWATCH), "serve", "--dump-root", "dumps", "--port", "9"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "crwatch: the dump root must be an absolute path: dumps\n"
+
+
 def test_the_gate_refuses_init_the_service_and_a_tree_holding_it_before_freezing(server,
                                                                                  tmp_path):
     service = server.process.pid
