@@ -173,6 +173,13 @@ def test_the_gate_refuses_init_the_service_and_a_tree_holding_it_before_freezing
         assert after.get(name, 0) == before.get(name, 0), name  # nothing was frozen
     assert not (tmp_path / "images").exists()
 
+    # `crwatch gate` asking the service says no for its own tree before it asks.
+    own = subprocess.run(["sh", "-c", '"$0" gate --service "$1" $$; echo "status $?"',
+                          str(CRWATCH), f"http://127.0.0.1:{server.port}"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, CRWATCH_TOKEN=TOKEN))
+    assert own.stdout.strip() == "status 2" and "(crwatch gate)" in own.stderr, own
+
 
 def test_the_gate_judges_the_tree_and_refuses_a_dump_of_the_pid_alone(server, tmp_path):
     code = """
