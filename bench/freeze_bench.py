@@ -27,11 +27,10 @@ RUNS = 15
 
 
 def helper_pid() -> int:
-    """This process's freezer helper (its child running freeze_helper.py)."""
-    for task in os.listdir("/proc/self/task"):
-        for kid in Path(f"/proc/self/task/{task}/children").read_text().split():
-            if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
-                return int(kid)
+    """This process's freezer helper (the child of its main thread running freeze_helper.py)."""
+    for kid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split():
+        if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
+            return int(kid)
     raise RuntimeError("no freezer helper runs")
 
 

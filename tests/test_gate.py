@@ -338,14 +338,24 @@ def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgrou
 
 
 def _helper_of(gating: subprocess.Popen) -> int:
-    """The freezer helper the gate started: its child running freeze_helper.py."""
+    """The freezer helper the gate started: the child of its main thread running
+    freeze_helper.py."""
     deadline = time.monotonic() + AWAIT_S
     while True:
-        for task in os.listdir(f"/proc/{gating.pid}/task"):
-            for kid in Path(f"/proc/{gating.pid}/task/{task}/children").read_text().split():
-                if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
-                    return int(kid)
+        for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
+            if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return int(kid)
         assert gating.poll() is None and time.monotonic() < deadline, "no helper started"
+        time.sleep(0.01)
+
+
+def _await_hold(helper: int, gating: subprocess.Popen) -> None:
+    """Until the helper has reported the tree frozen and waits for commands: blocked in
+    select(1, [stdin], ...), the only call it makes with 1 as first argument (freezing, it
+    waits in wait4, nanosleep or poll)."""
+    deadline = time.monotonic() + AWAIT_S
+    while Path(f"/proc/{helper}/syscall").read_text().split()[1:2] != ["0x1"]:
+        assert gating.poll() is None and time.monotonic() < deadline, "the hold never began"
         time.sleep(0.01)
 
 
@@ -357,12 +367,10 @@ def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, 
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + AWAIT_S
-        while not _frozen(running, method, cgroup):
-            assert gating.poll() is None and time.monotonic() < deadline, "never frozen"
-            time.sleep(0.01)
-
-        os.kill(_helper_of(gating), signal.SIGKILL)
+        helper = _helper_of(gating)
+        _await_hold(helper, gating)
+        assert _frozen(running, method, cgroup)
+        os.kill(helper, signal.SIGKILL)
         out, err = gating.communicate(timeout=AWAIT_S)  # long before the hold or the watchdog
         running.assert_running()
         if cgroup is not None:

@@ -30,7 +30,10 @@ from pathlib import Path
 
 def cgroup_frozen(directory: Path) -> bool:
     """Does the cgroup's freeze switch say frozen (set by whoever, crwatch or not)?"""
-    return (directory / "cgroup.freeze").read_text().strip() == "1"
+    try:
+        return (directory / "cgroup.freeze").read_text().strip() == "1"
+    except OSError:
+        return False  # removed meanwhile: the helper will say it cannot freeze it
 
 
 class HelperGuard:
