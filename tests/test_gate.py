@@ -343,8 +343,11 @@ def _helper_of(gating: subprocess.Popen) -> int:
     deadline = time.monotonic() + AWAIT_S
     while True:
         for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
-            if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
-                return int(kid)
+            try:
+                if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    return int(kid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a short-lived child (criu --version) ended meanwhile
         assert gating.poll() is None and time.monotonic() < deadline, "no helper started"
         time.sleep(0.01)
 

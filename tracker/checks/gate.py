@@ -12,8 +12,8 @@ RULES = (
          BLOCKER, "gate again, with a longer --watchdog if the tree has many files",
          makes_unknown=True),
     Rule("gate.helper_died", "The freezer helper died before the recheck finished",
-         BLOCKER, "gate again (crwatch thawed the tree: nothing stays frozen); if the helper "
-         "keeps dying, look for what kills it (the OOM killer, a kill by hand)",
+         BLOCKER, "gate again (nothing crwatch froze stays frozen); if the helper keeps "
+         "dying, look for what kills it (the OOM killer, a kill by hand)",
          makes_unknown=True),
     Rule("criu.dump_failed", "CRIU refused something the audit did not predict", BLOCKER,
          "read CRIU's log (its path is in the dump report); this is a state crwatch's "
