@@ -186,7 +186,7 @@ def images_directory(directory: str | Path, root: Path | None) -> Path:
     if resolved != inside and inside not in resolved.parents:
         shown = directory if resolved == directory else f"{directory} (that is {resolved})"
         raise GateError(f"the images directory {shown} is outside the dump root {inside} "
-                        f"(crwatch serve --dump-root)")
+                        f"(crwatch serve --dump-root; crwatch gate --local writes anywhere)")
     return resolved
 
 
