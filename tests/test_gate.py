@@ -25,7 +25,7 @@ import pytest
 from tests.agreement import network_lock_allowed, network_lock_options
 from tests.subjects import Subject, start, subject
 from tracker.criu import find_criu
-from tracker.freeze import cgroup2_mount
+from tracker.freeze import Freeze, cgroup2_mount
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
@@ -386,6 +386,107 @@ def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, 
     assert 0 < freeze["frozen_ms"] < AWAIT_S * 1e3  # measured by crwatch, the helper's gone
     assert document["verdict"]["verdict"] == "unknown"
     assert "gate.helper_died" in {r["code"] for r in document["verdict"]["reasons"]}
+
+
+@pytest.mark.parametrize("method", ["cgroup"])
+def test_the_owner_thaws_a_dead_helpers_cgroup_at_once_while_busy_elsewhere(tmp_path, method,
+                                                                             cgroup):
+    """The owner's watch is a thread of its own: the cgroup thaws while the owner's code
+    (this test, as a gate's audit would) is busy, before it releases the hold."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        freeze = Freeze(running.root, tree=True, watchdog_s=600)
+        frozen = freeze.__enter__()
+        try:
+            assert frozen.method == "cgroup" and _frozen(running, method, cgroup)
+            events = os.open(cgroup / "cgroup.events", os.O_RDONLY)
+            try:
+                poller = select.poll()
+                poller.register(events, select.POLLPRI)
+                os.kill(frozen_helper(), signal.SIGKILL)
+                deadline = time.monotonic() + AWAIT_S
+                while "frozen 0" not in os.pread(events, 4096, 0).decode():
+                    assert time.monotonic() < deadline, "the cgroup stayed frozen"
+                    poller.poll(1000)  # cgroup.events changes raise POLLPRI
+            finally:
+                os.close(events)
+            running.assert_running()
+        finally:
+            freeze.release()
+        assert frozen.helper_died and frozen.thawed_by == "owner" and frozen.frozen_ms > 0
+
+
+def frozen_helper() -> int:
+    """This process's freezer helper (its main thread's child running freeze_helper.py)."""
+    (helper,) = [int(kid) for kid in
+                 Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+                 if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes()]
+    return helper
+
+
+@pytest.mark.parametrize("method", ["cgroup"])
+def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_ends(
+        tmp_path, method, cgroup, criu):
+    """Handed to CRIU frozen, the cgroup stays frozen under CRIU when the helper dies;
+    crwatch thaws it once CRIU has ended, and the dump stands."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
+                                   "--dump", str(tmp_path / "images"), "--watchdog", "60"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        helper = _helper_of(gating)
+        dumping = _criu_of(gating)
+        os.kill(dumping, signal.SIGSTOP)  # CRIU holds the cgroup; keep it there meanwhile
+        try:
+            os.kill(helper, signal.SIGKILL)
+            _await_gone(helper)
+            # The gate's watch over the helper (its one other thread) has seen it die ...
+            deadline = time.monotonic() + AWAIT_S
+            while len(os.listdir(f"/proc/{gating.pid}/task")) > 1:
+                assert time.monotonic() < deadline, "the gate never saw its helper die"
+                time.sleep(0.01)
+            # ... and left the cgroup to CRIU.
+            assert (cgroup / "cgroup.freeze").read_text().strip() == "1"
+        finally:
+            os.kill(dumping, signal.SIGCONT)
+        out, err = gating.communicate(timeout=120)
+        running.assert_running()
+        assert (cgroup / "cgroup.freeze").read_text().strip() == "0"
+    document = json.loads(out)
+    assert gating.returncode == 0 and document["outcome"] == "dumped", err
+    assert document["dump"]["while_frozen"] and document["dump"]["ok"]
+    freeze = document["freeze"]
+    assert freeze["helper_died"] and freeze["thawed_by"] == "owner"
+    assert "gate.helper_died" not in {r["code"] for r in document["verdict"]["reasons"]}
+
+
+def _criu_of(gating: subprocess.Popen) -> int:
+    """The `criu dump` the gate started."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
+            try:
+                argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if b"dump" in argv and any(word.endswith(b"criu") for word in argv):
+                return int(kid)
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never ran"
+        time.sleep(0.001)
+
+
+def _await_gone(pid: int) -> None:
+    """Until the process has exited (a zombie, or reaped)."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} did not exit"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
