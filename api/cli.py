@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from api.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT
+from api.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
 from tracker.freeze import DEFAULT_WATCHDOG_S
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
 from tracker.rules import catalogue
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="history older than this is dropped (default 30)")
     serve.add_argument("--criu", metavar="PATH", help="the CRIU for gates' dumps (default: "
                        "$CRWATCH_CRIU, else the one scripts/setup.sh provides, else criu on PATH)")
+    serve.add_argument("--dump-root", type=Path, default=DEFAULT_DUMP_ROOT, metavar="DIR",
+                       help="a gate's dump.directory must be inside it, `..` and symlinks "
+                            f"resolved (default {DEFAULT_DUMP_ROOT})")
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
     _add_profile_arguments(serve)

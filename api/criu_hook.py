@@ -17,7 +17,7 @@ import os
 import sys
 
 from tracker.criu import probe_criu
-from tracker.gate import GateRequest, gate
+from tracker.gate import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
 from tracker.profiles import Profile, profile
 from tracker.rules import catalogue
@@ -51,6 +51,9 @@ def run_hook(chosen: Profile | None = None) -> int:
         document = gate(GateRequest(pid, tree=True, allow=tuple(allow)), chosen)
     except ProcessGone:
         print(f"crwatch criu-hook: no process with pid {pid}", file=sys.stderr)
+        return EXIT_ABORT
+    except GateError as error:  # pid 1, or a tree holding crwatch
+        print(f"crwatch criu-hook: {error}", file=sys.stderr)
         return EXIT_ABORT
     from api.render import gate_text
 

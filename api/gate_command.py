@@ -16,7 +16,7 @@ from pathlib import Path
 from api.settings import service_url
 from tracker.audit import ThreadId, identify
 from tracker.criu import criu_at
-from tracker.gate import GateError, GateRequest, gate
+from tracker.gate import GateError, GateRequest, gate, refuse_crwatch
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 from tracker.safe_text import json_text, visible
@@ -37,6 +37,7 @@ def run_gate(args, chosen: Profile) -> int:
     try:
         _identify(args.pid)  # a thread or no process: said here, before any service is asked
         request.check()
+        refuse_crwatch(args.pid, request.tree)  # this command too, when a service runs the gate
         document = None
         if not args.local:
             try:

@@ -1,4 +1,5 @@
-"""The service's gates (POST /processes/{pid}/gate): one at a time per process tree.
+"""The service's gates (POST /processes/{pid}/gate): one at a time per process tree, images
+only inside the dump root (`crwatch serve --dump-root`).
 
 A gate run by the service compares its frozen recheck with the live table (the
 drift report), corrects the table, and counts both in /metrics.
@@ -7,11 +8,10 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from tracker.criu import criu_at
-from tracker.gate import GateRequest, gate
+from tracker.gate import GateRequest, gate, images_directory
 from tracker.procfs import ProcessGone
 
 
@@ -32,7 +32,8 @@ class Gates:
 
         service = self._service
         request = GateRequest(pid=pid, tree=tree, allow=tuple(allow), watchdog_s=watchdog_s,
-                              dump_dir=Path(dump_dir) if dump_dir else None,
+                              dump_dir=images_directory(dump_dir, service.settings.dump_root)
+                              if dump_dir else None,
                               leave_running=leave_running)
         with self._one_at_a_time(pid):
             try:

@@ -311,6 +311,12 @@ class FreezeReport(BaseModel):
     frozen_ms: Optional[float] = Field(None, description="how long the tree stayed frozen")
     watchdog_seconds: Optional[float] = None
     expired: bool = Field(False, description="the watchdog thawed it before crwatch did")
+    helper_died: bool = Field(False, description="the freezer helper died while it held the "
+                                                 "tree (crwatch, or the kernel, thawed it)")
+    thawed_by: Optional[Literal["crwatch", "watchdog", "owner", "kernel", "nobody"]] = Field(
+        None, description="crwatch: on its command; watchdog: at the deadline; owner: crwatch "
+                          "after the helper died (cgroup); kernel: the tracer's exit (ptrace); "
+                          "nobody: the cgroup was frozen before crwatch came")
     already_frozen: bool = False
     unfrozen: list[dict] = Field([], description="tasks that could not be frozen, and why")
     error: Optional[str] = None

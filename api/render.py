@@ -86,21 +86,38 @@ def rules_text(catalogue: Catalogue, profile: Profile) -> str:
 def gate_text(document: dict) -> str:
     """A gate document for people: how it froze, the verdict, the drift, CRIU's outcome."""
     document = visible_all(document)
-    freeze = document["freeze"]
-    if freeze["method"] is None:
-        held = f"could not be frozen ({freeze['error']})"
-    else:
-        how = f"cgroup {freeze['cgroup']}" if freeze["method"] == "cgroup" else "ptrace"
-        held = (f"frozen with {how} for {freeze['frozen_ms']:.1f} ms ({freeze['tasks']} tasks, "
-                f"freezing took {freeze['freeze_ms']:.1f} ms)")
-        if freeze["expired"]:
-            held += f"; the watchdog thawed it after {freeze['watchdog_seconds']:g} s"
-    lines = [f"gate: {held}", verdict_text(document["verdict"]), _drift_text(document["drift"])]
+    lines = [f"gate: {_freeze_text(document['freeze'])}", verdict_text(document["verdict"]),
+             _drift_text(document["drift"])]
     dump = document["dump"]
     if dump is not None:
         lines.append(_dump_text(dump, document["drift"]["criu"]))
     lines.append(f"gate: {GATE_OUTCOMES[document['outcome']]}")
     return "\n".join(lines)
+
+
+def _freeze_text(freeze: dict) -> str:
+    if freeze["method"] is None:
+        return f"could not be frozen ({freeze['error']})"
+    how = f"cgroup {freeze['cgroup']}" if freeze["method"] == "cgroup" else "ptrace"
+    refused = len(freeze["unfrozen"])
+    if freeze["tasks"] == 0:  # every task refused (a kernel thread, one traced already)
+        return f"nothing could be frozen with {how} (see gate.freeze_incomplete below)"
+    tasks = _count(freeze["tasks"], "task")
+    if refused:
+        tasks += f", {refused} could not be"
+    held = (f"frozen with {how} for {freeze['frozen_ms']:.1f} ms ({tasks}, "
+            f"freezing took {freeze['freeze_ms']:.1f} ms)")
+    if freeze.get("helper_died"):
+        thawed = {"owner": "crwatch thawed it", "kernel": "the kernel resumed its tasks",
+                  "nobody": "it stays frozen as it was found"}[freeze["thawed_by"]]
+        held += f"; the freezer helper died and {thawed}"
+    elif freeze["expired"]:
+        held += f"; the watchdog thawed it after {freeze['watchdog_seconds']:g} s"
+    return held
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number:,} {noun}s"
 
 
 GATE_OUTCOMES = {

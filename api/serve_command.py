@@ -17,7 +17,8 @@ def run_serve(args) -> int:
                         criu_version=args.criu_version,
                         token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
                         probes=not args.no_probes, db=args.db,
-                        retention_days=args.retention_days, criu=args.criu)
+                        retention_days=args.retention_days, criu=args.criu,
+                        dump_root=args.dump_root)
     try:
         settings.check()
     except SettingsError as error:

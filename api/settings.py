@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
 DEFAULT_DB = Path("/var/lib/crwatch/history.sqlite3")
+DEFAULT_DUMP_ROOT = Path("/var/lib/crwatch/dumps")
 
 
 class SettingsError(ValueError):
@@ -25,6 +26,7 @@ class Settings:
     db: Path = DEFAULT_DB            # the history (SQLite, WAL)
     retention_days: float = 30.0
     criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
+    dump_root: Path = DEFAULT_DUMP_ROOT  # a gate's images directory must be inside it
 
     @property
     def everyone_needs_token(self) -> bool:
@@ -35,6 +37,8 @@ class Settings:
         if not self.token and not _loopback(self.host):
             raise SettingsError(f"listening on {self.host} needs a token (--token or "
                                 f"CRWATCH_TOKEN): every caller must then send it")
+        if not self.dump_root.is_absolute():
+            raise SettingsError(f"the dump root must be an absolute path: {self.dump_root}")
         return self
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (audit_bench, fuzz_criu, gate_bench, service_bench, sharing_bench,  # noqa: E402
-                   tracker_bench)
+from bench import (audit_bench, freeze_bench, fuzz_criu, gate_bench, service_bench,  # noqa: E402
+                   sharing_bench, tracker_bench)
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)
@@ -20,5 +20,6 @@ if __name__ == "__main__":
     service_bench.main()
     print("== gate ==", flush=True)
     gate_bench.main()
+    freeze_bench.main()
     print("== differential fuzzer against the real CRIU ==", flush=True)
     fuzz_criu.main(["--compositions", "60", "--seed", "1"])

@@ -23,9 +23,9 @@ from typing import Iterator
 import pytest
 
 from tests.agreement import network_lock_allowed, network_lock_options
-from tests.subjects import Subject, start
+from tests.subjects import Subject, start, subject
 from tracker.criu import find_criu
-from tracker.freeze import cgroup2_mount
+from tracker.freeze import Freeze, cgroup2_mount
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
@@ -250,7 +250,7 @@ def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, m
         lock = network_lock_options()
         assert refused["verdict"]["required_options"] == sorted(
             ["--ghost-limit", "--tcp-established", *lock[:1]])
-        assert not refused["dump"]["ran"] and not (tmp_path / "refused" / "dump.log").exists()
+        assert not refused["dump"]["ran"] and not (tmp_path / "refused").exists()
         running.assert_running()
 
         ghost = next(r["option_value"] for r in refused["verdict"]["reasons"]
@@ -278,7 +278,7 @@ def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, 
         codes = {r["code"] for r in document["verdict"]["reasons"]}
         assert "device.chr.unsupported" in codes and document["verdict"]["verdict"] == "blocked"
         assert document["freeze"]["method"] == method
-        assert not document["dump"]["ran"] and list(images.iterdir()) == []
+        assert not document["dump"]["ran"] and not images.exists()  # made only for a dump
         running.assert_running()
 
 
@@ -335,6 +335,241 @@ def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgrou
         gating.send_signal(signal.SIGKILL)
         gating.wait()
         running.assert_running()  # thawed by the holder, long before its watchdog
+
+
+def _helper_of(gating: subprocess.Popen) -> int:
+    """The freezer helper the gate started: the child of its main thread running
+    freeze_helper.py."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
+            try:
+                if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    return int(kid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a short-lived child (criu --version) ended meanwhile
+        assert gating.poll() is None and time.monotonic() < deadline, "no helper started"
+        time.sleep(0.01)
+
+
+def _await_hold(helper: int, gating: subprocess.Popen) -> None:
+    """Until the helper has reported the tree frozen and waits for commands: blocked in
+    select(1, [stdin], ...), the only call it makes with 1 as first argument (freezing, it
+    waits in wait4, nanosleep or poll)."""
+    deadline = time.monotonic() + AWAIT_S
+    while Path(f"/proc/{helper}/syscall").read_text().split()[1:2] != ["0x1"]:
+        assert gating.poll() is None and time.monotonic() < deadline, "the hold never began"
+        time.sleep(0.01)
+
+
+def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, method, cgroup):
+    """The helper holds the tree; SIGKILL of it (the OOM killer's way) must not strand it:
+    crwatch thaws a cgroup itself, the kernel detaches a dead tracer's tracees."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
+                                   "--hold", "600", "--watchdog", "900"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        helper = _helper_of(gating)
+        _await_hold(helper, gating)
+        assert _frozen(running, method, cgroup)
+        os.kill(helper, signal.SIGKILL)
+        out, err = gating.communicate(timeout=AWAIT_S)  # long before the hold or the watchdog
+        running.assert_running()
+        if cgroup is not None:
+            assert (cgroup / "cgroup.freeze").read_text().strip() == "0"
+        document = json.loads(out)
+    assert gating.returncode == 1 and document["outcome"] == "refused", err
+    freeze = document["freeze"]
+    assert freeze["helper_died"] and not freeze["expired"]
+    assert freeze["thawed_by"] == {"cgroup": "owner", "ptrace": "kernel"}[method]
+    assert 0 < freeze["frozen_ms"] < AWAIT_S * 1e3  # measured by crwatch, the helper's gone
+    assert document["verdict"]["verdict"] == "unknown"
+    assert "gate.helper_died" in {r["code"] for r in document["verdict"]["reasons"]}
+
+
+@pytest.mark.parametrize("method", ["cgroup"])
+def test_the_owner_thaws_a_dead_helpers_cgroup_at_once_while_busy_elsewhere(tmp_path, method,
+                                                                             cgroup):
+    """The owner's watch is a thread of its own: the cgroup thaws while the owner's code
+    (this test, as a gate's audit would) is busy, before it releases the hold."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        freeze = Freeze(running.root, tree=True, watchdog_s=600)
+        frozen = freeze.__enter__()
+        try:
+            assert frozen.method == "cgroup" and _frozen(running, method, cgroup)
+            events = os.open(cgroup / "cgroup.events", os.O_RDONLY)
+            try:
+                poller = select.poll()
+                poller.register(events, select.POLLPRI)
+                os.kill(frozen_helper(), signal.SIGKILL)
+                deadline = time.monotonic() + AWAIT_S
+                while "frozen 0" not in os.pread(events, 4096, 0).decode():
+                    assert time.monotonic() < deadline, "the cgroup stayed frozen"
+                    poller.poll(1000)  # cgroup.events changes raise POLLPRI
+            finally:
+                os.close(events)
+            running.assert_running()
+        finally:
+            freeze.release()
+        assert frozen.helper_died and frozen.thawed_by == "owner" and frozen.frozen_ms > 0
+
+
+def frozen_helper() -> int:
+    """This process's freezer helper (its main thread's child running freeze_helper.py)."""
+    (helper,) = [int(kid) for kid in
+                 Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+                 if b"freeze_helper.py" in Path(f"/proc/{kid}/cmdline").read_bytes()]
+    return helper
+
+
+@pytest.mark.parametrize("method", ["cgroup"])
+def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_ends(
+        tmp_path, method, cgroup, criu):
+    """Handed to CRIU frozen, the cgroup stays frozen under CRIU when the helper dies;
+    crwatch thaws it once CRIU has ended, and the dump stands."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
+                                   "--dump", str(tmp_path / "images"), "--watchdog", "60"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        helper = _helper_of(gating)
+        dumping = _criu_of(gating)
+        os.kill(dumping, signal.SIGSTOP)  # CRIU holds the cgroup; keep it there meanwhile
+        try:
+            os.kill(helper, signal.SIGKILL)
+            _await_gone(helper)
+            # The gate's watch over the helper (its one other thread) has seen it die ...
+            deadline = time.monotonic() + AWAIT_S
+            while len(os.listdir(f"/proc/{gating.pid}/task")) > 1:
+                assert time.monotonic() < deadline, "the gate never saw its helper die"
+                time.sleep(0.01)
+            # ... and left the cgroup to CRIU.
+            assert (cgroup / "cgroup.freeze").read_text().strip() == "1"
+        finally:
+            os.kill(dumping, signal.SIGCONT)
+        out, err = gating.communicate(timeout=120)
+        running.assert_running()
+        assert (cgroup / "cgroup.freeze").read_text().strip() == "0"
+    document = json.loads(out)
+    assert gating.returncode == 0 and document["outcome"] == "dumped", err
+    assert document["dump"]["while_frozen"] and document["dump"]["ok"]
+    freeze = document["freeze"]
+    assert freeze["helper_died"] and freeze["thawed_by"] == "owner"
+    assert "gate.helper_died" not in {r["code"] for r in document["verdict"]["reasons"]}
+
+
+def _criu_of(gating: subprocess.Popen) -> int:
+    """The `criu dump` the gate started."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
+            try:
+                argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if b"dump" in argv and any(word.endswith(b"criu") for word in argv):
+                return int(kid)
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never ran"
+        time.sleep(0.001)
+
+
+def _await_gone(pid: int) -> None:
+    """Until the process has exited (a zombie, or reaped)."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} did not exit"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("method", ["cgroup"])
+def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgroup):
+    """crwatch undoes only its own freeze: a cgroup frozen before the gate stays frozen."""
+    requires_root()
+    with tree(tmp_path, cgroup=cgroup) as running:
+        (cgroup / "cgroup.freeze").write_text("1")
+        deadline = time.monotonic() + AWAIT_S
+        while not _frozen(running, method, cgroup):
+            assert time.monotonic() < deadline, "never frozen"
+            time.sleep(0.01)
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
+                                   "--hold", "600", "--watchdog", "900"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.kill(_helper_of(gating), signal.SIGKILL)
+        out, err = gating.communicate(timeout=AWAIT_S)
+        try:
+            assert gating.returncode == 1 and json.loads(out)["outcome"] == "refused", err
+            assert (cgroup / "cgroup.freeze").read_text().strip() == "1"
+            with pytest.raises(AssertionError, match="did not answer"):
+                running.ping("child", timeout=0.2)
+        finally:
+            (cgroup / "cgroup.freeze").write_text("0")
+        running.assert_running()
+
+
+def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anything(tmp_path):
+    requires_root()
+    images = tmp_path / "images"
+    init = subprocess.run([str(CRWATCH), "gate", "--local", "1", "--dump", str(images)],
+                          capture_output=True, text=True, timeout=AWAIT_S)
+    assert init.returncode == 2 and init.stdout == "", init.stderr
+    assert init.stderr.startswith("crwatch: pid 1 is init: freezing it would hold the whole host")
+    # A shell gating itself: its tree holds this very gate. Frozen, the gate would wait for
+    # its 60 s watchdog, past the timeout.
+    own = subprocess.run(["sh", "-c", '"$0" gate --local --watchdog 60 --dump "$1" $$; '
+                          'echo "status $?"', str(CRWATCH), str(images)],
+                         capture_output=True, text=True, timeout=AWAIT_S)
+    assert own.stdout.strip() == "status 2", own
+    assert "contains crwatch itself: pid " in own.stderr and "(crwatch gate)" in own.stderr
+    assert own.stderr.count("\n") == 1 and not images.exists()
+
+
+def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
+    requires_root()
+    with tree(tmp_path) as running:
+        gating = subprocess.Popen([str(CRWATCH), "gate", "--local", str(running.root),
+                                   "--hold", "600", "--watchdog", "900"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            helper = _helper_of(gating)
+            refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", str(helper)],
+                                     capture_output=True, text=True, timeout=AWAIT_S)
+            assert refused.returncode == 2, refused.stderr
+            assert refused.stderr == (f"crwatch: pid {helper} is crwatch itself (crwatch's "
+                                      f"freezer helper): the gate never freezes the crwatch "
+                                      f"that must thaw it\n")
+            assert "TracerPid:\t0\n" in Path(f"/proc/{helper}/status").read_text()
+        finally:
+            gating.kill()
+            gating.wait()
+        running.assert_running()
+
+
+def test_a_tree_nothing_could_freeze_is_not_called_frozen():
+    """A kernel thread refuses PTRACE_SEIZE: no "frozen ... (0 tasks)"."""
+    requires_root()
+    kernel_thread = next(pid for pid in sorted(int(n) for n in os.listdir("/proc") if n.isdigit())
+                         if _is_kernel_thread(pid))
+    done = subprocess.run([str(CRWATCH), "gate", "--local", "--only", str(kernel_thread)],
+                          capture_output=True, text=True, timeout=AWAIT_S)
+    assert done.returncode == 1, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first == "gate: nothing could be frozen with ptrace (see gate.freeze_incomplete below)"
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    try:
+        flags = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[6])
+    except (OSError, IndexError, ValueError):
+        return False
+    return bool(flags & 0x00200000)  # PF_KTHREAD
 
 
 def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
@@ -414,11 +649,14 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
     for bad in (["0"], ["12", "--watchdog", "soon"]):
         done = subprocess.run([str(CRWATCH), "gate", *bad], capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr
-    no_criu = subprocess.run([str(CRWATCH), "gate", "--local", str(os.getpid()), "--criu",
-                              "/bin/false", "--dump", str(tmp_path)], capture_output=True, text=True)
+    with subject("ready(); hold()") as alone:  # a tree without crwatch in it
+        no_criu = subprocess.run([str(CRWATCH), "gate", "--local", str(alone.pid), "--criu",
+                                  "/bin/false", "--dump", str(tmp_path / "images")],
+                                 capture_output=True, text=True)
+        unreachable = subprocess.run([str(CRWATCH), "gate", str(alone.pid), "--service",
+                                      "http://127.0.0.1:9"], capture_output=True, text=True)
     assert no_criu.returncode == 2 and "no CRIU that runs was found" in no_criu.stderr
-    unreachable = subprocess.run([str(CRWATCH), "gate", str(os.getpid()), "--service",
-                                  "http://127.0.0.1:9"], capture_output=True, text=True)
+    assert not (tmp_path / "images").exists()
     assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr
 
 

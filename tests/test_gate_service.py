@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,8 @@ hold()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    running = Server("--token", TOKEN, "--db", str(tmp_path_factory.mktemp("gate") / "h.sqlite3"))
+    running = Server("--token", TOKEN, "--db", str(tmp_path_factory.mktemp("gate") / "h.sqlite3"),
+                     "--dump-root", str(tmp_path_factory.getbasetemp()))  # tests' images
     try:
         yield running
     finally:
@@ -116,6 +118,67 @@ def test_the_gate_needs_the_token_and_refuses_bad_input_clearly(server):
             assert status == 422 and problem["status"] == 422 and problem["detail"], body
     status, problem = server.post("/processes/4194304/gate", {}, token=TOKEN)
     assert (status, problem["detail"]) == (404, "no process with pid 4194304")
+
+
+def test_a_dump_directory_must_be_inside_the_dump_root_and_is_made_only_for_a_dump(
+        server, tmp_path, tmp_path_factory):
+    root = tmp_path_factory.getbasetemp()
+    outside = f"crwatch-outside-{os.getpid()}"
+    (tmp_path / "link").symlink_to("/")
+    with subject("ready(); hold()") as s:
+        for directory in (f"/{outside}", f"{root}/../{outside}", f"{tmp_path}/link/{outside}"):
+            status, problem = server.post(f"/processes/{s.pid}/gate",
+                                          {"dump": {"directory": directory}}, token=TOKEN)
+            assert status == 422 and "is outside the dump root" in problem["detail"], problem
+            assert (" (that is /" in problem["detail"]) == (directory != f"/{outside}")
+        assert not Path(f"/{outside}").exists() and not (root.parent / outside).exists()
+
+        inside = tmp_path / "images"
+        status, problem = server.post("/processes/4194304/gate",
+                                      {"dump": {"directory": str(inside)}}, token=TOKEN)
+        assert status == 404 and not inside.exists()
+    with subject(KVM_HOLDER) as blocked:
+        status, refused = server.post(f"/processes/{blocked.pid}/gate",
+                                      {"dump": {"directory": str(inside)}}, token=TOKEN)
+    assert status == 200 and refused["outcome"] == "refused" and not inside.exists()
+
+
+def test_a_relative_dump_root_is_refused_at_start():
+    done = subprocess.run([str(CRWATCH), "serve", "--dump-root", "dumps", "--port", "9"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "crwatch: the dump root must be an absolute path: dumps\n"
+
+
+def test_the_gate_refuses_init_the_service_and_a_tree_holding_it_before_freezing(server,
+                                                                                 tmp_path):
+    service = server.process.pid
+    before = metrics(server)
+    started = time.monotonic()
+    images = {"directory": str(tmp_path / "images")}
+    for pid, body, expected in (
+            (1, {"dump": images}, "pid 1 is init: freezing it would hold the whole host"),
+            (service, {"tree": False}, f"pid {service} is crwatch itself (crwatch serve)"),
+            (os.getpid(), {"dump": images},  # this test's process: the service is its child
+             f"the tree of pid {os.getpid()} contains crwatch itself: pid {service} "
+             f"(crwatch serve)")):
+        status, problem = server.post(f"/processes/{pid}/gate",
+                                      {"watchdog_seconds": 60, **body}, token=TOKEN)
+        assert status == 422 and problem["detail"].startswith(expected), problem
+    # A frozen service would have answered only when its 60 s watchdog thawed it.
+    assert time.monotonic() - started < 30
+    after = metrics(server)
+    for name in ('crwatch_gate_frozen_seconds_count{method="ptrace"}',
+                 'crwatch_gate_frozen_seconds_count{method="cgroup"}'):
+        assert after.get(name, 0) == before.get(name, 0), name  # nothing was frozen
+    assert not (tmp_path / "images").exists()
+
+    # `crwatch gate` asking the service says no for its own tree before it asks.
+    own = subprocess.run(["sh", "-c", '"$0" gate --service "$1" $$; echo "status $?"',
+                          str(CRWATCH), f"http://127.0.0.1:{server.port}"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, CRWATCH_TOKEN=TOKEN))
+    assert own.stdout.strip() == "status 2" and "(crwatch gate)" in own.stderr, own
 
 
 def test_the_gate_judges_the_tree_and_refuses_a_dump_of_the_pid_alone(server, tmp_path):

@@ -4,7 +4,12 @@ and when a tree owns its cgroup."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +155,53 @@ def test_a_second_gate_of_the_same_pid_waits_for_none_and_is_refused():
             pass
     with gates._one_at_a_time(42):
         pass
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/venv/bin/python3", "/venv/bin/crwatch", "serve", "--port", "8642"], "crwatch serve"),
+    (["/venv/bin/crwatch", "gate", "--local", "12"], "crwatch gate"),
+    (["/usr/bin/python3", "-I", "-S", "/src/tracker/freeze_helper.py", "cgroup", "/sys/x", "-"],
+     "crwatch's freezer helper"),
+    (["python3", "-m", "api.cli", "serve"], "crwatch serve"),
+    (["/venv/bin/python3", "/venv/bin/crwatch-criu-hook"], "crwatch-criu-hook"),
+    (["vim", "crwatch"], None),
+    (["/venv/bin/python3", "-m", "pytest", "tests/test_gate.py"], None),
+    (["/bin/bash"], None),
+    ([], None),
+])
+def test_crwatch_processes_are_known_by_their_command_line(argv, expected):
+    from tracker.crwatch_processes import _role_in
+
+    assert _role_in(argv) == expected
+
+
+def test_only_roots_processes_named_crwatch_are_crwatch(tmp_path):
+    """Another user cannot make a tree ungateable by naming a process of theirs crwatch."""
+    from tracker.crwatch_processes import role
+
+    if os.geteuid() != 0:
+        pytest.skip("running a process as another user needs root (CI is root)")
+    scripts = Path(tempfile.mkdtemp(prefix="crwatch-unit-"))  # where nobody may run it
+    try:
+        scripts.chmod(0o755)
+        named = scripts / "crwatch"
+        named.write_text(f"#!{sys.executable}\nimport sys\nsys.stdin.read()\n")
+        named.chmod(0o755)
+        as_root = subprocess.Popen([str(named), "serve"], stdin=subprocess.PIPE)
+        as_nobody = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                                      "--clear-groups", str(named), "serve"],
+                                     stdin=subprocess.PIPE)
+        try:
+            for started in (as_root, as_nobody):  # until each runs the script, not setpriv
+                deadline = time.monotonic() + 30
+                while b"crwatch\0serve" not in Path(f"/proc/{started.pid}/cmdline").read_bytes():
+                    assert time.monotonic() < deadline, "the script never started"
+                    time.sleep(0.01)
+            assert role(as_root.pid) == "crwatch serve"
+            assert role(as_nobody.pid) is None
+            assert role(os.getpid()) is None  # pytest: python -m pytest
+        finally:
+            for started in (as_root, as_nobody):
+                started.communicate(b"", timeout=30)
+    finally:
+        shutil.rmtree(scripts)

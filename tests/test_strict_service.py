@@ -29,7 +29,8 @@ REMAPPED = REMAPPED_PAGES + "hold()\n"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     running = Server("--profile", "strict", "--token", TOKEN,
-                     "--db", str(tmp_path_factory.mktemp("strict") / "history.sqlite3"))
+                     "--db", str(tmp_path_factory.mktemp("strict") / "history.sqlite3"),
+                     "--dump-root", str(tmp_path_factory.getbasetemp()))  # tests' images
     try:
         yield running
     finally:

@@ -4,13 +4,15 @@ The cgroup v2 freezer is used only when the tree owns its cgroup (no other
 process in it or below it), so that freezing it stops nobody else; otherwise
 every thread is held with ptrace. Either way the hold is kept by a helper
 process (freeze_helper.py) that has a deadline of its own and resumes the tree
-if crwatch dies.
+if crwatch dies; crwatch in turn watches the helper (freeze_guard.py) and
+resumes the tree if the helper dies.
 """
 from __future__ import annotations
 
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker.context import Hold
+from tracker.freeze_guard import HelperGuard, cgroup_frozen
 from tracker.procfs import DEFAULT_PROC_ROOT
 
 HELPER = Path(__file__).with_name("freeze_helper.py")
@@ -44,6 +47,8 @@ class Frozen:
     hold: Hold | None = None         # with ptrace: the holder and what its stop hides
     frozen_ms: float | None = None   # known once thawed
     expired: bool = False            # the watchdog thawed it, not crwatch
+    helper_died: bool = False        # the helper ended without thawing (killed)
+    thawed_by: str | None = None     # see THAWED_BY
 
     @property
     def complete(self) -> bool:
@@ -54,7 +59,17 @@ class Frozen:
                 "tasks": self.tasks, "freeze_ms": round(self.freeze_ms, 3),
                 "frozen_ms": None if self.frozen_ms is None else round(self.frozen_ms, 3),
                 "watchdog_seconds": watchdog_s, "expired": self.expired,
+                "helper_died": self.helper_died, "thawed_by": self.thawed_by,
                 "already_frozen": self.already_frozen, "unfrozen": self.unfrozen}
+
+
+THAWED_BY = {
+    "crwatch": "the helper, told by crwatch",
+    "watchdog": "the helper, at its deadline",
+    "owner": "crwatch, writing cgroup.freeze 0 after the helper died",
+    "kernel": "the kernel, which detaches a dead tracer's tracees",
+    "nobody": "nobody: the cgroup was frozen before crwatch came, and stays so",
+}
 
 
 def cgroup2_mount(proc_root: Path = DEFAULT_PROC_ROOT) -> Path | None:
@@ -117,18 +132,29 @@ class Freeze:
         self.cgroup = owned_cgroup(pid, tree_pids(pid, tree))
         self.frozen: Frozen | None = None
         self._helper: subprocess.Popen | None = None
+        self._guard: HelperGuard | None = None
+        self._frozen_at = 0.0      # when the owner heard "frozen" (monotonic)
+        self._helper_stderr = b""
 
     def __enter__(self) -> Frozen:
         mode, target = ("cgroup", str(self.cgroup)) if self.cgroup else ("ptrace", str(self.pid))
+        # A freeze found in place is not crwatch's to undo, even if the helper dies.
+        ours = self.cgroup if self.cgroup and not cgroup_frozen(self.cgroup) else None
         self._helper = subprocess.Popen(
             [sys.executable, "-I", "-S", str(HELPER), mode, target, "1" if self.tree else "0",
              str(self.watchdog_s), str(self.freeze_timeout_s)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)  # Ctrl-C on crwatch's terminal must not reach it
+        self._guard = HelperGuard(self._helper.pid, ours)
         report = self._report(self.freeze_timeout_s + HELPER_START_S)
+        self._frozen_at = time.monotonic()
         if report is None or "error" in report:
+            self._guard.release()
             self._end_helper()
             why = report["error"] if report else self._helper_failure()
+            self._guard.thaw()  # whatever the helper froze before it failed
+            self._guard.close()
+            self._helper = self._guard = None
             raise FreezeError(f"cannot freeze pid {self.pid}: {why}")
         self.frozen = Frozen(
             method=report["method"], cgroup=report["cgroup"], pids=report["pids"],
@@ -141,33 +167,55 @@ class Freeze:
         return self.frozen
 
     def holding(self) -> bool:
-        """Is the tree still held (its watchdog has not fired)?"""
+        """Is the tree still held (neither the watchdog fired nor the helper died)?"""
         helper = self._helper
         return (helper is not None and helper.poll() is None
                 and not select.select([helper.stdout], [], [], 0)[0])
 
     def hold(self, seconds: float) -> None:
-        """Stay frozen this long, or until the watchdog thaws the tree if that comes first."""
+        """Stay frozen this long, or until the hold ends otherwise if that comes first."""
         helper = self._helper
         if helper is not None:
             select.select([helper.stdout], [], [], seconds)
 
     def handoff(self, pid: int) -> None:
+        self._guard.handoff()
         self._send(f"handoff {pid}")
 
     def release(self) -> Frozen | None:
         """Thaw now (if the watchdog has not already); idempotent."""
         if self._helper is None:
             return self.frozen
+        self._guard.release()
         self._send("thaw")
         report = self._report(HELPER_START_S)
-        if self.frozen is not None and report is not None:
-            self.frozen.frozen_ms, self.frozen.expired = report["frozen_ms"], report["expired"]
         self._end_helper()
+        if report is None:
+            self._guard.thaw()  # after a handoff, CRIU has ended: crwatch's freeze is undone
+        self._guard.close()
+        if self.frozen is not None:
+            self._account(report)
+        self._helper = self._guard = None
         return self.frozen
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def _account(self, report: dict | None) -> None:
+        """Fill in how the hold ended: the helper's own word, or what the owner saw."""
+        frozen = self.frozen
+        if report is not None:
+            frozen.frozen_ms, frozen.expired = report["frozen_ms"], report["expired"]
+            frozen.thawed_by = ("nobody" if frozen.already_frozen
+                                else "watchdog" if frozen.expired else "crwatch")
+            return
+        frozen.helper_died = True
+        if frozen.method == "ptrace":
+            frozen.thawed_by, ended = "kernel", self._guard.exited_at
+        else:
+            frozen.thawed_by = "nobody" if frozen.already_frozen else "owner"
+            ended = self._guard.thawed_at or self._guard.exited_at
+        frozen.frozen_ms = ((ended or time.monotonic()) - self._frozen_at) * 1e3
 
     # ------------------------------------------------------------ the helper's pipes
 
@@ -183,15 +231,24 @@ class Freeze:
         deadline = time.monotonic() + timeout
         while select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
             line = stream.readline()
-            return json.loads(line) if line else None
+            try:
+                return json.loads(line) if line else None
+            except ValueError:
+                return None  # cut off mid-line: it died while writing
         return None
 
     def _helper_failure(self) -> str:
-        error = self._helper.stderr.read().decode(errors="replace").strip()
-        return error.splitlines()[-1] if error else "the freezer helper did not answer"
+        error = self._helper_stderr.decode(errors="replace").strip()
+        if error:
+            return error.splitlines()[-1]
+        code = self._helper.returncode
+        if code is not None and code < 0:
+            return f"the freezer helper was killed ({signal.Signals(-code).name}) before it " \
+                   f"reported"
+        return "the freezer helper did not answer"
 
     def _end_helper(self) -> None:
-        helper, self._helper = self._helper, None
+        helper = self._helper
         try:
             helper.stdin.close()  # end of file: it thaws and exits if it has not yet
         except BrokenPipeError:
@@ -201,6 +258,7 @@ class Freeze:
         except subprocess.TimeoutExpired:
             helper.kill()  # a ptrace holder's tracees resume when it dies
             helper.wait()
+        self._helper_stderr = helper.stderr.read()  # it has exited: this ends at once
         helper.stdout.close()
         helper.stderr.close()
 

@@ -7,7 +7,8 @@ suffers can strand the tree:
 - ptrace: the helper is the tracer. When it exits, however it exits, the kernel
   detaches its tracees and they run on; it never sends SIGSTOP.
 - cgroup: the helper thaws the cgroup when told to, when its deadline passes, or
-  when crwatch dies (its command pipe reaches end of file).
+  when crwatch dies (its command pipe reaches end of file). If the helper itself is
+  killed, crwatch, which watches it, thaws the cgroup (freeze_guard.py).
 
 Usage: freeze_helper.py ptrace PID TREE(0|1) DEADLINE_S FREEZE_TIMEOUT_S
        freeze_helper.py cgroup DIR - DEADLINE_S FREEZE_TIMEOUT_S

@@ -8,6 +8,7 @@ whatever CRIU still refuses is read back from its log as a reason.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Callable
 
 from tracker import live_verdict, verdict
 from tracker.audit import Audit, ProcessIdentity, audit, identify
-from tracker.checks.gate import not_frozen, watchdog_expired
+from tracker.checks.gate import helper_died, not_frozen, watchdog_expired
 from tracker.criu import Criu, DumpResult, arguments_for
 from tracker.criu_log import failure_findings
+from tracker.crwatch_processes import refusal, role
 from tracker.environment import Environment, of
-from tracker.freeze import DEFAULT_WATCHDOG_S, Freeze, FreezeError, Frozen
+from tracker.freeze import (DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen,
+                            tree_pids)
 from tracker.live_verdict import ProbeFound
 from tracker.profiles import Profile
 
@@ -39,6 +42,10 @@ class CriuUnavailable(GateError):
     """A dump was asked for and there is no CRIU that works here."""
 
 
+class CrwatchInside(GateError):
+    """pid 1, or a tree holding crwatch itself: refused before anything is frozen."""
+
+
 @dataclass(frozen=True)
 class GateRequest:
     pid: int
@@ -50,7 +57,9 @@ class GateRequest:
     hold_s: float = 0.0               # stay frozen this long after the recheck (tests the watchdog)
 
     def check(self) -> None:
-        """Refuse a dump of the pid alone: CRIU has no such thing."""
+        """Refuse a dump of the pid alone (CRIU has no such thing) and a relative directory."""
+        if self.dump_dir is not None:
+            images_directory(self.dump_dir, None)
         if self.dump_dir is not None and not self.tree:
             raise GateError(f"a dump takes pid {self.pid} with all its descendants (criu dump "
                             f"-t {self.pid}): the gate of a dump judges that whole tree, not "
@@ -72,14 +81,16 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     """Run the gate and return its document (schema crwatch.gate/1).
 
     Raises ProcessGone when the pid does not exist, ThreadId for the id of a thread,
-    GateError when a dump was asked for and cannot be made (or of the pid alone).
+    GateError when a dump was asked for and cannot be made (or of the pid alone),
+    CrwatchInside for pid 1 or a tree holding crwatch. The images directory is made only
+    when CRIU is about to run.
     """
     request.check()
     if request.dump_dir is not None:
         criu = _usable(criu)
         judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
-        _prepare(request.dump_dir)
     identify(request.pid)  # ProcessGone before anything is frozen
+    refuse_crwatch(request.pid, request.tree)
     # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
     dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
@@ -90,12 +101,20 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
     if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
-            and run.frozen is not None and not run.frozen.expired):
+            and run.frozen is not None and not (run.frozen.expired or run.frozen.helper_died)):
         run.dump = _dump(criu, request, document, cgroup=None)
     criu_findings = []
     if run.dump is not None and not run.dump.ok:
         criu_findings = failure_findings(run.dump.log, request.pid, run.dump.log_path)
     return _document(request, judged_by, document, run, drift, criu_findings, criu)
+
+
+def refuse_crwatch(pid: int, tree: bool) -> None:
+    """CrwatchInside when freezing pid (with its tree) would freeze init or crwatch."""
+    own = {os.getpid(): role(os.getpid()) or "the process running this gate"}
+    why = refusal(pid, [pid] if pid == 1 else tree_pids(pid, tree), own)
+    if why:
+        raise CrwatchInside(why)
 
 
 def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
@@ -127,6 +146,8 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
         freeze.release()
     if frozen.expired:
         run.result.findings.append(watchdog_expired(request.pid, request.watchdog_s))
+    if frozen.helper_died and not run.dumped_frozen:  # after a handoff CRIU held the tree
+        run.result.findings.append(helper_died(request.pid, THAWED_BY[frozen.thawed_by]))
     return run
 
 
@@ -137,6 +158,7 @@ def _probe_found(probe_finder: ProbeFinder | None, result: Audit) -> ProbeFound:
 
 def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | None,
           on_start: Callable[[int], None] | None = None) -> DumpResult:
+    _prepare(request.dump_dir)
     return criu.dump(request.pid, arguments_for(document["reasons"]),
                      images_dir=request.dump_dir, leave_running=request.leave_running,
                      extra=["--freeze-cgroup", cgroup] if cgroup else [], on_start=on_start)
@@ -152,9 +174,23 @@ def _usable(criu: Criu | None) -> Criu:
     return criu
 
 
-def _prepare(directory: Path) -> None:
+def images_directory(directory: str | Path, root: Path | None) -> Path:
+    """Where a dump may write: an absolute path, inside `root` (when one is set) once `..`
+    and symlinks are resolved. The resolved path is the one to use. Nothing is made."""
+    directory = Path(directory)
     if not directory.is_absolute():
         raise GateError(f"the images directory must be an absolute path: {directory}")
+    if root is None:
+        return directory
+    resolved, inside = Path(os.path.realpath(directory)), Path(os.path.realpath(root))
+    if resolved != inside and inside not in resolved.parents:
+        shown = directory if resolved == directory else f"{directory} (that is {resolved})"
+        raise GateError(f"the images directory {shown} is outside the dump root {inside} "
+                        f"(crwatch serve --dump-root; crwatch gate --local writes anywhere)")
+    return resolved
+
+
+def _prepare(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:

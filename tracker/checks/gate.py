@@ -11,6 +11,10 @@ RULES = (
     Rule("gate.watchdog_expired", "The watchdog thawed the tree before the recheck finished",
          BLOCKER, "gate again, with a longer --watchdog if the tree has many files",
          makes_unknown=True),
+    Rule("gate.helper_died", "The freezer helper died before the recheck finished",
+         BLOCKER, "gate again (nothing crwatch froze stays frozen); if the helper keeps "
+         "dying, look for what kills it (the OOM killer, a kill by hand)",
+         makes_unknown=True),
     Rule("criu.dump_failed", "CRIU refused something the audit did not predict", BLOCKER,
          "read CRIU's log (its path is in the dump report); this is a state crwatch's "
          "catalogue lacks: please report it"),
@@ -20,6 +24,12 @@ RULES = (
 def not_frozen(pid: int, tid: int | None, why: str) -> Finding:
     who = f"task {tid}" if tid is not None else f"the tree of pid {pid}"
     return Finding("gate.freeze_incomplete", f"{who} could not be frozen: {why}", pid, tid=tid)
+
+
+def helper_died(pid: int, thawed_by: str) -> Finding:
+    return Finding("gate.helper_died",
+                   f"the freezer helper died before the recheck finished (the tree was thawed "
+                   f"by {thawed_by}): what it read may not be one moment", pid)
 
 
 def watchdog_expired(pid: int, seconds: float) -> Finding:
