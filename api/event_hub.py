@@ -2,8 +2,10 @@
 
 The tracker calls publish() on its applier thread: it appends the notice to one
 shared ring and, once per batch of notices, wakes the event loop; it never waits
-for a client. On the loop, each client reads the ring from its own cursor and
-writes what it has not sent yet as one chunk; each line is encoded once (and its
+for a client. The loop wakes the clients at most every FLUSH_SECONDS, so that a
+burst of notices costs each client a few writes a second, not one per notice: each
+client reads the ring from its own cursor and writes what it has not sent yet as
+one chunk; each line is encoded once (and its
 redacted variant once) for all the clients. A client whose backlog grows beyond
 CLIENT_BACKLOG lines is cut off: its stream ends with a `lost` line (`where:
 client`) saying how many it missed. The `ready` notice is kept and sent first
@@ -24,6 +26,7 @@ from tracker.live_model import SCHEMA, iso_from_wall_ns
 
 CLIENT_BACKLOG = 10_000  # lines published but not yet handed to a client's connection
 MAX_STREAMS = 256
+FLUSH_SECONDS = 0.02
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -64,6 +67,7 @@ class EventHub:
         self._clients: set[_Client] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending = False
+        self._woken_at = 0.0          # loop.time() of the last wake-up of the clients
         self.closed = False
         self.cut_off = 0              # clients cut off for their backlog
         self.refused = 0              # streams refused beyond MAX_STREAMS
@@ -85,7 +89,7 @@ class EventHub:
             self._wake_pending = True
             loop = self._loop
         try:
-            loop.call_soon_threadsafe(self._wake_all)
+            loop.call_soon_threadsafe(self._wake_soon, loop)
         except RuntimeError:  # the loop is closed: the service is stopping
             pass
 
@@ -163,11 +167,21 @@ class EventHub:
             client.cursor = self._next
             return lines, self.closed
 
+    def _wake_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: wake the clients now, or FLUSH_SECONDS after the last time."""
+        delay = self._woken_at + FLUSH_SECONDS - loop.time()
+        if delay > 0:
+            loop.call_later(delay, self._wake_all)
+        else:
+            self._wake_all()
+
     def _wake_all(self) -> None:
         """On the loop, once per batch of notices: wake every client, and cut off those
         whose backlog is beyond CLIENT_BACKLOG (the ring is about to drop their lines)."""
         with self._lock:
             self._wake_pending = False
+            if self._loop is not None:
+                self._woken_at = self._loop.time()
             clients = list(self._clients)
             for client in clients:
                 if not client.missed and self._next - client.cursor >= CLIENT_BACKLOG:
