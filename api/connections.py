@@ -82,6 +82,11 @@ class ConnectionGuard:
                 "timed_out": self.timed_out, "stalled": self.stalled,
                 "accept_errors": self.accept_errors}
 
+    @property
+    def between_requests(self) -> int:
+        """Open connections waiting for a request (those that can make room)."""
+        return len(self._waiting)
+
     # ------------------------------------------------------------ for the protocol
 
     def admit(self, connection: GuardedH11Protocol) -> bool:

@@ -19,7 +19,6 @@ from typing import Iterator
 
 import pytest
 
-from api import connections
 from api.connections import ConnectionGuard
 from tests.servers import Server, metrics
 from tests.test_tracking import Recorder
@@ -297,17 +296,6 @@ def test_ten_thousand_half_open_connections_leave_the_service_answering(server):
     assert samples["crwatch_fd_limit"] == status["fd_limit"]
 
 
-def test_a_request_never_finished_is_closed_after_the_deadline(server):
-    began = time.monotonic()
-    with socket.create_connection(("127.0.0.1", server.port)) as slow:
-        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the head never ends
-        slow.settimeout(connections.REQUEST_SECONDS + ARRIVAL_TIMEOUT)
-        assert slow.recv(1024) == b""
-    waited = time.monotonic() - began
-    assert connections.REQUEST_SECONDS - 1 <= waited < connections.REQUEST_SECONDS + 5
-    assert server.ok("/healthz")["connections"]["timed_out"] >= 1
-
-
 # ---------------------------------------------------------------- event streams
 
 
@@ -339,3 +327,37 @@ def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server, loop
     assert abs(loaded / loaded_made - calm / calm_made) <= 0.01, (calm, calm_made, loaded,
                                                                   loaded_made)
     assert counter.lost == [] and (still_open, lost_lines) == (IDLE_CLIENTS, 0)
+
+
+def test_a_client_that_reads_nothing_is_cut_off_while_the_others_get_every_line(server, loops):
+    counter = Counter(server)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few lines
+    slow.connect(("127.0.0.1", server.port))
+    slow.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    slow.settimeout(ARRIVAL_TIMEOUT)
+    received = slow.recv(4096)  # the head and the ready line; then it reads nothing
+    cut_off = server.ok("/healthz")["connections"]["event_clients_cut_off"]
+    burst = subprocess.Popen([str(loops), "events", str(BURST_RATE), "30", "reopen"],
+                             stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while server.ok("/healthz")["connections"]["event_clients_cut_off"] == cut_off:
+            assert time.monotonic() < deadline, "the client that reads nothing was not cut off"
+            time.sleep(0.1)
+        seen = len(counter.of(burst.pid))  # the tracker and the reading client go on
+        counter.await_line(lambda: len(counter.of(burst.pid)) >= seen + 1000)
+    finally:
+        burst.kill()
+        burst.wait()
+        counter.close()
+    while not received.endswith(b"\r\n0\r\n\r\n"):  # the stream's last chunk
+        chunk = slow.recv(1 << 20)
+        assert chunk, "the connection closed before the stream's end"
+        received += chunk
+    slow.close()
+    lines = [json.loads(line[len(b"data: "):]) for line in received.split(b"\n")
+             if line.startswith(b"data: ")]
+    assert lines[0]["kind"] == "ready" and lines[-1]["kind"] == "lost"
+    assert lines[-1]["where"] == "client" and lines[-1]["count"] > 0
+    assert counter.lost == []
