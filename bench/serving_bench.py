@@ -4,6 +4,9 @@
   clients on an event loop of their own; prints the applier's cost per notice (what
   the tracker waits) and the CPU cost per notice until every client has every line,
   and the ratio 200 clients / 1 client.
+- a burst of probe events (open+close of /dev/kvm, bench/syscall_loops.c) seen by a
+  real `crwatch serve` with no other client, then with 200 idle `/events` clients;
+  prints the burst's transitions each time and the service's CPU seconds.
 - half-open connections: a real `crwatch serve` (probes attached) while a separate
   process holds N TCP connections that never send a byte; prints the median and
   worst latency of GET /healthz, its failures, the service's open fds and RSS during
@@ -35,6 +38,7 @@ NOTICES = 2_000
 CLIENT_COUNTS = (1, 200)
 HALF_OPEN_COUNTS = (1_000, 10_000, 19_900)  # 19,900: the service's fds run out
 HEALTH_REQUESTS = 21
+IDLE_CLIENTS = 200
 
 # Run by the attacking process: holds N connections that never send a byte, says
 # "held" with how many it could open, and closes them all when its stdin ends.
@@ -113,6 +117,37 @@ def bench_fan_out() -> list[str]:
     return lines
 
 
+def burst_with_clients(port: int, service: subprocess.Popen, loops: Path) -> list[str]:
+    from tests.test_serving import EVENT_CLIENTS, Counter, burst  # the tests' own parts
+
+    lines = []
+    counter = Counter(port)
+    try:
+        for clients in (0, IDLE_CLIENTS):
+            idle = None
+            if clients:
+                idle = subprocess.Popen([sys.executable, "-c", EVENT_CLIENTS, str(port),
+                                         str(clients)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+                idle.stdout.readline()
+            began = cpu_seconds(service.pid)
+            made, seen = burst(counter, loops)
+            used = cpu_seconds(service.pid) - began
+            lines.append(f"burst of {made:,} events with {clients:>3} idle /events clients: "
+                         f"{seen:,} transitions; service CPU {used:.1f} s")
+            if idle is not None:
+                idle.kill()
+                idle.wait()
+    finally:
+        counter.close()
+    return lines
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -147,17 +182,21 @@ def half_open(port: int, service: subprocess.Popen, count: int) -> str:
             f"service fds {baseline} -> {during} -> {after} after; RSS {rss:.0f} MiB")
 
 
-def bench_half_open() -> list[str]:
+def bench_service() -> list[str]:
     if os.geteuid() != 0:
-        return ["half-open bench skipped: the service's probes need root"]
+        return ["service benches skipped: the service's probes need root"]
     lines = []
     with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
+        loops = Path(scratch) / "syscall_loops"
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(loops),
+                        str(Path(__file__).with_name("syscall_loops.c"))], check=True)
         port = free_port()
         service = subprocess.Popen([str(CRWATCH), "serve", "--port", str(port), "--db",
                                     str(Path(scratch) / "history.sqlite3")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             await_up(port, service)
+            lines += burst_with_clients(port, service, loops)
             lines += [half_open(port, service, count) for count in HALF_OPEN_COUNTS]
             lines.append(f"service RSS after the attacks: {rss_mib(service.pid):.0f} MiB")
         finally:
@@ -171,7 +210,7 @@ def bench_half_open() -> list[str]:
 def main() -> None:
     for line in bench_fan_out():
         print(line, flush=True)
-    for line in bench_half_open():
+    for line in bench_service():
         print(line, flush=True)
 
 
