@@ -1,6 +1,7 @@
 """The FastAPI application: create_app(settings) wires the service and its routers."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from starlette.exceptions import HTTPException
 from api.auth import must_redact, refusal
 # every JSON answer, errors included, encodes names that are not UTF-8 safely
 from api.safe_json import SafeJSONResponse as JSONResponse
+from api.connections import ConnectionGuard
 from api.routes import dashboard, environment, events, health, metrics, processes, rules
 from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
@@ -19,12 +21,17 @@ from tracker.history import HistoryUnavailable
 from api.settings import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, connections: ConnectionGuard | None = None) -> FastAPI:
+    """`connections`: the guard of the server's connections (crwatch serve), whose
+    figures /healthz and /metrics show."""
     settings.check()
+    connections = connections or ConnectionGuard()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = Service(settings)
+        # accept() out of fds is said once, not a traceback per attempt
+        asyncio.get_running_loop().set_exception_handler(connections.loop_exception_handler)
+        service = Service(settings, connections)
         service.start()  # compiles and attaches the probes, seeds the table (about a second)
         app.state.service = service
         try:

@@ -111,6 +111,7 @@ class _TrackerCollector:
         clients = GaugeMetricFamily("crwatch_event_clients", "open GET /events streams")
         clients.add_metric([], self._service.events.clients())
         yield clients
+        yield from _connection_families(self._service)
 
 
 HISTORY_COUNTERS = {  # History.status() key -> (metric, help)
@@ -147,3 +148,33 @@ def _worker_families(workers: list[dict]):
         errors.add_metric([worker["name"]], worker["errors"])
         restarts.add_metric([worker["name"]], worker["restarts"])
     yield from (up, errors, restarts)
+
+
+def _connection_families(service):
+    """The connections' gauges and what was closed or refused (api/connections.py)."""
+    status = service.connection_status()
+    for name, key, text in (
+            ("crwatch_connections_open", "open", "open connections, /events streams included"),
+            ("crwatch_connections_limit", "limit", "the most connections open at once"),
+            ("crwatch_fd_limit", "fd_limit", "the service's RLIMIT_NOFILE"),
+            ("crwatch_fds_open", "fds_open", "the service's open fds")):
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], status[key])
+        yield gauge
+    closed = CounterMetricFamily("crwatch_connections_closed", "connections the service "
+                                 "closed, by why (refused: every one was busy; evicted: "
+                                 "between requests, to make room; timed_out: no whole request "
+                                 "in time; stalled: read nothing of a response)",
+                                 labels=["why"])
+    for why in ("refused", "evicted", "timed_out", "stalled"):
+        closed.add_metric([why], status[why])
+    yield closed
+    for name, value, text in (
+            ("crwatch_accept_errors", status["accept_errors"], "accept() failures (out of fds)"),
+            ("crwatch_event_clients_cut_off", status["event_clients_cut_off"],
+             "/events clients cut off for falling too far behind"),
+            ("crwatch_event_streams_refused", service.events.refused,
+             "/events streams refused beyond the allowance")):
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], value)
+        yield counter

@@ -248,6 +248,19 @@ class HistoryStatus(BaseModel):
     dropped: int = Field(description="lost: the waiting entries overflowed their bound")
     rejected: int = Field(description="left out: a value the database cannot store")
     errors: int
+class Connections(BaseModel):
+    open: int = Field(description="connections open now, /events streams included")
+    limit: int = Field(description="the most open at once (api/connections.py)")
+    fd_limit: int = Field(description="the service's RLIMIT_NOFILE")
+    fds_open: int = Field(description="the service's open fds now")
+    refused: int = Field(description="connections closed at once: every one was busy")
+    evicted: int = Field(description="connections between requests closed to make room")
+    timed_out: int = Field(description="connections closed for sending no whole request in time")
+    stalled: int = Field(description="connections closed for reading nothing of a response")
+    accept_errors: int = Field(description="accept() failures (out of fds)")
+    event_streams: int = Field(description="open GET /events streams")
+    event_streams_limit: int
+    event_clients_cut_off: int = Field(description="/events clients cut off, too far behind")
 
 
 class Health(BaseModel):
@@ -259,6 +272,7 @@ class Health(BaseModel):
     history: Optional[HistoryStatus]
     probes: list[ProbeStatus]
     counters: dict
+    connections: Connections
 
 
 class Rule(BaseModel):

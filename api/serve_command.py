@@ -38,8 +38,12 @@ def run_serve(args) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.connections import IDLE_SECONDS, ConnectionGuard, guarded_protocol
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    connections = ConnectionGuard()
+    connections.raise_fd_limit()
+    uvicorn.run(create_app(settings, connections), host=settings.host, port=settings.port,
+                http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
                 log_level="warning", access_log=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return EXIT_OK

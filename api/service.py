@@ -27,7 +27,8 @@ from tracker.supervised import DEAD, RETRYING, Callback, Worker
 from tracker.tracker import Tracker
 from tracker.tree_rows import NON_NESTABLE, Member, tree_verdicts
 
-from api.event_hub import EventHub
+from api.connections import ConnectionGuard
+from api.event_hub import MAX_STREAMS, EventHub
 from api.gates import Gates
 from api.metrics import ServiceMetrics
 from api.settings import Settings
@@ -63,8 +64,9 @@ class NoSuchProcess(LookupError):
 
 
 class Service:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, connections: ConnectionGuard | None = None):
         self.settings = settings
+        self.connections = connections or ConnectionGuard()
         self.profile = profile(settings.profile, settings.criu_version)
         self.tracker = Tracker(self.profile)
         self.events = EventHub()
@@ -126,7 +128,13 @@ class Service:
                 "workers": workers,
                 "history": self.history.status() if self.history is not None else None,
                 "probes": [{"name": name, **status} for name, status in probes.items()],
-                "counters": self.tracker.counters()}
+                "counters": self.tracker.counters(),
+                "connections": self.connection_status()}
+
+    def connection_status(self) -> dict:
+        return {**self.connections.status(), "event_streams": self.events.clients(),
+                "event_streams_limit": MAX_STREAMS,
+                "event_clients_cut_off": self.events.cut_off}
 
     def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                        profile_name: str | None = None) -> dict:

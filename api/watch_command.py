@@ -71,7 +71,8 @@ def _summary(counters: dict) -> str:
             f"copies closed untouched), {table['transitions']:,} transitions, "
             f"{table['lock_reads']:,} lock reads; lost: kernel {lost.get('kernel', 0):,}, "
             f"queue overflow {lost.get('queue_overflow', 0):,}, decode errors "
-            f"{lost.get('decode_errors', 0):,}; {table['reaudits']} re-audits; "
+            f"{lost.get('decode_errors', 0):,}, out of fds {lost.get('out_of_fds', 0):,}; "
+            f"{table['reaudits']} re-audits; "
             f"{counters['apply_errors']} apply errors")
 
 

@@ -59,7 +59,8 @@ def test_healthz_says_the_probes_are_attached(server):
     assert health["status"] == "ok" and health["degraded"] is None
     states = {probe["name"]: probe["state"] for probe in health["probes"]}
     assert states["required"] == "attached" and states["futex"] == "attached"
-    assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0}
+    assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
+                                         "out_of_fds": 0}
 
 
 def test_a_device_holder_is_blocked_by_the_audit_and_marked_by_the_probes(server):

@@ -428,7 +428,8 @@ def test_the_tracker_counts_no_loss_and_no_error(tracker):
     running, _ = tracker
     counters = running.counters()
     assert counters["apply_errors"] == 0
-    assert counters["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0}
+    assert counters["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
+                                "out_of_fds": 0}
 
 
 def test_a_tracker_whose_probes_cannot_load_is_degraded_not_dead():

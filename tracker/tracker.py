@@ -11,7 +11,9 @@ backoff.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -30,6 +32,10 @@ SWEEP_SECONDS = 1.0
 # small enough that a batch never delays the next read of /proc by much.
 APPLY_BATCH = 256
 STOP_TIMEOUT = 5.0
+# An apply that fails for lack of fds lost what its event said: it is counted lost,
+# and the table is re-audited once fds can be opened again, tried this often.
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+FD_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,10 @@ class Tracker:
         self.table: LiveTable | None = None
         self.degraded: str | None = None
         self.apply_errors = 0
+        self.fd_losses = 0               # applies failed for lack of fds (counted lost)
+        self._fd_losses_pending = 0      # ... not yet followed by a re-audit
+        self._fd_lost_ns = 0             # when the last of them failed
+        self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
         self.applier = Worker("applier", self._step)
         self._swept = time.monotonic()
@@ -110,7 +120,7 @@ class Tracker:
         counts = {"table": self.table.counters.as_dict() if self.table is not None else {},
                   "apply_errors": self.apply_errors}
         if self.reader is not None:
-            counts["lost"] = self.reader.counters()
+            counts["lost"] = {**self.reader.counters(), "out_of_fds": self.fd_losses}
         return counts
 
     def reconcile(self, result: Audit, started_ns: int,
@@ -149,6 +159,8 @@ class Tracker:
         if time.monotonic() - self._swept >= SWEEP_SECONDS:
             self._swept = time.monotonic()
             self._publish(self._guarded(self.table.sweep))
+        if self._fd_losses_pending and time.monotonic() >= self._fd_retry_at:
+            self._reaudit_after_fd_losses()
 
     def _apply_batch(self, batch: list[Event]) -> None:
         """Events taken from the queue together: each pid's holder is read once for all."""
@@ -173,10 +185,44 @@ class Tracker:
     def _guarded(self, work: Callable, *args) -> list[Notice]:
         try:
             return work(*args)
-        except Exception:  # a bug must not stop the tracking of everything else
-            self.apply_errors += 1
-            log.exception("%s%s failed", work.__name__, args)
+        except OSError as error:
+            if error.errno not in OUT_OF_FDS:
+                return self._failed(work, args)
+            self._out_of_fds(error)
             return []
+        except Exception:  # a bug must not stop the tracking of everything else
+            return self._failed(work, args)
+
+    def _failed(self, work: Callable, args: tuple) -> list[Notice]:
+        self.apply_errors += 1
+        log.exception("%s%s failed", work.__name__, args)
+        return []
+
+    def _out_of_fds(self, error: OSError) -> None:
+        """An apply (or a sweep) failed for lack of fds: counted lost, said once per spell."""
+        if not self._fd_losses_pending:
+            log.error("crwatch: cannot read /proc: %s; events are counted lost until fds "
+                      "can be opened again, then every process is audited again",
+                      os.strerror(error.errno))
+            self._fd_retry_at = time.monotonic() + FD_RETRY_SECONDS
+        self.fd_losses += 1
+        self._fd_losses_pending += 1
+        self._fd_lost_ns = time.monotonic_ns()
+
+    def _reaudit_after_fd_losses(self) -> None:
+        """The applies lost for lack of fds, reported as a loss (a `lost` notice) and
+        followed by a re-audit of the table, once an fd can be opened again."""
+        self._fd_retry_at = time.monotonic() + FD_RETRY_SECONDS
+        try:
+            os.close(os.open("/proc/self/stat", os.O_RDONLY))
+        except OSError:
+            return  # still short: the losses wait
+        count, self._fd_losses_pending = self._fd_losses_pending, 0
+        self._publish(self._guarded(self._apply, Event(Kind.LOST, self._fd_lost_ns, 0, 0,
+                                                       arg=count)))
+        if not self._fd_losses_pending:
+            log.warning("crwatch: fds can be opened again: %d events lost for lack of them, "
+                        "every process audited again", count)
 
     def _publish(self, notices: list[Notice]) -> None:
         for notice in notices:

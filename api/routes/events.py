@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api.event_hub import TooManyStreams
 from api.models import EventLine
 
 router = APIRouter(tags=["events"])
@@ -14,10 +15,16 @@ router = APIRouter(tags=["events"])
                              "content": {"text/event-stream": {"schema": {
                                  "$ref": "#/components/schemas/EventLine"}}},
                              "description": "one `data:` line per crwatch.event/1 document: "
-                                            "ready, then transition and lost lines"}})
-async def events(request: Request) -> StreamingResponse:
+                                            "ready, then transition and lost lines"},
+                        503: {"description": "every event stream the service allows is open"}})
+async def events(request: Request) -> Response:
     """One `data:` line per notice: `ready` first, then `transition` and `lost` lines
-    (the same lines as `crwatch watch`)."""
-    return StreamingResponse(request.app.state.service.events.stream(request.state.redact),
+    (the same lines as `crwatch watch`). A client that falls too far behind gets a `lost`
+    line (`where: client`) and its stream ends."""
+    try:
+        lines = request.app.state.service.events.open(request.state.redact)
+    except TooManyStreams as error:
+        return JSONResponse({"status": 503, "detail": str(error)}, status_code=503)
+    return StreamingResponse(lines,
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
