@@ -25,12 +25,12 @@ def role(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> str | None:
     """What crwatch process this is ("crwatch serve", "crwatch's freezer helper"), or None."""
     process = Proc(pid, proc_root)
     try:
-        if process.status.get("Uid", "").split()[1:2] != ["0"]:  # the effective uid
+        found = _role_in(process.read("cmdline").split("\0"))
+        if found is None or process.status.get("Uid", "").split()[1:2] != ["0"]:  # euid
             return None
-        argv = process.read("cmdline").split("\0")
-    except (ProcessGone, AccessDenied, IndexError):
+    except (ProcessGone, AccessDenied):
         return None
-    return _role_in(argv)
+    return found
 
 
 def _role_in(argv: list[str]) -> str | None:
