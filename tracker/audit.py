@@ -129,10 +129,21 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
     # Identity is confirmed once, at the end: a pid that died or was reused
     # while we read it makes everything read about it worthless.
     for identity in list(result.processes):
-        if not _same_process(identity, proc_root):
+        if not _same_process(identity, proc_root) or _died_while_read(result, identity, proc_root):
             result.findings = [f for f in result.findings if f.pid != identity.pid]
             _gone(result, identity.pid)
     return result
+
+
+def _died_while_read(result: Audit, identity: ProcessIdentity, proc_root: Path) -> bool:
+    """Its reads failed as a gone process's do, and it is exiting now: it died while read
+    (a process in exit() has no exe, cwd or root any more, yet is not a zombie yet)."""
+    if not any(f.code == "audit.exited" and f.pid == identity.pid for f in result.findings):
+        return False
+    try:
+        return Proc(identity.pid, proc_root).stat.is_exiting
+    except (ProcessGone, AccessDenied):
+        return True
 
 
 def _gone(result: Audit, pid: int) -> None:

@@ -88,6 +88,11 @@ class Stat:
     def is_kernel_thread(self) -> bool:
         return bool(self.flags & 0x00200000)  # PF_KTHREAD
 
+    @property
+    def is_exiting(self) -> bool:
+        """In exit(): a zombie, or giving its mm, files and namespaces up (PF_EXITING)."""
+        return self.state in ("Z", "X") or bool(self.flags & 0x00000004)
+
 
 def parse_stat(text: str) -> Stat:
     # comm may contain spaces and parentheses: split at the last ')'.
