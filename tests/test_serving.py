@@ -49,34 +49,44 @@ for line in sys.stdin:
     print(len(poller.poll(0)), flush=True)
 """
 
-# COUNT clients of GET /events that read and throw away what comes; at EOF on stdin
-# prints how many streams are still open and how many `lost` lines came.
+# COUNT clients of GET /events that read and throw away what comes. A line N on stdin:
+# once every client has N lines (or after 30 s), prints how many streams are still
+# open, how many `lost` lines came to all of them, and the fewest lines one of them got.
 EVENT_CLIENTS = """
-import selectors, socket, sys
+import selectors, socket, sys, time
 port, count = int(sys.argv[1]), int(sys.argv[2])
+LINE, LOST = b"data: ", b'"kind": "lost"'
 selector = selectors.DefaultSelector()
+lines = {}
 for _ in range(count):
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(b"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
     client.setblocking(False)
     selector.register(client, selectors.EVENT_READ, bytearray())
+    lines[client] = 0
 selector.register(sys.stdin, selectors.EVENT_READ)
 print("connected", flush=True)
-open_streams, lost = count, 0
+open_streams, lost, wanted, until = count, 0, None, None
 while True:
-    for key, _ in selector.select():
+    if wanted is not None and (min(lines.values()) >= wanted or time.monotonic() > until):
+        print(open_streams, lost, min(lines.values()), flush=True)
+        sys.exit(0)
+    for key, _ in selector.select(0.1):
         if key.fileobj is sys.stdin:
-            sys.stdin.readline()
-            print(open_streams, lost, flush=True)
-            sys.exit(0)
+            wanted, until = int(sys.stdin.readline() or 0), time.monotonic() + 30
+            selector.unregister(sys.stdin)
+            continue
         data = key.fileobj.recv(1 << 16)
         if not data:
             selector.unregister(key.fileobj)
             open_streams -= 1
             continue
-        tail = key.data + data
-        lost += tail.count(b'"kind": "lost"')
-        key.data[:] = tail[-64:]
+        # with the end of the last read (a match across two reads), less what it held
+        tail = bytes(key.data)
+        seen = tail + data
+        lines[key.fileobj] += seen.count(LINE) - tail.count(LINE)
+        lost += seen.count(LOST) - tail.count(LOST)
+        key.data[:] = seen[-len(LOST):]
 """
 
 
@@ -313,9 +323,9 @@ def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server, loop
                 assert time.monotonic() < deadline, "the event clients never connected"
                 time.sleep(0.05)
             loaded_made, loaded = burst(counter, loops)
-            clients.stdin.write("end\n")
+            clients.stdin.write("0\n")
             clients.stdin.flush()
-            still_open, lost_lines = map(int, clients.stdout.readline().split())
+            still_open, lost_lines, _ = map(int, clients.stdout.readline().split())
         finally:
             clients.kill()
             clients.wait()
