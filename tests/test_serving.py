@@ -333,7 +333,7 @@ def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server, loop
         counter.close()
     # as many of the opens and closes of /dev/kvm are transitions with the clients as
     # without (an fd closed before its open is applied makes none)
-    assert calm >= 0.9 * calm_made, (calm, calm_made)
+    assert calm >= 0.5 * calm_made, (calm, calm_made)  # the burst was seen
     assert abs(loaded / loaded_made - calm / calm_made) <= 0.01, (calm, calm_made, loaded,
                                                                   loaded_made)
     assert counter.lost == [] and (still_open, lost_lines) == (IDLE_CLIENTS, 0)
