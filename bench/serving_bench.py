@@ -77,7 +77,7 @@ def fan_out(clients: int) -> tuple[float, float]:
     received = [0] * clients
 
     async def client(index: int) -> None:
-        async with contextlib.aclosing(hub.stream()) as lines:
+        async with contextlib.aclosing(hub.open()) as lines:
             async for text in lines:
                 received[index] += text.count("data: ")
                 if received[index] >= NOTICES:
@@ -113,7 +113,7 @@ def bench_fan_out() -> list[str]:
              f"{cpu:8.1f} µs per notice" for count, (applier, cpu) in measured.items()]
     few, many = measured[CLIENT_COUNTS[0]], measured[CLIENT_COUNTS[-1]]
     lines.append(f"fan-out ratio {CLIENT_COUNTS[-1]} clients / {CLIENT_COUNTS[0]}: applier "
-                 f"{many[0] / few[0]:.1f}x, CPU {many[1] / few[1]:.1f}x")
+                 f"{many[0] / few[0]:.2f}x, CPU {many[1] / few[1]:.1f}x")
     return lines
 
 
