@@ -120,11 +120,6 @@ class EventHub:
             self._loop = asyncio.get_running_loop()
         return self._stream(hide_paths)
 
-    async def stream(self, hide_paths: bool = False) -> AsyncIterator[str]:
-        """open() and its lines, for callers that need no refusal of their own."""
-        async for text in self.open(hide_paths):
-            yield text
-
     async def _stream(self, hide_paths: bool) -> AsyncIterator[str]:
         """Server-sent events: one `data:` line per notice, a comment now and then. The
         client counts from its first line on (a stream never started holds nothing)."""

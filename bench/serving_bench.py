@@ -4,7 +4,7 @@
   clients on an event loop of their own; prints the applier's cost per notice (what
   the tracker waits) and the CPU cost per notice until every client has every line,
   and the ratio 200 clients / 1 client.
-- a burst of probe events (open+close of /dev/kvm, bench/syscall_loops.c) seen by a
+- a burst of probe events (open+close of /dev/kvm, tests/test_serving.py) seen by a
   real `crwatch serve` with no other client, then with 200 idle `/events` clients;
   prints the burst's transitions each time and the service's CPU seconds.
 - half-open connections: a real `crwatch serve` (probes attached) while a separate
@@ -77,7 +77,7 @@ def fan_out(clients: int) -> tuple[float, float]:
     received = [0] * clients
 
     async def client(index: int) -> None:
-        async with contextlib.aclosing(hub.stream()) as lines:
+        async with contextlib.aclosing(hub.open()) as lines:
             async for text in lines:
                 received[index] += text.count("data: ")
                 if received[index] >= NOTICES:
@@ -113,12 +113,12 @@ def bench_fan_out() -> list[str]:
              f"{cpu:8.1f} µs per notice" for count, (applier, cpu) in measured.items()]
     few, many = measured[CLIENT_COUNTS[0]], measured[CLIENT_COUNTS[-1]]
     lines.append(f"fan-out ratio {CLIENT_COUNTS[-1]} clients / {CLIENT_COUNTS[0]}: applier "
-                 f"{many[0] / few[0]:.1f}x, CPU {many[1] / few[1]:.1f}x")
+                 f"{many[0] / few[0]:.2f}x, CPU {many[1] / few[1]:.1f}x")
     return lines
 
 
-def burst_with_clients(port: int, service: subprocess.Popen, loops: Path) -> list[str]:
-    from tests.test_serving import EVENT_CLIENTS, Counter, burst  # the tests' own parts
+def burst_with_clients(port: int, service: subprocess.Popen) -> list[str]:
+    from tests.test_serving import EVENT_CLIENTS, Counter, barrier, burst  # the tests' parts
 
     lines = []
     counter = Counter(port)
@@ -130,8 +130,9 @@ def burst_with_clients(port: int, service: subprocess.Popen, loops: Path) -> lis
                                          str(clients)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True)
                 idle.stdout.readline()
+                barrier(counter)  # their connects applied: the clients are idle from here
             began = cpu_seconds(service.pid)
-            made, seen = burst(counter, loops)
+            made, seen = burst(counter)
             used = cpu_seconds(service.pid) - began
             lines.append(f"burst of {made:,} events with {clients:>3} idle /events clients: "
                          f"{seen:,} transitions; service CPU {used:.1f} s")
@@ -187,16 +188,13 @@ def bench_service() -> list[str]:
         return ["service benches skipped: the service's probes need root"]
     lines = []
     with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
-        loops = Path(scratch) / "syscall_loops"
-        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(loops),
-                        str(Path(__file__).with_name("syscall_loops.c"))], check=True)
         port = free_port()
         service = subprocess.Popen([str(CRWATCH), "serve", "--port", str(port), "--db",
                                     str(Path(scratch) / "history.sqlite3")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             await_up(port, service)
-            lines += burst_with_clients(port, service, loops)
+            lines += burst_with_clients(port, service)
             lines += [half_open(port, service, count) for count in HALF_OPEN_COUNTS]
             lines.append(f"service RSS after the attacks: {rss_mib(service.pid):.0f} MiB")
         finally:

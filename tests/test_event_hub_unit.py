@@ -32,7 +32,7 @@ def test_every_client_gets_every_line_after_ready():
     async def scenario():
         hub = EventHub()
         hub.publish(Notice("ready"))
-        streams = [hub.stream() for _ in range(3)]
+        streams = [hub.open() for _ in range(3)]
         for stream in streams:
             assert (await _lines(stream, 1))[0]["kind"] == "ready"
         for number in range(5):
@@ -55,8 +55,8 @@ def test_a_notice_is_encoded_once_per_variant_whatever_the_clients(monkeypatch):
     async def scenario():
         hub = EventHub()
         hub.publish(Notice("ready"))
-        plain = [hub.stream() for _ in range(20)]
-        hidden = [hub.stream(hide_paths=True) for _ in range(20)]
+        plain = [hub.open() for _ in range(20)]
+        hidden = [hub.open(hide_paths=True) for _ in range(20)]
         for stream in plain + hidden:
             await _lines(stream, 1)
         encoded.clear()
@@ -76,7 +76,7 @@ def test_a_client_too_far_behind_is_cut_off_with_a_lost_line(monkeypatch):
     async def scenario():
         hub = EventHub()
         hub.publish(Notice("ready"))
-        slow, quick = hub.stream(), hub.stream()
+        slow, quick = hub.open(), hub.open()
         for stream in (slow, quick):
             await _lines(stream, 1)
         got = []

@@ -49,34 +49,61 @@ for line in sys.stdin:
     print(len(poller.poll(0)), flush=True)
 """
 
-# COUNT clients of GET /events that read and throw away what comes; at EOF on stdin
-# prints how many streams are still open and how many `lost` lines came.
+# COUNT clients of GET /events that read and throw away what comes. A line N on stdin:
+# once every client has N lines (or after 30 s), prints how many streams are still
+# open, how many `lost` lines came to all of them, and the fewest lines one of them got.
 EVENT_CLIENTS = """
-import selectors, socket, sys
+import selectors, socket, sys, time
 port, count = int(sys.argv[1]), int(sys.argv[2])
+LINE, LOST = b"data: ", b'"kind": "lost"'
 selector = selectors.DefaultSelector()
+lines = {}
 for _ in range(count):
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(b"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
     client.setblocking(False)
     selector.register(client, selectors.EVENT_READ, bytearray())
+    lines[client] = 0
 selector.register(sys.stdin, selectors.EVENT_READ)
 print("connected", flush=True)
-open_streams, lost = count, 0
+open_streams, lost, wanted, until = count, 0, None, None
 while True:
-    for key, _ in selector.select():
+    if wanted is not None and (min(lines.values()) >= wanted or time.monotonic() > until):
+        print(open_streams, lost, min(lines.values()), flush=True)
+        sys.exit(0)
+    for key, _ in selector.select(0.1):
         if key.fileobj is sys.stdin:
-            sys.stdin.readline()
-            print(open_streams, lost, flush=True)
-            sys.exit(0)
+            wanted, until = int(sys.stdin.readline() or 0), time.monotonic() + 30
+            selector.unregister(sys.stdin)
+            continue
         data = key.fileobj.recv(1 << 16)
         if not data:
             selector.unregister(key.fileobj)
             open_streams -= 1
             continue
-        tail = key.data + data
-        lost += tail.count(b'"kind": "lost"')
-        key.data[:] = tail[-64:]
+        # with the end of the last read (a match across two reads), less what it held
+        tail = bytes(key.data)
+        seen = tail + data
+        lines[key.fileobj] += seen.count(LINE) - tail.count(LINE)
+        lost += seen.count(LOST) - tail.count(LOST)
+        key.data[:] = seen[-len(LOST):]
+"""
+
+
+# Opens and closes /dev/kvm (a transition to nocr and back each time) RATE times a
+# second, in slices, for SECONDS; prints the events made (an open and a close each),
+# then lives until its stdin ends.
+BURST = """
+import os, sys, time
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+pairs, began = 0, time.monotonic()
+while time.monotonic() - began < seconds:
+    for _ in range(64):
+        os.close(os.open("/dev/kvm", os.O_RDONLY))
+    pairs += 64
+    time.sleep(max(0.0, began + pairs * 2 / rate - time.monotonic()))
+print(pairs * 2, flush=True)
+sys.stdin.read()
 """
 
 
@@ -164,13 +191,19 @@ def barrier(counter: Counter) -> None:
         marker.wait()
 
 
-def burst(counter: Counter, loops: Path) -> tuple[int, int]:
-    """(events made, transitions of the burst's process the counter saw)."""
-    loop = subprocess.Popen([str(loops), "events", str(BURST_RATE), str(BURST_SECONDS),
-                             "reopen"], stdout=subprocess.PIPE, text=True)
-    made = int(loop.communicate(timeout=60)[0].split()[0])
-    barrier(counter)
-    return made, len(counter.of(loop.pid))
+def burst(counter: Counter) -> tuple[int, int]:
+    """(events made, transitions of the burst's process the counter saw). The process
+    lives until every event before the barrier is applied: what it made is counted,
+    whenever it is applied."""
+    loop = subprocess.Popen([sys.executable, "-c", BURST, str(BURST_RATE), str(BURST_SECONDS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        made = int(loop.stdout.readline())
+        barrier(counter)
+        return made, len(counter.of(loop.pid))
+    finally:
+        loop.stdin.close()
+        loop.wait(timeout=60)
 
 
 # ---------------------------------------------------------------- the tracker short of fds
@@ -299,10 +332,10 @@ def test_ten_thousand_half_open_connections_leave_the_service_answering(server):
 # ---------------------------------------------------------------- event streams
 
 
-def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server, loops):
+def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server):
     counter = Counter(server.port)
     try:
-        calm_made, calm = burst(counter, loops)
+        calm_made, calm = burst(counter)
         clients = subprocess.Popen([sys.executable, "-c", EVENT_CLIENTS, str(server.port),
                                     str(IDLE_CLIENTS)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True)
@@ -312,18 +345,21 @@ def test_idle_event_clients_do_not_cost_the_tracker_its_transitions(server, loop
             while server.ok("/healthz")["connections"]["event_streams"] < IDLE_CLIENTS + 1:
                 assert time.monotonic() < deadline, "the event clients never connected"
                 time.sleep(0.05)
-            loaded_made, loaded = burst(counter, loops)
-            clients.stdin.write("end\n")
+            # their 200 connects are probe events too (about 15 ms each to apply): the
+            # burst comes once they are applied, when the clients are idle
+            barrier(counter)
+            loaded_made, loaded = burst(counter)
+            clients.stdin.write("0\n")
             clients.stdin.flush()
-            still_open, lost_lines = map(int, clients.stdout.readline().split())
+            still_open, lost_lines, _ = map(int, clients.stdout.readline().split())
         finally:
             clients.kill()
             clients.wait()
     finally:
         counter.close()
-    # as many of the opens and closes of /dev/kvm are transitions with the clients as
-    # without (an fd closed before its open is applied makes none)
-    assert calm >= 0.9 * calm_made, (calm, calm_made)
+    # (nearly) every open and close of /dev/kvm is a transition, with the clients as
+    # without: a pair the applier takes in one batch is skipped whole
+    assert calm >= 0.95 * calm_made, (calm, calm_made)
     assert abs(loaded / loaded_made - calm / calm_made) <= 0.01, (calm, calm_made, loaded,
                                                                   loaded_made)
     assert counter.lost == [] and (still_open, lost_lines) == (IDLE_CLIENTS, 0)
@@ -360,4 +396,4 @@ def test_a_client_that_reads_nothing_is_cut_off_while_the_others_get_every_line(
              if line.startswith(b"data: ")]
     assert lines[0]["kind"] == "ready" and lines[-1]["kind"] == "lost"
     assert lines[-1]["where"] == "client" and lines[-1]["count"] > 0
-    assert counter.lost == []
+    assert [line for line in counter.lost if line.get("where") == "client"] == []
