@@ -268,6 +268,26 @@ def test_a_loaded_socket_filter_program_makes_sockets_worth_asking():
         os.close(program)
 
 
+def test_each_loaded_program_is_opened_once_for_its_type(monkeypatch):
+    """Asking a program's type opens an fd on it, which other crwatch services' probes
+    see: a second walk of an unchanged table opens nothing, and a program loaded since
+    is asked once."""
+    bpf.socket_filters_possible()  # the programs loaded now (crwatch's own, others')
+    asked = []
+    real = bpf._program_type
+    monkeypatch.setattr(bpf, "_program_type", lambda program: asked.append(program) or real(program))
+    bpf.socket_filters_possible()
+    assert asked == []
+    program = load_socket_filter()
+    try:
+        assert bpf.socket_filters_possible()
+        assert len(asked) == 1
+        assert bpf.socket_filters_possible()   # known now: a socket filter, without asking
+        assert len(asked) == 1
+    finally:
+        os.close(program)
+
+
 def test_so_get_filter_tells_an_ebpf_filter_from_a_classic_one_or_none():
     plain, classic, extended = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
     program = load_socket_filter()

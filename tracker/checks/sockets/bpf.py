@@ -7,6 +7,13 @@ closed. So when no such program is loaded, no socket has an eBPF filter and
 no socket needs asking (SO_GET_FILTER on a copy of every socket fd would add
 a few microseconds per socket to every audit). Classic filters are never in
 that table, and CRIU dumps them.
+
+A program's type is asked once per program id: asking opens an fd on the
+program (BPF_PROG_GET_FD_BY_ID), which the probes of any crwatch on the host
+report, so asking again at every audit would have two services re-auditing
+each other without end. The kernel hands out program ids cyclically
+(bpf_prog_alloc_id: idr_alloc_cyclic up to INT_MAX), so an id names one
+program until the ids wrap around.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ INFO_SIZE = 8           # struct bpf_prog_info up to its id: type, id
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_known_types: dict[int, int] = {}  # program id -> its type, for the programs loaded now
 
 
 def socket_filters_possible() -> bool:
@@ -32,14 +40,21 @@ def socket_filters_possible() -> bool:
     socket must be asked."""
     if BPF_SYSCALL is None:
         return True
-    program = 0
+    program, loaded = 0, set()
     try:
         while (program := _next_program(program)) is not None:
-            kind = _program_type(program)
+            loaded.add(program)
+            kind = _known_types.get(program)
+            if kind is None:
+                kind = _program_type(program)
+                if kind:  # neither unreadable nor gone meanwhile
+                    _known_types[program] = kind
             if kind is None or kind == BPF_PROG_TYPE_SOCKET_FILTER:
                 return True
     except PermissionError:
         return True
+    for unloaded in _known_types.keys() - loaded:
+        del _known_types[unloaded]
     return False
 
 
