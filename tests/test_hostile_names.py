@@ -37,6 +37,7 @@ DIRECTORY_JSON = "dir-\\xff\n\x1b[2Jx"
 DIRECTORY_SHOWN = "dir-\\xff\\n\\x1b[2Jx"
 NOBODY = 65534
 LISTING_TIMEOUT = 60.0
+FLUSH_POLL = 0.05  # the history writer commits every 50 ms
 
 # Drops to uid 65534, names itself, locks a file under a hostile path (lock.flock: `nocr`
 # for the probes) and unlocks it on SIGUSR1.
@@ -242,8 +243,6 @@ def _await_history(server: Server, pid: int, states: list[str]) -> list[dict]:
         assert time.monotonic() < deadline, (status, history)
         time.sleep(FLUSH_POLL)
 
-
-FLUSH_POLL = 0.05  # the history writer commits every 50 ms
 
 
 # ---------------------------------------------------------------- crwatch run
