@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from api.auth import must_redact, refusal
+from api.auth import misdirected, refusal, viewer
 from api.routes import dashboard, environment, events, health, metrics, processes, rules
 from api.gates import GateBusy
 from api.service import NoSuchProcess, Service
@@ -39,6 +39,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        wrong_host = misdirected(settings, request)
+        if wrong_host is not None:
+            return _problem(421, wrong_host)
         changing = request.method not in ("GET", "HEAD", "OPTIONS")
         status = refusal(settings, request, changing=changing)
         if status is not None:
@@ -49,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
             if status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        request.state.redact = must_redact(settings, request)
+        request.state.viewer = viewer(settings, request)
         return await call_next(request)
 
     return app

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import AsyncIterator
 
-from api.auth import redact
+from api.privacy import NoticeView, Viewer
 from tracker.live_model import SCHEMA, iso_from_wall_ns
 
 CLIENT_QUEUE = 10_000
@@ -47,6 +47,7 @@ class EventHub:
         self._clients: set[_Client] = set()
         self._lock = threading.Lock()
         self._ready: dict | None = None
+        self._view = NoticeView()
         self.closed = False
 
     def publish(self, notice) -> None:
@@ -67,10 +68,11 @@ class EventHub:
         for client in clients:
             client.loop.call_soon_threadsafe(client.offer, _END)
 
-    async def stream(self, hide_paths: bool = False) -> AsyncIterator[str]:
-        """Server-sent events: one `data:` line per notice, a comment now and then.
-        `hide_paths`: for a caller without the token (api.auth.redact)."""
-        shown = redact if hide_paths else (lambda line: line)
+    async def stream(self, viewer: Viewer = Viewer(None, everything=True)) -> AsyncIterator[str]:
+        """Server-sent events: one `data:` line per notice, a comment now and then, each
+        as `viewer` may see it (api.privacy)."""
+        def shown(line: dict) -> dict:
+            return self._view.shown(line, viewer)
         client = _Client(asyncio.get_running_loop())
         with self._lock:
             if self.closed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from api.settings import Settings, SettingsError
+from api.settings import Settings, SettingsError, host_name
 from tracker.history import History, HistoryError
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -13,12 +13,13 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def run_serve(args) -> int:
-    settings = Settings(host=args.host, port=args.port, profile=args.profile,
-                        criu_version=args.criu_version,
-                        token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
-                        probes=not args.no_probes, db=args.db,
-                        retention_days=args.retention_days, criu=args.criu)
     try:
+        settings = Settings(host=args.host, port=args.port, profile=args.profile,
+                            criu_version=args.criu_version,
+                            token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
+                            probes=not args.no_probes, db=args.db,
+                            retention_days=args.retention_days, criu=args.criu,
+                            allowed_hosts=tuple(host_name(name) for name in args.allow_host))
         settings.check()
     except SettingsError as error:
         print(f"crwatch: {error}", file=sys.stderr)

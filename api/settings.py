@@ -25,6 +25,7 @@ class Settings:
     db: Path = DEFAULT_DB            # the history (SQLite, WAL)
     retention_days: float = 30.0
     criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
 
     @property
     def everyone_needs_token(self) -> bool:
@@ -36,6 +37,25 @@ class Settings:
             raise SettingsError(f"listening on {self.host} needs a token (--token or "
                                 f"CRWATCH_TOKEN): every caller must then send it")
         return self
+
+
+def host_name(name: str) -> str:
+    """An --allow-host name, as Host headers are compared (lower case, no port)."""
+    bare = name.strip().lower()
+    if bare.startswith("[") and bare.endswith("]") and _address(bare[1:-1]):
+        return bare[1:-1]  # an IPv6 address as a Host header brackets it
+    if (not bare or any(c in bare for c in "/@[] \t")
+            or (":" in bare and not _address(bare))):
+        raise SettingsError(f"--allow-host {name!r}: give a host name or address, without a port")
+    return bare
+
+
+def _address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _loopback(host: str) -> bool:

@@ -18,6 +18,6 @@ router = APIRouter(tags=["events"])
 async def events(request: Request) -> StreamingResponse:
     """One `data:` line per notice: `ready` first, then `transition` and `lost` lines
     (the same lines as `crwatch watch`)."""
-    return StreamingResponse(request.app.state.service.events.stream(request.state.redact),
+    return StreamingResponse(request.app.state.service.events.stream(request.state.viewer),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
