@@ -50,8 +50,8 @@ class Viewer:
 
 
 def owner(pid: int, start_time: float) -> int | None:
-    """The one uid other than root that may read this process (None: only root may, or
-    the process is not this identity any more)."""
+    """The uid that may read this process besides root (None: root alone may, or the
+    process is not this identity any more)."""
     proc = Proc(pid)
     try:
         dump_owner = os.stat(f"/proc/{pid}/fd").st_uid  # root's when it is not dumpable
