@@ -39,7 +39,9 @@ def run_serve(args) -> int:
 
     from api.app import create_app
 
+    # proxy_headers off: a caller is who its socket says (api.peer), never what an
+    # X-Forwarded-For header claims
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", access_log=False,
+                log_level="warning", access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return EXIT_OK

@@ -10,6 +10,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,7 @@ from tests.callers import NOBODY, StreamAs, get_as, kernel_shows
 from tests.servers import Server
 from tests.subjects import subject
 
-TOKEN = "s3cret"
+HISTORY_TIMEOUT = 10.0
 MARK = f"crw{secrets.token_hex(4)}"
 # A directory only root may list, with names that no regex over "a path" gets whole.
 SECRET_DIR = Path(f"/root/{MARK} secret dir")
@@ -124,6 +125,10 @@ def test_an_unprivileged_caller_never_sees_what_only_root_may_read(server, secre
         assert any(entry["target"] == f"{SECRET_DIR}/{SECRET_FILE}"
                    for entry in json.loads(root_view)["fds"])
         assert _leaks(_get(server.port, f"/processes/{s.pid}")[1]), "root sees every name"
+        deadline = time.monotonic() + HISTORY_TIMEOUT  # the writer batches every 50 ms
+        while not _leaks(_get(server.port, f"/processes/{s.pid}/history")[1]):
+            assert time.monotonic() < deadline, "root's verdicts were not recorded"
+            time.sleep(0.05)
 
         for path in _endpoints(s.pid):
             status, body = get_as(NOBODY, server.port, path)
@@ -138,6 +143,25 @@ def test_an_unprivileged_caller_never_sees_what_only_root_may_read(server, secre
         assert {entry["fd"] for entry in fds} >= {fd} and all(
             entry["target"].startswith("(hidden") for entry in fds)
 
+
+
+def test_a_forwarded_for_header_does_not_lend_a_caller_roots_connection(server, secret_dir):
+    """The caller names the port of root's open connection to the service (any local user
+    reads it in /proc/net/tcp): it is still judged by its own socket."""
+    with subject(ROOT_SUBJECT) as s:
+        roots = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            roots.request("GET", "/healthz")
+            roots.getresponse().read()  # kept alive: root's socket stays open
+            root_port = roots.sock.getsockname()[1]
+            for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+                value = (f"for=127.0.0.1:{root_port}" if header == "Forwarded"
+                         else f"127.0.0.1:{root_port}")
+                status, body = get_as(NOBODY, server.port, f"/processes/{s.pid}/fds",
+                                      {header: value})
+                assert status == 200 and not _leaks(body), (header, body[:500])
+        finally:
+            roots.close()
 
 
 def _await(lines: Iterator[dict], pid: int, state: str) -> dict:
