@@ -101,8 +101,13 @@ def environment_shown(environment: dict, viewer: Viewer) -> dict:
 
 
 def _walk(value: Any, pid: int | None, sees: Callable[[int | None], bool]) -> Any:
+    """The value with the detail of the processes not seen replaced; what holds none is
+    returned as it is (a list of a thousand rows is not copied)."""
     if isinstance(value, list):
-        return [_walk(item, pid, sees) for item in value]
+        if not any(isinstance(item, (dict, list)) for item in value):
+            return value  # codes, options: strings only
+        items = [_walk(item, pid, sees) for item in value]
+        return value if all(new is old for new, old in zip(items, value)) else items
     if not isinstance(value, dict):
         return value
     if isinstance(value.get("pid"), int):
@@ -111,15 +116,17 @@ def _walk(value: Any, pid: int | None, sees: Callable[[int | None], bool]) -> An
         return environment_shown(value, Viewer(None))
     if "code" in value and "message" in value:  # a reason
         return value if sees(pid) else hidden_reason(value)
-    shown_value = {}
+    changed = {}
     for key, item in value.items():
         if key == "cmdline" and not sees(pid):
-            shown_value[key] = []
+            changed[key] = []
         elif key == "target" and not sees(pid):
-            shown_value[key] = HIDDEN
-        else:
-            shown_value[key] = _walk(item, pid, sees)
-    return shown_value
+            changed[key] = HIDDEN
+        elif isinstance(item, (dict, list)):
+            new = _walk(item, pid, sees)
+            if new is not item:
+                changed[key] = new
+    return {**value, **changed} if changed else value
 
 
 def hidden_reason(reason: dict) -> dict:
