@@ -6,7 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import audit_bench, fuzz_criu, gate_bench, service_bench, tracker_bench  # noqa: E402
+from bench import (audit_bench, fuzz_criu, gate_bench, privilege_bench,  # noqa: E402
+                   service_bench, tracker_bench)
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)
@@ -15,6 +16,8 @@ if __name__ == "__main__":
     tracker_bench.main()
     print("== service ==", flush=True)
     service_bench.main()
+    print("== who sees what ==", flush=True)
+    privilege_bench.main()
     print("== gate ==", flush=True)
     gate_bench.main()
     print("== differential fuzzer against the real CRIU ==", flush=True)
