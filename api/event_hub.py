@@ -4,6 +4,8 @@ The tracker calls publish() on its applier thread; each client has a bounded
 asyncio queue on the event loop. A client too slow to keep up loses lines,
 never silently: it gets a `lost` line with the count once it has room again.
 The `ready` notice is kept and sent first to every client, as `crwatch watch` does.
+Each client gets a line as its caller may see it (api.privacy), worked out once
+per line for all the clients of that view.
 """
 from __future__ import annotations
 
