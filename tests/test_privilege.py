@@ -30,7 +30,7 @@ ACCENTED_FILE = "sécret-ünï"
 ABSTRACT = f"{MARK}-abstract"
 SOCKET_FILE = "sock et"
 # What must never reach the unprivileged caller, however a body spells it.
-SECRETS = (MARK, "secret dir", SECRET_FILE, "a'b", "ünï", "\\u00fcn\\u00ef", "sock et")
+SECRETS = (ABSTRACT, MARK, "secret dir", SECRET_FILE, "a'b", "ünï", "\\u00fcn\\u00ef", "sock et")
 
 ROOT_SUBJECT = f"""
 base = {str(SECRET_DIR)!r}
