@@ -42,10 +42,12 @@ def main() -> None:
         server = listener.getsockname()
         with socket.create_connection(server):
             accepted, client = listener.accept()
-            print(f"caller identified (sock_diag lookup): {_per_call_us(lambda: tcp_peer_uid(client, server)):.1f} µs")
+            cost = _per_call_us(lambda: tcp_peer_uid(client, server))
+            print(f"caller identified (sock_diag lookup): {cost:.1f} µs")
             accepted.close()
     me, start = os.getpid(), Proc(os.getpid()).stat.start_time
-    print(f"owner of a process (/proc/PID/fd, status, stat): {_per_call_us(lambda: owner(me, start)):.1f} µs")
+    cost = _per_call_us(lambda: owner(me, start))
+    print(f"owner of a process (/proc/PID/fd, status, stat): {cost:.1f} µs")
     rows = {"schema": "crwatch.processes/1", "processes": [
         {"pid": pid, "ppid": 1, "start_time": 1.0, "comm": "x", "cgroup": "/", "verdict": "ok",
          "codes": [], "tracked": None} for pid in range(2, ROWS + 2)]}

@@ -8,6 +8,11 @@ import subprocess
 from typing import Iterator
 
 NOBODY = 65534
+# A subject's first lines to become NOBODY (the kernel then marks it not dumpable: a
+# process that changed its uids is, unless it says otherwise with PR_SET_DUMPABLE).
+BECOME_NOBODY = f"""
+os.setgroups([]); os.setresgid(*[{NOBODY}] * 3); os.setresuid(*[{NOBODY}] * 3)
+"""
 # The system Python, isolated: the caller needs nothing of the project's.
 PYTHON = "/usr/bin/python3"
 TIMEOUT = 30.0
@@ -33,7 +38,8 @@ with urllib.request.urlopen(sys.argv[1], timeout=60) as reply:
 """
 
 
-def _as(uid: int):
+def as_user(uid: int):
+    """A preexec_fn: the child becomes uid (and gid) `uid`, with no supplementary group."""
     def become() -> None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -44,7 +50,7 @@ def _as(uid: int):
 def get_as(uid: int, port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
     """(status, raw body) of GET path, asked by a process of this uid."""
     done = subprocess.run([PYTHON, "-I", "-c", REQUEST, f"http://127.0.0.1:{port}{path}",
-                           json.dumps(headers or {})], preexec_fn=_as(uid),
+                           json.dumps(headers or {})], preexec_fn=as_user(uid),
                           capture_output=True, timeout=TIMEOUT, check=True)
     status, _, body = done.stdout.partition(b"\n")
     return int(status), body
@@ -56,7 +62,7 @@ class StreamAs:
     def __init__(self, uid: int, port: int):
         self.process = subprocess.Popen([PYTHON, "-I", "-c", STREAM,
                                          f"http://127.0.0.1:{port}/events"],
-                                        preexec_fn=_as(uid), stdout=subprocess.PIPE)
+                                        preexec_fn=as_user(uid), stdout=subprocess.PIPE)
         self.raw: list[bytes] = []
 
     def lines(self) -> Iterator[dict]:
@@ -83,5 +89,6 @@ except PermissionError:
 def kernel_shows(uid: int, pid: int, fd: int) -> bool:
     """Whether the kernel lets a process of this uid read the process's fd link."""
     done = subprocess.run([PYTHON, "-I", "-c", READLINK, f"/proc/{pid}/fd/{fd}"],
-                          preexec_fn=_as(uid), capture_output=True, timeout=TIMEOUT, check=True)
+                          preexec_fn=as_user(uid), capture_output=True, timeout=TIMEOUT,
+                          check=True)
     return done.stdout.strip() != b"denied"

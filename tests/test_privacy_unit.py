@@ -17,7 +17,7 @@ from api.auth import misdirected
 from api.peer import tcp_peer_uid
 from api.privacy import NoticeView, Viewer, owner, shown
 from api.settings import Settings, SettingsError, host_name
-from tests.callers import NOBODY, PYTHON, _as
+from tests.callers import BECOME_NOBODY, NOBODY, PYTHON, as_user
 from tests.subjects import subject
 from tracker.procfs import Proc
 
@@ -142,8 +142,7 @@ def test_viewers_that_see_everything():
 
 # ---------------------------------------------------------------- the kernel's part
 
-NOBODY_HOLDER = f"""
-os.setgroups([]); os.setresgid({NOBODY}, {NOBODY}, {NOBODY}); os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
+NOBODY_HOLDER = BECOME_NOBODY + """
 if os.environ.get("DUMPABLE"):
     ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 ready(); hold()
@@ -182,7 +181,7 @@ def test_the_peer_of_a_loopback_connection_is_known_by_the_uid_of_its_socket(add
             assert tcp_peer_uid(client[:2], server) == 0
             accepted.close()
         theirs = subprocess.Popen([PYTHON, "-I", "-c", CONNECT, address, str(server[1])],
-                                  preexec_fn=_as(NOBODY), stdin=subprocess.PIPE,
+                                  preexec_fn=as_user(NOBODY), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE)
         theirs.stdout.readline()
         accepted, client = listener.accept()

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.callers import NOBODY, StreamAs, get_as, kernel_shows
+from tests.callers import BECOME_NOBODY, NOBODY, StreamAs, get_as, kernel_shows
 from tests.servers import Server
 from tests.subjects import subject
 
@@ -48,8 +48,7 @@ ready(str(held.fileno())); hold()
 def _own_subject(path: Path, dumpable: bool) -> str:
     """A process of uid NOBODY (made by dropping root's uids: the kernel then marks it not
     dumpable unless it says otherwise) holding a lock on a file of its own."""
-    return f"""
-os.setgroups([]); os.setresgid({NOBODY}, {NOBODY}, {NOBODY}); os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
+    return BECOME_NOBODY + f"""
 if {dumpable}:
     ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 held = open({str(path)!r}, "w"); fcntl.flock(held, fcntl.LOCK_EX)
