@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from api.auth import must_redact, refusal
+from api.auth import misdirected, refusal, viewer
 # every JSON answer, errors included, encodes names that are not UTF-8 safely
 from api.safe_json import SafeJSONResponse as JSONResponse
 from api.connections import ConnectionGuard
@@ -48,6 +48,9 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None) -
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        wrong_host = misdirected(settings, request)
+        if wrong_host is not None:
+            return _problem(421, wrong_host)
         changing = request.method not in ("GET", "HEAD", "OPTIONS")
         status = refusal(settings, request, changing=changing)
         if status is not None:
@@ -58,7 +61,7 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None) -
             if status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        request.state.redact = must_redact(settings, request)
+        request.state.viewer = viewer(settings, request)
         return await call_next(request)
 
     return app

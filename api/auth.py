@@ -1,24 +1,26 @@
-"""Who may call the service, and what an unauthorized caller may see.
+"""Who may call the service, from where, and who the caller is.
 
 With a token configured, a caller is authorized by `Authorization: Bearer
 TOKEN`. Off loopback every request needs it (401 without, 403 with a wrong
-one); on loopback anyone may read, but command lines and file paths are shown
-only to authorized callers (redact()). State-changing requests always need it:
-without a token configured they are refused.
+one). On loopback anyone may read, and sees what its own uid may see
+(api.privacy): the kernel says which uid made the caller's socket (api.peer).
+State-changing requests always need the token: without one configured they
+are refused. Whatever the token, a Host header naming another host is refused
+(421): a browser page whose name was made to resolve to 127.0.0.1 (DNS
+rebinding) must not read the service.
 """
 from __future__ import annotations
 
 import hmac
-import re
-from typing import Any
+import ipaddress
 
 from fastapi import Request
 
+from api.peer import tcp_peer_uid
+from api.privacy import Viewer
 from api.settings import Settings
 
-HIDDEN = "(hidden: send the token to see paths)"
-# A path in a message: "/" then anything up to a blank, a quote or closing punctuation.
-_PATH = re.compile(r"(?<![\w:/.])/[^\s'\",;()\[\]]+")
+LOCAL_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def presented(request: Request) -> str | None:
@@ -45,24 +47,53 @@ def refusal(settings: Settings, request: Request, *, changing: bool = False) -> 
     return None if authorized(settings, request) else 403
 
 
-def must_redact(settings: Settings, request: Request) -> bool:
-    return settings.token is not None and not authorized(settings, request)
+def viewer(settings: Settings, request: Request) -> Viewer:
+    """Who is asking: the token's holder, else the uid owning the caller's socket when it
+    is on this host, else nobody known."""
+    if authorized(settings, request):
+        return Viewer(None, everything=True)
+    return Viewer.of(tcp_peer_uid(request.client, request.scope.get("server")))
 
 
-def redact(document: Any) -> Any:
-    """The document without command lines and file paths."""
-    if isinstance(document, dict):
-        hidden = {}
-        for key, value in document.items():
-            if key == "cmdline":
-                hidden[key] = []
-            elif key == "target" and isinstance(value, str) and value.startswith("/"):
-                hidden[key] = HIDDEN
-            elif key in ("message", "detail") and isinstance(value, str):
-                hidden[key] = _PATH.sub("…", value)
-            else:
-                hidden[key] = redact(value)
-        return hidden
-    if isinstance(document, list):
-        return [redact(item) for item in document]
-    return document
+def misdirected(settings: Settings, request: Request) -> str | None:
+    """Why the Host header is refused, or None. Accepted: the bound address, the address
+    the caller reached, 127.0.0.1, ::1, localhost and --allow-host names, with no port or
+    the service's. A request without Host (HTTP/1.0) comes from no browser: served."""
+    header = request.headers.get("host")
+    if header is None:
+        return None
+    server = request.scope.get("server") or (settings.host, settings.port)
+    name, port = _split(header)
+    accepted = LOCAL_NAMES | {settings.host.lower(), str(server[0]).lower(),
+                              *settings.allowed_hosts}
+    if name in accepted and port in (None, server[1]):
+        return None
+    return (f"Host {header!r} is not this service's address: requests must name "
+            f"{settings.host}, localhost or a name given with --allow-host "
+            f"(a name resolving to this host is not enough: DNS rebinding)")
+
+
+def _split(header: str) -> tuple[str | None, int | None]:
+    """(name in lower case without IPv6 brackets, port) of a Host header; a name of None
+    when it is malformed."""
+    text = header.strip().lower()
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket or not _ipv6(name):
+            return None, None
+    else:
+        name, colon, port = text.partition(":")
+        rest = colon + port
+    if not rest:
+        return name, None
+    digits = rest[1:]
+    if not rest.startswith(":") or not digits.isascii() or not digits.isdigit() or len(digits) > 5:
+        return None, None
+    return name, int(digits)
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False

@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     serve.add_argument("--token", help="callers must send `Authorization: Bearer TOKEN` "
                                        "(default: $CRWATCH_TOKEN)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also accept requests whose Host header names NAME (repeatable; "
+                            "by default only the bound address, 127.0.0.1, ::1 and localhost: "
+                            "other names are refused against DNS rebinding)")
     serve.add_argument("--db", type=Path, default=DEFAULT_DB,
                        help=f"the history database (default {DEFAULT_DB})")
     serve.add_argument("--retention-days", type=float, default=30.0,

@@ -7,7 +7,8 @@ with 200 clients), so that a burst of notices costs the loop about 4,000 writes 
 second whatever the number of clients, not one per client per notice: each
 client reads the ring from its own cursor and writes what it has not sent yet as
 one chunk; each line is encoded once (and its
-redacted variant once) for all the clients. A client whose backlog grows beyond
+redacted variant once) for all the clients, and each client gets it as its
+caller may see it (api.privacy). A client whose backlog grows beyond
 CLIENT_BACKLOG lines is cut off: its stream ends with a `lost` line (`where:
 client`) saying how many it missed. The `ready` notice is kept and sent first
 to every client, as `crwatch watch` does. At most MAX_STREAMS streams are open
@@ -21,7 +22,7 @@ import time
 from collections import deque
 from typing import AsyncIterator
 
-from api.auth import redact
+from api.privacy import NoticeView, Viewer
 from tracker.live_model import SCHEMA, iso_from_wall_ns
 from tracker.safe_text import json_text
 
@@ -38,25 +39,31 @@ class TooManyStreams(RuntimeError):
 
 
 class _Line:
-    """A notice, encoded at most once per variant (as given, redacted)."""
+    """A notice, encoded at most once per variant: as given, and redacted for the
+    callers that may not see its process (api.privacy)."""
 
-    __slots__ = ("line", "_texts")
+    __slots__ = ("line", "_full", "_redacted")
 
     def __init__(self, line: dict):
         self.line = line
-        self._texts: list[str | None] = [None, None]
+        self._full: str | None = None
+        self._redacted: str | None = None
 
-    def text(self, hide_paths: bool) -> str:
-        index = int(hide_paths)
-        if self._texts[index] is None:
-            self._texts[index] = _sse(redact(self.line) if hide_paths else self.line)
-        return self._texts[index]
+    def text(self, viewer: Viewer, view: NoticeView) -> str:
+        shown = view.shown(self.line, viewer)
+        if shown is self.line:
+            if self._full is None:
+                self._full = _sse(shown)
+            return self._full
+        if self._redacted is None:
+            self._redacted = _sse(shown)
+        return self._redacted
 
 
 class _Client:
-    def __init__(self, cursor: int, hide_paths: bool):
+    def __init__(self, cursor: int, viewer: Viewer):
         self.cursor = cursor          # sequence of the next line to send
-        self.hide_paths = hide_paths
+        self.viewer = viewer
         self.wake = asyncio.Event()
         self.missed = 0               # > 0: cut off, this many lines were not sent
 
@@ -67,6 +74,7 @@ class EventHub:
         self._ring: deque[_Line] = deque(maxlen=CLIENT_BACKLOG)
         self._next = 0                # sequence of the next line published
         self._ready: _Line | None = None
+        self._view = NoticeView()     # on the loop: whose lines each viewer may see
         self._clients: set[_Client] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending = False
@@ -109,29 +117,29 @@ class EventHub:
 
     # ------------------------------------------------------------ the loop's side
 
-    def open(self, hide_paths: bool = False) -> AsyncIterator[str]:
+    def open(self, viewer: Viewer = Viewer(None, everything=True)) -> AsyncIterator[str]:
         """A new client's stream, on the running loop; TooManyStreams beyond MAX_STREAMS.
-        `hide_paths`: for a caller without the token (api.auth.redact)."""
+        Each line is shown as `viewer` may see it (api.privacy)."""
         with self._lock:
             if len(self._clients) >= MAX_STREAMS:
                 self.refused += 1
                 raise TooManyStreams(f"{MAX_STREAMS} event streams are open already, the "
                                      f"most this service serves at once")
             self._loop = asyncio.get_running_loop()
-        return self._stream(hide_paths)
+        return self._stream(viewer)
 
-    async def _stream(self, hide_paths: bool) -> AsyncIterator[str]:
+    async def _stream(self, viewer: Viewer) -> AsyncIterator[str]:
         """Server-sent events: one `data:` line per notice, a comment now and then. The
         client counts from its first line on (a stream never started holds nothing)."""
         with self._lock:
             if self.closed:
                 return
-            client = _Client(self._next, hide_paths)
+            client = _Client(self._next, viewer)
             self._clients.add(client)
             ready = self._ready
         try:
             if ready is not None:
-                yield ready.text(client.hide_paths)
+                yield ready.text(client.viewer, self._view)
             while True:
                 client.wake.clear()
                 lines, ended = self._take(client)
@@ -139,7 +147,7 @@ class EventHub:
                     yield _sse(_lost_line(client.missed))
                     return
                 if lines:
-                    yield "".join(line.text(client.hide_paths) for line in lines)
+                    yield "".join(line.text(client.viewer, self._view) for line in lines)
                     continue
                 if ended:
                     return

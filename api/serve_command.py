@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from api.settings import Settings, SettingsError
+from api.settings import Settings, SettingsError, host_name
 from tracker.history import History, HistoryError
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -13,13 +13,14 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def run_serve(args) -> int:
-    settings = Settings(host=args.host, port=args.port, profile=args.profile,
-                        criu_version=args.criu_version,
-                        token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
-                        probes=not args.no_probes, db=args.db,
-                        retention_days=args.retention_days, criu=args.criu,
-                        dump_root=args.dump_root)
     try:
+        settings = Settings(host=args.host, port=args.port, profile=args.profile,
+                            criu_version=args.criu_version,
+                            token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
+                            probes=not args.no_probes, db=args.db,
+                            retention_days=args.retention_days, criu=args.criu,
+                            dump_root=args.dump_root,
+                            allowed_hosts=tuple(host_name(name) for name in args.allow_host))
         settings.check()
     except SettingsError as error:
         print(f"crwatch: {error}", file=sys.stderr)
@@ -42,8 +43,10 @@ def run_serve(args) -> int:
 
     connections = ConnectionGuard()
     connections.raise_fd_limit()
+    # proxy_headers off: a caller is who its socket says (api.peer), never what an
+    # X-Forwarded-For header claims
     uvicorn.run(create_app(settings, connections), host=settings.host, port=settings.port,
                 http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
-                log_level="warning", access_log=False,
+                log_level="warning", access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return EXIT_OK

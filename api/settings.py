@@ -27,6 +27,7 @@ class Settings:
     retention_days: float = 30.0
     criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
     dump_root: Path = DEFAULT_DUMP_ROOT  # a gate's images directory must be inside it
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
 
     @property
     def everyone_needs_token(self) -> bool:
@@ -40,6 +41,25 @@ class Settings:
         if not self.dump_root.is_absolute():
             raise SettingsError(f"the dump root must be an absolute path: {self.dump_root}")
         return self
+
+
+def host_name(name: str) -> str:
+    """An --allow-host name, as Host headers are compared (lower case, no port)."""
+    bare = name.strip().lower()
+    if bare.startswith("[") and bare.endswith("]") and _address(bare[1:-1]):
+        return bare[1:-1]  # an IPv6 address as a Host header brackets it
+    if (not bare or any(c in bare for c in "/@[] \t")
+            or (":" in bare and not _address(bare))):
+        raise SettingsError(f"--allow-host {name!r}: give a host name or address, without a port")
+    return bare
+
+
+def _address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _loopback(host: str) -> bool:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (audit_bench, freeze_bench, fuzz_criu, gate_bench, service_bench,  # noqa: E402
-                   serving_bench, sharing_bench, tracker_bench)
+from bench import (audit_bench, freeze_bench, fuzz_criu, gate_bench, privilege_bench,  # noqa: E402
+                   service_bench, serving_bench, sharing_bench, tracker_bench)
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)
@@ -20,6 +20,8 @@ if __name__ == "__main__":
     service_bench.main()
     print("== fair to every client ==", flush=True)
     serving_bench.main()
+    print("== who sees what ==", flush=True)
+    privilege_bench.main()
     print("== gate ==", flush=True)
     gate_bench.main()
     freeze_bench.main()

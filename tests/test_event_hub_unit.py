@@ -9,6 +9,7 @@ import pytest
 
 from api import event_hub
 from api.event_hub import EventHub, TooManyStreams
+from api.privacy import Viewer
 
 
 class Notice:
@@ -48,26 +49,37 @@ def test_every_client_gets_every_line_after_ready():
 
 
 def test_a_notice_is_encoded_once_per_variant_whatever_the_clients(monkeypatch):
+    """Forty clients, half of them of a uid that may not see the process: two encodings,
+    the full one and the redacted one (api.privacy)."""
     encoded = []
     real = event_hub._sse
     monkeypatch.setattr(event_hub, "_sse", lambda line: encoded.append(line) or real(line))
+    secret = {"code": "lock.flock", "severity": "option", "message": "fd 3: /root/secret is "
+              "locked", "remedy": "unlock /root/secret", "pid": 1, "fd": 3}
+
+    class Transition(Notice):
+        def __init__(self):
+            # pid 1 with a start time it never had: no caller but root may see it
+            self.line = {"kind": "transition", "pid": 1, "start_time": -1.0,
+                         "reasons": [secret]}
 
     async def scenario():
         hub = EventHub()
         hub.publish(Notice("ready"))
         plain = [hub.open() for _ in range(20)]
-        hidden = [hub.open(hide_paths=True) for _ in range(20)]
+        hidden = [hub.open(Viewer(65534)) for _ in range(20)]
         for stream in plain + hidden:
             await _lines(stream, 1)
         encoded.clear()
-        hub.publish(Notice("transition", 1))
+        hub.publish(Transition())
         return ([(await _lines(stream, 1))[0] for stream in plain],
                 [(await _lines(stream, 1))[0] for stream in hidden])
 
     plain, hidden = asyncio.run(scenario())
     assert len(encoded) == 2  # one plain, one redacted, for 40 clients
-    assert {line["message"] for line in plain} == {"/root/secret is open"}
-    assert {line["message"] for line in hidden} == {"… is open"}
+    assert {line["reasons"][0]["message"] for line in plain} == {secret["message"]}
+    assert not any("secret" in json.dumps(line) for line in hidden)
+    assert {line["reasons"][0]["code"] for line in hidden} == {"lock.flock"}
 
 
 def test_a_client_too_far_behind_is_cut_off_with_a_lost_line(monkeypatch):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from api.models import EventLine
 from tests.agreement import network_lock_options
+from tests.callers import NOBODY, get_as
 from tests.servers import EventStream, Server, metrics
 from tests.subjects import subject
 from tests.test_cli import NESTED_PID_NS, THREADED
@@ -471,27 +472,38 @@ def loopback_with_token(tmp_path_factory) -> Iterator[Server]:
 
 
 def test_paths_and_command_lines_are_shown_only_with_the_token(loopback_with_token, tmp_path):
+    """Asked by an unprivileged uid (root sees everything, token or not): a root process's
+    paths, in any spelling, and socket names are shown only with the token."""
     port = loopback_with_token.port
-    secret_file = tmp_path / "private-name.lock"
+    secret_file = tmp_path / "private name's dir" / "x y.lock"  # under root's own tmp_path
+    secret_file.parent.mkdir()
     code = f"""
 import fcntl
 held = open({str(secret_file)!r}, "w"); fcntl.flock(held, fcntl.LOCK_EX)
+listener = socket.socket(socket.AF_UNIX); listener.bind("\\0private-abstract"); listener.listen()
 ready(str(held.fileno())); hold()
 """
     with subject(code) as s:
         fd = int(s.note)
-        seen = _get(port, f"/processes/{s.pid}", token="s3cret")[1]
-        fds = _get(port, f"/processes/{s.pid}/fds", token="s3cret")[1]
-        status, hidden = _get(port, f"/processes/{s.pid}")  # on loopback: served, without paths
-        hidden_fds = _get(port, f"/processes/{s.pid}/fds")[1]
-    assert status == 200 and seen["cmdline"] and hidden["cmdline"] == []
+        seen = json.loads(get_as(NOBODY, port, f"/processes/{s.pid}",
+                                 {"Authorization": "Bearer s3cret"})[1])
+        fds = json.loads(get_as(NOBODY, port, f"/processes/{s.pid}/fds",
+                                {"Authorization": "Bearer s3cret"})[1])
+        status, hidden_raw = get_as(NOBODY, port, f"/processes/{s.pid}")  # served, redacted
+        hidden_fds_raw = get_as(NOBODY, port, f"/processes/{s.pid}/fds")[1]
+        by_root = _get(port, f"/processes/{s.pid}")[1]  # root needs no token to see it
+    hidden = json.loads(hidden_raw)
+    assert status == 200 and seen["cmdline"] and hidden["cmdline"] == [] and by_root["cmdline"]
     flock = next(r for r in seen["reasons"] if r["code"] == "lock.flock")
-    assert str(secret_file) in flock["message"]
+    assert str(secret_file) in flock["message"] and flock == next(
+        r for r in by_root["reasons"] if r["code"] == "lock.flock")
+    assert any("@private-abstract" in r["message"] for r in seen["reasons"])
     hidden_flock = next(r for r in hidden["reasons"] if r["code"] == "lock.flock")
-    assert "private-name" not in hidden_flock["message"] and f"fd {fd}" in hidden_flock["message"]
+    assert f"fd {fd}" in hidden_flock["message"]
     assert next(e for e in fds["fds"] if e["fd"] == fd)["target"] == str(secret_file)
-    assert "private-name" not in json.dumps(hidden_fds)
-    assert "private-name" not in json.dumps(hidden)
+    for raw in (hidden_raw, hidden_fds_raw):
+        for secret in ("private", "x y", "name's", "name\\u0027s"):
+            assert secret.encode() not in raw, (secret, raw)
 
 
 # ---------------------------------------------------------------- no 5xx, whatever the input

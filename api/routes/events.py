@@ -22,7 +22,7 @@ async def events(request: Request) -> Response:
     (the same lines as `crwatch watch`). A client that falls too far behind gets a `lost`
     line (`where: client`) and its stream ends."""
     try:
-        lines = request.app.state.service.events.open(request.state.redact)
+        lines = request.app.state.service.events.open(request.state.viewer)
     except TooManyStreams as error:
         return JSONResponse({"status": 503, "detail": str(error)}, status_code=503)
     return StreamingResponse(lines,

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request
-from api.auth import redact
+
 from api.models import (FdReport, Gate, GateRequestBody, History, Problem, ProcessDetail,
                         ProcessList, Verdict)
+from api.privacy import shown
 from api.safe_json import SafeJSONResponse
 
 router = APIRouter(prefix="/processes", tags=["processes"])
@@ -114,5 +115,6 @@ def gate(request: Request, pid: Pid, body: Optional[GateRequestBody] = None) -> 
 
 
 def _shown(request: Request, document: dict) -> dict:
-    """What this caller may see: without the token (when one is set), no paths."""
-    return redact(document) if request.state.redact else document
+    """What this caller may see (api.privacy): a gate's caller holds the token, and sees
+    everything."""
+    return shown(document, request.state.viewer)
