@@ -126,7 +126,7 @@ class _FailingRows:
         self.broken = True
         self.refused = threading.Event()
 
-    def row(self, pid: int) -> dict:
+    def row(self, pid: int, holders=None) -> dict:
         if self.broken:
             self.refused.set()
             raise RuntimeError("the audit broke")

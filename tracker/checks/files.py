@@ -297,8 +297,8 @@ def _dumped_namespaces(ctx: AuditContext) -> list[DumpedNamespace]:
     own_root = "" if ctx.proc_root == DEFAULT_PROC_ROOT else f"{auditor}/root"
     found: dict[str, DumpedNamespace] = {}
     if shared:
-        mounts = (auditor / "mountinfo").read_text(errors="surrogateescape")  # paths: any bytes
-        found[own] = DumpedNamespace(Mounts.of_text(mounts), own_root)
+        own_table = (auditor / "mountinfo").read_text(errors="surrogateescape")  # any bytes
+        found[own] = DumpedNamespace(Mounts.of_text(own_table), own_root)
     for pid in sorted(ctx.tree_pids, key=lambda pid: (pid != ctx.root_pid, pid)):
         proc = ctx.proc(pid)
         try:
