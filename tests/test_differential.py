@@ -425,7 +425,8 @@ def test_tracked_state_agrees_with_a_fresh_audit(tracking, fleet):
     # settling of forks): a disagreement left is a bug, or a limit to document in
     # docs/tracking-limits.md.
     assert not tally.disagreements
-    assert tracker.counters()["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0}
+    assert tracker.counters()["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
+                                           "out_of_fds": 0}
 
 
 # ---------------------------------------------------------------- the documented limits, shown
