@@ -22,6 +22,7 @@ from pathlib import Path
 from api.event_feed import Feed, FeedError, choose_feed
 from api.run_recorder import Members, Recorder, become_subreaper
 from api.run_report import document, junit, text
+from tracker.environment import current as current_environment
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
 from tracker.safe_text import json_text
@@ -49,6 +50,9 @@ def run_run(args, chosen: Profile) -> int:
     mode = "marker" if (args.at_signal or args.at_file) else "at-end" if args.at_end \
         else "transient"
 
+    # The dumper's environment (CRIU's feature checks run as children of crwatch) is
+    # detected before the tree is followed: those checks are never taken for part of it.
+    current_environment()
     become_subreaper()
     members = Members(root=os.getpid(), excluded=set())
     recorder = Recorder(members, chosen, args.allow)

@@ -106,10 +106,13 @@ class Members:
 
     @staticmethod
     def _refreshed(member: Member) -> Member:
-        """Its command line now: first seen before an exec, it may have changed since."""
+        """Its name and command line now: first seen before an exec or a PR_SET_NAME,
+        they may have changed since."""
         proc = Proc(member.pid)
         try:
-            if proc.stat.start_time == member.start_time:
+            stat = proc.stat
+            if stat.start_time == member.start_time:
+                member.comm = stat.comm
                 member.cmdline = proc.read("cmdline").split("\0")[:-1] or member.cmdline
         except (ProcessGone, AccessDenied):
             pass
