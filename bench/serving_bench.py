@@ -58,7 +58,7 @@ sys.stdin.read()
 """
 
 
-class _Notice:
+class Notice:
     def __init__(self, number: int):
         self.number = number
 
@@ -98,7 +98,7 @@ def fan_out(clients: int) -> tuple[float, float]:
     applier = 0.0
     for number in range(NOTICES):
         began = time.perf_counter()
-        hub.publish(_Notice(number))
+        hub.publish(Notice(number))
         applier += time.perf_counter() - began
     done.wait(120)
     cpu = time.process_time() - cpu

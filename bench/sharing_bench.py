@@ -11,7 +11,6 @@ assertions.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.service import Service  # noqa: E402
 from api.settings import Settings  # noqa: E402
+from bench.audit_bench import median_ms  # noqa: E402
 from tests.subjects import subject  # noqa: E402
 from tracker.audit import audit  # noqa: E402
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders  # noqa: E402
 
 SIZES = (10, 2_000)
-RUNS = 5
 ROW_SAMPLE = 50
 
 # One parent forks the children, which keep what they share and sleep.
@@ -47,14 +46,6 @@ os.close(write_end); shared_end.close()
 ready(" ".join(map(str, kids))); hold()
 """
 
-
-def median_ms(action, runs: int = RUNS) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def bench_audits() -> list[str]:

@@ -16,22 +16,13 @@ from fastapi.responses import StreamingResponse
 
 from api.connections import ConnectionGuard, guarded_protocol
 from api.event_hub import EventHub
+from bench.serving_bench import Notice
 from tests.test_serving import EVENT_CLIENTS
 
 CLIENTS = 200
 NOTICES = 3_000
 WORK_SECONDS = 0.0002     # what an apply costs the applier, about
 START_TIMEOUT = 10.0
-
-
-class Notice:
-    def __init__(self, number: int):
-        self.number = number
-
-    def to_json(self) -> dict:
-        return {"schema": "crwatch.event/1", "kind": "transition", "pid": self.number,
-                "state": "nocr", "reasons": [{"code": "device.chr.unsupported",
-                                               "message": f"/dev/kvm is open as fd {self.number}"}]}
 
 
 def _apply_and_publish(hub: EventHub) -> float:
