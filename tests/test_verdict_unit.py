@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tracker import verdict
-from tracker.audit import Audit, ProcessIdentity, audit
+from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
 from tracker.procfs import ProcessGone, parse_stat
 from tracker.profiles import Profile, parse_version, profile
 from tracker.rules import BLOCKER, OPTION, Catalogue, Finding, Rule, VersionNote, catalogue
@@ -123,6 +123,18 @@ def test_a_process_that_exits_mid_audit_is_unknown(tmp_path):
 def test_a_pid_that_does_not_exist_raises_process_gone(tmp_path):
     with pytest.raises(ProcessGone):
         audit(78, proc_root=tmp_path)
+
+
+def test_a_task_the_kernel_let_go_of_is_gone_not_a_thread(tmp_path):
+    """/proc/PID/status says Tgid 0 for a task already released (it exited while listed):
+    the service's first pass over /proc must skip it, not fail to start."""
+    fake_proc(tmp_path, 79)
+    (tmp_path / "79" / "status").write_text("Name:\tfixture\nTgid:\t0\nPid:\t79\n")
+    with pytest.raises(ProcessGone):
+        identify(79, proc_root=tmp_path)
+    (tmp_path / "79" / "status").write_text("Name:\tfixture\nTgid:\t70\nPid:\t79\n")
+    with pytest.raises(ThreadId):
+        identify(79, proc_root=tmp_path)
 
 
 def test_an_option_allowed_again_adds_a_value():

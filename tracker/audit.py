@@ -58,6 +58,8 @@ def identify(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> ProcessIdentity:
     proc = Proc(pid, proc_root)
     stat = proc.stat
     leader = _thread_group_leader(proc)
+    if leader == 0:  # the kernel has let go of the task (Tgid 0): it has exited
+        raise ProcessGone(pid)
     if leader is not None and leader != pid:
         raise ThreadId(pid, leader)
     return ProcessIdentity(pid, stat.start_time, stat.comm, stat.ppid)

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 from probes.events import Event, Kind
 from tracker import live_reads as reads
 from tracker.checks import task
-from tracker.audit import Audit, ProcessIdentity, audit
+from tracker.audit import Audit, ProcessIdentity, ThreadId, audit
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live_model import (CR, Counters, Entry, Mark, MarkKey, PiThread, Transition,
                                 boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns)
@@ -816,7 +816,7 @@ class LiveTable:
         started = time.monotonic_ns()
         try:
             result = audit(pid, proc_root=self.proc_root, holders=holders)
-        except (ProcessGone, AccessDenied):
+        except (ProcessGone, AccessDenied, ThreadId):  # ThreadId: a thread took the pid (exec)
             return
         if {finding.code for finding in result.findings} & {"audit.exited", "task.kernel_thread"}:
             return
