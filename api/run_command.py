@@ -90,9 +90,9 @@ def run_run(args, chosen: Profile) -> int:
     managed = {child.pid} | members.excluded
     try:
         _follow(child, args, recorder, feed, markers, signalled, managed, marks, before)
-        status = _status(child.returncode)
         if feed is not None:
-            feed.barrier()  # every event until now is in
+            feed.barrier()  # every event until now is in, the command still a zombie
+        status = _status(child.wait())
         recorder.audit_alive(utc_now(), "end")
     except FeedError as error:
         status = _status(child.wait())
@@ -173,11 +173,9 @@ def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None
     """Until the command exits: markers, orphans to reap, audits when degraded."""
     next_audit = time.monotonic()
     while True:
-        try:
-            child.wait(timeout=TICK_S)
+        if _exited(child):
             return
-        except subprocess.TimeoutExpired:
-            pass
+        time.sleep(TICK_S)
         causes = [signalled.pop(0) for _ in list(signalled)]
         if args.at_file and (stamp := _stamp(args.at_file)) != marker_file and stamp:
             marker_file = stamp
@@ -194,6 +192,16 @@ def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None
             recorder.observe_by_audit(utc_now())
             next_audit = time.monotonic() + args.interval
         _reap_orphans(managed)
+
+
+def _exited(child: subprocess.Popen) -> bool:
+    """Whether the command has exited. It is left a zombie, not reaped: its /proc entry
+    stays, so the tracker can still tie the events of its last moments to it (an fd
+    opened and closed just before it exited) until the feed has caught up."""
+    try:
+        return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _signal_group(pid: int, number: int) -> None:
