@@ -164,9 +164,11 @@ def test_a_forwarded_for_header_does_not_lend_a_caller_roots_connection(server, 
             roots.close()
 
 
-def _await(lines: Iterator[dict], pid: int, state: str) -> dict:
+def _await(lines: Iterator[dict], pid: int, state: str, code: str | None = None) -> dict:
+    """The first transition of pid to `state` (with a reason of `code`, when given)."""
     for line in lines:
-        if line.get("kind") == "transition" and line["pid"] == pid and line["state"] == state:
+        if (line.get("kind") == "transition" and line["pid"] == pid and line["state"] == state
+                and (code is None or code in [reason["code"] for reason in line["reasons"]])):
             return line
     raise AssertionError(f"the stream ended before a {state} transition of {pid}")
 
@@ -180,7 +182,9 @@ def test_event_lines_show_an_unprivileged_caller_its_own_processes_only(server, 
         with subject(ROOT_SUBJECT) as s, subject(_own_subject(own_dir / "mine p q", True)) as mine:
             seen_by_root = _await(root_lines, s.pid, "nocr")
             seen_by_nobody = _await(nobody_lines, s.pid, "nocr")
-            own = _await(nobody_lines, mine.pid, "nocr")
+            # its lock, taken once it is uid NOBODY (a transition before, of what it
+            # inherited while it was root's, is root's to see)
+            own = _await(nobody_lines, mine.pid, "nocr", "lock.flock")
     finally:
         nobody.close()
         root.close()
