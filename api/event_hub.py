@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import AsyncIterator
 
-from api.privacy import NoticeView, Viewer
+from api.privacy import LineView, Viewer
 from tracker.live_model import SCHEMA, iso_from_wall_ns
 from tracker.safe_text import json_text
 
@@ -42,15 +42,16 @@ class _Line:
     """A notice, encoded at most once per variant: as given, and redacted for the
     callers that may not see its process (api.privacy)."""
 
-    __slots__ = ("line", "_full", "_redacted")
+    __slots__ = ("line", "_view", "_full", "_redacted")
 
     def __init__(self, line: dict):
         self.line = line
+        self._view = LineView(line)
         self._full: str | None = None
         self._redacted: str | None = None
 
-    def text(self, viewer: Viewer, view: NoticeView) -> str:
-        shown = view.shown(self.line, viewer)
+    def text(self, viewer: Viewer) -> str:
+        shown = self._view.shown(viewer)
         if shown is self.line:
             if self._full is None:
                 self._full = _sse(shown)
@@ -74,7 +75,6 @@ class EventHub:
         self._ring: deque[_Line] = deque(maxlen=CLIENT_BACKLOG)
         self._next = 0                # sequence of the next line published
         self._ready: _Line | None = None
-        self._view = NoticeView()     # on the loop: whose lines each viewer may see
         self._clients: set[_Client] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending = False
@@ -139,7 +139,7 @@ class EventHub:
             ready = self._ready
         try:
             if ready is not None:
-                yield ready.text(client.viewer, self._view)
+                yield ready.text(client.viewer)
             while True:
                 client.wake.clear()
                 lines, ended = self._take(client)
@@ -147,7 +147,7 @@ class EventHub:
                     yield _sse(_lost_line(client.missed))
                     return
                 if lines:
-                    yield "".join(line.text(client.viewer, self._view) for line in lines)
+                    yield "".join(line.text(client.viewer) for line in lines)
                     continue
                 if ended:
                     return

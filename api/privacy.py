@@ -21,7 +21,6 @@ service's environment, which only root may read.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,7 +29,6 @@ from tracker.rules import catalogue
 
 HIDDEN = "(hidden: not this caller's process)"
 ENVIRONMENT_SCHEMA = "crwatch.environment/1"
-NOTICES_KEPT = 1024  # event lines redacted once for every client (NoticeView)
 
 
 @dataclass(frozen=True)
@@ -138,23 +136,20 @@ def hidden_reason(reason: dict) -> dict:
             "remedy": rule.remedy if rule else HIDDEN}
 
 
-class NoticeView:
-    """Event lines as restricted viewers see them, worked out once per line and owner
-    for all clients (the hub hands every client the same line object). Lives on the
-    event loop's thread."""
+class LineView:
+    """One event line as restricted viewers see it: its process's owner read once, and
+    its redacted form made once, for all the clients (the hub keeps one per line)."""
 
-    def __init__(self, owner_of: Callable[[int, float], int | None] = owner):
+    def __init__(self, line: dict, owner_of: Callable[[int, float], int | None] = owner):
+        self.line = line
         self._owner_of = owner_of
-        self._kept: OrderedDict[int, tuple[dict, int | None, dict]] = OrderedDict()
+        self._judged: tuple[int | None, dict] | None = None   # (owner, redacted line)
 
-    def shown(self, line: dict, viewer: Viewer) -> dict:
+    def shown(self, viewer: Viewer) -> dict:
+        line = self.line
         if viewer.everything or "pid" not in line or "start_time" not in line:
             return line
-        kept = self._kept.get(id(line))
-        if kept is None or kept[0] is not line:  # an id is reused once its line is gone
-            process_owner = self._owner_of(line["pid"], line["start_time"])
-            redacted = shown(line, Viewer(None), lambda *_: None)
-            kept = self._kept[id(line)] = (line, process_owner, redacted)
-            if len(self._kept) > NOTICES_KEPT:
-                self._kept.popitem(last=False)
-        return line if viewer.sees(kept[1]) else kept[2]
+        if self._judged is None:
+            self._judged = (self._owner_of(line["pid"], line["start_time"]),
+                            shown(line, Viewer(None), lambda *_: None))
+        return line if viewer.sees(self._judged[0]) else self._judged[1]

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from api.auth import misdirected
 from api.peer import tcp_peer_uid
-from api.privacy import NoticeView, Viewer, owner, shown
+from api.privacy import LineView, Viewer, owner, shown
 from api.settings import Settings, SettingsError, host_name
 from tests.callers import BECOME_NOBODY, NOBODY, PYTHON, as_user
 from tests.subjects import subject
@@ -122,15 +122,15 @@ def test_event_lines_are_judged_once_however_many_clients_read_them():
     def owner_of(pid, start_time):
         asked.append(pid)
         return NOBODY
-    view = NoticeView(owner_of)
     line = {"schema": "crwatch.event/1", "kind": "transition", "pid": ROOT_PID,
             "start_time": 1.0, "reasons": [_reason(ROOT_PID, 3, HOSTILE[0])]}
+    view = LineView(line, owner_of)
     for _ in range(200):
-        assert view.shown(line, Viewer(NOBODY)) is line
-        assert not _leaked(view.shown(line, Viewer(1000)))
+        assert view.shown(Viewer(NOBODY)) is line
+        assert not _leaked(view.shown(Viewer(1000)))
     assert asked == [ROOT_PID]
     ready = {"kind": "ready"}
-    assert view.shown(ready, Viewer(1000)) is ready
+    assert LineView(ready, owner_of).shown(Viewer(1000)) is ready
 
 
 def test_viewers_that_see_everything():
