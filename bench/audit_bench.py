@@ -18,7 +18,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.subjects import subject  # noqa: E402
+from tests.support.subjects import subject  # noqa: E402
 from tracker.audit import audit  # noqa: E402
 from tracker.procfs import AccessDenied, ProcessGone  # noqa: E402
 

@@ -10,7 +10,7 @@ Each composition is a tree of 1-4 processes, each applying a few resource
 generators (bench/fuzz/) drawn from the seed; bench/fuzz_subject.py builds it.
 crwatch audits the tree (tracker.audit, judged under the `criu` profile), then
 CRIU dumps it plainly and with exactly the options crwatch names
-(tracker.criu.arguments_for), and the pair is classified:
+(tracker.criu.runner.arguments_for), and the pair is classified:
 
     ok             CRIU must dump it plainly                       else UNSAFE
     needs_options  the dump with the options must succeed          else UNSAFE
@@ -22,10 +22,10 @@ The dump with the options comes first: a refused plain dump may still disturb
 the tree (a write lease CRIU's reopen breaks kills its holder). A dump after
 which a process of the tree has died counts as failed, and a composition whose
 first dump killed one is skipped (the second would judge another tree). A failure
-CRIU logs as its own trouble under load (tracker.criu_log.transient) is
+CRIU logs as its own trouble under load (tracker.criu.log.transient) is
 retried once, and counted. A generator whose disagreement a change still to
 come fixes carries a `known` mark naming that change; the bounded test in
-tests/test_fuzz_criu.py fails only on unsafe verdicts no mark explains. Every
+tests/agreement/test_fuzz_criu.py fails only on unsafe verdicts no mark explains. Every
 disagreement is saved as a reproducer
 (seed, composition index, the tree with each generator's parameters,
 crwatch's document, CRIU's commands and error lines) that --replay re-runs
@@ -391,7 +391,7 @@ def apply_root_stage(root: dict, pid: int) -> None:
 
 
 def classify(outcome: Outcome, criu, pid: int) -> None:
-    from tracker.criu import arguments_for
+    from tracker.criu.runner import arguments_for
 
     verdict = outcome.document["verdict"]
     if verdict == "unknown":
@@ -452,7 +452,7 @@ def printf_patterns(message: str) -> list[re.Pattern]:
 def dump(outcome: Outcome, criu, pid: int, options: list[str], members: list[int]) -> dict:
     """One CRIU dump (retried once when CRIU's errors are its own trouble under load); a dump
     after which a process of the tree has died counts as a failure."""
-    from tracker.criu_log import transient
+    from tracker.criu.log import transient
 
     before = states(members)
     result = criu.dump(pid, options)
@@ -715,7 +715,7 @@ def select_pool(names: str | None) -> list[Generator]:
 
 
 def find_usable_criu():
-    from tracker.criu import find_criu
+    from tracker.criu.runner import find_criu
 
     if os.geteuid() != 0:
         raise UsageError("the fuzzer needs root (it mounts, traces and runs CRIU)")

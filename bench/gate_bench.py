@@ -22,10 +22,10 @@ from typing import Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audit_bench import MIXED_FDS  # noqa: E402
-from tests.subjects import subject  # noqa: E402
-from tracker.criu import find_criu  # noqa: E402
-from tracker.freeze import cgroup2_mount  # noqa: E402
-from tracker.gate import GateRequest, gate  # noqa: E402
+from tests.support.subjects import subject  # noqa: E402
+from tracker.criu.runner import find_criu  # noqa: E402
+from tracker.gate.freeze import cgroup2_mount  # noqa: E402
+from tracker.gate.recheck import GateRequest, gate  # noqa: E402
 from tracker.profiles import profile  # noqa: E402
 
 TARGET_FROZEN_MS = 50.0

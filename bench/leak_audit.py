@@ -1,7 +1,7 @@
 """Which endpoints show an unprivileged caller what only root may read, endpoint by
 endpoint: a real `crwatch serve` run from the checkout given (default: this one), a root
 process holding files and sockets with hostile names in a directory only root may list
-(tests/test_privilege.py's subject), every endpoint asked by uid 65534 and `/events` read
+(tests/service/test_privilege.py's subject), every endpoint asked by uid 65534 and `/events` read
 by it, each raw body searched for those names. Run as root:
 
     python -m bench.leak_audit [CHECKOUT [SERVE-ARGUMENT...]]
@@ -23,12 +23,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-from tests import test_privilege as case  # noqa: E402
-from tests.callers import NOBODY, StreamAs, get_as  # noqa: E402
-from tests.subjects import subject  # noqa: E402
+from tests.service import test_privilege as case  # noqa: E402
+from tests.support.callers import NOBODY, StreamAs, get_as  # noqa: E402
+from tests.support.subjects import subject  # noqa: E402
 
 START_TIMEOUT = 600.0
-SERVE = "import sys; from api.cli import main; sys.exit(main())"
+SERVE = "import sys; from api.cli.main import main; sys.exit(main())"
 
 
 def _serve(checkout: Path, port: int, database: str, extra: list[str]) -> subprocess.Popen:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.peer import tcp_peer_uid  # noqa: E402
-from api.privacy import Viewer, owner, shown  # noqa: E402
+from api.service.peer import tcp_peer_uid  # noqa: E402
+from api.service.privacy import Viewer, owner, shown  # noqa: E402
 from tracker.procfs import Proc  # noqa: E402
 from tracker.rules import catalogue  # noqa: E402
 

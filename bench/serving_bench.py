@@ -4,7 +4,7 @@
   clients on an event loop of their own; prints the applier's cost per notice (what
   the tracker waits) and the CPU cost per notice until every client has every line,
   and the ratio 200 clients / 1 client.
-- a burst of probe events (open+close of /dev/kvm, tests/test_serving.py) seen by a
+- a burst of probe events (open+close of /dev/kvm, tests/service/test_serving.py) seen by a
   real `crwatch serve` with no other client, then with 200 idle `/events` clients;
   prints the burst's transitions each time and the service's CPU seconds.
 - half-open connections: a real `crwatch serve` (probes attached) while a separate
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.event_hub import EventHub  # noqa: E402
+from api.service.event_hub import EventHub  # noqa: E402
 from bench.service_bench import await_up, free_port, rss_mib  # noqa: E402
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
@@ -118,7 +118,7 @@ def bench_fan_out() -> list[str]:
 
 
 def burst_with_clients(port: int, service: subprocess.Popen) -> list[str]:
-    from tests.test_serving import EVENT_CLIENTS, Counter, barrier, burst  # the tests' parts
+    from tests.service.test_serving import EVENT_CLIENTS, Counter, barrier, burst  # the tests' parts
 
     lines = []
     counter = Counter(port)

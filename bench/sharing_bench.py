@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.service import Service  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from api.service.state import Service  # noqa: E402
+from api.service.settings import Settings  # noqa: E402
 from bench.audit_bench import median_ms  # noqa: E402
-from tests.subjects import subject  # noqa: E402
+from tests.support.subjects import subject  # noqa: E402
 from tracker.audit import audit  # noqa: E402
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Session-wide set-up: root is required, the CRIU agreement table starts empty, and at
 the end the table is written: docs/criu-agreement.md when the run compared every
-agreement state (every test of every tests/test_agree_*.py ran, none failed), else
+agreement state (every test of every tests/agreement/test_agree_*.py ran, none failed), else
 build/criu-agreement.md, so that a partial run never truncates the document."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agreement import RETRIES, TABLE, read_table, render
+from tests.support.agreement import RETRIES, TABLE, read_table, render
 
 pytest_plugins = ["pytester"]  # the crwatch pytest plugin is tested in pytest runs of its own
 
@@ -36,9 +36,9 @@ RUN = AgreementRun()
 
 
 def defined_agreement_tests() -> set[tuple[str, str]]:
-    """Every test function of every tests/test_agree_*.py, read from the source."""
+    """Every test function of every tests/agreement/test_agree_*.py, read from the source."""
     return {(path.name, node.name)
-            for path in sorted(TESTS.glob("test_agree_*.py"))
+            for path in sorted((TESTS / "agreement").glob("test_agree_*.py"))
             for node in ast.parse(path.read_text()).body
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
 
@@ -88,7 +88,7 @@ def pytest_sessionfinish(session):
     rows = read_table()
     if not rows:
         return
-    from tracker.criu import find_criu
+    from tracker.criu.runner import find_criu
 
     criu = find_criu()
     text = render(rows, criu_version=criu.version_text if criu else "none",

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # tracker.criu imports the verdict code, which reaches the checks and us
-    from tracker.criu import Criu
+if TYPE_CHECKING:  # tracker.criu.runner imports the verdict code, which reaches the checks and us
+    from tracker.criu.runner import Criu
 
 CAPABILITY_NAMES = (
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
@@ -285,14 +285,14 @@ def of(criu: Criu | None) -> Environment:
 
 def current() -> Environment:
     """The environment of the CRIU find_criu() finds, detected once per process."""
-    from tracker.criu import find_criu
+    from tracker.criu.runner import find_criu
 
     return of(find_criu())
 
 
 def redetect() -> Environment:
     """Forget the cached facts (and the CRIU found) and detect again."""
-    from tracker.criu import find_criu
+    from tracker.criu.runner import find_criu
 
     of.cache_clear()
     find_criu.cache_clear()

@@ -49,7 +49,7 @@ def parse_version(text: str) -> Version:
 
 def default_criu_version() -> Version:
     """The CRIU that set-up found, else the newest release the catalogue knows."""
-    from tracker.criu import find_criu
+    from tracker.criu.runner import find_criu
 
     criu = find_criu()
     return criu.version if criu else NEWEST_KNOWN_CRIU

@@ -21,7 +21,7 @@ XML 1.0 forbids. Each exit has its form here:
 
 A backslash is not doubled: `\\xff` in a name reads the same as the byte 0xff
 (as `ls -b` and Python's `backslashreplace` show them). The dashboard mirrors
-`visible` in JavaScript (api/static/dashboard.html, `shown`).
+`visible` in JavaScript (api/service/static/dashboard.html, `shown`).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import struct
 from typing import Iterator
 
 from tracker.checks import files, general, sockets
-from tracker.checks.sockets import probe
+from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, Finding, Rule
@@ -104,9 +104,9 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
 
 def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     """Asked on a copy of the fd, as CRIU asks the fd it takes from the parasite."""
-    copy = probe.getfd(proc.pid, open_fd.fd)
+    copy = fd_query.getfd(proc.pid, open_fd.fd)
     try:
-        netns = probe.netns_of(copy)
+        netns = fd_query.netns_of(copy)
         device, flags, filter_length = _attached(copy)
     finally:
         os.close(copy)

@@ -31,7 +31,7 @@ import socket
 from typing import Iterator
 
 from tracker.checks import net_links
-from tracker.checks.sockets import probe
+from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.environment import IPTABLES_CONNECTION_TOOLS, Environment
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
@@ -366,7 +366,7 @@ def _lock_tools(ctx: AuditContext, finding: Finding) -> tuple[str, ...]:
     IPv6 peers take ip6tables, IPv4 and IPv4-mapped ones iptables (netfilter.c)."""
     try:
         inode = os.stat(ctx.proc_root / str(finding.pid) / "fd" / str(finding.fd)).st_ino
-        with probe.borrowed(finding.pid, finding.fd, inode) as sock:
+        with fd_query.borrowed(finding.pid, finding.fd, inode) as sock:
             family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
             if family not in (socket.AF_INET, socket.AF_INET6):
                 # The connection is in flight in this unix socket's queue: CRIU dumps

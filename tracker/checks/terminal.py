@@ -37,7 +37,7 @@ from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone, parse_stat
 from tracker.checks import general
 from tracker.checks.namespaces import session_outside_pidns
-from tracker.checks.sockets.probe import getfd
+from tracker.checks.sockets.fd_query import getfd
 from tracker.rules import BLOCKER, OPTION, Finding, Rule
 
 RULES = (

@@ -2,7 +2,7 @@
 
 An fd's inode is looked up in the socket tables of its holder's network
 namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
-sockets). A socket in no table is asked directly (probe.py), for its family
+sockets). A socket in no table is asked directly (fd_query.py), for its family
 and its namespace (SIOCGSKNS): one of another namespace of the tree is
 looked up in that namespace's tables, as CRIU collects them all. Otherwise
 unbound inet and netlink sockets are fine, but, when the root has a network
@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracker.checks.sockets import bpf, common, inet, netlink, packet, probe, queue, tables, unix
+from tracker.checks.sockets import bpf, common, inet, netlink, packet, fd_query, queue, tables, unix
 from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, OpenFd, Proc, ProcessGone
@@ -52,7 +52,7 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
     yield from _check_kind(ctx, proc, open_fd)
     if (ctx.proc_root == DEFAULT_PROC_ROOT      # a fixture tree has no socket to ask
             and ctx.table("sockets.ebpf-filters", bpf.socket_filters_possible)
-            and probe.has_ebpf_filter(proc.pid, open_fd.fd, open_fd.inode)):
+            and fd_query.has_ebpf_filter(proc.pid, open_fd.fd, open_fd.inode)):
         yield common.finding("socket.filter.ebpf", proc, open_fd,
                              f"socket:[{open_fd.inode}] has an eBPF filter, which SO_GET_FILTER "
                              f"cannot read back")
@@ -89,7 +89,7 @@ def _check_listed(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: tables.R
 
 
 def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
-    found = probe.probe(proc.pid, open_fd.fd, open_fd.inode)
+    found = fd_query.probe(proc.pid, open_fd.fd, open_fd.inode)
     family = _family_name(found.family)
     listing = _listing_table(found)
     error = tables.table(ctx, proc, listing).error if listing else None
@@ -106,7 +106,7 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
                              f"{family} socket:[{open_fd.inode}] belongs to network namespace "
                              f"net:[{found.netns}], where no process of the dumped tree lives, "
                              f"and the tree's root has a network namespace of its own")
-    elif found.family in probe.INET_FAMILIES:
+    elif found.family in fd_query.INET_FAMILIES:
         yield from inet.check_unlisted(proc, open_fd, found)
     elif found.family == socket.AF_NETLINK:
         yield netlink.check_unbound(proc, open_fd, found.protocol)   # only bound ones are listed
@@ -151,7 +151,7 @@ def known_netns(ctx: AuditContext) -> frozenset[int]:
     return _tree_netns(ctx).known
 
 
-def _external(ctx: AuditContext, found: probe.Probe) -> bool:
+def _external(ctx: AuditContext, found: fd_query.Probe) -> bool:
     """Whether CRIU's get_socket_ns refuses the unlisted socket."""
     spaces = _tree_netns(ctx)
     return spaces.root_has_own and found.netns is not None and found.netns not in spaces.known
@@ -182,11 +182,11 @@ def _netns_inode(link: str) -> int:
     return int(link.removeprefix("net:[").removesuffix("]"))
 
 
-def _listing_table(found: probe.Probe) -> str | None:
+def _listing_table(found: fd_query.Probe) -> str | None:
     """The sock_diag table that would list this socket if it were bound."""
     if found.family in DIAG_TABLES:
         return DIAG_TABLES[found.family]
-    name = INET_DIAG_TABLES.get(found.protocol) if found.family in probe.INET_FAMILIES else None
+    name = INET_DIAG_TABLES.get(found.protocol) if found.family in fd_query.INET_FAMILIES else None
     if name is None or found.type == socket.SOCK_RAW:
         return None
     return name + ("6" if found.family == socket.AF_INET6 else "")

@@ -16,7 +16,7 @@ import ipaddress
 import socket
 from typing import Iterator
 
-from tracker.checks.sockets import probe
+from tracker.checks.sockets import fd_query
 from tracker.checks.sockets.common import OLDER_CRIU, finding
 from tracker.checks.sockets.records import (TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_STATES,
                                             InetSocket)
@@ -101,7 +101,7 @@ def _check_link_local(proc: Proc, open_fd: OpenFd, sock: InetSocket,
     """CRIU binds a link-local address again through the socket's interface, which it reads
     with SO_BINDTODEVICE (sk-inet.c do_dump_one_inet_fd)."""
     try:
-        device = probe.bound_device(proc.pid, open_fd.fd, sock.inode)
+        device = fd_query.bound_device(proc.pid, open_fd.fd, sock.inode)
     except OSError as error:
         if error.errno != errno.ENODEV:
             raise
@@ -134,7 +134,7 @@ def _tcp(proc: Proc, open_fd: OpenFd, sock: InetSocket, label: str) -> Finding:
 
 def _udp(proc: Proc, open_fd: OpenFd, sock: InetSocket, label: str) -> Finding:
     where = _endpoints(sock)
-    if probe.udp_corked(proc.pid, open_fd.fd, sock.inode):
+    if fd_query.udp_corked(proc.pid, open_fd.fd, sock.inode):
         return finding("socket.udp.corked", proc, open_fd,
                        f"{label} socket {where} is corked (UDP_CORK)")
     queued = [f"{size} bytes {what}" for size, what in ((sock.rx_queue, "unread"), (sock.tx_queue, "unsent"))
@@ -157,7 +157,7 @@ def _endpoints(sock: InetSocket) -> str:
     return f"bound to {sock.local}"
 
 
-def check_unlisted(proc: Proc, open_fd: OpenFd, found: probe.Probe) -> Iterator[Finding]:
+def check_unlisted(proc: Proc, open_fd: OpenFd, found: fd_query.Probe) -> Iterator[Finding]:
     """An inet socket in no table: unbound, or of another namespace, or of a protocol with no table."""
     label = "IPv6" if found.family == socket.AF_INET6 else "IPv4"
     where = f"bound to {found.local}" if found.local else "not bound"
@@ -184,7 +184,7 @@ def check_unlisted(proc: Proc, open_fd: OpenFd, found: probe.Probe) -> Iterator[
         yield finding("socket.udp.open", proc, open_fd, f"{label} UDP socket, {where}")
 
 
-def _unlisted_tcp(proc: Proc, open_fd: OpenFd, found: probe.Probe, label: str, where: str) -> Finding:
+def _unlisted_tcp(proc: Proc, open_fd: OpenFd, found: fd_query.Probe, label: str, where: str) -> Finding:
     if found.tcp_state == TCP_CLOSE:
         state = f"{where}, not listening or connected" if found.local else where
         return finding("socket.tcp.closed", proc, open_fd, f"{label} TCP socket, {state}")

@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracker.checks.sockets import probe, tables
+from tracker.checks.sockets import fd_query, tables
 from tracker.checks.sockets.common import finding
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
@@ -170,7 +170,7 @@ def _socket_inode(target: str) -> int | None:
 def _peek(ctx: AuditContext, pid: int, fd: int, inode: int) -> Queued:
     if ctx.proc_root != DEFAULT_PROC_ROOT:
         return NOTHING              # a fixture tree has no queue to read
-    with probe.borrowed(pid, fd, inode) as sock:
+    with fd_query.borrowed(pid, fd, inode) as sock:
         original = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - HEADER_ROOM
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)

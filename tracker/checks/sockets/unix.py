@@ -19,7 +19,7 @@ import fcntl
 import os
 from typing import Iterator
 
-from tracker.checks.sockets import probe, queue, tables
+from tracker.checks.sockets import fd_query, queue, tables
 from tracker.checks.sockets.common import finding, holders
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
@@ -186,7 +186,7 @@ def _check_relative_name(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
 def _socket_file(pid: int, fd: int, inode: int) -> str | None:
     """The path of a bound socket's file as CRIU reads it (SIOCUNIXFILE, then readlink, the
     " (deleted)" mark dropped); None on a kernel without SIOCUNIXFILE; NAME_TOO_LONG."""
-    with probe.borrowed(pid, fd, inode) as sock:
+    with fd_query.borrowed(pid, fd, inode) as sock:
         try:
             file = fcntl.ioctl(sock.fileno(), SIOCUNIXFILE)
         except OSError:

@@ -1,0 +1,93 @@
+"""`crwatch criu-hook`: CRIU's action script that rechecks the tree at `pre-dump`.
+
+CRIU runs an action script by its path, without arguments, so the hook is also
+installed as its own command, `crwatch-criu-hook`:
+
+    criu dump -t PID -D DIR --action-script "$(command -v crwatch-criu-hook)"
+
+At `pre-dump` (just before CRIU seizes the tree) it freezes the tree, rechecks
+it and judges it by the options CRIU was actually given and by that CRIU's
+version. When the tree is not checkpointable it prints crwatch's reasons and
+exits 1, and CRIU aborts the dump ("Pre dump script failed"). Every other
+action passes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from tracker.criu.runner import probe_criu
+from tracker.gate.recheck import GateError, GateRequest, gate
+from tracker.procfs import ProcessGone
+from tracker.profiles import Profile, profile
+from tracker.rules import catalogue
+
+EXIT_PASS, EXIT_ABORT, EXIT_USAGE = 0, 1, 2
+VALUE_OPTIONS = ("--ghost-limit", "--external", "--network-lock")
+SHORT_OPTIONS = {"-j": "--shell-job"}
+
+
+def run_hook(chosen: Profile | None = None) -> int:
+    action = os.environ.get("CRTOOLS_SCRIPT_ACTION")
+    if action is None:
+        print("crwatch criu-hook: this is CRIU's action script; give its path to CRIU:\n"
+              '  criu dump -t PID -D DIR --action-script "$(command -v crwatch-criu-hook)"',
+              file=sys.stderr)
+        return EXIT_USAGE
+    if action != "pre-dump":
+        return EXIT_PASS
+    try:
+        pid = int(os.environ["CRTOOLS_INIT_PID"])
+    except (KeyError, ValueError):
+        print("crwatch criu-hook: CRIU did not say which tree it dumps (CRTOOLS_INIT_PID)",
+              file=sys.stderr)
+        return EXIT_ABORT
+    criu_pid = os.getppid()
+    criu = probe_criu(f"/proc/{criu_pid}/exe")
+    chosen = chosen or profile("criu", criu.version if criu else None)
+    allow = criu_options(_cmdline(criu_pid))
+    try:
+        # The tree is released before this returns, and CRIU seizes it right after.
+        document = gate(GateRequest(pid, tree=True, allow=tuple(allow)), chosen)
+    except ProcessGone:
+        print(f"crwatch criu-hook: no process with pid {pid}", file=sys.stderr)
+        return EXIT_ABORT
+    except GateError as error:  # pid 1, or a tree holding crwatch
+        print(f"crwatch criu-hook: {error}", file=sys.stderr)
+        return EXIT_ABORT
+    from api.render import gate_text
+
+    if document["checkpointable"]:
+        print(f"crwatch: pid {pid} is checkpointable ({chosen.label}); CRIU may go on",
+              file=sys.stderr)
+        return EXIT_PASS
+    print(gate_text(document), file=sys.stderr)
+    return EXIT_ABORT
+
+
+def criu_options(argv: list[str]) -> list[str]:
+    """The options of CRIU's command line that crwatch's rules name, as `--allow` values."""
+    known = {rule.option for rule in catalogue() if rule.option}
+    found: list[str] = []
+    words = iter(argv)
+    for word in words:
+        name, has_value, value = SHORT_OPTIONS.get(word, word).partition("=")
+        if name not in known:
+            continue
+        if name in VALUE_OPTIONS and not has_value:
+            value = next(words, "")
+        found.append(f"{name}={value}" if value else name)
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [word.decode(errors="replace") for word in cmdline.read().split(b"\0") if word]
+    except OSError:
+        return []
+
+
+def main() -> int:
+    """The `crwatch-criu-hook` command."""
+    return run_hook()

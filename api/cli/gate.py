@@ -1,0 +1,117 @@
+"""`crwatch gate PID`: freeze, recheck, judge, thaw; optionally hand the tree to CRIU.
+
+When a crwatch service answers on this host, the gate runs there, so that the
+drift report compares the recheck with the service's tracked state (and counts
+it in its /metrics); `--local` runs it in this process, without that comparison.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from api.service.settings import service_url
+from tracker.audit import ThreadId, identify
+from tracker.criu.runner import criu_at
+from tracker.gate.recheck import GateError, GateRequest, gate, refuse_crwatch
+from tracker.procfs import AccessDenied, ProcessGone
+from tracker.profiles import Profile
+from tracker.safe_text import json_text, visible
+
+EXIT_PASSED, EXIT_REFUSED, EXIT_USAGE, EXIT_DUMP_FAILED = 0, 1, 2, 3
+SERVICE_TIMEOUT_S = 120  # a gate with a dump of a large tree takes a while
+
+
+class ServiceUnreachable(Exception):
+    pass
+
+
+def run_gate(args, chosen: Profile) -> int:
+    request = GateRequest(
+        pid=args.pid, tree=not args.only, allow=tuple(args.allow),
+        dump_dir=Path(args.dump).absolute() if args.dump else None,
+        leave_running=args.leave_running, watchdog_s=args.watchdog, hold_s=args.hold)
+    try:
+        _identify(args.pid)  # a thread or no process: said here, before any service is asked
+        request.check()
+        refuse_crwatch(args.pid, request.tree)  # this command too, when a service runs the gate
+        document = None
+        if not args.local:
+            try:
+                document = _ask_service(args, request, chosen)
+            except ServiceUnreachable as unreachable:
+                if args.service:  # asked for by name: not finding it is an error
+                    raise
+                if "refused" in str(unreachable):
+                    print(f"crwatch: {unreachable}; running the gate here, without a drift "
+                          f"report", file=sys.stderr)
+        if document is None:
+            if os.geteuid() != 0:
+                print("crwatch: the gate needs root: freezing another process (ptrace or the "
+                      "cgroup freezer) and CRIU both do", file=sys.stderr)
+                return EXIT_USAGE
+            document = gate(request, chosen, criu=criu_at(args.criu))
+    except ProcessGone:
+        print(f"crwatch: no process with pid {args.pid}", file=sys.stderr)
+        return EXIT_USAGE
+    except ThreadId as thread:
+        print(f"crwatch: {thread.tid} is a thread of process {thread.tgid}; a checkpoint takes "
+              f"whole processes: gate {thread.tgid}", file=sys.stderr)
+        return EXIT_USAGE
+    except (GateError, ServiceUnreachable) as error:
+        print(f"crwatch: {visible(str(error))}", file=sys.stderr)  # may name a directory
+        return EXIT_USAGE
+    if args.json:
+        print(json_text(document, indent=2))
+    else:
+        from api.render import gate_text
+
+        print(gate_text(document))
+    return {"passed": EXIT_PASSED, "dumped": EXIT_PASSED, "refused": EXIT_REFUSED,
+            "dump_failed": EXIT_DUMP_FAILED}[document["outcome"]]
+
+
+def _identify(pid: int) -> None:
+    try:
+        identify(pid)
+    except AccessDenied:
+        pass  # the gate itself says what it cannot read
+
+
+def _ask_service(args, request: GateRequest, chosen: Profile) -> dict:
+    base = service_url(args.service).rstrip("/")
+    body = {"tree": request.tree, "allow": list(request.allow), "profile": chosen.name,
+            "watchdog_seconds": request.watchdog_s}
+    if request.dump_dir is not None:
+        body["dump"] = {"directory": str(request.dump_dir),
+                        "leave_running": request.leave_running}
+    headers = {"Content-Type": "application/json"}
+    if token := os.environ.get("CRWATCH_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    call = urllib.request.Request(f"{base}/processes/{request.pid}/gate", method="POST",
+                                  data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(call, timeout=SERVICE_TIMEOUT_S) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as error:
+        detail = _detail(error)
+        if error.code == 404:
+            raise ProcessGone(request.pid) from None
+        if error.code in (401, 403):  # e.g. a service started without --token
+            raise ServiceUnreachable(f"the service at {base} refused the gate: {detail}") \
+                from None
+        raise GateError(f"the service at {base} refused the gate ({error.code}): {detail}") \
+            from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        raise ServiceUnreachable(f"no crwatch service answers at {base}: "
+                                 f"{getattr(error, 'reason', error)}") from None
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.load(error).get("detail", "")
+    except (ValueError, AttributeError):
+        return error.reason

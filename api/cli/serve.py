@@ -1,0 +1,52 @@
+"""`crwatch serve`: the service (probes, API) under uvicorn."""
+from __future__ import annotations
+
+import os
+import sys
+
+from api.service.settings import Settings, SettingsError, host_name
+from api.service.history import History, HistoryError
+
+EXIT_OK, EXIT_USAGE = 0, 2
+# Open /events streams are ended by the lifespan; anything else gets this long.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+def run_serve(args) -> int:
+    try:
+        settings = Settings(host=args.host, port=args.port, profile=args.profile,
+                            criu_version=args.criu_version,
+                            token=args.token or os.environ.get("CRWATCH_TOKEN") or None,
+                            probes=not args.no_probes, db=args.db,
+                            retention_days=args.retention_days, criu=args.criu,
+                            dump_root=args.dump_root,
+                            allowed_hosts=tuple(host_name(name) for name in args.allow_host))
+        settings.check()
+    except SettingsError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0 and settings.probes:
+        print("crwatch: not running as root: the probes cannot be attached and other users' "
+              "processes cannot be read; serving degraded (audits only)", file=sys.stderr)
+        settings = Settings(**{**settings.__dict__, "probes": False})
+
+    try:  # a database that cannot be opened is said in one line, before anything starts
+        History(settings.db, settings.retention_days).close()
+    except HistoryError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import uvicorn
+
+    from api.service.app import create_app
+    from api.service.connections import IDLE_SECONDS, ConnectionGuard, guarded_protocol
+
+    connections = ConnectionGuard()
+    connections.raise_fd_limit()
+    # proxy_headers off: a caller is who its socket says (api.service.peer), never what an
+    # X-Forwarded-For header claims
+    uvicorn.run(create_app(settings, connections), host=settings.host, port=settings.port,
+                http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
+                log_level="warning", access_log=False, proxy_headers=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    return EXIT_OK

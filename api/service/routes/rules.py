@@ -1,0 +1,19 @@
+"""/rules: the catalogue every reason's code comes from."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, Query, Request
+
+from api.service.models import Rules
+from api.rules_document import rules_document
+from tracker.rules import catalogue
+
+router = APIRouter(tags=["rules"])
+
+
+@router.get("/rules", response_model=Rules, response_model_by_alias=True)
+def rules(request: Request,
+          profile: Annotated[Optional[Literal["criu", "strict"]], Query()] = None) -> dict:
+    service = request.app.state.service
+    return rules_document(catalogue(), service.profile_for(profile))

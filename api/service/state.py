@@ -1,0 +1,447 @@
+"""The service's state: the tracker (probes and live table) and the audits it serves.
+
+One Service per application, made by the lifespan of create_app(). Every
+answer about a process comes from an audit read for the request (the
+authority) and, next to it, what the probes track for that same identity.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from tracker import verdict
+from tracker.live import probe_found
+from tracker.audit import Audit, ThreadId, audit, identify
+from api.service.history import SCHEMA as HISTORY_SCHEMA
+from api.service.history import History
+from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
+from tracker.live.model import Transition
+from tracker.procfs import AccessDenied, Proc, ProcessGone
+from tracker.profiles import PROFILE_NAMES, Profile, profile
+from tracker.safe_text import unicode_text
+from tracker.supervised import DEAD, RETRYING, Callback, Worker
+from tracker.live.applier import Tracker
+from api.service.tree_rows import NON_NESTABLE, Member, tree_verdicts
+
+from api.service.connections import ConnectionGuard
+from api.service.event_hub import MAX_STREAMS, EventHub
+from api.service.gates import Gates
+from api.service.metrics import ServiceMetrics
+from api.service.settings import Settings
+
+log = logging.getLogger(__name__)
+FDS_SCHEMA = "crwatch.fds/1"
+LIST_SCHEMA = "crwatch.processes/1"
+PROCESS_SCHEMA = "crwatch.process/1"
+# An audit is reused while no probe event came for its process, for this long at
+# most: what no probe sees (a regular file opened, a unix socket connected) is
+# then at most this stale.
+AUDIT_REUSE_SECONDS = 5.0
+# The process list: /proc is listed every REFRESH_SECONDS; a row is audited again when a
+# probe event came for its process, else after LIST_REFRESH_SECONDS.
+REFRESH_SECONDS = 1.0
+LIST_REFRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _Kept:
+    start_time: float
+    sequence: int        # the live table's sequence when the audit began
+    at: float            # time.monotonic() when it began
+    audit: Audit
+
+
+class NoSuchProcess(LookupError):
+    """No process has this pid now (or it exited while it was being read)."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"no process with pid {pid}")
+        self.pid = pid
+
+
+class Service:
+    def __init__(self, settings: Settings, connections: ConnectionGuard | None = None):
+        self.settings = settings
+        self.connections = connections or ConnectionGuard()
+        self.profile = profile(settings.profile, settings.criu_version)
+        self.tracker = Tracker(self.profile)
+        self.events = EventHub()
+        # the tracker's subscribers, supervised: a failure is counted and shown, once
+        self._publisher = Callback("event-hub", self.events.publish)
+        self._recorder = Callback("history-recorder", self._record)
+        self.tracker.subscribe(self._publisher)
+        self.metrics = ServiceMetrics(self)
+        self.history: History | None = None
+        self._kept: dict[int, _Kept] = {}
+        self.rows = ProcessRows(self)
+        # Where CRIU would run (here): namespaces it has seen already are not nested.
+        self.dumper_namespaces = _namespaces(os.getpid())
+        self.gates = Gates(self)
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.history = History(self.settings.db, self.settings.retention_days)
+        self.tracker.subscribe(self._recorder)
+        if self.settings.probes:
+            self.tracker.start()
+        else:
+            self.tracker.degraded = "probes disabled by the settings: audits only"
+        if self.tracker.degraded:
+            log.warning("crwatch runs degraded: %s", self.tracker.degraded)
+        self.rows.start()
+
+    def stop(self) -> None:
+        self.rows.stop()
+        self.events.close()
+        self.tracker.stop()
+        if self.history is not None:
+            self.history.close()  # writes what is still queued
+
+    def _record(self, notice) -> None:
+        if isinstance(notice, Transition):
+            self.history.record_transition(notice)
+
+    # ------------------------------------------------------------ documents
+
+    def workers(self) -> list:
+        """The supervised background work: threads (Worker) and subscribers (Callback)."""
+        found = [*self.tracker.workers(), self.rows.worker, self._publisher, self._recorder]
+        return found + ([self.history.worker] if self.history is not None else [])
+
+    def health(self) -> dict:
+        """`degraded` with a reason for each part that cannot work: probes not attached,
+        a background worker retrying or dead."""
+        probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
+        workers = [worker.status() for worker in self.workers()]
+        reasons = {"probes": self.tracker.degraded} if self.tracker.degraded else {}
+        reasons.update({worker["name"]: worker["reason"] for worker in workers
+                        if worker["state"] == RETRYING})
+        reasons.update({worker["name"]: f"stopped working: {worker['reason']}"
+                        for worker in workers if worker["state"] == DEAD})
+        return {"status": "degraded" if reasons else "ok",
+                "degraded": "; ".join(f"{name}: {why}" for name, why in reasons.items()) or None,
+                "reasons": reasons,
+                "workers": workers,
+                "history": self.history.status() if self.history is not None else None,
+                "probes": [{"name": name, **status} for name, status in probes.items()],
+                "counters": self.tracker.counters(),
+                "connections": self.connection_status()}
+
+    def connection_status(self) -> dict:
+        return {**self.connections.status(), "event_streams": self.events.clients(),
+                "event_streams_limit": MAX_STREAMS,
+                "event_clients_cut_off": self.events.cut_off}
+
+    def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
+                       profile_name: str | None = None) -> dict:
+        """The verdict of pid with all its descendants (what a checkpoint takes), or with
+        `tree=False` of its own findings; what only the probes see counts too."""
+        judged_by = self.profile_for(profile_name)
+        # Trees are audited afresh: the probes do not report every fork.
+        result, reused = (self._audit(pid, tree=True), False) if tree else self._reusable_audit(pid)
+        found = self._probe_found(result)
+        document = probe_found.document(result, found, judged_by, allow)
+        document["tracked"] = self._tracked(result, judged_by)
+        document["audit_reused"] = reused
+        self.metrics.verdicts.labels(document["verdict"]).inc()
+        if self.history is not None:
+            self.history.record_verdict(document)
+        return document
+
+    def history_of(self, pid: int, start_time: float | None = None) -> dict:
+        """What was recorded of an identity: the pid's current one, else its newest."""
+        known = self.history.identities(pid)
+        try:
+            alive = identify(pid)
+        except (ProcessGone, AccessDenied):
+            alive = None
+        if start_time is None:
+            start_time = alive.start_time if alive else (known[0] if known else None)
+        is_alive = alive is not None and alive.start_time == start_time
+        if start_time is None or (start_time not in known and not is_alive):
+            raise NoSuchProcess(pid)
+        entries = self.history.entries(pid, start_time)
+        comm = alive.comm if is_alive else (entries[-1]["comm"] if entries else "")
+        return {"schema": HISTORY_SCHEMA, "pid": pid, "start_time": start_time, "comm": comm,
+                "alive": is_alive, "identities": known, "entries": entries}
+
+    def fds(self, pid: int, profile_name: str | None = None) -> dict:
+        judged_by = self.profile_for(profile_name)
+        result = self._audit(pid, tree=False)
+        try:
+            open_fds = Proc(pid).fds()
+        except ProcessGone:
+            raise NoSuchProcess(pid) from None
+        except AccessDenied as error:
+            raise PermissionError(str(error)) from None
+        by_fd: dict[int, list[dict]] = {}
+        for finding in result.findings:
+            if finding.fd is not None and finding.pid == pid:
+                by_fd.setdefault(finding.fd, []).append(verdict.reason(finding, judged_by))
+        return {"schema": FDS_SCHEMA, "pid": pid, "start_time": result.root.start_time,
+                "comm": result.root.comm,
+                "fds": [{"fd": open_fd.fd, "target": open_fd.target, "kind": _kind(open_fd),
+                         "reasons": by_fd.get(open_fd.fd, [])}
+                        for open_fd in sorted(open_fds, key=lambda o: o.fd)],
+                "checked_at": verdict.utc_now()}
+
+    # ------------------------------------------------------------ helpers
+
+    def probe_finder(self):
+        """What only the probes see of some processes (None: no probes feed the table)."""
+        table = self._live_table()
+        return table.probe_found if table is not None else None
+
+    def _probe_found(self, result: Audit) -> probe_found.ProbeFound:
+        finder = self.probe_finder()
+        return finder(result.processes) if finder is not None else []
+
+    def profile_for(self, name: str | None) -> Profile:
+        """The service's profile, or another one for the same CRIU version."""
+        if name is None or name == self.profile.name:
+            return self.profile
+        return profile(name, self.profile.criu_version)
+
+    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None) -> Audit:
+        try:
+            identify(pid)
+            with self.metrics.audit_seconds.time():
+                result = audit(pid, tree=tree, holders=holders)
+        except ProcessGone:
+            raise NoSuchProcess(pid) from None
+        except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie
+            raise PermissionError(str(error)) from None
+        if any(finding.code == "audit.exited" and finding.pid == pid
+               for finding in result.findings):
+            raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
+        return result
+
+    def _reusable_audit(self, pid: int, holders: HostHolders | None = None
+                        ) -> tuple[Audit, bool]:
+        """The last audit of this process if no probe event came for it since (and it is
+        recent), else a fresh one (with the pass's `holders` index, if any). Without
+        probes nothing is reused."""
+        table = self._live_table()
+        kept = self._kept.get(pid)
+        if (table is not None and kept is not None
+                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
+                and not table.changed_since(pid, kept.sequence)):
+            try:
+                if identify(pid).start_time == kept.start_time:
+                    return kept.audit, True
+            except (ProcessGone, AccessDenied):
+                self._kept.pop(pid, None)
+                raise NoSuchProcess(pid) from None
+        sequence, began = (table.sequence if table else 0), time.monotonic()
+        result = self._audit(pid, tree=False, holders=holders)
+        if table is not None:
+            self._kept[pid] = _Kept(result.root.start_time, sequence, began, result)
+        return result, False
+
+    def process(self, pid: int, *, tree: bool = True, profile_name: str | None = None) -> dict:
+        document = self.checkpointable(pid, tree=tree, profile_name=profile_name)
+        try:
+            cmdline = Proc(pid).read("cmdline").rstrip("\0").split("\0")
+        except (ProcessGone, AccessDenied):
+            raise NoSuchProcess(pid) from None
+        return {**document, "schema": PROCESS_SCHEMA, "cmdline": cmdline if cmdline != [""]
+                else [], "cgroup": _cgroup(pid)}
+
+    def processes(self, *, verdict_is: str | None = None, tree_verdict_is: str | None = None,
+                  comm: str | None = None, cgroup: str | None = None, offset: int = 0,
+                  limit: int = 100, profile_name: str | None = None) -> dict:
+        """Every process (but kernel threads), judged, filtered, one page of them: from
+        the rows the refresher keeps (ProcessRows), so a request only filters. Each row
+        has its own verdict and that of the tree rooted there (tree_rows.py)."""
+        judged_by = self.profile_for(profile_name)
+        rows = self.rows.snapshot()
+        trees = self._tree_verdicts(rows, judged_by)
+        states = self.tracker.table.states(judged_by) if self.tracker.table is not None else {}
+        page = []
+        for row in rows:
+            judged = row["judged"][judged_by.name]  # every profile is judged in the row
+            tree = trees[row["pid"]]
+            if ((verdict_is is not None and judged[0] != verdict_is)
+                    or (tree_verdict_is is not None and tree.verdict != tree_verdict_is)
+                    # matched as JSON shows them (bytes that are not UTF-8 as the text \xNN)
+                    or (comm is not None and comm not in unicode_text(row["comm"]))
+                    or (cgroup is not None and cgroup not in unicode_text(row["cgroup"]))):
+                continue
+            tracked = states.get(row["pid"])
+            page.append({"pid": row["pid"], "ppid": row["ppid"], "start_time": row["start_time"],
+                         "comm": row["comm"], "cgroup": row["cgroup"], "verdict": judged[0],
+                         "required_options": judged[1], "checkpointable": judged[2],
+                         "codes": row["codes"],
+                         "tracked": tracked[1] if tracked and tracked[0] == row["start_time"]
+                         else None,
+                         "tree_verdict": tree.verdict, "tree_checkpointable": tree.checkpointable,
+                         "tree_required_options": tree.options, "tree_size": tree.size,
+                         "tree_nested_namespace": tree.nested})
+        return {"schema": LIST_SCHEMA, "profile": judged_by.name, "total": len(page),
+                "offset": offset, "limit": limit, "processes": page[offset:offset + limit],
+                "checked_at": self.rows.refreshed_at or verdict.utc_now()}
+
+    def _tree_verdicts(self, rows: list[dict], judged_by: Profile) -> dict:
+        """pid: the verdict of the tree rooted there, from the rows."""
+        members = [Member(row["pid"], row["ppid"], *row["judged"][judged_by.name][:2],
+                          namespaces=row["namespaces"]) for row in rows]
+        return tree_verdicts(members, self.dumper_namespaces)
+
+    def row(self, pid: int, holders: HostHolders | None = None) -> dict | None:
+        """One row of the process list, audited now (None: gone, unreadable, a kernel thread);
+        `holders`: the index of who holds which pipe and socket that the pass shares."""
+        try:
+            result, _ = self._reusable_audit(pid, holders)
+        except (NoSuchProcess, PermissionError, ThreadId):
+            return None
+        if any(finding.code == "task.kernel_thread" for finding in result.findings):
+            return None
+        findings = result.findings + probe_found.findings(self._probe_found(result))
+        return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
+                "comm": result.root.comm, "cgroup": _cgroup(pid),
+                "namespaces": _namespaces(pid),
+                "codes": sorted({finding.code for finding in findings}),
+                "judged": {name: _judge(findings, self.profile_for(name))
+                           for name in PROFILE_NAMES},
+                "sequence": self.tracker.table.sequence if self.tracker.table else 0,
+                # dated a random part of the interval back: rows made together (the first
+                # pass) are re-audited spread over the interval, not all at once
+                "at": time.monotonic() - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
+
+    def stale(self, row: dict) -> bool:
+        """Must this row be audited again: a probe event came for it, or it is old?"""
+        table = self._live_table()
+        return (time.monotonic() - row["at"] > LIST_REFRESH_SECONDS
+                or (table is not None and table.changed_since(row["pid"], row["sequence"])))
+
+    def _live_table(self):
+        """The live table, when probes feed it (only then can an event invalidate an audit)."""
+        return self.tracker.table if not self.tracker.degraded else None
+
+    def forget_audit(self, pid: int) -> None:
+        self._kept.pop(pid, None)
+
+    def forget_old_audits(self) -> None:
+        stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
+        for pid in [pid for pid, kept in self._kept.items() if kept.at < stale]:
+            self._kept.pop(pid, None)
+
+    def _tracked(self, result: Audit, judged_by: Profile) -> dict | None:
+        table = self.tracker.table
+        tracked = table.tracked(result.root.pid, judged_by) if table is not None else None
+        if tracked is None or tracked["start_time"] != result.root.start_time:
+            return None  # never marked, or about an older holder of the pid
+        return tracked
+
+
+def _parent(row: dict) -> int:
+    """The row's parent now (its own, if the process is still the row's)."""
+    try:
+        stat = Proc(row["pid"]).stat
+    except (ProcessGone, AccessDenied):
+        return row["ppid"]
+    return stat.ppid if stat.start_time == row["start_time"] else row["ppid"]
+
+
+def _namespaces(pid: int) -> dict[str, str]:
+    """The process's namespaces of the kinds CRIU cannot nest (kind: link)."""
+    links = {}
+    for kind in NON_NESTABLE:
+        try:
+            links[kind] = Proc(pid).namespace(kind)
+        except (ProcessGone, AccessDenied):
+            continue
+    return links
+
+
+def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
+    judged, options = verdict.judge(findings, judged_by)
+    return judged, options, verdict.checkpointable(findings, judged_by, {})
+
+
+class ProcessRows:
+    """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
+    drops the rows of processes gone, and audits again the new ones, those a probe event
+    came for since, and those older than LIST_REFRESH_SECONDS."""
+
+    def __init__(self, service: Service):
+        self._service = service
+        self._rows: dict[int, dict] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.refreshed_at: str | None = None
+        self.worker = Worker("process-list", self._step, interval=REFRESH_SECONDS)
+        self._stopping = self.worker.stopping
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def snapshot(self) -> list[dict]:
+        self._ready.wait(120)  # the first pass audits every process
+        with self._lock:
+            return [self._rows[pid] for pid in sorted(self._rows)]
+
+    def _step(self) -> None:
+        try:
+            self.refresh()
+        finally:  # a first pass that failed must not hold the requests waiting
+            self._ready.set()
+
+    def refresh(self) -> None:
+        service = self._service
+        alive = set(_pids())
+        with self._lock:
+            for pid in [pid for pid in self._rows if pid not in alive]:
+                del self._rows[pid]
+            # An orphan has a new parent now (its reaper), which no event reports.
+            for pid, row in list(self._rows.items()):
+                if row["ppid"] not in alive and row["ppid"] != 0:
+                    self._rows[pid] = {**row, "ppid": _parent(row)}
+            current = dict(self._rows)
+        # One index of pipe and socket holders for the pass, not a walk of /proc per row.
+        holders = HostHolders(max_age=PASS_MAX_AGE_SECONDS)
+        for pid in sorted(alive):
+            if self._stopping.is_set():
+                return
+            row = current.get(pid)
+            if row is not None and not service.stale(row):
+                continue
+            fresh = service.row(pid, holders)
+            with self._lock:
+                if fresh is None:
+                    self._rows.pop(pid, None)
+                else:
+                    self._rows[pid] = fresh
+        service.forget_old_audits()
+        self.refreshed_at = verdict.utc_now()
+
+
+def _pids() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def _cgroup(pid: int) -> str:
+    """The process's cgroup v2 path ("" when unreadable)."""
+    try:
+        text = Proc(pid).read("cgroup")
+    except (ProcessGone, AccessDenied):
+        return ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return text.splitlines()[0].split(":", 2)[-1] if text else ""
+
+
+def _kind(open_fd) -> str:
+    try:
+        return open_fd.kind
+    except (ProcessGone, AccessDenied):
+        return "gone"

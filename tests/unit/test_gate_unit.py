@@ -1,0 +1,207 @@
+"""The gate's parts one by one: drift against a live table, CRIU's command line from
+reasons, CRIU's own command line read back by the hook, CRIU's log read into reasons,
+and when a tree owns its cgroup."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from api.cli.criu_hook import criu_options
+from api.service.gates import GateBusy, Gates
+from probes.events import Event, Kind, Special
+from tests.support.subjects import subject
+from tracker.audit import audit
+from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.log import failure_findings
+from tracker.gate.freeze import cgroup2_mount, owned_cgroup
+from tracker.live.table import LiveTable
+from tracker.live.model import CR, NOCR
+from tracker.profiles import profile
+
+KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
+KVM_CLOSED = "fd = os.open('/dev/kvm', os.O_RDONLY)\nos.close(fd)\nready(str(fd))\nhold()"
+
+
+def _opened(pid: int, fd: int) -> Event:
+    return Event(Kind.FD_OPENED, time.monotonic_ns(), pid, comm="python", tid=pid, fd=fd,
+                 special=Special.DEVICE, path="/dev/kvm")
+
+
+def test_reconcile_reports_a_state_the_table_missed_and_takes_it():
+    table = LiveTable(profile("criu", (4, 2, 1)))
+    with subject(KVM_HOLDER) as s:
+        drift, transitions = table.reconcile(audit(s.pid), time.monotonic_ns())
+        assert [(d["kind"], d["reason"]["code"], d["reason"]["fd"]) for d in drift] == \
+            [("missed", "device.chr.unsupported", int(s.note))]
+        assert [(t.pid, t.state) for t in transitions] == [(s.pid, NOCR)]
+        assert table.tracked(s.pid)["state"] == NOCR
+        again, _ = table.reconcile(audit(s.pid), time.monotonic_ns())
+        assert again == []  # corrected: no drift the second time
+
+
+def test_reconcile_reports_a_stale_mark_and_drops_it():
+    table = LiveTable(profile("criu", (4, 2, 1)))
+    with subject(KVM_CLOSED) as s:
+        table.apply(_opened(s.pid, int(s.note)))  # its close never reaches the table
+        assert table.tracked(s.pid)["state"] == NOCR
+        drift, transitions = table.reconcile(audit(s.pid), time.monotonic_ns())
+        assert [(d["kind"], d["tracked_source"]) for d in drift] == [("stale", "probe")]
+        assert drift[0]["tracked_since"] and drift[0]["reason"]["fd"] == int(s.note)
+        assert [(t.pid, t.state) for t in transitions] == [(s.pid, CR)]
+
+
+def test_the_gates_own_ptrace_hold_marked_meanwhile_is_no_stale_mark():
+    # The subject traces its child (PTRACE_TRACEME) as a gate's holder would: the audit
+    # looks through that tracer (the hold), the table marked it from the probes' event.
+    from tests.unit.test_live_unit import TRACED_CHILD
+    from tracker.context import Hold
+
+    with subject(TRACED_CHILD) as s:
+        child = int(s.note)
+        held = Hold(s.pid, {child: "S"}, {})
+        for gate_tracer, stale in ((s.pid, []), (None, [("stale", "task.traced")])):
+            table = LiveTable(profile("criu", (4, 2, 1)))
+            table.apply(Event(Kind.TRACED, time.monotonic_ns(), child, comm="python", tid=child,
+                              arg=child))
+            assert table.tracked(child)["state"] == NOCR
+            drift, _ = table.reconcile(audit(child, hold=held), time.monotonic_ns(), gate_tracer)
+            assert [(d["kind"], d["reason"]["code"]) for d in drift] == stale
+
+
+def test_criu_arguments_name_each_option_once_with_the_largest_ghost_limit():
+    reasons = [{"option": "--ghost-limit", "option_value": "5M"},
+               {"option": "--ghost-limit", "option_value": "12M"},
+               {"option": None, "option_value": None},
+               {"option": "--tcp-established", "option_value": None},
+               {"option": "--tcp-established", "option_value": None},
+               {"option": "--external", "option_value": "unix[11]"},
+               {"option": "--external", "option_value": "unix[12]"}]
+    assert arguments_for(reasons) == ["--ghost-limit", "12M", "--tcp-established",
+                                      "--external", "unix[11]", "--external", "unix[12]"]
+
+
+def test_criu_arguments_pass_the_network_lock_the_reason_names():
+    for value in ("nftables", "skip"):
+        reasons = [{"option": "--tcp-established", "option_value": None},
+                   {"option": "--network-lock", "option_value": value}]
+        assert arguments_for(reasons) == ["--tcp-established", "--network-lock", value]
+
+
+def test_the_hook_reads_the_options_criu_was_given():
+    argv = ["criu", "dump", "-t", "42", "-D", "/images", "--tcp-established", "-j",
+            "--ghost-limit", "8M", "--external=unix[99]", "--leave-running", "-v4",
+            "--file-locks", "--action-script", "/usr/bin/crwatch-criu-hook"]
+    assert criu_options(argv) == ["--tcp-established", "--shell-job", "--ghost-limit=8M",
+                                  "--external=unix[99]", "--file-locks"]
+
+
+def test_the_hook_reads_the_environment_options_with_their_values():
+    argv = ["criu", "dump", "-t", "42", "--unprivileged", "--network-lock", "nftables",
+            "--tcp-established"]
+    assert criu_options(argv) == ["--unprivileged", "--network-lock=nftables", "--tcp-established"]
+
+
+def test_a_real_criu_failure_is_read_into_a_reason_naming_task_and_fd(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("CRIU needs root (CI is root)")
+    criu = find_criu()
+    with subject(KVM_HOLDER) as s:
+        failed = criu.dump(s.pid)
+    assert not failed.ok
+    findings = failure_findings(failed.log, s.pid, "/images/dump.log")
+    assert [(f.code, f.pid, f.fd) for f in findings] == [("criu.dump_failed", s.pid, int(s.note))]
+    assert "Can't dump file" in findings[0].message and "/images/dump.log" in findings[0].message
+
+
+def test_consequence_lines_alone_still_give_one_reason():
+    log = ("(00.1) Error (criu/cr-dump.c:1545): Dump files (pid: 77) failed with -1\n"
+           "(00.2) Error (criu/cr-dump.c:1975): Dumping FAILED.\n")
+    assert [(f.pid, f.fd) for f in failure_findings(log, 5)] == [(77, None)]
+
+
+def test_only_a_tree_alone_in_its_cgroup_owns_it(tmp_path):
+    mount = cgroup2_mount()
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("needs a cgroup v2 hierarchy and root (CI has both)")
+    directory = mount / f"crwatch-unit-{os.getpid()}"
+    directory.mkdir()
+    try:
+        with subject("ready(); hold()") as s, subject("ready(); hold()") as other:
+            assert owned_cgroup(s.pid, [s.pid]) is None  # the root cgroup is nobody's
+            (directory / "cgroup.procs").write_text(str(s.pid))
+            assert owned_cgroup(s.pid, [s.pid]) == directory
+            (directory / "cgroup.procs").write_text(str(other.pid))
+            assert owned_cgroup(s.pid, [s.pid]) is None  # shared: freezing it stops another
+    finally:
+        while "populated 1" in (directory / "cgroup.events").read_text():
+            time.sleep(0.01)
+        directory.rmdir()
+
+
+def test_a_second_gate_of_the_same_pid_waits_for_none_and_is_refused():
+    gates = Gates(service=None)
+    with gates._one_at_a_time(42):
+        with pytest.raises(GateBusy):
+            with gates._one_at_a_time(42):
+                pass
+        with gates._one_at_a_time(43):
+            pass
+    with gates._one_at_a_time(42):
+        pass
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/venv/bin/python3", "/venv/bin/crwatch", "serve", "--port", "8642"], "crwatch serve"),
+    (["/venv/bin/crwatch", "gate", "--local", "12"], "crwatch gate"),
+    (["/usr/bin/python3", "-I", "-S", "/src/tracker/freeze_helper.py", "cgroup", "/sys/x", "-"],
+     "crwatch's freezer helper"),
+    (["python3", "-m", "api.cli", "serve"], "crwatch serve"),
+    (["/venv/bin/python3", "/venv/bin/crwatch-criu-hook"], "crwatch-criu-hook"),
+    (["vim", "crwatch"], None),
+    (["/venv/bin/python3", "-m", "pytest", "tests/gate/test_gate.py"], None),
+    (["/bin/bash"], None),
+    ([], None),
+])
+def test_crwatch_processes_are_known_by_their_command_line(argv, expected):
+    from tracker.gate.own_processes import _role_in
+
+    assert _role_in(argv) == expected
+
+
+def test_only_roots_processes_named_crwatch_are_crwatch(tmp_path):
+    """Another user cannot make a tree ungateable by naming a process of theirs crwatch."""
+    from tracker.gate.own_processes import role
+
+    if os.geteuid() != 0:
+        pytest.skip("running a process as another user needs root (CI is root)")
+    scripts = Path(tempfile.mkdtemp(prefix="crwatch-unit-"))  # where nobody may run it
+    try:
+        scripts.chmod(0o755)
+        named = scripts / "crwatch"
+        named.write_text(f"#!{sys.executable}\nimport sys\nsys.stdin.read()\n")
+        named.chmod(0o755)
+        as_root = subprocess.Popen([str(named), "serve"], stdin=subprocess.PIPE)
+        as_nobody = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                                      "--clear-groups", str(named), "serve"],
+                                     stdin=subprocess.PIPE)
+        try:
+            for started in (as_root, as_nobody):  # until each runs the script, not setpriv
+                deadline = time.monotonic() + 30
+                while b"crwatch\0serve" not in Path(f"/proc/{started.pid}/cmdline").read_bytes():
+                    assert time.monotonic() < deadline, "the script never started"
+                    time.sleep(0.01)
+            assert role(as_root.pid) == "crwatch serve"
+            assert role(as_nobody.pid) is None
+            assert role(os.getpid()) is None  # pytest: python -m pytest
+        finally:
+            for started in (as_root, as_nobody):
+                started.communicate(b"", timeout=30)
+    finally:
+        shutil.rmtree(scripts)

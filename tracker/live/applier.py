@@ -1,0 +1,235 @@
+"""The tracker: probes, their reader, the live table, and the thread that applies events.
+
+start() attaches the probes, seeds the table from a /proc audit of every
+process, tells subscribers it is ready, then applies events as they come
+and hands each notice (ready, transition, lost) to every subscriber, on the
+applier thread. Probes that cannot load leave the tracker degraded, not
+dead: the table is still seeded, and the reason is reported. The applier and
+the probe reader are supervised workers (tracker/supervised.py): an error
+outside one event's application is counted and the loop goes on after a
+backoff.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from probes.events import Event, Kind
+from probes.loader import ProbeError, Probes
+from probes.reader import DEFAULT_CAPACITY, Reader
+from tracker.audit import Audit
+from tracker.live.table import LiveTable, dup_close_pairs
+from tracker.live.model import SCHEMA, Transition, iso_from_wall_ns
+from tracker.profiles import Profile
+from tracker.supervised import Worker
+
+SWEEP_SECONDS = 1.0
+# Events applied together, each pid's holder read once for all (LiveTable.memoized):
+# small enough that a batch never delays the next read of /proc by much.
+APPLY_BATCH = 256
+STOP_TIMEOUT = 5.0
+# An apply that fails for lack of fds lost what its event said: it is counted lost,
+# and the table is re-audited once fds can be opened again, tried this often.
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+FD_RETRY_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ready:
+    """The probes are attached (or could not be) and the table is seeded."""
+
+    probes: list[dict]
+    degraded: str | None
+    ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
+
+    def to_json(self) -> dict:
+        line = {"schema": SCHEMA, "kind": "ready", "probes": self.probes, "ts": self.ts}
+        if self.degraded:
+            line["degraded"] = self.degraded
+        return line
+
+
+@dataclass
+class Lost:
+    """Records were lost (kernel, queue or decoding): the table was re-audited."""
+
+    count: int
+    total: int
+    reaudits: int
+    ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "kind": "lost", "count": self.count, "total": self.total,
+                "reaudits": self.reaudits, "ts": self.ts}
+
+
+Notice = Union[Ready, Transition, Lost]
+
+
+class Tracker:
+    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY):
+        self.profile = profile
+        self.queue_capacity = queue_capacity
+        self.probes: Probes | None = None
+        self.reader: Reader | None = None
+        self.table: LiveTable | None = None
+        self.degraded: str | None = None
+        self.apply_errors = 0
+        self.fd_losses = 0               # applies failed for lack of fds (counted lost)
+        self._fd_losses_pending = 0      # ... not yet followed by a re-audit
+        self._fd_lost_ns = 0             # when the last of them failed
+        self._fd_retry_at = 0.0
+        self._subscribers: list[Callable[[Notice], None]] = []
+        self.applier = Worker("applier", self._step)
+        self._swept = time.monotonic()
+
+    def subscribe(self, callback: Callable[[Notice], None]) -> None:
+        """Called on the applier thread for every notice, from the ready notice on."""
+        self._subscribers.append(callback)
+
+    def start(self) -> Tracker:
+        try:
+            self.probes = Probes()
+            self.reader = Reader(self.probes, capacity=self.queue_capacity).start()
+        except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
+            self.degraded = str(error)
+            self._close_probes()
+        self.table = LiveTable(self.profile, self.probes)
+        seeded = self.table.seed()
+        self._publish([Ready(self._probe_statuses(), self.degraded)])
+        self._publish(seeded)
+        if self.reader is not None:
+            self.applier.start()
+        return self
+
+    def stop(self) -> None:
+        self.applier.stop(STOP_TIMEOUT)
+        self._close_probes()
+
+    def workers(self) -> list[Worker]:
+        """The supervised threads running now."""
+        return [self.applier] + ([self.reader.worker] if self.reader is not None else [])
+
+    def counters(self) -> dict:
+        counts = {"table": self.table.counters.as_dict() if self.table is not None else {},
+                  "apply_errors": self.apply_errors}
+        if self.reader is not None:
+            counts["lost"] = {**self.reader.counters(), "out_of_fds": self.fd_losses}
+        return counts
+
+    def reconcile(self, result: Audit, started_ns: int,
+                  gate_tracer: int | None = None) -> list[dict] | None:
+        """The drift between the tracked state and a recheck of a frozen tree, which then
+        corrects the table (None: nothing is tracked, the probes are not attached).
+        `gate_tracer`: the pid of the gate's ptrace holder, whose tracing is no drift."""
+        if self.degraded or self.table is None:
+            return None
+        drift, transitions = self.table.reconcile(result, started_ns, gate_tracer)
+        self._publish(transitions)
+        return drift
+
+    def _probe_statuses(self) -> list[dict]:
+        if self.probes is None:
+            return []
+        return [{"name": name, **status}
+                for name, status in self.probes.status()["probes"].items()]
+
+    def _close_probes(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+
+    def _step(self) -> None:
+        """One turn of the applier: a batch of events, then what is due, then a sweep."""
+        due_ns = self.table.next_due_ns()
+        wait = SWEEP_SECONDS if due_ns is None else \
+            max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
+        self._guarded(self._apply_batch, self.reader.events.get_batch(APPLY_BATCH, wait))
+        if due_ns is not None and time.monotonic_ns() >= due_ns:
+            self._publish(self._guarded(self.table.run_due))
+        if time.monotonic() - self._swept >= SWEEP_SECONDS:
+            self._swept = time.monotonic()
+            self._publish(self._guarded(self.table.sweep))
+        if self._fd_losses_pending and time.monotonic() >= self._fd_retry_at:
+            self._reaudit_after_fd_losses()
+
+    def _apply_batch(self, batch: list[Event]) -> None:
+        """Events taken from the queue together: each pid's holder is read once for all."""
+        pairs = dup_close_pairs(batch)
+        skipped: set[int] = set()
+        with self.table.memoized():
+            for index, event in enumerate(batch):
+                if index in skipped:
+                    continue
+                if index in pairs and self.table.skip_dup_and_close(event, batch[pairs[index]]):
+                    skipped.add(pairs[index])
+                    continue
+                self._publish(self._guarded(self._apply, event))
+
+    def _apply(self, event: Event) -> list[Notice]:
+        transitions = self.table.apply(event)
+        if event.kind != Kind.LOST:
+            return transitions
+        counters = self.table.counters
+        return [Lost(event.arg, counters.lost, counters.reaudits), *transitions]
+
+    def _guarded(self, work: Callable, *args) -> list[Notice]:
+        try:
+            return work(*args)
+        except OSError as error:
+            if error.errno not in OUT_OF_FDS:
+                return self._failed(work, args)
+            self._out_of_fds(error)
+            return []
+        except Exception:  # a bug must not stop the tracking of everything else
+            return self._failed(work, args)
+
+    def _failed(self, work: Callable, args: tuple) -> list[Notice]:
+        self.apply_errors += 1
+        log.exception("%s%s failed", work.__name__, args)
+        return []
+
+    def _out_of_fds(self, error: OSError) -> None:
+        """An apply (or a sweep) failed for lack of fds: counted lost, said once per spell."""
+        if not self._fd_losses_pending:
+            log.error("crwatch: cannot read /proc: %s; events are counted lost until fds "
+                      "can be opened again, then every process is audited again",
+                      os.strerror(error.errno))
+            self._fd_retry_at = time.monotonic() + FD_RETRY_SECONDS
+        self.fd_losses += 1
+        self._fd_losses_pending += 1
+        self._fd_lost_ns = time.monotonic_ns()
+
+    def _reaudit_after_fd_losses(self) -> None:
+        """The applies lost for lack of fds, reported as a loss (a `lost` notice) and
+        followed by a re-audit of the table, once an fd can be opened again."""
+        self._fd_retry_at = time.monotonic() + FD_RETRY_SECONDS
+        try:
+            os.close(os.open("/proc/self/stat", os.O_RDONLY))
+        except OSError:
+            return  # still short: the losses wait
+        count, self._fd_losses_pending = self._fd_losses_pending, 0
+        self._publish(self._guarded(self._apply, Event(Kind.LOST, self._fd_lost_ns, 0, 0,
+                                                       arg=count)))
+        if not self._fd_losses_pending:
+            log.warning("crwatch: fds can be opened again: %d events lost for lack of them, "
+                        "every process audited again", count)
+
+    def _publish(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            if isinstance(notice, Transition):
+                notice.emitted_ns = time.monotonic_ns()
+            for callback in self._subscribers:
+                try:
+                    callback(notice)
+                except Exception:  # one subscriber's failure is not the others'
+                    log.exception("a subscriber failed on %s", notice)
