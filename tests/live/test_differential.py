@@ -54,7 +54,7 @@ from tracker.live.model import CR, Transition
 from tracker.procfs import Proc, ProcessGone
 from tracker.live.applier import Tracker
 
-SUBJECT = Path(__file__).with_name("differential_subject.py")
+SUBJECT = Path(__file__).resolve().parents[1] / "support" / "differential_subject.py"
 SUBJECTS = 4
 MAX_PROCESSES = 8
 ROUNDS = 120
