@@ -352,12 +352,16 @@ def _helper_of(gating: subprocess.Popen) -> int:
         time.sleep(0.01)
 
 
+SYS_SELECT, SYS_PSELECT6 = 23, 270  # x86_64
+SELECT_ON_STDIN = [[str(SYS_SELECT), "0x1"], [str(SYS_PSELECT6), "0x1"]]
+
+
 def _await_hold(helper: int, gating: subprocess.Popen) -> None:
     """Until the helper has reported the tree frozen and waits for commands: blocked in
-    select(1, [stdin], ...), the only call it makes with 1 as first argument (freezing, it
-    waits in wait4, nanosleep or poll)."""
+    select(1, [stdin], ...). The syscall's number counts, not only its first argument:
+    freezing, the helper sleeps in clock_nanosleep(CLOCK_MONOTONIC = 1, ...)."""
     deadline = time.monotonic() + AWAIT_S
-    while Path(f"/proc/{helper}/syscall").read_text().split()[1:2] != ["0x1"]:
+    while Path(f"/proc/{helper}/syscall").read_text().split()[:2] not in SELECT_ON_STDIN:
         assert gating.poll() is None and time.monotonic() < deadline, "the hold never began"
         time.sleep(0.01)
 
@@ -370,11 +374,14 @@ def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, 
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        helper = _helper_of(gating)
-        _await_hold(helper, gating)
-        assert _frozen(running, method, cgroup)
-        os.kill(helper, signal.SIGKILL)
-        out, err = gating.communicate(timeout=AWAIT_S)  # long before the hold or the watchdog
+        try:
+            helper = _helper_of(gating)
+            _await_hold(helper, gating)
+            assert _frozen(running, method, cgroup)
+            os.kill(helper, signal.SIGKILL)
+            out, err = gating.communicate(timeout=AWAIT_S)  # long before hold or watchdog
+        finally:
+            gating.kill()  # on a failure, no gate left holding for the tests that follow
         running.assert_running()
         if cgroup is not None:
             assert (cgroup / "cgroup.freeze").read_text().strip() == "0"
