@@ -391,7 +391,7 @@ def apply_root_stage(root: dict, pid: int) -> None:
 
 
 def classify(outcome: Outcome, criu, pid: int) -> None:
-    from tracker.criu.runner import arguments_for
+    from tracker.criu.options import arguments_for
 
     verdict = outcome.document["verdict"]
     if verdict == "unknown":

@@ -9,7 +9,8 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR
 import pytest
 
 from tracker.checks import devices, files
-from tracker.checks.files import Mounts, ghost_limit_value
+from tracker.checks.files import Mounts
+from tracker.criu.options import ghost_limit_value
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc, mnt_id_of
 

@@ -39,6 +39,7 @@ from typing import Callable, Generator, Iterator
 
 from tracker.checks import general
 from tracker.context import AuditContext
+from tracker.criu.options import ghost_limit_value
 from tracker.procfs import (DEFAULT_PROC_ROOT, AccessDenied, MntIdUnavailable, OpenFd, Proc,
                             ProcessGone, link_too_long, mnt_id_of, mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, pid_list
@@ -150,7 +151,6 @@ NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "ti
 KERNEL_NAMED_FS = frozenset({"proc", "devpts"})
 MQUEUE_MAGIC = 0x19800202
 SECRETMEM_MAGIC = 0x5345434D  # "SECM": memfd_secret's internal file system
-SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20))
 
 
 # ---------------------------------------------------------------- mounts
@@ -663,14 +663,6 @@ def _check_deleted(ctx: AuditContext, proc: Proc, opened: Opened) -> Iterator[Fi
                   f"default ghost limit of 1 MiB", proc.pid, fd=opened.fd,
                   remedy=f"dump with --ghost-limit {needed} (the image grows by {size} bytes)",
                   option_value=needed)
-
-
-def ghost_limit_value(size: int) -> str:
-    """The smallest round --ghost-limit (CRIU's K/M/G syntax) that lets a ghost of `size` bytes pass."""
-    for suffix, unit in SIZE_UNITS:
-        if size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return f"{-(-size // (1 << 20))}M"
 
 
 def _invisible(proc: Proc, opened: Opened, mnt_id: int) -> Finding:
