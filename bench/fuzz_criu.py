@@ -428,7 +428,7 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
 def unpredicted(reasons: list[dict], refused: dict) -> str:
     """CRIU's first error when no reason's rule predicts it (by the message the rule says CRIU
     prints), though some do say one: an agreement that may hide a disagreement behind it."""
-    from tracker.rules import catalogue
+    from tracker.checks.catalogue import catalogue
 
     messages = {catalogue()[r["code"]].criu_message for r in reasons if r["severity"] != "info"}
     messages.discard("")

@@ -5,10 +5,11 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from tracker.audit import Audit
+from tracker.checks.catalogue import catalogue
 from tracker.criu.options import Allowed, allows, parse_allow
 from tracker.environment import Environment, current
 from tracker.profiles import Profile
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, catalogue
+from tracker.rules import BLOCKER, INFO, OPTION, Finding
 
 SCHEMA = "crwatch.verdict/1"
 VERDICT_ORDER = {BLOCKER: 0, OPTION: 1, INFO: 2}

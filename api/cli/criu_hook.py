@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import sys
 
+from tracker.checks.catalogue import catalogue
 from tracker.criu.options import given_options
 from tracker.criu.runner import probe_criu
 from tracker.gate.recheck import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
 from tracker.profiles import Profile, profile
-from tracker.rules import catalogue
 
 EXIT_PASS, EXIT_ABORT, EXIT_USAGE = 0, 1, 2
 

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 from tracker import verdict
-from tracker.criu import options
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
+from tracker.checks.catalogue import Catalogue, catalogue
+from tracker.criu import options
 from tracker.procfs import ProcessGone, parse_stat
 from tracker.profiles import Profile, parse_version, profile
-from tracker.rules import BLOCKER, OPTION, Catalogue, Finding, Rule, VersionNote, catalogue
+from tracker.rules import BLOCKER, OPTION, Finding, Rule, VersionNote
 
 CRIU_42 = Profile("criu", (4, 2, 1))
 

@@ -1,40 +1,46 @@
-"""The check modules, one per resource family, and the fd dispatcher.
+"""The checks: what CRIU would refuse, one module per resource family, and their dispatch.
 
-Every check module exposes `RULES` (the rules it owns) and any of
-`check_fd(ctx, proc, open_fd)`, `check_process(ctx, proc)` and
-`check_tree(ctx, findings)` (which sees the whole tree's findings once they
-are all in: what CRIU decides for the dump as a whole), all yielding
-Findings. `check_fd` routes each fd to the module that owns its kind, as
-CRIU's dump_one_file does; a kind nobody owns is a blocker (deny by default).
+Every check module declares `RULES` (the rules it owns: their text, severities and
+remedy) and any of `check_fd(ctx, proc, open_fd)`, `check_process(ctx, proc)` and
+`check_tree(ctx, findings)` (which sees the whole tree's findings once they are all
+in: what CRIU decides for the dump as a whole), all yielding Findings. Importing this
+package gathers every module's rules into the catalogue (`catalogue`) and registers the
+owner of each kind of fd (`fd_owners`, which routes each fd as CRIU's dump_one_file
+does; a kind nobody owns is a blocker: deny by default). `paths` holds the path and
+mount helpers that the file, device, memory and anon checks share; `sockets` is the
+socket family, a package of its own.
+
+May import: tracker.procfs, tracker.rules, tracker.context, tracker.environment,
+tracker.holders and tracker.criu.options (below the checks), and each other: a check
+module imports the support modules (catalogue, fd_owners, paths, general's findings
+about the audit itself) and a sibling only for the sibling's judgement (memory judges a
+mapped file as files does). Never tracker.audit, tracker.verdict, tracker.profiles,
+tracker.criu.runner, tracker.gate, tracker.live, nor anything in api.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterator
 
-from tracker.checks import (anon, devices, dumper, files, gate, general, ipc, locks, memory,
-                            namespaces, sockets, task, terminal)
+from tracker.checks import (anon, catalogue, devices, dumper, fd_owners, files, gate, general, ipc,
+                            locks, memory, namespaces, sockets, task, terminal)
 from tracker.context import AuditContext
-from tracker.procfs import OpenFd, Proc
+from tracker.procfs import Proc
 from tracker.rules import Finding
 
 MODULES = (general, dumper, files, devices, anon, sockets, memory, task, locks, ipc, namespaces,
            terminal, gate)
 
 FD_OWNERS = {
-    "reg": files, "dir": files, "lnk": files, "pipe": files, "fifo": files,
-    "chr": devices, "blk": devices,
-    "anon": anon,
-    "socket": sockets,
-    "long_name": general,
+    "reg": files.check_fd, "dir": files.check_fd, "lnk": files.check_fd,
+    "pipe": files.check_fd, "fifo": files.check_fd,
+    "chr": devices.check_fd, "blk": devices.check_fd,
+    "anon": anon.check_fd,
+    "socket": sockets.check_fd,
+    "long_name": general.check_fd,
 }
 
-
-def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterable[Finding]:
-    # Returns the owner's iterator as it is: this runs once per fd.
-    owner = FD_OWNERS.get(open_fd.kind)
-    if owner is None:
-        return (general.unclassified_fd(proc, open_fd),)
-    return owner.check_fd(ctx, proc, open_fd)
+catalogue.gather(MODULES)
+fd_owners.register(FD_OWNERS)
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:

@@ -31,11 +31,12 @@ import socket
 from typing import Iterator
 
 from tracker.checks import net_links
+from tracker.checks.catalogue import catalogue
 from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.environment import IPTABLES_CONNECTION_TOOLS, Environment
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, catalogue
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
     Rule("namespace.own", "The tree lives in its own namespaces", INFO,
