@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracker.checks import files, general
+from tracker.checks import general, paths
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
@@ -332,7 +332,7 @@ def _check_notify(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
 
 
 def _mount_taken(ctx: AuditContext, watch: Watch) -> bool:
-    return files.find_mount(ctx, int(watch.fields.get("mnt_id", "0"), 16)) is not None
+    return paths.find_mount(ctx, int(watch.fields.get("mnt_id", "0"), 16)) is not None
 
 
 class _FileHandle(ctypes.Structure):

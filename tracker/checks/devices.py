@@ -25,7 +25,7 @@ import stat
 import struct
 from typing import Iterator
 
-from tracker.checks import files, general, sockets
+from tracker.checks import files, general, paths, sockets
 from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
@@ -86,7 +86,7 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
         if open_fd.flags & os.O_PATH:
             yield Finding("device.tun.o_path", f"fd {open_fd.fd}: {open_fd.target} (10:200) is open "
                           "with O_PATH: CRIU cannot ask it for its interface", proc.pid, fd=open_fd.fd)
-        if not files.root_in_own_namespace(ctx, "net"):
+        if not paths.root_in_own_namespace(ctx, "net"):
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
                           f"network namespace", proc.pid, fd=open_fd.fd)

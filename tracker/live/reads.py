@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from probes.events import Event, Special
-from tracker.checks import devices, fd_owners, files, locks, task
+from tracker.checks import devices, fd_owners, locks, paths, task
 from tracker.context import AuditContext
 from tracker.procfs import AccessDenied, Mapping, OpenFd, Proc, ProcessGone
 from tracker.rules import Finding
@@ -203,7 +203,7 @@ def shm_finding(pid: int, mapping: Mapping) -> Finding:
 def in_host_ipc(proc: Proc) -> bool:
     """Does the process share crwatch's IPC namespace (where CRIU cannot take its shm)?"""
     try:
-        return not files.root_in_own_namespace(one_process_context(proc), "ipc")
+        return not paths.root_in_own_namespace(one_process_context(proc), "ipc")
     except (ProcessGone, AccessDenied, OSError):
         return False
 
