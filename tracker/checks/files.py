@@ -34,12 +34,12 @@ from collections import defaultdict
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterator
 
-from tracker.checks import general
-from tracker.context import AuditContext
-from tracker.criu.options import ghost_limit_value
+from tracker.checks import tree
 from tracker.checks.paths import (DELETED, DumpedNamespace, Mount, Mounts, dumped_namespaces,
                                   find_mount, fs_magic, mounts, root_in_own_namespace,
                                   shmem_device)
+from tracker.context import AuditContext
+from tracker.criu.options import ghost_limit_value
 from tracker.procfs import (AccessDenied, MntIdUnavailable, OpenFd, Proc, ProcessGone,
                             link_too_long, mnt_id_of, mnt_id_via_fdinfo)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, pid_list
@@ -670,7 +670,7 @@ def _pipe_data_readers(ctx: AuditContext) -> dict[PipeKey, tuple[int, int]]:
     readers, order = {}, None
     for key, holders in candidates.items():
         if len(holders) > 1 and order is None:
-            order = {pid: place for place, pid in enumerate(general.dump_order(ctx))}
+            order = {pid: place for place, pid in enumerate(tree.dump_order(ctx))}
         pid = min(holders, key=lambda holder: order.get(holder, len(order))) if order else \
             next(iter(holders))
         readers[key] = (pid, holders[pid])
