@@ -4,18 +4,25 @@ Every check module declares `RULES` (the rules it owns: their text, severities a
 remedy) and any of `check_fd(ctx, proc, open_fd)`, `check_process(ctx, proc)` and
 `check_tree(ctx, findings)` (which sees the whole tree's findings once they are all
 in: what CRIU decides for the dump as a whole), all yielding Findings. Importing this
-package gathers every module's rules into the catalogue (`catalogue`) and registers the
-owner of each kind of fd (`fd_owners`, which routes each fd as CRIU's dump_one_file
-does; a kind nobody owns is a blocker: deny by default). `paths` holds the path and
-mount helpers that the file, device, memory and anon checks share; `sockets` is the
-socket family, a package of its own.
+package gathers every module's rules into the catalogue and registers the check that
+owns each kind of fd. The modules that serve the checks:
 
-May import: tracker.procfs, tracker.rules, tracker.context, tracker.environment,
-tracker.holders and tracker.criu.options (below the checks), and each other: a check
-module imports the support modules (catalogue, fd_owners, paths, general's findings
-about the audit itself) and a sibling only for the sibling's judgement (memory judges a
-mapped file as files does). Never tracker.audit, tracker.verdict, tracker.profiles,
-tracker.criu.runner, tracker.gate, tracker.live, nor anything in api.
+- `catalogue`: every rule by code, with its family;
+- `fd_owners`: routes each fd to the check that owns its kind, as CRIU's dump_one_file
+  does; a kind nobody owns is a blocker (deny by default);
+- `paths`: the mount tables and path helpers of the file, device, memory and anon checks;
+- `tree`: what the checks share about the whole tree (CRIU's dump order, the network
+  namespaces it knows, pid namespaces);
+- `net_links` serves namespaces, and `sockets/` is the socket family, a package of its
+  own whose helpers other checks use too: `fd_query` (asks a copy of an fd: devices,
+  terminal, namespaces) and `tables` (what the kernel's socket tables list: memory).
+
+May import: tracker.procfs, tracker.rules, tracker.context, tracker.environment and
+tracker.criu.options (the layers below), and the modules above that serve the checks. A
+check module imports a sibling check only for its judgement (memory judges a mapped file
+as files does, devices a device's path), never tracker.checks itself (which imports
+every check), and nothing of tracker.audit, tracker.verdict, tracker.profiles,
+tracker.criu.runner, tracker.gate, tracker.live or api.
 """
 from __future__ import annotations
 
