@@ -15,7 +15,8 @@ owns each kind of fd. The modules that serve the checks:
   namespaces it knows, pid namespaces);
 - `net_links` serves namespaces, and `sockets/` is the socket family, a package of its
   own whose helpers other checks use too: `fd_query` (asks a copy of an fd: devices,
-  terminal, namespaces) and `tables` (what the kernel's socket tables list: memory).
+  terminal, namespaces), `tables` (what the kernel's socket tables list: memory) and
+  `diag` (netlink requests: net_links).
 
 May import: tracker.procfs, tracker.rules, tracker.context, tracker.environment and
 tracker.criu.options (the layers below), and the modules above that serve the checks. A
