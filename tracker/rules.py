@@ -36,7 +36,7 @@ class Rule:
     criu_message: str = ""         # what CRIU prints when it refuses this state
     older_criu: tuple[VersionNote, ...] = ()
     makes_unknown: bool = False    # the process could not be judged: the verdict is `unknown`
-    family: str = field(default="", compare=False)  # the module that declares it, given by the catalogue
+    family: str = field(default="", compare=False)  # its module, in the catalogue's copy
 
     def __post_init__(self):
         assert self.criu in SEVERITIES, self.code
