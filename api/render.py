@@ -9,8 +9,8 @@ from __future__ import annotations
 import textwrap
 from itertools import groupby
 
+from tracker.checks.catalogue import Catalogue
 from tracker.profiles import Profile
-from tracker.rules import Catalogue
 from tracker.safe_text import visible_all
 
 HEADLINES = {

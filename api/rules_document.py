@@ -1,8 +1,8 @@
 """The rule catalogue as a JSON document (schema crwatch.rules/1)."""
 from __future__ import annotations
 
+from tracker.checks.catalogue import Catalogue
 from tracker.profiles import Profile
-from tracker.rules import Catalogue
 
 SCHEMA = "crwatch.rules/1"
 

@@ -391,7 +391,7 @@ def apply_root_stage(root: dict, pid: int) -> None:
 
 
 def classify(outcome: Outcome, criu, pid: int) -> None:
-    from tracker.criu.runner import arguments_for
+    from tracker.criu.options import arguments_for
 
     verdict = outcome.document["verdict"]
     if verdict == "unknown":
@@ -428,7 +428,7 @@ def classify(outcome: Outcome, criu, pid: int) -> None:
 def unpredicted(reasons: list[dict], refused: dict) -> str:
     """CRIU's first error when no reason's rule predicts it (by the message the rule says CRIU
     prints), though some do say one: an agreement that may hide a disagreement behind it."""
-    from tracker.rules import catalogue
+    from tracker.checks.catalogue import catalogue
 
     messages = {catalogue()[r["code"]].criu_message for r in reasons if r["severity"] != "info"}
     messages.discard("")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker import checks
-from tracker.checks import general
+from tracker.checks import fd_owners, general
 from tracker.context import AuditContext, Hold
 from tracker.environment import Environment
 from tracker.holders import HostHolders
@@ -184,7 +184,7 @@ def _findings_of(ctx: AuditContext, proc: Proc) -> list[Finding]:
     findings: list[Finding] = []
     for open_fd in ctx.tree_fds[proc.pid]:
         try:
-            findings.extend(checks.check_fd(ctx, proc, open_fd))
+            findings.extend(fd_owners.check_fd(ctx, proc, open_fd))
         except ProcessGone:
             # The fd closed while we looked at it; the process's own
             # survival is checked at the end.

@@ -36,10 +36,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # tracker.criu.runner imports the verdict code, which reaches the checks and us
-    from tracker.criu.runner import Criu
+from tracker.criu.runner import Criu, find_criu
 
 CAPABILITY_NAMES = (
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
@@ -285,15 +283,11 @@ def of(criu: Criu | None) -> Environment:
 
 def current() -> Environment:
     """The environment of the CRIU find_criu() finds, detected once per process."""
-    from tracker.criu.runner import find_criu
-
     return of(find_criu())
 
 
 def redetect() -> Environment:
     """Forget the cached facts (and the CRIU found) and detect again."""
-    from tracker.criu.runner import find_criu
-
     of.cache_clear()
     find_criu.cache_clear()
     return current()

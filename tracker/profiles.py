@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracker.criu.runner import find_criu
 from tracker.rules import BLOCKER, Rule, Version
 
 NEWEST_KNOWN_CRIU: Version = (4, 2, 1)
@@ -49,8 +50,6 @@ def parse_version(text: str) -> Version:
 
 def default_criu_version() -> Version:
     """The CRIU that set-up found, else the newest release the catalogue knows."""
-    from tracker.criu.runner import find_criu
-
     criu = find_criu()
     return criu.version if criu else NEWEST_KNOWN_CRIU
 

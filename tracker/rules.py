@@ -1,8 +1,9 @@
-"""The rule catalogue: every finding the audit can report, with its stable code.
+"""The types every layer speaks: a Rule (a stable code, its severities and remedy), a
+Finding (one thing an audit saw, named by a rule's code), and how messages name ids.
 
-Each check module declares its own rules (it owns their text) and the
-catalogue gathers them. `crwatch rules`, `GET /rules` and the `reasons` of a
-verdict all read from here, so a code means the same thing everywhere.
+Each check module declares its own rules; tracker.checks.catalogue gathers them.
+
+May import: the standard library only (everything in tracker builds on it).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Rule:
     criu_message: str = ""         # what CRIU prints when it refuses this state
     older_criu: tuple[VersionNote, ...] = ()
     makes_unknown: bool = False    # the process could not be judged: the verdict is `unknown`
-    family: str = field(default="", compare=False)  # set by the catalogue: the owning module
+    family: str = field(default="", compare=False)  # its module, in the catalogue's copy
 
     def __post_init__(self):
         assert self.criu in SEVERITIES, self.code
@@ -75,49 +76,3 @@ def pid_list(pids: Iterable[int]) -> str:
     """`pid 12`, `pids 12, 14` or `pids 12, 14, 15 and 1,997 more`."""
     ordered = set(pids)
     return f"pid{'s' if len(ordered) != 1 else ''} {id_list(ordered)}"
-
-
-class Catalogue:
-    def __init__(self, rules: Iterable[Rule] = ()):
-        self._rules: dict[str, Rule] = {}
-        for rule in rules:
-            self.add(rule)
-
-    def add(self, rule: Rule) -> None:
-        if rule.code in self._rules:
-            raise ValueError(f"rule {rule.code} is declared twice")
-        self._rules[rule.code] = rule
-
-    def __getitem__(self, code: str) -> Rule:
-        return self._rules[code]
-
-    def __contains__(self, code: str) -> bool:
-        return code in self._rules
-
-    def __iter__(self):
-        return iter(sorted(self._rules.values(), key=lambda rule: rule.code))
-
-    def __len__(self) -> int:
-        return len(self._rules)
-
-
-def _build() -> Catalogue:
-    from tracker.checks import MODULES
-
-    catalogue = Catalogue()
-    for module in MODULES:
-        family = module.__name__.rsplit(".", 1)[-1]
-        for rule in module.RULES:
-            object.__setattr__(rule, "family", family)
-            catalogue.add(rule)
-    return catalogue
-
-
-_catalogue: Catalogue | None = None
-
-
-def catalogue() -> Catalogue:
-    global _catalogue
-    if _catalogue is None:
-        _catalogue = _build()
-    return _catalogue

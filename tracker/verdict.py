@@ -5,57 +5,18 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from tracker.audit import Audit
+from tracker.checks.catalogue import catalogue
+from tracker.criu.options import Allowed, allows, parse_allow
 from tracker.environment import Environment, current
 from tracker.profiles import Profile
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, catalogue
+from tracker.rules import BLOCKER, INFO, OPTION, Finding
 
 SCHEMA = "crwatch.verdict/1"
 VERDICT_ORDER = {BLOCKER: 0, OPTION: 1, INFO: 2}
-SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_size(text: str) -> int:
-    """CRIU's size syntax for --ghost-limit: bytes, or a K/M/G suffix."""
-    text = text.strip().upper()
-    if text and text[-1] in SIZE_SUFFIXES:
-        return int(text[:-1]) * SIZE_SUFFIXES[text[-1]]
-    return int(text)
-
-
-Allowed = dict[str, tuple[str | None, ...]]
-
-
-def allows(option: str, value: str | None, allow: Allowed) -> bool:
-    """Does the caller's parsed --allow list cover this option (and its value)?"""
-    return any(_covers(option, value, granted) for granted in allow.get(option, ()))
-
-
-def _covers(option: str, value: str | None, granted: str | None) -> bool:
-    if value is None or granted is None:
-        return True
-    if option == "--ghost-limit":
-        try:
-            return parse_size(granted) >= parse_size(value)
-        except ValueError:
-            return False
-    return granted == value  # e.g. --external=unix[INODE] names one socket
-
-
-def parse_allow(options: Iterable[str]) -> Allowed:
-    """`--ghost-limit=10M` or `--tcp-established` -> {option: (its values, or None)}; an
-    option given again adds a value (--external names one resource each time)."""
-    parsed: Allowed = {}
-    for text in options:
-        text = text.strip()
-        if not text.startswith("-"):
-            text = "--" + text
-        name, _, value = text.replace(" ", "=", 1).partition("=")
-        parsed[name] = parsed.get(name, ()) + (value or None,)
-    return parsed
 
 
 def reason(finding: Finding, profile: Profile) -> dict:

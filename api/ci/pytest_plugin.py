@@ -75,9 +75,10 @@ class CheckpointWatch:
 
     def _failures(self, before: dict, allowed: list[str]) -> list[str]:
         from tracker import verdict
+        from tracker.criu import options
         from tracker.safe_text import visible
 
-        parsed = verdict.parse_allow(allowed)
+        parsed = options.parse_allow(allowed)
         lines = []
         for key, member in list(self.members.known.items()):
             if member.pid in self.members.excluded:

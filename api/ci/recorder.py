@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tracker import verdict
+from tracker.criu import options
 from tracker.audit import Audit, audit
 from tracker.checks.namespaces import without_orphaned_lock
 from tracker.procfs import AccessDenied, Proc, ProcessGone
@@ -166,7 +167,7 @@ class Recorder:
         self.members = members
         self.own_addresses: set[str] = set()  # the feed's TCP ends (Feed.own_addresses)
         self.judged_by = judged_by
-        self.allowed = verdict.parse_allow(allow)
+        self.allowed = options.parse_allow(allow)
         self.lost = 0
         self._lock = threading.Lock()
 

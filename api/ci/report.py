@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from api.render import WIDTH, reason_lines
 from api.ci.recorder import Member
 from tracker import verdict
+from tracker.criu import options
 from tracker.safe_text import visible_all
 
 SCHEMA = "crwatch.run/1"
@@ -38,7 +39,7 @@ def member_failures(member: Member, mode: str, allowed: dict) -> list[str]:
 def document(*, command: list[str], mode: str, judged_by, allow: list[str], source: str,
              started_at: str, ended_at: str, status: int, exit_code: int, members: list[Member],
              markers: list[dict], lost: int, problems: list[str]) -> dict:
-    allowed = verdict.parse_allow(allow)
+    allowed = options.parse_allow(allow)
     processes = []
     for member in sorted(members, key=lambda m: (m.start_time, m.pid)):
         if not member.episodes and not member.audits:

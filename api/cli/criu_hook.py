@@ -16,15 +16,14 @@ from __future__ import annotations
 import os
 import sys
 
+from tracker.checks.catalogue import catalogue
+from tracker.criu.options import given_options
 from tracker.criu.runner import probe_criu
 from tracker.gate.recheck import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
 from tracker.profiles import Profile, profile
-from tracker.rules import catalogue
 
 EXIT_PASS, EXIT_ABORT, EXIT_USAGE = 0, 1, 2
-VALUE_OPTIONS = ("--ghost-limit", "--external", "--network-lock")
-SHORT_OPTIONS = {"-j": "--shell-job"}
 
 
 def run_hook(chosen: Profile | None = None) -> int:
@@ -67,17 +66,7 @@ def run_hook(chosen: Profile | None = None) -> int:
 
 def criu_options(argv: list[str]) -> list[str]:
     """The options of CRIU's command line that crwatch's rules name, as `--allow` values."""
-    known = {rule.option for rule in catalogue() if rule.option}
-    found: list[str] = []
-    words = iter(argv)
-    for word in words:
-        name, has_value, value = SHORT_OPTIONS.get(word, word).partition("=")
-        if name not in known:
-            continue
-        if name in VALUE_OPTIONS and not has_value:
-            value = next(words, "")
-        found.append(f"{name}={value}" if value else name)
-    return found
+    return given_options(argv, {rule.option for rule in catalogue() if rule.option})
 
 
 def _cmdline(pid: int) -> list[str]:

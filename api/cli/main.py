@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
+from tracker.checks.catalogue import catalogue
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
 from tracker.profiles import PROFILE_NAMES, parse_version, profile
-from tracker.rules import catalogue
 from tracker.safe_text import json_text
 
 EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tracker.checks.catalogue import catalogue
 from tracker.procfs import AccessDenied, Proc, ProcessGone
-from tracker.rules import catalogue
 
 HIDDEN = "(hidden: not this caller's process)"
 ENVIRONMENT_SCHEMA = "crwatch.environment/1"

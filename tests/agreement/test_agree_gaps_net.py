@@ -23,7 +23,8 @@ import pytest
 
 from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
-from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import find_criu
 
 NET_LOCK = namespace_lock_codes()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
-from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import find_criu
 
 # The subject makes a tap in a network namespace of its own, binds to its link-local address,
 # and deletes the tap.

@@ -8,7 +8,8 @@ from pathlib import Path
 from tests.support.subjects import subject
 from tests.agreement.test_agree_task import SEIZE
 from tests.gate.test_gate import gate, requires_root
-from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import find_criu
 from tracker.rules import INFO
 
 

@@ -21,7 +21,8 @@ import pytest
 
 from tests.support.agreement import RETRIES
 from tests.gate.test_gate import AWAIT_S, gate, requires_root
-from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import find_criu
 from tracker.criu.log import transient
 
 PY = sys.executable

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker.audit import audit
-from tracker.criu.runner import Criu, DumpResult, arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import Criu, DumpResult, find_criu
 from tracker.criu.log import transient
 from tracker.environment import IPTABLES_CONNECTION_TOOLS, current
 from tracker.profiles import profile

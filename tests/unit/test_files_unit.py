@@ -8,8 +8,9 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR
 
 import pytest
 
-from tracker.checks import devices, files
-from tracker.checks.files import Mounts, ghost_limit_value
+from tracker.checks import devices, files, paths
+from tracker.checks.paths import Mounts
+from tracker.criu.options import ghost_limit_value
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc, mnt_id_of
 
@@ -145,7 +146,7 @@ def test_a_linked_file_under_a_directory_on_another_mount_cannot_be_link_remappe
     # another mount (here /proc, reached through a symlink): linkat would fail.
     os.symlink("/proc", proc_root / "self" / "root" / "srv")
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
-    assert files.dumped_namespaces(ctx)[0].root == f"{proc_root}/self/root"
+    assert paths.dumped_namespaces(ctx)[0].root == f"{proc_root}/self/root"
     assert audit_fd(proc_root, "/srv/file", stat(nlink=1)) == [("file.path.overmounted", None)]
     assert audit_fd(proc_root, "/nowhere/file", stat(nlink=1, ino=9)) == [
         ("file.deleted.link_remap", None)]  # "/" is left, on the file's own mount
@@ -162,7 +163,7 @@ def test_a_path_that_now_names_another_file_is_unaccessible(proc_root: Path):
 
 
 def test_memfd_and_dead_process_proc_files_are_left_to_criu(proc_root: Path):
-    shmem = files.shmem_device()
+    shmem = paths.shmem_device()
     assert audit_fd(proc_root, "/memfd:cache (deleted)", stat(dev=shmem, nlink=1), mnt_id=0) == []
     assert audit_fd(proc_root, "/memfd:x (deleted)", stat(dev=os.makedev(0, 99)), mnt_id=0) == []
     assert audit_fd(proc_root, "/proc/555 (deleted)", stat(DIR, dev=PROC_DEV, nlink=0), mnt_id=22) == []
@@ -185,7 +186,7 @@ def test_a_root_in_its_own_mount_namespace_is_looked_up_in_the_tree_s_tables(pro
     (proc_root / str(PID) / "root").mkdir()
     (proc_root / str(PID) / "root" / "file").touch()
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
-    assert [n.root for n in files.dumped_namespaces(ctx)] == [f"{proc_root}/{PID}/root"]
+    assert [n.root for n in paths.dumped_namespaces(ctx)] == [f"{proc_root}/{PID}/root"]
     inside = os.stat(proc_root / str(PID) / "root" / "file")
     assert audit_fd(proc_root, "/file", inside, mnt_id=60) == []
     assert audit_fd(proc_root, "/etc/passwd", host_file(proc_root, "/etc/passwd")) == [

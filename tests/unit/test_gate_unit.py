@@ -18,7 +18,8 @@ from api.service.gates import GateBusy, Gates
 from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
 from tracker.audit import audit
-from tracker.criu.runner import arguments_for, find_criu
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import find_criu
 from tracker.criu.log import failure_findings
 from tracker.gate.freeze import cgroup2_mount, owned_cgroup
 from tracker.live.table import LiveTable

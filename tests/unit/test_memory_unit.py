@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from tracker.checks import files, memory
+from tracker.checks import memory, paths
 from tracker.context import AuditContext
 from tracker.procfs import Proc, mnt_id_of
 
@@ -122,7 +122,7 @@ def test_shared_anonymous_memory_and_memfds_are_known_by_the_shmem_device(proc_r
     # Even where the process's own table lists a mount of that device, CRIU
     # takes them by their device (kdat.shmem_dev) and dumps their contents:
     # they are no files to look up (their mount id is 0).
-    shmem = files.shmem_device()
+    shmem = paths.shmem_device()
     mountinfo = proc_root / str(PID) / "mountinfo"
     mountinfo.write_text(mountinfo.read_text() + f"90 27 {os.major(shmem)}:{os.minor(shmem)} / "
                                                   f"/odd rw - tmpfs t rw\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.rules import catalogue
+from tracker.checks.catalogue import catalogue
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "criu-refusals.md"

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from tests.support.fixture_only_rules import FIXTURE_ONLY
-from tracker.rules import catalogue
+from tracker.checks.catalogue import catalogue
 
 TESTS = Path(__file__).resolve().parents[1]
 README = TESTS.parent / "README.md"

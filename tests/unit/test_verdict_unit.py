@@ -7,9 +7,11 @@ import pytest
 
 from tracker import verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
+from tracker.checks.catalogue import Catalogue, catalogue
+from tracker.criu import options
 from tracker.procfs import ProcessGone, parse_stat
 from tracker.profiles import Profile, parse_version, profile
-from tracker.rules import BLOCKER, OPTION, Catalogue, Finding, Rule, VersionNote, catalogue
+from tracker.rules import BLOCKER, OPTION, Finding, Rule, VersionNote
 
 CRIU_42 = Profile("criu", (4, 2, 1))
 
@@ -138,13 +140,13 @@ def test_a_task_the_kernel_let_go_of_is_gone_not_a_thread(tmp_path):
 
 
 def test_an_option_allowed_again_adds_a_value():
-    allowed = verdict.parse_allow(["--external=tty[136:3]", "--external=tty[136:4]",
+    allowed = options.parse_allow(["--external=tty[136:3]", "--external=tty[136:4]",
                                    "--shell-job", "--ghost-limit=2M"])
     assert allowed == {"--external": ("tty[136:3]", "tty[136:4]"), "--shell-job": (None,),
                        "--ghost-limit": ("2M",)}
-    assert verdict.allows("--external", "tty[136:4]", allowed)
-    assert verdict.allows("--external", "tty[136:3]", allowed)
-    assert not verdict.allows("--external", "tty[136:5]", allowed)
-    assert verdict.allows("--ghost-limit", "1M", allowed)
-    assert not verdict.allows("--ghost-limit", "3M", allowed)
-    assert not verdict.allows("--tcp-established", None, allowed)
+    assert options.allows("--external", "tty[136:4]", allowed)
+    assert options.allows("--external", "tty[136:3]", allowed)
+    assert not options.allows("--external", "tty[136:5]", allowed)
+    assert options.allows("--ghost-limit", "1M", allowed)
+    assert not options.allows("--ghost-limit", "3M", allowed)
+    assert not options.allows("--tcp-established", None, allowed)

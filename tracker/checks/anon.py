@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracker.checks import files, general
+from tracker.checks import paths, tree
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, VersionNote
@@ -176,7 +176,7 @@ def _dumped_earlier(ctx: AuditContext, pid: int, epoll: OpenFd) -> bool:
     dump order? It dumps each file once, judged in that process."""
     if not _live(ctx):
         return False
-    for holder in general.dump_order(ctx):
+    for holder in tree.dump_order(ctx):
         if holder == pid:
             return False
         for open_fd in ctx.tree_fds.get(holder, []):
@@ -195,7 +195,7 @@ def _target_holder(ctx: AuditContext, pid: int, own: dict[int, OpenFd], epfd: in
     # Rare: the watched file moved (dup + close) or lives on in another process of the tree.
     # CRIU (eventpoll.c flush_eventpoll_dinfo_queue) takes the first fd it dumped on that file,
     # which must be the epoll's own process's ("pid mismatch" otherwise).
-    for holder in general.dump_order(ctx):
+    for holder in tree.dump_order(ctx):
         for open_fd in sorted(ctx.tree_fds.get(holder, []), key=lambda candidate: candidate.fd):
             if open_fd is not at_number and _same_file(ctx, holder, open_fd, pid, epfd, target):
                 return holder
@@ -332,7 +332,7 @@ def _check_notify(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
 
 
 def _mount_taken(ctx: AuditContext, watch: Watch) -> bool:
-    return files.find_mount(ctx, int(watch.fields.get("mnt_id", "0"), 16)) is not None
+    return paths.find_mount(ctx, int(watch.fields.get("mnt_id", "0"), 16)) is not None
 
 
 class _FileHandle(ctypes.Structure):

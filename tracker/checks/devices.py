@@ -25,7 +25,7 @@ import stat
 import struct
 from typing import Iterator
 
-from tracker.checks import files, general, sockets
+from tracker.checks import files, paths, tree
 from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
@@ -86,7 +86,7 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
         if open_fd.flags & os.O_PATH:
             yield Finding("device.tun.o_path", f"fd {open_fd.fd}: {open_fd.target} (10:200) is open "
                           "with O_PATH: CRIU cannot ask it for its interface", proc.pid, fd=open_fd.fd)
-        if not files.root_in_own_namespace(ctx, "net"):
+        if not paths.root_in_own_namespace(ctx, "net"):
             yield Finding("device.tun.host_netns",
                           f"fd {open_fd.fd}: {open_fd.target} (10:200) is open in the host's "
                           f"network namespace", proc.pid, fd=open_fd.fd)
@@ -110,7 +110,7 @@ def _check_tun(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Findi
         device, flags, filter_length = _attached(copy)
     finally:
         os.close(copy)
-    if netns is not None and netns not in sockets.known_netns(ctx):
+    if netns is not None and netns not in tree.known_netns(ctx):
         yield Finding("device.tun.foreign_netns", f"fd {open_fd.fd}: {open_fd.target} was opened "
                       f"in network namespace net:[{netns}], which neither a process of the tree "
                       "nor the host is in", proc.pid, fd=open_fd.fd)
@@ -150,7 +150,7 @@ def is_pty_master(major: int, minor: int) -> bool:
 
 def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
     """The first fd on this terminal in CRIU's dump order: the one it asks for the parameters."""
-    for pid in general.dump_order(ctx):
+    for pid in tree.dump_order(ctx):
         for open_fd in sorted(ctx.tree_fds.get(pid, []), key=lambda candidate: candidate.fd):
             try:
                 if (open_fd.target.startswith("/dev/") and stat.S_ISCHR(open_fd.stat.st_mode)

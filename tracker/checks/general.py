@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from tracker.context import AuditContext
-from tracker.procfs import NAME_TOO_LONG, AccessDenied, OpenFd, Proc, ProcessGone, link_too_long
+from tracker.procfs import NAME_TOO_LONG, OpenFd, Proc, link_too_long
 from tracker.rules import BLOCKER, Finding, Rule
 
 RULES = (
@@ -73,22 +73,3 @@ def _path_text(target: str) -> str:
     if target == NAME_TOO_LONG:
         return "is longer than PATH_MAX (4096 bytes): its /proc link cannot be read"
     return f"is {len(target)} bytes long (...{target[-40:]}), more than CRIU's 4094"
-
-
-def dump_order(ctx: AuditContext) -> list[int]:
-    """The tree's pids in the order CRIU dumps them (pstree_item_next: depth first from the
-    root, children in /proc's order); within a process it dumps fds in ascending order."""
-    return ctx.table("general.dump_order", lambda: _walk(ctx))
-
-
-def _walk(ctx: AuditContext) -> list[int]:
-    order, stack = [], [ctx.root_pid]
-    while stack:
-        pid = stack.pop()
-        order.append(pid)
-        try:
-            children = [child for child in ctx.proc(pid).children() if ctx.in_tree(child)]
-        except (ProcessGone, AccessDenied):
-            children = []
-        stack.extend(reversed(children))
-    return order

@@ -21,7 +21,7 @@ import os
 import stat
 from typing import Iterator
 
-from tracker.checks import files
+from tracker.checks import files, paths
 from tracker.checks.sockets import tables
 from tracker.checks.sockets.records import InetSocket, PacketSocket
 from tracker.context import AuditContext
@@ -131,14 +131,14 @@ def _check_socket(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[F
 
 
 def _check_deleted(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Finding]:
-    name = mapping.path.removesuffix(files.DELETED)
+    name = mapping.path.removesuffix(paths.DELETED)
     device = os.makedev(mapping.major, mapping.minor)
     # Shared anonymous memory and memfds live on the kernel's shmem mount, which
     # CRIU knows by its device (kdat.shmem_dev), not by any mount: mount id 0.
-    shmem = device == files.shmem_device()
-    internal = shmem or not files.mounts(ctx, proc).shows_device(device)
+    shmem = device == paths.shmem_device()
+    internal = shmem or not paths.mounts(ctx, proc).shows_device(device)
     if internal and name.startswith(SYSV_SHM):
-        if not files.root_in_own_namespace(ctx, "ipc"):
+        if not paths.root_in_own_namespace(ctx, "ipc"):
             yield _finding("memory.sysv_shm.host_ipc", proc, mapping,
                            f"attaches SysV shm segment {mapping.inode} in the host's IPC namespace")
     elif internal and (name == ANON_HUGEPAGE or _is_hugetlb_memfd(proc, mapping, name)):
@@ -174,7 +174,7 @@ def _check_file(ctx: AuditContext, proc: Proc, mapping: Mapping) -> Iterator[Fin
 
 def _is_hugetlb_memfd(proc: Proc, mapping: Mapping, name: str) -> bool:
     return (name.startswith("/memfd:")
-            and files.fs_magic(proc.path / "map_files" / mapping.address) == HUGETLBFS_MAGIC)
+            and paths.fs_magic(proc.path / "map_files" / mapping.address) == HUGETLBFS_MAGIC)
 
 
 def _opened(proc: Proc, mapping: Mapping) -> files.Opened:

@@ -30,12 +30,13 @@ import os
 import socket
 from typing import Iterator
 
-from tracker.checks import net_links
+from tracker.checks import net_links, tree
+from tracker.checks.catalogue import catalogue
 from tracker.checks.sockets import fd_query
 from tracker.context import AuditContext
 from tracker.environment import IPTABLES_CONNECTION_TOOLS, Environment
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, catalogue
+from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 RULES = (
     Rule("namespace.own", "The tree lives in its own namespaces", INFO,
@@ -141,9 +142,9 @@ def _check_root(proc: Proc, links: dict[str, str | None],
         return
     yield Finding("namespace.own", f"pid {proc.pid} lives in its own {', '.join(kinds)} "
                   f"namespace{'s' if len(kinds) > 1 else ''}", proc.pid)
-    if "pid" in kinds and _innermost(proc, "NSpid") != 1:
+    if "pid" in kinds and tree.innermost(proc, "NSpid") != 1:
         yield Finding("namespace.pid_without_init", f"pid {proc.pid} is pid "
-                      f"{_innermost(proc, 'NSpid')} in its own pid namespace, not its init (1)",
+                      f"{tree.innermost(proc, 'NSpid')} in its own pid namespace, not its init (1)",
                       proc.pid)
     if "user" in kinds:
         yield from _check_user(proc, [kind for kind in kinds if kind in OWNED_BY_USERNS])
@@ -269,21 +270,10 @@ def _check_time_for_children(proc: Proc, time: str | None) -> Iterator[Finding]:
                       f"children ({children_time}; its own is {time})", proc.pid)
 
 
-def session_outside_pidns(proc: Proc) -> bool:
-    """Seen from inside its pid namespace, the process's session has no leader (sid 0)."""
-    return _innermost(proc, "NSsid") == 0
-
-
 def _check_session(proc: Proc) -> Iterator[Finding]:
-    if session_outside_pidns(proc):
+    if tree.session_outside_pidns(proc):
         yield Finding("namespace.session_outside", f"pid {proc.pid}: the leader of its session "
                       f"(pid {proc.stat.session}) is outside its pid namespace", proc.pid)
-
-
-def _innermost(proc: Proc, field: str) -> int | None:
-    """The last (innermost pid namespace) number of an NSpid/NSsid line of status."""
-    words = proc.status.get(field, "").split()
-    return int(words[-1]) if words else None
 
 
 # ---------------------------------------------------------------- the network lock

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from tracker.checks import general
+from tracker.checks import tree
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, Finding, Rule, id_list, pid_list
@@ -529,7 +529,7 @@ def _files_sharing(ctx: AuditContext) -> dict[int, int]:
     refused = {}
     for group in _kcmp_groups(ctx, KCMP_FILES):
         members = set(group)
-        outside = [pid for pid in general.dump_order(ctx) if pid in members
+        outside = [pid for pid in tree.dump_order(ctx) if pid in members
                    and _parent(ctx, pid) not in members]
         for pid in outside[1:]:
             refused[pid] = outside[0]

@@ -33,11 +33,10 @@ import sys
 from dataclasses import dataclass
 from typing import Iterator
 
+from tracker.checks import tree
+from tracker.checks.sockets.fd_query import getfd
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone, parse_stat
-from tracker.checks import general
-from tracker.checks.namespaces import session_outside_pidns
-from tracker.checks.sockets.fd_query import getfd
 from tracker.rules import BLOCKER, OPTION, Finding, Rule
 
 RULES = (
@@ -112,7 +111,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     # A session led from outside the pid namespace is namespace.session_outside:
     # --shell-job cannot help there, so it is not offered.
     if (proc.pid == ctx.root_pid and proc.stat.session != proc.pid
-            and not session_outside_pidns(proc)):
+            and not tree.session_outside_pidns(proc)):
         leader = (f"pid {proc.stat.session}" if proc.stat.session
                   else "no process (session 0, never set up with setsid)")
         yield Finding("terminal.root_not_session_leader", f"pid {proc.pid} is not a session "
@@ -196,7 +195,7 @@ def _first_fds(ctx: AuditContext) -> list[tuple[int, Proc, TtyFd]]:
     once per tty_info_id)."""
     def collect() -> list[tuple[int, Proc, TtyFd]]:
         first, seen = [], set()
-        for pid in general.dump_order(ctx):
+        for pid in tree.dump_order(ctx):
             for tty in tty_fds(sorted(ctx.tree_fds.get(pid, []), key=lambda open_fd: open_fd.fd)):
                 if tty.info_id not in seen:
                     seen.add(tty.info_id)

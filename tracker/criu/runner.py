@@ -15,18 +15,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker.criu.log import NOISE
-from tracker.verdict import parse_size
 
 # Older CRIU misreads this kernel: 3.17 fails `criu check` (vDSO bounds) and
 # 4.1 cannot dump any inet/packet/raw socket (SO_PASSCRED now refused).
 MIN_VERSION = (4, 2, 0)
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 _VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
 
 
@@ -85,25 +84,6 @@ class Criu:
             errors = [line for line in output.splitlines() if line.strip()][:1]
         return DumpResult(returncode == 0, returncode, errors, log, cmd, seconds,
                           str(log_path) if images_dir is not None else None)
-
-
-def arguments_for(reasons: Iterable[dict]) -> list[str]:
-    """The CRIU command line that verdict reasons ask for: each option once, with the
-    value its reasons name (--ghost-limit gets the largest size any reason needs, and
-    no more)."""
-    arguments: list[str] = []
-    values: dict[str, list[str | None]] = {}
-    for reason in reasons:
-        option = reason.get("option")
-        if option and reason.get("option_value") not in values.setdefault(option, []):
-            values[option].append(reason.get("option_value"))
-    for option, given in values.items():
-        named = [value for value in given if value]
-        if option == "--ghost-limit" and named:
-            named = [max(named, key=parse_size)]
-        arguments += [part for value in (named or [None])
-                      for part in ([option, value] if value else [option])]
-    return arguments
 
 
 def _run(cmd: list[str], timeout: float,

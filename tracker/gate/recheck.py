@@ -18,7 +18,8 @@ from tracker import verdict
 from tracker.live import probe_found
 from tracker.audit import Audit, ProcessIdentity, audit, identify
 from tracker.checks.gate import helper_died, not_frozen, watchdog_expired
-from tracker.criu.runner import Criu, DumpResult, arguments_for
+from tracker.criu.options import arguments_for
+from tracker.criu.runner import Criu, DumpResult
 from tracker.criu.log import failure_findings
 from tracker.gate.own_processes import refusal, role
 from tracker.environment import Environment, of

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from tracker.checks.catalogue import catalogue
 from tracker.checks.namespaces import lock_subjects, marked_connections_lock
 from tracker.environment import current
 from tracker.profiles import Profile
-from tracker.rules import INFO, Finding, catalogue
+from tracker.rules import INFO, Finding
 from tracker.verdict import VERDICT_ORDER, reason
 
 SCHEMA = "crwatch.event/1"

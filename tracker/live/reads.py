@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from probes.events import Event, Special
-from tracker import checks
-from tracker.checks import devices, files, locks, task
+from tracker.checks import devices, fd_owners, locks, paths, task
 from tracker.context import AuditContext
 from tracker.procfs import AccessDenied, Mapping, OpenFd, Proc, ProcessGone
 from tracker.rules import Finding
@@ -43,7 +42,7 @@ def classify_fd(proc: Proc, fd: int) -> tuple[str, list[Finding]] | None:
         open_fd = OpenFd(proc, fd, proc.readlink(f"fd/{fd}"))
         ctx = one_process_context(proc)
         ctx.tree_fds[proc.pid] = [open_fd]
-        return open_fd.target, list(checks.check_fd(ctx, proc, open_fd))
+        return open_fd.target, list(fd_owners.check_fd(ctx, proc, open_fd))
     except (ProcessGone, AccessDenied):
         return None
 
@@ -204,7 +203,7 @@ def shm_finding(pid: int, mapping: Mapping) -> Finding:
 def in_host_ipc(proc: Proc) -> bool:
     """Does the process share crwatch's IPC namespace (where CRIU cannot take its shm)?"""
     try:
-        return not files.root_in_own_namespace(one_process_context(proc), "ipc")
+        return not paths.root_in_own_namespace(one_process_context(proc), "ipc")
     except (ProcessGone, AccessDenied, OSError):
         return False
 

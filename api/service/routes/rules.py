@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 
 from api.service.models import Rules
 from api.rules_document import rules_document
-from tracker.rules import catalogue
+from tracker.checks.catalogue import catalogue
 
 router = APIRouter(tags=["rules"])
 

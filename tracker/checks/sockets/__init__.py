@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import Iterator
 
+from tracker.checks import tree
 from tracker.checks.sockets import bpf, common, inet, netlink, packet, fd_query, queue, tables, unix
-from tracker.checks.sockets.records import InetSocket, NetlinkSocket, PacketSocket, UnixSocket
+from tracker.checks.sockets.records import InetSocket, NetlinkSocket, UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, OpenFd, Proc, ProcessGone
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 from tracker.rules import Finding
 
 RULES = common.RULES + inet.RULES + unix.RULES + queue.RULES + netlink.RULES + packet.RULES
@@ -120,66 +120,20 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
                              f"protocol {found.protocol}): CRIU cannot dump this family")
 
 
-# ---------------------------------------------------------------- the tree's network namespaces
-#
-# CRIU knows the network namespace of every process of the tree and its own
-# (namespaces.c generate_ns_id), and collects the sockets of each of them
-# (net.c collect_net_namespaces, walk_namespaces), but for its own when the
-# root has a namespace of its own. It finds a listed socket in any of them.
-# A socket no table lists is asked for its namespace (get_socket_ns) only when
-# the root has a namespace of its own: one CRIU does not know is refused.
-
-
-@dataclass(frozen=True)
-class TreeNetns:
-    collected: dict[int, int]    # namespace inode -> the first process of the tree living there
-    known: frozenset[int]        # what get_socket_ns finds: the tree's and CRIU's own
-    root_has_own: bool
-
-
 def _tree_process_in(ctx: AuditContext, proc: Proc, netns: int | None) -> Proc | None:
     """A process of the tree living in the socket's namespace, when CRIU collects that
-    namespace's sockets and it is not proc's own (whose tables were already asked)."""
-    holder = _tree_netns(ctx).collected.get(netns) if netns is not None else None
-    if holder is None or holder == proc.pid or _netns_of(proc) == netns:
+    namespace's sockets (tree.tree_netns) and it is not proc's own (whose tables were
+    already asked)."""
+    holder = tree.tree_netns(ctx).collected.get(netns) if netns is not None else None
+    if holder is None or holder == proc.pid or tree.netns_of(proc) == netns:
         return None
     return ctx.proc(holder)
 
 
-def known_netns(ctx: AuditContext) -> frozenset[int]:
-    """The network namespaces CRIU knows while dumping this tree: the tree's, and its own."""
-    return _tree_netns(ctx).known
-
-
 def _external(ctx: AuditContext, found: fd_query.Probe) -> bool:
     """Whether CRIU's get_socket_ns refuses the unlisted socket."""
-    spaces = _tree_netns(ctx)
+    spaces = tree.tree_netns(ctx)
     return spaces.root_has_own and found.netns is not None and found.netns not in spaces.known
-
-
-def _tree_netns(ctx: AuditContext) -> TreeNetns:
-    def build() -> TreeNetns:
-        members: dict[int, int] = {}
-        for pid in ctx.tree_fds:        # parents before children
-            netns = _netns_of(ctx.proc(pid))
-            if netns is not None:
-                members.setdefault(netns, pid)
-        own = _netns_inode(os.readlink("/proc/self/ns/net"))   # CRIU's, as it runs beside crwatch
-        root_has_own = _netns_of(ctx.proc(ctx.root_pid)) not in (own, None)
-        collected = {netns: pid for netns, pid in members.items() if not root_has_own or netns != own}
-        return TreeNetns(collected, frozenset(members) | {own}, root_has_own)
-    return ctx.table("sockets.tree-netns", build)
-
-
-def _netns_of(proc: Proc) -> int | None:
-    try:
-        return _netns_inode(proc.namespace("net"))
-    except (ProcessGone, AccessDenied):
-        return None     # gone: its own findings say so
-
-
-def _netns_inode(link: str) -> int:
-    return int(link.removeprefix("net:[").removesuffix("]"))
 
 
 def _listing_table(found: fd_query.Probe) -> str | None:

@@ -23,12 +23,14 @@ import socket
 from dataclasses import dataclass
 from typing import Iterator
 
+from tracker.checks import fd_owners
+from tracker.checks.catalogue import catalogue
 from tracker.checks.sockets import fd_query, tables
 from tracker.checks.sockets.common import finding
 from tracker.checks.sockets.records import UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
-from tracker.rules import BLOCKER, INFO, Finding, Rule, catalogue
+from tracker.rules import BLOCKER, INFO, Finding, Rule
 
 RULES = (
     Rule("socket.unix.queue_control",
@@ -239,6 +241,5 @@ def _ints(data: bytes) -> list[int]:
 
 def _judge(ctx: AuditContext, copy: int, target: str) -> list[Finding]:
     """What the check that owns its kind says of a file in flight."""
-    from tracker import checks     # the dispatcher imports this module: a file in flight goes back to it
     own = Proc(os.getpid())
-    return list(checks.check_fd(ctx, own, OpenFd(own, copy, target)))
+    return list(fd_owners.check_fd(ctx, own, OpenFd(own, copy, target)))
