@@ -106,7 +106,8 @@ def fake_proc(root: Path, pid: int, flags: int = 4194304) -> None:
     """A fixture /proc entry: a process whose fd directory is gone (it exited mid-audit)."""
     entry = root / str(pid)
     entry.mkdir(parents=True)
-    fields = " ".join(["S", "1", str(pid), str(pid), "0", "-1", str(flags)] + ["0"] * 10 + ["1", "0", "500"])
+    fields = " ".join(["S", "1", str(pid), str(pid), "0", "-1", str(flags)]
+                      + ["0"] * 10 + ["1", "0", "500"])
     (entry / "stat").write_text(f"{pid} (fixture) {fields}\n")
     (entry / "task").mkdir()
 
