@@ -64,6 +64,9 @@ Kept = TypeVar("Kept")
 
 
 class Entries:
+    """The processes the table follows, by pid, with what the handlers need to change them:
+    the probes' kernel filters, the /proc root, the counters."""
+
     def __init__(self, kernel: KernelMaps | None, proc_root: Path, own_pid: int):
         self.kernel = kernel
         self.proc_root = proc_root

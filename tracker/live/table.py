@@ -13,10 +13,10 @@ than every event before that read, so a stale close cannot undo it; a lost
 event makes the whole table stale and re-audited.
 
 This is the core: the lock, the apply of one event (dispatched by its kind to
-the handler that owns it, tracker.live.handlers), the transitions each apply
-makes, and what the table answers. The entries and their marks are changed
-through tracker.live.entries; seeding, re-audits and drift against a frozen
-recheck are tracker.live.reconcile.
+the handler that owns it, tracker.live.handlers, as are the sweep and the work
+put off), the transitions each apply makes, and what the table answers. The
+entries and their marks are changed through tracker.live.entries; seeding,
+re-audits and drift against a frozen recheck are tracker.live.reconcile.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from probes.events import Event, Kind
 from tracker.audit import Audit, ProcessIdentity
 from tracker.live import reconcile
 from tracker.live.entries import Batch, Entries, KernelMaps, States
-from tracker.live.handlers import BY_KIND, fds, futexes, locks
+from tracker.live.handlers import BY_KIND, DEFERRING, SWEEPERS, fds
 from tracker.live.model import CR, Entry, Transition, iso_from_monotonic_ns
 from tracker.procfs import DEFAULT_PROC_ROOT
 from tracker.profiles import PROFILE_NAMES, Profile
@@ -39,6 +39,8 @@ from tracker.rules import Finding
 
 
 class LiveTable:
+    """The table's public face; every call holds its lock while it reads or changes entries."""
+
     def __init__(self, profile: Profile, kernel: KernelMaps | None = None,
                  proc_root: Path = DEFAULT_PROC_ROOT, own_pid: int | None = None):
         self.profile = profile
@@ -115,14 +117,16 @@ class LiveTable:
     def next_due_ns(self) -> int | None:
         """When run_due() has work: the earliest deferred lock read."""
         with self._lock:
-            return locks.next_due_ns(self._entries)
+            due = (family.next_due_ns(self._entries) for family in DEFERRING)
+            return min((when for when in due if when is not None), default=None)
 
     def run_due(self) -> list[Transition]:
         """The deferred lock reads whose time has come."""
         with self._lock:
             now = time.monotonic_ns()
             batch = self._batch(now)
-            locks.run_due(self._entries, now, batch)
+            for family in DEFERRING:
+                family.run_due(self._entries, now, batch)
             return self._finish(batch)
 
     def sweep(self) -> list[Transition]:
@@ -137,7 +141,8 @@ class LiveTable:
                     self.counters.swept += 1
                     self._entries.remove(entry, batch, gone=who is None)
                 else:
-                    futexes.recheck(self._entries, entry, who, batch)
+                    for family in SWEEPERS:
+                        family.sweep(self._entries, entry, who, batch)
             return self._finish(batch)
 
     def reconcile(self, result: Audit, started_ns: int, gate_tracer: int | None = None

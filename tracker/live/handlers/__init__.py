@@ -4,7 +4,10 @@ Every handler module exposes `HANDLERS`: the event kinds it owns, each with
 the function that applies one event of that kind to the table's entries,
 f(entries, event, batch). The table dispatches each event by its kind through
 BY_KIND, as tracker.checks routes each fd through FD_OWNERS, and knows no
-resource itself; a kind nobody owns is counted ignored.
+resource itself; a kind nobody owns is counted ignored. A module may also expose
+`sweep(entries, entry, who, batch)`, for what no event reports of a process
+the table follows (LiveTable.sweep calls it for each), and `next_due_ns(entries)`
+with `run_due(entries, now, batch)`, for work it put off (LiveTable.run_due).
 
 - fds.py: opens, dups, TCP connections, closes, close_range.
 - futexes.py: PI futex waits, holds and releases.
@@ -29,3 +32,5 @@ FAMILIES = (fds, futexes, memory, tracing, locks, namespaces, tasks, losses)
 
 BY_KIND: dict[Kind, Handler] = {
     kind: handler for family in FAMILIES for kind, handler in family.HANDLERS.items()}
+SWEEPERS = tuple(family for family in FAMILIES if hasattr(family, "sweep"))
+DEFERRING = tuple(family for family in FAMILIES if hasattr(family, "run_due"))

@@ -2,7 +2,7 @@
 
 A PI futex held is what only the probes see (CRIU's dump of the lock state
 is refused under `strict`); a wait the audit sees too. A futex unlocked in
-user space makes no syscall: the sweep asks /proc who owns it now (recheck).
+user space makes no syscall: the sweep asks /proc who owns it now.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def sync_pi(table: Entries, who: ProcessIdentity, tid: int, thread: PiThread, ts
         entry.pi.pop(tid, None)
 
 
-def recheck(table: Entries, entry: Entry, who: ProcessIdentity, batch: Batch) -> None:
+def sweep(table: Entries, entry: Entry, who: ProcessIdentity, batch: Batch) -> None:
     """What no event reports: futexes unlocked in user space, and waits that began
     before the probes were attached (they see no end of a call they did not see start)."""
     proc = Proc(entry.pid, table.proc_root)
