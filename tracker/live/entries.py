@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from probes.events import Event
 from tracker import procfs
@@ -74,14 +74,16 @@ class Entries:
         self.counters = Counters()
         self.by_pid: dict[int, Entry] = {}
         self._identities: dict[int, ProcessIdentity | None] | None = None  # see memoized()
-        self._kept: dict[type, object] = {}
+        self._kept: dict[type, Any] = {}
 
     def kept(self, kind: type[Kept]) -> Kept:
         """What one family of handlers remembers between events (closes seen, lock reads
         due): one object of its own type per table, made on first use."""
-        if kind not in self._kept:
-            self._kept[kind] = kind()
-        return cast(Kept, self._kept[kind])
+        try:
+            return self._kept[kind]
+        except KeyError:
+            made = self._kept[kind] = kind()
+            return made
 
     def pids(self) -> list[int]:
         """Every process on the host but crwatch itself."""
