@@ -40,6 +40,19 @@ class Audit:
     # part of it any more, so no checkpoint takes them and their findings are dropped.
     departed: list[int] = field(default_factory=list)
 
+    def exited(self, pid: int | None = None) -> bool:
+        """Did `pid` (by default the root) exit, or its pid get reused, while it was read?
+        Nothing read about it is worth judging then."""
+        return self._found(general.EXITED, pid)
+
+    def kernel_thread(self, pid: int | None = None) -> bool:
+        """Is `pid` (by default the root) a kernel thread, which nothing checkpoints?"""
+        return self._found(general.KERNEL_THREAD, pid)
+
+    def _found(self, code: str, pid: int | None) -> bool:
+        pid = self.root.pid if pid is None else pid
+        return any(finding.code == code and finding.pid == pid for finding in self.findings)
+
 
 class ThreadId(LookupError):
     """The id names a thread, not a process: /proc/TID exists, but its thread group
@@ -111,8 +124,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
             stat = proc.stat
             result.processes.append(ProcessIdentity(member, stat.start_time, stat.comm))
             if stat.is_kernel_thread:
-                result.findings.append(Finding(
-                    "task.kernel_thread", f"pid {member} ({stat.comm}) is a kernel thread", member))
+                result.findings.append(general.kernel_thread(member, stat.comm))
                 continue
             if member == os.getpid():
                 result.findings.append(Finding(
@@ -140,7 +152,7 @@ def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
 def _died_while_read(result: Audit, identity: ProcessIdentity, proc_root: Path) -> bool:
     """Its reads failed as a gone process's do, and it is exiting now: it died while read
     (a process in exit() has no exe, cwd or root any more, yet is not a zombie yet)."""
-    if not any(f.code == "audit.exited" and f.pid == identity.pid for f in result.findings):
+    if not result.exited(identity.pid):
         return False
     try:
         return Proc(identity.pid, proc_root).stat.is_exiting

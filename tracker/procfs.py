@@ -59,6 +59,11 @@ def _translate(pid: int, what: str, error: OSError) -> Exception:
     return error
 
 
+def pids(proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
+    """The pid of every process now, ascending (kernel threads included)."""
+    return sorted(int(name) for name in os.listdir(proc_root) if name.isdigit())
+
+
 def link_too_long(target: str) -> bool:
     """A link CRIU cannot read: unreadable here, or as long as CRIU's buffer."""
     return len(target) > LONGEST_LINK or target == NAME_TOO_LONG

@@ -219,7 +219,7 @@ class Recorder:
             for identity in result.processes:
                 member = self.members.known.get((identity.pid, identity.start_time))
                 findings = [f for f in result.findings if f.pid == identity.pid]
-                if member is None or any(f.code == "audit.exited" for f in findings):
+                if member is None or result.exited(identity.pid):
                     continue  # gone while it was read: nothing runs to judge
                 part = Audit(root=identity, tree=False, processes=[identity], findings=findings)
                 document = verdict.document(part, self.judged_by, list(self._allow_texts()))

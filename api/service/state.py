@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from tracker import verdict
+from tracker import procfs, verdict
 from tracker.live import probe_found
 from tracker.audit import Audit, ThreadId, audit, identify
 from api.service.history import SCHEMA as HISTORY_SCHEMA
@@ -216,8 +216,7 @@ class Service:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie
             raise PermissionError(str(error)) from None
-        if any(finding.code == "audit.exited" and finding.pid == pid
-               for finding in result.findings):
+        if result.exited(pid):
             raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
         return result
 
@@ -299,7 +298,7 @@ class Service:
             result, _ = self._reusable_audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
             return None
-        if any(finding.code == "task.kernel_thread" for finding in result.findings):
+        if result.kernel_thread():
             return None
         findings = result.findings + probe_found.findings(self._probe_found(result))
         return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
@@ -397,7 +396,7 @@ class ProcessRows:
 
     def refresh(self) -> None:
         service = self._service
-        alive = set(_pids())
+        alive = set(procfs.pids())
         with self._lock:
             for pid in [pid for pid in self._rows if pid not in alive]:
                 del self._rows[pid]
@@ -422,10 +421,6 @@ class ProcessRows:
                     self._rows[pid] = fresh
         service.forget_old_audits()
         self.refreshed_at = verdict.utc_now()
-
-
-def _pids() -> list[int]:
-    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
 
 
 def _cgroup(pid: int) -> str:

@@ -109,8 +109,9 @@ class Barrier:
         with self._changed:
             if not self._changed.wait_for(lambda: self._helper_cr_ns > asked, BARRIER_TIMEOUT):
                 pytest.fail(f"the tracker applied no barrier within {BARRIER_TIMEOUT} s")
-        # Lock reads put off to the end of their interval (tracker.live.table.LOCK_READ_INTERVAL_NS)
-        # are still to come: they run within that interval, once due.
+        # Lock reads put off to the end of their interval
+        # (tracker.live.handlers.locks.LOCK_READ_INTERVAL_NS) are still to come: they run
+        # within that interval, once due.
         deadline = time.monotonic() + BARRIER_TIMEOUT
         while (due := self.tracker.table.next_due_ns()) is not None:
             assert time.monotonic() < deadline, "deferred lock reads never ran"

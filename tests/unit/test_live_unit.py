@@ -17,9 +17,11 @@ import pytest
 
 from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
-from tracker.live import table as live
-from tracker.live.table import LOCK_READ_INTERVAL_NS, LiveTable
+from tracker.live import handlers
+from tracker.live.handlers.fds import dup_close_pairs
+from tracker.live.handlers.locks import LOCK_READ_INTERVAL_NS
 from tracker.live.model import CR, NOCR, boot_seconds
+from tracker.live.table import LiveTable
 from tracker.procfs import CLOCK_TICKS
 from tracker.profiles import profile
 
@@ -553,6 +555,11 @@ def test_seed_marks_what_the_probes_would_follow(kernel):
 
 # ---------------------------------------------------------------- batches
 
+def test_each_event_kind_is_applied_by_the_one_handler_family_that_owns_it():
+    owned = [kind for family in handlers.FAMILIES for kind in family.HANDLERS]
+    assert sorted(owned) == sorted(Kind)  # none left to be ignored, none claimed twice
+
+
 def test_dup_close_pairs_only_where_nothing_else_touched_the_copy_or_its_original():
     pid, other = 100, 200
     events = [
@@ -572,8 +579,8 @@ def test_dup_close_pairs_only_where_nothing_else_touched_the_copy_or_its_origina
         event(Kind.FORKED, pid, arg=other),          # 13
         event(Kind.FD_CLOSED, pid, fd=10),           # 14
     ]
-    assert live.dup_close_pairs(events) == {0: 3, 1: 4, 9: 10}
-    assert live.dup_close_pairs(events + [event(Kind.LOST, 0)]) == {}
+    assert dup_close_pairs(events) == {0: 3, 1: 4, 9: 10}
+    assert dup_close_pairs(events + [event(Kind.LOST, 0)]) == {}
 
 
 def test_a_copy_of_a_marked_fd_closed_untouched_is_skipped_and_counted(table):

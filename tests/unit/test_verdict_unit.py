@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker import verdict
+from tracker import procfs, verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
 from tracker.checks.catalogue import Catalogue, catalogue
 from tracker.criu import options
@@ -104,11 +104,12 @@ def test_stat_parsing_survives_parentheses_and_spaces_in_comm():
         (42, "we ird) (name)", "S", 3, 12345)
 
 
-def fake_proc(root: Path, pid: int) -> None:
+def fake_proc(root: Path, pid: int, flags: int = 4194304) -> None:
     """A fixture /proc entry: a process whose fd directory is gone (it exited mid-audit)."""
     entry = root / str(pid)
     entry.mkdir(parents=True)
-    fields = " ".join(["S", "1", str(pid), str(pid), "0", "-1", "4194304"] + ["0"] * 10 + ["1", "0", "500"])
+    fields = " ".join(["S", "1", str(pid), str(pid), "0", "-1", str(flags)]
+                      + ["0"] * 10 + ["1", "0", "500"])
     (entry / "stat").write_text(f"{pid} (fixture) {fields}\n")
     (entry / "task").mkdir()
 
@@ -120,6 +121,22 @@ def test_a_process_that_exits_mid_audit_is_unknown(tmp_path):
     assert document["verdict"] == "unknown"
     assert [r["code"] for r in document["reasons"]] == ["audit.exited"]
     assert "exited" in document["reasons"][0]["message"]
+
+
+def test_an_audit_says_which_of_its_processes_exited_or_is_a_kernel_thread(tmp_path):
+    fake_proc(tmp_path, 77)
+    fake_proc(tmp_path, 2, flags=0x00200000)  # PF_KTHREAD
+    gone, kernel = audit(77, proc_root=tmp_path), audit(2, proc_root=tmp_path)
+    assert gone.exited() and gone.exited(77) and not gone.exited(2)
+    assert not gone.kernel_thread()
+    assert kernel.kernel_thread() and kernel.kernel_thread(2) and not kernel.kernel_thread(77)
+    assert not kernel.exited()
+
+
+def test_pids_are_the_numeric_names_of_proc_in_order(tmp_path):
+    for name in ("300", "7", "self", "sys", "42"):
+        (tmp_path / name).mkdir()
+    assert procfs.pids(tmp_path) == [7, 42, 300]
 
 
 def test_a_pid_that_does_not_exist_raises_process_gone(tmp_path):

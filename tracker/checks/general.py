@@ -13,8 +13,13 @@ from tracker.context import AuditContext
 from tracker.procfs import NAME_TOO_LONG, OpenFd, Proc, link_too_long
 from tracker.rules import BLOCKER, Finding, Rule
 
+# The two codes that say an audit has nothing to judge: ask Audit.exited and
+# Audit.kernel_thread rather than comparing them.
+EXITED = "audit.exited"
+KERNEL_THREAD = "task.kernel_thread"
+
 RULES = (
-    Rule("audit.exited", "The process exited (or its pid was reused) during the audit", BLOCKER,
+    Rule(EXITED, "The process exited (or its pid was reused) during the audit", BLOCKER,
          "audit again: the process that was asked about is gone",
          criu_message="No process with such pid", makes_unknown=True),
     Rule("audit.unreadable", "/proc refused to show part of the process", BLOCKER,
@@ -22,7 +27,7 @@ RULES = (
     Rule("fd.unclassified", "An open file of a kind crwatch does not know", BLOCKER,
          "close the file before checkpointing; CRIU refuses files it cannot classify",
          criu_message="Can't dump file %d of that type [%o] (unknown %s)"),
-    Rule("task.kernel_thread", "A kernel thread cannot be checkpointed", BLOCKER,
+    Rule(KERNEL_THREAD, "A kernel thread cannot be checkpointed", BLOCKER,
          "kernel threads belong to the kernel; checkpoint a user process instead"),
     Rule("task.crwatch_itself", "The tree contains the auditing crwatch process", BLOCKER,
          "audit a tree that does not contain crwatch (CRIU refuses to dump itself)",
@@ -39,7 +44,11 @@ PROCESS_LINKS = ("cwd", "root")
 
 
 def exited(pid: int) -> Finding:
-    return Finding("audit.exited", f"pid {pid} exited or was replaced during the audit", pid)
+    return Finding(EXITED, f"pid {pid} exited or was replaced during the audit", pid)
+
+
+def kernel_thread(pid: int, comm: str) -> Finding:
+    return Finding(KERNEL_THREAD, f"pid {pid} ({comm}) is a kernel thread", pid)
 
 
 def unreadable(pid: int, what: str, reason: str) -> Finding:

@@ -3,9 +3,19 @@ now, why, and since when.
 
 - applier.py: the Tracker: attaches the probes, seeds the table, applies events on a
   supervised thread, and tells subscribers.
-- table.py: the live table itself; model.py its records; reads.py what /proc says
-  about the one resource an event names; probe_found.py what only probes know,
+- table.py: the table core (LiveTable): the lock, the apply of each event dispatched by
+  its kind, the transitions an apply makes, and what the table answers.
+- entries.py: the entries and marks, and the only code that changes them (Entries), with
+  the Batch that records each change of an apply.
+- handlers/: one module per resource family (fds, PI futexes, memory, ptrace, locks, pid
+  namespaces, process life, losses), each registering the event kinds it applies.
+- reconcile.py: the table against /proc audits: seeding, re-audits after a loss, drift
+  against a frozen recheck.
+- model.py: the records (marks, entries, transitions, counters); reads.py: what /proc
+  says about the one resource an event names; probe_found.py: what only probes know,
   joined to a verdict.
 
-May import: probes, tracker.audit and tracker.checks (to judge what /proc shows),
-tracker.verdict. Nothing below it (audit, checks, verdict) imports this package."""
+Inside, imports go one way: model, reads < entries < reconcile < handlers < table <
+applier. May import: probes, tracker.audit, tracker.checks, tracker.procfs,
+tracker.verdict and what they stand on (rules, context, profiles, holders, environment,
+supervised). Never api. Nothing below it (audit, checks, verdict) imports this package."""
