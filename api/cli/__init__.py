@@ -1,4 +1,13 @@
-"""The `crwatch` command line: the parser (main.py) and one module per command.
+"""The `crwatch` command line.
 
-May import: tracker, probes, api.render, api.rules_document, api.service (serve and
-settings), api.ci (run)."""
+main.py holds the parser and the dispatch; arguments.py the argument types and
+groups several commands share; exit_codes.py the one table of exit statuses,
+which every command returns from. One module per command, each with `run(args)`
+returning its exit status: check.py, rules.py, env.py, watch.py, gate.py,
+criu_hook.py (also the `crwatch-criu-hook` command), run.py (the command-line
+side of CI gating: arguments, report files, exit status) and serve.py.
+
+May import: tracker, probes, api.render, api.rules_document, api.service.settings
+(where a service listens), api.service.app and its connection guard (serve only),
+api.ci (run). Nothing else imports api.cli: it is an entry point, not a library.
+"""
