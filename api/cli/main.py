@@ -25,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crwatch", description="Can this process be checkpointed right now, and if not, why?")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_check, _rules, _env, _watch, _gate, _criu_hook, _run, _serve):
+        add_command(commands)
+    return parser
 
+
+def _check(commands) -> None:
     check = commands.add_parser("check", help="audit processes and print their verdicts")
     check.add_argument("pids", nargs="+", type=arguments.pid, metavar="PID")
     arguments.add_scope_arguments(
@@ -38,19 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "e.g. --allow=--tcp-established")
     arguments.add_profile_arguments(check)
 
+
+def _rules(commands) -> None:
     rules = commands.add_parser("rules", help="list the rule catalogue")
     rules.add_argument("--json", action="store_true")
     arguments.add_profile_arguments(rules)
 
+
+def _env(commands) -> None:
     env = commands.add_parser("env", help="show the dumper's environment verdicts depend on "
                                           "(capabilities, network lock, CRIU features, kernel)")
     env.add_argument("--json", action="store_true",
                      help="print the environment document (crwatch.environment/1)")
 
+
+def _watch(commands) -> None:
     watch = commands.add_parser("watch", help="stream nocr/cr transitions as NDJSON (needs root)")
     arguments.add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
     watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+
+
+def _gate(commands) -> None:
     gate = commands.add_parser(
         "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
                      "(needs root)")
@@ -84,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--hold", type=arguments.seconds, default=0.0, help=argparse.SUPPRESS)
     arguments.add_profile_arguments(gate)
 
+
+def _criu_hook(commands) -> None:
     commands.add_parser(
         "criu-hook", help="CRIU's --action-script: recheck at pre-dump, abort the dump if the "
                           "tree is not checkpointable (installed as crwatch-criu-hook)")
 
+
+def _run(commands) -> None:
     run = commands.add_parser(
         "run", help="run a command and judge its whole process tree, for CI (root, or a "
                     "running service)",
@@ -116,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     arguments.add_profile_arguments(run)
 
+
+def _serve(commands) -> None:
     serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
@@ -138,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
     arguments.add_profile_arguments(serve)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
