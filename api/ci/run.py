@@ -60,7 +60,7 @@ class RunRequest:
         return "at-end" if self.at_end else "transient"
 
 
-def run(request: RunRequest, chosen: Profile) -> EndedRun:
+def run_and_follow(request: RunRequest, chosen: Profile) -> EndedRun:
     """Run the command, follow its tree until it ends, and say what the tree went through.
     RunError: no feed of transitions; CommandNotFound: the command did not start."""
     command = request.command

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from api.ci.report import junit, text
-from api.ci.run import CommandNotFound, RunError, RunRequest
-from api.ci.run import run as run_command
+from api.ci.run import CommandNotFound, RunError, RunRequest, run_and_follow
 from api.cli import exit_codes
 from api.cli.arguments import judged_by
 from tracker.safe_text import json_text
@@ -42,7 +41,7 @@ def run(args) -> int:
                          degraded_ok=args.degraded_ok, interval=args.interval,
                          service=args.service)
     try:
-        ended = run_command(request, chosen)
+        ended = run_and_follow(request, chosen)
     except CommandNotFound as error:
         print(f"crwatch: {error}", file=sys.stderr)
         return exit_codes.COMMAND_NOT_FOUND
