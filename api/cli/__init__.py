@@ -7,7 +7,8 @@ returning its exit status: check.py, rules.py, env.py, watch.py, gate.py,
 criu_hook.py (also the `crwatch-criu-hook` command), run.py (the command-line
 side of CI gating: arguments, report files, exit status) and serve.py.
 
-May import: tracker, probes, api.render, api.rules_document, api.service.settings
-(where a service listens), api.service.app and its connection guard (serve only),
-api.ci (run). Nothing else imports api.cli: it is an entry point, not a library.
+May import: tracker, probes (watch), api.render, api.rules_document, api.ci (run),
+api.service.settings (defaults, where a service listens), and for serve only
+api.service.app, .connections and .history. No other package imports api.cli: it is
+an entry point, not a library.
 """
