@@ -39,6 +39,8 @@ def pytest_configure(config) -> None:
 
 class CheckpointWatch:
     def __init__(self, config):
+        # The tracker is imported only once --crwatch is given: every pytest run where
+        # crwatch is installed loads this plugin (an entry point) and would pay for it.
         from api.ci.feed import FeedError, choose_feed
         from api.ci.recorder import Members, Recorder, become_subreaper
         from tracker.profiles import profile
@@ -74,7 +76,7 @@ class CheckpointWatch:
         return result
 
     def _failures(self, before: dict, allowed: list[str]) -> list[str]:
-        from tracker import verdict
+        from tracker import verdict  # as in __init__: only with --crwatch
         from tracker.criu import options
         from tracker.safe_text import visible
 

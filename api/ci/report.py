@@ -1,12 +1,16 @@
-"""The report of `crwatch run`: a document (crwatch.run/1), its text, and JUnit XML."""
+"""The report of `crwatch run`: what an ended run says (EndedRun), its document
+(crwatch.run/1), its text, and JUnit XML."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from functools import cached_property
 
-from api.render import WIDTH, reason_lines
 from api.ci.recorder import Member
+from api.render import WIDTH, reason_lines
 from tracker import verdict
 from tracker.criu import options
+from tracker.profiles import Profile
 from tracker.safe_text import visible_all
 
 SCHEMA = "crwatch.run/1"
@@ -36,34 +40,61 @@ def member_failures(member: Member, mode: str, allowed: dict) -> list[str]:
     return failures
 
 
-def document(*, command: list[str], mode: str, judged_by, allow: list[str], source: str,
-             started_at: str, ended_at: str, status: int, exit_code: int, members: list[Member],
-             markers: list[dict], lost: int, problems: list[str]) -> dict:
-    allowed = options.parse_allow(allow)
-    processes = []
-    for member in sorted(members, key=lambda m: (m.start_time, m.pid)):
-        if not member.episodes and not member.audits:
-            continue  # never anything to say about it
-        failures = member_failures(member, mode, allowed)
-        processes.append({
-            "pid": member.pid, "start_time": member.start_time, "comm": member.comm,
-            "cmdline": member.cmdline, "parent": member.parent, "failed": bool(failures),
-            "failures": failures,
-            "episodes": [episode.as_dict(allowed) for episode in member.episodes],
-            "audits": [{"at": taken["at"], "cause": taken["cause"],
-                        "verdict": taken["verdict"]["verdict"],
-                        "checkpointable": taken["verdict"]["checkpointable"],
-                        "required_options": taken["verdict"]["required_options"],
-                        "reasons": taken["verdict"]["reasons"]} for taken in member.audits],
-        })
-    return {"schema": SCHEMA, "command": command, "mode": mode, "profile": judged_by.name,
-            "criu_version": ".".join(map(str, judged_by.criu_version)),
-            "allowed_options": sorted(allowed), "source": source,
-            "started_at": started_at, "ended_at": ended_at, "command_status": status,
-            "exit_code": exit_code, "followed": len(members), "lost_events": lost,
-            "markers": markers, "problems": problems,
-            "checkpointable": not any(p["failed"] for p in processes) and not problems,
-            "processes": processes}
+@dataclass
+class EndedRun:
+    """What a run's report says, but the exit status it ends with: that is its caller's to
+    decide (the command line's, from the command's status and `checkpointable`)."""
+
+    command: list[str]
+    mode: str
+    judged_by: Profile
+    allow: list[str]
+    source: str
+    started_at: str
+    ended_at: str
+    status: int             # the command's, as a shell shows it: 128 + N when killed by N
+    members: list[Member]   # the processes followed, the feed's own left out
+    markers: list[dict]
+    lost: int
+    problems: list[str]
+
+    @cached_property
+    def processes(self) -> list[dict]:
+        """Each process the run has something to say about, oldest first."""
+        allowed = options.parse_allow(self.allow)
+        processes = []
+        for member in sorted(self.members, key=lambda m: (m.start_time, m.pid)):
+            if not member.episodes and not member.audits:
+                continue  # never anything to say about it
+            failures = member_failures(member, self.mode, allowed)
+            processes.append({
+                "pid": member.pid, "start_time": member.start_time, "comm": member.comm,
+                "cmdline": member.cmdline, "parent": member.parent, "failed": bool(failures),
+                "failures": failures,
+                "episodes": [episode.as_dict(allowed) for episode in member.episodes],
+                "audits": [{"at": taken["at"], "cause": taken["cause"],
+                            "verdict": taken["verdict"]["verdict"],
+                            "checkpointable": taken["verdict"]["checkpointable"],
+                            "required_options": taken["verdict"]["required_options"],
+                            "reasons": taken["verdict"]["reasons"]} for taken in member.audits],
+            })
+        return processes
+
+    @property
+    def checkpointable(self) -> bool:
+        return not any(p["failed"] for p in self.processes) and not self.problems
+
+    def document(self, exit_code: int) -> dict:
+        """The report (crwatch.run/1), with the exit status the run ends with."""
+        return {"schema": SCHEMA, "command": self.command, "mode": self.mode,
+                "profile": self.judged_by.name,
+                "criu_version": ".".join(map(str, self.judged_by.criu_version)),
+                "allowed_options": sorted(options.parse_allow(self.allow)), "source": self.source,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "command_status": self.status, "exit_code": exit_code,
+                "followed": len(self.members), "lost_events": self.lost,
+                "markers": self.markers, "problems": self.problems,
+                "checkpointable": self.checkpointable, "processes": self.processes}
 
 
 def text(report: dict) -> str:

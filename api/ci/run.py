@@ -1,4 +1,4 @@
-"""`crwatch run -- CMD`: run a command and judge its whole process tree, for CI.
+"""The engine of `crwatch run -- CMD`: run a command and follow its whole process tree.
 
 The command runs as a child of crwatch, which is made the tree's child
 subreaper so that every process the command starts stays in the tree. The
@@ -6,7 +6,8 @@ transitions of the tree come from a running service's `/events`, else from a
 `crwatch watch` of its own (root); without either, with `--degraded-ok`,
 from audits every `--interval` seconds. At the end, once the feed has caught
 up (a barrier), whatever still runs is audited, and the report says every
-process that was ever non-checkpointable, why, when and for how long.
+process that was ever non-checkpointable, why, when and for how long. The
+command line (api.cli.run) writes that report and decides the exit status.
 """
 from __future__ import annotations
 
@@ -17,63 +18,76 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.ci.feed import Feed, FeedError, choose_feed
 from api.ci.recorder import Members, Recorder, become_subreaper
-from api.ci.report import document, junit, text
+from api.ci.report import EndedRun
 from tracker.environment import current as current_environment
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
-from tracker.safe_text import json_text
 from tracker.verdict import utc_now
 
-EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 127
 TICK_S = 0.02   # how often markers and orphans are looked at while the command runs
 
 
-def run_run(args, chosen: Profile) -> int:
-    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not command:
-        print("crwatch: run needs a command: crwatch run [OPTIONS] -- CMD [ARGS...]",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if _executable(command[0]) is None:
-        print(f"crwatch: {command[0]}: command not found", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    unwritable = [problem for path in (args.json, args.junit) if path
-                  and (problem := _unwritable(path))]
-    if unwritable:  # said before the command runs, not after a long run
-        for problem in unwritable:
-            print(f"crwatch: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    mode = "marker" if (args.at_signal or args.at_file) else "at-end" if args.at_end \
-        else "transient"
+class RunError(Exception):
+    """The run cannot go on: said before the command runs."""
 
+
+class CommandNotFound(RunError):
+    """The command cannot be started."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run and how to judge it."""
+
+    command: list[str]
+    allow: list[str] = field(default_factory=list)
+    at_end: bool = False              # judge only what still runs at the end
+    at_signal: int | None = None      # judge the tree each time crwatch gets this signal
+    at_file: str | None = None        # ... each time the workload creates or touches it
+    degraded_ok: bool = False         # without root or a service: audits every `interval`
+    interval: float = 0.5
+    service: str | None = None        # the service whose events to use
+
+    @property
+    def mode(self) -> str:
+        if self.at_signal or self.at_file:
+            return "marker"
+        return "at-end" if self.at_end else "transient"
+
+
+def run_and_follow(request: RunRequest, chosen: Profile) -> EndedRun:
+    """Run the command, follow its tree until it ends, and say what the tree went through.
+    RunError: no feed of transitions; CommandNotFound: the command did not start."""
+    command = request.command
     # The dumper's environment (CRIU's feature checks run as children of crwatch) is
     # detected before the tree is followed: those checks are never taken for part of it.
     current_environment()
     become_subreaper()
     members = Members(root=os.getpid(), excluded=set())
-    recorder = Recorder(members, chosen, args.allow)
+    recorder = Recorder(members, chosen, request.allow)
     try:
-        feed, source = _feed(args, chosen, recorder)
+        feed, source = _feed(request, chosen, recorder)
     except FeedError as error:
-        print(f"crwatch: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise RunError(str(error)) from None
     if feed is not None:
         recorder.follow(feed)
 
     markers: list[dict] = []
     signalled: list[str] = []
-    if args.at_signal:
-        signal.signal(args.at_signal, lambda number, _: signalled.append(
+    if request.at_signal:
+        signal.signal(request.at_signal, lambda number, _: signalled.append(
             f"signal {signal.Signals(number).name}"))
     started_at = utc_now()
     # A workload that must hold its state until it is judged waits for a line here.
     marks = Path(tempfile.mkdtemp(prefix="crwatch-run-")) / "marks"
     marks.touch()
-    before = _stamp(args.at_file) if args.at_file else None  # before the command can touch it
+    # stamped before the command can touch it
+    before = _stamp(request.at_file) if request.at_file else None
     environment = dict(os.environ, CRWATCH_PID=str(os.getpid()), CRWATCH_MARKS=str(marks))
     try:
         # Its own session, as a checkpointed service would have (else every verdict would
@@ -83,13 +97,12 @@ def run_run(args, chosen: Profile) -> int:
                                  env=environment, start_new_session=True)
     except OSError as error:
         _close(feed)
-        print(f"crwatch: {command[0]}: {error.strerror}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        raise CommandNotFound(f"{command[0]}: {error.strerror}") from None
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, lambda number, _: _signal_group(child.pid, number))
     managed = {child.pid} | members.excluded
     try:
-        _follow(child, args, recorder, feed, markers, signalled, managed, marks, before)
+        _follow(child, request, recorder, feed, markers, signalled, managed, marks, before)
         if feed is not None:
             feed.barrier()  # every event until now is in, the command still a zombie
         status = _status(child.wait())
@@ -103,71 +116,36 @@ def run_run(args, chosen: Profile) -> int:
         shutil.rmtree(marks.parent, ignore_errors=True)
 
     problems = []
-    if mode == "marker" and not any(m["cause"].startswith(("signal", "file")) for m in markers):
+    if request.mode == "marker" and not any(m["cause"].startswith(("signal", "file"))
+                                            for m in markers):
         problems.append("the marker never came: the state was never judged")
-    report = document(command=command, mode=mode, judged_by=chosen, allow=args.allow,
-                      source=source, started_at=started_at, ended_at=utc_now(), status=status,
-                      exit_code=0, markers=markers, members=[
-                          m for m in members.known.values() if m.pid not in members.excluded],
-                      lost=recorder.lost, problems=problems)
-    report["exit_code"] = status if status != 0 else \
-        (EXIT_OK if report["checkpointable"] else EXIT_NOT_CHECKPOINTABLE)
-    print(text(report), file=sys.stderr)
-    written = all([_write(args.json, (json_text(report, indent=2) + "\n").encode(), "report"),
-                   _write(args.junit, junit(report), "JUnit report")])
-    return report["exit_code"] if written or report["exit_code"] else EXIT_USAGE
+    return EndedRun(command=command, mode=request.mode, judged_by=chosen, allow=request.allow,
+                    source=source, started_at=started_at, ended_at=utc_now(), status=status,
+                    markers=markers, members=[m for m in members.known.values()
+                                              if m.pid not in members.excluded],
+                    lost=recorder.lost, problems=problems)
 
 
-def _unwritable(path: str) -> str | None:
-    """Why a report cannot be written at `path` (None: it can), found by opening it the way
-    the report will be written, without changing it: a file made only for this goes again."""
-    existed = os.path.lexists(path)
-    try:
-        # O_NONBLOCK: a FIFO nobody reads is refused (ENXIO) instead of blocking
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC,
-                     0o644)
-    except OSError as error:
-        return f"cannot write a report to {path}: {error.strerror}"
-    os.close(fd)
-    if not existed:
-        os.unlink(path)
-    return None
-
-
-def _write(path: str | None, content: bytes, what: str) -> bool:
-    """Write a report file; when that fails after all, say why and print it on stdout instead."""
-    if not path:
-        return True
-    try:
-        Path(path).write_bytes(content)
-        return True
-    except OSError as error:
-        print(f"crwatch: cannot write the {what} to {path}: {error.strerror}; it follows on "
-              f"stdout", file=sys.stderr)
-        sys.stdout.buffer.write(content)
-        sys.stdout.flush()
-        return False
-
-
-def _feed(args, chosen: Profile, recorder: Recorder) -> tuple[Feed | None, str]:
+def _feed(request: RunRequest, chosen: Profile,
+          recorder: Recorder) -> tuple[Feed | None, str]:
     """The service's events if one answers, else a watch of our own (root), else none."""
-    feed, base = choose_feed(recorder.on_line, args.service, chosen.name)
+    feed, base = choose_feed(recorder.on_line, request.service, chosen.name)
     if feed is not None:
         feed.start()
         return feed, feed.source
-    if args.degraded_ok:
+    if request.degraded_ok:
         print(f"crwatch: warning: not root and no crwatch service at {base}: no probes; "
-              f"judging by audits every {args.interval:g} s instead (states shorter than "
+              f"judging by audits every {request.interval:g} s instead (states shorter than "
               f"that are missed, and only this user's processes can be read)", file=sys.stderr)
-        return None, f"audits every {args.interval:g} s (degraded: no probes)"
+        return None, f"audits every {request.interval:g} s (degraded: no probes)"
     raise FeedError(
         f"run needs root to attach the eBPF probes (or a crwatch service at {base}): "
         f"without them, states that come and go are never seen. Run as root, start "
         f"`crwatch serve`, or pass --degraded-ok to judge by audits every "
-        f"{args.interval:g} s")
+        f"{request.interval:g} s")
 
 
-def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None,
+def _follow(child: subprocess.Popen, request: RunRequest, recorder: Recorder, feed: Feed | None,
             markers: list[dict], signalled: list[str], managed: set[int], marks: Path,
             marker_file: tuple[int, int] | None) -> None:
     """Until the command exits: markers, orphans to reap, audits when degraded."""
@@ -177,9 +155,9 @@ def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None
             return
         time.sleep(TICK_S)
         causes = [signalled.pop(0) for _ in list(signalled)]
-        if args.at_file and (stamp := _stamp(args.at_file)) != marker_file and stamp:
+        if request.at_file and (stamp := _stamp(request.at_file)) != marker_file and stamp:
             marker_file = stamp
-            causes.append(f"file {args.at_file}")
+            causes.append(f"file {request.at_file}")
         for cause in causes:
             at = utc_now()
             if feed is not None:
@@ -190,7 +168,7 @@ def _follow(child: subprocess.Popen, args, recorder: Recorder, feed: Feed | None
                 done.write(f"{len(markers)} {cause}\n")
         if feed is None and time.monotonic() >= next_audit:
             recorder.observe_by_audit(utc_now())
-            next_audit = time.monotonic() + args.interval
+            next_audit = time.monotonic() + request.interval
         _reap_orphans(managed)
 
 
@@ -238,12 +216,6 @@ def _stamp(path: str) -> tuple[int, int] | None:
 def _status(returncode: int) -> int:
     """A shell's view: killed by signal N is 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _executable(name: str) -> str | None:
-    if os.sep in name:
-        return name if os.access(name, os.X_OK) and not os.path.isdir(name) else None
-    return shutil.which(name)
 
 
 def _close(feed: Feed | None) -> None:

@@ -8,21 +8,24 @@ from __future__ import annotations
 import os
 import sys
 
+from api.cli import exit_codes
+from api.cli.arguments import judged_by
+from api.render import verdict_text
 from tracker import verdict
-from tracker.audit import ThreadId, audit, identify
+from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
+from tracker.checks.general import exited
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 from tracker.safe_text import json_text
 
-EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
 
-
-def run_check(args, chosen: Profile) -> int:
+def run(args) -> int:
+    chosen = judged_by(args)
     refusals = [refusal for pid in args.pids if (refusal := _refusal(pid))]
     if refusals:
         for refusal in refusals:
             print(f"crwatch: {refusal}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     if os.geteuid() != 0:
         print("crwatch: not running as root: the open files, memory maps and sockets of other "
               "users' processes cannot be read, and those processes will be judged 'unknown' "
@@ -39,7 +42,9 @@ def run_check(args, chosen: Profile) -> int:
         documents.append(verdict.document(result, chosen, args.allow) if result
                          else _gone_document(pid, chosen, args.allow, tree))
     _print(documents, args.json)
-    return EXIT_OK if all(d["checkpointable"] for d in documents) else EXIT_NOT_CHECKPOINTABLE
+    if all(document["checkpointable"] for document in documents):
+        return exit_codes.OK
+    return exit_codes.NOT_CHECKPOINTABLE
 
 
 def _refusal(pid: int) -> str | None:
@@ -57,9 +62,6 @@ def _refusal(pid: int) -> str | None:
 
 
 def _gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool) -> dict:
-    from tracker.audit import Audit, ProcessIdentity
-    from tracker.checks.general import exited
-
     gone = Audit(root=ProcessIdentity(pid, 0.0, ""), tree=tree, findings=[exited(pid)])
     return verdict.document(gone, chosen, allow)
 
@@ -69,6 +71,4 @@ def _print(documents: list[dict], as_json: bool) -> None:
         payload = documents[0] if len(documents) == 1 else documents
         print(json_text(payload, indent=2))
         return
-    from api.render import verdict_text
-
     print("\n\n".join(verdict_text(document) for document in documents))

@@ -16,52 +16,53 @@ from __future__ import annotations
 import os
 import sys
 
+from api.cli import exit_codes
+from api.render import gate_text
 from tracker.checks.catalogue import catalogue
 from tracker.criu.options import given_options
 from tracker.criu.runner import probe_criu
 from tracker.gate.recheck import GateError, GateRequest, gate
 from tracker.procfs import ProcessGone
-from tracker.profiles import Profile, profile
-
-EXIT_PASS, EXIT_ABORT, EXIT_USAGE = 0, 1, 2
+from tracker.profiles import profile
 
 
-def run_hook(chosen: Profile | None = None) -> int:
+def main() -> int:
+    """The `crwatch-criu-hook` command. It takes no arguments: CRIU says what it dumps
+    in the environment (CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID), and which options it was
+    given on its own command line, read from its /proc."""
     action = os.environ.get("CRTOOLS_SCRIPT_ACTION")
     if action is None:
         print("crwatch criu-hook: this is CRIU's action script; give its path to CRIU:\n"
               '  criu dump -t PID -D DIR --action-script "$(command -v crwatch-criu-hook)"',
               file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     if action != "pre-dump":
-        return EXIT_PASS
+        return exit_codes.OK
     try:
         pid = int(os.environ["CRTOOLS_INIT_PID"])
     except (KeyError, ValueError):
         print("crwatch criu-hook: CRIU did not say which tree it dumps (CRTOOLS_INIT_PID)",
               file=sys.stderr)
-        return EXIT_ABORT
+        return exit_codes.ABORT_DUMP
     criu_pid = os.getppid()
     criu = probe_criu(f"/proc/{criu_pid}/exe")
-    chosen = chosen or profile("criu", criu.version if criu else None)
+    chosen = profile("criu", criu.version if criu else None)
     allow = criu_options(_cmdline(criu_pid))
     try:
         # The tree is released before this returns, and CRIU seizes it right after.
         document = gate(GateRequest(pid, tree=True, allow=tuple(allow)), chosen)
     except ProcessGone:
         print(f"crwatch criu-hook: no process with pid {pid}", file=sys.stderr)
-        return EXIT_ABORT
+        return exit_codes.ABORT_DUMP
     except GateError as error:  # pid 1, or a tree holding crwatch
         print(f"crwatch criu-hook: {error}", file=sys.stderr)
-        return EXIT_ABORT
-    from api.render import gate_text
-
+        return exit_codes.ABORT_DUMP
     if document["checkpointable"]:
         print(f"crwatch: pid {pid} is checkpointable ({chosen.label}); CRIU may go on",
               file=sys.stderr)
-        return EXIT_PASS
+        return exit_codes.OK
     print(gate_text(document), file=sys.stderr)
-    return EXIT_ABORT
+    return exit_codes.ABORT_DUMP
 
 
 def criu_options(argv: list[str]) -> list[str]:
@@ -77,6 +78,6 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def main() -> int:
-    """The `crwatch-criu-hook` command."""
-    return run_hook()
+def run(args) -> int:
+    """`crwatch criu-hook`: the same as `crwatch-criu-hook` (its parser takes no arguments)."""
+    return main()

@@ -3,26 +3,26 @@ from __future__ import annotations
 
 import sys
 
+from api.cli import exit_codes
 from tracker import environment
 from tracker.safe_text import json_text, visible_all
 
-EXIT_OK, EXIT_USAGE = 0, 2
 LOCK_NEEDS = {"iptables": "no option needed", "nftables": "needs --network-lock nftables",
               "none": "no lock works: install iptables, or lock it yourself and use "
                       "--network-lock skip"}
 
 
-def run_env(args) -> int:
+def run(args) -> int:
     try:
         facts = environment.current()
     except (OSError, ValueError) as error:  # /proc/self/status unreadable or unexpected
         print(f"crwatch: cannot read the dumper's environment: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     if args.json:
         print(json_text(facts.to_json(), indent=2))
     else:
         print(environment_text(facts))
-    return EXIT_OK
+    return exit_codes.OK
 
 
 def _capability_summary(capabilities: environment.Capabilities) -> str:

@@ -13,6 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from api.cli import exit_codes
+from api.cli.arguments import judged_by
+from api.render import gate_text
 from api.service.settings import service_url
 from tracker.audit import ThreadId, identify
 from tracker.criu.runner import criu_at
@@ -21,7 +24,6 @@ from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 from tracker.safe_text import json_text, visible
 
-EXIT_PASSED, EXIT_REFUSED, EXIT_USAGE, EXIT_DUMP_FAILED = 0, 1, 2, 3
 SERVICE_TIMEOUT_S = 120  # a gate with a dump of a large tree takes a while
 
 
@@ -29,7 +31,8 @@ class ServiceUnreachable(Exception):
     pass
 
 
-def run_gate(args, chosen: Profile) -> int:
+def run(args) -> int:
+    chosen = judged_by(args)
     request = GateRequest(
         pid=args.pid, tree=not args.only, allow=tuple(args.allow),
         dump_dir=Path(args.dump).absolute() if args.dump else None,
@@ -52,26 +55,20 @@ def run_gate(args, chosen: Profile) -> int:
             if os.geteuid() != 0:
                 print("crwatch: the gate needs root: freezing another process (ptrace or the "
                       "cgroup freezer) and CRIU both do", file=sys.stderr)
-                return EXIT_USAGE
+                return exit_codes.USAGE
             document = gate(request, chosen, criu=criu_at(args.criu))
     except ProcessGone:
         print(f"crwatch: no process with pid {args.pid}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except ThreadId as thread:
         print(f"crwatch: {thread.tid} is a thread of process {thread.tgid}; a checkpoint takes "
               f"whole processes: gate {thread.tgid}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except (GateError, ServiceUnreachable) as error:
         print(f"crwatch: {visible(str(error))}", file=sys.stderr)  # may name a directory
-        return EXIT_USAGE
-    if args.json:
-        print(json_text(document, indent=2))
-    else:
-        from api.render import gate_text
-
-        print(gate_text(document))
-    return {"passed": EXIT_PASSED, "dumped": EXIT_PASSED, "refused": EXIT_REFUSED,
-            "dump_failed": EXIT_DUMP_FAILED}[document["outcome"]]
+        return exit_codes.USAGE
+    print(json_text(document, indent=2) if args.json else gate_text(document))
+    return exit_codes.GATE_OUTCOMES[document["outcome"]]
 
 
 def _identify(pid: int) -> None:

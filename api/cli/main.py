@@ -1,101 +1,78 @@
-"""The `crwatch` command line."""
+"""`crwatch`: the parser of its command line, and the dispatch to the module of each command.
+
+Each command's module is imported only when that command runs, by name from
+COMMANDS: `crwatch check` starts without loading FastAPI, uvicorn or the probes.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-import signal
 import sys
 from pathlib import Path
 
+from api.cli import arguments, exit_codes
 from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
 from tracker.checks.catalogue import catalogue
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
-from tracker.profiles import PROFILE_NAMES, parse_version, profile
-from tracker.safe_text import json_text
 
-EXIT_OK, EXIT_NOT_CHECKPOINTABLE, EXIT_USAGE = 0, 1, 2
-
-
-def _version(text: str):
-    try:
-        return parse_version(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"not a number of seconds (0 to 3600): {text!r}")
-    return value
-
-
-def _signal(text: str) -> int:
-    name = text.upper()
-    try:
-        return int(signal.Signals(int(name)) if name.isdigit() else
-                   signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a signal: {text!r}") from None
-
-
-def _pid(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"not a pid: {text!r}")
-    return int(text)
-
-
-def _add_scope_arguments(command: argparse.ArgumentParser, only_help: str) -> None:
-    """--only (the pid's own findings); --tree, the default now, kept so scripts don't break."""
-    scope = command.add_mutually_exclusive_group()
-    scope.add_argument("--only", action="store_true", help=only_help)
-    scope.add_argument("--tree", action="store_true", help=argparse.SUPPRESS)
-
-
-def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=PROFILE_NAMES, default="criu",
-                        help="dumper profile to judge by (default: criu)")
-    parser.add_argument("--criu-version", type=_version, metavar="X.Y[.Z]",
-                        help="judge for this CRIU release (default: the CRIU set-up found)")
+# Each command's module: its `run(args)` does the command and returns its exit status.
+COMMANDS = {"check": "api.cli.check", "rules": "api.cli.rules", "env": "api.cli.env",
+            "watch": "api.cli.watch", "gate": "api.cli.gate", "criu-hook": "api.cli.criu_hook",
+            "run": "api.cli.run", "serve": "api.cli.serve"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crwatch", description="Can this process be checkpointed right now, and if not, why?")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_check, _rules, _env, _watch, _gate, _criu_hook, _run, _serve):
+        add_command(commands)
+    return parser
 
+
+def _check(commands) -> None:
     check = commands.add_parser("check", help="audit processes and print their verdicts")
-    check.add_argument("pids", nargs="+", type=_pid, metavar="PID")
-    _add_scope_arguments(check, "judge each pid's own findings, without its descendants (a "
-                                "checkpoint takes them too: `criu dump -t PID` dumps the tree)")
-    check.add_argument("--json", action="store_true", help="print verdict documents (crwatch.verdict/1)")
+    check.add_argument("pids", nargs="+", type=arguments.pid, metavar="PID")
+    arguments.add_scope_arguments(
+        check, "judge each pid's own findings, without its descendants (a checkpoint takes "
+               "them too: `criu dump -t PID` dumps the tree)")
+    check.add_argument("--json", action="store_true",
+                       help="print verdict documents (crwatch.verdict/1)")
     check.add_argument("--allow", action="append", default=[], metavar="OPTION",
-                       help="a CRIU option the dump may use (repeatable), e.g. --allow=--tcp-established")
-    _add_profile_arguments(check)
+                       help="a CRIU option the dump may use (repeatable), "
+                            "e.g. --allow=--tcp-established")
+    arguments.add_profile_arguments(check)
 
+
+def _rules(commands) -> None:
     rules = commands.add_parser("rules", help="list the rule catalogue")
     rules.add_argument("--json", action="store_true")
-    _add_profile_arguments(rules)
+    arguments.add_profile_arguments(rules)
 
+
+def _env(commands) -> None:
     env = commands.add_parser("env", help="show the dumper's environment verdicts depend on "
                                           "(capabilities, network lock, CRIU features, kernel)")
     env.add_argument("--json", action="store_true",
                      help="print the environment document (crwatch.environment/1)")
-    env.set_defaults(profile="criu", criu_version=None)
 
+
+def _watch(commands) -> None:
     watch = commands.add_parser("watch", help="stream nocr/cr transitions as NDJSON (needs root)")
-    _add_profile_arguments(watch)
+    arguments.add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
     watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+
+
+def _gate(commands) -> None:
     gate = commands.add_parser(
         "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
                      "(needs root)")
-    gate.add_argument("pid", type=_pid, metavar="PID")
-    _add_scope_arguments(gate, "recheck the pid alone, without its descendants (not with "
-                               "--dump: CRIU dumps the whole tree)")
+    gate.add_argument("pid", type=arguments.pid, metavar="PID")
+    arguments.add_scope_arguments(
+        gate, "recheck the pid alone, without its descendants (not with --dump: CRIU dumps "
+              "the whole tree)")
     gate.add_argument("--allow", action="append", default=[], metavar="OPTION",
                       help="a CRIU option the dump may use (repeatable)")
     gate.add_argument("--dump", metavar="DIR",
@@ -104,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--no-leave-running", dest="leave_running", action="store_false",
                       help="let CRIU end the tree after the dump, as plain `criu dump` does "
                            "(default: --leave-running)")
-    gate.add_argument("--watchdog", type=_seconds, default=DEFAULT_WATCHDOG_S, metavar="SECONDS",
+    gate.add_argument("--watchdog", type=arguments.seconds, default=DEFAULT_WATCHDOG_S,
+                      metavar="SECONDS",
                       help=f"the longest the tree may stay frozen for the recheck "
                            f"(default {DEFAULT_WATCHDOG_S:g})")
-    gate.add_argument("--json", action="store_true", help="print the gate document (crwatch.gate/1)")
+    gate.add_argument("--json", action="store_true",
+                      help="print the gate document (crwatch.gate/1)")
     gate.add_argument("--local", action="store_true",
                       help="run the gate here even if a crwatch service answers (no drift report)")
     gate.add_argument("--service", metavar="URL",
@@ -117,14 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                       "runs here (default: "
                       "$CRWATCH_CRIU, else the one scripts/setup.sh provides, else criu on PATH)")
     # Stays frozen this long after the recheck: exercises the watchdog and crash tests.
-    gate.add_argument("--hold", type=_seconds, default=0.0, help=argparse.SUPPRESS)
-    _add_profile_arguments(gate)
+    gate.add_argument("--hold", type=arguments.seconds, default=0.0, help=argparse.SUPPRESS)
+    arguments.add_profile_arguments(gate)
 
-    hook = commands.add_parser(
+
+def _criu_hook(commands) -> None:
+    commands.add_parser(
         "criu-hook", help="CRIU's --action-script: recheck at pre-dump, abort the dump if the "
                           "tree is not checkpointable (installed as crwatch-criu-hook)")
-    hook.set_defaults(profile="criu", criu_version=None)
 
+
+def _run(commands) -> None:
     run = commands.add_parser(
         "run", help="run a command and judge its whole process tree, for CI (root, or a "
                     "running service)",
@@ -137,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write the report (crwatch.run/1)")
     run.add_argument("--at-end", action="store_true",
                      help="judge only what still runs when the command ends, not transient states")
-    run.add_argument("--at-signal", type=_signal, metavar="SIGNAL",
+    run.add_argument("--at-signal", type=arguments.signal_number, metavar="SIGNAL",
                      help="judge the tree each time crwatch gets this signal (the command "
                           "finds crwatch's pid in $CRWATCH_PID), e.g. USR1")
     run.add_argument("--at-file", metavar="PATH",
@@ -145,14 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--degraded-ok", action="store_true",
                      help="without root or a service, judge by periodic audits instead of "
                           "refusing")
-    run.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS",
+    run.add_argument("--interval", type=arguments.seconds, default=0.5, metavar="SECONDS",
                      help="how often to audit when degraded (default 0.5)")
     run.add_argument("--service", metavar="URL",
                      help="the service whose events to use (default: $CRWATCH_URL, else "
                           f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
-    _add_profile_arguments(run)
+    arguments.add_profile_arguments(run)
 
+
+def _serve(commands) -> None:
     serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
@@ -174,61 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
                             f"resolved (default {DEFAULT_DUMP_ROOT})")
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
-    _add_profile_arguments(serve)
-    return parser
+    arguments.add_profile_arguments(serve)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        chosen = profile(args.profile, args.criu_version)
-        if args.command == "check":
-            from api.cli.check import run_check
-
-            return run_check(args, chosen)
-        if args.command == "gate":
-            from api.cli.gate import run_gate
-
-            return run_gate(args, chosen)
-        if args.command == "run":
-            from api.ci.run import run_run
-
-            return run_run(args, chosen)
-        if args.command == "criu-hook":
-            from api.cli.criu_hook import run_hook
-
-            return run_hook()
-        if args.command == "serve":
-            from api.cli.serve import run_serve
-
-            return run_serve(args)
-        if args.command == "env":
-            from api.cli.env import run_env
-
-            return run_env(args)
-        if args.command == "watch":
-            from api.cli.watch import run_watch
-
-            return run_watch(args, chosen)
-        return _run_rules(args, chosen)
+        return importlib.import_module(COMMANDS[args.command]).run(args)
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.INTERRUPTED
     except BrokenPipeError:
         # the reader went away (crwatch ... | head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-
-
-def _run_rules(args, chosen) -> int:
-    if args.json:
-        from api.rules_document import rules_document
-
-        print(json_text(rules_document(catalogue(), chosen), indent=2))
-    else:
-        from api.render import rules_text
-
-        print(rules_text(catalogue(), chosen))
-    return EXIT_OK
+        return exit_codes.OK
 
 
 if __name__ == "__main__":

@@ -4,15 +4,19 @@ from __future__ import annotations
 import os
 import sys
 
-from api.service.settings import Settings, SettingsError, host_name
-from api.service.history import History, HistoryError
+import uvicorn
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from api.cli import exit_codes
+from api.service.app import create_app
+from api.service.connections import IDLE_SECONDS, ConnectionGuard, guarded_protocol
+from api.service.history import History, HistoryError
+from api.service.settings import Settings, SettingsError, host_name
+
 # Open /events streams are ended by the lifespan; anything else gets this long.
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
-def run_serve(args) -> int:
+def run(args) -> int:
     try:
         settings = Settings(host=args.host, port=args.port, profile=args.profile,
                             criu_version=args.criu_version,
@@ -24,7 +28,7 @@ def run_serve(args) -> int:
         settings.check()
     except SettingsError as error:
         print(f"crwatch: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     if os.geteuid() != 0 and settings.probes:
         print("crwatch: not running as root: the probes cannot be attached and other users' "
               "processes cannot be read; serving degraded (audits only)", file=sys.stderr)
@@ -34,12 +38,7 @@ def run_serve(args) -> int:
         History(settings.db, settings.retention_days).close()
     except HistoryError as error:
         print(f"crwatch: {error}", file=sys.stderr)
-        return EXIT_USAGE
-
-    import uvicorn
-
-    from api.service.app import create_app
-    from api.service.connections import IDLE_SECONDS, ConnectionGuard, guarded_protocol
+        return exit_codes.USAGE
 
     connections = ConnectionGuard()
     connections.raise_fd_limit()
@@ -49,4 +48,4 @@ def run_serve(args) -> int:
                 http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
                 log_level="warning", access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
-    return EXIT_OK
+    return exit_codes.OK

@@ -13,23 +13,24 @@ import signal
 import sys
 import threading
 
-from tracker.profiles import Profile
+from api.cli import exit_codes
+from api.cli.arguments import judged_by
+from probes.loader import ProbeError, Probes
+from tracker.live.applier import Tracker
 from tracker.safe_text import json_text
 
-EXIT_OK, EXIT_PROBES_FAILED, EXIT_USAGE = 0, 1, 2
 READER_CHECK_MS = 500
 
 
-def run_watch(args, chosen: Profile) -> int:
+def run(args) -> int:
     if os.geteuid() != 0:
         print("crwatch: watch needs root: it loads eBPF programs and reads every process's "
               "/proc", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     if args.print_bpf:
         return _print_bpf()
 
-    from tracker.live.applier import Tracker
-
+    chosen = judged_by(args)
     done = threading.Event()
     closed = threading.Event()
 
@@ -51,7 +52,7 @@ def run_watch(args, chosen: Profile) -> int:
         tracker.start()
         if tracker.degraded:
             print(f"crwatch: the probes could not be loaded: {tracker.degraded}", file=sys.stderr)
-            return EXIT_PROBES_FAILED
+            return exit_codes.PROBES_FAILED
         _await_end(done, closed)
     finally:
         done.set()
@@ -61,7 +62,7 @@ def run_watch(args, chosen: Profile) -> int:
         if closed.is_set():
             # Nobody reads stdout any more: let the interpreter's last flush go nowhere.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_OK
+    return exit_codes.OK
 
 
 def _summary(counters: dict) -> str:
@@ -88,12 +89,10 @@ def _await_end(done: threading.Event, closed: threading.Event) -> None:
 
 
 def _print_bpf() -> int:
-    from probes.loader import ProbeError, Probes
-
     try:
         with Probes() as probes:
             sys.stdout.write(probes.source_and_cflags())
     except ProbeError as error:
         print(f"crwatch: the probes could not be loaded: {error}", file=sys.stderr)
-        return EXIT_PROBES_FAILED
-    return EXIT_OK
+        return exit_codes.PROBES_FAILED
+    return exit_codes.OK

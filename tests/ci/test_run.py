@@ -141,6 +141,23 @@ def test_the_commands_own_failure_wins_and_a_missing_command_is_127(service):
     assert run().returncode == 2
 
 
+def test_a_report_that_cannot_be_written_is_refused_or_printed_on_stdout_instead(tmp_path,
+                                                                              service):
+    requires_root()
+    ran = tmp_path / "ran"
+    refused = run("--junit", str(tmp_path / "no-such-dir" / "r.xml"), "--", "touch", str(ran),
+                  service=service)
+    assert refused.returncode == 2 and not ran.exists()  # said before the command runs
+    assert "cannot write a report to" in refused.stderr
+    # /dev/full opens like a file, and every write to it fails (ENOSPC): at the end
+    lost = run("--json", "/dev/full", "--", "true", service=service)
+    assert "cannot write the report to /dev/full" in lost.stderr
+    assert json.loads(lost.stdout)["exit_code"] == 0
+    assert lost.returncode == 2  # a passing run whose report is lost must not pass
+    failed = run("--json", "/dev/full", "--", "sh", "-c", "exit 7", service=service)
+    assert failed.returncode == 7 and json.loads(failed.stdout)["exit_code"] == 7
+
+
 def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service):
     requires_root()
     transient = run("--at-end", "--", "sh", "-c", "exec 3</dev/kvm; sleep 0.05; exec 3<&-",

@@ -1,0 +1,95 @@
+"""`crwatch run [OPTIONS] -- CMD`: the command line of CI gating.
+
+What can be refused is refused before CMD runs: no command, one that cannot be
+found, a report path that cannot be written. The engine (api.ci.run) runs CMD
+and follows its tree; this module prints the report on stderr (stdout stays
+CMD's), writes `--json` and `--junit`, and turns the ended run into the exit status.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from api.ci.report import junit, text
+from api.ci.run import CommandNotFound, RunError, RunRequest, run_and_follow
+from api.cli import exit_codes
+from api.cli.arguments import judged_by
+from tracker.safe_text import json_text
+
+
+def run(args) -> int:
+    chosen = judged_by(args)
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        print("crwatch: run needs a command: crwatch run [OPTIONS] -- CMD [ARGS...]",
+              file=sys.stderr)
+        return exit_codes.USAGE
+    if _executable(command[0]) is None:
+        print(f"crwatch: {command[0]}: command not found", file=sys.stderr)
+        return exit_codes.COMMAND_NOT_FOUND
+    unwritable = [problem for path in (args.json, args.junit) if path
+                  and (problem := _unwritable(path))]
+    if unwritable:  # said before the command runs, not after a long run
+        for problem in unwritable:
+            print(f"crwatch: {problem}", file=sys.stderr)
+        return exit_codes.USAGE
+
+    request = RunRequest(command=command, allow=args.allow, at_end=args.at_end,
+                         at_signal=args.at_signal, at_file=args.at_file,
+                         degraded_ok=args.degraded_ok, interval=args.interval,
+                         service=args.service)
+    try:
+        ended = run_and_follow(request, chosen)
+    except CommandNotFound as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return exit_codes.COMMAND_NOT_FOUND
+    except RunError as error:
+        print(f"crwatch: {error}", file=sys.stderr)
+        return exit_codes.USAGE
+
+    report = ended.document(exit_codes.of_run(ended.status, ended.checkpointable))
+    print(text(report), file=sys.stderr)
+    written = all([_write(args.json, (json_text(report, indent=2) + "\n").encode(), "report"),
+                   _write(args.junit, junit(report), "JUnit report")])
+    if not written and report["exit_code"] == exit_codes.OK:
+        return exit_codes.USAGE  # a passing run whose report is lost must not pass
+    return report["exit_code"]
+
+
+def _executable(name: str) -> str | None:
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) and not os.path.isdir(name) else None
+    return shutil.which(name)
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a report cannot be written at `path` (None: it can), found by opening it the way
+    the report will be written, without changing it: a file made only for this goes again."""
+    existed = os.path.lexists(path)
+    try:
+        # O_NONBLOCK: a FIFO nobody reads is refused (ENXIO) instead of blocking
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o644)
+    except OSError as error:
+        return f"cannot write a report to {path}: {error.strerror}"
+    os.close(fd)
+    if not existed:
+        os.unlink(path)
+    return None
+
+
+def _write(path: str | None, content: bytes, what: str) -> bool:
+    """Write a report file; when that fails after all, say why and print it on stdout instead."""
+    if not path:
+        return True
+    try:
+        Path(path).write_bytes(content)
+        return True
+    except OSError as error:
+        print(f"crwatch: cannot write the {what} to {path}: {error.strerror}; it follows on "
+              f"stdout", file=sys.stderr)
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return False
