@@ -2,12 +2,16 @@
 PY := .venv/bin/python
 ENV := set -a; . ./.deps/env; set +a
 
-.PHONY: setup test serve demo bench clean
+.PHONY: setup lint test serve demo bench clean
 
 setup:
 	bash scripts/setup.sh
 
-test: setup
+# ruff, configured in pyproject.toml; `make test` (and so CI) lints first.
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
 	$(ENV); $(PY) -m pytest -q -p no:cacheprovider tests
 
 # The service on 127.0.0.1:8642, probes attached (Ctrl-C stops it).
