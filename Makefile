@@ -1,14 +1,24 @@
-# Every target that runs code first runs scripts/setup.sh (idempotent, ~2 s).
+# Every target that runs crwatch first runs scripts/setup.sh (as root; idempotent, ~2 s).
+# `lint` and `unit` need only the .venv it made, and no root: they do not run it.
 PY := .venv/bin/python
 ENV := set -a; . ./.deps/env; set +a
 
-.PHONY: setup test serve demo bench clean
+.PHONY: setup lint test unit serve demo bench clean
 
 setup:
 	bash scripts/setup.sh
 
-test: setup
+# ruff, configured in pyproject.toml; `make test` (and so CI) lints first.
+lint:
+	$(PY) -m ruff check .
+
+test: setup lint
 	$(ENV); $(PY) -m pytest -q -p no:cacheprovider tests
+
+# The unit tests alone: no root, no eBPF, no CRIU (.deps/env, when setup made it, names
+# the CRIU that the few unit tests marked `criu` run under root).
+unit:
+	set -a; [ ! -f .deps/env ] || . ./.deps/env; set +a; $(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 # The service on 127.0.0.1:8642, probes attached (Ctrl-C stops it).
 serve: setup

@@ -18,9 +18,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.subjects import subject  # noqa: E402
-from tracker.audit import audit  # noqa: E402
-from tracker.procfs import AccessDenied, ProcessGone  # noqa: E402
+from tests.support.subjects import subject
+from tracker.audit import audit
+from tracker.procfs import AccessDenied, ProcessGone
 
 TARGET_10K_FDS_MS = 150.0
 TARGET_PER_PROCESS_MS = 2.0

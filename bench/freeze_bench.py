@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gate_bench import own_cgroup  # noqa: E402
-from tests.support.subjects import subject  # noqa: E402
-from tracker.gate.freeze import Freeze  # noqa: E402
+from bench.gate_bench import own_cgroup
+from tests.support.subjects import subject
+from tracker.gate.freeze import Freeze
 
 RUNS = 15
 

@@ -283,8 +283,8 @@ def remove_ipc(objects: list) -> None:
         if kind == "mqueue":
             ctypes.CDLL("librt.so.1").mq_unlink(ident.encode())
         else:
-            {"sem": lambda: libc.semctl(ident, 0, 0), "msg": lambda: libc.msgctl(ident, 0, None),
-             "shm": lambda: libc.shmctl(ident, 0, None)}[kind]()
+            {"sem": lambda sem: libc.semctl(sem, 0, 0), "msg": lambda queue: libc.msgctl(queue, 0, None),
+             "shm": lambda segment: libc.shmctl(segment, 0, None)}[kind](ident)
 
 
 def uses(processes: list[dict], generator_name: str) -> bool:
@@ -485,7 +485,7 @@ def states(pids: list[int]) -> dict[int, str]:
 
 
 def first_error(record: dict) -> str:
-    return record["errors"][0] if record["errors"] else f"exit status without an error line"
+    return record["errors"][0] if record["errors"] else "exit status without an error line"
 
 
 # ---- the run ------------------------------------------------------------------------

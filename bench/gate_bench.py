@@ -21,12 +21,12 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.audit_bench import MIXED_FDS  # noqa: E402
-from tests.support.subjects import subject  # noqa: E402
-from tracker.criu.runner import find_criu  # noqa: E402
-from tracker.gate.freeze import cgroup2_mount  # noqa: E402
-from tracker.gate.recheck import GateRequest, gate  # noqa: E402
-from tracker.profiles import profile  # noqa: E402
+from bench.audit_bench import MIXED_FDS
+from tests.support.subjects import subject
+from tracker.criu.runner import find_criu
+from tracker.gate.freeze import cgroup2_mount
+from tracker.gate.recheck import GateRequest, gate
+from tracker.profiles import profile
 
 TARGET_FROZEN_MS = 50.0
 FDS = 1000

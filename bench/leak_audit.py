@@ -44,7 +44,7 @@ def _serve(checkout: Path, port: int, database: str, extra: list[str]) -> subpro
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise SystemExit("crwatch serve did not start")
+                raise SystemExit("crwatch serve did not start") from None
             time.sleep(0.5)
 
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (audit_bench, freeze_bench, fuzz_criu, gate_bench, privilege_bench,  # noqa: E402
-                   service_bench, serving_bench, sharing_bench, tracker_bench)
+from bench import (
+    audit_bench,
+    freeze_bench,
+    fuzz_criu,
+    gate_bench,
+    privilege_bench,
+    service_bench,
+    serving_bench,
+    sharing_bench,
+    tracker_bench,
+)
 
 if __name__ == "__main__":
     print("== audit ==", flush=True)

@@ -73,7 +73,7 @@ def await_up(port: int, service: subprocess.Popen) -> None:
                 return
         except OSError:
             if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"crwatch serve did not start: {service.communicate()[1]}")
+                raise SystemExit(f"crwatch serve did not start: {service.communicate()[1]}") from None
             time.sleep(0.1)
 
 

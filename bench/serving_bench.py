@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.service.event_hub import EventHub  # noqa: E402
-from bench.service_bench import await_up, free_port, rss_mib  # noqa: E402
+from api.service.event_hub import EventHub
+from bench.service_bench import await_up, free_port, rss_mib
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 NOTICES = 2_000

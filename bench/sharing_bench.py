@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.service.state import Service  # noqa: E402
-from api.service.settings import Settings  # noqa: E402
-from bench.audit_bench import median_ms  # noqa: E402
-from tests.support.subjects import subject  # noqa: E402
-from tracker.audit import audit  # noqa: E402
-from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders  # noqa: E402
+from api.service.settings import Settings
+from api.service.state import Service
+from bench.audit_bench import median_ms
+from tests.support.subjects import subject
+from tracker.audit import audit
+from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 
 SIZES = (10, 2_000)
 ROW_SAMPLE = 50
@@ -53,9 +54,9 @@ def bench_audits() -> list[str]:
     for count in SIZES:
         with subject(SHARING_CHILDREN, env={"CHILDREN": str(count)}) as parent:
             child = int(parent.note.split()[0])
-            cost[count] = (median_ms(lambda: audit(parent.pid, tree=True), runs=3) / (count + 1),
-                           median_ms(lambda: audit(child)),
-                           median_ms(lambda: audit(parent.pid)))
+            cost[count] = (median_ms(partial(audit, parent.pid, tree=True), runs=3) / (count + 1),
+                           median_ms(partial(audit, child)),
+                           median_ms(partial(audit, parent.pid)))
         lines.append(f"{count:>5} sharing children: audit of the parent's tree "
                      f"{cost[count][0]:.3f} ms/process, of one child {cost[count][1]:7.2f} ms, "
                      f"of the parent alone {cost[count][2]:7.2f} ms")

@@ -24,10 +24,10 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.loader import SOURCE as SOURCE_BPF  # noqa: E402
-from probes.loader import ensure_tracefs, probe_blocks  # noqa: E402
-from tracker.profiles import NEWEST_KNOWN_CRIU, profile  # noqa: E402
-from tracker.live.applier import Tracker  # noqa: E402
+from probes.loader import SOURCE as SOURCE_BPF
+from probes.loader import ensure_tracefs, probe_blocks
+from tracker.live.applier import Tracker
+from tracker.profiles import NEWEST_KNOWN_CRIU, profile
 
 SOURCE = Path(__file__).with_name("syscall_loops.c")
 CRWATCH = Path(sys.executable).with_name("crwatch")

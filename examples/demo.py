@@ -1,4 +1,4 @@
-"""`make serve` for now: start the demo subject, audit its tree with crwatch, stop it."""
+"""`make demo`: start the demo subject, audit its tree with crwatch, stop it."""
 import os
 import signal
 import subprocess

@@ -1,4 +1,4 @@
-"""A process in several states a dumper cares about, for `make serve` and the README.
+"""A process in several states a dumper cares about, for `make demo` and the README.
 
 It holds an established TCP connection, an flock, a deleted 3 MiB file, and a
 child with /dev/kvm open; it prints its pid and its child's pid, then waits.

@@ -51,7 +51,8 @@ PRINT_CALL = re.compile(r"\b(%s)\s*\(" % "|".join(PRINT_CALLS))
 LOG_PREFIX = re.compile(r'^#define\s+LOG_PREFIX\s+"([^"]*)"', re.M)
 # Ops-table fields CRIU calls only at restore (file_desc_ops.open, collect_image_info.collect,
 # fstype.restore, tty_driver.img_get_index...): the dump path never goes through them.
-RESTORE_FIELDS = re.compile(r"\.(?:open|collect|restore|mount|check_bindmount|img_get_index|grow)\s*=\s*&?\w+")
+RESTORE_FIELDS = re.compile(
+    r"\.(?:open|collect|restore|mount|check_bindmount|img_get_index|grow)\s*=\s*&?\w+")
 GLOBAL_INIT = re.compile(r"^[A-Za-z_][^;(){}]*?\b([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)*=\s*\{", re.M)
 ERROR_EXITS = (
     ("return", re.compile(r"^return\s*(?:\(\s*)?(?:-|NULL\b|false\b|[A-Za-z_])")),
@@ -333,7 +334,8 @@ def statements_after(masked: str, at: int, limit: int):
 
 
 def error_exit(statement: str, zero_fails: bool) -> str | None:
-    statement = re.sub(r"^(?:(?!default\b)[A-Za-z_]\w*\s*:(?!:)\s*)+", "", statement)   # a label: `err: return ret`
+    # leading labels go: `err: return ret` is `return ret`
+    statement = re.sub(r"^(?:(?!default\b)[A-Za-z_]\w*\s*:(?!:)\s*)+", "", statement)
     statement = re.sub(r"^(?:else\s+)?(?:if\s*\(.*\)\s*)?", "", statement)
     if zero_fails and re.match(r"^return\s*\(?\s*(?:0|false)\s*\)?$", statement):
         return statement
@@ -366,8 +368,8 @@ def sites_of(path: str, text: str, masked: str, prefix: str,
             following = list(statements_after(masked, semicolon + 1, STATEMENTS_SCANNED))
             if following and re.match(r"^(?:if\b.*)?\b(?:%s)\s*\(" % "|".join(PRINT_CALLS), following[0]):
                 continue    # the next print (even a conditional one) belongs to the same refusal
-            exit_statement = next((e for e in (error_exit(s, zero_fails) for s in following_until_flow(following))
-                                   if e), None)
+            exits = (error_exit(s, zero_fails) for s in following_until_flow(following))
+            exit_statement = next((e for e in exits if e), None)
             if exit_statement:
                 first = pending[0]
                 found.append(Site(path, first[0], function.name,
@@ -481,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--binary", help="a built criu executable: say whether each message is in it "
                         "(a check that the source read matches the CRIU that runs)")
     parser.add_argument("--check-doc", metavar="MD",
-                        help="compare with the curated list (docs/criu-refusals.md): print the sites it lacks "
-                        "and the rows the source no longer has; exit 1 when they differ")
+                        help="compare with the curated list (docs/criu-refusals.md): print the sites "
+                        "it lacks and the rows the source no longer has; exit 1 when they differ")
     parser.add_argument("--json", action="store_true", help="JSON instead of TSV")
     args = parser.parse_args(argv)
     try:
@@ -520,7 +522,8 @@ def report_drift(missing: list[tuple], stale: list[tuple]) -> int:
         print(f"new\t{file}\t{line}\t{message}")
     for file, line, message in stale:
         print(f"gone\t{file}\t{line}\t{message}")
-    print(f"# {len(missing)} sites not in the doc, {len(stale)} rows no longer in the source", file=sys.stderr)
+    print(f"# {len(missing)} sites not in the doc, {len(stale)} rows no longer in the source",
+          file=sys.stderr)
     return 1 if missing or stale else 0
 
 

@@ -73,8 +73,18 @@ def generator(family: str, *, weight: float = 1.0, draw=None, stage: str = "buil
 
 def load() -> dict[str, Generator]:
     """Every generator, by name (importing the family modules registers them)."""
-    from bench.fuzz import (anon, devices, files, ipc, locks, memory,  # noqa: F401
-                            namespaces, sockets, task, terminal)
+    from bench.fuzz import (  # noqa: F401
+        anon,
+        devices,
+        files,
+        ipc,
+        locks,
+        memory,
+        namespaces,
+        sockets,
+        task,
+        terminal,
+    )
     return GENERATORS
 
 
