@@ -1,7 +1,7 @@
 """Typed probe events: the contract between the kernel side and the tracker.
 
 Pure Python (no bcc): the decoder in probes/wire.py turns raw records into
-these, and tracker/live/table.py applies them. Probes are filters; they say what
+these, and tracker/live/ applies them. Probes are filters; they say what
 happened to which task, and the tracker decides what it means (classifying
 fds with the same check modules the audit uses).
 """

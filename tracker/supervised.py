@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from tracker.live.model import iso_from_wall_ns
+from tracker.clock import iso_from_wall_ns
 
 RUNNING, RETRYING, DEAD, STOPPED = "running", "retrying", "dead", "stopped"
 FIRST_BACKOFF = 0.1

@@ -18,7 +18,7 @@ import pytest
 from tests.support.servers import CRWATCH, Server
 from tests.unit.test_live_unit import RecordingKernel, opened
 from tracker.live.table import LiveTable
-from tracker.live.model import boot_seconds
+from tracker.clock import boot_seconds
 from tracker.procfs import CLOCK_TICKS, Proc, ProcessGone
 from tracker.profiles import profile
 

@@ -6,5 +6,8 @@ hand it to CRIU.
   owner's watch over it.
 - own_processes.py: crwatch's own processes, which the gate refuses to freeze.
 
-May import: tracker.audit, tracker.verdict, tracker.criu, tracker.live.probe_found,
-tracker.procfs. Nothing in tracker/ imports this package."""
+May import: everything of tracker below it -- procfs, context, environment, checks (the
+gate's own rules), audit, profiles, verdict, criu -- and tracker.live.probe_found (what
+only the probes know joins the recheck's verdict). Never api. Nothing else in tracker/
+imports this package; freeze_helper.py imports nothing of crwatch at all (it runs as
+`python -I -S`, standard library only)."""

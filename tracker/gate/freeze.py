@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.audit import descendants
 from tracker.context import Hold
 from tracker.gate.freeze_guard import HelperGuard, cgroup_frozen
 from tracker.procfs import DEFAULT_PROC_ROOT
@@ -266,7 +267,5 @@ class Freeze:
 def tree_pids(pid: int, tree: bool, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
     if not tree:
         return [pid]
-    from tracker.audit import descendants
-
     return descendants(pid, proc_root)
 
