@@ -13,8 +13,8 @@ from api.service.auth import misdirected, refusal, viewer
 from api.service.safe_json import SafeJSONResponse as JSONResponse
 from api.service.connections import ConnectionGuard
 from api.service.routes import dashboard, environment, events, health, metrics, processes, rules
-from api.service.gates import GateBusy
-from api.service.state import NoSuchProcess, Service
+from api.service.errors import GateBusy, NoSuchProcess
+from api.service.state import Service
 from tracker.audit import ThreadId
 from tracker.gate.recheck import CriuUnavailable, GateError
 from api.service.history import HistoryUnavailable

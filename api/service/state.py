@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tracker import verdict
 from tracker.live import probe_found
@@ -29,9 +29,10 @@ from tracker.live.applier import Tracker
 from api.service.tree_rows import NON_NESTABLE, Member, tree_verdicts
 
 from api.service.connections import ConnectionGuard
+from api.service.errors import NoSuchProcess
 from api.service.event_hub import MAX_STREAMS, EventHub
 from api.service.gates import Gates
-from api.service.metrics import ServiceMetrics
+from api.service.metrics import ServiceMetrics, StateCollector
 from api.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,6 @@ class _Kept:
     audit: Audit
 
 
-class NoSuchProcess(LookupError):
-    """No process has this pid now (or it exited while it was being read)."""
-
-    def __init__(self, pid: int):
-        super().__init__(f"no process with pid {pid}")
-        self.pid = pid
-
-
 class Service:
     def __init__(self, settings: Settings, connections: ConnectionGuard | None = None):
         self.settings = settings
@@ -75,13 +68,20 @@ class Service:
         self._publisher = Callback("event-hub", self.events.publish)
         self._recorder = Callback("history-recorder", self._record)
         self.tracker.subscribe(self._publisher)
-        self.metrics = ServiceMetrics(self)
+        self.metrics = ServiceMetrics()
         self.history: History | None = None
         self._kept: dict[int, _Kept] = {}
-        self.rows = ProcessRows(self)
+        self.rows = ProcessRows(row=self.row, stale=self.stale,
+                                after_pass=self.forget_old_audits)
+        self.metrics.registry.register(StateCollector(
+            tracker=self.tracker, rows=self.rows.snapshot, profile_name=self.profile.name,
+            health=self.health, events=self.events))
         # Where CRIU would run (here): namespaces it has seen already are not nested.
         self.dumper_namespaces = _namespaces(os.getpid())
-        self.gates = Gates(self)
+        self.gates = Gates(criu=settings.criu, dump_root=settings.dump_root,
+                           profile_for=self.profile_for, reconcile=self.tracker.reconcile,
+                           probe_finder=self.probe_finder, judged=self._gate_judged,
+                           metrics=self.metrics)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -105,6 +105,14 @@ class Service:
     def _record(self, notice) -> None:
         if isinstance(notice, Transition):
             self.history.record_transition(notice)
+
+    def _record_verdict(self, document: dict) -> None:
+        if self.history is not None:
+            self.history.record_verdict(document)
+
+    def _gate_judged(self, pid: int, document: dict) -> None:
+        self.forget_audit(pid)  # the gate's recheck is newer than any kept audit
+        self._record_verdict(document)
 
     # ------------------------------------------------------------ documents
 
@@ -149,8 +157,7 @@ class Service:
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
         self.metrics.verdicts.labels(document["verdict"]).inc()
-        if self.history is not None:
-            self.history.record_verdict(document)
+        self._record_verdict(document)
         return document
 
     def history_of(self, pid: int, start_time: float | None = None) -> dict:
@@ -367,10 +374,17 @@ def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
 class ProcessRows:
     """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
     drops the rows of processes gone, and audits again the new ones, those a probe event
-    came for since, and those older than LIST_REFRESH_SECONDS."""
+    came for since, and those older than LIST_REFRESH_SECONDS.
 
-    def __init__(self, service: Service):
-        self._service = service
+    `row`: a process's row audited now, with the pass's index of holders (None: not
+    listed); `stale`: must a kept row be audited again; `after_pass`: called at the end
+    of each whole pass."""
+
+    def __init__(self, *, row: Callable[[int, HostHolders], dict | None],
+                 stale: Callable[[dict], bool], after_pass: Callable[[], None]):
+        self._row = row
+        self._stale = stale
+        self._after_pass = after_pass
         self._rows: dict[int, dict] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -396,7 +410,6 @@ class ProcessRows:
             self._ready.set()
 
     def refresh(self) -> None:
-        service = self._service
         alive = set(_pids())
         with self._lock:
             for pid in [pid for pid in self._rows if pid not in alive]:
@@ -412,15 +425,15 @@ class ProcessRows:
             if self._stopping.is_set():
                 return
             row = current.get(pid)
-            if row is not None and not service.stale(row):
+            if row is not None and not self._stale(row):
                 continue
-            fresh = service.row(pid, holders)
+            fresh = self._row(pid, holders)
             with self._lock:
                 if fresh is None:
                     self._rows.pop(pid, None)
                 else:
                     self._rows[pid] = fresh
-        service.forget_old_audits()
+        self._after_pass()
         self.refreshed_at = verdict.utc_now()
 
 

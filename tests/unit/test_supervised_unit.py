@@ -143,7 +143,8 @@ def test_the_process_list_survives_a_failing_refresh_and_fills_again():
     from api.service.state import ProcessRows
 
     service = _FailingRows()
-    rows = ProcessRows(service)
+    rows = ProcessRows(row=service.row, stale=service.stale,
+                       after_pass=service.forget_old_audits)
     rows.start()
     try:
         assert rows.snapshot() == []  # the failed first pass does not hold requests
