@@ -148,7 +148,8 @@ def test_only_a_tree_alone_in_its_cgroup_owns_it(tmp_path):
 
 
 def test_a_second_gate_of_the_same_pid_waits_for_none_and_is_refused():
-    gates = Gates(criu=None, dump_root=Path("/"), profile_for=lambda name: profile("criu", (4, 2, 1)),
+    gates = Gates(criu=None, dump_root=Path("/"),
+                  profile_for=lambda name: profile("criu", (4, 2, 1)),
                   reconcile=lambda result, started_ns, holder: None, probe_finder=lambda: None,
                   judged=lambda pid, document: None, metrics=ServiceMetrics())
     with gates._one_at_a_time(42):
