@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text, read from the service at each scrape.
+"""GET /metrics: Prometheus text, read from the service's parts at each scrape.
 
 Counters that live in the tracker (events, losses, re-audits...), the
 history and the supervised workers are exposed as they are counted there;

@@ -120,7 +120,7 @@ def test_an_expected_error_is_one_line_and_a_bug_has_its_traceback(caplog):
 
 
 class _FailingRows:
-    """What ProcessRows asks of the service, failing on every row while `broken`."""
+    """The collaborators ProcessRows is given, failing on every row while `broken`."""
 
     def __init__(self):
         self.broken = True
