@@ -7,9 +7,9 @@ state the probes track is shown for the row's identity only.
 """
 from __future__ import annotations
 
+from api.service.tree_rows import Member, TreeVerdict, tree_verdicts
 from tracker.profiles import Profile
 from tracker.safe_text import unicode_text
-from api.service.tree_rows import Member, TreeVerdict, tree_verdicts
 
 LIST_SCHEMA = "crwatch.processes/1"
 

@@ -6,8 +6,16 @@ from typing import Annotated, Literal, Optional
 from fastapi import APIRouter, Path, Query
 
 from api.service.deps import ServiceDep, ViewerDep
-from api.service.models import (FdReport, Gate, GateRequestBody, History, Problem,
-                                ProcessDetail, ProcessList, Verdict)
+from api.service.models import (
+    FdReport,
+    Gate,
+    GateRequestBody,
+    History,
+    Problem,
+    ProcessDetail,
+    ProcessList,
+    Verdict,
+)
 from api.service.privacy import shown
 from api.service.safe_json import SafeJSONResponse
 
