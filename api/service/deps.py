@@ -2,7 +2,8 @@
 `service: ServiceDep` (the application's Service) and `viewer: ViewerDep` (who asks).
 
 The one place a request reaches the application's state; the Service itself is made
-and set there by create_app's lifespan (app.py), and the viewer by its middleware."""
+and set there by create_app's lifespan (app.py), and the viewer by its middleware.
+A test can replace either through `app.dependency_overrides[get_service]`."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -13,13 +14,13 @@ from api.service.privacy import Viewer
 from api.service.state import Service
 
 
-async def _service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-async def _viewer(request: Request) -> Viewer:
+async def get_viewer(request: Request) -> Viewer:
     return request.state.viewer
 
 
-ServiceDep = Annotated[Service, Depends(_service)]
-ViewerDep = Annotated[Viewer, Depends(_viewer)]
+ServiceDep = Annotated[Service, Depends(get_service)]
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
