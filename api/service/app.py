@@ -9,16 +9,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from api.service.auth import misdirected, refusal, viewer
-# every JSON answer, errors included, encodes names that are not UTF-8 safely
-from api.service.safe_json import SafeJSONResponse as JSONResponse
 from api.service.connections import ConnectionGuard
+from api.service.errors import GateBusy, NoSuchProcess
+from api.service.history import HistoryUnavailable
 from api.service.routes import dashboard, environment, events, health, metrics, processes, rules
-from api.service.gates import GateBusy
-from api.service.state import NoSuchProcess, Service
+from api.service.safe_json import SafeJSONResponse as JSONResponse
+from api.service.settings import Settings
+from api.service.state import Service
 from tracker.audit import ThreadId
 from tracker.gate.recheck import CriuUnavailable, GateError
-from api.service.history import HistoryUnavailable
-from api.service.settings import Settings
 
 
 def create_app(settings: Settings, connections: ConnectionGuard | None = None) -> FastAPI:
@@ -39,6 +38,7 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None) -
         finally:
             service.stop()
 
+    # every JSON answer, errors included, encodes names that are not UTF-8 safely
     app = FastAPI(title="crwatch", lifespan=lifespan, default_response_class=JSONResponse,
                   description="Can this process be checkpointed right now, and if not, why?")
     for router in (processes.router, events.router, rules.router, environment.router,

@@ -2,51 +2,60 @@
 only inside the dump root (`crwatch serve --dump-root`).
 
 A gate run by the service compares its frozen recheck with the live table (the
-drift report), corrects the table, and counts both in /metrics.
+drift report), corrects the table, and counts both in /metrics. What it needs of the
+service is handed to it (the profiles, the tracker's reconciliation, what only the
+probes see, where its verdict goes); it never sees the Service itself.
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+from api.service.errors import GateBusy, NoSuchProcess
+from api.service.metrics import ServiceMetrics
 from tracker.criu.runner import criu_at
-from tracker.gate.recheck import GateRequest, gate, images_directory
+from tracker.gate.recheck import GateRequest, ProbeFinder, Reconcile, gate, images_directory
 from tracker.procfs import ProcessGone
-
-
-class GateBusy(Exception):
-    """A gate of this process is already running."""
+from tracker.profiles import Profile
 
 
 class Gates:
-    def __init__(self, service):
-        self._service = service
+    """`profile_for`: the profile a gate is judged by, from its name (None: the service's);
+    `probe_finder`: asked at each gate, what only the probes see (None without probes);
+    `judged`: told each gate's pid and verdict document, which is newer than any audit kept."""
+
+    def __init__(self, *, criu: str | None, dump_root: Path,
+                 profile_for: Callable[[str | None], Profile], reconcile: Reconcile,
+                 probe_finder: Callable[[], ProbeFinder | None],
+                 judged: Callable[[int, dict], None], metrics: ServiceMetrics):
+        self._criu = criu
+        self._dump_root = dump_root
+        self._profile_for = profile_for
+        self._reconcile = reconcile
+        self._probe_finder = probe_finder
+        self._judged = judged
+        self._metrics = metrics
         self._running: set[int] = set()
         self._lock = threading.Lock()
 
     def run(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
             profile_name: str | None = None, watchdog_s: float,
             dump_dir: str | None = None, leave_running: bool = True) -> dict:
-        from api.service.state import NoSuchProcess
-
-        service = self._service
         request = GateRequest(pid=pid, tree=tree, allow=tuple(allow), watchdog_s=watchdog_s,
-                              dump_dir=images_directory(dump_dir, service.settings.dump_root)
+                              dump_dir=images_directory(dump_dir, self._dump_root)
                               if dump_dir else None,
                               leave_running=leave_running)
         with self._one_at_a_time(pid):
             try:
-                document = gate(request, service.profile_for(profile_name),
-                                criu=criu_at(service.settings.criu),
-                                reconcile=service.tracker.reconcile,
-                                probe_finder=service.probe_finder())
+                document = gate(request, self._profile_for(profile_name),
+                                criu=criu_at(self._criu), reconcile=self._reconcile,
+                                probe_finder=self._probe_finder())
             except ProcessGone:
                 raise NoSuchProcess(pid) from None
         self._count(document)
-        service.forget_audit(pid)  # the gate's recheck is newer than any kept audit
-        if service.history is not None:
-            service.history.record_verdict(document["verdict"])
+        self._judged(pid, document["verdict"])
         return document
 
     @contextmanager
@@ -62,7 +71,7 @@ class Gates:
                 self._running.discard(pid)
 
     def _count(self, document: dict) -> None:
-        metrics = self._service.metrics
+        metrics = self._metrics
         metrics.gates.labels(document["outcome"]).inc()
         drift = document["drift"]
         for kind in ("missed", "stale", "criu"):

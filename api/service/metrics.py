@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text, read from the service at each scrape.
+"""GET /metrics: Prometheus text, read from the service's parts at each scrape.
 
 Counters that live in the tracker (events, losses, re-audits...), the
 history and the supervised workers are exposed as they are counted there;
@@ -7,8 +7,13 @@ of the application's own (several apps, e.g. in tests, never share one).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from api.service.event_hub import EventHub
+from tracker.live.applier import Tracker
 
 AUDIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 FROZEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -25,7 +30,10 @@ TABLE_COUNTERS = {  # LiveTable counter -> (metric, help)
 
 
 class ServiceMetrics:
-    def __init__(self, service):
+    """What the service records as it answers; the state it holds is read at each scrape
+    by a StateCollector registered into `registry`."""
+
+    def __init__(self):
         self.registry = CollectorRegistry()
         self.audit_seconds = Histogram("crwatch_audit_seconds", "time to audit a process (tree)",
                                        buckets=AUDIT_BUCKETS, registry=self.registry)
@@ -40,15 +48,23 @@ class ServiceMetrics:
         self.gate_frozen_seconds = Histogram(
             "crwatch_gate_frozen_seconds", "how long a gate held the tree frozen, by method",
             ["method"], buckets=FROZEN_BUCKETS, registry=self.registry)
-        self.registry.register(_TrackerCollector(service))
 
 
-class _TrackerCollector:
-    def __init__(self, service):
-        self._service = service
+class StateCollector:
+    """The service's state as metrics, read at each scrape: the tracker's counters and
+    marks, the process list's rows (judged by the service's profile), the health
+    document (probes, workers, history, connections) and the event streams refused."""
+
+    def __init__(self, *, tracker: Tracker, rows: Callable[[], list[dict]], profile_name: str,
+                 health: Callable[[], dict], events: EventHub):
+        self._tracker = tracker
+        self._rows = rows
+        self._profile_name = profile_name
+        self._health = health
+        self._events = events
 
     def collect(self):
-        tracker = self._service.tracker
+        tracker = self._tracker
         counters = tracker.counters()
         table = counters.get("table", {})
         for name, (metric, text) in TABLE_COUNTERS.items():
@@ -68,8 +84,8 @@ class _TrackerCollector:
                                        "list's rows, service profile)", labels=["verdict"])
         counts = dict.fromkeys(("ok", "needs_options", "blocked", "unknown"), 0)
         codes: dict[str, int] = {}
-        for row in self._service.rows.snapshot():
-            counts[row["judged"][self._service.profile.name][0]] += 1
+        for row in self._rows():
+            counts[row["judged"][self._profile_name][0]] += 1
             for code in row["codes"]:
                 codes[code] = codes.get(code, 0) + 1
         for name, count in counts.items():
@@ -94,7 +110,7 @@ class _TrackerCollector:
             reasons.add_metric([code], count)
         yield reasons
 
-        health = self._service.health()
+        health = self._health()
         probes = GaugeMetricFamily("crwatch_probe_attached", "1 when the probe is attached",
                                    labels=["probe", "state"])
         for probe in health["probes"]:
@@ -108,10 +124,11 @@ class _TrackerCollector:
         yield from _worker_families(health["workers"])
         if health["history"] is not None:
             yield from _history_families(health["history"])
+        connections = health["connections"]
         clients = GaugeMetricFamily("crwatch_event_clients", "open GET /events streams")
-        clients.add_metric([], self._service.events.clients())
+        clients.add_metric([], connections["event_streams"])
         yield clients
-        yield from _connection_families(self._service)
+        yield from _connection_families(connections, self._events.refused)
 
 
 HISTORY_COUNTERS = {  # History.status() key -> (metric, help)
@@ -150,9 +167,8 @@ def _worker_families(workers: list[dict]):
     yield from (up, errors, restarts)
 
 
-def _connection_families(service):
+def _connection_families(status: dict, streams_refused: int):
     """The connections' gauges and what was closed or refused (api/service/connections.py)."""
-    status = service.connection_status()
     for name, key, text in (
             ("crwatch_connections_open", "open", "open connections, /events streams included"),
             ("crwatch_connections_limit", "limit", "the most connections open at once"),
@@ -173,7 +189,7 @@ def _connection_families(service):
             ("crwatch_accept_errors", status["accept_errors"], "accept() failures (out of fds)"),
             ("crwatch_event_clients_cut_off", status["event_clients_cut_off"],
              "/events clients cut off for falling too far behind"),
-            ("crwatch_event_streams_refused", service.events.refused,
+            ("crwatch_event_streams_refused", streams_refused,
              "/events streams refused beyond the allowance")):
         counter = CounterMetricFamily(name, text)
         counter.add_metric([], value)

@@ -1,8 +1,14 @@
-"""The service's state: the tracker (probes and live table) and the audits it serves.
+"""The service's state: the tracker (probes and live table), the audits it serves and the
+process list's rows.
 
 One Service per application, made by the lifespan of create_app(). Every
 answer about a process comes from an audit read for the request (the
 authority) and, next to it, what the probes track for that same identity.
+
+The Service owns the parts and hands each one the collaborators it uses, never
+itself: the audits kept for reuse (audit_cache.py), the rows kept by ProcessRows
+(below) and listed by process_list.py, the gates (gates.py), the metrics read at
+each scrape (metrics.py).
 """
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Iterable
+from functools import partial
+from typing import Callable, Iterable
 
 from tracker import procfs, verdict
 from tracker.live import probe_found
@@ -23,48 +29,32 @@ from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live.model import Transition
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
-from tracker.safe_text import unicode_text
 from tracker.supervised import DEAD, RETRYING, Callback, Worker
 from tracker.live.applier import Tracker
-from api.service.tree_rows import NON_NESTABLE, Member, tree_verdicts
+from api.service.tree_rows import NON_NESTABLE
 
+from api.service.audit_cache import AuditCache
 from api.service.connections import ConnectionGuard
+from api.service.errors import NoSuchProcess
 from api.service.event_hub import MAX_STREAMS, EventHub
 from api.service.gates import Gates
-from api.service.metrics import ServiceMetrics
+from api.service.metrics import ServiceMetrics, StateCollector
+from api.service.process_list import process_list
 from api.service.settings import Settings
 
 log = logging.getLogger(__name__)
 FDS_SCHEMA = "crwatch.fds/1"
-LIST_SCHEMA = "crwatch.processes/1"
 PROCESS_SCHEMA = "crwatch.process/1"
-# An audit is reused while no probe event came for its process, for this long at
-# most: what no probe sees (a regular file opened, a unix socket connected) is
-# then at most this stale.
-AUDIT_REUSE_SECONDS = 5.0
 # The process list: /proc is listed every REFRESH_SECONDS; a row is audited again when a
 # probe event came for its process, else after LIST_REFRESH_SECONDS.
 REFRESH_SECONDS = 1.0
 LIST_REFRESH_SECONDS = 30.0
 
 
-@dataclass(frozen=True)
-class _Kept:
-    start_time: float
-    sequence: int        # the live table's sequence when the audit began
-    at: float            # time.monotonic() when it began
-    audit: Audit
-
-
-class NoSuchProcess(LookupError):
-    """No process has this pid now (or it exited while it was being read)."""
-
-    def __init__(self, pid: int):
-        super().__init__(f"no process with pid {pid}")
-        self.pid = pid
-
-
 class Service:
+    """The documents the routes serve, and the parts behind them, started and stopped
+    with the application."""
+
     def __init__(self, settings: Settings, connections: ConnectionGuard | None = None):
         self.settings = settings
         self.connections = connections or ConnectionGuard()
@@ -75,13 +65,21 @@ class Service:
         self._publisher = Callback("event-hub", self.events.publish)
         self._recorder = Callback("history-recorder", self._record)
         self.tracker.subscribe(self._publisher)
-        self.metrics = ServiceMetrics(self)
+        self.metrics = ServiceMetrics()
         self.history: History | None = None
-        self._kept: dict[int, _Kept] = {}
-        self.rows = ProcessRows(self)
+        self._audits = AuditCache(audit=partial(self._audit, tree=False),
+                                  live_table=self._live_table)
+        self.rows = ProcessRows(row=self.row, stale=self.stale,
+                                after_pass=self._audits.forget_old)
+        self.metrics.registry.register(StateCollector(
+            tracker=self.tracker, rows=self.rows.snapshot, profile_name=self.profile.name,
+            health=self.health, events=self.events))
         # Where CRIU would run (here): namespaces it has seen already are not nested.
         self.dumper_namespaces = _namespaces(os.getpid())
-        self.gates = Gates(self)
+        self.gates = Gates(criu=settings.criu, dump_root=settings.dump_root,
+                           profile_for=self.profile_for, reconcile=self.tracker.reconcile,
+                           probe_finder=self.probe_finder, judged=self._gate_judged,
+                           metrics=self.metrics)
         self.started = time.monotonic()
 
     def start(self) -> None:
@@ -105,6 +103,14 @@ class Service:
     def _record(self, notice) -> None:
         if isinstance(notice, Transition):
             self.history.record_transition(notice)
+
+    def _record_verdict(self, document: dict) -> None:
+        if self.history is not None:
+            self.history.record_verdict(document)
+
+    def _gate_judged(self, pid: int, document: dict) -> None:
+        self._audits.forget(pid)  # the gate's recheck is newer than any kept audit
+        self._record_verdict(document)
 
     # ------------------------------------------------------------ documents
 
@@ -143,14 +149,13 @@ class Service:
         `tree=False` of its own findings; what only the probes see counts too."""
         judged_by = self.profile_for(profile_name)
         # Trees are audited afresh: the probes do not report every fork.
-        result, reused = (self._audit(pid, tree=True), False) if tree else self._reusable_audit(pid)
+        result, reused = (self._audit(pid, tree=True), False) if tree else self._audits.audit(pid)
         found = self._probe_found(result)
         document = probe_found.document(result, found, judged_by, allow)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
         self.metrics.verdicts.labels(document["verdict"]).inc()
-        if self.history is not None:
-            self.history.record_verdict(document)
+        self._record_verdict(document)
         return document
 
     def history_of(self, pid: int, start_time: float | None = None) -> dict:
@@ -220,28 +225,6 @@ class Service:
             raise NoSuchProcess(pid)  # it exited, or its pid was reused, while being read
         return result
 
-    def _reusable_audit(self, pid: int, holders: HostHolders | None = None
-                        ) -> tuple[Audit, bool]:
-        """The last audit of this process if no probe event came for it since (and it is
-        recent), else a fresh one (with the pass's `holders` index, if any). Without
-        probes nothing is reused."""
-        table = self._live_table()
-        kept = self._kept.get(pid)
-        if (table is not None and kept is not None
-                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
-                and not table.changed_since(pid, kept.sequence)):
-            try:
-                if identify(pid).start_time == kept.start_time:
-                    return kept.audit, True
-            except (ProcessGone, AccessDenied):
-                self._kept.pop(pid, None)
-                raise NoSuchProcess(pid) from None
-        sequence, began = (table.sequence if table else 0), time.monotonic()
-        result = self._audit(pid, tree=False, holders=holders)
-        if table is not None:
-            self._kept[pid] = _Kept(result.root.start_time, sequence, began, result)
-        return result, False
-
     def process(self, pid: int, *, tree: bool = True, profile_name: str | None = None) -> dict:
         document = self.checkpointable(pid, tree=tree, profile_name=profile_name)
         try:
@@ -254,48 +237,22 @@ class Service:
     def processes(self, *, verdict_is: str | None = None, tree_verdict_is: str | None = None,
                   comm: str | None = None, cgroup: str | None = None, offset: int = 0,
                   limit: int = 100, profile_name: str | None = None) -> dict:
-        """Every process (but kernel threads), judged, filtered, one page of them: from
-        the rows the refresher keeps (ProcessRows), so a request only filters. Each row
-        has its own verdict and that of the tree rooted there (tree_rows.py)."""
+        """Every process (but kernel threads), judged, filtered, one page of them
+        (process_list.py), from the rows the refresher keeps (ProcessRows)."""
         judged_by = self.profile_for(profile_name)
         rows = self.rows.snapshot()
-        trees = self._tree_verdicts(rows, judged_by)
-        states = self.tracker.table.states(judged_by) if self.tracker.table is not None else {}
-        page = []
-        for row in rows:
-            judged = row["judged"][judged_by.name]  # every profile is judged in the row
-            tree = trees[row["pid"]]
-            if ((verdict_is is not None and judged[0] != verdict_is)
-                    or (tree_verdict_is is not None and tree.verdict != tree_verdict_is)
-                    # matched as JSON shows them (bytes that are not UTF-8 as the text \xNN)
-                    or (comm is not None and comm not in unicode_text(row["comm"]))
-                    or (cgroup is not None and cgroup not in unicode_text(row["cgroup"]))):
-                continue
-            tracked = states.get(row["pid"])
-            page.append({"pid": row["pid"], "ppid": row["ppid"], "start_time": row["start_time"],
-                         "comm": row["comm"], "cgroup": row["cgroup"], "verdict": judged[0],
-                         "required_options": judged[1], "checkpointable": judged[2],
-                         "codes": row["codes"],
-                         "tracked": tracked[1] if tracked and tracked[0] == row["start_time"]
-                         else None,
-                         "tree_verdict": tree.verdict, "tree_checkpointable": tree.checkpointable,
-                         "tree_required_options": tree.options, "tree_size": tree.size,
-                         "tree_nested_namespace": tree.nested})
-        return {"schema": LIST_SCHEMA, "profile": judged_by.name, "total": len(page),
-                "offset": offset, "limit": limit, "processes": page[offset:offset + limit],
-                "checked_at": self.rows.refreshed_at or verdict.utc_now()}
-
-    def _tree_verdicts(self, rows: list[dict], judged_by: Profile) -> dict:
-        """pid: the verdict of the tree rooted there, from the rows."""
-        members = [Member(row["pid"], row["ppid"], *row["judged"][judged_by.name][:2],
-                          namespaces=row["namespaces"]) for row in rows]
-        return tree_verdicts(members, self.dumper_namespaces)
+        tracked = self.tracker.table.states(judged_by) if self.tracker.table is not None else {}
+        return process_list(rows, judged_by, tracked=tracked,
+                            dumper_namespaces=self.dumper_namespaces,
+                            checked_at=self.rows.refreshed_at or verdict.utc_now(),
+                            verdict_is=verdict_is, tree_verdict_is=tree_verdict_is, comm=comm,
+                            cgroup=cgroup, offset=offset, limit=limit)
 
     def row(self, pid: int, holders: HostHolders | None = None) -> dict | None:
         """One row of the process list, audited now (None: gone, unreadable, a kernel thread);
         `holders`: the index of who holds which pipe and socket that the pass shares."""
         try:
-            result, _ = self._reusable_audit(pid, holders)
+            result, _ = self._audits.audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
             return None
         if result.kernel_thread():
@@ -321,14 +278,6 @@ class Service:
     def _live_table(self):
         """The live table, when probes feed it (only then can an event invalidate an audit)."""
         return self.tracker.table if not self.tracker.degraded else None
-
-    def forget_audit(self, pid: int) -> None:
-        self._kept.pop(pid, None)
-
-    def forget_old_audits(self) -> None:
-        stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
-        for pid in [pid for pid, kept in self._kept.items() if kept.at < stale]:
-            self._kept.pop(pid, None)
 
     def _tracked(self, result: Audit, judged_by: Profile) -> dict | None:
         table = self.tracker.table
@@ -366,10 +315,17 @@ def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
 class ProcessRows:
     """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
     drops the rows of processes gone, and audits again the new ones, those a probe event
-    came for since, and those older than LIST_REFRESH_SECONDS."""
+    came for since, and those older than LIST_REFRESH_SECONDS.
 
-    def __init__(self, service: Service):
-        self._service = service
+    `row`: a process's row audited now, with the pass's index of holders (None: not
+    listed); `stale`: must a kept row be audited again; `after_pass`: called at the end
+    of each whole pass."""
+
+    def __init__(self, *, row: Callable[[int, HostHolders], dict | None],
+                 stale: Callable[[dict], bool], after_pass: Callable[[], None]):
+        self._row = row
+        self._stale = stale
+        self._after_pass = after_pass
         self._rows: dict[int, dict] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -395,7 +351,6 @@ class ProcessRows:
             self._ready.set()
 
     def refresh(self) -> None:
-        service = self._service
         alive = set(procfs.pids())
         with self._lock:
             for pid in [pid for pid in self._rows if pid not in alive]:
@@ -411,15 +366,15 @@ class ProcessRows:
             if self._stopping.is_set():
                 return
             row = current.get(pid)
-            if row is not None and not service.stale(row):
+            if row is not None and not self._stale(row):
                 continue
-            fresh = service.row(pid, holders)
+            fresh = self._row(pid, holders)
             with self._lock:
                 if fresh is None:
                     self._rows.pop(pid, None)
                 else:
                     self._rows[pid] = fresh
-        service.forget_old_audits()
+        self._after_pass()
         self.refreshed_at = verdict.utc_now()
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from api.cli.criu_hook import criu_options
-from api.service.gates import GateBusy, Gates
+from api.service.errors import GateBusy
+from api.service.gates import Gates
+from api.service.metrics import ServiceMetrics
 from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
 from tracker.audit import audit
@@ -147,7 +149,10 @@ def test_only_a_tree_alone_in_its_cgroup_owns_it(tmp_path):
 
 
 def test_a_second_gate_of_the_same_pid_waits_for_none_and_is_refused():
-    gates = Gates(service=None)
+    gates = Gates(criu=None, dump_root=Path("/"),
+                  profile_for=lambda name: profile("criu", (4, 2, 1)),
+                  reconcile=lambda result, started_ns, holder: None, probe_finder=lambda: None,
+                  judged=lambda pid, document: None, metrics=ServiceMetrics())
     with gates._one_at_a_time(42):
         with pytest.raises(GateBusy):
             with gates._one_at_a_time(42):

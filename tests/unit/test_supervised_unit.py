@@ -120,7 +120,7 @@ def test_an_expected_error_is_one_line_and_a_bug_has_its_traceback(caplog):
 
 
 class _FailingRows:
-    """What ProcessRows asks of the service, failing on every row while `broken`."""
+    """The collaborators ProcessRows is given, failing on every row while `broken`."""
 
     def __init__(self):
         self.broken = True
@@ -143,7 +143,8 @@ def test_the_process_list_survives_a_failing_refresh_and_fills_again():
     from api.service.state import ProcessRows
 
     service = _FailingRows()
-    rows = ProcessRows(service)
+    rows = ProcessRows(row=service.row, stale=service.stale,
+                       after_pass=service.forget_old_audits)
     rows.start()
     try:
         assert rows.snapshot() == []  # the failed first pass does not hold requests

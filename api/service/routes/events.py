@@ -1,9 +1,10 @@
 """/events: the tracker's transitions as server-sent events."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api.service.deps import ServiceDep, ViewerDep
 from api.service.event_hub import TooManyStreams
 from api.service.models import EventLine
 
@@ -17,12 +18,12 @@ router = APIRouter(tags=["events"])
                              "description": "one `data:` line per crwatch.event/1 document: "
                                             "ready, then transition and lost lines"},
                         503: {"description": "every event stream the service allows is open"}})
-async def events(request: Request) -> Response:
+async def events(service: ServiceDep, viewer: ViewerDep) -> Response:
     """One `data:` line per notice: `ready` first, then `transition` and `lost` lines
     (the same lines as `crwatch watch`). A client that falls too far behind gets a `lost`
     line (`where: client`) and its stream ends."""
     try:
-        lines = request.app.state.service.events.open(request.state.viewer)
+        lines = service.events.open(viewer)
     except TooManyStreams as error:
         return JSONResponse({"status": 503, "detail": str(error)}, status_code=503)
     return StreamingResponse(lines,

@@ -3,10 +3,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
-from api.service.models import (FdReport, Gate, GateRequestBody, History, Problem, ProcessDetail,
-                        ProcessList, Verdict)
+from api.service.deps import ServiceDep, ViewerDep
+from api.service.models import (
+    FdReport,
+    Gate,
+    GateRequestBody,
+    History,
+    Problem,
+    ProcessDetail,
+    ProcessList,
+    Verdict,
+)
 from api.service.privacy import shown
 from api.service.safe_json import SafeJSONResponse
 
@@ -26,7 +35,7 @@ Tree = Annotated[bool, Query(description="judge the process with all its descend
 
 @router.get("", response_model=ProcessList, response_model_by_alias=True)
 def processes(
-    request: Request,
+    service: ServiceDep, viewer: ViewerDep,
     verdict: Annotated[Optional[Verdicts],
                        Query(description="only processes with this verdict (their own)")] = None,
     tree_verdict: Annotated[Optional[Verdicts],
@@ -45,10 +54,10 @@ def processes(
     members' own, refusing also a member in a namespace CRIU cannot nest. Members judged
     alone see their peers in the tree as outside it, so `tree_verdict` errs towards
     refusing: `/processes/{pid}/checkpointable` audits the tree and decides."""
-    listed = _shown(request, request.app.state.service.processes(
+    listed = shown(service.processes(
         verdict_is=verdict, tree_verdict_is=tree_verdict, comm=comm, cgroup=cgroup,
         offset=offset, limit=limit,
-        profile_name=profile))
+        profile_name=profile), viewer)
     # Built by the service in the model's shape: returned as it is, without the
     # per-field validation that would cost more than the listing itself.
     return SafeJSONResponse(listed)
@@ -56,16 +65,16 @@ def processes(
 
 @router.get("/{pid}", response_model=ProcessDetail, response_model_by_alias=True,
             responses=NOT_FOUND)
-def process(request: Request, pid: Pid, tree: Tree = True, profile: ProfileName = None) -> dict:
+def process(service: ServiceDep, viewer: ViewerDep, pid: Pid, tree: Tree = True,
+            profile: ProfileName = None) -> dict:
     """The verdict of the process's tree (as /checkpointable), its command line and cgroup."""
-    return _shown(request, request.app.state.service.process(pid, tree=tree,
-                                                             profile_name=profile))
+    return shown(service.process(pid, tree=tree, profile_name=profile), viewer)
 
 
 @router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
             responses=NOT_FOUND)
 def checkpointable(
-    request: Request, pid: Pid,
+    service: ServiceDep, viewer: ViewerDep, pid: Pid,
     tree: Tree = True,
     allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
                                                   "(repeatable), e.g. --tcp-established")] = [],
@@ -76,45 +85,41 @@ def checkpointable(
     audit can see (a PI futex held, a remap_file_pages mapping), from the probes
     (`source: probe`); the profile asked for judges both. `tracked` is what the probes
     follow, `nocr` when this profile refuses a tracked reason."""
-    return _shown(request, request.app.state.service.checkpointable(
-        pid, tree=tree, allow=allow, profile_name=profile))
+    return shown(service.checkpointable(pid, tree=tree, allow=allow, profile_name=profile),
+                 viewer)
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,
             responses=NOT_FOUND)
-def fds(request: Request, pid: Pid, profile: ProfileName = None) -> dict:
+def fds(service: ServiceDep, viewer: ViewerDep, pid: Pid, profile: ProfileName = None) -> dict:
     """Every open fd of the process, with the audit's reasons for each."""
-    return _shown(request, request.app.state.service.fds(pid, profile_name=profile))
+    return shown(service.fds(pid, profile_name=profile), viewer)
 
 
 @router.get("/{pid}/history", response_model=History, response_model_by_alias=True,
             responses={404: {"model": Problem, "description": "nothing recorded, no such process"},
                        503: {"model": Problem, "description": "the database cannot be read now"}})
-def history(request: Request, pid: Pid,
+def history(service: ServiceDep, viewer: ViewerDep, pid: Pid,
             start_time: Annotated[Optional[float], Query(
                 ge=0, description="which identity (default: the running one, else the newest "
                                   "recorded)")] = None) -> dict:
     """Transitions and verdict changes of one process identity, also after it exited."""
-    return _shown(request, request.app.state.service.history_of(pid, start_time))
+    return shown(service.history_of(pid, start_time), viewer)
 
 
 @router.post("/{pid}/gate", response_model=Gate, response_model_by_alias=True,
              responses={**NOT_FOUND,
                         409: {"model": Problem, "description": "a gate of this pid is running"},
                         503: {"model": Problem, "description": "no usable CRIU for the dump"}})
-def gate(request: Request, pid: Pid, body: Optional[GateRequestBody] = None) -> dict:
+def gate(service: ServiceDep, viewer: ViewerDep, pid: Pid,
+         body: Optional[GateRequestBody] = None) -> dict:
     """Freeze the tree, recheck it, judge it (with what only the probes see), thaw it; with
     `dump`, hand it to the real CRIU with exactly the options the verdict requires. Needs
     the token. `tree: false` rechecks the pid alone, never for a dump."""
     body = body or GateRequestBody()
-    return _shown(request, request.app.state.service.gates.run(
+    # its caller holds the token, so the viewer sees everything (api.service.privacy)
+    return shown(service.gates.run(
         pid, tree=body.tree, allow=body.allow, profile_name=body.profile,
         watchdog_s=body.watchdog_seconds,
         dump_dir=body.dump.directory if body.dump else None,
-        leave_running=body.dump.leave_running if body.dump else True))
-
-
-def _shown(request: Request, document: dict) -> dict:
-    """What this caller may see (api.service.privacy): a gate's caller holds the token, and sees
-    everything."""
-    return shown(document, request.state.viewer)
+        leave_running=body.dump.leave_running if body.dump else True), viewer)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
+from api.service.deps import ServiceDep
 from api.service.models import Rules
 from api.rules_document import rules_document
 from tracker.checks.catalogue import catalogue
@@ -13,7 +14,6 @@ router = APIRouter(tags=["rules"])
 
 
 @router.get("/rules", response_model=Rules, response_model_by_alias=True)
-def rules(request: Request,
+def rules(service: ServiceDep,
           profile: Annotated[Optional[Literal["criu", "strict"]], Query()] = None) -> dict:
-    service = request.app.state.service
     return rules_document(catalogue(), service.profile_for(profile))
