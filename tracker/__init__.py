@@ -6,8 +6,9 @@ Layers, bottom up; a module imports its own layer and the layers below, never ab
 (tests/unit/test_tracker_layers.py holds it to this, and to no import loops):
 
 - `procfs` (reading /proc: the one place OS errors become ProcessGone / AccessDenied),
-  `rules` (the Rule and Finding types), `safe_text` (text safe to print), and
-  `criu.options` (CRIU's option syntax);
+  `rules` (the Rule and Finding types), `safe_text` (text safe to print), `clock`
+  (times for people and for ordering events), `supervised` (background work that
+  survives its failures), and `criu.options` (CRIU's option syntax);
 - `criu/`: finding and running CRIU, and reading its log back;
 - `environment` (the facts about the CRIU that would dump: credentials, network-lock
   tools, features), which asks the CRIU found; `holders` (who holds each pipe and
@@ -18,7 +19,6 @@ Layers, bottom up; a module imports its own layer and the layers below, never ab
 - `audit` (walk a tree, run the checks, collect findings) and `profiles` (how severe
   each rule is for a given dumper);
 - `verdict`: findings judged under a profile, as the crwatch.verdict/1 document;
-- on top: `gate/` (freeze, recheck, judge and dump at checkpoint time), `live/` (the
-  probes' events applied to a live table of what is checkpointable now), and
-  `supervised` (background work that survives its failures).
+- on top: `gate/` (freeze, recheck, judge and dump at checkpoint time) and `live/` (the
+  probes' events applied to a live table of what is checkpointable now).
 """

@@ -14,14 +14,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Bottom up; a module may import its own layer's modules and any layer below.
 LAYERS = (
-    ("tracker.procfs", "tracker.rules", "tracker.safe_text", "tracker.criu.options"),
+    ("tracker.procfs", "tracker.rules", "tracker.safe_text", "tracker.clock", "tracker.supervised",
+     "tracker.criu.options"),
     ("tracker.criu",),
     ("tracker.environment", "tracker.holders"),
     ("tracker.context",),
     ("tracker.checks",),
     ("tracker.audit", "tracker.profiles"),
     ("tracker.verdict",),
-    ("tracker.gate", "tracker.live", "tracker.supervised"),
+    ("tracker.gate", "tracker.live"),
 )
 
 
