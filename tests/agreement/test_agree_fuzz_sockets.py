@@ -29,6 +29,8 @@ from tracker.criu.runner import arguments_for, find_criu
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 
+pytestmark = [pytest.mark.criu]
+
 SOCKETS = {
     "unix": "socket.socketpair()[0]",
     "tcp": "socket.socket()",

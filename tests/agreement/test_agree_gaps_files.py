@@ -19,6 +19,8 @@ from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 from tracker.procfs import NAME_TOO_LONG, Proc
 
+pytestmark = [pytest.mark.criu]
+
 # Descends from `base` through directories of 250-byte names until the path is `length`
 # bytes long with `leaf` as its last component (a shorter last directory absorbs the
 # rest), creating each, and leaves the process there.

@@ -25,6 +25,8 @@ from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
 from tracker.criu.runner import arguments_for, find_criu
 
+pytestmark = [pytest.mark.criu]
+
 NET_LOCK = namespace_lock_codes()
 
 

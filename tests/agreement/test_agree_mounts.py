@@ -22,6 +22,8 @@ from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.criu]
+
 # unshare(1) as a subject does it to itself: a new mount namespace, the
 # propagation given, stdio opened again inside, then exec of the same code, so
 # that nothing but what the code opens afterwards comes from the old namespace.

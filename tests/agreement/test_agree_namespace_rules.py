@@ -9,6 +9,8 @@ from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 from tests.agreement.test_agree_namespaces import CLONE, UNSHARE
 
+pytestmark = [pytest.mark.criu]
+
 MAP_ALL = "0 0 4294967295"
 
 

@@ -11,6 +11,8 @@ from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 from tracker.environment import current
 
+pytestmark = [pytest.mark.criu]
+
 CLONE = {"mnt": 0x00020000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
          "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000, "time": 0x00000080}
 

@@ -12,6 +12,8 @@ from tests.support.agreement import assert_agrees, connection_lock_codes
 from tests.support.subjects import skip_if_refused, subject
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.criu]
+
 
 def load_socket_filter() -> int:
     """BPF_PROG_LOAD of a socket filter program, "r0 = -1; exit" (accept every packet)."""

@@ -17,6 +17,8 @@ from tracker.criu.runner import find_criu
 from tracker.profiles import profile
 from tracker.verdict import document
 
+pytestmark = [pytest.mark.criu]
+
 NATIVE_SOURCE = Path(__file__).resolve().parents[1] / "support" / "native" / "task_states.c"
 CLONE_VM, CLONE_FS = 0x100, 0x200
 

@@ -39,6 +39,7 @@ def crwatch(*args: str, user: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.root
 def test_plain_process_is_checkpointable_and_exits_0():
     with subject(PLAIN) as plain:
         result = crwatch("check", str(plain.pid))
@@ -48,6 +49,7 @@ def test_plain_process_is_checkpointable_and_exits_0():
     assert result.stderr == ""
 
 
+@pytest.mark.root
 def test_json_is_the_verdict_document():
     with subject(TCP_PAIR) as tcp:
         result = crwatch("check", "--json", str(tcp.pid))
@@ -66,6 +68,7 @@ def test_json_is_the_verdict_document():
     assert isinstance(document["start_time"], float) and document["checked_at"].endswith("Z")
 
 
+@pytest.mark.root
 def test_allowing_the_required_option_makes_it_checkpointable():
     with subject(TCP_PAIR) as tcp:
         allowed = crwatch("check", "--allow=--tcp-established", *network_lock_allowed(),
@@ -78,6 +81,7 @@ def test_allowing_the_required_option_makes_it_checkpointable():
     assert json.loads(short.stdout)["checkpointable"] is True
 
 
+@pytest.mark.root
 def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     tree = """
     import subprocess
@@ -100,6 +104,7 @@ def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     assert out.rstrip().endswith("checkpointable: no")
 
 
+@pytest.mark.criu
 def test_check_judges_what_a_checkpoint_takes_the_tree_and_only_takes_the_pid_alone():
     criu = find_criu()
     assert criu is not None, "no CRIU: scripts/setup.sh provides one"
@@ -140,6 +145,7 @@ def test_a_thread_id_is_refused_naming_its_process():
     assert gated.stderr.startswith(f"crwatch: {tid} is a thread of process {threaded.pid};")
 
 
+@pytest.mark.root
 def test_the_conclusion_names_only_the_options_still_missing():
     both = TCP_PAIR.replace("ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
     with subject(both) as tcp:
@@ -151,6 +157,7 @@ def test_the_conclusion_names_only_the_options_still_missing():
     assert result.stdout.rstrip().endswith("checkpointable: no (allow --file-locks to dump it)")
 
 
+@pytest.mark.root
 def test_several_pids_at_once_exit_1_when_any_is_not_checkpointable():
     with subject(PLAIN) as plain, subject(DEVICE) as device:
         result = crwatch("check", "--json", str(plain.pid), str(device.pid))
@@ -214,6 +221,7 @@ def test_a_tree_holding_crwatch_itself_is_blocked():
     assert document["verdict"] == "blocked"
 
 
+@pytest.mark.root
 def test_without_root_it_says_what_could_not_be_read_and_why():
     with subject(PLAIN) as plain:
         result = crwatch("check", "--json", str(plain.pid), user=65534)

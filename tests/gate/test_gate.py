@@ -27,6 +27,8 @@ from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import Freeze, cgroup2_mount
 
+pytestmark = [pytest.mark.criu]
+
 CRWATCH = Path(sys.executable).with_name("crwatch")
 AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
 PR_SET_CHILD_SUBREAPER = 36
@@ -200,15 +202,9 @@ def gate(*arguments: str, timeout: float = 120) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
-def requires_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("freezing other processes and CRIU need root (CI is root)")
-
-
 # ---------------------------------------------------------------- the three verdicts
 
 def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, criu):
-    requires_root()
     images = tmp_path / "images"
     with tree(tmp_path, cgroup=cgroup) as running:
         with orphans_come_to_us():  # CRIU ends the tree after the dump: reap it at once
@@ -242,7 +238,6 @@ def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, 
 
 def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, method, cgroup,
                                                                      criu):
-    requires_root()
     with tree(tmp_path, setup=TCP_AND_GHOST, cgroup=cgroup) as running:
         status, refused = gate(str(running.root), "--dump", str(tmp_path / "refused"))
         assert status == 1 and refused["outcome"] == "refused", refused
@@ -270,7 +265,6 @@ def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, m
 
 
 def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, method, cgroup):
-    requires_root()
     images = tmp_path / "images"
     with tree(tmp_path, setup=LOOP_CONTROL, cgroup=cgroup) as running:
         status, document = gate(str(running.root), "--dump", str(images))
@@ -283,7 +277,6 @@ def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, 
 
 
 def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
-    requires_root()
     with tree(tmp_path, setup=LOOP_CONTROL) as running:
         status, whole = gate(str(running.root))
         assert status == 1 and whole["tree"] is True
@@ -299,7 +292,6 @@ def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
 
 
 def test_a_dump_of_the_pid_alone_is_refused_clearly(tmp_path):
-    requires_root()
     images = tmp_path / "images"
     refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", "--dump", str(images),
                               str(os.getpid())], capture_output=True, text=True, timeout=60)
@@ -320,7 +312,6 @@ def _frozen(running: Tree, method: str, cgroup: Path | None) -> bool:
 
 
 def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgroup):
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--tree", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -365,7 +356,6 @@ def _await_hold(helper: int, gating: subprocess.Popen) -> None:
 def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, method, cgroup):
     """The helper holds the tree; SIGKILL of it (the OOM killer's way) must not strand it:
     crwatch thaws a cgroup itself, the kernel detaches a dead tracer's tracees."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -393,7 +383,6 @@ def test_the_owner_thaws_a_dead_helpers_cgroup_at_once_while_busy_elsewhere(tmp_
                                                                              cgroup):
     """The owner's watch is a thread of its own: the cgroup thaws while the owner's code
     (this test, as a gate's audit would) is busy, before it releases the hold."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         freeze = Freeze(running.root, tree=True, watchdog_s=600)
         frozen = freeze.__enter__()
@@ -429,7 +418,6 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
         tmp_path, method, cgroup, criu):
     """Handed to CRIU frozen, the cgroup stays frozen under CRIU when the helper dies;
     crwatch thaws it once CRIU has ended, and the dump stands."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--dump", str(tmp_path / "images"), "--watchdog", "60"],
@@ -492,7 +480,6 @@ def _await_gone(pid: int) -> None:
 @pytest.mark.parametrize("method", ["cgroup"])
 def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgroup):
     """crwatch undoes only its own freeze: a cgroup frozen before the gate stays frozen."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         (cgroup / "cgroup.freeze").write_text("1")
         deadline = time.monotonic() + AWAIT_S
@@ -515,7 +502,6 @@ def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgro
 
 
 def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anything(tmp_path):
-    requires_root()
     images = tmp_path / "images"
     init = subprocess.run([str(CRWATCH), "gate", "--local", "1", "--dump", str(images)],
                           capture_output=True, text=True, timeout=AWAIT_S)
@@ -532,7 +518,6 @@ def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anythi
 
 
 def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
-    requires_root()
     with tree(tmp_path) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -554,7 +539,6 @@ def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
 
 def test_a_tree_nothing_could_freeze_is_not_called_frozen():
     """A kernel thread refuses PTRACE_SEIZE: no "frozen ... (0 tasks)"."""
-    requires_root()
     kernel_thread = next(pid for pid in sorted(int(n) for n in os.listdir("/proc") if n.isdigit())
                          if _is_kernel_thread(pid))
     done = subprocess.run([str(CRWATCH), "gate", "--local", "--only", str(kernel_thread)],
@@ -573,7 +557,6 @@ def _is_kernel_thread(pid: int) -> bool:
 
 
 def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         status, document = gate("--tree", str(running.root), "--hold", "30", "--watchdog", "0.5")
         freeze = document["freeze"]
@@ -587,7 +570,6 @@ def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
 
 def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_path, criu):
     """Images into a read-only directory: the gate passes, CRIU fails, its log is read."""
-    requires_root()
     images = tmp_path / "readonly"
     images.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "crwatch-test", str(images)],
@@ -608,7 +590,6 @@ def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_pa
 
 
 def test_criu_hook_aborts_a_dump_with_crwatchs_reasons_and_passes_a_good_one(tmp_path, criu):
-    requires_root()
     hook = Path(sys.executable).with_name("crwatch-criu-hook")
     with tree(tmp_path, setup=TCP_AND_GHOST) as running:
         aborted = subprocess.run(
@@ -641,7 +622,6 @@ def test_criu_hook_outside_criu_says_how_to_use_it():
 # ---------------------------------------------------------------- bad input
 
 def test_bad_gate_input_gets_a_clear_error(tmp_path):
-    requires_root()
     missing = subprocess.run([str(CRWATCH), "gate", "--local", "4194304"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip() == \
@@ -661,7 +641,6 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
 
 
 def test_without_root_the_gate_says_what_it_needs(tmp_path):
-    requires_root()  # to become someone else
     with tree(tmp_path) as running:
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                str(CRWATCH), "gate", "--local", str(running.root)],

@@ -17,6 +17,8 @@ from tests.support.servers import EventStream, Server, metrics
 from tests.support.subjects import subject
 from tests.cli.test_cli import THREADED
 
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
+
 CRWATCH = Path(sys.executable).with_name("crwatch")
 TOKEN = "s3cret"
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"

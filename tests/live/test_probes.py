@@ -26,6 +26,8 @@ from probes.reader import Reader
 from probes.wire import COMM_LEN, PATH_LEN, RECORD_SIZE, Record
 from tests.support.subjects import Subject, skip_if_refused, subject
 
+pytestmark = [pytest.mark.bpf]
+
 TIMEOUT = 10.0
 MARKER = "/dev/full"
 

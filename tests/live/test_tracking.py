@@ -36,6 +36,8 @@ from tracker.live.model import CR, NOCR, Transition
 from tracker.profiles import profile
 from tracker.live.applier import Lost, Tracker
 
+pytestmark = [pytest.mark.bpf]
+
 ARRIVAL_TIMEOUT = 10.0
 LATENCY_LIMIT_MS = 100.0   # the median over every transition of the module
 STALL_LIMIT_MS = 1000.0    # any single one: a 2-core runner may deschedule the tracker briefly

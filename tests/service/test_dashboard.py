@@ -11,6 +11,8 @@ from tests.support.servers import Server
 from tests.support.subjects import subject
 from tests.cli.test_cli import NESTED_PID_NS
 
+pytestmark = [pytest.mark.bpf, pytest.mark.browser]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "dashboard.png"
 WAIT_MS = 20_000          # the list refreshes every second, the page every two

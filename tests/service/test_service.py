@@ -25,6 +25,8 @@ from tests.support.subjects import subject
 from tests.cli.test_cli import NESTED_PID_NS, THREADED
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
+
 CRWATCH = Path(sys.executable).with_name("crwatch")
 ARRIVAL_TIMEOUT = 10.0
 

@@ -24,6 +24,8 @@ from tests.support.servers import Server, metrics
 from tests.live.test_tracking import Recorder
 from tests.support.trackers import attached_tracker
 
+pytestmark = [pytest.mark.bpf]
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ARRIVAL_TIMEOUT = 30.0
 HALF_OPEN = 10_000

@@ -20,6 +20,8 @@ from tests.support.servers import EventStream, Server
 from tests.support.subjects import skip_if_refused
 from tests.live.test_tracking import REMAPPED_PAGES, stepped
 
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
+
 NATIVE = Path(__file__).resolve().parents[1] / "support" / "native"
 TOKEN = "s3cret"
 # A shared file mapping whose first page is remapped nonlinearly, held until killed.

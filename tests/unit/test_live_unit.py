@@ -99,6 +99,7 @@ def codes(transition) -> list[str]:
 
 # ---------------------------------------------------------------- fds
 
+@pytest.mark.root
 def test_a_device_opened_marks_nocr_with_the_audit_reason_and_its_close_clears_it(table, kernel):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -122,6 +123,7 @@ def test_a_harmless_device_is_untracked_in_the_kernel(table, kernel):
     assert len(table) == 0
 
 
+@pytest.mark.root
 def test_duplicated_events_make_one_transition_each_way(table):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -132,6 +134,7 @@ def test_duplicated_events_make_one_transition_each_way(table):
         assert table.apply(close) == []
 
 
+@pytest.mark.root
 def test_a_close_delivered_before_its_open_leaves_nothing_marked(table):
     with subject(KVM_CLOSED) as s:
         fd = int(s.note)
@@ -141,6 +144,7 @@ def test_a_close_delivered_before_its_open_leaves_nothing_marked(table):
     assert len(table) == 0
 
 
+@pytest.mark.root
 def test_a_stale_close_does_not_undo_what_proc_shows_now(table):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -150,6 +154,7 @@ def test_a_stale_close_does_not_undo_what_proc_shows_now(table):
         assert table.tracked(s.pid)["state"] == NOCR
 
 
+@pytest.mark.root
 def test_an_fd_gone_before_it_was_read_is_judged_from_the_event_until_its_close(table):
     with subject(KVM_CLOSED) as s:
         fd = int(s.note)
@@ -160,6 +165,7 @@ def test_an_fd_gone_before_it_was_read_is_judged_from_the_event_until_its_close(
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=fd))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_dup_then_closing_both_copies(table):
     code = "kvm = open('/dev/kvm', 'rb', buffering=0); copy = os.dup(kvm.fileno()); " \
            "ready(f'{kvm.fileno()} {copy}'); hold()"
@@ -171,6 +177,7 @@ def test_dup_then_closing_both_copies(table):
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_a_copy_closed_before_its_dup_was_applied_keeps_the_originals_reason(table):
     # The tracker may apply a dup after the copy is gone: the copy was the
     # original's file meanwhile, and stays marked until its own close.
@@ -187,6 +194,7 @@ def test_a_copy_closed_before_its_dup_was_applied_keeps_the_originals_reason(tab
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_close_range_clears_its_range_even_before_proc_shows_it(table):
     # Reported at syscall entry: the fds may still show in /proc when it is applied.
     with subject(KVM_HOLDER) as s:
@@ -202,6 +210,7 @@ def test_close_range_clears_its_range_even_before_proc_shows_it(table):
         assert states(closed) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_a_fork_passes_marked_fds_on_and_the_child_is_followed(table, kernel):
     code = """
 kvm = open('/dev/kvm', 'rb', buffering=0)
@@ -224,6 +233,7 @@ hold()
         assert ("forget", child) in kernel.calls
 
 
+@pytest.mark.root
 def test_an_exit_delivered_before_the_fork_leaves_no_entry(table):
     code = """
 kvm = open('/dev/kvm', 'rb', buffering=0)
@@ -243,6 +253,7 @@ hold()
         assert table.tracked(child) is None and len(table) == 1
 
 
+@pytest.mark.root
 def test_exec_keeps_inherited_fds_and_drops_close_on_exec_ones(table):
     code = """
 keep = open('/dev/kvm', 'rb', buffering=0); os.set_inheritable(keep.fileno(), True)
@@ -329,6 +340,7 @@ def test_the_tracked_state_is_per_profile_and_transitions_say_each(table):
         assert table.probe_found([table_identity(s.pid)]) == []
 
 
+@pytest.mark.root
 def test_a_profile_change_alone_is_a_transition(table):
     # nocr before and after (a PI futex held, then a device too): `criu` refuses it now
     with subject(KVM_HOLDER) as s:
@@ -429,6 +441,7 @@ def _await_path(path: Path) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.root
 def test_a_child_in_a_new_pid_namespace_is_nested(table):
     code = """
 libc = ctypes.CDLL(None, use_errno=True)
@@ -502,6 +515,7 @@ def _gone_pid() -> int:
     return process.pid
 
 
+@pytest.mark.root
 def test_churn_leaves_no_entry_behind(table):
     kvm = os.open("/dev/kvm", os.O_RDONLY)
     try:
@@ -525,6 +539,7 @@ def test_churn_leaves_no_entry_behind(table):
     assert len(table) == 0 and table.counters.swept == 10
 
 
+@pytest.mark.root
 def test_a_loss_marks_everything_stale_and_re_audits(table, kernel):
     with subject(KVM_HOLDER) as held, subject(KVM_CLOSED) as closed:
         # judged from the event, as its fd is gone: its close is the event lost
@@ -541,6 +556,7 @@ def test_a_loss_marks_everything_stale_and_re_audits(table, kernel):
     assert (table.counters.reaudits, table.counters.lost, table.counters.lost_reports) == (1, 10, 2)
 
 
+@pytest.mark.root
 def test_seed_marks_what_the_probes_would_follow(kernel):
     with subject(KVM_HOLDER) as s:
         table = LiveTable(profile("criu", (4, 2, 1)), kernel)
@@ -576,6 +592,7 @@ def test_dup_close_pairs_only_where_nothing_else_touched_the_copy_or_its_origina
     assert live.dup_close_pairs(events + [event(Kind.LOST, 0)]) == {}
 
 
+@pytest.mark.root
 def test_a_copy_of_a_marked_fd_closed_untouched_is_skipped_and_counted(table):
     code = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
     with subject(code) as s:
