@@ -1,10 +1,11 @@
 """What a test needs of the machine, as markers, and the one place that decides to skip it.
 
 A test that needs something a contributor's machine may lack says so with a marker
-(registered in pyproject.toml): `root`, `bpf` (the probes load), `criu` (a usable CRIU
->= 4.2), `browser` (Chromium for Playwright). This plugin (loaded by tests/conftest.py)
-skips exactly those tests whose need is not met here, each with the reason, and counts
-them in the terminal summary; nothing else is skipped for who runs the suite.
+(registered in pyproject.toml): `root`, `bpf` (the probes load, as root), `criu` (a
+usable CRIU >= 4.2, run as root), `browser` (Chromium for Playwright). This plugin
+(loaded by tests/conftest.py) skips exactly those tests whose need is not met here, each
+with the reason, and counts them in the terminal summary: a test without a marker runs
+whoever runs the suite.
 
 In CI (`CI` set) nothing may be left out: the run must be root (else it exits at once,
 status 3), and a run in which any test skipped, for a marker or for a reason of its own
@@ -96,8 +97,9 @@ class Skips:
 
     def pytest_runtest_logreport(self, report):
         if report.skipped and not hasattr(report, "wasxfail"):
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            self.skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+            # A skip's longrepr is (file, line, "Skipped: reason").
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            self.skipped.append((report.nodeid, reason))
 
     def pytest_sessionfinish(self, session):
         if self.ci and self.skipped and session.exitstatus == pytest.ExitCode.OK:

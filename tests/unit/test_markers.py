@@ -47,14 +47,14 @@ def pytest_ini_options() -> str:
 def test_the_four_markers_are_registered_and_a_misspelt_one_is_an_error(pytester):
     pytester.makepyprojecttoml(pytest_ini_options())
     marked = "\n".join(f"@pytest.mark.{need}\ndef test_{need}():\n    pass\n" for need in NEEDS)
-    pytester.makepyfile(test_marked="import pytest\n\n" + marked,
-                        test_misspelt="import pytest\n\n@pytest.mark.rooot\ndef test_x():\n    pass\n")
+    misspelt = "import pytest\n\n@pytest.mark.rooot\ndef test_x():\n    pass\n"
+    pytester.makepyfile(test_marked="import pytest\n\n" + marked, test_misspelt=misspelt)
     registered = pytester.runpytest("--collect-only", "-q", "test_marked.py")
     assert registered.ret == pytest.ExitCode.OK
     registered.stdout.fnmatch_lines([f"*test_marked.py::test_{need}" for need in NEEDS])
-    misspelt = pytester.runpytest("--collect-only", "-q", "test_misspelt.py")
-    assert misspelt.ret == pytest.ExitCode.INTERRUPTED
-    misspelt.stdout.fnmatch_lines(["*'rooot' not found in `markers` configuration option*"])
+    refused = pytester.runpytest("--collect-only", "-q", "test_misspelt.py")
+    assert refused.ret == pytest.ExitCode.INTERRUPTED
+    refused.stdout.fnmatch_lines(["*'rooot' not found in `markers` configuration option*"])
 
 
 def test_only_a_test_marked_with_an_unmet_need_skips_and_the_reason_is_printed(pytester,
