@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.namespaces import in_own_mount_namespace
 from tests.support.subjects import subject
-from tests.agreement.test_agree_mounts import in_own_mount_namespace
 
 pytestmark = [pytest.mark.criu]
 

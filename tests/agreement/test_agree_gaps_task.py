@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.long_paths import DESCEND
 from tests.support.subjects import subject
-from tests.agreement.test_agree_gaps_files import DESCEND
 
 pytestmark = [pytest.mark.criu]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.sockets import HELPERS
 from tests.support.subjects import subject
-from tests.agreement.test_agree_sockets import HELPERS
 
 pytestmark = [pytest.mark.criu]
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
-from tests.agreement.test_agree_task import SEIZE, wait_for_state
+from tests.support.tasks import SEIZE, wait_for_state
 
 pytestmark = [pytest.mark.criu]
 

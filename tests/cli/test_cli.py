@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
+from tests.support.namespaces import NESTED_PID_NS
 from tests.support.subjects import subject
-from tests.agreement.test_agree_namespaces import CLONE, child_in_namespace
+from tests.support.tasks import THREADED
 from tracker.criu.runner import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PLAIN = "ready(); hold()"
-THREADED = ("import threading\n"
-            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
-            "ready(); hold()")
-# A root whose child unshares its pid namespace; the grandchild is pid 1 of the new one.
-NESTED_PID_NS = child_in_namespace(CLONE["pid"], child_setup="""
-    inner = os.fork()
-    if inner == 0:
-        hold()""")
 DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
 TCP_PAIR = """
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()

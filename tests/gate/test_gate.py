@@ -23,6 +23,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
+from tests.support.gates import AWAIT_S, gate
 from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import Freeze, cgroup2_mount
@@ -30,7 +31,6 @@ from tracker.gate.freeze import Freeze, cgroup2_mount
 pytestmark = [pytest.mark.criu]
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
-AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
 PR_SET_CHILD_SUBREAPER = 36
 
 # A root with two threads and a child with one; each serves pings on its FIFOs with
@@ -193,13 +193,6 @@ def criu():
     found = find_criu()
     assert found is not None and found.supported, "no CRIU >= 4.2: scripts/setup.sh provides one"
     return found
-
-
-def gate(*arguments: str, timeout: float = 120) -> tuple[int, dict]:
-    done = subprocess.run([str(CRWATCH), "gate", "--local", "--json", *arguments],
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.stdout, done.stderr
-    return done.returncode, json.loads(done.stdout)
 
 
 # ---------------------------------------------------------------- the three verdicts

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gates import gate
 from tests.support.subjects import subject
-from tests.agreement.test_agree_task import SEIZE
-from tests.gate.test_gate import gate
+from tests.support.tasks import SEIZE
 from tracker.criu.runner import arguments_for, find_criu
 from tracker.rules import INFO
 

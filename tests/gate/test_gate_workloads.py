@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import RETRIES
-from tests.gate.test_gate import AWAIT_S, gate
+from tests.support.gates import AWAIT_S, gate
 from tracker.criu.runner import arguments_for, find_criu
 from tracker.criu.log import transient
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.live_tables import RecordingKernel, opened
 from tests.support.servers import CRWATCH, Server
-from tests.unit.test_live_unit import RecordingKernel, opened
 from tracker.live.table import LiveTable
 from tracker.live.model import boot_seconds
 from tracker.procfs import CLOCK_TICKS, Proc, ProcessGone

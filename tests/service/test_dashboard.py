@@ -6,10 +6,10 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.namespaces import NESTED_PID_NS
 from tests.support.requirements import CHROMIUM
 from tests.support.servers import Server
 from tests.support.subjects import subject
-from tests.cli.test_cli import NESTED_PID_NS
 
 pytestmark = [pytest.mark.bpf, pytest.mark.browser]
 

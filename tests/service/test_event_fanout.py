@@ -16,10 +16,10 @@ from fastapi.responses import StreamingResponse
 
 import pytest
 
+from tests.support.servers import EVENT_CLIENTS
 from api.service.connections import ConnectionGuard, guarded_protocol
 from api.service.event_hub import EventHub
 from bench.serving_bench import Notice
-from tests.service.test_serving import EVENT_CLIENTS
 
 pytestmark = [pytest.mark.bpf]
 

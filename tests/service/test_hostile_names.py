@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.servers import ARRIVAL_TIMEOUT, EventStream, Server
 from tests.support.subjects import Subject, start
-from tests.live.test_tracking import Watch
+from tests.support.trackers import Watch
 
 pytestmark = [pytest.mark.bpf]
 
@@ -247,7 +247,6 @@ def _await_history(server: Server, pid: int,
             return stored
         assert time.monotonic() < deadline, (status, history)
         time.sleep(FLUSH_POLL)
-
 
 
 # ---------------------------------------------------------------- crwatch run

@@ -17,6 +17,7 @@ from api.cli.criu_hook import criu_options
 from api.service.gates import GateBusy, Gates
 from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
+from tests.support.tasks import TRACED_CHILD
 from tracker.audit import audit
 from tracker.criu.runner import arguments_for, find_criu
 from tracker.criu.log import failure_findings
@@ -62,7 +63,6 @@ def test_reconcile_reports_a_stale_mark_and_drops_it():
 def test_the_gates_own_ptrace_hold_marked_meanwhile_is_no_stale_mark():
     # The subject traces its child (PTRACE_TRACEME) as a gate's holder would: the audit
     # looks through that tracer (the hold), the table marked it from the probes' event.
-    from tests.unit.test_live_unit import TRACED_CHILD
     from tracker.context import Hold
 
     with subject(TRACED_CHILD) as s:

@@ -58,6 +58,18 @@ def test_each_layer_imports_only_those_below_it():
     assert not broken, "imports against the layering:\n" + "\n".join(broken)
 
 
+def test_tests_share_helpers_through_tests_support_only():
+    reaching = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            reaching += [f"{path.relative_to(REPO)}:{node.lineno} imports {name}"
+                         for name in names if name.startswith("tests.")
+                         and name.rpartition(".")[2].startswith("test_")]
+    assert not reaching, "helpers to move to tests/support:\n" + "\n".join(reaching)
+
+
 def test_every_package_says_what_lives_there():
     silent = [str(init.relative_to(REPO)) for package in PACKAGES
               for init in sorted((REPO / package).rglob("__init__.py"))

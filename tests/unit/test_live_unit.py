@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from probes.events import Event, Kind, Special
+from tests.support.live_tables import RecordingKernel, event, opened
+from probes.events import Kind
 from tests.support.subjects import subject
+from tests.support.tasks import TRACED_CHILD
 from tracker.live import table as live
 from tracker.live.table import LOCK_READ_INTERVAL_NS, LiveTable
 from tracker.live.model import CR, NOCR, boot_seconds
@@ -26,47 +28,6 @@ from tracker.profiles import profile
 KVM_HOLDER = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
 KVM_CLOSED = ("kvm = open('/dev/kvm', 'rb', buffering=0); fd = kvm.fileno(); kvm.close(); "
               "ready(str(fd)); hold()")
-# A child that asked to be traced (PTRACE_TRACEME) by the subject, which then waits.
-TRACED_CHILD = """
-libc = ctypes.CDLL(None, use_errno=True)
-child = os.fork()
-if child == 0:
-    libc.ptrace(0, 0, None, None)
-    while True:
-        time.sleep(60)
-while open(f"/proc/{child}/status").read().find("TracerPid:\\t0\\n") >= 0:
-    time.sleep(0.001)
-ready(str(child))
-hold()
-"""
-
-
-class RecordingKernel:
-    """Stands in for the probes' in-kernel maps: records what the table asks of them."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def track_fd(self, tgid: int, fd: int) -> None:
-        self.calls.append(("track_fd", tgid, fd))
-
-    def untrack_fd(self, tgid: int, fd: int, judged_ns: int | None = None) -> None:
-        self.calls.append(("untrack_fd", tgid, fd))
-
-    def mark_lock_holder(self, tgid: int) -> None:
-        self.calls.append(("mark_lock_holder", tgid))
-
-    def mark_memory(self, tgid: int) -> None:
-        self.calls.append(("mark_memory", tgid))
-
-    def watch(self, pid: int) -> None:
-        self.calls.append(("watch", pid))
-
-    def forget(self, tgid: int) -> None:
-        self.calls.append(("forget", tgid))
-
-    def locks_read(self, tgid: int) -> None:
-        self.calls.append(("locks_read", tgid))
 
 
 @pytest.fixture
@@ -77,16 +38,6 @@ def kernel() -> RecordingKernel:
 @pytest.fixture
 def table(kernel) -> LiveTable:
     return LiveTable(profile("criu", (4, 2, 1)), kernel)
-
-
-def event(kind: Kind, pid: int, ts_ns: int | None = None, **fields) -> Event:
-    fields.setdefault("tid", pid)
-    ts_ns = time.monotonic_ns() if ts_ns is None else ts_ns
-    return Event(kind, ts_ns, pid, comm="python", **fields)
-
-
-def opened(pid: int, fd: int, path: str = "/dev/kvm", ts_ns: int | None = None) -> Event:
-    return event(Kind.FD_OPENED, pid, ts_ns, fd=fd, special=Special.DEVICE, path=path)
 
 
 def states(transitions) -> list[tuple[int, str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agreement.test_agree_sockets import load_socket_filter
+from tests.support.sockets import load_socket_filter
 from tracker.checks import sockets
 from tracker.checks.sockets import bpf, diag, inet, netlink, fd_query, procnet, queue, tables
 from tracker.checks.sockets.records import InetSocket, Membership, PacketSocket, UnixSocket
