@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import RETRIES, TABLE, read_table, render
+from tracker.criu.runner import find_criu
 
 # pytester: the crwatch pytest plugin and the requirements plugin are tested in pytest
 # runs of their own.
@@ -78,8 +79,6 @@ def pytest_sessionfinish(session):
     rows = read_table()
     if not rows:
         return
-    from tracker.criu.runner import find_criu
-
     criu = find_criu()
     text = render(rows, criu_version=criu.version_text if criu else "none",
                   kernel=os.uname().release, date=time.strftime("%Y-%m-%d", time.gmtime()),
