@@ -28,8 +28,6 @@ from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import Freeze, cgroup2_mount
 
-pytestmark = [pytest.mark.criu]
-
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -197,6 +195,7 @@ def criu():
 
 # ---------------------------------------------------------------- the three verdicts
 
+@pytest.mark.criu
 def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, criu):
     images = tmp_path / "images"
     with tree(tmp_path, cgroup=cgroup) as running:
@@ -229,6 +228,7 @@ def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, 
             restore.wait(timeout=AWAIT_S)
 
 
+@pytest.mark.criu
 def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, method, cgroup,
                                                                      criu):
     with tree(tmp_path, setup=TCP_AND_GHOST, cgroup=cgroup) as running:
@@ -257,6 +257,7 @@ def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, m
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, method, cgroup):
     images = tmp_path / "images"
     with tree(tmp_path, setup=LOOP_CONTROL, cgroup=cgroup) as running:
@@ -269,6 +270,7 @@ def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, 
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
     with tree(tmp_path, setup=LOOP_CONTROL) as running:
         status, whole = gate(str(running.root))
@@ -304,6 +306,7 @@ def _frozen(running: Tree, method: str, cgroup: Path | None) -> bool:
     return all("TracerPid:\t0\n" not in status for status in statuses)
 
 
+@pytest.mark.criu
 def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgroup):
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--tree", str(running.root),
@@ -346,6 +349,7 @@ def _await_hold(helper: int, gating: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.criu
 def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, method, cgroup):
     """The helper holds the tree; SIGKILL of it (the OOM killer's way) must not strand it:
     crwatch thaws a cgroup itself, the kernel detaches a dead tracer's tracees."""
@@ -372,6 +376,7 @@ def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, 
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_the_owner_thaws_a_dead_helpers_cgroup_at_once_while_busy_elsewhere(tmp_path, method,
                                                                              cgroup):
     """The owner's watch is a thread of its own: the cgroup thaws while the owner's code
@@ -407,6 +412,7 @@ def frozen_helper() -> int:
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_ends(
         tmp_path, method, cgroup, criu):
     """Handed to CRIU frozen, the cgroup stays frozen under CRIU when the helper dies;
@@ -471,6 +477,7 @@ def _await_gone(pid: int) -> None:
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgroup):
     """crwatch undoes only its own freeze: a cgroup frozen before the gate stays frozen."""
     with tree(tmp_path, cgroup=cgroup) as running:
@@ -494,6 +501,7 @@ def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgro
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anything(tmp_path):
     images = tmp_path / "images"
     init = subprocess.run([str(CRWATCH), "gate", "--local", "1", "--dump", str(images)],
@@ -510,6 +518,7 @@ def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anythi
     assert own.stderr.count("\n") == 1 and not images.exists()
 
 
+@pytest.mark.criu
 def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
     with tree(tmp_path) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", str(running.root),
@@ -530,6 +539,7 @@ def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_tree_nothing_could_freeze_is_not_called_frozen():
     """A kernel thread refuses PTRACE_SEIZE: no "frozen ... (0 tasks)"."""
     kernel_thread = next(pid for pid in sorted(int(n) for n in os.listdir("/proc") if n.isdigit())
@@ -549,6 +559,7 @@ def _is_kernel_thread(pid: int) -> bool:
     return bool(flags & 0x00200000)  # PF_KTHREAD
 
 
+@pytest.mark.criu
 def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
     with tree(tmp_path, cgroup=cgroup) as running:
         status, document = gate("--tree", str(running.root), "--hold", "30", "--watchdog", "0.5")
@@ -561,6 +572,7 @@ def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
 
 # ---------------------------------------------------------------- CRIU's own refusals
 
+@pytest.mark.criu
 def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_path, criu):
     """Images into a read-only directory: the gate passes, CRIU fails, its log is read."""
     images = tmp_path / "readonly"
@@ -582,6 +594,7 @@ def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_pa
         subprocess.run(["umount", str(images)], check=True)
 
 
+@pytest.mark.criu
 def test_criu_hook_aborts_a_dump_with_crwatchs_reasons_and_passes_a_good_one(tmp_path, criu):
     hook = Path(sys.executable).with_name("crwatch-criu-hook")
     with tree(tmp_path, setup=TCP_AND_GHOST) as running:
@@ -614,6 +627,7 @@ def test_criu_hook_outside_criu_says_how_to_use_it():
 
 # ---------------------------------------------------------------- bad input
 
+@pytest.mark.criu
 def test_bad_gate_input_gets_a_clear_error(tmp_path):
     missing = subprocess.run([str(CRWATCH), "gate", "--local", "4194304"],
                              capture_output=True, text=True)
@@ -633,6 +647,7 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
     assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr
 
 
+@pytest.mark.criu
 def test_without_root_the_gate_says_what_it_needs(tmp_path):
     with tree(tmp_path) as running:
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
