@@ -88,6 +88,7 @@ class Skips:
             self._reasons[need] = CHECKS[need]()
         return self._reasons[need]
 
+    @pytest.hookimpl(trylast=True)  # after -m and -k deselect: only selected tests' needs
     def pytest_collection_modifyitems(self, items):
         for item in items:
             for need in NEEDS:

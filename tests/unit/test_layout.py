@@ -60,7 +60,7 @@ def test_each_layer_imports_only_those_below_it():
 
 def test_tests_share_helpers_through_tests_support_only():
     reaching = []
-    for path in sorted((REPO / "tests").rglob("test_*.py")):
+    for path in sorted((REPO / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
