@@ -12,11 +12,12 @@ setup:
 lint:
 	$(PY) -m ruff check .
 
+# The whole suite, as root (CI): nothing may skip.
 test: setup lint
 	$(ENV); $(PY) -m pytest -q -p no:cacheprovider tests
 
-# The unit tests alone: no root, no eBPF, no CRIU (.deps/env, when setup made it, names
-# the CRIU that the few unit tests marked `criu` run under root).
+# The unit tests, for anyone: no root, no setup beyond a .venv with the dev extras
+# (tests marked root, bpf or criu skip without root, each with its reason).
 unit:
 	set -a; [ ! -f .deps/env ] || . ./.deps/env; set +a; $(PY) -m pytest -q -p no:cacheprovider tests/unit
 

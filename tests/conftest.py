@@ -1,4 +1,5 @@
-"""Session-wide set-up: root is required, the CRIU agreement table starts empty, and at
+"""Session-wide set-up: tests skip only for a need their markers name and this machine
+lacks (tests/support/requirements.py), the CRIU agreement table starts empty, and at
 the end the table is written: docs/criu-agreement.md when the run compared every
 agreement state (every test of every tests/agreement/test_agree_*.py ran, none failed), else
 build/criu-agreement.md, so that a partial run never truncates the document."""
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import RETRIES, TABLE, read_table, render
+from tracker.criu.runner import find_criu
 
-pytest_plugins = ["pytester"]  # the crwatch pytest plugin is tested in pytest runs of its own
+# pytester: the crwatch pytest plugin and the requirements plugin are tested in pytest
+# runs of their own.
+pytest_plugins = ["pytester", "tests.support.requirements"]
 
 TESTS = Path(__file__).resolve().parent
 DOC = TESTS.parent / "docs" / "criu-agreement.md"
@@ -52,21 +56,8 @@ def _agreement_test(nodeid: str) -> tuple[str, str] | None:
 
 
 def pytest_configure(config):
-    # Every test starts real processes in real states and most run the real CRIU:
-    # without root neither /proc nor CRIU tell the whole truth.
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.exit("CI must run the tests as root", returncode=3)
-        config.issue_config_time_warning(pytest.PytestWarning("not root: tests will be skipped"), 2)
     TABLE.unlink(missing_ok=True)
     PARTIAL_DOC.unlink(missing_ok=True)  # a table of an earlier partial run is not this run's
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root: tests audit other processes and run CRIU")
-        for item in items:
-            item.add_marker(skip)
 
 
 def pytest_deselected(items):
@@ -88,8 +79,6 @@ def pytest_sessionfinish(session):
     rows = read_table()
     if not rows:
         return
-    from tracker.criu.runner import find_criu
-
     criu = find_criu()
     text = render(rows, criu_version=criu.version_text if criu else "none",
                   kernel=os.uname().release, date=time.strftime("%Y-%m-%d", time.gmtime()),

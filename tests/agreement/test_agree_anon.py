@@ -8,6 +8,8 @@ import pytest
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import skip_if_refused, subject
 
+pytestmark = [pytest.mark.criu]
+
 # Raw syscalls for the kinds Python has no wrapper for. A kernel that refuses
 # to create one (disabled by sysctl, missing config) is reported by the
 # subjects' make() and skipped with its reason.

@@ -9,6 +9,8 @@ from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.criu]
+
 
 def test_memory_devices_are_ok():
     code = """

@@ -6,9 +6,13 @@ moved to a mount namespace of its own names a mount of the old namespace.
 """
 from __future__ import annotations
 
+import pytest
+
 from tests.support.agreement import assert_agrees
+from tests.support.namespaces import in_own_mount_namespace
 from tests.support.subjects import subject
-from tests.agreement.test_agree_mounts import in_own_mount_namespace
+
+pytestmark = [pytest.mark.criu]
 
 # The mark is made in the host's namespace; then the process unshares its mount namespace and
 # runs itself again with nothing of the old namespace but the fanotify fd.

@@ -12,6 +12,8 @@ import pytest
 from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.criu]
+
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:

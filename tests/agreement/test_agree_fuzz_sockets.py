@@ -30,6 +30,8 @@ from tracker.criu.runner import find_criu
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 
+pytestmark = [pytest.mark.criu]
+
 SOCKETS = {
     "unix": "socket.socketpair()[0]",
     "tcp": "socket.socket()",

@@ -20,6 +20,8 @@ from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.criu]
+
 # The subject opens each slave named in SLAVES itself (the test keeps its own copies).
 OPEN_SLAVES = """
 import termios

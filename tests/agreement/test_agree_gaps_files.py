@@ -16,25 +16,11 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.long_paths import DESCEND
 from tests.support.subjects import subject
 from tracker.procfs import NAME_TOO_LONG, Proc
 
-# Descends from `base` through directories of 250-byte names until the path is `length`
-# bytes long with `leaf` as its last component (a shorter last directory absorbs the
-# rest), creating each, and leaves the process there.
-DESCEND = """
-def descend(base, length, leaf):
-    os.chdir(base)
-    path = base
-    while len(path) + 1 + len(leaf) < length:
-        left = length - len(path) - 1 - len(leaf) - 1   # what is left for this directory
-        name = "d" * min(250, left) if left != 1 and left - 250 != 1 else "d" * (left - 2)
-        os.mkdir(name)
-        os.chdir(name)
-        path += "/" + name
-    assert len(path) + 1 + len(leaf) == length, (len(path), length)
-    return path + "/" + leaf
-"""
+pytestmark = [pytest.mark.criu]
 
 
 @pytest.fixture
@@ -91,4 +77,3 @@ ready(); hold()
                                  codes={"file.path.too_long"}, criu_error="Can't read link of fd")
     reason = next(r for r in document["reasons"] if r["code"] == "file.path.too_long")
     assert "its cwd" in reason["message"] and reason["fd"] is None
-

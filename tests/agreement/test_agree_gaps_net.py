@@ -26,6 +26,8 @@ from tests.support.subjects import subject
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 
+pytestmark = [pytest.mark.criu]
+
 NET_LOCK = namespace_lock_codes()
 
 

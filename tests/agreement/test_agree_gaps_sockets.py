@@ -15,6 +15,8 @@ import pytest
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.criu]
+
 
 @pytest.fixture
 def scratch() -> Iterator[str]:

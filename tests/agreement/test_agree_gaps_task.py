@@ -17,9 +17,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.agreement import assert_agrees
+from tests.support.long_paths import DESCEND
 from tests.support.subjects import subject
-from tests.agreement.test_agree_gaps_files import DESCEND
+
+pytestmark = [pytest.mark.criu]
 
 # clone() as fork() (no new stack) with CLONE_FILES: the child shares its parent's fd table.
 CLONE_FILES = """

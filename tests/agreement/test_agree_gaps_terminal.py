@@ -12,6 +12,8 @@ import pytest
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.criu]
+
 # A session leader with a fresh pty as its controlling terminal, and /dev/tty open.
 CTTY = """
 import pty, termios

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import ctypes
 
+import pytest
+
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
+
+pytestmark = [pytest.mark.criu]
 
 IPC_RMID = 0
 SYSV_CODES = {"ipc.sysv_sem.host_ns", "ipc.sysv_msg.host_ns", "ipc.sysv_shm.host_ns"}

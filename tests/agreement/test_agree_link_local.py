@@ -6,10 +6,14 @@ again at restore; once the interface is gone the kernel answers ENODEV and CRIU 
 """
 from __future__ import annotations
 
+import pytest
+
 from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
+
+pytestmark = [pytest.mark.criu]
 
 # The subject makes a tap in a network namespace of its own, binds to its link-local address,
 # and deletes the tap.

@@ -14,6 +14,8 @@ from tracker.criu.runner import find_criu
 from tracker.profiles import profile
 from tracker import verdict
 
+pytestmark = [pytest.mark.criu]
+
 OPEN = """
 path = os.environ["LOCKED_FILE"]
 f = open(path, "r+")

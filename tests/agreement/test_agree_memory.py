@@ -20,6 +20,8 @@ import pytest
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.criu]
+
 MAP = """
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p

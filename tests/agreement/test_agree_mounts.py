@@ -12,42 +12,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.namespaces import MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, in_own_mount_namespace
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 
-# unshare(1) as a subject does it to itself: a new mount namespace, the
-# propagation given, stdio opened again inside, then exec of the same code, so
-# that nothing but what the code opens afterwards comes from the old namespace.
-IN_OWN_MOUNT_NAMESPACE = """
-libc = ctypes.CDLL(None, use_errno=True)
-if os.environ.get("CRWATCH_STAGE") != "unshared":
-BEFORE
-    assert libc.unshare(0x00020000) == 0, os.strerror(ctypes.get_errno())   # CLONE_NEWNS
-    if PROPAGATION:   # 0: left as the old namespace had it
-        assert libc.mount(b"none", b"/", None, PROPAGATION, None) == 0, os.strerror(ctypes.get_errno())
-    null = os.open("/dev/null", os.O_RDWR)
-    for number in (0, 1, 2):
-        os.dup2(null, number)
-    os.close(null)
-    os.environ["CRWATCH_STAGE"] = "unshared"
-    os.execv(sys.executable, [sys.executable, "-c", open("/proc/self/cmdline", "rb").read().split(b"\\0")[2]])
-"""
-MS_REC, MS_PRIVATE, MS_SLAVE, MS_SHARED = 0x4000, 0x40000, 0x80000, 0x100000
-
-
-def in_own_mount_namespace(code: str, propagation: int = MS_REC | MS_PRIVATE,
-                           before: str = "pass") -> str:
-    """`before` runs in the old namespace, once: what it leaves inheritable crosses over."""
-    indented = textwrap.indent(textwrap.dedent(before).strip(), "    ")
-    return (IN_OWN_MOUNT_NAMESPACE.replace("PROPAGATION", str(propagation))
-            .replace("BEFORE", indented) + code)
+pytestmark = [pytest.mark.criu]
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.namespaces import CLONE, UNSHARE
 from tests.support.subjects import subject
-from tests.agreement.test_agree_namespaces import CLONE, UNSHARE
+
+pytestmark = [pytest.mark.criu]
 
 MAP_ALL = "0 0 4294967295"
 

@@ -7,34 +7,12 @@ import signal
 import pytest
 
 from tests.support.agreement import assert_agrees, namespace_lock_codes
+from tests.support.namespaces import CLONE, UNSHARE, child_in_namespace
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 from tracker.environment import current
 
-CLONE = {"mnt": 0x00020000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08000000,
-         "user": 0x10000000, "pid": 0x20000000, "net": 0x40000000, "time": 0x00000080}
-
-UNSHARE = """
-def unshare(flags):
-    if ctypes.CDLL(None, use_errno=True).unshare(flags) != 0:
-        raise OSError(ctypes.get_errno(), "unshare")
-"""
-
-
-def child_in_namespace(flags: int, *, child_setup: str = "") -> str:
-    """Subject code: a child that unshares `flags`, then holds; the note is its pid."""
-    return UNSHARE + f"""
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    unshare({flags})
-    {child_setup or "pass"}
-    os.write(w, b"x")
-    hold()
-os.read(r, 1)
-ready(str(pid))
-hold()
-"""
+pytestmark = [pytest.mark.criu]
 
 
 def init_of_new_pid_namespace(*, setsid: bool) -> str:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.agreement import assert_agrees, connection_lock_codes, network_lock_options
 from tests.support.subjects import subject
+
+pytestmark = [pytest.mark.criu]
 
 # A TCP connection with both ends held, a flock, and a deleted 3 MiB file (over CRIU's
 # default ghost limit of 1 MiB).

@@ -12,6 +12,8 @@ import pytest
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import skip_if_refused, subject
 
+pytestmark = [pytest.mark.criu]
+
 SECRET = """
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import assert_agrees
+from tests.support.sockets import HELPERS
 from tests.support.subjects import subject
-from tests.agreement.test_agree_sockets import HELPERS
+
+pytestmark = [pytest.mark.criu]
 
 # A unix socket bound to `path` in a new network namespace (a path, unlike an abstract
 # name, is reachable from every namespace), held by a process outside the tree.

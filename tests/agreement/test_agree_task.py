@@ -5,29 +5,23 @@ import os
 import select
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
+from tests.support.tasks import SEIZE, state_of, wait_for_state
 from tracker.audit import audit
 from tracker.criu.runner import find_criu
 from tracker.profiles import profile
 from tracker.verdict import document
 
+pytestmark = [pytest.mark.criu]
+
 NATIVE_SOURCE = Path(__file__).resolve().parents[1] / "support" / "native" / "task_states.c"
 CLONE_VM, CLONE_FS = 0x100, 0x200
 
-# A subject that seizes `pid` with ptrace and keeps it traced while it lives.
-SEIZE = """
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-def seize(pid):
-    if libc.ptrace(0x4206, pid, None, None) != 0:  # PTRACE_SEIZE
-        raise OSError(ctypes.get_errno(), "PTRACE_SEIZE")
-"""
 
 # A child in a process group of its own, in the subject's session, so that
 # job-control stop signals (SIGTSTP, SIGTTIN) are not discarded as they are
@@ -54,18 +48,6 @@ def exec_native(binary: Path, *args: str) -> str:
     """Subject code that becomes the C helper, which reports readiness itself."""
     argv = [str(binary), *args]
     return f"os.execv({str(binary)!r}, {argv!r})"
-
-
-def state_of(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as file:
-        return file.read().rpartition(")")[2].split()[0]
-
-
-def wait_for_state(pid: int, state: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while state_of(pid) != state:
-        assert time.monotonic() < deadline, f"pid {pid} never reached state {state}"
-        time.sleep(0.01)
 
 
 def kill_quietly(pid: int) -> None:

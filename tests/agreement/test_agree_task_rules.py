@@ -15,9 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
-from tests.agreement.test_agree_task import SEIZE, wait_for_state
+from tests.support.tasks import SEIZE, wait_for_state
+
+pytestmark = [pytest.mark.criu]
 
 MS_NOSUID, MS_NODEV, MNT_DETACH = 0x2, 0x4, 0x2
 AWAIT_S = 30.0

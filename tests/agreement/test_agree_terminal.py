@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
+
+pytestmark = [pytest.mark.criu]
 
 
 def test_subject_with_null_stdio_leading_its_session_dumps():

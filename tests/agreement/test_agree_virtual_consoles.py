@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
+
+pytestmark = [pytest.mark.criu]
 
 CONSOLE = "/dev/tty5"
 # The session a terminal belongs to (TIOCGSID), in the subject.

@@ -241,6 +241,7 @@ def reason(document: dict, code: str) -> dict:
 
 # ---------------------------------------------------------------- the network lock
 
+@pytest.mark.criu
 def test_without_iptables_a_tcp_connection_needs_the_nftables_lock_named_in_the_verdict():
     with search_path(path_without_iptables()) as env, subject(TCP_PAIR + "ready(); hold()") as s:
         assert env.network_lock(IPTABLES_CONNECTION_TOOLS) == "nftables"
@@ -262,6 +263,7 @@ def test_without_iptables_a_tcp_connection_needs_the_nftables_lock_named_in_the_
         assert both.ok, both.errors
 
 
+@pytest.mark.criu
 def test_with_iptables_on_path_a_tcp_connection_needs_only_tcp_established():
     path = os.pathsep.join([str(iptables_bin()), path_without_iptables()])
     with search_path(path) as env, subject(TCP_PAIR + "ready(); hold()") as s:
@@ -288,6 +290,7 @@ FAMILIES = {"IPv4": (TCP_PAIR + "ready(); hold()", None),
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.criu
 def test_only_iptables_on_path_locks_ipv4_peers_and_not_ipv6_ones(family, tmp_path):
     code, missing = FAMILIES[family]
     only_iptables = tmp_path / "bin"
@@ -307,6 +310,7 @@ def test_only_iptables_on_path_locks_ipv4_peers_and_not_ipv6_ones(family, tmp_pa
         assert document["required_options"] == ["--tcp-established"], document["reasons"]
 
 
+@pytest.mark.criu
 def test_with_iptables_on_path_an_own_network_namespace_needs_no_lock_option():
     path = os.pathsep.join([str(iptables_bin()), path_without_iptables()])
     code = ("libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -317,6 +321,7 @@ def test_with_iptables_on_path_an_own_network_namespace_needs_no_lock_option():
 
 
 @pytest.mark.parametrize("state", sorted(SHUT_DOWN_STATES))
+@pytest.mark.criu
 def test_shut_down_tcp_sockets_are_locked_too(state):
     setup, option = SHUT_DOWN_STATES[state]
     code = "import struct\n" + SETTLE + TCP_PAIR + setup + "\nready(); hold()"
@@ -342,6 +347,7 @@ ready(); hold()
 """
 
 
+@pytest.mark.criu
 def test_a_process_under_another_uid_is_blocked_without_cap_sys_resource(tmp_path):
     with subject(FOREIGN_CHILD) as s:
         result = crwatch("check", "--tree", "--json", str(s.pid), prefix=WITHOUT_SYS_RESOURCE)
@@ -357,6 +363,7 @@ def test_a_process_under_another_uid_is_blocked_without_cap_sys_resource(tmp_pat
             failed.errors
 
 
+@pytest.mark.criu
 def test_a_root_tree_dumps_without_cap_sys_resource(tmp_path):
     with subject("ready(); hold()") as s:
         document = json.loads(crwatch("check", "--tree", "--json", str(s.pid),
@@ -366,6 +373,7 @@ def test_a_root_tree_dumps_without_cap_sys_resource(tmp_path):
         assert dumped.ok, dumped.errors
 
 
+@pytest.mark.criu
 def test_the_agreement_harness_sees_the_same_blocker_in_this_environment():
     if environment.current().has_sys_resource:
         pytest.skip("this dumper holds CAP_SYS_RESOURCE: the setpriv tests above cover it")
@@ -378,6 +386,7 @@ def test_the_agreement_harness_sees_the_same_blocker_in_this_environment():
 WITHOUT_CHECKPOINT_CAPS = ("setpriv", "--bounding-set", "-checkpoint_restore,-sys_admin", "--")
 
 
+@pytest.mark.criu
 def test_a_dumper_without_checkpoint_capabilities_blocks_everything(tmp_path):
     with subject("ready(); hold()") as s:
         plain = json.loads(crwatch("check", "--json", str(s.pid)).stdout)
@@ -398,6 +407,7 @@ def test_a_dumper_without_checkpoint_capabilities_blocks_everything(tmp_path):
 
 # ---------------------------------------------------------------- showing the facts
 
+@pytest.mark.criu
 def test_crwatch_env_shows_the_facts_in_text_and_json():
     as_json = crwatch("env", "--json", prefix=WITHOUT_CHECKPOINT_CAPS)
     assert as_json.returncode == 0, as_json.stderr
@@ -412,6 +422,7 @@ def test_crwatch_env_shows_the_facts_in_text_and_json():
     assert "CANNOT checkpoint" in text and "network lock" in text
 
 
+@pytest.mark.root
 def test_get_environment_serves_the_same_facts_as_the_cli():
     server = Server("--no-probes")
     try:
@@ -446,6 +457,7 @@ def scratch_for_nobody() -> Path:
     return images
 
 
+@pytest.mark.criu
 def test_a_non_root_dumper_with_checkpoint_restore_needs_unprivileged(tmp_path):
     with subject(OWN_UID_SUBJECT) as s:
         result = crwatch("check", "--json", str(s.pid), prefix=UNPRIVILEGED)
@@ -484,6 +496,7 @@ ready(); hold()
 """
 
 
+@pytest.mark.criu
 def test_a_bpf_map_names_the_criu_build_that_refuses_it():
     if environment.current().libraries.get("libbpf"):
         pytest.skip("this CRIU is linked with libbpf: no CRIU without it to compare with")

@@ -29,6 +29,7 @@ FAMILIES = {"files", "sockets", "anon", "memory", "locks", "ipc", "namespaces", 
             "devices"}
 
 
+@pytest.mark.criu
 def test_bounded_fuzz_run_finds_no_unsafe_verdict():
     criu = find_criu()
     assert criu is not None, "no CRIU: scripts/setup.sh provides one"
@@ -160,8 +161,11 @@ def test_dropping_an_empty_leaf_renumbers_the_parents():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--generators", "pipe,no_such_thing"], "unknown generator(s): no_such_thing"),
-    (["--replay", "/nonexistent/repro.json"], "cannot read /nonexistent/repro.json"),
+    # The fuzzer refuses to start without root before it reads generators or reproducers.
+    pytest.param(["--generators", "pipe,no_such_thing"], "unknown generator(s): no_such_thing",
+                 marks=pytest.mark.root),
+    pytest.param(["--replay", "/nonexistent/repro.json"], "cannot read /nonexistent/repro.json",
+                 marks=pytest.mark.root),
     (["--compositions", "0"], "--compositions must be at least 1"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_status_2(arguments, message):

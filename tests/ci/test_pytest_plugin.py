@@ -1,12 +1,12 @@
 """The pytest plugin (`pytest --crwatch`), run in pytest sessions of its own (pytester)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.support.agreement import network_lock_options
 from tests.support.servers import Server
+
+pytestmark = [pytest.mark.bpf]
 
 # Where CRIU locks TCP connections only with nftables, allowing them allows that too.
 LOCK = ["=".join(network_lock_options())] if network_lock_options() else []
@@ -75,8 +75,6 @@ def test_allowing_for_every_test_and_opting_out(pytester, service):
 
 
 def test_with_its_own_probes_when_no_service_answers(pytester, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("the plugin's own probes need root (CI is root)")
     monkeypatch.setenv("CRWATCH_URL", "http://127.0.0.1:9")  # nothing listens there
     pytester.makepyfile(test_workloads=TESTS)
     result = pytester.runpytest_subprocess("--crwatch", "-k", "device or nothing")

@@ -16,6 +16,8 @@ import pytest
 from tests.support.agreement import network_lock_allowed
 from tests.support.servers import Server
 
+pytestmark = [pytest.mark.bpf]
+
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PY = sys.executable
 
@@ -62,18 +64,12 @@ def run(*arguments: str, service: str = NO_SERVICE, user: int | None = None,
                           env={**os.environ, "CRWATCH_URL": service})
 
 
-def requires_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("crwatch run's probes need root (CI is root)")
-
-
 def codes_of(process: dict) -> set[str]:
     return {r["code"] for episode in process["episodes"] for r in episode["reasons"]} | \
         {r["code"] for taken in process["audits"] for r in taken["reasons"]}
 
 
 def test_every_transient_state_of_the_tree_is_reported_with_when_and_how_long(tmp_path, service):
-    requires_root()
     done = run("--json", str(tmp_path / "report.json"), "--junit", str(tmp_path / "junit.xml"),
                "--", PY, "-c", PYTHON_WORKLOAD, str(tmp_path / "lockfile"), service=service)
     assert done.returncode == 1, done.stderr
@@ -105,7 +101,6 @@ def test_every_transient_state_of_the_tree_is_reported_with_when_and_how_long(tm
 
 
 def test_allowed_options_pass_and_a_clean_run_exits_0(tmp_path, service):
-    requires_root()
     tcp = ("import socket, time; server = socket.create_server(('127.0.0.1', 0)); "
            "c = socket.create_connection(server.getsockname()); a, _ = server.accept(); "
            "time.sleep(0.05)")
@@ -122,7 +117,6 @@ def test_allowed_options_pass_and_a_clean_run_exits_0(tmp_path, service):
 
 
 def test_a_shell_workload_with_a_lock_and_exec(tmp_path, service):
-    requires_root()
     script = f"flock {tmp_path}/lock sh -c 'sleep 0.2'; exec sh -c 'exec 3</dev/kvm; sleep 0.1'"
     done = run("--json", str(tmp_path / "r.json"), "--", "sh", "-c", script, service=service)
     assert done.returncode == 1, done.stderr
@@ -132,7 +126,6 @@ def test_a_shell_workload_with_a_lock_and_exec(tmp_path, service):
 
 
 def test_the_commands_own_failure_wins_and_a_missing_command_is_127(service):
-    requires_root()
     failed = run("--", "sh", "-c", "exec 3</dev/kvm; exit 7", service=service)
     assert failed.returncode == 7
     missing = run("--", "no-such-command-anywhere")
@@ -159,7 +152,6 @@ def test_a_report_that_cannot_be_written_is_refused_or_printed_on_stdout_instead
 
 
 def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service):
-    requires_root()
     transient = run("--at-end", "--", "sh", "-c", "exec 3</dev/kvm; sleep 0.05; exec 3<&-",
                     service=service)
     assert transient.returncode == 0, transient.stderr
@@ -177,7 +169,6 @@ def test_at_end_judges_what_still_runs_and_ignores_transients(tmp_path, service)
 
 
 def test_markers_judge_the_moments_the_workload_chooses(tmp_path, service):
-    requires_root()
     # Holds /dev/kvm at the signal, waits until it was judged, then lets it go.
     at_signal = ("import os, signal, time; device = os.open('/dev/kvm', os.O_RDONLY)\n"
                  "os.kill(int(os.environ['CRWATCH_PID']), signal.SIGUSR1)\n"
@@ -199,7 +190,6 @@ def test_markers_judge_the_moments_the_workload_chooses(tmp_path, service):
 
 
 def test_without_root_it_explains_and_degrades_on_request(tmp_path):
-    requires_root()  # to become someone else
     tcp = ("import socket, time; server = socket.create_server(('127.0.0.1', 0)); "
            "c = socket.create_connection(server.getsockname()); a, _ = server.accept(); "
            "time.sleep(1.5)")
@@ -212,7 +202,6 @@ def test_without_root_it_explains_and_degrades_on_request(tmp_path):
 
 
 def test_without_a_service_it_attaches_probes_of_its_own(tmp_path):
-    requires_root()
     done = run("--json", str(tmp_path / "r.json"), "--", "sh", "-c",
                "exec 3</dev/kvm; sleep 0.05")
     assert done.returncode == 1, done.stderr
@@ -223,7 +212,6 @@ def test_without_a_service_it_attaches_probes_of_its_own(tmp_path):
 
 def test_the_shortest_state_is_still_seen(tmp_path, service):
     """An fd opened and closed at once: the probes see both syscalls, whatever the gap."""
-    requires_root()
     done = run("--json", str(tmp_path / "r.json"), "--", PY, "-c",
                "import os; os.close(os.open('/dev/kvm', os.O_RDONLY))", service=service)
     assert done.returncode == 1, done.stderr

@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
+from tests.support.namespaces import NESTED_PID_NS
 from tests.support.subjects import subject
-from tests.agreement.test_agree_namespaces import CLONE, child_in_namespace
+from tests.support.tasks import THREADED
 from tracker.criu.runner import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PLAIN = "ready(); hold()"
-THREADED = ("import threading\n"
-            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
-            "ready(); hold()")
-# A root whose child unshares its pid namespace; the grandchild is pid 1 of the new one.
-NESTED_PID_NS = child_in_namespace(CLONE["pid"], child_setup="""
-    inner = os.fork()
-    if inner == 0:
-        hold()""")
 DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
 TCP_PAIR = """
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
@@ -39,6 +32,7 @@ def crwatch(*args: str, user: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.root
 def test_plain_process_is_checkpointable_and_exits_0():
     with subject(PLAIN) as plain:
         result = crwatch("check", str(plain.pid))
@@ -48,6 +42,7 @@ def test_plain_process_is_checkpointable_and_exits_0():
     assert result.stderr == ""
 
 
+@pytest.mark.root
 def test_json_is_the_verdict_document():
     with subject(TCP_PAIR) as tcp:
         result = crwatch("check", "--json", str(tcp.pid))
@@ -66,6 +61,7 @@ def test_json_is_the_verdict_document():
     assert isinstance(document["start_time"], float) and document["checked_at"].endswith("Z")
 
 
+@pytest.mark.root
 def test_allowing_the_required_option_makes_it_checkpointable():
     with subject(TCP_PAIR) as tcp:
         allowed = crwatch("check", "--allow=--tcp-established", *network_lock_allowed(),
@@ -78,6 +74,7 @@ def test_allowing_the_required_option_makes_it_checkpointable():
     assert json.loads(short.stdout)["checkpointable"] is True
 
 
+@pytest.mark.root
 def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     tree = """
     import subprocess
@@ -100,6 +97,7 @@ def test_human_output_lists_every_reason_with_its_remedy_grouped_per_process():
     assert out.rstrip().endswith("checkpointable: no")
 
 
+@pytest.mark.criu
 def test_check_judges_what_a_checkpoint_takes_the_tree_and_only_takes_the_pid_alone():
     criu = find_criu()
     assert criu is not None, "no CRIU: scripts/setup.sh provides one"
@@ -140,6 +138,7 @@ def test_a_thread_id_is_refused_naming_its_process():
     assert gated.stderr.startswith(f"crwatch: {tid} is a thread of process {threaded.pid};")
 
 
+@pytest.mark.root
 def test_the_conclusion_names_only_the_options_still_missing():
     both = TCP_PAIR.replace("ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
     with subject(both) as tcp:
@@ -151,6 +150,7 @@ def test_the_conclusion_names_only_the_options_still_missing():
     assert result.stdout.rstrip().endswith("checkpointable: no (allow --file-locks to dump it)")
 
 
+@pytest.mark.root
 def test_several_pids_at_once_exit_1_when_any_is_not_checkpointable():
     with subject(PLAIN) as plain, subject(DEVICE) as device:
         result = crwatch("check", "--json", str(plain.pid), str(device.pid))
@@ -214,6 +214,7 @@ def test_a_tree_holding_crwatch_itself_is_blocked():
     assert document["verdict"] == "blocked"
 
 
+@pytest.mark.root
 def test_without_root_it_says_what_could_not_be_read_and_why():
     with subject(PLAIN) as plain:
         result = crwatch("check", "--json", str(plain.pid), user=65534)

@@ -23,12 +23,12 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
+from tests.support.gates import AWAIT_S, gate
 from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import Freeze, cgroup2_mount
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
-AWAIT_S = 30.0  # the longest anything below may take on a loaded runner
 PR_SET_CHILD_SUBREAPER = 36
 
 # A root with two threads and a child with one; each serves pings on its FIFOs with
@@ -193,22 +193,10 @@ def criu():
     return found
 
 
-def gate(*arguments: str, timeout: float = 120) -> tuple[int, dict]:
-    done = subprocess.run([str(CRWATCH), "gate", "--local", "--json", *arguments],
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.stdout, done.stderr
-    return done.returncode, json.loads(done.stdout)
-
-
-def requires_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("freezing other processes and CRIU need root (CI is root)")
-
-
 # ---------------------------------------------------------------- the three verdicts
 
+@pytest.mark.criu
 def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, criu):
-    requires_root()
     images = tmp_path / "images"
     with tree(tmp_path, cgroup=cgroup) as running:
         with orphans_come_to_us():  # CRIU ends the tree after the dump: reap it at once
@@ -240,9 +228,9 @@ def test_a_checkpointable_tree_is_dumped_and_restored(tmp_path, method, cgroup, 
             restore.wait(timeout=AWAIT_S)
 
 
+@pytest.mark.criu
 def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, method, cgroup,
                                                                      criu):
-    requires_root()
     with tree(tmp_path, setup=TCP_AND_GHOST, cgroup=cgroup) as running:
         status, refused = gate(str(running.root), "--dump", str(tmp_path / "refused"))
         assert status == 1 and refused["outcome"] == "refused", refused
@@ -269,8 +257,8 @@ def test_a_tree_needing_options_dumps_with_exactly_the_computed_ones(tmp_path, m
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, method, cgroup):
-    requires_root()
     images = tmp_path / "images"
     with tree(tmp_path, setup=LOOP_CONTROL, cgroup=cgroup) as running:
         status, document = gate(str(running.root), "--dump", str(images))
@@ -282,8 +270,8 @@ def test_a_blocked_tree_is_refused_before_criu_runs_and_keeps_running(tmp_path, 
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
-    requires_root()
     with tree(tmp_path, setup=LOOP_CONTROL) as running:
         status, whole = gate(str(running.root))
         assert status == 1 and whole["tree"] is True
@@ -299,7 +287,6 @@ def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
 
 
 def test_a_dump_of_the_pid_alone_is_refused_clearly(tmp_path):
-    requires_root()
     images = tmp_path / "images"
     refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", "--dump", str(images),
                               str(os.getpid())], capture_output=True, text=True, timeout=60)
@@ -319,8 +306,8 @@ def _frozen(running: Tree, method: str, cgroup: Path | None) -> bool:
     return all("TracerPid:\t0\n" not in status for status in statuses)
 
 
+@pytest.mark.criu
 def test_crwatch_killed_mid_gate_leaves_the_tree_running(tmp_path, method, cgroup):
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--tree", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -366,10 +353,10 @@ def _await_hold(helper: int, gating: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.criu
 def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, method, cgroup):
     """The helper holds the tree; SIGKILL of it (the OOM killer's way) must not strand it:
     crwatch thaws a cgroup itself, the kernel detaches a dead tracer's tracees."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -396,11 +383,11 @@ def test_a_killed_helper_leaves_the_tree_running_and_the_gate_says_so(tmp_path, 
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_the_owner_thaws_a_dead_helpers_cgroup_at_once_while_busy_elsewhere(tmp_path, method,
                                                                              cgroup):
     """The owner's watch is a thread of its own: the cgroup thaws while the owner's code
     (this test, as a gate's audit would) is busy, before it releases the hold."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         freeze = Freeze(running.root, tree=True, watchdog_s=600)
         frozen = freeze.__enter__()
@@ -432,11 +419,11 @@ def frozen_helper() -> int:
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_ends(
         tmp_path, method, cgroup, criu):
     """Handed to CRIU frozen, the cgroup stays frozen under CRIU when the helper dies;
     crwatch thaws it once CRIU has ended, and the dump stands."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(running.root),
                                    "--dump", str(tmp_path / "images"), "--watchdog", "60"],
@@ -497,9 +484,9 @@ def _await_gone(pid: int) -> None:
 
 
 @pytest.mark.parametrize("method", ["cgroup"])
+@pytest.mark.criu
 def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgroup):
     """crwatch undoes only its own freeze: a cgroup frozen before the gate stays frozen."""
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         (cgroup / "cgroup.freeze").write_text("1")
         deadline = time.monotonic() + AWAIT_S
@@ -521,8 +508,8 @@ def test_a_freeze_found_in_place_outlives_a_killed_helper(tmp_path, method, cgro
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anything(tmp_path):
-    requires_root()
     images = tmp_path / "images"
     init = subprocess.run([str(CRWATCH), "gate", "--local", "1", "--dump", str(images)],
                           capture_output=True, text=True, timeout=AWAIT_S)
@@ -538,8 +525,8 @@ def test_the_gate_refuses_init_and_a_tree_holding_crwatch_before_freezing_anythi
     assert own.stderr.count("\n") == 1 and not images.exists()
 
 
+@pytest.mark.criu
 def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
-    requires_root()
     with tree(tmp_path) as running:
         gating = subprocess.Popen([str(CRWATCH), "gate", "--local", str(running.root),
                                    "--hold", "600", "--watchdog", "900"],
@@ -559,9 +546,9 @@ def test_the_gate_refuses_a_freezer_helper_and_its_hold_goes_on(tmp_path):
         running.assert_running()
 
 
+@pytest.mark.criu
 def test_a_tree_nothing_could_freeze_is_not_called_frozen():
     """A kernel thread refuses PTRACE_SEIZE: no "frozen ... (0 tasks)"."""
-    requires_root()
     kernel_thread = next(pid for pid in sorted(int(n) for n in os.listdir("/proc") if n.isdigit())
                          if _is_kernel_thread(pid))
     done = subprocess.run([str(CRWATCH), "gate", "--local", "--only", str(kernel_thread)],
@@ -579,8 +566,8 @@ def _is_kernel_thread(pid: int) -> bool:
     return bool(flags & 0x00200000)  # PF_KTHREAD
 
 
+@pytest.mark.criu
 def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
-    requires_root()
     with tree(tmp_path, cgroup=cgroup) as running:
         status, document = gate("--tree", str(running.root), "--hold", "30", "--watchdog", "0.5")
         freeze = document["freeze"]
@@ -592,9 +579,9 @@ def test_the_watchdog_bounds_the_frozen_time(tmp_path, method, cgroup):
 
 # ---------------------------------------------------------------- CRIU's own refusals
 
+@pytest.mark.criu
 def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_path, criu):
     """Images into a read-only directory: the gate passes, CRIU fails, its log is read."""
-    requires_root()
     images = tmp_path / "readonly"
     images.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "crwatch-test", str(images)],
@@ -614,8 +601,8 @@ def test_a_criu_failure_after_the_gate_becomes_a_reason_with_its_resource(tmp_pa
         subprocess.run(["umount", str(images)], check=True)
 
 
+@pytest.mark.criu
 def test_criu_hook_aborts_a_dump_with_crwatchs_reasons_and_passes_a_good_one(tmp_path, criu):
-    requires_root()
     hook = Path(sys.executable).with_name("crwatch-criu-hook")
     with tree(tmp_path, setup=TCP_AND_GHOST) as running:
         aborted = subprocess.run(
@@ -647,8 +634,8 @@ def test_criu_hook_outside_criu_says_how_to_use_it():
 
 # ---------------------------------------------------------------- bad input
 
+@pytest.mark.criu
 def test_bad_gate_input_gets_a_clear_error(tmp_path):
-    requires_root()
     missing = subprocess.run([str(CRWATCH), "gate", "--local", "4194304"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip() == \
@@ -667,8 +654,8 @@ def test_bad_gate_input_gets_a_clear_error(tmp_path):
     assert unreachable.returncode == 2 and "no crwatch service answers" in unreachable.stderr
 
 
+@pytest.mark.criu
 def test_without_root_the_gate_says_what_it_needs(tmp_path):
-    requires_root()  # to become someone else
     with tree(tmp_path) as running:
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                str(CRWATCH), "gate", "--local", str(running.root)],

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.support.gates import gate
 from tests.support.subjects import subject
-from tests.agreement.test_agree_task import SEIZE
-from tests.gate.test_gate import gate, requires_root
+from tests.support.tasks import SEIZE
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.rules import INFO
 
+pytestmark = [pytest.mark.criu]
+
 
 def test_a_task_traced_from_outside_cannot_be_frozen_and_criu_refuses_it_too(tmp_path: Path):
-    requires_root()
     with subject("ready(); hold()") as target:
         with subject(SEIZE + f"seize({target.pid})\nready()\nhold()") as tracer:
             status, document = gate(str(target.pid), "--dump", str(tmp_path / "images"))

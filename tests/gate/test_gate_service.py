@@ -15,7 +15,9 @@ import pytest
 from api.service.models import Gate
 from tests.support.servers import EventStream, Server, metrics
 from tests.support.subjects import subject
-from tests.cli.test_cli import THREADED
+from tests.support.tasks import THREADED
+
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 TOKEN = "s3cret"

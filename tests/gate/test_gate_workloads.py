@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.agreement import RETRIES
-from tests.gate.test_gate import AWAIT_S, gate, requires_root
+from tests.support.gates import AWAIT_S, gate
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.criu.log import transient
+
+pytestmark = [pytest.mark.criu]
 
 PY = sys.executable
 WORKLOADS = {
@@ -81,7 +83,6 @@ WORKLOADS = {
 
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_the_gate_and_criu_agree_on_an_everyday_workload(name, tmp_path):
-    requires_root()
     command = [word.replace("{tmp}", str(tmp_path)) for word in WORKLOADS[name]]
     workload = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path)

@@ -54,6 +54,8 @@ from tracker.live.model import CR, Transition
 from tracker.procfs import Proc, ProcessGone
 from tracker.live.applier import Tracker
 
+pytestmark = [pytest.mark.bpf]
+
 SUBJECT = Path(__file__).resolve().parents[1] / "support" / "differential_subject.py"
 SUBJECTS = 4
 MAX_PROCESSES = 8

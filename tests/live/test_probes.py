@@ -167,6 +167,7 @@ def mapping(size, shared_fd=-1):
 # ------------------------------------------------------------ the loader
 
 
+@pytest.mark.bpf
 def test_every_probe_attaches_here(probes):
     status = probes.status()
     assert {name: probe["state"] for name, probe in status["probes"].items()
@@ -175,6 +176,7 @@ def test_every_probe_attaches_here(probes):
     assert status["ring_buffer_bytes"] == 4 * 1024 * 1024
 
 
+@pytest.mark.bpf
 def test_the_printed_program_is_what_was_compiled(probes):
     text = probes.source_and_cflags()
     assert SOURCE.read_text() in text
@@ -204,6 +206,7 @@ def test_a_refused_program_is_traced_to_its_probe():
     assert probe_of_program("Failed to compile BPF module", statuses) is None
 
 
+@pytest.mark.bpf
 def test_closing_ends_the_reader():
     with Probes(ring_pages=1) as loaded:
         reader = Reader(loaded).start()
@@ -225,6 +228,7 @@ def test_headers_matching_the_kernel_come_first(tmp_path):
         find_kernel_headers("6.19.0", tmp_path / "modules", {}, tmp_path / "absent")
 
 
+@pytest.mark.bpf
 def test_a_disabled_probe_is_left_out():
     with Probes(disabled=("futex",), ring_pages=1) as loaded:
         assert loaded.status()["probes"]["futex"]["state"] == "disabled"
@@ -269,6 +273,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 """
 
 
+@pytest.mark.bpf
 def test_the_python_mirror_matches_the_compiled_record(probes):
     # `probes` first: it has set up headers and tracefs for bcc
     from bcc import BPF
@@ -293,6 +298,7 @@ def test_the_python_mirror_matches_the_compiled_record(probes):
 
 
 @pytest.mark.parametrize("how", ["openat", "open", "openat2"])
+@pytest.mark.bpf
 def test_a_device_open_is_reported_with_its_path(inbox, how):
     opens = {
         "openat": 'os.open("/dev/null", os.O_RDONLY)',
@@ -317,6 +323,7 @@ hold()
 # ------------------------------------------------------------ close, dup, close_range
 
 
+@pytest.mark.bpf
 def test_only_tracked_fds_report_their_close(inbox):
     with run("""
 device = os.open("/dev/null", os.O_RDONLY)
@@ -333,6 +340,7 @@ hold()
     assert device in closed and regular not in closed
 
 
+@pytest.mark.bpf
 def test_dups_of_a_tracked_fd_are_reported_and_tracked(inbox):
     with run("""
 fd = os.open("/dev/null", os.O_RDONLY)
@@ -352,6 +360,7 @@ hold()
     assert 40 in [event.fd for event in events if event.kind is Kind.FD_CLOSED]
 
 
+@pytest.mark.bpf
 def test_dup2_over_a_tracked_fd_closes_it_first(inbox):
     with run("""
 null = os.open("/dev/null", os.O_RDONLY)
@@ -368,6 +377,7 @@ hold()
     assert after_opens == [(Kind.FD_CLOSED, zero, 0), (Kind.FD_DUPED, zero, null)]
 
 
+@pytest.mark.bpf
 def test_close_range_is_reported_and_untracks_the_range(inbox):
     with run("""
 fd = os.open("/dev/null", os.O_RDONLY)
@@ -386,6 +396,7 @@ hold()
     assert [event for event in events if event.kind is Kind.FD_CLOSED and event.fd == fd] == []
 
 
+@pytest.mark.bpf
 def test_the_tracker_can_track_and_untrack_fds(probes, inbox):
     with run("""
 fds = [os.open("/etc/hostname", os.O_RDONLY) for _ in range(3)]
@@ -409,6 +420,7 @@ hold()
     assert [event.fd for event in events if event.kind is Kind.FD_CLOSED] == [kept, retracked]
 
 
+@pytest.mark.bpf
 def test_the_tracker_can_mark_lock_holders_and_memory(probes, inbox, tmp_path):
     # as it does for what the startup audit found: then unlocks and unmaps matter
     with run(MAPPING + f"""
@@ -471,6 +483,7 @@ fd = make(lambda: syscall(321, 0, attr, 120))"""),
 
 
 @pytest.mark.parametrize("name", SPECIAL_FDS)
+@pytest.mark.bpf
 def test_special_fds_are_reported(inbox, name):
     special, code = SPECIAL_FDS[name]
     with run(code + """
@@ -485,6 +498,7 @@ hold()
     assert opened == [(int(running.note), special)]
 
 
+@pytest.mark.bpf
 def test_ordinary_fds_are_not_reported(inbox):
     with run("""
 import select
@@ -513,6 +527,7 @@ def futex(word, op, val=0, timeout=None, word2=None, val3=0):
 """
 
 
+@pytest.mark.bpf
 def test_pi_futex_lock_and_unlock(inbox):
     with run(PI + """
 word = ctypes.c_uint32(0)
@@ -549,6 +564,7 @@ hold()
     assert all(event.tid == running.pid for event in events if event.kind is Kind.PI_WAITING)
 
 
+@pytest.mark.bpf
 def test_pi_requeue_reports_the_waiter_not_the_requeuer(inbox):
     with run(PI + """
 cond, pi = ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -577,6 +593,7 @@ hold()
                          (waiter, Kind.PI_RELEASED, pi)]
 
 
+@pytest.mark.bpf
 def test_a_thread_exiting_with_a_pi_futex_is_reported(inbox):
     with run(PI + """
 word = ctypes.c_uint32(0)
@@ -599,8 +616,7 @@ hold()
 # ------------------------------------------------------------ memory
 
 
-
-
+@pytest.mark.bpf
 def test_remap_file_pages_and_its_unmap(inbox):
     with run(MAPPING + """
 scratch = mapping(8192)
@@ -623,6 +639,7 @@ hold()
     assert (Kind.UNMAPPED, start, 8192) in memory
 
 
+@pytest.mark.bpf
 def test_sysv_shm_attach_and_detach(inbox):
     with run("""
 libc.shmat.restype = ctypes.c_void_p
@@ -661,6 +678,7 @@ def child():
 """
 
 
+@pytest.mark.bpf
 def test_attach_seize_and_detach(inbox):
     with run(PTRACE + """
 try:
@@ -687,6 +705,7 @@ hold()
                       (Kind.TRACED, seized), (Kind.UNTRACED, seized)]
 
 
+@pytest.mark.bpf
 def test_traceme_and_the_tracee_exit(inbox):
     with run(PTRACE + """
 pid = os.fork()
@@ -705,6 +724,7 @@ hold()
     assert exited[0].arg == 1
 
 
+@pytest.mark.bpf
 def test_a_tracer_exit_is_reported(inbox):
     with run(PTRACE + """
 tracee = child()
@@ -726,6 +746,7 @@ hold()
 # ------------------------------------------------------------ file locks
 
 
+@pytest.mark.bpf
 def test_lock_changes_are_reported_once_until_the_tracker_reads(inbox, probes, tmp_path):
     # After each step the test reads (clears the kernel's flag) as the tracker does.
     steps = ["",                                                         # nothing locked yet
@@ -756,6 +777,7 @@ def test_lock_changes_are_reported_once_until_the_tracker_reads(inbox, probes, t
 # ------------------------------------------------------------ TCP
 
 
+@pytest.mark.bpf
 def test_tcp_connections_are_reported_and_their_close(inbox):
     with run("""
 listener = socket.socket()
@@ -790,6 +812,7 @@ CLONE_NEWPID, SIGCHLD = 0x20000000, 17
 
 
 @pytest.mark.parametrize("how", ["unshare", "clone", "clone3"])
+@pytest.mark.bpf
 def test_a_new_pid_namespace_is_reported(inbox, how):
     steps = {
         "unshare": "syscall(272, CLONE_NEWPID); pid = os.fork()",
@@ -817,6 +840,7 @@ hold()
         assert namespaces == [child]
 
 
+@pytest.mark.bpf
 def test_forks_of_watched_processes_only(inbox):
     with run("""
 def forked():
@@ -844,6 +868,7 @@ hold()
 AFTER_EXEC = "import os, signal; os.open('/dev/full', os.O_RDONLY); signal.pause()"
 
 
+@pytest.mark.bpf
 def test_exec_of_a_watched_process(inbox):
     with run(f"""
 AFTER_EXEC = {AFTER_EXEC!r}
@@ -855,6 +880,7 @@ os.execv(sys.executable, [sys.executable, "-c", AFTER_EXEC])
     assert Kind.EXECED in kinds(events)
 
 
+@pytest.mark.bpf
 def test_exec_of_an_unwatched_process_is_not_reported(inbox):
     with run(f"""
 AFTER_EXEC = {AFTER_EXEC!r}
@@ -865,6 +891,7 @@ os.execv(sys.executable, [sys.executable, "-c", AFTER_EXEC])
     assert Kind.EXECED not in kinds(events)
 
 
+@pytest.mark.bpf
 def test_the_exit_of_an_unwatched_process_is_not_reported(inbox):
     with run("ready(); hold()") as first:
         first.stop()
@@ -874,6 +901,7 @@ def test_the_exit_of_an_unwatched_process_is_not_reported(inbox):
     assert inbox.of(first.pid) == []
 
 
+@pytest.mark.bpf
 def test_exits_of_watched_processes_and_threads(probes, inbox):
     with run("""
 fd = os.open("/dev/null", os.O_RDONLY)
@@ -890,6 +918,7 @@ hold()
     assert [(event.tid, event.arg) for event in exited] == [(thread, 0), (running.pid, 1)]
 
 
+@pytest.mark.bpf
 def test_a_watched_pid_reports_its_exit(probes, inbox):
     with run("ready(); hold()") as running:
         probes.watch(running.pid)
@@ -898,6 +927,7 @@ def test_a_watched_pid_reports_its_exit(probes, inbox):
     assert exited[0].arg == 1
 
 
+@pytest.mark.bpf
 def test_an_unwatched_pid_no_longer_reports_forks(probes, inbox):
     with run("""
 fd = os.open("/dev/null", os.O_RDONLY)
@@ -945,6 +975,7 @@ def first_lost(events: queue.Queue) -> Event:
             return event
 
 
+@pytest.mark.bpf
 def test_kernel_and_queue_losses_become_lost_events():
     # A one-page ring buffer holds about 20 records and nobody reads it: the host's
     # other activity may fill it first, so the burst's fd is tracked by hand.
@@ -976,6 +1007,7 @@ os._exit(0)
     assert kernel_lost < lost.arg <= sum(counters.values())
 
 
+@pytest.mark.bpf
 def test_the_loader_forgets_an_exited_process(probes, inbox):
     with run("""
 fd = os.open("/dev/null", os.O_RDONLY)
@@ -988,6 +1020,7 @@ hold()
     assert probes.tracked_in_kernel(running.pid) == []
 
 
+@pytest.mark.bpf
 def test_a_burst_arrives_whole(inbox):
     """10,000 records (2 MB) in a few milliseconds: the ring buffer absorbs them."""
     with run(LOOP.format(count=5000)) as running:

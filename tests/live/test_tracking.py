@@ -15,96 +15,33 @@ figure is printed.
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support.subjects import Subject, skip_if_refused, start
-from tests.support.trackers import attached_tracker
+from tests.support.memory import REMAPPED_PAGES
+from tests.support.stepped import Stepped, stepped
+from tests.support.subjects import skip_if_refused
+from tests.support.trackers import Recorder, Watch, attached_tracker, codes_of
 from tracker.live.model import CR, NOCR, Transition
 from tracker.profiles import profile
-from tracker.live.applier import Lost, Tracker
+from tracker.live.applier import Tracker
 
-ARRIVAL_TIMEOUT = 10.0
+pytestmark = [pytest.mark.bpf]
+
 LATENCY_LIMIT_MS = 100.0   # the median over every transition of the module
 STALL_LIMIT_MS = 1000.0    # any single one: a 2-core runner may deschedule the tracker briefly
 NATIVE = Path(__file__).resolve().parents[1] / "support" / "native"
 CRWATCH = Path(sys.executable).with_name("crwatch")
 
-# Subjects block SIGUSR1 and take it with sigwait(): step() returns when the test
-# says go, ack() tells the test the step is done (with the time it began).
-STEPS = """
-import struct
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-ACK_FD = int(os.environ["ACK_FD"])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-def step():
-    signal.sigwait({signal.SIGUSR1})
-    return time.monotonic_ns()
-def ack(started):
-    os.write(ACK_FD, f"{started}\\n".encode())
-def syscall_fd(number, *args):
-    fd = libc.syscall(number, *args)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), f"syscall {number}")
-    return fd
-"""
 
 LATENCIES: dict[str, list[float]] = defaultdict(list)
-
-
-class Recorder:
-    """Every notice the tracker hands out, and a way to await one."""
-
-    def __init__(self):
-        self._changed = threading.Condition()
-        self.transitions: list[Transition] = []
-        self.losses: list[Lost] = []
-
-    def __call__(self, notice) -> None:
-        with self._changed:
-            if isinstance(notice, Transition):
-                self.transitions.append(notice)
-            elif isinstance(notice, Lost):
-                self.losses.append(notice)
-            self._changed.notify_all()
-
-    def await_loss(self) -> Lost:
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.losses, ARRIVAL_TIMEOUT):
-                pytest.fail(f"no loss reported within {ARRIVAL_TIMEOUT} s")
-            return self.losses[0]
-
-    def of(self, pid: int) -> list[Transition]:
-        with self._changed:
-            return [t for t in self.transitions if t.pid == pid]
-
-    def await_state(self, pid: int, state: str, after: int = 0) -> Transition:
-        """The first transition of `pid` to `state` among its transitions from index `after`."""
-        deadline = time.monotonic() + ARRIVAL_TIMEOUT
-        with self._changed:
-            while True:
-                mine = [t for t in self.transitions if t.pid == pid][after:]
-                found = next((t for t in mine if t.state == state), None)
-                if found is not None:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"no {state} transition for pid {pid} within {ARRIVAL_TIMEOUT} s; "
-                                f"its transitions: {[(t.state, _codes(t)) for t in mine]}")
-                self._changed.wait(left)
 
 
 @pytest.fixture(scope="module")
@@ -130,52 +67,13 @@ def pi_futex(tmp_path_factory) -> Path:
     return binary
 
 
-class Stepped:
-    """A running subject, and the pipe on which it acknowledges each step."""
-
-    def __init__(self, running: Subject, acks: int):
-        self.running, self.pid, self.note = running, running.pid, running.note
-        self._acks = os.fdopen(acks, "rb", buffering=0)
-
-    def advance(self, pid: int | None = None) -> int:
-        """Let the subject (or its child `pid`) take its next step; returns when it began."""
-        os.kill(pid or self.pid, signal.SIGUSR1)
-        ready, _, _ = select.select([self._acks], [], [], ARRIVAL_TIMEOUT)
-        line = self._acks.readline() if ready else b""
-        assert line, f"pid {pid or self.pid} did not acknowledge its step"
-        return int(line)
-
-    def close(self) -> None:
-        self.running.stop()
-        self._acks.close()
-
-
-@contextmanager
-def stepped(code: str, env: dict[str, str] | None = None) -> Iterator[Stepped]:
-    read_end, write_end = os.pipe()
-    try:
-        running = start(STEPS + code, pass_fds=(write_end,),
-                        env={**(env or {}), "ACK_FD": str(write_end)})
-    finally:
-        os.close(write_end)
-    subject = Stepped(running, read_end)
-    try:
-        yield subject
-    finally:
-        subject.close()
-
-
-def _codes(transition: Transition) -> list[str]:
-    return [reason["code"] for reason in transition.reasons]
-
-
 def assert_enters_and_leaves(recorder: Recorder, s: Stepped, state: str, code: str,
                              pid: int | None = None,
                              leaver: int | None = None) -> tuple[Transition, Transition]:
     """nocr with `code` arrives for `pid` (default: the subject); after the step, cr."""
     pid = pid or s.pid
     entered = recorder.await_state(pid, NOCR)
-    assert code in _codes(entered), _codes(entered)
+    assert code in codes_of(entered), codes_of(entered)
     assert all(reason["source"] == "probe" for reason in entered.reasons)
     _measure(state, "enter", entered)
     count = len(recorder.of(pid))
@@ -309,20 +207,6 @@ def test_pi_futex(recorder, pi_futex, mode):
 
 # ---------------------------------------------------------------- memory, tracing, locks, pid ns
 
-# A shared file mapping of {path} whose first page is remapped nonlinearly; ready() says where.
-REMAPPED_PAGES = """
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_long]
-backing = open({path!r}, 'w+b'); backing.truncate(8192)
-address = libc.mmap(None, 8192, 3, 1, backing.fileno(), 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
-def remap():
-    if libc.syscall(216, ctypes.c_void_p(address), ctypes.c_size_t(4096), 0, ctypes.c_size_t(1), 0):
-        raise OSError(ctypes.get_errno(), 'remap_file_pages')
-make(remap)
-ready(hex(address))
-"""
-
 
 def test_remap_file_pages_until_munmap(recorder, tmp_path):
     code = REMAPPED_PAGES.format(path=str(tmp_path / "pages")) + """\
@@ -359,7 +243,7 @@ def test_ptrace_seize_until_detach_or_tracer_exit(recorder, leaving):
     with stepped("ready(); hold()") as tracee:
         with stepped(SEIZE + leave, env={"TRACEE": str(tracee.pid)}) as tracer:
             entered = recorder.await_state(tracee.pid, NOCR)
-            assert _codes(entered) == ["task.traced"]
+            assert codes_of(entered) == ["task.traced"]
             _measure(f"ptrace {leaving}", "enter", entered)
             count = len(recorder.of(tracee.pid))
             tracer.advance()
@@ -453,40 +337,6 @@ print(json.dumps(notices[0].to_json()))
 
 
 # ---------------------------------------------------------------- crwatch watch
-
-class Watch:
-    """`crwatch watch` as a user runs it, its stdout read line by line."""
-
-    def __init__(self):
-        self.process = subprocess.Popen([str(CRWATCH), "watch"], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-        self._unread = b""
-
-    def line(self, timeout: float = 60.0) -> dict:
-        # Read with os.read, not readline(): select() cannot see what a buffered
-        # reader already holds.
-        deadline = time.monotonic() + timeout
-        stdout = self.process.stdout.fileno()
-        while b"\n" not in self._unread:
-            ready, _, _ = select.select([stdout], [], [], max(deadline - time.monotonic(), 0))
-            chunk = os.read(stdout, 1 << 16) if ready else b""
-            assert chunk, f"crwatch watch wrote no line within {timeout} s"
-            self._unread += chunk
-        text, _, self._unread = self._unread.partition(b"\n")
-        return json.loads(text)
-
-    def await_transition(self, pid: int, state: str, code: str | None = None) -> dict:
-        deadline = time.monotonic() + ARRIVAL_TIMEOUT
-        while True:
-            line = self.line(max(deadline - time.monotonic(), 0.01))
-            if (line["kind"] == "transition" and line["pid"] == pid and line["state"] == state
-                    and (code is None or code in [r["code"] for r in line["reasons"]])):
-                return line
-
-    def stop(self, number: int = signal.SIGINT) -> tuple[int, str]:
-        self.process.send_signal(number)
-        _, stderr = self.process.communicate(timeout=30)
-        return self.process.returncode, stderr.decode()
 
 
 @pytest.fixture

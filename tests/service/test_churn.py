@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.live_tables import RecordingKernel, opened
 from tests.support.servers import CRWATCH, Server
-from tests.unit.test_live_unit import RecordingKernel, opened
 from tracker.live.table import LiveTable
 from tracker.clock import boot_seconds
 from tracker.procfs import CLOCK_TICKS, Proc, ProcessGone
@@ -38,6 +38,7 @@ def churning_shell():
     shell.wait()
 
 
+@pytest.mark.root
 def test_tree_answers_judge_the_root_while_its_descendants_exit(churning_shell, tmp_path):
     server = Server("--no-probes", "--db", str(tmp_path / "history.sqlite3"))
     try:
@@ -53,6 +54,7 @@ def test_tree_answers_judge_the_root_while_its_descendants_exit(churning_shell, 
     assert any(document["departed"] for document in documents)
 
 
+@pytest.mark.root
 def test_check_judges_the_root_while_its_descendants_exit(churning_shell):
     checked = subprocess.run([str(CRWATCH), "check", "--json", *[str(churning_shell.pid)] * REQUESTS],
                              capture_output=True, text=True, timeout=120)
@@ -89,6 +91,7 @@ def zombie():
     os.waitpid(pid, 0)
 
 
+@pytest.mark.root
 def test_the_mount_table_of_an_exiting_process_is_a_process_gone(zombie):
     with pytest.raises(OSError) as refused:
         open(f"/proc/{zombie}/mountinfo").close()

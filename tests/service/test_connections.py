@@ -15,6 +15,8 @@ import uvicorn
 from api.service import connections
 from api.service.connections import ConnectionGuard, guarded_protocol
 
+pytestmark = [pytest.mark.bpf]
+
 CAP = 8
 DEADLINE = 0.5
 ANSWER_TIMEOUT = 10.0

@@ -1,17 +1,18 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.support.namespaces import NESTED_PID_NS
+from tests.support.requirements import CHROMIUM
 from tests.support.servers import Server
 from tests.support.subjects import subject
-from tests.cli.test_cli import NESTED_PID_NS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [pytest.mark.bpf, pytest.mark.browser]
+
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "dashboard.png"
 WAIT_MS = 20_000          # the list refreshes every second, the page every two
 

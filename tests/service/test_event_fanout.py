@@ -14,10 +14,14 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
+import pytest
+
+from tests.support.servers import EVENT_CLIENTS
 from api.service.connections import ConnectionGuard, guarded_protocol
 from api.service.event_hub import EventHub
 from bench.serving_bench import Notice
-from tests.service.test_serving import EVENT_CLIENTS
+
+pytestmark = [pytest.mark.bpf]
 
 CLIENTS = 200
 NOTICES = 3_000

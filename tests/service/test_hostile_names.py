@@ -26,7 +26,9 @@ import pytest
 
 from tests.support.servers import ARRIVAL_TIMEOUT, EventStream, Server
 from tests.support.subjects import Subject, start
-from tests.live.test_tracking import Watch
+from tests.support.trackers import Watch
+
+pytestmark = [pytest.mark.bpf]
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 NAME = b"<s>\x1b[31m\xff\n\xfe"              # prctl(PR_SET_NAME): 12 of its 15 bytes
@@ -65,8 +67,6 @@ def base() -> Iterator[Path]:
 
 
 def hostile(base: Path, label: str) -> Subject:
-    if os.geteuid() != 0:
-        pytest.skip("becoming uid 65534 needs root (CI is root)")
     directory = os.fsencode(base / label) + b"-" + DIRECTORY
     return start(HOSTILE.format(uid=NOBODY, name=NAME, directory=directory))
 
@@ -139,8 +139,6 @@ def test_gate_freezes_and_judges_it_and_shows_the_name_visibly(base):
 # ---------------------------------------------------------------- crwatch watch
 
 def test_watch_prints_the_name_and_path_as_json_text(base):
-    if os.geteuid() != 0:
-        pytest.skip("crwatch watch needs root (CI is root)")
     watch = Watch()
     try:
         assert watch.line()["kind"] == "ready"
@@ -249,7 +247,6 @@ def _await_history(server: Server, pid: int,
             return stored
         assert time.monotonic() < deadline, (status, history)
         time.sleep(FLUSH_POLL)
-
 
 
 # ---------------------------------------------------------------- crwatch run

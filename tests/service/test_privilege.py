@@ -21,6 +21,8 @@ from tests.support.callers import BECOME_NOBODY, NOBODY, StreamAs, get_as, kerne
 from tests.support.servers import Server
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.bpf]
+
 HISTORY_TIMEOUT = 10.0
 MARK = f"crw{secrets.token_hex(4)}"
 # A directory only root may list, with names that no regex over "a path" gets whole.

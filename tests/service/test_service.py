@@ -20,10 +20,13 @@ from hypothesis import strategies as st
 from api.service.models import EventLine
 from tests.support.agreement import network_lock_options
 from tests.support.callers import NOBODY, get_as
+from tests.support.namespaces import NESTED_PID_NS
 from tests.support.servers import EventStream, Server, metrics
 from tests.support.subjects import subject
-from tests.cli.test_cli import NESTED_PID_NS, THREADED
+from tests.support.tasks import THREADED
 from tracker.criu.runner import find_criu
+
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 ARRIVAL_TIMEOUT = 10.0

@@ -14,6 +14,8 @@ from tests.support.filesystems import ext4_image, full, immutable
 from tests.support.servers import Server, metrics
 from tests.support.subjects import subject
 
+pytestmark = [pytest.mark.bpf]
+
 WAIT = 30.0  # the writer retries every 2 s at most; a loaded runner is slow
 DB = "history.sqlite3"
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"

@@ -19,10 +19,11 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.servers import EVENT_CLIENTS, Server, metrics
 from api.service.connections import ConnectionGuard
-from tests.support.servers import Server, metrics
-from tests.live.test_tracking import Recorder
-from tests.support.trackers import attached_tracker
+from tests.support.trackers import Recorder, attached_tracker
+
+pytestmark = [pytest.mark.bpf]
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ARRIVAL_TIMEOUT = 30.0
@@ -47,46 +48,6 @@ for line in sys.stdin:
     for connection in held:
         poller.register(connection, select.POLLIN | select.POLLHUP)
     print(len(poller.poll(0)), flush=True)
-"""
-
-# COUNT clients of GET /events that read and throw away what comes. A line N on stdin:
-# once every client has N lines (or after 30 s), prints how many streams are still
-# open, how many `lost` lines came to all of them, and the fewest lines one of them got.
-EVENT_CLIENTS = """
-import selectors, socket, sys, time
-port, count = int(sys.argv[1]), int(sys.argv[2])
-LINE, LOST = b"data: ", b'"kind": "lost"'
-selector = selectors.DefaultSelector()
-lines = {}
-for _ in range(count):
-    client = socket.create_connection(("127.0.0.1", port))
-    client.sendall(b"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
-    client.setblocking(False)
-    selector.register(client, selectors.EVENT_READ, bytearray())
-    lines[client] = 0
-selector.register(sys.stdin, selectors.EVENT_READ)
-print("connected", flush=True)
-open_streams, lost, wanted, until = count, 0, None, None
-while True:
-    if wanted is not None and (min(lines.values()) >= wanted or time.monotonic() > until):
-        print(open_streams, lost, min(lines.values()), flush=True)
-        sys.exit(0)
-    for key, _ in selector.select(0.1):
-        if key.fileobj is sys.stdin:
-            wanted, until = int(sys.stdin.readline() or 0), time.monotonic() + 30
-            selector.unregister(sys.stdin)
-            continue
-        data = key.fileobj.recv(1 << 16)
-        if not data:
-            selector.unregister(key.fileobj)
-            open_streams -= 1
-            continue
-        # with the end of the last read (a match across two reads), less what it held
-        tail = bytes(key.data)
-        seen = tail + data
-        lines[key.fileobj] += seen.count(LINE) - tail.count(LINE)
-        lost += seen.count(LOST) - tail.count(LOST)
-        key.data[:] = seen[-len(LOST):]
 """
 
 

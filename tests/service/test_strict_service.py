@@ -15,10 +15,13 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.memory import REMAPPED_PAGES
 from api.service.models import Gate, Verdict
 from tests.support.servers import EventStream, Server
+from tests.support.stepped import stepped
 from tests.support.subjects import skip_if_refused
-from tests.live.test_tracking import REMAPPED_PAGES, stepped
+
+pytestmark = [pytest.mark.bpf, pytest.mark.criu]
 
 NATIVE = Path(__file__).resolve().parents[1] / "support" / "native"
 TOKEN = "s3cret"

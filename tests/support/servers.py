@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,12 +18,10 @@ START_TIMEOUT = 60.0      # compiling the probes and auditing every process on a
 
 
 class Server:
-    """`crwatch serve` with these extra arguments; skips the test without root (the probes
-    need it; CI is root)."""
+    """`crwatch serve` with these extra arguments (its tests are marked `bpf`, or `root`
+    with --no-probes)."""
 
     def __init__(self, *extra: str):
-        if os.geteuid() != 0:
-            pytest.skip("the service's probes need root")
         with socket.socket() as probe:  # a free port, for the server to bind
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -116,3 +113,44 @@ def metrics(server: Server) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+# COUNT clients of GET /events that read and throw away what comes. A line N on stdin:
+# once every client has N lines (or after 30 s), prints how many streams are still
+# open, how many `lost` lines came to all of them, and the fewest lines one of them got.
+EVENT_CLIENTS = """
+import selectors, socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+LINE, LOST = b"data: ", b'"kind": "lost"'
+selector = selectors.DefaultSelector()
+lines = {}
+for _ in range(count):
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
+    client.setblocking(False)
+    selector.register(client, selectors.EVENT_READ, bytearray())
+    lines[client] = 0
+selector.register(sys.stdin, selectors.EVENT_READ)
+print("connected", flush=True)
+open_streams, lost, wanted, until = count, 0, None, None
+while True:
+    if wanted is not None and (min(lines.values()) >= wanted or time.monotonic() > until):
+        print(open_streams, lost, min(lines.values()), flush=True)
+        sys.exit(0)
+    for key, _ in selector.select(0.1):
+        if key.fileobj is sys.stdin:
+            wanted, until = int(sys.stdin.readline() or 0), time.monotonic() + 30
+            selector.unregister(sys.stdin)
+            continue
+        data = key.fileobj.recv(1 << 16)
+        if not data:
+            selector.unregister(key.fileobj)
+            open_streams -= 1
+            continue
+        # with the end of the last read (a match across two reads), less what it held
+        tail = bytes(key.data)
+        seen = tail + data
+        lines[key.fileobj] += seen.count(LINE) - tail.count(LINE)
+        lost += seen.count(LOST) - tail.count(LOST)
+        key.data[:] = seen[-len(LOST):]
+"""

@@ -152,6 +152,7 @@ def test_a_linked_file_under_a_directory_on_another_mount_cannot_be_link_remappe
         ("file.deleted.link_remap", None)]  # "/" is left, on the file's own mount
 
 
+@pytest.mark.root
 def test_a_path_that_now_names_another_file_is_unaccessible(proc_root: Path):
     host_file(proc_root, "/etc/passwd")
     assert audit_fd(proc_root, "/etc/passwd", stat(ino=1)) == [("file.path.unaccessible", None)]
@@ -236,6 +237,7 @@ def test_ttys_are_the_devices_criu_tty_code_takes(major: int, minor: int, tty: b
     assert devices.is_tty(major, minor) is tty
 
 
+@pytest.mark.root
 def test_devices_by_major_and_minor(proc_root: Path):
     def device(target: str, major: int, minor: int, mode: int = CHR, **fdinfo: str) -> list:
         node = host_file(proc_root, target, mode, os.makedev(major, minor))

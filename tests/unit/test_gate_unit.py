@@ -19,6 +19,7 @@ from api.service.gates import Gates
 from api.service.metrics import ServiceMetrics
 from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
+from tests.support.tasks import TRACED_CHILD
 from tracker.audit import audit
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
@@ -37,6 +38,7 @@ def _opened(pid: int, fd: int) -> Event:
                  special=Special.DEVICE, path="/dev/kvm")
 
 
+@pytest.mark.root
 def test_reconcile_reports_a_state_the_table_missed_and_takes_it():
     table = LiveTable(profile("criu", (4, 2, 1)))
     with subject(KVM_HOLDER) as s:
@@ -49,6 +51,7 @@ def test_reconcile_reports_a_state_the_table_missed_and_takes_it():
         assert again == []  # corrected: no drift the second time
 
 
+@pytest.mark.root
 def test_reconcile_reports_a_stale_mark_and_drops_it():
     table = LiveTable(profile("criu", (4, 2, 1)))
     with subject(KVM_CLOSED) as s:
@@ -63,7 +66,6 @@ def test_reconcile_reports_a_stale_mark_and_drops_it():
 def test_the_gates_own_ptrace_hold_marked_meanwhile_is_no_stale_mark():
     # The subject traces its child (PTRACE_TRACEME) as a gate's holder would: the audit
     # looks through that tracer (the hold), the table marked it from the probes' event.
-    from tests.unit.test_live_unit import TRACED_CHILD
     from tracker.context import Hold
 
     with subject(TRACED_CHILD) as s:
@@ -111,9 +113,8 @@ def test_the_hook_reads_the_environment_options_with_their_values():
     assert criu_options(argv) == ["--unprivileged", "--network-lock=nftables", "--tcp-established"]
 
 
+@pytest.mark.criu
 def test_a_real_criu_failure_is_read_into_a_reason_naming_task_and_fd(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("CRIU needs root (CI is root)")
     criu = find_criu()
     with subject(KVM_HOLDER) as s:
         failed = criu.dump(s.pid)
@@ -129,10 +130,11 @@ def test_consequence_lines_alone_still_give_one_reason():
     assert [(f.pid, f.fd) for f in failure_findings(log, 5)] == [(77, None)]
 
 
+@pytest.mark.root
 def test_only_a_tree_alone_in_its_cgroup_owns_it(tmp_path):
     mount = cgroup2_mount()
-    if mount is None or os.geteuid() != 0:
-        pytest.skip("needs a cgroup v2 hierarchy and root (CI has both)")
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy is mounted on this machine")
     directory = mount / f"crwatch-unit-{os.getpid()}"
     directory.mkdir()
     try:
@@ -181,12 +183,10 @@ def test_crwatch_processes_are_known_by_their_command_line(argv, expected):
     assert _role_in(argv) == expected
 
 
+@pytest.mark.root
 def test_only_roots_processes_named_crwatch_are_crwatch(tmp_path):
     """Another user cannot make a tree ungateable by naming a process of theirs crwatch."""
     from tracker.gate.own_processes import role
-
-    if os.geteuid() != 0:
-        pytest.skip("running a process as another user needs root (CI is root)")
     scripts = Path(tempfile.mkdtemp(prefix="crwatch-unit-"))  # where nobody may run it
     try:
         scripts.chmod(0o755)

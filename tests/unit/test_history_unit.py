@@ -108,6 +108,7 @@ def stored(path) -> int:
                    for table in ("transitions", "verdicts"))
 
 
+@pytest.mark.root
 def test_a_full_disk_keeps_the_entries_and_writes_them_when_space_returns(tmp_path):
     with small_tmpfs(tmp_path / "small") as directory:
         path = directory / "history.sqlite3"
@@ -128,6 +129,7 @@ def test_a_full_disk_keeps_the_entries_and_writes_them_when_space_returns(tmp_pa
             store.close()
 
 
+@pytest.mark.root
 def test_what_overflows_the_waiting_bound_is_counted(tmp_path, monkeypatch):
     monkeypatch.setattr(history, "QUEUE_CAPACITY", 10)
     with small_tmpfs(tmp_path / "small") as directory:
@@ -197,6 +199,7 @@ def test_a_row_the_database_cannot_store_is_left_out_alone(tmp_path):
         store.close()
 
 
+@pytest.mark.root
 def test_what_cannot_be_written_at_stop_is_counted_lost(tmp_path):
     with small_tmpfs(tmp_path / "small") as directory:
         store = History(directory / "history.sqlite3")

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from probes.events import Event, Kind, Special
+from tests.support.live_tables import RecordingKernel, event, opened
+from probes.events import Kind
 from tests.support.subjects import subject
+from tests.support.tasks import TRACED_CHILD
 from tracker.live import handlers
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.handlers.locks import LOCK_READ_INTERVAL_NS
@@ -29,47 +31,6 @@ from tracker.profiles import profile
 KVM_HOLDER = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
 KVM_CLOSED = ("kvm = open('/dev/kvm', 'rb', buffering=0); fd = kvm.fileno(); kvm.close(); "
               "ready(str(fd)); hold()")
-# A child that asked to be traced (PTRACE_TRACEME) by the subject, which then waits.
-TRACED_CHILD = """
-libc = ctypes.CDLL(None, use_errno=True)
-child = os.fork()
-if child == 0:
-    libc.ptrace(0, 0, None, None)
-    while True:
-        time.sleep(60)
-while open(f"/proc/{child}/status").read().find("TracerPid:\\t0\\n") >= 0:
-    time.sleep(0.001)
-ready(str(child))
-hold()
-"""
-
-
-class RecordingKernel:
-    """Stands in for the probes' in-kernel maps: records what the table asks of them."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def track_fd(self, tgid: int, fd: int) -> None:
-        self.calls.append(("track_fd", tgid, fd))
-
-    def untrack_fd(self, tgid: int, fd: int, judged_ns: int | None = None) -> None:
-        self.calls.append(("untrack_fd", tgid, fd))
-
-    def mark_lock_holder(self, tgid: int) -> None:
-        self.calls.append(("mark_lock_holder", tgid))
-
-    def mark_memory(self, tgid: int) -> None:
-        self.calls.append(("mark_memory", tgid))
-
-    def watch(self, pid: int) -> None:
-        self.calls.append(("watch", pid))
-
-    def forget(self, tgid: int) -> None:
-        self.calls.append(("forget", tgid))
-
-    def locks_read(self, tgid: int) -> None:
-        self.calls.append(("locks_read", tgid))
 
 
 @pytest.fixture
@@ -82,16 +43,6 @@ def table(kernel) -> LiveTable:
     return LiveTable(profile("criu", (4, 2, 1)), kernel)
 
 
-def event(kind: Kind, pid: int, ts_ns: int | None = None, **fields) -> Event:
-    fields.setdefault("tid", pid)
-    ts_ns = time.monotonic_ns() if ts_ns is None else ts_ns
-    return Event(kind, ts_ns, pid, comm="python", **fields)
-
-
-def opened(pid: int, fd: int, path: str = "/dev/kvm", ts_ns: int | None = None) -> Event:
-    return event(Kind.FD_OPENED, pid, ts_ns, fd=fd, special=Special.DEVICE, path=path)
-
-
 def states(transitions) -> list[tuple[int, str]]:
     return [(t.pid, t.state) for t in transitions]
 
@@ -102,6 +53,7 @@ def codes(transition) -> list[str]:
 
 # ---------------------------------------------------------------- fds
 
+@pytest.mark.root
 def test_a_device_opened_marks_nocr_with_the_audit_reason_and_its_close_clears_it(table, kernel):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -125,6 +77,7 @@ def test_a_harmless_device_is_untracked_in_the_kernel(table, kernel):
     assert len(table) == 0
 
 
+@pytest.mark.root
 def test_duplicated_events_make_one_transition_each_way(table):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -135,6 +88,7 @@ def test_duplicated_events_make_one_transition_each_way(table):
         assert table.apply(close) == []
 
 
+@pytest.mark.root
 def test_a_close_delivered_before_its_open_leaves_nothing_marked(table):
     with subject(KVM_CLOSED) as s:
         fd = int(s.note)
@@ -144,6 +98,7 @@ def test_a_close_delivered_before_its_open_leaves_nothing_marked(table):
     assert len(table) == 0
 
 
+@pytest.mark.root
 def test_a_stale_close_does_not_undo_what_proc_shows_now(table):
     with subject(KVM_HOLDER) as s:
         fd = int(s.note)
@@ -153,6 +108,7 @@ def test_a_stale_close_does_not_undo_what_proc_shows_now(table):
         assert table.tracked(s.pid)["state"] == NOCR
 
 
+@pytest.mark.root
 def test_an_fd_gone_before_it_was_read_is_judged_from_the_event_until_its_close(table):
     with subject(KVM_CLOSED) as s:
         fd = int(s.note)
@@ -163,6 +119,7 @@ def test_an_fd_gone_before_it_was_read_is_judged_from_the_event_until_its_close(
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=fd))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_dup_then_closing_both_copies(table):
     code = "kvm = open('/dev/kvm', 'rb', buffering=0); copy = os.dup(kvm.fileno()); " \
            "ready(f'{kvm.fileno()} {copy}'); hold()"
@@ -174,6 +131,7 @@ def test_dup_then_closing_both_copies(table):
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_a_copy_closed_before_its_dup_was_applied_keeps_the_originals_reason(table):
     # The tracker may apply a dup after the copy is gone: the copy was the
     # original's file meanwhile, and stays marked until its own close.
@@ -190,6 +148,7 @@ def test_a_copy_closed_before_its_dup_was_applied_keeps_the_originals_reason(tab
         assert states(table.apply(event(Kind.FD_CLOSED, s.pid, fd=copy))) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_close_range_clears_its_range_even_before_proc_shows_it(table):
     # Reported at syscall entry: the fds may still show in /proc when it is applied.
     with subject(KVM_HOLDER) as s:
@@ -205,6 +164,7 @@ def test_close_range_clears_its_range_even_before_proc_shows_it(table):
         assert states(closed) == [(s.pid, CR)]
 
 
+@pytest.mark.root
 def test_a_fork_passes_marked_fds_on_and_the_child_is_followed(table, kernel):
     code = """
 kvm = open('/dev/kvm', 'rb', buffering=0)
@@ -227,6 +187,7 @@ hold()
         assert ("forget", child) in kernel.calls
 
 
+@pytest.mark.root
 def test_an_exit_delivered_before_the_fork_leaves_no_entry(table):
     code = """
 kvm = open('/dev/kvm', 'rb', buffering=0)
@@ -246,6 +207,7 @@ hold()
         assert table.tracked(child) is None and len(table) == 1
 
 
+@pytest.mark.root
 def test_exec_keeps_inherited_fds_and_drops_close_on_exec_ones(table):
     code = """
 keep = open('/dev/kvm', 'rb', buffering=0); os.set_inheritable(keep.fileno(), True)
@@ -332,6 +294,7 @@ def test_the_tracked_state_is_per_profile_and_transitions_say_each(table):
         assert table.probe_found([table_identity(s.pid)]) == []
 
 
+@pytest.mark.root
 def test_a_profile_change_alone_is_a_transition(table):
     # nocr before and after (a PI futex held, then a device too): `criu` refuses it now
     with subject(KVM_HOLDER) as s:
@@ -432,6 +395,7 @@ def _await_path(path: Path) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.root
 def test_a_child_in_a_new_pid_namespace_is_nested(table):
     code = """
 libc = ctypes.CDLL(None, use_errno=True)
@@ -505,6 +469,7 @@ def _gone_pid() -> int:
     return process.pid
 
 
+@pytest.mark.root
 def test_churn_leaves_no_entry_behind(table):
     kvm = os.open("/dev/kvm", os.O_RDONLY)
     try:
@@ -528,6 +493,7 @@ def test_churn_leaves_no_entry_behind(table):
     assert len(table) == 0 and table.counters.swept == 10
 
 
+@pytest.mark.root
 def test_a_loss_marks_everything_stale_and_re_audits(table, kernel):
     with subject(KVM_HOLDER) as held, subject(KVM_CLOSED) as closed:
         # judged from the event, as its fd is gone: its close is the event lost
@@ -544,6 +510,7 @@ def test_a_loss_marks_everything_stale_and_re_audits(table, kernel):
     assert (table.counters.reaudits, table.counters.lost, table.counters.lost_reports) == (1, 10, 2)
 
 
+@pytest.mark.root
 def test_seed_marks_what_the_probes_would_follow(kernel):
     with subject(KVM_HOLDER) as s:
         table = LiveTable(profile("criu", (4, 2, 1)), kernel)
@@ -584,6 +551,7 @@ def test_dup_close_pairs_only_where_nothing_else_touched_the_copy_or_its_origina
     assert dup_close_pairs(events + [event(Kind.LOST, 0)]) == {}
 
 
+@pytest.mark.root
 def test_a_copy_of_a_marked_fd_closed_untouched_is_skipped_and_counted(table):
     code = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
     with subject(code) as s:

@@ -133,6 +133,7 @@ def test_event_lines_are_judged_once_however_many_clients_read_them():
     assert LineView(ready, owner_of).shown(Viewer(1000)) is ready
 
 
+@pytest.mark.root
 def test_viewers_that_see_everything():
     assert Viewer.of(0).everything and Viewer.of(os.geteuid()).everything
     assert Viewer.of(NOBODY, token=True).everything
@@ -149,6 +150,7 @@ ready(); hold()
 """
 
 
+@pytest.mark.root
 def test_the_owner_of_a_process_follows_the_kernels_rule():
     with (subject(NOBODY_HOLDER, env={"DUMPABLE": "1"}) as dumpable,
           subject(NOBODY_HOLDER) as not_dumpable):
@@ -170,6 +172,7 @@ sys.stdin.read()
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+@pytest.mark.root
 def test_the_peer_of_a_loopback_connection_is_known_by_the_uid_of_its_socket(address):
     family = socket.AF_INET if address == "127.0.0.1" else socket.AF_INET6
     with socket.socket(family) as listener:

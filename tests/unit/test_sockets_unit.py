@@ -7,7 +7,9 @@ import socket
 import struct
 from pathlib import Path
 
-from tests.agreement.test_agree_sockets import load_socket_filter
+import pytest
+
+from tests.support.sockets import load_socket_filter
 from tracker.checks import sockets
 from tracker.checks.sockets import bpf, diag, inet, netlink, fd_query, procnet, queue, tables
 from tracker.checks.sockets.records import InetSocket, Membership, PacketSocket, UnixSocket
@@ -260,6 +262,7 @@ def test_a_listener_or_an_empty_socket_has_no_queue_to_read():
     assert not queue.has_queue(UnixSocket(7, 1, 10, "@l", 0, (8,), 1, 128, 0))   # backlog count
 
 
+@pytest.mark.root
 def test_a_loaded_socket_filter_program_makes_sockets_worth_asking():
     program = load_socket_filter()
     try:
@@ -268,6 +271,7 @@ def test_a_loaded_socket_filter_program_makes_sockets_worth_asking():
         os.close(program)
 
 
+@pytest.mark.root
 def test_each_loaded_program_is_opened_once_for_its_type(monkeypatch):
     """Asking a program's type opens an fd on it, which other crwatch services' probes
     see: a second walk of an unchanged table opens nothing, and a program loaded since
@@ -288,6 +292,7 @@ def test_each_loaded_program_is_opened_once_for_its_type(monkeypatch):
         os.close(program)
 
 
+@pytest.mark.root
 def test_so_get_filter_tells_an_ebpf_filter_from_a_classic_one_or_none():
     plain, classic, extended = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
     program = load_socket_filter()
