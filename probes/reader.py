@@ -8,8 +8,9 @@ are counted apart: records the kernel could not send, records dropped
 because the queue was full, and records that did not decode. Whenever their
 sum grows, a LOST event (arg = how many since the last one) goes into the
 queue, ahead of the next records; when the queue is full it is folded into
-the next one. The thread is a supervised worker (tracker/supervised.py): a
-failed poll is counted and tried again after a backoff.
+the next one. The reader owns no thread: whoever runs it calls poll_once() in a loop
+(the tracker, as a supervised worker that counts a failed poll and tries it again
+after a backoff), so probes/ stands on its own.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import time
 from probes.events import Event, Kind
 from probes.loader import Probes
 from probes.wire import DecodeError, decode
-from tracker.supervised import Worker
 
 DEFAULT_CAPACITY = 65536
 DEFAULT_POLL_MS = 50
@@ -66,25 +66,14 @@ class Reader:
         self._kernel_lost = 0
         self._reported = 0
         self._batch: list[bytes] = []
-        self.worker = Worker("probe-reader", self.poll_once)
         probes.open_events(self._on_record)
-
-    def start(self) -> Reader:
-        self.worker.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.worker.stop(timeout)
-
-    def is_running(self) -> bool:
-        return self.worker.is_alive()
 
     def counters(self) -> dict[str, int]:
         return {"kernel": self._kernel_lost, "queue_overflow": self.queue_overflow,
                 "decode_errors": self.decode_errors}
 
     def poll_once(self) -> bool:
-        """One round of the thread: wait for records, queue them, account for losses.
+        """One round of the reading loop: wait for records, queue them, account for losses.
         False once the probes are closed."""
         if not self._probes.poll(self._poll_ms):
             return False

@@ -3,7 +3,7 @@ how it follows that as the tree changes. The HTTP service, the CLI and CI gating
 which builds on this package; nothing here imports api.
 
 Layers, bottom up; a module imports its own layer and the layers below, never above
-(tests/unit/test_tracker_layers.py holds it to this, and to no import loops):
+(tests/unit/test_layout.py holds it to this, and to no import loops):
 
 - `procfs` (reading /proc: the one place OS errors become ProcessGone / AccessDenied),
   `rules` (the Rule and Finding types), `safe_text` (text safe to print), `clock`

@@ -24,6 +24,7 @@ from probes.loader import (ATTACHED, REQUIRED, SOURCE, Probes, ProbeError, Probe
                            Tracepoint, find_kernel_headers, probe_blocks, probe_of_program)
 from probes.reader import Reader
 from probes.wire import COMM_LEN, PATH_LEN, RECORD_SIZE, Record
+from tracker.supervised import Worker
 from tests.support.subjects import Subject, skip_if_refused, subject
 
 TIMEOUT = 10.0
@@ -138,10 +139,11 @@ def probes():
 
 @pytest.fixture(scope="module")
 def module_inbox(probes):
-    reader = Reader(probes).start()
+    reader = Reader(probes)
+    reading = Worker("probe-reader", reader.poll_once).start()
     box = Inbox(reader)
     yield box
-    reader.stop()
+    reading.stop()
     box.close()
 
 
@@ -209,11 +211,11 @@ def test_a_refused_program_is_traced_to_its_probe():
 @pytest.mark.bpf
 def test_closing_ends_the_reader():
     with Probes(ring_pages=1) as loaded:
-        reader = Reader(loaded).start()
-    wait_until(lambda: not reader.is_running())
+        reading = Worker("probe-reader", Reader(loaded).poll_once).start()
+    wait_until(lambda: not reading.is_alive())
     assert loaded.poll(0) is False
     # not asked to stop: its source went, which /healthz shows
-    assert reader.worker.state == "dead"
+    assert reading.state == "dead"
 
 
 def test_headers_matching_the_kernel_come_first(tmp_path):
@@ -995,12 +997,12 @@ os._exit(0)
             running.process.wait(TIMEOUT)
             kernel_lost = small.lost_in_kernel()
         assert kernel_lost - before >= 1000 - 21
-        reader.start()
+        reading = Worker("probe-reader", reader.poll_once).start()
         try:
             wait_until(lambda: reader.queue_overflow > 0)
             lost = first_lost(reader.events)  # queued ahead of the next records
         finally:
-            reader.stop()
+            reading.stop()
     counters = reader.counters()
     assert counters["kernel"] >= kernel_lost and counters["queue_overflow"] > 0
     assert counters["decode_errors"] == 0

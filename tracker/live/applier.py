@@ -80,6 +80,7 @@ class Tracker:
         self.queue_capacity = queue_capacity
         self.probes: Probes | None = None
         self.reader: Reader | None = None
+        self.reading: Worker | None = None     # the supervised thread that runs the reader
         self.table: LiveTable | None = None
         self.degraded: str | None = None
         self.apply_errors = 0
@@ -98,7 +99,8 @@ class Tracker:
     def start(self) -> Tracker:
         try:
             self.probes = Probes()
-            self.reader = Reader(self.probes, capacity=self.queue_capacity).start()
+            self.reader = Reader(self.probes, capacity=self.queue_capacity)
+            self.reading = Worker("probe-reader", self.reader.poll_once).start()
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
             self.degraded = str(error)
             self._close_probes()
@@ -116,7 +118,7 @@ class Tracker:
 
     def workers(self) -> list[Worker]:
         """The supervised threads running now."""
-        return [self.applier] + ([self.reader.worker] if self.reader is not None else [])
+        return [self.applier] + ([self.reading] if self.reading is not None else [])
 
     def counters(self) -> dict:
         counts = {"table": self.table.counters.as_dict() if self.table is not None else {},
@@ -143,9 +145,10 @@ class Tracker:
                 for name, status in self.probes.status()["probes"].items()]
 
     def _close_probes(self) -> None:
-        if self.reader is not None:
-            self.reader.stop()
-            self.reader = None
+        if self.reading is not None:
+            self.reading.stop(STOP_TIMEOUT)
+            self.reading = None
+        self.reader = None
         if self.probes is not None:
             self.probes.close()
             self.probes = None
