@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.service.peer import tcp_peer_uid  # noqa: E402
-from api.service.privacy import Viewer, owner, shown  # noqa: E402
-from tracker.checks.catalogue import catalogue  # noqa: E402
-from tracker.procfs import Proc  # noqa: E402
+from api.service.peer import tcp_peer_uid
+from api.service.privacy import Viewer, owner, shown
+from tracker.checks.catalogue import catalogue
+from tracker.procfs import Proc
 
 ROUNDS = 2000
 ROWS = 1000

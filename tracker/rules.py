@@ -32,7 +32,8 @@ class Rule:
     criu: str                      # severity under the `criu` profile
     remedy: str
     option: str | None = None      # the CRIU option that fixes it, when one exists
-    strict: str | None = None      # severity under `strict`; defaults to the criu one, raised to blocker for options
+    strict: str | None = None      # severity under `strict`; defaults to the criu one,
+    #                                raised to blocker for options
     criu_message: str = ""         # what CRIU prints when it refuses this state
     older_criu: tuple[VersionNote, ...] = ()
     makes_unknown: bool = False    # the process could not be judged: the verdict is `unknown`

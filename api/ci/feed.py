@@ -97,7 +97,8 @@ class Feed:
                 self._listener.accept()[0].close()
             with self._changed:
                 if not self._changed.wait_for(
-                        lambda: state in self._helper_states[seen:] or self._ended,
+                        lambda state=state, seen=seen: (state in self._helper_states[seen:]
+                                                        or self._ended),
                         BARRIER_TIMEOUT_S):
                     raise FeedError(f"{self.source}: the barrier's transition never came")
                 if self._ended:
@@ -142,7 +143,7 @@ class Feed:
                     with self._changed:
                         self._helper_states.append(line["state"])
                         self._changed.notify_all()
-        except Exception:  # noqa: BLE001 - whatever ends the stream ends the feed
+        except Exception:
             pass
         with self._changed:
             self._ended = self._end_reason()

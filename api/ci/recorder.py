@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tracker import verdict
-from tracker.criu import options
 from tracker.audit import Audit, audit
 from tracker.checks.namespaces import without_orphaned_lock
+from tracker.criu import options
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import Profile
 

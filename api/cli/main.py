@@ -13,7 +13,6 @@ from pathlib import Path
 
 from api.cli import arguments, exit_codes
 from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
-from tracker.checks.catalogue import catalogue
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
 
 # Each command's module: its `run(args)` does the command and returns its exit status.

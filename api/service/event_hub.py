@@ -23,8 +23,8 @@ from collections import deque
 from typing import AsyncIterator
 
 from api.service.privacy import LineView, Viewer
-from tracker.live.model import SCHEMA
 from tracker.clock import iso_from_wall_ns
+from tracker.live.model import SCHEMA
 from tracker.safe_text import json_text
 
 CLIENT_BACKLOG = 10_000  # lines published but not yet handed to a client's connection

@@ -20,27 +20,26 @@ import time
 from functools import partial
 from typing import Callable, Iterable
 
-from tracker import procfs, verdict
-from tracker.live import probe_found
-from tracker.audit import Audit, ThreadId, audit, identify
-from api.service.history import SCHEMA as HISTORY_SCHEMA
-from api.service.history import History
-from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
-from tracker.live.model import Transition
-from tracker.procfs import AccessDenied, Proc, ProcessGone
-from tracker.profiles import PROFILE_NAMES, Profile, profile
-from tracker.supervised import DEAD, RETRYING, Callback, Worker
-from tracker.live.applier import Tracker
-from api.service.tree_rows import NON_NESTABLE
-
 from api.service.audit_cache import AuditCache
 from api.service.connections import ConnectionGuard
 from api.service.errors import NoSuchProcess
 from api.service.event_hub import MAX_STREAMS, EventHub
 from api.service.gates import Gates
+from api.service.history import SCHEMA as HISTORY_SCHEMA
+from api.service.history import History
 from api.service.metrics import ServiceMetrics, StateCollector
 from api.service.process_list import process_list
 from api.service.settings import Settings
+from api.service.tree_rows import NON_NESTABLE
+from tracker import procfs, verdict
+from tracker.audit import Audit, ThreadId, audit, identify
+from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
+from tracker.live import probe_found
+from tracker.live.applier import Tracker
+from tracker.live.model import Transition
+from tracker.procfs import AccessDenied, Proc, ProcessGone
+from tracker.profiles import PROFILE_NAMES, Profile, profile
+from tracker.supervised import DEAD, RETRYING, Callback, Worker
 
 log = logging.getLogger(__name__)
 FDS_SCHEMA = "crwatch.fds/1"

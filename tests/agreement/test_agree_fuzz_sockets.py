@@ -25,9 +25,9 @@ import pytest
 from tests.support.agreement import assert_agrees, namespace_lock_codes
 from tests.support.subjects import subject
 from tracker.checks import sockets
+from tracker.context import AuditContext
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
-from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc
 
 pytestmark = [pytest.mark.criu]

@@ -8,11 +8,11 @@ import pytest
 
 from tests.support.agreement import assert_agrees
 from tests.support.subjects import subject
+from tracker import verdict
 from tracker.audit import audit
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.profiles import profile
-from tracker import verdict
 
 pytestmark = [pytest.mark.criu]
 

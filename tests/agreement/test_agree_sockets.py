@@ -307,7 +307,8 @@ def test_unix_listener_with_a_connection_from_outside_not_accepted_is_ok(tmp_pat
 
 def test_unix_connection_to_a_listener_outside_not_accepted_is_ok(tmp_path: Path):
     with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(tmp_path / "server")); server.listen()
+        server.bind(str(tmp_path / "server"))
+        server.listen()
         code = f"c = socket.socket(socket.AF_UNIX); c.connect({str(tmp_path / 'server')!r}); ready(); hold()"
         with subject(code) as running:
             assert_agrees(running.pid, "unix connection to a listener outside, not accepted",
@@ -340,7 +341,8 @@ ready(inode(a)); hold()"""
 
 def test_accepted_unix_connection_to_a_server_outside_needs_external_unix_inode(tmp_path: Path):
     with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(tmp_path / "server")); server.listen()
+        server.bind(str(tmp_path / "server"))
+        server.listen()
         code = HELPERS + f"""
 c = socket.socket(socket.AF_UNIX); c.connect({str(tmp_path / 'server')!r}); ready(inode(c)); hold()"""
         with subject(code) as running, server.accept()[0]:

@@ -42,7 +42,7 @@ def test_a_virtual_console_another_session_controls_dumps():
 fd = os.open({CONSOLE!r}, os.O_RDWR)
 assert session_of(fd) == os.getpid()
 ready(); hold()"""
-    with subject(code) as leader:
+    with subject(code):
         opened = f"fd = os.open({CONSOLE!r}, os.O_RDWR | os.O_NOCTTY); ready(); hold()"
         with subject(opened) as s:
             assert_agrees(s.pid, "virtual console controlled by a session outside the tree",

@@ -29,12 +29,16 @@ from tests.support.agreement import assert_agrees
 from tests.support.servers import Server
 from tests.support.subjects import skip_if_refused, subject
 from tracker import environment
-from tracker.checks.namespaces import (marked_connections_lock, network_lock_findings,
-                                       without_orphaned_lock)
+from tracker.checks.namespaces import marked_connections_lock, network_lock_findings, without_orphaned_lock
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import Criu, find_criu
-from tracker.environment import (IPTABLES_CONNECTION_TOOLS, IPTABLES_NAMESPACE_TOOLS,
-                                 Capabilities, Credentials, Environment)
+from tracker.environment import (
+    IPTABLES_CONNECTION_TOOLS,
+    IPTABLES_NAMESPACE_TOOLS,
+    Capabilities,
+    Credentials,
+    Environment,
+)
 from tracker.rules import Finding
 
 REPO = Path(__file__).resolve().parents[2]

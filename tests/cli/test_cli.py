@@ -140,7 +140,8 @@ def test_a_thread_id_is_refused_naming_its_process():
 
 @pytest.mark.root
 def test_the_conclusion_names_only_the_options_still_missing():
-    both = TCP_PAIR.replace("ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
+    both = TCP_PAIR.replace(
+        "ready()", "held = open('/etc/hostname'); fcntl.flock(held, fcntl.LOCK_SH); ready()")
     with subject(both) as tcp:
         result = crwatch("check", "--allow=--tcp-established", *network_lock_allowed(),
                          str(tcp.pid))

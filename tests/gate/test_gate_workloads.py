@@ -21,9 +21,9 @@ import pytest
 
 from tests.support.agreement import RETRIES
 from tests.support.gates import AWAIT_S, gate
+from tracker.criu.log import transient
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
-from tracker.criu.log import transient
 
 pytestmark = [pytest.mark.criu]
 

@@ -48,11 +48,11 @@ import pytest
 from tests.support.differential_subject import PI_FUTEXES
 from tests.support.subjects import Subject, start
 from tests.support.trackers import attached_tracker
-from tracker.live import reads
 from tracker.audit import audit
+from tracker.live import reads
+from tracker.live.applier import Tracker
 from tracker.live.model import CR, Transition
 from tracker.procfs import Proc, ProcessGone
-from tracker.live.applier import Tracker
 
 pytestmark = [pytest.mark.bpf]
 

@@ -20,12 +20,22 @@ from typing import Callable
 import pytest
 
 from probes.events import Event, Kind, Special
-from probes.loader import (ATTACHED, REQUIRED, SOURCE, Probes, ProbeError, ProbeStatus,
-                           Tracepoint, find_kernel_headers, probe_blocks, probe_of_program)
+from probes.loader import (
+    ATTACHED,
+    REQUIRED,
+    SOURCE,
+    ProbeError,
+    Probes,
+    ProbeStatus,
+    Tracepoint,
+    find_kernel_headers,
+    probe_blocks,
+    probe_of_program,
+)
 from probes.reader import Reader
 from probes.wire import COMM_LEN, PATH_LEN, RECORD_SIZE, Record
-from tracker.supervised import Worker
 from tests.support.subjects import Subject, skip_if_refused, subject
+from tracker.supervised import Worker
 
 TIMEOUT = 10.0
 MARKER = "/dev/full"
@@ -159,7 +169,8 @@ def run(code: str, **kwargs) -> AbstractContextManager[Subject]:
 
 MAPPING = """
 libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
 def mapping(size, shared_fd=-1):
     flags = 1 if shared_fd >= 0 else 0x22     # MAP_SHARED, or MAP_PRIVATE|MAP_ANONYMOUS
     return libc.mmap(None, size, 3, flags, shared_fd, 0)

@@ -29,9 +29,9 @@ from tests.support.memory import REMAPPED_PAGES
 from tests.support.stepped import Stepped, stepped
 from tests.support.subjects import skip_if_refused
 from tests.support.trackers import Recorder, Watch, attached_tracker, codes_of
+from tracker.live.applier import Tracker
 from tracker.live.model import CR, NOCR, Transition
 from tracker.profiles import profile
-from tracker.live.applier import Tracker
 
 pytestmark = [pytest.mark.bpf]
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.support.live_tables import RecordingKernel, opened
 from tests.support.servers import CRWATCH, Server
-from tracker.live.table import LiveTable
 from tracker.clock import boot_seconds
+from tracker.live.table import LiveTable
 from tracker.procfs import CLOCK_TICKS, Proc, ProcessGone
 from tracker.profiles import profile
 

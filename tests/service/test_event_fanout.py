@@ -10,16 +10,15 @@ import sys
 import threading
 import time
 
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-import pytest
-
-from tests.support.servers import EVENT_CLIENTS
 from api.service.connections import ConnectionGuard, guarded_protocol
 from api.service.event_hub import EventHub
 from bench.serving_bench import Notice
+from tests.support.servers import EVENT_CLIENTS
 
 pytestmark = [pytest.mark.bpf]
 

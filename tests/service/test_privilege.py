@@ -67,7 +67,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
     finally:
         stderr = running.stop()
         # (other tests' hostile processes may trouble other parts meanwhile: not these)
-        for module in ("api/service/auth.py", "api/service/peer.py", "api/service/privacy.py", "api/service/event_hub.py"):
+        for module in ("api/service/auth.py", "api/service/peer.py", "api/service/privacy.py",
+                       "api/service/event_hub.py"):
             assert module not in stderr, stderr
 
 
@@ -96,7 +97,7 @@ def _endpoints(pid: int) -> list[str]:
     return [f"/processes/{pid}", f"/processes/{pid}?tree=false",
             f"/processes/{pid}/checkpointable", f"/processes/{pid}/checkpointable?tree=false",
             f"/processes/{pid}/checkpointable?profile=strict", f"/processes/{pid}/fds",
-            f"/processes/{pid}/history", f"/processes?comm=python&limit=1000"]
+            f"/processes/{pid}/history", "/processes?comm=python&limit=1000"]
 
 
 def _leaks(body: bytes) -> list[str]:

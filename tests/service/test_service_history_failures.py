@@ -93,7 +93,7 @@ def outage(server: Server, disk: Path, cause: str) -> tuple[int, int]:
         server.ok(f"/processes/{holder.pid}/checkpointable")
         reason = until(lambda: (why := history_reason(server)) and "entries waiting" in why
                        and why, f"the history never said it could not write ({cause})")
-        assert reason.startswith(f"cannot ") and cause in reason, reason
+        assert reason.startswith("cannot ") and cause in reason, reason
         assert str(disk / DB) in reason
         status = until(lambda: (h := server.ok("/healthz")["history"])["offered"] > offered
                        and h["waiting"] > 0 and h, "no transition waited")

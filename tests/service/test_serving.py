@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.servers import EVENT_CLIENTS, Server, metrics
 from api.service.connections import ConnectionGuard
+from tests.support.servers import EVENT_CLIENTS, Server, metrics
 from tests.support.trackers import Recorder, attached_tracker
 
 pytestmark = [pytest.mark.bpf]

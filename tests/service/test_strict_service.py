@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.memory import REMAPPED_PAGES
 from api.service.models import Gate, Verdict
+from tests.support.memory import REMAPPED_PAGES
 from tests.support.servers import EventStream, Server
 from tests.support.stepped import stepped
 from tests.support.subjects import skip_if_refused

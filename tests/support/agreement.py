@@ -26,14 +26,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker import verdict
 from tracker.audit import audit
+from tracker.criu.log import transient
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import Criu, DumpResult, find_criu
-from tracker.criu.log import transient
 from tracker.environment import IPTABLES_CONNECTION_TOOLS, current
 from tracker.profiles import profile
 from tracker.rules import INFO
-from tracker import verdict
 
 TABLE = Path(__file__).resolve().parents[2] / "build" / "agreement.tsv"
 COLUMNS = ("state", "test", "crwatch verdict", "options", "codes", "CRIU plain",

@@ -1,7 +1,6 @@
 """Subject code for paths longer than a single system call takes."""
 from __future__ import annotations
 
-
 # Descends from `base` through directories of 250-byte names until the path is `length`
 # bytes long with `leaf` as its last component (a shorter last directory absorbs the
 # rest), creating each, and leaves the process there.

@@ -1,7 +1,6 @@
 """Subject code for memory states a /proc audit cannot see."""
 from __future__ import annotations
 
-
 # A shared file mapping of {path} whose first page is remapped nonlinearly; ready() says where.
 REMAPPED_PAGES = """
 libc.mmap.restype = ctypes.c_void_p

@@ -7,7 +7,10 @@ import inspect
 
 def load_socket_filter() -> int:
     """BPF_PROG_LOAD of a socket filter program, "r0 = -1; exit" (accept every packet)."""
-    import ctypes, os, platform, struct   # noqa: E401 (the subjects run this source too)
+    import ctypes
+    import os
+    import platform
+    import struct
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     code = ctypes.create_string_buffer(struct.pack("BBhi", 0xB7, 0, 0, -1)      # r0 = -1

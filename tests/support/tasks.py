@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-
 # A subject that seizes `pid` with ptrace and keeps it traced while it lives.
 SEIZE = """
 libc = ctypes.CDLL(None, use_errno=True)

@@ -10,8 +10,8 @@ import pytest
 
 from tracker.checks import devices, files, paths
 from tracker.checks.paths import Mounts
-from tracker.criu.options import ghost_limit_value
 from tracker.context import AuditContext
+from tracker.criu.options import ghost_limit_value
 from tracker.procfs import OpenFd, Proc, mnt_id_of
 
 PID = 100
@@ -183,7 +183,7 @@ def test_a_root_in_its_own_mount_namespace_is_looked_up_in_the_tree_s_tables(pro
     (proc_root / str(PID) / "ns" / "mnt").unlink()
     os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
     (proc_root / str(PID) / "mountinfo").write_text(
-        f"60 1 0:60 / / rw - tmpfs none rw\n")
+        "60 1 0:60 / / rw - tmpfs none rw\n")
     (proc_root / str(PID) / "root").mkdir()
     (proc_root / str(PID) / "root" / "file").touch()
     ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)

@@ -21,12 +21,12 @@ from probes.events import Event, Kind, Special
 from tests.support.subjects import subject
 from tests.support.tasks import TRACED_CHILD
 from tracker.audit import audit
+from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
-from tracker.criu.log import failure_findings
 from tracker.gate.freeze import cgroup2_mount, owned_cgroup
-from tracker.live.table import LiveTable
 from tracker.live.model import CR, NOCR
+from tracker.live.table import LiveTable
 from tracker.profiles import profile
 
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tests.support.filesystems import full, small_tmpfs
 from api.service import history
 from api.service.history import History, HistoryError, HistoryUnavailable
+from tests.support.filesystems import full, small_tmpfs
 from tracker.live.model import Transition
 
 

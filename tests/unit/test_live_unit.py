@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live_tables import RecordingKernel, event, opened
 from probes.events import Kind
+from tests.support.live_tables import RecordingKernel, event, opened
 from tests.support.subjects import subject
 from tests.support.tasks import TRACED_CHILD
+from tracker.clock import boot_seconds
 from tracker.live import handlers
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.handlers.locks import LOCK_READ_INTERVAL_NS
 from tracker.live.model import CR, NOCR
-from tracker.clock import boot_seconds
 from tracker.live.table import LiveTable
 from tracker.procfs import CLOCK_TICKS
 from tracker.profiles import profile

@@ -13,10 +13,20 @@ import struct
 
 import pytest
 
-from tracker.checks.net_links import (ARPHRD_ETHER, ARPHRD_IPGRE, ARPHRD_LOOPBACK, ARPHRD_NONE,
-                                      ARPHRD_SIT, IFLA_IPTUN_6RD_PREFIX, IFLA_IPTUN_6RD_PREFIXLEN,
-                                      IFLA_IPTUN_6RD_RELAY_PREFIXLEN, IFLA_MACVLAN_MODE, Link,
-                                      decode, refusal)
+from tracker.checks.net_links import (
+    ARPHRD_ETHER,
+    ARPHRD_IPGRE,
+    ARPHRD_LOOPBACK,
+    ARPHRD_NONE,
+    ARPHRD_SIT,
+    IFLA_IPTUN_6RD_PREFIX,
+    IFLA_IPTUN_6RD_PREFIXLEN,
+    IFLA_IPTUN_6RD_RELAY_PREFIXLEN,
+    IFLA_MACVLAN_MODE,
+    Link,
+    decode,
+    refusal,
+)
 
 U16_48 = struct.pack("=H", 48)
 

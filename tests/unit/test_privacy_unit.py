@@ -1,6 +1,6 @@
-"""Who a caller is (api.service.peer, api.service.auth) and what it may see (api.service.privacy): real sockets and
-processes of another uid for the kernel's part, fixture documents full of hostile names
-for the redaction."""
+"""Who a caller is (api.service.peer, api.service.auth) and what it may see
+(api.service.privacy): real sockets and processes of another uid for the kernel's part,
+fixture documents full of hostile names for the redaction."""
 from __future__ import annotations
 
 import json
@@ -179,7 +179,7 @@ def test_the_peer_of_a_loopback_connection_is_known_by_the_uid_of_its_socket(add
         listener.bind((address, 0))
         listener.listen()
         server = listener.getsockname()[:2]
-        with socket.create_connection(server) as mine:
+        with socket.create_connection(server):
             accepted, client = listener.accept()
             assert tcp_peer_uid(client[:2], server) == 0
             accepted.close()

@@ -71,7 +71,8 @@ def sites(doc) -> list[tuple[str, int, str, str]]:
 
 def counts_in(line: str) -> dict[str, int]:
     """`N sites; N mapped to rules; N pending; N unreachable; N host; N follows` as a dict."""
-    found = dict((name, int(n)) for n, name in re.findall(r"(\d+) (sites|mapped|pending|unreachable|host|follows)", line))
+    counted = re.findall(r"(\d+) (sites|mapped|pending|unreachable|host|follows)", line)
+    found = dict((name, int(n)) for n, name in counted)
     return {"total": found["sites"], **{kind: found["mapped" if kind == "rule" else kind] for kind in KINDS}}
 
 
@@ -79,7 +80,8 @@ def counts_in(line: str) -> dict[str, int]:
 
 def test_the_doc_has_site_tables_for_the_issue_files(sites):
     files = {file for file, *_ in sites}
-    for wanted in ("criu/cr-dump.c", "criu/files-reg.c", "criu/files-ext.c", "criu/sk-unix.c", "criu/sk-inet.c",
+    for wanted in ("criu/cr-dump.c", "criu/files-reg.c", "criu/files-ext.c", "criu/sk-unix.c",
+                   "criu/sk-inet.c",
                    "criu/sockets.c", "criu/mount.c", "criu/mem.c", "criu/proc_parse.c", "criu/namespaces.c",
                    "criu/netfilter.c"):
         assert wanted in files, wanted
@@ -103,7 +105,8 @@ def test_every_rule_code_cited_is_in_the_catalogue(doc, sites):
     assert cited, "the doc cites no rule"
     unknown = sorted({code for code in cited if code not in codes and not code.endswith(".c")})
     assert not unknown, f"codes not in the catalogue: {unknown}"
-    mapped = {code for *_, mapping in sites if kind_of(mapping) == "rule" for code in CODE_LIKE.findall(mapping)}
+    mapped = {code for *_, mapping in sites if kind_of(mapping) == "rule"
+              for code in CODE_LIKE.findall(mapping)}
     assert {"socket.tcp.established", "lock.posix", "task.shared_mm", "memory.uprobes"} <= mapped
 
 
@@ -124,7 +127,8 @@ audit.exited: pycriu's message for a pid that is gone, not CRIU's
 
 def test_every_rule_quoting_criu_is_cited_by_a_row_or_says_why_not(sites):
     quoting = {rule.code for rule in catalogue() if rule.criu_message}
-    cited = {code for *_, mapping in sites if kind_of(mapping) == "rule" for code in CODE_LIKE.findall(mapping)}
+    cited = {code for *_, mapping in sites if kind_of(mapping) == "rule"
+             for code in CODE_LIKE.findall(mapping)}
     uncited = sorted(quoting - cited - set(NOT_A_SITE))
     assert not uncited, f"rules whose CRIU message no row maps to them: {uncited}"
     stale = sorted(set(NOT_A_SITE) - (quoting - cited))
@@ -149,7 +153,8 @@ def test_the_header_and_closing_counts_match_the_rows(doc, sites):
 
 def test_the_per_file_summary_matches_the_tables(doc, sites):
     summary = section(doc, "Per file")
-    rows = [cells(line) for line in summary.splitlines() if line.startswith("| criu/") or line.startswith("| compel/")]
+    rows = [cells(line) for line in summary.splitlines()
+            if line.startswith("| criu/") or line.startswith("| compel/")]
     by_file = {}
     for file, _, _, mapping in sites:
         by_file.setdefault(file, Counter())[kind_of(mapping)] += 1
@@ -283,7 +288,8 @@ def test_the_binary_check_finds_compiled_messages(tmp_path, fixture_sites):
 def test_check_doc_reports_new_and_gone_sites(fixture_sites):
     script = load_script()
     sites = [fixture_sites["Can't stat"], fixture_sites["Unknown state %d for demo"]]
-    doc = ("### criu/sk-demo.c\n\n| line | function | message | 4.2.1 | predicted by |\n|---:|---|---|---|---|\n"
+    doc = ("### criu/sk-demo.c\n\n"
+           "| line | function | message | 4.2.1 | predicted by |\n|---:|---|---|---|---|\n"
            "| 11 | `can_dump` | `Unknown state %d for demo` | yes | `socket.unix.unsupported` |\n"
            "| 99 | `gone_fn` | `Removed \\| since` | yes | **unreachable**: no longer in the source |\n")
     new, gone = script.doc_drift(sites, doc)
@@ -293,11 +299,13 @@ def test_check_doc_reports_new_and_gone_sites(fixture_sites):
 
 def test_the_doc_lists_what_the_extractor_finds_in_its_own_format(doc, sites):
     script = load_script()
-    assert script.doc_sites(doc) == {(file, line, message[1:-1].replace("\\|", "|")) for file, line, message, _ in sites}
+    assert script.doc_sites(doc) == {(file, line, message[1:-1].replace("\\|", "|"))
+                                     for file, line, message, _ in sites}
 
 
 def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--source", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--source", str(tmp_path)],
+                          capture_output=True, text=True)
     assert done.returncode == 2
     assert "is not a CRIU source tree" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, str(SCRIPT), "--git-dir", str(tmp_path), "--commit", "v4.2"],

@@ -7,8 +7,15 @@ import re
 import sqlite3
 import xml.etree.ElementTree as ET
 
-from tracker.safe_text import (from_column, json_bytes, json_text, to_column, unicode_text,
-                               visible, visible_all)
+from tracker.safe_text import (
+    from_column,
+    json_bytes,
+    json_text,
+    to_column,
+    unicode_text,
+    visible,
+    visible_all,
+)
 
 # What procfs makes of the bytes b"<s>\x1b[31m\xff\n\xfe" (a name that is not UTF-8)
 HOSTILE = b"<s>\x1b[31m\xff\n\xfe".decode("utf-8", "surrogateescape")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.sockets import load_socket_filter
 from tracker.checks import sockets
-from tracker.checks.sockets import bpf, diag, inet, netlink, fd_query, procnet, queue, tables
+from tracker.checks.sockets import bpf, diag, fd_query, inet, netlink, procnet, queue, tables
 from tracker.checks.sockets.records import InetSocket, Membership, PacketSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import OpenFd, Proc

@@ -29,8 +29,23 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tracker.checks import (anon, catalogue, devices, dumper, fd_owners, files, gate, general, ipc,
-                            locks, memory, namespaces, sockets, task, terminal)
+from tracker.checks import (
+    anon,
+    catalogue,
+    devices,
+    dumper,
+    fd_owners,
+    files,
+    gate,
+    general,
+    ipc,
+    locks,
+    memory,
+    namespaces,
+    sockets,
+    task,
+    terminal,
+)
 from tracker.context import AuditContext
 from tracker.procfs import Proc
 from tracker.rules import Finding

@@ -35,13 +35,30 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterator
 
 from tracker.checks import tree
-from tracker.checks.paths import (DELETED, DumpedNamespace, Mount, Mounts, dumped_namespaces,
-                                  find_mount, fs_magic, mounts, root_in_own_namespace,
-                                  shmem_device)
+from tracker.checks.paths import (
+    DELETED,
+    DumpedNamespace,
+    Mount,
+    Mounts,
+    dumped_namespaces,
+    find_mount,
+    fs_magic,
+    mounts,
+    root_in_own_namespace,
+    shmem_device,
+)
 from tracker.context import AuditContext
 from tracker.criu.options import ghost_limit_value
-from tracker.procfs import (AccessDenied, MntIdUnavailable, OpenFd, Proc, ProcessGone,
-                            link_too_long, mnt_id_of, mnt_id_via_fdinfo)
+from tracker.procfs import (
+    AccessDenied,
+    MntIdUnavailable,
+    OpenFd,
+    Proc,
+    ProcessGone,
+    link_too_long,
+    mnt_id_of,
+    mnt_id_via_fdinfo,
+)
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule, pid_list
 
 RULES = (

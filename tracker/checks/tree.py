@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from tracker.context import AuditContext
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 
-
 # ---------------------------------------------------------------- the dump order
 
 def dump_order(ctx: AuditContext) -> list[int]:

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Callable
 
 from tracker import verdict
-from tracker.live import probe_found
 from tracker.audit import Audit, ProcessIdentity, audit, identify
 from tracker.checks.gate import helper_died, not_frozen, watchdog_expired
+from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import Criu, DumpResult
-from tracker.criu.log import failure_findings
-from tracker.gate.own_processes import refusal, role
 from tracker.environment import Environment, of
-from tracker.gate.freeze import (DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen,
-                            tree_pids)
+from tracker.gate.freeze import DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen, tree_pids
+from tracker.gate.own_processes import refusal, role
+from tracker.live import probe_found
 from tracker.live.probe_found import ProbeFound
 from tracker.profiles import Profile
 

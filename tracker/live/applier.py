@@ -22,9 +22,9 @@ from probes.events import Event, Kind
 from probes.loader import ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
 from tracker.audit import Audit
+from tracker.clock import iso_from_wall_ns
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.model import SCHEMA, Transition
-from tracker.clock import iso_from_wall_ns
 from tracker.live.table import LiveTable
 from tracker.profiles import Profile
 from tracker.supervised import Worker

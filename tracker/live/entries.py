@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from probes.events import Event
 from tracker import procfs
 from tracker.audit import ProcessIdentity
-from tracker.live.model import Counters, Entry, Mark, MarkKey
 from tracker.clock import boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns
+from tracker.live.model import Counters, Entry, Mark, MarkKey
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 

@@ -29,11 +29,11 @@ from typing import Iterable, Iterator
 
 from probes.events import Event, Kind
 from tracker.audit import Audit, ProcessIdentity
+from tracker.clock import iso_from_monotonic_ns
 from tracker.live import reconcile
 from tracker.live.entries import Batch, Entries, KernelMaps, States
 from tracker.live.handlers import BY_KIND, DEFERRING, SWEEPERS, fds
 from tracker.live.model import CR, Entry, Transition
-from tracker.clock import iso_from_monotonic_ns
 from tracker.procfs import DEFAULT_PROC_ROOT
 from tracker.profiles import PROFILE_NAMES, Profile
 from tracker.rules import Finding

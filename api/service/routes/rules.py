@@ -5,9 +5,9 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Query
 
+from api.rules_document import rules_document
 from api.service.deps import ServiceDep
 from api.service.models import Rules
-from api.rules_document import rules_document
 from tracker.checks.catalogue import catalogue
 
 router = APIRouter(tags=["rules"])

@@ -23,7 +23,7 @@ import socket
 from typing import Iterator
 
 from tracker.checks import tree
-from tracker.checks.sockets import bpf, common, inet, netlink, packet, fd_query, queue, tables, unix
+from tracker.checks.sockets import bpf, common, fd_query, inet, netlink, packet, queue, tables, unix
 from tracker.checks.sockets.records import InetSocket, NetlinkSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone

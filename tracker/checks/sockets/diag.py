@@ -20,9 +20,17 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from tracker.checks.sockets.records import (TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_TIME_WAIT, InetSocket,
-                                            Membership, NetlinkSocket, PacketSocket, UnixSocket,
-                                            endpoint)
+from tracker.checks.sockets.records import (
+    TCP_NEW_SYN_RECV,
+    TCP_SYN_RECV,
+    TCP_TIME_WAIT,
+    InetSocket,
+    Membership,
+    NetlinkSocket,
+    PacketSocket,
+    UnixSocket,
+    endpoint,
+)
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20

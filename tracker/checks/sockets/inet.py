@@ -18,8 +18,7 @@ from typing import Iterator
 
 from tracker.checks.sockets import fd_query
 from tracker.checks.sockets.common import OLDER_CRIU, finding
-from tracker.checks.sockets.records import (TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_STATES,
-                                            InetSocket)
+from tracker.checks.sockets.records import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_STATES, InetSocket
 from tracker.procfs import OpenFd, Proc
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 

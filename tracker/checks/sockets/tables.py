@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from tracker.checks.sockets import diag, procnet
-from tracker.checks.sockets.records import (TCP_LISTEN, InetSocket, NetlinkSocket, PacketSocket,
-                                            UnixSocket)
+from tracker.checks.sockets.records import TCP_LISTEN, InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
 from tracker.procfs import Proc, ProcessGone
 
