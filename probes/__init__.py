@@ -3,7 +3,8 @@
 - crwatch.bpf.c and record.h: the probes and the wire record they send;
 - loader.py: compiles and attaches them (the only module that imports bcc);
 - wire.py and events.py: the record's Python mirror, decoded into typed Events;
-- reader.py: the thread that drains the ring buffer into a bounded queue.
+- reader.py: drains the ring buffer into a bounded queue, one poll at a time (the
+  tracker runs it on a thread of its own).
 
 May import: the standard library and bcc. Nothing of tracker or api: the tracker
 consumes these events, never the other way round."""

@@ -18,4 +18,4 @@ now, why, and since when.
 Inside, imports go one way: model, reads < entries < reconcile < handlers < table <
 applier. May import: probes, tracker.audit, tracker.checks, tracker.procfs,
 tracker.verdict and what they stand on (rules, context, profiles, holders, environment,
-supervised). Never api. Nothing below it (audit, checks, verdict) imports this package."""
+supervised, clock). Never api. Nothing below it (audit, checks, verdict) imports this package."""
