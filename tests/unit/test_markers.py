@@ -34,6 +34,14 @@ def test_skips_for_a_reason_of_its_own():
 '''
 
 
+@pytest.fixture(autouse=True)
+def plugin_importable(monkeypatch):
+    """The pytest runs of these tests start in a scratch directory: the plugin they load
+    (tests.support.requirements) is found through the repository on PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
 def pytest_ini_options() -> str:
     """The repository's [tool.pytest.ini_options], as a pyproject.toml of its own."""
     options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
