@@ -15,6 +15,14 @@ answers no getsockopt, so CRIU's dump_socket refuses it whatever its family
 ("Can't get 1:39 opt", SO_DOMAIN). While any eBPF socket filter
 program is loaded on the host, every socket is asked whether it holds one,
 as CRIU's dump_socket_opts asks (SO_GET_FILTER), from a copy of the fd.
+
+The modules: `tables` (the socket tables of a namespace: `diag` for sock_diag,
+`procnet` for /proc/PID/net), `records` (what a table says of one socket),
+`fd_query` (asks a copy of the fd what no table shows), `common` (the finding every
+family makes), one module per family (`unix`, `inet`, `netlink`, `packet`), `queue`
+(what waits in a unix queue, fds in flight included) and `bpf` (socket filters).
+May import: what tracker.checks may (procfs, rules, context, environment,
+criu.options) and tracker.checks' registries; never tracker.checks itself.
 """
 from __future__ import annotations
 
