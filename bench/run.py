@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (
     audit_bench,
+    check_bench,
     freeze_bench,
     fuzz_criu,
     gate_bench,
@@ -21,6 +22,8 @@ from bench import (
 if __name__ == "__main__":
     print("== audit ==", flush=True)
     audit_bench.main()
+    print("== crwatch check against lsof ==", flush=True)
+    check_bench.main()
     print("== sharing ==", flush=True)
     sharing_bench.main()
     print("== tracker ==", flush=True)

@@ -37,10 +37,11 @@ mkdir -p "$DEPS"
 # `ip` when it dumps network namespaces; procps/util-linux: ps, mountpoint,
 # flock (base packages, listed so a trimmed image still gets them);
 # chromium: the dashboard's tests drive it headless (Playwright, executable_path).
+# lsof: bench/check_bench.py times `crwatch check` against `lsof -p`.
 # No nftables/iptables package: criu's `--network-lock nftables` uses
 # libnftables in-process (part of the private criu closure below); iptables
 # is unpacked privately (.deps/iptables-bin) for the tests of CRIU's default lock.
-PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium)
+PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium lsof)
 # bcc compiles against kernel headers; without this kernel's own, use Debian's.
 [ -e "/lib/modules/$KREL/build" ] || PKGS+=(linux-headers-amd64)
 
