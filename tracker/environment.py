@@ -23,17 +23,20 @@ they are asked through it):
 - the kernel release.
 
 `current()` detects once per process and caches (`of(criu)` for another
-CRIU); `redetect()` is for tests that change the environment.
+CRIU); `redetect()` is for tests that change the environment. Detecting runs
+CRIU four times (tens of milliseconds): `detect_ahead()` begins it in the
+background for a command that will judge, so that it overlaps the audit, and
+`current()` then awaits that detection instead of starting another.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
 import subprocess
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,10 +278,14 @@ def criu_libraries(criu: Criu) -> dict[str, bool]:
             for name, soname in LIBRARIES.items()}
 
 
-@functools.cache
+# Each CRIU's detection, begun once per process: callers in other threads await it.
+_detections: dict[Criu | None, Future] = {}
+_detections_lock = threading.Lock()
+
+
 def of(criu: Criu | None) -> Environment:
     """The environment of this CRIU (e.g. a gate's --criu), detected once per process."""
-    return detect(criu)
+    return _detection(criu, in_background=False).result()
 
 
 def current() -> Environment:
@@ -286,8 +293,38 @@ def current() -> Environment:
     return of(find_criu())
 
 
+def detect_ahead() -> None:
+    """Begin detecting current()'s environment in a background thread, unless begun."""
+    _detection(find_criu(), in_background=True)
+
+
 def redetect() -> Environment:
     """Forget the cached facts (and the CRIU found) and detect again."""
-    of.cache_clear()
+    with _detections_lock:
+        _detections.clear()
     find_criu.cache_clear()
     return current()
+
+
+def _detection(criu: Criu | None, in_background: bool) -> Future:
+    with _detections_lock:
+        begun = _detections.get(criu)
+        if begun is not None:
+            return begun
+        future = _detections[criu] = Future()
+    if in_background:
+        threading.Thread(target=_detect_into, args=(future, criu), daemon=True,
+                         name="crwatch-environment").start()
+    else:
+        _detect_into(future, criu)
+    return future
+
+
+def _detect_into(future: Future, criu: Criu | None) -> None:
+    try:
+        future.set_result(detect(criu))
+    except BaseException as error:
+        with _detections_lock:      # a failed detection is not kept: the next call retries
+            if _detections.get(criu) is future:
+                del _detections[criu]
+        future.set_exception(error)
