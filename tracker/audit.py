@@ -104,17 +104,20 @@ def descendants(pid: int, proc_root: Path = DEFAULT_PROC_ROOT) -> list[int]:
 
 def audit(pid: int, tree: bool = False, proc_root: Path = DEFAULT_PROC_ROOT, *,
           hold: Hold | None = None, environment: Environment | None = None,
-          holders: HostHolders | None = None) -> Audit:
+          holders: HostHolders | None = None, name_holders: bool = True) -> Audit:
     """Audit pid (and its descendants when `tree`). Raises ProcessGone if pid does not exist.
 
     `hold` is the gate's ptrace hold, when the tree is frozen with ptrace; `environment`
     the dumper's, when it is not the one of the CRIU find_criu() finds; `holders` the
-    index of who holds which pipe and socket, when a pass of audits shares one.
+    index of who holds which pipe and socket, when a pass of audits shares one;
+    `name_holders=False` does not look up who holds them outside the tree (a walk over
+    every fd of the host), which only info messages name.
     """
     root = identify(pid, proc_root)
     pids = descendants(pid, proc_root) if tree else [pid]
     ctx = AuditContext(root_pid=pid, tree_pids=set(pids), proc_root=proc_root, hold=hold,
-                       dumper_environment=environment, shared_holders=holders)
+                       dumper_environment=environment, shared_holders=holders,
+                       name_holders=name_holders)
     result = Audit(root=root, tree=tree)
 
     procs: list[Proc] = []

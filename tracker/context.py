@@ -2,7 +2,9 @@
 
 An audit reads host-wide tables (sockets, locks, who holds which inode) at
 most once, and only when some check asks: a process with no sockets never
-pays for the socket tables.
+pays for the socket tables. Who holds a pipe or socket outside the tree is
+known only from a walk over every fd of the host; an audit that is told not to
+name the holders (`name_holders`: a one-off check) never walks.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from pathlib import Path
 from tracker.environment import Environment, current
 from tracker.holders import HostHolders
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
+
+# What a message says in place of the holders outside the tree when the audit does not
+# look them up (AuditContext.name_holders).
+NOT_LOOKED_UP = "its holders were not looked up"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class AuditContext:
     hold: Hold | None = None
     dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
     shared_holders: HostHolders | None = None  # a pass's index of holders, shared by its audits
+    # False: the holders outside the tree are not looked up (holders_outside answers None).
+    # They name whom a pipe or socket reaches in info messages, and no verdict depends on them.
+    name_holders: bool = True
 
     @property
     def environment(self) -> Environment:
@@ -63,9 +72,13 @@ class AuditContext:
         one of many (shared_holders), else one walk of /proc for this audit alone."""
         return self.shared_holders or HostHolders(self.proc_root)
 
-    def holders_outside(self, target: str, witness: tuple[int, str] | None = None) -> set[int]:
-        """Processes outside the tree that hold the same open file; `witness`: a (pid,
-        link) of the tree, held now, that a shared index must show (HostHolders.of)."""
+    def holders_outside(self, target: str,
+                        witness: tuple[int, str] | None = None) -> set[int] | None:
+        """Processes outside the tree that hold the same open file, None when the audit does
+        not name holders; `witness`: a (pid, link) of the tree, held now, that a shared
+        index must show (HostHolders.of)."""
+        if not self.name_holders:
+            return None
         return self.host_holders.of(target, witness) - self.tree_pids
 
     def table(self, key, build):

@@ -1,7 +1,8 @@
 """`crwatch check PID...`: audit, judge and print.
 
 Each pid is judged with all its descendants, as `criu dump -t PID` takes them;
-`--only` asks for the pid's own findings.
+`--only` asks for the pid's own findings. Who holds a pipe or socket outside the tree
+is named only with `--holders` (a walk over every fd of the host, for info messages).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from api.cli import exit_codes
 from api.cli.arguments import judged_by
 from api.render import verdict_text
-from tracker import verdict
+from tracker import environment, verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
 from tracker.checks.general import exited
 from tracker.procfs import AccessDenied, ProcessGone
@@ -31,11 +32,12 @@ def run(args) -> int:
               "users' processes cannot be read, and those processes will be judged 'unknown' "
               "(CRIU needs root to dump them too)", file=sys.stderr)
 
+    environment.detect_ahead()     # CRIU's runs overlap the audit; the verdict awaits them
     tree = not args.only
     documents = []
     for pid in args.pids:
         try:
-            result = audit(pid, tree=tree)
+            result = audit(pid, tree=tree, name_holders=args.holders)
         except ProcessGone:
             # gone between the existence check and the first read
             result = None

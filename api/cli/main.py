@@ -41,6 +41,10 @@ def _check(commands) -> None:
     check.add_argument("--allow", action="append", default=[], metavar="OPTION",
                        help="a CRIU option the dump may use (repeatable), "
                             "e.g. --allow=--tcp-established")
+    check.add_argument("--holders", action="store_true",
+                       help="name the processes outside the tree that hold the other end of "
+                            "its pipes and sockets (reads every fd of the host; no verdict "
+                            "depends on them)")
     arguments.add_profile_arguments(check)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 from collections import defaultdict
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterator
@@ -47,7 +48,8 @@ from tracker.checks.paths import (
     root_in_own_namespace,
     shmem_device,
 )
-from tracker.context import AuditContext
+from tracker.checks.sockets import fd_query, queue
+from tracker.context import NOT_LOOKED_UP, AuditContext
 from tracker.criu.options import ghost_limit_value
 from tracker.procfs import (
     AccessDenied,
@@ -613,11 +615,26 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
                       proc.pid, fd=open_fd.fd)
     # Only a pipe the tree holds one end of is worth the walk over every
     # process of the host that names the outside holders.
-    if {end & os.O_ACCMODE for end in ends.values()} >= {os.O_RDONLY, os.O_WRONLY}:
+    modes = {end & os.O_ACCMODE for end in ends.values()}
+    if modes >= {os.O_RDONLY, os.O_WRONLY}:
+        return
+    seen = ctx.table("files.external_pipes_seen", set)
+    if open_fd.target in seen:
         return
     outside = ctx.holders_outside(open_fd.target, witness=(proc.pid, open_fd.target))
-    seen = ctx.table("files.external_pipes_seen", set)
-    if outside and open_fd.target not in seen:
+    if outside is None and os.O_RDWR not in modes:
+        if _other_end_open(proc, open_fd) and open_fd.target not in queue.in_flight(ctx):
+            seen.add(open_fd.target)
+            yield Finding("file.pipe.external",
+                          f"fd {open_fd.fd}: {open_fd.target} is shared with a process outside "
+                          f"the dumped tree ({NOT_LOOKED_UP})", proc.pid, fd=open_fd.fd,
+                          remedy=f"nothing to do at dump; at restore pass the outside end with "
+                                 f"--inherit-fd fd[N]:{open_fd.target}, or the restored pipe no "
+                                 f"longer reaches it")
+        return
+    if outside is None:     # a read-write end counts as both: only a walk tells
+        outside = ctx.host_holders.of(open_fd.target, (proc.pid, open_fd.target)) - ctx.tree_pids
+    if outside:
         seen.add(open_fd.target)
         pids = pid_list(outside)
         yield Finding("file.pipe.external",
@@ -626,6 +643,23 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
                       remedy=f"nothing to do at dump; at restore pass the end {pids} "
                              f"{'holds' if len(outside) == 1 else 'hold'} with --inherit-fd "
                              f"fd[N]:{open_fd.target}, or the restored pipe no longer reaches it")
+
+
+def _other_end_open(proc: Proc, open_fd: OpenFd) -> bool:
+    """Whether the pipe's other end is open anywhere, asked of the kernel's own counts of a
+    pipe's readers and writers: poll() on a copy of a read end says POLLHUP when no writer
+    is left, on a write end POLLERR when no reader is (fs/pipe.c pipe_poll). The copy
+    shares the holder's open file, so it counts nothing itself."""
+    copy = fd_query.getfd(proc.pid, open_fd.fd)
+    try:
+        if os.fstat(copy).st_ino != open_fd.inode:
+            raise ProcessGone(proc.pid)  # the fd number now names another file
+        poller = select.poll()
+        poller.register(copy, 0)    # POLLHUP and POLLERR are always reported
+        return not any(events & (select.POLLHUP | select.POLLERR)
+                       for _, events in poller.poll(0))
+    finally:
+        os.close(copy)
 
 
 def _tree_pipes(ctx: AuditContext) -> dict[str, dict[tuple[int, int], int]]:

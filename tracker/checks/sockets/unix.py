@@ -22,7 +22,7 @@ from typing import Iterator
 from tracker.checks.sockets import fd_query, queue, tables
 from tracker.checks.sockets.common import finding, holders
 from tracker.checks.sockets.records import UnixSocket
-from tracker.context import AuditContext
+from tracker.context import NOT_LOOKED_UP, AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, NAME_TOO_LONG, OpenFd, Proc
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
@@ -131,8 +131,12 @@ def _connected(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSocket,
     if ctx.tree_holders.get(target) or target in queue.in_flight(ctx):
         return          # both ends are dumped
     outside = _outside(ctx, target, proc, open_fd)
-    held = (f"held by {holders(outside)} outside the tree" if outside
-            else "which no process holds (it may be in flight in a queue outside the tree)")
+    if outside is None:
+        held = f"outside the tree ({NOT_LOOKED_UP})"
+    elif outside:
+        held = f"held by {holders(outside)} outside the tree"
+    else:
+        held = "which no process holds (it may be in flight in a queue outside the tree)"
     text = f"unix {kind} socket {_name(sock)} is connected to {target} {_name(peer)}, {held}"
     if peer.type != SOCK_DGRAM:
         yield _external(proc, open_fd, "socket.unix.external_stream", text, sock)
@@ -160,8 +164,11 @@ def _not_accepted(ctx: AuditContext, proc: Proc, open_fd: OpenFd, sock: UnixSock
                           f"unix {kind} socket {_name(sock)} is connected to nothing")
         return          # its peer closed: CRIU dumps it shut down
     target = f"socket:[{listener.inode}]"
-    where = holders(ctx.tree_holders.get(target) or _outside(ctx, target, proc, open_fd))
-    text = f"unix {kind} connection to {_name(listener)} (held by {where}) is not accepted yet"
+    inside = ctx.tree_holders.get(target)
+    outside = None if inside else _outside(ctx, target, proc, open_fd)
+    where = (f"outside the tree, {NOT_LOOKED_UP}" if not inside and outside is None
+             else f"held by {holders(inside or outside)}")
+    text = f"unix {kind} connection to {_name(listener)} ({where}) is not accepted yet"
     if sock.wqlen:
         yield finding("socket.unix.in_flight_data", proc, open_fd,
                       f"{text} and has data written on it ({sock.wqlen} bytes queued)")
@@ -206,10 +213,12 @@ def _ends_with(path: str, name: str) -> bool:
     return cut >= 1 and path[cut:] == ending and path[cut - 1] == "/"
 
 
-def _outside(ctx: AuditContext, target: str, proc: Proc, open_fd: OpenFd) -> set[int]:
+def _outside(ctx: AuditContext, target: str, proc: Proc, open_fd: OpenFd) -> set[int] | None:
     """The holders outside the tree, crwatch aside: its copies of files in flight are its own.
-    The socket's own fd is the witness that the holders were read after it was made."""
-    return ctx.holders_outside(target, witness=(proc.pid, open_fd.target)) - {os.getpid()}
+    The socket's own fd is the witness that the holders were read after it was made. None:
+    the audit does not look holders up."""
+    outside = ctx.holders_outside(target, witness=(proc.pid, open_fd.target))
+    return None if outside is None else outside - {os.getpid()}
 
 
 def _name(sock: UnixSocket) -> str:
