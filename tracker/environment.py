@@ -285,7 +285,16 @@ _detections_lock = threading.Lock()
 
 def of(criu: Criu | None) -> Environment:
     """The environment of this CRIU (e.g. a gate's --criu), detected once per process."""
-    return _detection(criu, in_background=False).result()
+    with _detections_lock:
+        begun = _detections.get(criu)
+        if begun is None:
+            begun = _detections[criu] = Future()
+            detecting = True
+        else:
+            detecting = False
+    if detecting:
+        _detect_into(begun, criu)
+    return begun.result()
 
 
 def current() -> Environment:
@@ -294,8 +303,9 @@ def current() -> Environment:
 
 
 def detect_ahead() -> None:
-    """Begin detecting current()'s environment in a background thread, unless begun."""
-    _detection(find_criu(), in_background=True)
+    """Begin finding CRIU and detecting current()'s environment in a background thread:
+    current() then awaits that detection."""
+    threading.Thread(target=_detect_quietly, daemon=True, name="crwatch-environment").start()
 
 
 def redetect() -> Environment:
@@ -306,20 +316,6 @@ def redetect() -> Environment:
     return current()
 
 
-def _detection(criu: Criu | None, in_background: bool) -> Future:
-    with _detections_lock:
-        begun = _detections.get(criu)
-        if begun is not None:
-            return begun
-        future = _detections[criu] = Future()
-    if in_background:
-        threading.Thread(target=_detect_into, args=(future, criu), daemon=True,
-                         name="crwatch-environment").start()
-    else:
-        _detect_into(future, criu)
-    return future
-
-
 def _detect_into(future: Future, criu: Criu | None) -> None:
     try:
         future.set_result(detect(criu))
@@ -328,3 +324,10 @@ def _detect_into(future: Future, criu: Criu | None) -> None:
             if _detections.get(criu) is future:
                 del _detections[criu]
         future.set_exception(error)
+
+
+def _detect_quietly() -> None:
+    try:
+        current()
+    except Exception:   # not kept (_detect_into): the caller's own current() meets it again
+        return

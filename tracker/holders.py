@@ -6,7 +6,9 @@ most once; a pass that audits many processes (the process list, the live
 table's seed and re-audits) shares one index, walked again only when it is
 older than its `max_age` or than an fd an audit met, so that 2,000 processes
 sharing a pipe cost one walk per pass, not one per process. Answers to requests
-(and the gate) walk afresh: they are read for the request.
+(and the gate) walk afresh: they are read for the request. `crwatch check` does not
+walk at all unless asked (`--holders`): the holders only name whom an info
+reason's pipe or socket reaches, and no verdict depends on them.
 """
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from tracker.safe_text import json_text
 
 
 def run(args) -> int:
-    chosen = judged_by(args)
     refusals = [refusal for pid in args.pids if (refusal := _refusal(pid))]
     if refusals:
         for refusal in refusals:
@@ -32,17 +31,18 @@ def run(args) -> int:
               "users' processes cannot be read, and those processes will be judged 'unknown' "
               "(CRIU needs root to dump them too)", file=sys.stderr)
 
-    environment.detect_ahead()     # CRIU's runs overlap the audit; the verdict awaits them
+    environment.detect_ahead()     # CRIU's runs overlap the audits; the verdicts await them
     tree = not args.only
-    documents = []
+    results = []
     for pid in args.pids:
         try:
-            result = audit(pid, tree=tree, name_holders=args.holders)
+            results.append((pid, audit(pid, tree=tree, name_holders=args.holders)))
         except ProcessGone:
             # gone between the existence check and the first read
-            result = None
-        documents.append(verdict.document(result, chosen, args.allow) if result
-                         else _gone_document(pid, chosen, args.allow, tree))
+            results.append((pid, None))
+    chosen = judged_by(args)    # the CRIU found decides its version: asked after the audits
+    documents = [verdict.document(result, chosen, args.allow) if result
+                 else _gone_document(pid, chosen, args.allow, tree) for pid, result in results]
     _print(documents, args.json)
     if all(document["checkpointable"] for document in documents):
         return exit_codes.OK

@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli import crwatch
 from tests.support.subjects import subject
 
+CRWATCH = Path(sys.executable).with_name("crwatch")
 HOLD = "ready(); hold()"
 NOT_LOOKED_UP = "its holders were not looked up"
 
 
 def reasons(pid: int, *options: str) -> tuple[dict, dict[str, dict]]:
-    """The verdict document, and its reasons by code."""
-    document = json.loads(crwatch("check", "--json", *options, str(pid)).stdout)
+    """The verdict document of `crwatch check --json`, and its reasons by code."""
+    result = subprocess.run([str(CRWATCH), "check", "--json", *options, str(pid)],
+                            capture_output=True, text=True, timeout=120)
+    document = json.loads(result.stdout)
     return document, {reason["code"]: reason for reason in document["reasons"]}
 
 
