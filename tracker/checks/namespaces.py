@@ -91,6 +91,8 @@ OWNED_BY_USERNS = ("net", "uts", "ipc", "mnt", "time")  # those CRIU enters from
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 TCP_ESTABLISHED_OPTION = "--tcp-established"
 TCP_CODES = "socket.tcp."
+# A listener has no destination port, so CRIU locks none (inet_getname: ENOTCONN).
+LISTENER_CODES = ("socket.tcp.listen", "socket.tcp.in_flight")
 SO_PEERNAME = 28  # asm-generic/socket.h; Python's socket module does not export it
 # The kernel refuses a buffer longer than the address (EINVAL).
 SOCKADDR_IN_SIZE, SOCKADDR_IN6_SIZE = 16, 28
@@ -291,7 +293,8 @@ def check_tree(ctx: AuditContext, findings: list[Finding]) -> Iterator[Finding]:
         # Connected sockets, and any other TCP socket (closed after a shutdown or a reset)
         # that still has a peer.
         locks = {(f.pid, f.fd): _lock_tools(ctx, f) for f in findings
-                 if f.code.startswith(TCP_CODES) and f.fd is not None}
+                 if f.code.startswith(TCP_CODES) and f.code not in LISTENER_CODES
+                 and f.fd is not None}
         locks = {where: tools for where, tools in locks.items() if tools}
         if not locks:
             return
