@@ -26,6 +26,9 @@ NAME_TOO_LONG = "(name too long)"
 # CRIU reads links into PATH_MAX - 1 bytes after a leading "." (files.c fill_fdlink), and
 # refuses a link that fills them (util.c read_fd_link): 4095 bytes or more.
 LONGEST_LINK = 4094
+# What Proc.read_record asks per read(): an fdinfo is one page unless an epoll or
+# inotify fd lists thousands of entries.
+RECORD_READ_SIZE = 65536
 
 
 class ProcessGone(Exception):
@@ -188,7 +191,7 @@ class OpenFd:
     @property
     def fdinfo_lines(self) -> list[str]:
         if self._fdinfo_lines is None:
-            self._fdinfo_lines = self.process.read(f"fdinfo/{self.fd}").splitlines()
+            self._fdinfo_lines = self.process.read_record(f"fdinfo/{self.fd}").splitlines()
         return self._fdinfo_lines
 
     @property
@@ -337,6 +340,21 @@ class Proc:
                 chunks = []
                 while chunk := os.read(fd, 65536):
                     chunks.append(chunk)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise _translate(self.pid, name, error) from None
+        return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+    def read_record(self, name: str) -> str:
+        """A file the kernel makes whole before the first read (single_open, as fdinfo): a
+        read() shorter than asked holds all of it, so one read() does where `read` takes two."""
+        try:
+            fd = os.open(self._prefix + name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = [os.read(fd, RECORD_READ_SIZE)]
+                while len(chunks[-1]) == RECORD_READ_SIZE:
+                    chunks.append(os.read(fd, RECORD_READ_SIZE))
             finally:
                 os.close(fd)
         except OSError as error:
