@@ -5,8 +5,8 @@ sleeping processes. The subjects: a sleeping process, and processes holding
 1,200 and 12,500 mixed fds (files, pipes, socketpairs, eventfds, TCP listeners).
 Each subject holds the write end of a pipe whose read end this bench holds, as
 a process started in a shell pipeline or by a supervisor holds its stdout: the
-end outside its tree is what a check names. Prints the median of 5 runs of each command in the same
-run, and their ratio (target: at most 1.0).
+end outside its tree is what a check names. Prints the median of 5 runs of each
+command, run in turns, and their ratio (target: at most 1.0).
 """
 from __future__ import annotations
 
@@ -60,15 +60,22 @@ CASES = (
 )
 
 
-def median_ms(command: list[str], env: dict) -> float:
-    """The median wall time of RUNS runs of the command, each a new process."""
-    times = []
+def run_ms(command: list[str], env: dict) -> float:
+    """The wall time of one run of the command, a new process."""
+    start = time.perf_counter()
+    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
+    return (time.perf_counter() - start) * 1000
+
+
+def medians_ms(ours: list[str], peer: list[str], env: dict) -> tuple[float, float]:
+    """The medians of RUNS runs of each command, run in turns so that both meet the same
+    load on a shared machine."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(RUNS):
-        start = time.perf_counter()
-        subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        times[0].append(run_ms(ours, env))
+        times[1].append(run_ms(peer, env))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def installed_env(pycache: str) -> dict:
@@ -85,10 +92,8 @@ def bench_case(name: str, code: str, env: dict, command_env: dict) -> str:
         with subject(code, env=env, pass_fds=(write_end,)) as running:
             fds = psutil.Process(running.pid).num_fds()
             check = [str(CRWATCH), "check", "--json", str(running.pid)]
-            subprocess.run(check, env=command_env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)  # caches the bytecode
-            ours = median_ms(check, command_env)
-            peer = median_ms(["lsof", "-p", str(running.pid)], command_env)
+            run_ms(check, command_env)      # caches the bytecode
+            ours, peer = medians_ms(check, ["lsof", "-p", str(running.pid)], command_env)
     finally:
         os.close(read_end)
         os.close(write_end)
