@@ -6,7 +6,9 @@ sleeping processes. The subjects: a sleeping process, and processes holding
 Each subject holds the write end of a pipe whose read end this bench holds, as
 a process started in a shell pipeline or by a supervisor holds its stdout: the
 end outside its tree is what a check names. Prints the median of 5 runs of each
-command, run in turns, and their ratio (target: at most 1.0).
+command, run in turns, and their ratio (target: at most 1.0); then the floors
+any Python check pays (the interpreter's start, the command's imports) and what
+one CRIU run of the environment's detection costs.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.subjects import subject
+from tracker.criu.runner import find_criu
 
 ROOT = Path(__file__).resolve().parents[1]
 CRWATCH = ROOT / ".venv" / "bin" / "crwatch"
@@ -101,6 +104,25 @@ def bench_case(name: str, code: str, env: dict, command_env: dict) -> str:
             f"ratio {ours / peer:5.2f} (target <= {TARGET_RATIO})")
 
 
+def floors(command_env: dict) -> list[str]:
+    """What any Python `crwatch check` pays before it reads a single fd: the interpreter's
+    start, then the check command's imports; and one CRIU run of the environment's
+    detection (four run in parallel, while the audit runs)."""
+    python = str(CRWATCH.with_name("python"))
+    criu = find_criu()
+    commands = {"python -I -c pass": [python, "-I", "-c", "pass"],
+                "python -c 'import api.cli.check'": [python, "-c", "import api.cli.check"]}
+    if criu is not None:
+        commands["criu check --feature pidfd_store"] = [criu.path, "check", "--feature",
+                                                        "pidfd_store"]
+    lines = []
+    for name, command in commands.items():
+        run_ms(command, command_env)
+        ms = statistics.median(run_ms(command, command_env) for _ in range(RUNS))
+        lines.append(f"floor: {name:<34} {ms:7.1f} ms")
+    return lines
+
+
 def main() -> None:
     extra = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,6 +131,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="crwatch-bench-pyc-") as pycache:
             for case in CASES:
                 print(bench_case(*case, installed_env(pycache)), flush=True)
+            for line in floors(installed_env(pycache)):
+                print(line, flush=True)
     finally:
         for process in extra:
             process.kill()
