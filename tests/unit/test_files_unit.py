@@ -345,3 +345,17 @@ def test_read_only_mounts_are_those_whose_mount_or_file_system_says_ro():
     table = Mounts.parse("1 0 0:1 / / ro,relatime - tmpfs a rw\n2 1 0:2 / /b rw - tmpfs b ro\n"
                          "3 1 0:3 / /c rw,nosuid - tmpfs c rw,size=4k\n")
     assert [table.get(n).read_only for n in (1, 2, 3)] == [True, True, False]
+
+
+def test_a_fixture_pipe_is_walked_for_its_holders_even_when_the_audit_names_none(
+        proc_root: Path):
+    # No kernel stands behind a fixture's pipe to be asked whether its other end is open.
+    (proc_root / "200" / "fd").mkdir(parents=True)
+    os.symlink("pipe:[76]", proc_root / "200" / "fd" / "4")
+    (proc_root / str(PID) / "fdinfo").mkdir()
+    (proc_root / str(PID) / "fdinfo" / "3").write_text("flags:\t00\n")
+    ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root, name_holders=False)
+    proc = Proc(PID, proc_root)
+    ctx.tree_fds[PID] = [end := OpenFd(proc, 3, "pipe:[76]", known_stat=stat(0o10600))]
+    (found,) = files.check_fd(ctx, proc, end)
+    assert found.code == "file.pipe.external" and "pid 200" in found.message

@@ -52,6 +52,7 @@ from tracker.checks.sockets import fd_query, queue
 from tracker.context import NOT_LOOKED_UP, AuditContext
 from tracker.criu.options import ghost_limit_value
 from tracker.procfs import (
+    DEFAULT_PROC_ROOT,
     AccessDenied,
     MntIdUnavailable,
     OpenFd,
@@ -621,9 +622,15 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
     seen = ctx.table("files.external_pipes_seen", set)
     if open_fd.target in seen:
         return
-    outside = ctx.holders_outside(open_fd.target, witness=(proc.pid, open_fd.target))
-    if outside is None and os.O_RDWR not in modes:
-        if _other_end_open(proc, open_fd) and open_fd.target not in queue.in_flight(ctx):
+    witness = (proc.pid, open_fd.target)
+    outside = ctx.holders_outside(open_fd.target, witness)
+    if outside is None:
+        other_end_open = _other_end_open(ctx, proc, open_fd, modes)
+        if other_end_open is False:
+            return  # closed everywhere
+        # An end in flight in the tree's own queues is dumped with them: only the walk
+        # tells whether a process outside holds one too.
+        if other_end_open and open_fd.target not in queue.in_flight(ctx):
             seen.add(open_fd.target)
             yield Finding("file.pipe.external",
                           f"fd {open_fd.fd}: {open_fd.target} is shared with a process outside "
@@ -631,9 +638,8 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
                           remedy=f"nothing to do at dump; at restore pass the outside end with "
                                  f"--inherit-fd fd[N]:{open_fd.target}, or the restored pipe no "
                                  f"longer reaches it")
-        return
-    if outside is None:     # a read-write end counts as both: only a walk tells
-        outside = ctx.host_holders.of(open_fd.target, (proc.pid, open_fd.target)) - ctx.tree_pids
+            return
+        outside = ctx.host_holders.of(open_fd.target, witness) - ctx.tree_pids
     if outside:
         seen.add(open_fd.target)
         pids = pid_list(outside)
@@ -645,12 +651,20 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
                              f"fd[N]:{open_fd.target}, or the restored pipe no longer reaches it")
 
 
-def _other_end_open(proc: Proc, open_fd: OpenFd) -> bool:
+def _other_end_open(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
+                    modes: set[int]) -> bool | None:
     """Whether the pipe's other end is open anywhere, asked of the kernel's own counts of a
     pipe's readers and writers: poll() on a copy of a read end says POLLHUP when no writer
     is left, on a write end POLLERR when no reader is (fs/pipe.c pipe_poll). The copy
-    shares the holder's open file, so it counts nothing itself."""
-    copy = fd_query.getfd(proc.pid, open_fd.fd)
+    shares the holder's open file, so it counts nothing itself. None when only a walk of
+    the host tells: a read-write end of the tree counts as both, a fixture has no kernel
+    behind it, and pidfd_getfd is refused to a dumper that may not ptrace the holder."""
+    if os.O_RDWR in modes or ctx.proc_root != DEFAULT_PROC_ROOT:
+        return None
+    try:
+        copy = fd_query.getfd(proc.pid, open_fd.fd)
+    except AccessDenied:
+        return None
     try:
         if os.fstat(copy).st_ino != open_fd.inode:
             raise ProcessGone(proc.pid)  # the fd number now names another file
