@@ -6,6 +6,7 @@ is named only with `--holders` (a walk over every fd of the host, for info messa
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -31,6 +32,9 @@ def run(args) -> int:
               "users' processes cannot be read, and those processes will be judged 'unknown' "
               "(CRIU needs root to dump them too)", file=sys.stderr)
 
+    # What is loaded by now lives as long as the command: kept out of the collector's
+    # full passes, which the objects of thousands of fds would otherwise set off over it.
+    gc.freeze()
     environment.detect_ahead()     # CRIU's runs overlap the audits; the verdicts await them
     tree = not args.only
     results = []
