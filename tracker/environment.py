@@ -297,21 +297,40 @@ def of(criu: Criu | None) -> Environment:
     return begun.result()
 
 
+# current()'s answer being found and detected in the background (detect_ahead), which
+# current() awaits rather than find CRIU a second time meanwhile.
+_ahead: Future | None = None
+
+
 def current() -> Environment:
     """The environment of the CRIU find_criu() finds, detected once per process."""
+    ahead = _ahead
+    if ahead is not None:
+        try:
+            return ahead.result()
+        except Exception:   # met again below, by the caller's own detection
+            pass
     return of(find_criu())
 
 
 def detect_ahead() -> None:
     """Begin finding CRIU and detecting current()'s environment in a background thread:
     current() then awaits that detection."""
-    threading.Thread(target=_detect_quietly, daemon=True, name="crwatch-environment").start()
+    global _ahead
+    with _detections_lock:
+        if _ahead is not None:
+            return
+        _ahead = ahead = Future()
+    threading.Thread(target=_find_and_detect, args=(ahead,), daemon=True,
+                     name="crwatch-environment").start()
 
 
 def redetect() -> Environment:
     """Forget the cached facts (and the CRIU found) and detect again."""
+    global _ahead
     with _detections_lock:
         _detections.clear()
+        _ahead = None
     find_criu.cache_clear()
     return current()
 
@@ -326,8 +345,8 @@ def _detect_into(future: Future, criu: Criu | None) -> None:
         future.set_exception(error)
 
 
-def _detect_quietly() -> None:
+def _find_and_detect(ahead: Future) -> None:
     try:
-        current()
-    except Exception:   # not kept (_detect_into): the caller's own current() meets it again
-        return
+        ahead.set_result(of(find_criu()))
+    except BaseException as error:
+        ahead.set_exception(error)
