@@ -10,6 +10,9 @@
  *   MAX_TASKS        capacity of each per-task map
  *   PAGE_BYTES       the page size
  *   CLOSE_RANGE_SPAN how many fds of a close_range the kernel side untracks itself
+ *   <STRUCT>_<FIELD>_OFFSET  where fd_device() finds a field in this kernel's structs
+ *                    (probes/kernel_layout.py, from its BTF); without them every
+ *                    device open is reported
  *   HAVE_<name>      the tracepoints of that block exist: compile its probes
  *   HAVE_GROUP_DEAD  sched_process_exit has the group_dead field
  *
@@ -49,6 +52,13 @@
 #define FCNTL_DUPFD 0
 #define FCNTL_DUPFD_CLOEXEC 1030
 #define LOCK_TYPE_UNLOCK 2      /* F_UNLCK */
+
+#define OPEN_FLAG_PATH 010000000    /* O_PATH */
+#define MODE_TYPE_MASK 0170000
+#define MODE_CHR 0020000
+#define KERNEL_MINOR_BITS 20        /* the kernel's dev_t: major << 20 | minor */
+#define DEVICE_MAJORS 4096
+#define MAX_QUIET_DEVICES 1024
 
 #define FUTEX_CMD_MASK 127
 #define FUTEX_CMD_LOCK_PI 6
@@ -92,7 +102,6 @@ struct pending {
     s32 fd;
     u64 a;
     u64 b;
-    char path[PATH_LEN];
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -106,6 +115,11 @@ BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the t
 BPF_HASH(memory_marked, u32, u8, MAX_TASKS);    /* tgids with nonlinear or shm mappings */
 BPF_HASH(pi_held, u32, u32, MAX_TASKS);         /* tid -> PI futexes it holds */
 BPF_HASH(pending, u32, struct pending, MAX_TASKS);
+/* The character devices whose opens stay in the kernel (tracker.checks.devices.QUIET_DEVICES,
+ * filled by the loader before anything is reported): every minor of a major set in
+ * quiet_majors, and the kernel dev_t numbers in quiet_devices. */
+BPF_ARRAY(quiet_majors, u8, DEVICE_MAJORS);
+BPF_HASH(quiet_devices, u32, u8, MAX_QUIET_DEVICES);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -242,8 +256,9 @@ static __always_inline struct pending *pending_here(void)
     return pending.lookup(&tid);
 }
 
-/* A new fd that may be special: report it (with the path of a device open) and track it. */
-static __always_inline void report_fd_opened(long ret, u32 special, struct pending *p)
+/* A new fd that may be special: report it (with the path of a device open, read from
+ * the caller's memory) and track it. */
+static __always_inline void report_fd_opened(long ret, u32 special, const char *path)
 {
     if (ret < 0)
         return;
@@ -252,8 +267,8 @@ static __always_inline void report_fd_opened(long ret, u32 special, struct pendi
         return;
     r->fd = ret;
     r->special = special;
-    if (p)
-        __builtin_memcpy(r->path, p->path, PATH_LEN);
+    if (path)
+        bpf_probe_read_user_str(r->path, sizeof(r->path), path);
     track_fd(r->tgid, ret);
     events.ringbuf_submit(r, 0);
 }
@@ -297,40 +312,102 @@ static __always_inline bool is_lock_holder(u32 tgid)
 
 /* ------------------------------------------------------------ device opens */
 
-static __always_inline void remember_device_open(const char *filename)
+/* Opens of a path under /dev/ are looked at; the path is read again at exit, only
+ * for the opens that are reported. */
+static __always_inline bool under_dev(const char *filename)
 {
-    if (ignored())
-        return;
     char head[5];
     if (bpf_probe_read_user(head, sizeof(head), filename) < 0)
-        return;
-    if (head[0] != '/' || head[1] != 'd' || head[2] != 'e' || head[3] != 'v' || head[4] != '/')
-        return;
-    struct pending p = {.op = OP_OPEN};
-    bpf_probe_read_user_str(p.path, sizeof(p.path), filename);
-    remember(&p);
+        return false;
+    return head[0] == '/' && head[1] == 'd' && head[2] == 'e' && head[3] == 'v' && head[4] == '/';
 }
+
+static __always_inline void remember_device_open(const char *filename, u64 flags)
+{
+    if (!ignored() && under_dev(filename))
+        remember_op(OP_OPEN, -1, (u64)filename, flags);
+}
+
+#ifdef TASK_FILES_OFFSET
+/* The inode mode and device number of the caller's fd, read through this kernel's own
+ * layout (the offsets come from its BTF); false when a read fails. */
+static __always_inline bool fd_device(s32 fd, u16 *mode, u32 *rdev)
+{
+    char *task = (char *)bpf_get_current_task();
+    char *files = 0, *fdt = 0, *file = 0, *inode = 0;
+    char *fds = 0;
+    u32 max_fds = 0;
+    if (bpf_probe_read_kernel(&files, sizeof(files), task + TASK_FILES_OFFSET) < 0 || !files ||
+        bpf_probe_read_kernel(&fdt, sizeof(fdt), files + FILES_FDT_OFFSET) < 0 || !fdt ||
+        bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + FDTABLE_MAX_FDS_OFFSET) < 0 ||
+        (u32)fd >= max_fds ||
+        bpf_probe_read_kernel(&fds, sizeof(fds), fdt + FDTABLE_FD_OFFSET) < 0 || !fds ||
+        bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)(u32)fd * sizeof(void *)) < 0 ||
+        !file ||
+        bpf_probe_read_kernel(&inode, sizeof(inode), file + FILE_INODE_OFFSET) < 0 || !inode)
+        return false;
+    return bpf_probe_read_kernel(mode, sizeof(*mode), inode + INODE_MODE_OFFSET) == 0 &&
+           bpf_probe_read_kernel(rdev, sizeof(*rdev), inode + INODE_RDEV_OFFSET) == 0;
+}
+
+/* A character device no rule judges, opened without O_PATH: nothing to report. */
+static __always_inline bool quiet_device(s32 fd, u64 flags)
+{
+    u16 mode = 0;
+    u32 rdev = 0;
+    if (flags & OPEN_FLAG_PATH || !fd_device(fd, &mode, &rdev) ||
+        (mode & MODE_TYPE_MASK) != MODE_CHR)
+        return false;
+    u32 major = rdev >> KERNEL_MINOR_BITS;
+    u8 *whole = quiet_majors.lookup(&major);
+    return (whole && *whole) || quiet_devices.lookup(&rdev);
+}
+#else
+static __always_inline bool quiet_device(s32 fd, u64 flags)
+{
+    return false;
+}
+#endif
 
 static __always_inline void report_device_open(long ret)
 {
     struct pending *p = pending_here();
     if (!p)
         return;
-    if (p->op == OP_OPEN)
-        report_fd_opened(ret, SPECIAL_DEVICE, p);
+    u32 op = p->op;
+    const char *path = (const char *)p->a;
+    u64 flags = p->b;
     forget_pending();
+    if (op == OP_OPEN && ret >= 0 && !quiet_device(ret, flags))
+        report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
 
 #ifdef HAVE_open
-TRACEPOINT_PROBE(syscalls, sys_enter_open) { remember_device_open(args->filename); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_open)
+{
+    remember_device_open(args->filename, args->flags);
+    return 0;
+}
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { report_device_open(args->ret); return 0; }
 #endif
 #ifdef HAVE_openat
-TRACEPOINT_PROBE(syscalls, sys_enter_openat) { remember_device_open(args->filename); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+{
+    remember_device_open(args->filename, args->flags);
+    return 0;
+}
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { report_device_open(args->ret); return 0; }
 #endif
 #ifdef HAVE_openat2
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2) { remember_device_open(args->filename); return 0; }
+/* The flags are the first field of the caller's struct open_how. */
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
+{
+    u64 flags = 0;
+    if (!ignored() && under_dev(args->filename) &&
+        bpf_probe_read_user(&flags, sizeof(flags), args->how) == 0)
+        remember_op(OP_OPEN, -1, (u64)args->filename, flags);
+    return 0;
+}
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { report_device_open(args->ret); return 0; }
 #endif
 

@@ -22,6 +22,7 @@ from probes.events import Event, Kind
 from probes.loader import ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
 from tracker.audit import Audit
+from tracker.checks import devices
 from tracker.clock import iso_from_wall_ns
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.model import SCHEMA, Transition
@@ -98,7 +99,8 @@ class Tracker:
 
     def start(self) -> Tracker:
         try:
-            self.probes = Probes()
+            self.probes = Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+                                 quiet_devices=devices.QUIET_DEVICES.devices)
             self.reader = Reader(self.probes, capacity=self.queue_capacity)
             self.reading = Worker("probe-reader", self.reader.poll_once).start()
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
