@@ -56,6 +56,7 @@
 #define OPEN_FLAG_PATH 010000000    /* O_PATH */
 #define MODE_TYPE_MASK 0170000
 #define MODE_CHR 0020000
+#define MODE_BLK 0060000
 #define KERNEL_MINOR_BITS 20        /* the kernel's dev_t: major << 20 | minor */
 #define DEVICE_MAJORS 4096
 #define MAX_QUIET_DEVICES 1024
@@ -312,8 +313,6 @@ static __always_inline bool is_lock_holder(u32 tgid)
 
 /* ------------------------------------------------------------ device opens */
 
-/* Opens of a path under /dev/ are looked at; the path is read again at exit, only
- * for the opens that are reported. */
 static __always_inline bool under_dev(const char *filename)
 {
     char head[5];
@@ -322,16 +321,46 @@ static __always_inline bool under_dev(const char *filename)
     return head[0] == '/' && head[1] == 'd' && head[2] == 'e' && head[3] == 'v' && head[4] == '/';
 }
 
-static __always_inline void remember_device_open(const char *filename, u64 flags)
+#ifdef TASK_FILES_OFFSET
+/* A device open's new fd is told apart at exit by its inode, read through this kernel's
+ * own layout (the offsets come from its BTF): a block device, or a character device
+ * that is not quiet or is opened with O_PATH, is reported. The enter probe leaves the
+ * path in a per-CPU slot, not in a map entry inserted and deleted per open. The slot
+ * is the caller's own only if it ran without a context switch since (else it may
+ * have moved, and another task may have used the slot): then an open of a path
+ * outside /dev/ needs no look at its inode. Any other open is looked at, and a
+ * device found is reported without its path. */
+struct open_path {
+    u32 tid;
+    u64 switches;       /* the caller's context switches at enter */
+    u64 filename;       /* a /dev/ path in the caller's memory, or 0 */
+};
+BPF_PERCPU_ARRAY(open_paths, struct open_path, 1);
+
+/* The caller's context switches so far; false when they cannot be read. */
+static __always_inline bool context_switches(u64 *count)
 {
-    if (!ignored() && under_dev(filename))
-        remember_op(OP_OPEN, -1, (u64)filename, flags);
+    char *task = (char *)bpf_get_current_task();
+    unsigned long voluntary = 0, involuntary = 0;
+    if (bpf_probe_read_kernel(&voluntary, sizeof(voluntary), task + TASK_NVCSW_OFFSET) < 0 ||
+        bpf_probe_read_kernel(&involuntary, sizeof(involuntary), task + TASK_NIVCSW_OFFSET) < 0)
+        return false;
+    *count = voluntary + involuntary;
+    return true;
 }
 
-#ifdef TASK_FILES_OFFSET
-/* The inode mode and device number of the caller's fd, read through this kernel's own
- * layout (the offsets come from its BTF); false when a read fails. */
-static __always_inline bool fd_device(s32 fd, u16 *mode, u32 *rdev)
+static __always_inline void remember_device_open(const char *filename)
+{
+    u32 zero = 0;
+    struct open_path *slot = open_paths.lookup(&zero);
+    if (!slot || ignored())
+        return;
+    slot->tid = context_switches(&slot->switches) ? current_tid() : 0;
+    slot->filename = under_dev(filename) ? (u64)filename : 0;
+}
+
+/* The file and inode fields of the caller's fd; false when a read fails. */
+static __always_inline bool fd_device(s32 fd, u32 *flags, u16 *mode, u32 *rdev)
 {
     char *task = (char *)bpf_get_current_task();
     char *files = 0, *fdt = 0, *file = 0, *inode = 0;
@@ -344,30 +373,54 @@ static __always_inline bool fd_device(s32 fd, u16 *mode, u32 *rdev)
         bpf_probe_read_kernel(&fds, sizeof(fds), fdt + FDTABLE_FD_OFFSET) < 0 || !fds ||
         bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)(u32)fd * sizeof(void *)) < 0 ||
         !file ||
+        bpf_probe_read_kernel(flags, sizeof(*flags), file + FILE_FLAGS_OFFSET) < 0 ||
         bpf_probe_read_kernel(&inode, sizeof(inode), file + FILE_INODE_OFFSET) < 0 || !inode)
         return false;
     return bpf_probe_read_kernel(mode, sizeof(*mode), inode + INODE_MODE_OFFSET) == 0 &&
            bpf_probe_read_kernel(rdev, sizeof(*rdev), inode + INODE_RDEV_OFFSET) == 0;
 }
 
-/* A character device no rule judges, opened without O_PATH: nothing to report. */
-static __always_inline bool quiet_device(s32 fd, u64 flags)
+static __always_inline bool quiet_device(u32 rdev)
 {
-    u16 mode = 0;
-    u32 rdev = 0;
-    if (flags & OPEN_FLAG_PATH || !fd_device(fd, &mode, &rdev) ||
-        (mode & MODE_TYPE_MASK) != MODE_CHR)
-        return false;
     u32 major = rdev >> KERNEL_MINOR_BITS;
     u8 *whole = quiet_majors.lookup(&major);
     return (whole && *whole) || quiet_devices.lookup(&rdev);
 }
-#else
-static __always_inline bool quiet_device(s32 fd, u64 flags)
+
+static __always_inline void report_device_open(long ret)
 {
-    return false;
+    if (ret < 0 || ignored())
+        return;
+    u32 zero = 0;
+    const char *path = 0;
+    struct open_path *slot = open_paths.lookup(&zero);
+    u64 switches = 0;
+    if (slot && slot->tid == current_tid() && context_switches(&switches) &&
+        slot->switches == switches) {
+        path = (const char *)slot->filename;
+        slot->tid = 0;
+        if (!path)
+            return;     /* not under /dev/ */
+    }
+    u32 flags = 0, rdev = 0;
+    u16 mode = 0;
+    if (!fd_device(ret, &flags, &mode, &rdev)) {
+        if (path)  /* unreadable: judged by its path, as without the layout */
+            report_fd_opened(ret, SPECIAL_DEVICE, path);
+        return;
+    }
+    u32 type = mode & MODE_TYPE_MASK;
+    if (type == MODE_BLK || (type == MODE_CHR && (flags & OPEN_FLAG_PATH || !quiet_device(rdev))))
+        report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
-#endif
+#else
+/* Without the layout: every open of a path under /dev/ is reported, its path and
+ * flags handed from enter to exit in `pending`. */
+static __always_inline void remember_device_open(const char *filename)
+{
+    if (!ignored() && under_dev(filename))
+        remember_op(OP_OPEN, -1, (u64)filename, 0);
+}
 
 static __always_inline void report_device_open(long ret)
 {
@@ -376,16 +429,16 @@ static __always_inline void report_device_open(long ret)
         return;
     u32 op = p->op;
     const char *path = (const char *)p->a;
-    u64 flags = p->b;
     forget_pending();
-    if (op == OP_OPEN && ret >= 0 && !quiet_device(ret, flags))
+    if (op == OP_OPEN && ret >= 0)
         report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
+#endif
 
 #ifdef HAVE_open
 TRACEPOINT_PROBE(syscalls, sys_enter_open)
 {
-    remember_device_open(args->filename, args->flags);
+    remember_device_open(args->filename);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { report_device_open(args->ret); return 0; }
@@ -393,19 +446,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open) { report_device_open(args->ret); retur
 #ifdef HAVE_openat
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
-    remember_device_open(args->filename, args->flags);
+    remember_device_open(args->filename);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { report_device_open(args->ret); return 0; }
 #endif
 #ifdef HAVE_openat2
-/* The flags are the first field of the caller's struct open_how. */
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
-    u64 flags = 0;
-    if (!ignored() && under_dev(args->filename) &&
-        bpf_probe_read_user(&flags, sizeof(flags), args->how) == 0)
-        remember_op(OP_OPEN, -1, (u64)args->filename, flags);
+    remember_device_open(args->filename);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { report_device_open(args->ret); return 0; }

@@ -3,7 +3,7 @@
 The probes compile against headers that may not be this kernel's (a Debian 6.1
 tree on a 6.18 kernel), so they never take a struct layout from them. The few
 fields the kernel side reads to tell an opened fd's device (task -> files ->
-fdtable -> file -> inode -> mode and rdev) are located here in
+fdtable -> file -> its flags, and its inode -> mode and rdev) are located here in
 /sys/kernel/btf/vmlinux, the running kernel's own description of its types,
 and handed to the compiler as cflags. Without BTF there is no layout, and the
 probes report every device open (user space judges them all).
@@ -21,10 +21,13 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 # cflag name -> (struct, field): what crwatch.bpf.c's fd_device() reads.
 FIELDS = {
     "TASK_FILES": ("task_struct", "files"),
+    "TASK_NVCSW": ("task_struct", "nvcsw"),
+    "TASK_NIVCSW": ("task_struct", "nivcsw"),
     "FILES_FDT": ("files_struct", "fdt"),
     "FDTABLE_MAX_FDS": ("fdtable", "max_fds"),
     "FDTABLE_FD": ("fdtable", "fd"),
     "FILE_INODE": ("file", "f_inode"),
+    "FILE_FLAGS": ("file", "f_flags"),
     "INODE_MODE": ("inode", "i_mode"),
     "INODE_RDEV": ("inode", "i_rdev"),
 }
