@@ -228,6 +228,8 @@ class ProbeStatus(BaseModel):
     state: str
     reason: Optional[str]
     tracepoints: list[str]
+    why: Optional[str] = Field(None, description="for a probe attached by profile: which served "
+                                                 "profile needs it, or why none does")
 
 
 class WorkerStatus(BaseModel):

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Callable, Iterable
 
@@ -121,7 +122,6 @@ class Service:
     def health(self) -> dict:
         """`degraded` with a reason for each part that cannot work: probes not attached,
         a background worker retrying or dead."""
-        probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
         workers = [worker.status() for worker in self.workers()]
         reasons = {"probes": self.tracker.degraded} if self.tracker.degraded else {}
         reasons.update({worker["name"]: worker["reason"] for worker in workers
@@ -133,7 +133,7 @@ class Service:
                 "reasons": reasons,
                 "workers": workers,
                 "history": self.history.status() if self.history is not None else None,
-                "probes": [{"name": name, **status} for name, status in probes.items()],
+                "probes": self.tracker.probe_statuses(),
                 "counters": self.tracker.counters(),
                 "connections": self.connection_status()}
 
@@ -150,6 +150,9 @@ class Service:
         # Trees are audited afresh: the probes do not report every fork.
         result, reused = (self._audit(pid, tree=True), False) if tree else self._audits.audit(pid)
         found = self._probe_found(result)
+        unseen = self.tracker.unseen(judged_by, pid)
+        if unseen:
+            result = replace(result, findings=[*result.findings, *unseen])
         document = probe_found.document(result, found, judged_by, allow)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused

@@ -16,18 +16,20 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable, Iterable, Union
 
 from probes.events import Event, Kind
-from probes.loader import ProbeError, Probes
+from probes.loader import ATTACHED, ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
 from tracker.audit import Audit
 from tracker.checks import devices
 from tracker.clock import iso_from_wall_ns
+from tracker.live import probe_choice
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.model import SCHEMA, Transition
 from tracker.live.table import LiveTable
 from tracker.profiles import Profile
+from tracker.rules import Finding
 from tracker.supervised import Worker
 
 SWEEP_SECONDS = 1.0
@@ -76,8 +78,12 @@ Notice = Union[Ready, Transition, Lost]
 
 
 class Tracker:
-    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY,
+                 served: Iterable[Profile] = ()):
+        """`served`: the profiles verdicts will be asked under besides `profile`; the
+        optional probes attached are those one of them needs (probe_choice)."""
         self.profile = profile
+        self.served = [profile, *served]
         self.queue_capacity = queue_capacity
         self.probes: Probes | None = None
         self.reader: Reader | None = None
@@ -99,7 +105,8 @@ class Tracker:
 
     def start(self) -> Tracker:
         try:
-            self.probes = Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+            self.probes = Probes(disabled=probe_choice.left_out(self.served),
+                                 quiet_majors=devices.QUIET_DEVICES.majors,
                                  quiet_devices=devices.QUIET_DEVICES.devices)
             self.reader = Reader(self.probes, capacity=self.queue_capacity)
             self.reading = Worker("probe-reader", self.reader.poll_once).start()
@@ -108,7 +115,7 @@ class Tracker:
             self._close_probes()
         self.table = LiveTable(self.profile, self.probes)
         seeded = self.table.seed()
-        self._publish([Ready(self._probe_statuses(), self.degraded)])
+        self._publish([Ready(self.probe_statuses(), self.degraded)])
         self._publish(seeded)
         if self.reader is not None:
             self.applier.start()
@@ -140,11 +147,22 @@ class Tracker:
         self._publish(transitions)
         return drift
 
-    def _probe_statuses(self) -> list[dict]:
+    def probe_statuses(self) -> list[dict]:
+        """Each probe's status, and for those attached by profile, why."""
         if self.probes is None:
             return []
-        return [{"name": name, **status}
+        return [{"name": name, **status, **({"why": probe_choice.why(name, self.served)[1]}
+                                            if name in probe_choice.PROBE_RULES else {})}
                 for name, status in self.probes.status()["probes"].items()]
+
+    def unseen(self, judged_by: Profile, pid: int) -> list[Finding]:
+        """What a verdict under `judged_by` cannot see for want of a probe (none while the
+        probes are not attached at all: the tracker is degraded then, and says so)."""
+        if self.probes is None:
+            return []
+        missing = [name for name, status in self.probes.status()["probes"].items()
+                   if status["state"] != ATTACHED]
+        return probe_choice.unseen(missing, judged_by, pid)
 
     def _close_probes(self) -> None:
         if self.reading is not None:
