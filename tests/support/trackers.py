@@ -26,8 +26,9 @@ CRWATCH = Path(sys.executable).with_name("crwatch")
 
 @contextmanager
 def attached_tracker(*subscribers: Callable[[Notice], None]) -> Iterator[Tracker]:
-    """Subscribers see every notice from the ready one on (for tests marked `bpf`)."""
-    running = Tracker(profile("criu", (4, 2, 1)))
+    """Subscribers see every notice from the ready one on (for tests marked `bpf`). It
+    serves `strict` too, so that every probe is attached (the futex one included)."""
+    running = Tracker(profile("criu", (4, 2, 1)), served=[profile("strict", (4, 2, 1))])
     for subscriber in subscribers:
         running.subscribe(subscriber)
     running.start()
