@@ -372,6 +372,21 @@ def test_watch_streams_ndjson_and_stops_cleanly(watch, number):
     assert "lost: kernel 0, queue overflow 0, decode errors 0" in summary
 
 
+@pytest.mark.parametrize("profile_name, state", [("criu", "disabled"), ("strict", "attached")])
+def test_watch_attaches_the_futex_probe_only_for_a_profile_judging_pi_futexes(profile_name, state):
+    running = Watch("--profile", profile_name)
+    try:
+        ready = running.line()
+        (futex,) = [probe for probe in ready["probes"] if probe["name"] == "futex"]
+        assert futex["state"] == state
+        assert "task.pi_futex" in futex["why"] and profile_name in futex["why"]
+        assert running.stop()[0] == 0
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
 def test_watch_piped_into_head_ends_without_a_traceback():
     result = subprocess.run(["bash", "-o", "pipefail", "-c", f"{CRWATCH} watch | head -1"],
                             capture_output=True, text=True, timeout=120)

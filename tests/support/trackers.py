@@ -88,8 +88,8 @@ def codes_of(transition: Transition) -> list[str]:
 class Watch:
     """`crwatch watch` as a user runs it, its stdout read line by line."""
 
-    def __init__(self):
-        self.process = subprocess.Popen([str(CRWATCH), "watch"], stdout=subprocess.PIPE,
+    def __init__(self, *arguments: str):
+        self.process = subprocess.Popen([str(CRWATCH), "watch", *arguments], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE)
         self._unread = b""
 
