@@ -474,6 +474,16 @@ def test_state_changing_requests_need_a_token_even_on_loopback(server):
     assert json.loads(refused.value.read())["detail"].startswith("changing state needs a token")
 
 
+def test_a_gate_under_a_profile_needing_a_probe_not_attached_is_not_ok(guarded):
+    with subject("ready()\nhold()") as s:
+        status, document = guarded.post(f"/processes/{s.pid}/gate", {"profile": "strict"},
+                                        token="s3cret")
+        assert status == 200, document
+        judged = document["verdict"]
+        assert (judged["profile"], judged["verdict"]) == ("strict", "unknown")
+        assert "audit.probe_not_attached" in _codes(judged["reasons"])
+
+
 def test_off_loopback_every_request_needs_the_token(guarded):
     assert _get(guarded.port, "/healthz")[0] == 401
     status, body = _get(guarded.port, "/processes", token="wrong")

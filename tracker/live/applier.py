@@ -90,6 +90,7 @@ class Tracker:
         self.reading: Worker | None = None     # the supervised thread that runs the reader
         self.table: LiveTable | None = None
         self.degraded: str | None = None
+        self.ready_at: str | None = None     # when the ready notice went out (ISO 8601)
         self.apply_errors = 0
         self.fd_losses = 0               # applies failed for lack of fds (counted lost)
         self._fd_losses_pending = 0      # ... not yet followed by a re-audit
@@ -115,7 +116,9 @@ class Tracker:
             self._close_probes()
         self.table = LiveTable(self.profile, self.probes)
         seeded = self.table.seed()
-        self._publish([Ready(self.probe_statuses(), self.degraded)])
+        ready = Ready(self.probe_statuses(), self.degraded)
+        self.ready_at = ready.ts
+        self._publish([ready])
         self._publish(seeded)
         if self.reader is not None:
             self.applier.start()
