@@ -133,6 +133,7 @@ class Service:
                 "workers": workers,
                 "history": self.history.status() if self.history is not None else None,
                 "probes": self.tracker.probe_statuses(),
+                "device_filter": self.tracker.device_filter(),
                 "counters": self.tracker.counters(),
                 "connections": self.connection_status()}
 

@@ -380,6 +380,7 @@ def test_watch_attaches_the_futex_probe_only_for_a_profile_judging_pi_futexes(pr
         (futex,) = [probe for probe in ready["probes"] if probe["name"] == "futex"]
         assert futex["state"] == state
         assert "task.pi_futex" in futex["why"] and profile_name in futex["why"]
+        assert ready["device_filter"]["state"] == "in kernel"
         assert running.stop()[0] == 0
     finally:
         if running.process.poll() is None:

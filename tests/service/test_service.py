@@ -66,6 +66,7 @@ def test_healthz_says_the_probes_are_attached(server):
     assert states["required"] == "attached" and states["futex"] == "disabled"
     (futex,) = [probe for probe in health["probes"] if probe["name"] == "futex"]
     assert "no served profile (criu)" in futex["why"] and "task.pi_futex" in futex["why"]
+    assert health["device_filter"]["state"] == "in kernel"
     assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
                                          "out_of_fds": 0}
 

@@ -51,10 +51,13 @@ class Ready:
 
     probes: list[dict]
     degraded: str | None
+    device_filter: dict | None = None    # how device opens are filtered in the kernel
     ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
 
     def to_json(self) -> dict:
         line = {"schema": SCHEMA, "kind": "ready", "probes": self.probes, "ts": self.ts}
+        if self.device_filter:
+            line["device_filter"] = self.device_filter
         if self.degraded:
             line["degraded"] = self.degraded
         return line
@@ -116,7 +119,7 @@ class Tracker:
             self._close_probes()
         self.table = LiveTable(self.profile, self.probes)
         seeded = self.table.seed()
-        ready = Ready(self.probe_statuses(), self.degraded)
+        ready = Ready(self.probe_statuses(), self.degraded, self.device_filter())
         self.ready_at = ready.ts
         self._publish([ready])
         self._publish(seeded)
@@ -157,6 +160,11 @@ class Tracker:
         return [{"name": name, **status, **({"why": probe_choice.why(name, self.served)[1]}
                                             if name in probe_choice.PROBE_RULES else {})}
                 for name, status in self.probes.status()["probes"].items()]
+
+    def device_filter(self) -> dict | None:
+        """Whether device opens every profile accepts stay in the kernel, and why (None:
+        no probes)."""
+        return self.probes.device_filter if self.probes is not None else None
 
     def unseen(self, judged_by: Profile, pid: int) -> list[Finding]:
         """What a verdict under `judged_by` cannot see for want of a probe (none while the
