@@ -414,8 +414,8 @@ static __always_inline void report_device_open(long ret)
         report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
 #else
-/* Without the layout: every open of a path under /dev/ is reported, its path and
- * flags handed from enter to exit in `pending`. */
+/* Without the layout: every open of a path under /dev/ is reported, its path handed
+ * from enter to exit in `pending`. */
 static __always_inline void remember_device_open(const char *filename)
 {
     if (!ignored() && under_dev(filename))
@@ -436,27 +436,15 @@ static __always_inline void report_device_open(long ret)
 #endif
 
 #ifdef HAVE_open
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-    remember_device_open(args->filename);
-    return 0;
-}
+TRACEPOINT_PROBE(syscalls, sys_enter_open) { remember_device_open(args->filename); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { report_device_open(args->ret); return 0; }
 #endif
 #ifdef HAVE_openat
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-    remember_device_open(args->filename);
-    return 0;
-}
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) { remember_device_open(args->filename); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { report_device_open(args->ret); return 0; }
 #endif
 #ifdef HAVE_openat2
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
-{
-    remember_device_open(args->filename);
-    return 0;
-}
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2) { remember_device_open(args->filename); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { report_device_open(args->ret); return 0; }
 #endif
 
