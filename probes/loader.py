@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from probes.events import Event, Kind
-from probes.kernel_layout import LayoutError, layout_cflags, read_layout
+from probes.kernel_layout import VMLINUX_BTF, LayoutError, layout_cflags, read_layout
 
 PROBES_DIR = Path(__file__).resolve().parent
 SOURCE = PROBES_DIR / "crwatch.bpf.c"
@@ -154,11 +154,12 @@ class Probes:
                  max_tracked_fds: int = DEFAULT_MAX_TRACKED_FDS,
                  max_tasks: int = DEFAULT_MAX_TASKS, disabled: Iterable[str] = (),
                  quiet_majors: Iterable[int] = (),
-                 quiet_devices: Iterable[tuple[int, int]] = ()):
+                 quiet_devices: Iterable[tuple[int, int]] = (), btf: Path = VMLINUX_BTF):
         """`disabled` names probes to leave out, e.g. "futex": every futex call of the
         host pays for that probe, and PI futexes only matter to the strict profile.
         `quiet_majors` (every minor) and `quiet_devices` (major, minor) are the character
-        devices whose opens are not reported unless opened with O_PATH."""
+        devices whose opens are not reported unless opened with O_PATH; `btf` is where
+        the kernel's struct layout is read (without it, every device open is reported)."""
         if ring_pages <= 0 or ring_pages & (ring_pages - 1):
             raise ValueError(f"ring_pages must be a power of two, not {ring_pages}")
         self._headers = find_kernel_headers()
@@ -189,7 +190,7 @@ class Probes:
             f"-DCLOSE_RANGE_SPAN={CLOSE_RANGE_SPAN}",
         ]
         try:
-            self._base_cflags += layout_cflags(read_layout())
+            self._base_cflags += layout_cflags(read_layout(btf))
             self.device_filter = {"state": "in kernel", "reason": "by major:minor, with the "
                                   "struct layout of this kernel's BTF"}
         except LayoutError as error:

@@ -373,6 +373,30 @@ hold()
         (Kind.FD_CLOSED, fuse, ""), (Kind.FD_OPENED, kvm, "/dev/kvm")]
 
 
+@pytest.mark.bpf
+def test_without_btf_every_device_open_is_reported_with_its_path(tmp_path):
+    with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+                quiet_devices=devices.QUIET_DEVICES.devices, btf=tmp_path / "none") as loaded:
+        assert loaded.status()["device_filter"]["state"] == "off"
+        assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
+        reader = Reader(loaded)
+        reading = Worker("probe-reader", reader.poll_once).start()
+        box = Inbox(reader)
+        try:
+            with run("""
+fd = os.open("/dev/null", os.O_RDONLY)
+marker()
+ready(str(fd))
+hold()
+""") as running:
+                events = box.until_marker(running.pid)
+        finally:
+            reading.stop()
+            box.close()
+    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
+            and not is_marker(event)] == [(int(running.note), "/dev/null")]
+
+
 # ------------------------------------------------------------ close, dup, close_range
 
 
