@@ -2,6 +2,8 @@
 
 - crwatch.bpf.c and record.h: the probes and the wire record they send;
 - loader.py: compiles and attaches them (the only module that imports bcc);
+- kernel_layout.py: where the fields the device filter reads sit in the running
+  kernel's structs, from its BTF (handed to the compiler as cflags);
 - wire.py and events.py: the record's Python mirror, decoded into typed Events;
 - reader.py: drains the ring buffer into a bounded queue, one poll at a time (the
   tracker runs it on a thread of its own).

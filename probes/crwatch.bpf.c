@@ -10,6 +10,9 @@
  *   MAX_TASKS        capacity of each per-task map
  *   PAGE_BYTES       the page size
  *   CLOSE_RANGE_SPAN how many fds of a close_range the kernel side untracks itself
+ *   <STRUCT>_<FIELD>_OFFSET  where fd_device() finds a field in this kernel's structs
+ *                    (probes/kernel_layout.py, from its BTF); without them every
+ *                    device open is reported
  *   HAVE_<name>      the tracepoints of that block exist: compile its probes
  *   HAVE_GROUP_DEAD  sched_process_exit has the group_dead field
  *
@@ -49,6 +52,14 @@
 #define FCNTL_DUPFD 0
 #define FCNTL_DUPFD_CLOEXEC 1030
 #define LOCK_TYPE_UNLOCK 2      /* F_UNLCK */
+
+#define OPEN_FLAG_PATH 010000000    /* O_PATH */
+#define MODE_TYPE_MASK 0170000
+#define MODE_CHR 0020000
+#define MODE_BLK 0060000
+#define KERNEL_MINOR_BITS 20        /* the kernel's dev_t: major << 20 | minor */
+#define DEVICE_MAJORS 4096
+#define MAX_QUIET_DEVICES 1024
 
 #define FUTEX_CMD_MASK 127
 #define FUTEX_CMD_LOCK_PI 6
@@ -92,7 +103,6 @@ struct pending {
     s32 fd;
     u64 a;
     u64 b;
-    char path[PATH_LEN];
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -106,6 +116,11 @@ BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the t
 BPF_HASH(memory_marked, u32, u8, MAX_TASKS);    /* tgids with nonlinear or shm mappings */
 BPF_HASH(pi_held, u32, u32, MAX_TASKS);         /* tid -> PI futexes it holds */
 BPF_HASH(pending, u32, struct pending, MAX_TASKS);
+/* The character devices whose opens stay in the kernel (tracker.checks.devices.QUIET_DEVICES,
+ * filled by the loader before anything is reported): every minor of a major set in
+ * quiet_majors, and the kernel dev_t numbers in quiet_devices. */
+BPF_ARRAY(quiet_majors, u8, DEVICE_MAJORS);
+BPF_HASH(quiet_devices, u32, u8, MAX_QUIET_DEVICES);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -242,8 +257,9 @@ static __always_inline struct pending *pending_here(void)
     return pending.lookup(&tid);
 }
 
-/* A new fd that may be special: report it (with the path of a device open) and track it. */
-static __always_inline void report_fd_opened(long ret, u32 special, struct pending *p)
+/* A new fd that may be special: report it (with the path of a device open, read from
+ * the caller's memory) and track it. */
+static __always_inline void report_fd_opened(long ret, u32 special, const char *path)
 {
     if (ret < 0)
         return;
@@ -252,8 +268,8 @@ static __always_inline void report_fd_opened(long ret, u32 special, struct pendi
         return;
     r->fd = ret;
     r->special = special;
-    if (p)
-        __builtin_memcpy(r->path, p->path, PATH_LEN);
+    if (path)
+        bpf_probe_read_user_str(r->path, sizeof(r->path), path);
     track_fd(r->tgid, ret);
     events.ringbuf_submit(r, 0);
 }
@@ -297,18 +313,113 @@ static __always_inline bool is_lock_holder(u32 tgid)
 
 /* ------------------------------------------------------------ device opens */
 
-static __always_inline void remember_device_open(const char *filename)
+static __always_inline bool under_dev(const char *filename)
 {
-    if (ignored())
-        return;
     char head[5];
     if (bpf_probe_read_user(head, sizeof(head), filename) < 0)
+        return false;
+    return head[0] == '/' && head[1] == 'd' && head[2] == 'e' && head[3] == 'v' && head[4] == '/';
+}
+
+#ifdef TASK_FILES_OFFSET
+/* A device open's new fd is told apart at exit by its inode, read through this kernel's
+ * own layout (the offsets come from its BTF): a block device, or a character device
+ * that is not quiet or is opened with O_PATH, is reported. The enter probe leaves the
+ * path in a per-CPU slot, not in a map entry inserted and deleted per open. The slot
+ * is the caller's own only if it ran without a context switch since (else it may
+ * have moved, and another task may have used the slot): then an open of a path
+ * outside /dev/ needs no look at its inode. Any other open is looked at, and a
+ * device found is reported without its path. */
+struct open_path {
+    u32 tid;
+    u64 switches;       /* the caller's context switches at enter */
+    u64 filename;       /* a /dev/ path in the caller's memory, or 0 */
+};
+BPF_PERCPU_ARRAY(open_paths, struct open_path, 1);
+
+/* The caller's context switches so far; false when they cannot be read. */
+static __always_inline bool context_switches(u64 *count)
+{
+    char *task = (char *)bpf_get_current_task();
+    unsigned long voluntary = 0, involuntary = 0;
+    if (bpf_probe_read_kernel(&voluntary, sizeof(voluntary), task + TASK_NVCSW_OFFSET) < 0 ||
+        bpf_probe_read_kernel(&involuntary, sizeof(involuntary), task + TASK_NIVCSW_OFFSET) < 0)
+        return false;
+    *count = voluntary + involuntary;
+    return true;
+}
+
+static __always_inline void remember_device_open(const char *filename)
+{
+    u32 zero = 0;
+    struct open_path *slot = open_paths.lookup(&zero);
+    if (!slot || ignored())
         return;
-    if (head[0] != '/' || head[1] != 'd' || head[2] != 'e' || head[3] != 'v' || head[4] != '/')
+    slot->tid = context_switches(&slot->switches) ? current_tid() : 0;
+    slot->filename = under_dev(filename) ? (u64)filename : 0;
+}
+
+/* The file and inode fields of the caller's fd; false when a read fails. */
+static __always_inline bool fd_device(s32 fd, u32 *flags, u16 *mode, u32 *rdev)
+{
+    char *task = (char *)bpf_get_current_task();
+    char *files = 0, *fdt = 0, *file = 0, *inode = 0;
+    char *fds = 0;
+    u32 max_fds = 0;
+    if (bpf_probe_read_kernel(&files, sizeof(files), task + TASK_FILES_OFFSET) < 0 || !files ||
+        bpf_probe_read_kernel(&fdt, sizeof(fdt), files + FILES_FDT_OFFSET) < 0 || !fdt ||
+        bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + FDTABLE_MAX_FDS_OFFSET) < 0 ||
+        (u32)fd >= max_fds ||
+        bpf_probe_read_kernel(&fds, sizeof(fds), fdt + FDTABLE_FD_OFFSET) < 0 || !fds ||
+        bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)(u32)fd * sizeof(void *)) < 0 ||
+        !file ||
+        bpf_probe_read_kernel(flags, sizeof(*flags), file + FILE_FLAGS_OFFSET) < 0 ||
+        bpf_probe_read_kernel(&inode, sizeof(inode), file + FILE_INODE_OFFSET) < 0 || !inode)
+        return false;
+    return bpf_probe_read_kernel(mode, sizeof(*mode), inode + INODE_MODE_OFFSET) == 0 &&
+           bpf_probe_read_kernel(rdev, sizeof(*rdev), inode + INODE_RDEV_OFFSET) == 0;
+}
+
+static __always_inline bool quiet_device(u32 rdev)
+{
+    u32 major = rdev >> KERNEL_MINOR_BITS;
+    u8 *whole = quiet_majors.lookup(&major);
+    return (whole && *whole) || quiet_devices.lookup(&rdev);
+}
+
+static __always_inline void report_device_open(long ret)
+{
+    if (ret < 0 || ignored())
         return;
-    struct pending p = {.op = OP_OPEN};
-    bpf_probe_read_user_str(p.path, sizeof(p.path), filename);
-    remember(&p);
+    u32 zero = 0;
+    const char *path = 0;
+    struct open_path *slot = open_paths.lookup(&zero);
+    u64 switches = 0;
+    if (slot && slot->tid == current_tid() && context_switches(&switches) &&
+        slot->switches == switches) {
+        path = (const char *)slot->filename;
+        slot->tid = 0;
+        if (!path)
+            return;     /* not under /dev/ */
+    }
+    u32 flags = 0, rdev = 0;
+    u16 mode = 0;
+    if (!fd_device(ret, &flags, &mode, &rdev)) {
+        if (path)  /* unreadable: judged by its path, as without the layout */
+            report_fd_opened(ret, SPECIAL_DEVICE, path);
+        return;
+    }
+    u32 type = mode & MODE_TYPE_MASK;
+    if (type == MODE_BLK || (type == MODE_CHR && (flags & OPEN_FLAG_PATH || !quiet_device(rdev))))
+        report_fd_opened(ret, SPECIAL_DEVICE, path);
+}
+#else
+/* Without the layout: every open of a path under /dev/ is reported, its path handed
+ * from enter to exit in `pending`. */
+static __always_inline void remember_device_open(const char *filename)
+{
+    if (!ignored() && under_dev(filename))
+        remember_op(OP_OPEN, -1, (u64)filename, 0);
 }
 
 static __always_inline void report_device_open(long ret)
@@ -316,10 +427,13 @@ static __always_inline void report_device_open(long ret)
     struct pending *p = pending_here();
     if (!p)
         return;
-    if (p->op == OP_OPEN)
-        report_fd_opened(ret, SPECIAL_DEVICE, p);
+    u32 op = p->op;
+    const char *path = (const char *)p->a;
     forget_pending();
+    if (op == OP_OPEN && ret >= 0)
+        report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
+#endif
 
 #ifdef HAVE_open
 TRACEPOINT_PROBE(syscalls, sys_enter_open) { remember_device_open(args->filename); return 0; }

@@ -9,6 +9,11 @@ reported as attached, missing or failed (a probe the kernel refuses is left
 out and the rest loaded again). The process-lifecycle probes outside such
 blocks (task_newtask, sched_process_exec/exit) are required.
 
+Device opens are told apart in the kernel by the opened inode's major:minor,
+read through this kernel's struct layout (probes/kernel_layout.py): the
+devices the caller names quiet (`quiet_majors`, `quiet_devices`) never leave
+the kernel unless opened with O_PATH. Without BTF every device open is reported.
+
 The tracker steers the in-kernel filter maps through `track_fd`,
 `untrack_fd`, `mark_lock_holder`, `mark_memory`, `watch`, `unwatch` and
 `forget`. The
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from probes.events import Event, Kind
+from probes.kernel_layout import VMLINUX_BTF, LayoutError, layout_cflags, read_layout
 
 PROBES_DIR = Path(__file__).resolve().parent
 SOURCE = PROBES_DIR / "crwatch.bpf.c"
@@ -40,6 +46,7 @@ DEFAULT_RING_PAGES = 1024          # 4 MiB: about 20,000 records
 DEFAULT_MAX_TRACKED_FDS = 65536
 DEFAULT_MAX_TASKS = 16384
 CLOSE_RANGE_SPAN = 1024            # fds of a close_range that the kernel side untracks itself
+KERNEL_MINOR_BITS = 20             # the kernel's dev_t: major << 20 | minor
 
 ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"
 
@@ -145,9 +152,14 @@ class Probes:
 
     def __init__(self, *, ring_pages: int = DEFAULT_RING_PAGES,
                  max_tracked_fds: int = DEFAULT_MAX_TRACKED_FDS,
-                 max_tasks: int = DEFAULT_MAX_TASKS, disabled: Iterable[str] = ()):
+                 max_tasks: int = DEFAULT_MAX_TASKS, disabled: Iterable[str] = (),
+                 quiet_majors: Iterable[int] = (),
+                 quiet_devices: Iterable[tuple[int, int]] = (), btf: Path = VMLINUX_BTF):
         """`disabled` names probes to leave out, e.g. "futex": every futex call of the
-        host pays for that probe, and PI futexes only matter to the strict profile."""
+        host pays for that probe, and PI futexes only matter to the strict profile.
+        `quiet_majors` (every minor) and `quiet_devices` (major, minor) are the character
+        devices whose opens are not reported unless opened with O_PATH; `btf` is where
+        the kernel's struct layout is read (without it, every device open is reported)."""
         if ring_pages <= 0 or ring_pages & (ring_pages - 1):
             raise ValueError(f"ring_pages must be a power of two, not {ring_pages}")
         self._headers = find_kernel_headers()
@@ -177,6 +189,13 @@ class Probes:
             f"-DPAGE_BYTES={os.sysconf('SC_PAGE_SIZE')}",
             f"-DCLOSE_RANGE_SPAN={CLOSE_RANGE_SPAN}",
         ]
+        try:
+            self._base_cflags += layout_cflags(read_layout(btf))
+            self.device_filter = {"state": "in kernel", "reason": "by major:minor, with the "
+                                  "struct layout of this kernel's BTF"}
+        except LayoutError as error:
+            self.device_filter = {"state": "off", "reason": f"every device open is reported: "
+                                  f"{error}"}
         exit_tracepoint = Tracepoint("sched", "sched_process_exit")
         if _has_field(self._tracefs, exit_tracepoint, "group_dead"):
             self._base_cflags.append("-DHAVE_GROUP_DEAD")
@@ -192,7 +211,8 @@ class Probes:
         self.load_seconds = time.monotonic() - started
         self._tables = {name: self._bpf[name.encode()] for name in
                         ("tracked_fds", "watched", "lock_holders", "locks_reported",
-                         "memory_marked", "lost")}
+                         "memory_marked", "lost", "quiet_majors", "quiet_devices")}
+        self._quiet(quiet_majors, quiet_devices)
 
     # ------------------------------------------------------------ loading
 
@@ -226,6 +246,16 @@ class Probes:
                     raise ProbeError(f"cannot load {SOURCE.name}: {error}") from error
                 self._statuses[name].state = FAILED
                 self._statuses[name].reason = str(error)
+
+    def _quiet(self, majors: Iterable[int], devices: Iterable[tuple[int, int]]) -> None:
+        majors = frozenset(majors)
+        table = self._tables["quiet_majors"]
+        for major in majors:
+            table[table.Key(major)] = table.Leaf(1)
+        table = self._tables["quiet_devices"]
+        for major, minor in devices:
+            if major not in majors:
+                table[table.Key(major << KERNEL_MINOR_BITS | minor)] = table.Leaf(1)
 
     # ------------------------------------------------------------ reading
 
@@ -376,6 +406,7 @@ class Probes:
             "tracefs": str(self._tracefs),
             "load_seconds": round(self.load_seconds, 3),
             "ring_buffer_bytes": self._ring_bytes,
+            "device_filter": self.device_filter,
             "probes": {name: status.as_dict() for name, status in self._statuses.items()},
         }
 

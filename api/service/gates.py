@@ -23,12 +23,13 @@ from tracker.profiles import Profile
 
 class Gates:
     """`profile_for`: the profile a gate is judged by, from its name (None: the service's);
-    `probe_finder`: asked at each gate, what only the probes see (None without probes);
+    `probe_finder`: asked at each gate with its profile, what only the probes see and what
+    they cannot (None without probes);
     `judged`: told each gate's pid and verdict document, which is newer than any audit kept."""
 
     def __init__(self, *, criu: str | None, dump_root: Path,
                  profile_for: Callable[[str | None], Profile], reconcile: Reconcile,
-                 probe_finder: Callable[[], ProbeFinder | None],
+                 probe_finder: Callable[[Profile], ProbeFinder | None],
                  judged: Callable[[int, dict], None], metrics: ServiceMetrics):
         self._criu = criu
         self._dump_root = dump_root
@@ -49,9 +50,10 @@ class Gates:
                               leave_running=leave_running)
         with self._one_at_a_time(pid):
             try:
-                document = gate(request, self._profile_for(profile_name),
-                                criu=criu_at(self._criu), reconcile=self._reconcile,
-                                probe_finder=self._probe_finder())
+                judged_by = self._profile_for(profile_name)
+                document = gate(request, judged_by, criu=criu_at(self._criu),
+                                reconcile=self._reconcile,
+                                probe_finder=self._probe_finder(judged_by))
             except ProcessGone:
                 raise NoSuchProcess(pid) from None
         self._count(document)

@@ -205,6 +205,8 @@ class EventLine(BaseModel):
     ts: str
     probes: Optional[list[dict]] = Field(None, description="ready: each probe's status")
     degraded: Optional[str] = Field(None, description="ready: why the probes are not attached")
+    device_filter: Optional[dict] = Field(None, description="ready: whether the opens of devices "
+                                          "every profile accepts stay in the kernel, and why")
     pid: Optional[int] = None
     tid: Optional[int] = None
     start_time: Optional[float] = None
@@ -228,6 +230,8 @@ class ProbeStatus(BaseModel):
     state: str
     reason: Optional[str]
     tracepoints: list[str]
+    why: Optional[str] = Field(None, description="for a probe attached by profile: which served "
+                                                 "profile needs it, or why none does")
 
 
 class WorkerStatus(BaseModel):
@@ -271,6 +275,8 @@ class Health(BaseModel):
     workers: list[WorkerStatus]
     history: Optional[HistoryStatus]
     probes: list[ProbeStatus]
+    device_filter: Optional[dict] = Field(None, description="whether the opens of devices every "
+                                          "profile accepts stay in the kernel, and why")
     counters: dict
     connections: Connections
 

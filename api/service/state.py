@@ -121,7 +121,6 @@ class Service:
     def health(self) -> dict:
         """`degraded` with a reason for each part that cannot work: probes not attached,
         a background worker retrying or dead."""
-        probes = self.tracker.probes.status()["probes"] if self.tracker.probes else {}
         workers = [worker.status() for worker in self.workers()]
         reasons = {"probes": self.tracker.degraded} if self.tracker.degraded else {}
         reasons.update({worker["name"]: worker["reason"] for worker in workers
@@ -133,7 +132,8 @@ class Service:
                 "reasons": reasons,
                 "workers": workers,
                 "history": self.history.status() if self.history is not None else None,
-                "probes": [{"name": name, **status} for name, status in probes.items()],
+                "probes": self.tracker.probe_statuses(),
+                "device_filter": self.tracker.device_filter(),
                 "counters": self.tracker.counters(),
                 "connections": self.connection_status()}
 
@@ -149,7 +149,7 @@ class Service:
         judged_by = self.profile_for(profile_name)
         # Trees are audited afresh: the probes do not report every fork.
         result, reused = (self._audit(pid, tree=True), False) if tree else self._audits.audit(pid)
-        found = self._probe_found(result)
+        found = self._probe_found(result, judged_by)
         document = probe_found.document(result, found, judged_by, allow)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
@@ -196,13 +196,24 @@ class Service:
 
     # ------------------------------------------------------------ helpers
 
-    def probe_finder(self):
-        """What only the probes see of some processes (None: no probes feed the table)."""
+    def probe_finder(self, judged_by: Profile):
+        """What only the probes see of some processes, for a verdict under `judged_by`:
+        their marks, and what a probe not attached leaves unseen (the tracker's
+        `unseen`, said of the first process, the root), since the tracker started.
+        None: no probes feed the table."""
         table = self._live_table()
-        return table.probe_found if table is not None else None
+        if table is None:
+            return None
 
-    def _probe_found(self, result: Audit) -> probe_found.ProbeFound:
-        finder = self.probe_finder()
+        def found(identities) -> probe_found.ProbeFound:
+            identities = list(identities)
+            unseen = self.tracker.unseen(judged_by, identities[0].pid) if identities else []
+            return [*table.probe_found(identities),
+                    *((finding, self.tracker.ready_at) for finding in unseen)]
+        return found
+
+    def _probe_found(self, result: Audit, judged_by: Profile) -> probe_found.ProbeFound:
+        finder = self.probe_finder(judged_by)
         return finder(result.processes) if finder is not None else []
 
     def profile_for(self, name: str | None) -> Profile:
@@ -256,13 +267,17 @@ class Service:
             return None
         if result.kernel_thread():
             return None
-        findings = result.findings + probe_found.findings(self._probe_found(result))
+        judged = {}
+        for name in PROFILE_NAMES:
+            judged_by = self.profile_for(name)
+            found = probe_found.findings(self._probe_found(result, judged_by))
+            judged[name] = _judge(result.findings + found, judged_by)
+        findings = result.findings + probe_found.findings(self._probe_found(result, self.profile))
         return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
                 "comm": result.root.comm, "cgroup": _cgroup(pid),
                 "namespaces": _namespaces(pid),
                 "codes": sorted({finding.code for finding in findings}),
-                "judged": {name: _judge(findings, self.profile_for(name))
-                           for name in PROFILE_NAMES},
+                "judged": judged,
                 "sequence": self.tracker.table.sequence if self.tracker.table else 0,
                 # dated a random part of the interval back: rows made together (the first
                 # pass) are re-audited spread over the interval, not all at once

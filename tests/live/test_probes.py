@@ -35,6 +35,7 @@ from probes.loader import (
 from probes.reader import Reader
 from probes.wire import COMM_LEN, PATH_LEN, RECORD_SIZE, Record
 from tests.support.subjects import Subject, skip_if_refused, subject
+from tracker.checks import devices
 from tracker.supervised import Worker
 
 TIMEOUT = 10.0
@@ -331,6 +332,69 @@ hold()
     assert [(event.fd, event.special, event.path) for event in opened] == \
         [(int(running.note), Special.DEVICE, "/dev/null")]
     assert opened[0].comm.startswith("python")
+
+
+@pytest.fixture(scope="module")
+def quiet_inbox():
+    """Probes told which devices are quiet, as the tracker tells them."""
+    with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+                quiet_devices=devices.QUIET_DEVICES.devices) as loaded:
+        if loaded.status()["device_filter"]["state"] != "in kernel":
+            pytest.skip(loaded.status()["device_filter"]["reason"])
+        reader = Reader(loaded)
+        reading = Worker("probe-reader", reader.poll_once).start()
+        box = Inbox(reader)
+        yield box
+        reading.stop()
+        box.close()
+
+
+@pytest.mark.bpf
+def test_quiet_devices_stay_in_the_kernel_and_the_others_are_reported(quiet_inbox):
+    """Opens of null, zero, urandom, ptmx never reach user space, nor their closes; a
+    quiet device opened with O_PATH, /dev/fuse and /dev/kvm (the last, the marker) do."""
+    with run("""
+for path in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/ptmx"):
+    os.close(os.open(path, os.O_RDWR))
+os.close(syscall(SYS_OPENAT2, -100, b"/dev/null", (ctypes.c_uint64 * 3)(0, 0, 0), 24))
+null_path = os.open("/dev/null", os.O_PATH)
+fuse = os.open("/dev/fuse", os.O_RDWR)
+os.close(fuse)
+kvm = os.open("/dev/kvm", os.O_RDWR)
+ready(f"{null_path} {fuse} {kvm}")
+hold()
+""") as running:
+        null_path, fuse, kvm = map(int, running.note.split())
+        quiet_inbox.wait_for(lambda e: e.tgid == running.pid and e.path == "/dev/kvm")
+        events = quiet_inbox.of(running.pid)
+    assert [(event.kind, event.fd, event.path) for event in events
+            if event.kind in (Kind.FD_OPENED, Kind.FD_CLOSED)] == [
+        (Kind.FD_OPENED, null_path, "/dev/null"), (Kind.FD_OPENED, fuse, "/dev/fuse"),
+        (Kind.FD_CLOSED, fuse, ""), (Kind.FD_OPENED, kvm, "/dev/kvm")]
+
+
+@pytest.mark.bpf
+def test_without_btf_every_device_open_is_reported_with_its_path(tmp_path):
+    with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+                quiet_devices=devices.QUIET_DEVICES.devices, btf=tmp_path / "none") as loaded:
+        assert loaded.status()["device_filter"]["state"] == "off"
+        assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
+        reader = Reader(loaded)
+        reading = Worker("probe-reader", reader.poll_once).start()
+        box = Inbox(reader)
+        try:
+            with run("""
+fd = os.open("/dev/null", os.O_RDONLY)
+marker()
+ready(str(fd))
+hold()
+""") as running:
+                events = box.until_marker(running.pid)
+        finally:
+            reading.stop()
+            box.close()
+    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
+            and not is_marker(event)] == [(int(running.note), "/dev/null")]
 
 
 # ------------------------------------------------------------ close, dup, close_range

@@ -372,6 +372,22 @@ def test_watch_streams_ndjson_and_stops_cleanly(watch, number):
     assert "lost: kernel 0, queue overflow 0, decode errors 0" in summary
 
 
+@pytest.mark.parametrize("profile_name, state", [("criu", "disabled"), ("strict", "attached")])
+def test_watch_attaches_the_futex_probe_only_for_a_profile_judging_pi_futexes(profile_name, state):
+    running = Watch("--profile", profile_name)
+    try:
+        ready = running.line()
+        (futex,) = [probe for probe in ready["probes"] if probe["name"] == "futex"]
+        assert futex["state"] == state
+        assert "task.pi_futex" in futex["why"] and profile_name in futex["why"]
+        assert ready["device_filter"]["state"] == "in kernel"
+        assert running.stop()[0] == 0
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
 def test_watch_piped_into_head_ends_without_a_traceback():
     result = subprocess.run(["bash", "-o", "pipefail", "-c", f"{CRWATCH} watch | head -1"],
                             capture_output=True, text=True, timeout=120)
@@ -406,13 +422,14 @@ def test_watch_without_root_says_so_in_one_line():
 
 def test_lost_events_are_reported_and_the_table_re_audited():
     # A queue of 16 cannot hold a burst of 2,000 opens of /dev/null: records are lost.
+    # (With O_PATH: a plain open of /dev/null never leaves the kernel.)
     recorder = Recorder()
     small = Tracker(profile("criu", (4, 2, 1)), queue_capacity=16)
     small.subscribe(recorder)
     small.start()
     code = """
 for number in range(2000):
-    os.close(os.open('/dev/null', os.O_RDONLY))
+    os.close(os.open('/dev/null', os.O_PATH))
     if number == 1000:
         fd = os.open('/dev/kvm', os.O_RDONLY)
 ready()

@@ -62,7 +62,11 @@ def test_healthz_says_the_probes_are_attached(server):
     health = server.ok("/healthz")
     assert health["status"] == "ok" and health["degraded"] is None
     states = {probe["name"]: probe["state"] for probe in health["probes"]}
-    assert states["required"] == "attached" and states["futex"] == "attached"
+    # the futex probe is left out: the service's profile (criu) rates PI futexes info
+    assert states["required"] == "attached" and states["futex"] == "disabled"
+    (futex,) = [probe for probe in health["probes"] if probe["name"] == "futex"]
+    assert "no served profile (criu)" in futex["why"] and "task.pi_futex" in futex["why"]
+    assert health["device_filter"]["state"] == "in kernel"
     assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
                                          "out_of_fds": 0}
 
@@ -100,6 +104,18 @@ def test_allowed_options_make_a_needs_options_process_checkpointable(server):
         assert allowed["allowed_options"] == sorted(["--tcp-established", *lock[:1]])
         strict = server.ok(f"/processes/{s.pid}/checkpointable?profile=strict")
         assert strict["profile"] == "strict"
+
+
+def test_a_profile_needing_a_probe_not_attached_gets_a_verdict_saying_what_it_misses(server):
+    with subject("ready()\nhold()") as s:
+        criu = server.ok(f"/processes/{s.pid}/checkpointable")
+        assert criu["verdict"] == "ok" and "audit.probe_not_attached" not in _codes(criu["reasons"])
+        strict = server.ok(f"/processes/{s.pid}/checkpointable?profile=strict")
+        assert (strict["profile"], strict["verdict"], strict["checkpointable"]) == (
+            "strict", "unknown", False)
+        (unseen,) = [r for r in strict["reasons"] if r["code"] == "audit.probe_not_attached"]
+        assert "futex probe is not attached" in unseen["message"]
+        assert "task.pi_futex" in unseen["message"]
 
 
 def test_a_tree_is_judged_with_its_descendants(server):
@@ -457,6 +473,16 @@ def test_state_changing_requests_need_a_token_even_on_loopback(server):
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 403
     assert json.loads(refused.value.read())["detail"].startswith("changing state needs a token")
+
+
+def test_a_gate_under_a_profile_needing_a_probe_not_attached_is_not_ok(guarded):
+    with subject("ready()\nhold()") as s:
+        status, document = guarded.post(f"/processes/{s.pid}/gate", {"profile": "strict"},
+                                        token="s3cret")
+        assert status == 200, document
+        judged = document["verdict"]
+        assert (judged["profile"], judged["verdict"]) == ("strict", "unknown")
+        assert "audit.probe_not_attached" in _codes(judged["reasons"])
 
 
 def test_off_loopback_every_request_needs_the_token(guarded):

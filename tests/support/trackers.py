@@ -26,8 +26,9 @@ CRWATCH = Path(sys.executable).with_name("crwatch")
 
 @contextmanager
 def attached_tracker(*subscribers: Callable[[Notice], None]) -> Iterator[Tracker]:
-    """Subscribers see every notice from the ready one on (for tests marked `bpf`)."""
-    running = Tracker(profile("criu", (4, 2, 1)))
+    """Subscribers see every notice from the ready one on (for tests marked `bpf`). It
+    serves `strict` too, so that every probe is attached (the futex one included)."""
+    running = Tracker(profile("criu", (4, 2, 1)), served=[profile("strict", (4, 2, 1))])
     for subscriber in subscribers:
         running.subscribe(subscriber)
     running.start()
@@ -87,8 +88,8 @@ def codes_of(transition: Transition) -> list[str]:
 class Watch:
     """`crwatch watch` as a user runs it, its stdout read line by line."""
 
-    def __init__(self):
-        self.process = subprocess.Popen([str(CRWATCH), "watch"], stdout=subprocess.PIPE,
+    def __init__(self, *arguments: str):
+        self.process = subprocess.Popen([str(CRWATCH), "watch", *arguments], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE)
         self._unread = b""
 

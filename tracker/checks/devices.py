@@ -15,6 +15,9 @@ terminal it dumps for the terminal's parameters (parasite_dump_tty, once per
 terminal for the whole dump, in its task order: depth first from the root, fds
 in ascending order). Any other device, and every block device, cannot be
 dumped: CRIU cannot save a device's state.
+
+QUIET_DEVICES are the character devices no rule here judges but for O_PATH:
+the live probes drop their opens in the kernel (probes/crwatch.bpf.c).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import fcntl
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from typing import Iterator
 
 from tracker.checks import files, paths, tree
@@ -61,6 +65,22 @@ RULES = (
 )
 
 
+
+
+@dataclass(frozen=True)
+class DeviceSet:
+    """Character devices: every minor of `majors`, and the (major, minor) `devices`."""
+
+    majors: frozenset[int]
+    devices: frozenset[tuple[int, int]]
+
+    def __contains__(self, device: tuple[int, int]) -> bool:
+        return device[0] in self.majors or device in self.devices
+
+    def __or__(self, other: DeviceSet) -> DeviceSet:
+        return DeviceSet(self.majors | other.majors, self.devices | other.devices)
+
+
 MEM_MAJOR = 1
 TUN = (10, 200)
 AUTOFS = (10, 235)
@@ -68,6 +88,16 @@ TTY_AUX_MAJOR, TTY_MAJOR = 5, 4
 SERIAL_MAJORS = frozenset({188, 204})           # USB serial, low-density serial
 PTY_MASTER_MAJORS = frozenset(range(128, 136))
 PTY_SLAVE_MAJOR = 136
+# Dumped as paths: the path rules of `files` judge them, as any regular file.
+PATH_DEVICES = DeviceSet(frozenset({MEM_MAJOR}), frozenset({AUTOFS}))
+# The devices CRIU's tty code takes (get_tty_driver); tty0 and ttyS* are not among them.
+TTY_DEVICES = DeviceSet(
+    SERIAL_MAJORS | PTY_MASTER_MAJORS | {PTY_SLAVE_MAJOR},
+    frozenset({(TTY_AUX_MAJOR, minor) for minor in range(3)}       # /dev/tty, console, ptmx
+              | {(TTY_MAJOR, minor) for minor in range(1, 64)}))   # virtual consoles 1..63
+# What no device rule judges unless it is open with O_PATH (a terminal's sessions are
+# judged per process by `terminal`, a path device's path as any file's).
+QUIET_DEVICES = PATH_DEVICES | TTY_DEVICES
 TUNGETIFF = 0x800454D2          # the attached device: struct ifreq (name, flags)
 TUNGETFILTER = 0x801054DB       # a tap's socket filter: struct sock_fprog (len first)
 IFF_TAP = 0x0002
@@ -80,7 +110,7 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
     device = (os.major(rdev), os.minor(rdev))
     if stat.S_ISBLK(open_fd.stat.st_mode):
         yield _refused("device.blk", proc, open_fd, "block device")
-    elif device[0] == MEM_MAJOR or device == AUTOFS:
+    elif device in PATH_DEVICES:
         yield from files.check_fd_path(ctx, proc, open_fd)
     elif device == TUN:
         if open_fd.flags & os.O_PATH:
@@ -135,12 +165,7 @@ def _attached(tun: int) -> tuple[str, int, int]:
 
 
 def is_tty(major: int, minor: int) -> bool:
-    """The devices CRIU's tty code takes (get_tty_driver); tty0 and ttyS* are not among them."""
-    if major == TTY_AUX_MAJOR:
-        return minor <= 2                        # /dev/tty, /dev/console, /dev/ptmx
-    if major == TTY_MAJOR:
-        return 1 <= minor <= 63                  # virtual consoles tty1..tty63
-    return major in SERIAL_MAJORS or major in PTY_MASTER_MAJORS or major == PTY_SLAVE_MAJOR
+    return (major, minor) in TTY_DEVICES
 
 
 def is_pty_master(major: int, minor: int) -> bool:

@@ -24,6 +24,10 @@ RULES = (
          criu_message="No process with such pid", makes_unknown=True),
     Rule("audit.unreadable", "/proc refused to show part of the process", BLOCKER,
          "run crwatch as root (CRIU itself needs root to dump)", makes_unknown=True),
+    Rule("audit.probe_not_attached", "A state this profile judges is followed by a probe "
+         "that is not attached", BLOCKER,
+         "ask the service or `crwatch watch` started with --profile of this profile, which "
+         "attaches the probe (tracker/live/probe_choice.py)", makes_unknown=True),
     Rule("fd.unclassified", "An open file of a kind crwatch does not know", BLOCKER,
          "close the file before checkpointing; CRIU refuses files it cannot classify",
          criu_message="Can't dump file %d of that type [%o] (unknown %s)"),

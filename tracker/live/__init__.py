@@ -13,9 +13,10 @@ now, why, and since when.
   against a frozen recheck.
 - model.py: the records (marks, entries, transitions, counters); reads.py: what /proc
   says about the one resource an event names; probe_found.py: what only probes know,
-  joined to a verdict.
+  joined to a verdict; probe_choice.py: which optional probes the served profiles need,
+  and what a verdict misses without them.
 
-Inside, imports go one way: model, reads < entries < reconcile < handlers < table <
+Inside, imports go one way: model, reads, probe_choice < entries < reconcile < handlers < table <
 applier. May import: probes, tracker.audit, tracker.checks, tracker.procfs,
 tracker.verdict and what they stand on (rules, context, profiles, holders, environment,
 supervised, clock). Never api. Nothing below it (audit, checks, verdict) imports this package."""

@@ -16,17 +16,20 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable, Iterable, Union
 
 from probes.events import Event, Kind
-from probes.loader import ProbeError, Probes
+from probes.loader import ATTACHED, ProbeError, Probes
 from probes.reader import DEFAULT_CAPACITY, Reader
 from tracker.audit import Audit
+from tracker.checks import devices
 from tracker.clock import iso_from_wall_ns
+from tracker.live import probe_choice
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.model import SCHEMA, Transition
 from tracker.live.table import LiveTable
 from tracker.profiles import Profile
+from tracker.rules import Finding
 from tracker.supervised import Worker
 
 SWEEP_SECONDS = 1.0
@@ -48,10 +51,13 @@ class Ready:
 
     probes: list[dict]
     degraded: str | None
+    device_filter: dict | None = None    # how device opens are filtered in the kernel
     ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
 
     def to_json(self) -> dict:
         line = {"schema": SCHEMA, "kind": "ready", "probes": self.probes, "ts": self.ts}
+        if self.device_filter:
+            line["device_filter"] = self.device_filter
         if self.degraded:
             line["degraded"] = self.degraded
         return line
@@ -75,14 +81,19 @@ Notice = Union[Ready, Transition, Lost]
 
 
 class Tracker:
-    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY,
+                 served: Iterable[Profile] = ()):
+        """`served`: the profiles verdicts will be asked under besides `profile`; the
+        optional probes attached are those one of them needs (probe_choice)."""
         self.profile = profile
+        self.served = [profile, *served]
         self.queue_capacity = queue_capacity
         self.probes: Probes | None = None
         self.reader: Reader | None = None
         self.reading: Worker | None = None     # the supervised thread that runs the reader
         self.table: LiveTable | None = None
         self.degraded: str | None = None
+        self.ready_at: str | None = None     # when the ready notice went out (ISO 8601)
         self.apply_errors = 0
         self.fd_losses = 0               # applies failed for lack of fds (counted lost)
         self._fd_losses_pending = 0      # ... not yet followed by a re-audit
@@ -98,7 +109,9 @@ class Tracker:
 
     def start(self) -> Tracker:
         try:
-            self.probes = Probes()
+            self.probes = Probes(disabled=probe_choice.left_out(self.served),
+                                 quiet_majors=devices.QUIET_DEVICES.majors,
+                                 quiet_devices=devices.QUIET_DEVICES.devices)
             self.reader = Reader(self.probes, capacity=self.queue_capacity)
             self.reading = Worker("probe-reader", self.reader.poll_once).start()
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
@@ -106,7 +119,9 @@ class Tracker:
             self._close_probes()
         self.table = LiveTable(self.profile, self.probes)
         seeded = self.table.seed()
-        self._publish([Ready(self._probe_statuses(), self.degraded)])
+        ready = Ready(self.probe_statuses(), self.degraded, self.device_filter())
+        self.ready_at = ready.ts
+        self._publish([ready])
         self._publish(seeded)
         if self.reader is not None:
             self.applier.start()
@@ -138,11 +153,27 @@ class Tracker:
         self._publish(transitions)
         return drift
 
-    def _probe_statuses(self) -> list[dict]:
+    def probe_statuses(self) -> list[dict]:
+        """Each probe's status, and for those attached by profile, why."""
         if self.probes is None:
             return []
-        return [{"name": name, **status}
+        return [{"name": name, **status, **({"why": probe_choice.why(name, self.served)[1]}
+                                            if name in probe_choice.PROBE_RULES else {})}
                 for name, status in self.probes.status()["probes"].items()]
+
+    def device_filter(self) -> dict | None:
+        """Whether device opens every profile accepts stay in the kernel, and why (None:
+        no probes)."""
+        return self.probes.device_filter if self.probes is not None else None
+
+    def unseen(self, judged_by: Profile, pid: int) -> list[Finding]:
+        """What a verdict under `judged_by` cannot see for want of a probe (none while the
+        probes are not attached at all: the tracker is degraded then, and says so)."""
+        if self.probes is None:
+            return []
+        missing = [name for name, status in self.probes.status()["probes"].items()
+                   if status["state"] != ATTACHED]
+        return probe_choice.unseen(missing, judged_by, pid)
 
     def _close_probes(self) -> None:
         if self.reading is not None:

@@ -110,8 +110,7 @@ def _device_by_path(event: Event, gone: str) -> list[Finding]:
     device = (os.major(status.st_rdev), os.minor(status.st_rdev))
     if stat.S_ISBLK(status.st_mode):
         return [Finding("device.blk", f"fd {fd}: block device {event.path} {gone}", pid, fd=fd)]
-    if (not stat.S_ISCHR(status.st_mode) or device[0] == devices.MEM_MAJOR
-            or device == devices.AUTOFS or devices.is_tty(*device)):
+    if not stat.S_ISCHR(status.st_mode) or device in devices.QUIET_DEVICES:
         return []
     code = "device.tun.host_netns" if device == devices.TUN else "device.chr.unsupported"
     return [Finding(code, f"fd {fd}: character device {event.path} ({device[0]}:{device[1]}) "
