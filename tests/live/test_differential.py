@@ -467,14 +467,17 @@ def new_fd(before: dict[int, str], driven: Driven) -> int:
 @pytest.mark.parametrize("op", ["open_relative", "pass_to_self"])
 def test_limit_device_fds_no_probe_sees(tracking, fleet, op):
     """"A device opened by a path that does not start with /dev/" and "fds received
-    through SCM_RIGHTS": the audit sees the device, the tracker does not."""
+    through SCM_RIGHTS": the audit sees the device, the tracker does not -- except a
+    relative open that slept between its enter and exit, whose new fd the kernel side
+    then looks at anyway (docs/tracking-limits.md, 5): seen then, and rightly."""
     driven = fleet.spawn()
     before = dict(driven.fds)
     order(driven, {"op": op})
     fd = new_fd(before, driven)
     tracked, audited = now_and_then(*tracking, driven)
     assert ("device.chr.unsupported", fd) in audited
-    assert tracked == Reasons()
+    seen_when_it_slept = Reasons({("device.chr.unsupported", fd)})
+    assert tracked == Reasons() or (op == "open_relative" and tracked == seen_when_it_slept)
 
 
 def test_limit_flock_released_through_a_shared_description(tracking, fleet):
