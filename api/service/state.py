@@ -2,8 +2,9 @@
 process list's rows.
 
 One Service per application, made by the lifespan of create_app(). Every
-answer about a process comes from an audit read for the request (the
-authority) and, next to it, what the probes track for that same identity.
+answer about a process comes from an audit (the authority: read for the
+request, or kept while no probe event came for what it read) and, next to it,
+what the probes track for that same identity.
 
 The Service owns the parts and hands each one the collaborators it uses, never
 itself: the audits kept for reuse (audit_cache.py), the rows kept by ProcessRows
@@ -17,7 +18,6 @@ import os
 import random
 import threading
 import time
-from functools import partial
 from typing import Callable, Iterable
 
 from api.service.audit_cache import AuditCache
@@ -66,8 +66,7 @@ class Service:
         self.tracker.subscribe(self._publisher)
         self.metrics = ServiceMetrics()
         self.history: History | None = None
-        self._audits = AuditCache(audit=partial(self._audit, tree=False),
-                                  live_table=self._live_table)
+        self._audits = AuditCache(audit=self._audit, live_table=self._live_table)
         self.rows = ProcessRows(row=self.row, stale=self.stale,
                                 after_pass=self._audits.forget_old)
         self.metrics.registry.register(StateCollector(
@@ -147,8 +146,7 @@ class Service:
         """The verdict of pid with all its descendants (what a checkpoint takes), or with
         `tree=False` of its own findings; what only the probes see counts too."""
         judged_by = self.profile_for(profile_name)
-        # Trees are audited afresh: the probes do not report every fork.
-        result, reused = (self._audit(pid, tree=True), False) if tree else self._audits.audit(pid)
+        result, reused = self._audits.audit(pid, tree=tree)
         found = self._probe_found(result)
         document = probe_found.document(result, found, judged_by, allow)
         document["tracked"] = self._tracked(result, judged_by)

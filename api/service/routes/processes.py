@@ -81,10 +81,12 @@ def checkpointable(
     profile: ProfileName = None,
 ) -> dict:
     """Can it be checkpointed now, with all its descendants (a checkpoint takes them)? The
-    reasons come from an audit read for this request (`source: audit`) and, for what no
-    audit can see (a PI futex held, a remap_file_pages mapping), from the probes
-    (`source: probe`); the profile asked for judges both. `tracked` is what the probes
-    follow, `nocr` when this profile refuses a tracked reason."""
+    reasons come from an audit (`source: audit`: read for this request, or the last one,
+    `audit_reused`, while no probe event came for any process of it and its tree has the
+    same members) and, for what no audit can see (a PI futex held, a remap_file_pages
+    mapping), from the probes (`source: probe`); the profile asked for judges both.
+    `tracked` is what the probes follow, `nocr` when this profile refuses a tracked
+    reason."""
     return shown(service.checkpointable(pid, tree=tree, allow=allow, profile_name=profile),
                  viewer)
 
