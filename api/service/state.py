@@ -37,6 +37,7 @@ from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live import probe_found
 from tracker.live.applier import Tracker
 from tracker.live.model import Transition
+from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.supervised import DEAD, RETRYING, Callback, Worker
@@ -45,9 +46,13 @@ log = logging.getLogger(__name__)
 FDS_SCHEMA = "crwatch.fds/1"
 PROCESS_SCHEMA = "crwatch.process/1"
 # The process list: /proc is listed every REFRESH_SECONDS; a row is audited again when a
-# probe event came for its process, else after LIST_REFRESH_SECONDS.
+# probe event came for its process; when events were lost (any process may have
+# changed), once it is LOSS_REFRESH_SECONDS old, so that a host losing events every
+# second does not have every row audited every second; else after LIST_REFRESH_SECONDS,
+# for what no probe sees (a regular file opened, a unix socket connected).
 REFRESH_SECONDS = 1.0
-LIST_REFRESH_SECONDS = 30.0
+LOSS_REFRESH_SECONDS = 10.0
+LIST_REFRESH_SECONDS = 300.0
 
 
 class Service:
@@ -248,6 +253,8 @@ class Service:
     def row(self, pid: int, holders: HostHolders | None = None) -> dict | None:
         """One row of the process list, audited now (None: gone, unreadable, a kernel thread);
         `holders`: the index of who holds which pipe and socket that the pass shares."""
+        # read before the audit: an event that comes while it reads makes the row stale
+        sequence = self.tracker.table.sequence if self.tracker.table else 0
         try:
             result, _ = self._audits.audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
@@ -255,22 +262,20 @@ class Service:
         if result.kernel_thread():
             return None
         findings = result.findings + probe_found.findings(self._probe_found(result))
+        now = time.monotonic()
         return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
                 "comm": result.root.comm, "cgroup": _cgroup(pid),
                 "namespaces": _namespaces(pid),
                 "codes": sorted({finding.code for finding in findings}),
                 "judged": {name: _judge(findings, self.profile_for(name))
                            for name in PROFILE_NAMES},
-                "sequence": self.tracker.table.sequence if self.tracker.table else 0,
-                # dated a random part of the interval back: rows made together (the first
+                "sequence": sequence, "at": now,
+                # due a random part of the interval early: rows made together (the first
                 # pass) are re-audited spread over the interval, not all at once
-                "at": time.monotonic() - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
+                "due": now + LIST_REFRESH_SECONDS - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
 
     def stale(self, row: dict) -> bool:
-        """Must this row be audited again: a probe event came for it, or it is old?"""
-        table = self._live_table()
-        return (time.monotonic() - row["at"] > LIST_REFRESH_SECONDS
-                or (table is not None and table.changed_since(row["pid"], row["sequence"])))
+        return row_stale(row, self._live_table())
 
     def _live_table(self):
         """The live table, when probes feed it (only then can an event invalidate an audit)."""
@@ -282,6 +287,18 @@ class Service:
         if tracked is None or tracked["start_time"] != result.root.start_time:
             return None  # never marked, or about an older holder of the pid
         return tracked
+
+
+def row_stale(row: dict, table: LiveTable | None) -> bool:
+    """Must this row be audited again: a probe event came for its process, events were
+    lost since it was audited (and it is LOSS_REFRESH_SECONDS old), or it is due?"""
+    now = time.monotonic()
+    if now > row["due"]:
+        return True
+    if table is None:
+        return False
+    return (table.event_since(row["pid"], row["sequence"])
+            or (now - row["at"] > LOSS_REFRESH_SECONDS and table.lost_since(row["sequence"])))
 
 
 def _parent(row: dict) -> int:
@@ -311,8 +328,9 @@ def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
 
 class ProcessRows:
     """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
-    drops the rows of processes gone, and audits again the new ones, those a probe event
-    came for since, and those older than LIST_REFRESH_SECONDS.
+    drops the rows of processes gone, and audits again the new ones and those `stale`
+    says changed (Service.stale: a probe event came for them, events were lost, or they
+    are due): a quiet host's pass lists /proc and audits nothing.
 
     `row`: a process's row audited now, with the pass's index of holders (None: not
     listed); `stale`: must a kept row be audited again; `after_pass`: called at the end

@@ -93,6 +93,16 @@ class LiveTable:
         with self._lock:
             return self._touched.get(pid, 0) > sequence or self._lost_at > sequence
 
+    def event_since(self, pid: int, sequence: int) -> bool:
+        """Did an event about `pid` come after `sequence`, losses aside?"""
+        with self._lock:
+            return self._touched.get(pid, 0) > sequence
+
+    def lost_since(self, sequence: int) -> bool:
+        """Were events lost after `sequence` (so that any process may have changed)?"""
+        with self._lock:
+            return self._lost_at > sequence
+
     def _touch(self, event: Event) -> None:
         self.sequence += 1
         self._touched[event.tgid] = self.sequence
