@@ -126,6 +126,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def events_and_losses(port: int) -> tuple[int, int]:
+    """The probe events the service's table applied, and those lost, so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
+        table = json.loads(reply.read())["counters"]["table"]
+    return table["events"], table["lost"]
+
+
 def await_up(port: int, service: subprocess.Popen, path: str = "/healthz") -> None:
     deadline = time.monotonic() + 120
     while True:
@@ -200,13 +207,17 @@ def main() -> None:
                     (f"/processes/{connecting.pid}/checkpointable", "subject opening TCP conns")):
                 print(load(port, path, label), flush=True)
             connecting.kill()  # idle means no event either
-            time.sleep(2 * 1.0)
+            time.sleep(2.0)
+            events, lost = events_and_losses(port)
             before, began = cpu_seconds(service.pid), time.monotonic()
             time.sleep(IDLE_SECONDS)
             share = (cpu_seconds(service.pid) - before) / (time.monotonic() - began)
+            events_after, lost_after = events_and_losses(port)
+            # the host's own activity is the service's work too: say how much there was
             print(f"idle service, {total} processes, {IDLE_SECONDS:.0f} s: {share:.1%} of a "
-                  f"core (x{share / TARGET_IDLE_CPU:.2f} of {TARGET_IDLE_CPU:.0%}); RSS "
-                  f"{rss_mib(service.pid):.1f} MiB", flush=True)
+                  f"core (x{share / TARGET_IDLE_CPU:.2f} of {TARGET_IDLE_CPU:.0%}) while the "
+                  f"host made {events_after - events} probe events ({lost_after - lost} lost); "
+                  f"RSS {rss_mib(service.pid):.1f} MiB", flush=True)
         finally:
             service.terminate()
             service.wait(timeout=30)
