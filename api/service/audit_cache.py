@@ -3,6 +3,12 @@ answered again while no probe event came for any process it read and it is recen
 neither a request nor a row of the process list reads /proc again for processes nothing
 happened to.
 
+An audit is also shared by the requests that wait for it, never by one that came after
+it began: a request that finds an audit of the same process (or tree) being read
+waits for the one begun after it came (starting it, or joining the one another
+request started meanwhile), so that a process that keeps changing costs one audit
+per audit time, however many ask, and every answer is read after its question.
+
 Only the probes can tell that nothing happened: without a live table fed by them,
 nothing is kept and every audit is fresh. A tree's membership is not left to them (the
 probes report the forks of watched processes only): the kept tree is reused only
@@ -11,8 +17,10 @@ the same identity (pid, start time).
 """
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import count
 from typing import Callable
 
 from api.service.errors import NoSuchProcess
@@ -35,6 +43,21 @@ class _Kept:
     audit: Audit
 
 
+@dataclass
+class _Flight:
+    """An audit being read: `ticket` orders its start against the requests' arrivals."""
+
+    ticket: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Audit | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> Audit:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class AuditCache:
     """`audit(pid, tree=, holders=)`: a fresh audit of one process (tree False: its own
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
@@ -45,6 +68,9 @@ class AuditCache:
         self._audit = audit
         self._live_table = live_table
         self._kept: dict[tuple[int, bool], _Kept] = {}
+        self._flights: dict[tuple[int, bool], _Flight] = {}
+        self._tickets = count()
+        self._lock = threading.Lock()
 
     def audit(self, pid: int, holders: HostHolders | None = None, *,
               tree: bool = False) -> tuple[Audit, bool]:
@@ -63,11 +89,44 @@ class AuditCache:
             except (ProcessGone, AccessDenied):
                 self.forget(pid)
                 raise NoSuchProcess(pid) from None
+        return self._read_after_now(pid, tree, holders, table), False
+
+    def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
+                        table: LiveTable | None) -> Audit:
+        """An audit begun after this call: the one another caller began meanwhile, or
+        one read here."""
+        key = (pid, tree)
+        with self._lock:
+            arrived = next(self._tickets)
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                reading = flight is None
+                if reading:
+                    flight = self._flights[key] = _Flight(next(self._tickets))
+            if reading:
+                self._read(flight, key, holders, table)
+                return flight.outcome()
+            flight.done.wait()
+            if flight.ticket > arrived:
+                return flight.outcome()
+            # it began before this call came: what changed since may be missing from it
+
+    def _read(self, flight: _Flight, key: tuple[int, bool], holders: HostHolders | None,
+              table: LiveTable | None) -> None:
+        pid, tree = key
         sequence, began = (table.sequence if table else 0), time.monotonic()
-        result = self._audit(pid, tree=tree, holders=holders)
-        if table is not None:
-            self._kept[(pid, tree)] = _Kept(result.root.start_time, sequence, began, result)
-        return result, False
+        try:
+            flight.result = self._audit(pid, tree=tree, holders=holders)
+            if table is not None:
+                self._kept[key] = _Kept(flight.result.root.start_time, sequence, began,
+                                        flight.result)
+        except BaseException as error:  # every caller waiting for it gets it
+            flight.error = error
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
 
     def forget(self, pid: int) -> None:
         for tree in (False, True):

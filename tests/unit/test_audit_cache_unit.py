@@ -1,11 +1,13 @@
 """The audits the service keeps for reuse (api/service/audit_cache.py), with a real live
 table and real processes: a kept audit is answered again until an event comes for its
 process, never without a table, and never for a process gone; a kept tree only while its
-members are the same processes."""
+members are the same processes; an audit being read is shared only by the calls that came
+before it began."""
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -94,3 +96,35 @@ def test_a_kept_tree_is_answered_again_only_while_its_members_are_the_same():
         finally:
             for child in descendants(s.pid)[1:]:
                 os.kill(child, signal.SIGKILL)
+
+
+def test_calls_that_come_while_an_audit_is_read_share_the_next_one_begun_after_them():
+    began: dict[int, float] = {}
+
+    def slow(pid: int, tree: bool = False, holders=None):
+        started = time.monotonic()
+        time.sleep(0.2)
+        result = audit(pid, tree=tree, holders=holders)
+        began[id(result)] = started
+        return result
+
+    audits = AuditCache(audit=slow, live_table=lambda: None)  # nothing kept: always fresh
+    answers: list[tuple[float, object]] = []
+
+    def ask(pid: int) -> None:
+        called = time.monotonic()
+        answers.append((called, audits.audit(pid)))
+
+    with subject(HOLDER) as s:
+        first = threading.Thread(target=ask, args=(s.pid,))
+        first.start()
+        time.sleep(0.05)  # the first audit is being read when the others come
+        others = [threading.Thread(target=ask, args=(s.pid,)) for _ in range(7)]
+        for thread in others:
+            thread.start()
+        for thread in [first, *others]:
+            thread.join()
+    assert len(answers) == 8
+    for called, (result, reused) in answers:
+        assert reused is False and began[id(result)] >= called  # read after it was asked
+    assert len(began) == 2  # the first call's audit, and one shared by the seven others

@@ -87,8 +87,10 @@ def checkpointable(
     mapping), from the probes (`source: probe`); the profile asked for judges both.
     `tracked` is what the probes follow, `nocr` when this profile refuses a tracked
     reason."""
-    return shown(service.checkpointable(pid, tree=tree, allow=allow, profile_name=profile),
-                 viewer)
+    # Built by the service in the model's shape: returned as it is, without the
+    # per-field validation and encoding that cost more than a reused audit.
+    return SafeJSONResponse(shown(service.checkpointable(
+        pid, tree=tree, allow=allow, profile_name=profile), viewer))
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,
