@@ -13,6 +13,7 @@ requests/s):
 - a subject that keeps opening TCP connections: each connection is a probe event
   the answer must reflect, so every answer is a fresh audit (`audit_reused` false
   is counted);
+- the process list (from the rows the service keeps), for comparison;
 - the floor, measured in the same run: uvicorn with the service's protocol and
   settings answering a constant JSON route (FastAPI, no work).
 
@@ -204,7 +205,9 @@ def main() -> None:
                     (f"/processes/{extra[0].pid}/checkpointable", "quiet subject"),
                     (f"/processes/{tree.pid}/checkpointable?tree=true",
                      f"tree=true, {TREE_PROCESSES}-process tree"),
-                    (f"/processes/{connecting.pid}/checkpointable", "subject opening TCP conns")):
+                    (f"/processes/{connecting.pid}/checkpointable", "subject opening TCP conns"),
+                    ("/processes?limit=100", "the process list, 100 rows"),
+                    ("/processes?verdict=blocked&limit=100", "the list, blocked only")):
                 print(load(port, path, label), flush=True)
             connecting.kill()  # idle means no event either
             time.sleep(2.0)
