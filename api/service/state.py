@@ -53,6 +53,10 @@ PROCESS_SCHEMA = "crwatch.process/1"
 REFRESH_SECONDS = 1.0
 LOSS_REFRESH_SECONDS = 10.0
 LIST_REFRESH_SECONDS = 300.0
+# Once the list is whole, a pass stops auditing after this much CPU (it may overrun by
+# one audit): a host whose processes all keep changing has its rows audited again
+# oldest first over several passes, never a core spent on them.
+PASS_CPU_SECONDS = 0.01
 
 
 class Service:
@@ -330,7 +334,8 @@ class ProcessRows:
     """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
     drops the rows of processes gone, and audits again the new ones and those `stale`
     says changed (Service.stale: a probe event came for them, events were lost, or they
-    are due): a quiet host's pass lists /proc and audits nothing.
+    are due), new ones first, then oldest first, for PASS_CPU_SECONDS at most once the
+    list is whole: a quiet host's pass lists /proc and audits nothing.
 
     `row`: a process's row audited now, with the pass's index of holders (None: not
     listed); `stale`: must a kept row be audited again; `after_pass`: called at the end
@@ -345,6 +350,7 @@ class ProcessRows:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.refreshed_at: str | None = None
+        self._filled = False    # a whole pass is done: later passes keep to their budget
         self.worker = Worker("process-list", self._step, interval=REFRESH_SECONDS)
         self._stopping = self.worker.stopping
 
@@ -375,14 +381,17 @@ class ProcessRows:
                 if row["ppid"] not in alive and row["ppid"] != 0:
                     self._rows[pid] = {**row, "ppid": _parent(row)}
             current = dict(self._rows)
+        # New processes first, then the rows audited longest ago.
+        due = sorted((pid for pid in alive if pid not in current or self._stale(current[pid])),
+                     key=lambda pid: current[pid]["at"] if pid in current else -1.0)
         # One index of pipe and socket holders for the pass, not a walk of /proc per row.
         holders = HostHolders(max_age=PASS_MAX_AGE_SECONDS)
-        for pid in sorted(alive):
+        began = time.thread_time()
+        for pid in due:
             if self._stopping.is_set():
                 return
-            row = current.get(pid)
-            if row is not None and not self._stale(row):
-                continue
+            if self._filled and time.thread_time() - began > PASS_CPU_SECONDS:
+                break  # the rest in the next passes: a busy host cannot take a core
             fresh = self._row(pid, holders)
             with self._lock:
                 if fresh is None:
@@ -390,6 +399,7 @@ class ProcessRows:
                 else:
                     self._rows[pid] = fresh
         self._after_pass()
+        self._filled = True
         self.refreshed_at = verdict.utc_now()
 
 
