@@ -57,6 +57,10 @@ LIST_REFRESH_SECONDS = 300.0
 # one audit): a host whose processes all keep changing has its rows audited again
 # oldest first over several passes, never a core spent on them.
 PASS_CPU_SECONDS = 0.01
+# A row whose process keeps having events is audited again at most once per this many
+# times its audit's CPU cost: a process of 10,000 fds changing all the time takes at
+# most 1% of a core, one of a few fds is followed every pass.
+EVENT_SPACING = 100
 
 
 class Service:
@@ -259,10 +263,12 @@ class Service:
         `holders`: the index of who holds which pipe and socket that the pass shares."""
         # read before the audit: an event that comes while it reads makes the row stale
         sequence = self.tracker.table.sequence if self.tracker.table else 0
+        began = time.thread_time()
         try:
             result, _ = self._audits.audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
             return None
+        cost = time.thread_time() - began
         if result.kernel_thread():
             return None
         findings = result.findings + probe_found.findings(self._probe_found(result))
@@ -273,7 +279,7 @@ class Service:
                 "codes": sorted({finding.code for finding in findings}),
                 "judged": {name: _judge(findings, self.profile_for(name))
                            for name in PROFILE_NAMES},
-                "sequence": sequence, "at": now,
+                "sequence": sequence, "at": now, "cost": cost,
                 # due a random part of the interval early: rows made together (the first
                 # pass) are re-audited spread over the interval, not all at once
                 "due": now + LIST_REFRESH_SECONDS - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
@@ -294,15 +300,17 @@ class Service:
 
 
 def row_stale(row: dict, table: LiveTable | None) -> bool:
-    """Must this row be audited again: a probe event came for its process, events were
-    lost since it was audited (and it is LOSS_REFRESH_SECONDS old), or it is due?"""
+    """Must this row be audited again: a probe event came for its process (and it is
+    older than EVENT_SPACING times what its audit cost), events were lost since it was
+    audited (and it is LOSS_REFRESH_SECONDS old), or it is due?"""
     now = time.monotonic()
     if now > row["due"]:
         return True
     if table is None:
         return False
-    return (table.event_since(row["pid"], row["sequence"])
-            or (now - row["at"] > LOSS_REFRESH_SECONDS and table.lost_since(row["sequence"])))
+    age = now - row["at"]
+    return ((age > EVENT_SPACING * row["cost"] and table.event_since(row["pid"], row["sequence"]))
+            or (age > LOSS_REFRESH_SECONDS and table.lost_since(row["sequence"])))
 
 
 def _parent(row: dict) -> int:

@@ -1,21 +1,24 @@
 """When the process list audits a row again (api/service/state.py row_stale), with a real
 live table: an event for its process makes it stale at once, a loss only once the row is
 LOSS_REFRESH_SECONDS old (a host losing events every second must not have every row
-audited every second), and every row once it is due; without a table, only when due."""
+audited every second), a costly row only once it is EVENT_SPACING times its audit's cost
+old, and every row once it is due; without a table, only when due."""
 from __future__ import annotations
 
 import os
 import time
 
-from api.service.state import LOSS_REFRESH_SECONDS, row_stale
+from api.service.state import EVENT_SPACING, LOSS_REFRESH_SECONDS, row_stale
 from probes.events import Event, Kind
 from tracker.live.table import LiveTable
 from tracker.profiles import profile
 
 
-def _row(table: LiveTable, pid: int, *, age: float = 0.0, due_in: float = 100.0) -> dict:
+def _row(table: LiveTable, pid: int, *, age: float = 0.0, due_in: float = 100.0,
+         cost: float = 0.0) -> dict:
     now = time.monotonic()
-    return {"pid": pid, "sequence": table.sequence, "at": now - age, "due": now + due_in}
+    return {"pid": pid, "sequence": table.sequence, "at": now - age, "due": now + due_in,
+            "cost": cost}
 
 
 def _event(kind: Kind, pid: int, arg: int = 0) -> Event:
@@ -47,3 +50,12 @@ def test_a_due_row_is_stale_with_or_without_a_table():
     assert row_stale(_row(table, 4_000_001, due_in=-1), table)
     assert row_stale(_row(table, 4_000_001, due_in=-1), None)
     assert not row_stale(_row(table, 4_000_001), None)
+
+
+def test_a_row_that_cost_much_is_audited_again_for_its_events_only_when_old_enough():
+    table = LiveTable(profile("criu", (4, 2, 1)), own_pid=os.getpid())
+    costly = _row(table, 4_000_001, age=1.0, cost=0.1)
+    older = _row(table, 4_000_001, age=EVENT_SPACING * 0.1 + 1, cost=0.1)
+    table.apply(_event(Kind.EXITED, 4_000_001, arg=1))
+    assert not row_stale(costly, table)
+    assert row_stale(older, table)
