@@ -14,6 +14,7 @@ each scrape (metrics.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -53,6 +54,7 @@ PROCESS_SCHEMA = "crwatch.process/1"
 REFRESH_SECONDS = 1.0
 LOSS_REFRESH_SECONDS = 10.0
 LIST_REFRESH_SECONDS = 300.0
+DUE_BATCH_SECONDS = 10.0
 # Once the list is whole, a pass stops auditing after this much CPU (it may overrun by
 # one audit): a host whose processes all keep changing has its rows audited again
 # oldest first over several passes, never a core spent on them.
@@ -280,9 +282,7 @@ class Service:
                 "judged": {name: _judge(findings, self.profile_for(name))
                            for name in PROFILE_NAMES},
                 "sequence": sequence, "at": now, "cost": cost,
-                # due a random part of the interval early: rows made together (the first
-                # pass) are re-audited spread over the interval, not all at once
-                "due": now + LIST_REFRESH_SECONDS - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
+                "due": row_due(now)}
 
     def stale(self, row: dict) -> bool:
         return row_stale(row, self._live_table())
@@ -297,6 +297,15 @@ class Service:
         if tracked is None or tracked["start_time"] != result.root.start_time:
             return None  # never marked, or about an older holder of the pid
         return tracked
+
+
+def row_due(now: float) -> float:
+    """When a row audited now is audited again for what no probe sees: a random part
+    of the interval early, so that rows made together (the first pass) are spread over
+    it, and at a multiple of DUE_BATCH_SECONDS, so that the rows due meanwhile share
+    one pass (and its one walk of the host's fds) instead of one each second."""
+    due = now + LIST_REFRESH_SECONDS - random.uniform(0, LIST_REFRESH_SECONDS / 2)
+    return math.ceil(due / DUE_BATCH_SECONDS) * DUE_BATCH_SECONDS
 
 
 def row_stale(row: dict, table: LiveTable | None) -> bool:

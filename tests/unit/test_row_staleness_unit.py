@@ -8,7 +8,14 @@ from __future__ import annotations
 import os
 import time
 
-from api.service.state import EVENT_SPACING, LOSS_REFRESH_SECONDS, row_stale
+from api.service.state import (
+    DUE_BATCH_SECONDS,
+    EVENT_SPACING,
+    LIST_REFRESH_SECONDS,
+    LOSS_REFRESH_SECONDS,
+    row_due,
+    row_stale,
+)
 from probes.events import Event, Kind
 from tracker.live.table import LiveTable
 from tracker.profiles import profile
@@ -59,3 +66,12 @@ def test_a_row_that_cost_much_is_audited_again_for_its_events_only_when_old_enou
     table.apply(_event(Kind.EXITED, 4_000_001, arg=1))
     assert not row_stale(costly, table)
     assert row_stale(older, table)
+
+
+def test_rows_fall_due_together_in_batches_spread_over_the_interval():
+    now = time.monotonic()
+    dues = {row_due(now) for _ in range(200)}
+    assert all(due % DUE_BATCH_SECONDS == 0 for due in dues)
+    assert all(now + LIST_REFRESH_SECONDS / 2 <= due < now + LIST_REFRESH_SECONDS
+               + DUE_BATCH_SECONDS for due in dues)
+    assert 1 < len(dues) <= LIST_REFRESH_SECONDS / 2 / DUE_BATCH_SECONDS + 1
