@@ -11,14 +11,16 @@ requests/s):
 - a quiet subject (a sleeping process), `checkpointable` as a user asks (its tree);
 - `tree=true` on a 10-process tree;
 - a subject that keeps opening TCP connections: each connection is a probe event
-  the answer must reflect, so every answer is a fresh audit (`audit_reused` false
-  is counted);
+  the answer must reflect, so an answer reuses an audit only when no event for
+  the subject was applied since it began (answers with `audit_reused` false are
+  counted);
 - the process list (from the rows the service keeps), for comparison;
 - the floor, measured in the same run: uvicorn with the service's protocol and
   settings answering a constant JSON route (FastAPI, no work).
 
 Then the service's CPU over IDLE_SECONDS without a request (utime+stime from
-/proc/PID/stat) against the 2% target, and its RSS. Figures, never assertions:
+/proc/PID/stat) against the 2% target, with the probe events the host made
+meanwhile (applying them is work too), and its RSS. Figures, never assertions:
 these machines are noisy.
 """
 from __future__ import annotations
