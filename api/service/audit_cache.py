@@ -134,7 +134,8 @@ class AuditCache:
 
     def forget_old(self) -> None:
         stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
-        for key in [key for key, kept in self._kept.items() if kept.at < stale]:
+        # copied in one step: requests keep audits from other threads meanwhile
+        for key in [key for key, kept in tuple(self._kept.items()) if kept.at < stale]:
             self._kept.pop(key, None)
 
 
