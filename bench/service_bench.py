@@ -1,12 +1,27 @@
-"""The service under load: latency and throughput of its main endpoints, and its memory.
+"""The service under load: fresh answers of `checkpointable` at 500 requests/s, an idle
+service that is idle, and its memory.
 
 A real `crwatch serve` (probes attached, history in a temporary file) with
-500 extra processes alive; the load comes from a separate process (a
-different interpreter, so it does not share the service's CPU time slices
-unfairly) that keeps CONNECTIONS keep-alive connections busy for SECONDS per
-endpoint and reports every request's latency. Prints p50, p99 and requests/s
-against the targets (p99 20 ms, 500 requests/s), and the service's RSS.
-Figures, never assertions: these machines are noisy.
+EXTRA_PROCESSES extra processes alive. The load comes from a separate process
+(its own interpreter): CLIENTS threads, each opening a new connection for every
+request (as ApacheBench does without -k), for SECONDS per case. Printed for each
+case: requests/s, p50, p99 and the ratios to the targets (p99 20 ms, 500
+requests/s):
+
+- a quiet subject (a sleeping process), `checkpointable` as a user asks (its tree);
+- `tree=true` on a 10-process tree;
+- a subject that keeps opening TCP connections: each connection is a probe event
+  the answer must reflect, so an answer reuses an audit only when no event for
+  the subject was applied since it began (answers with `audit_reused` false are
+  counted);
+- the process list (from the rows the service keeps), for comparison;
+- the floor, measured in the same run: uvicorn with the service's protocol and
+  settings answering a constant JSON route (FastAPI, no work).
+
+Then the service's CPU over IDLE_SECONDS without a request (utime+stime from
+/proc/PID/stat) against the 2% target, with the probe events the host made
+meanwhile (applying them is work too), and its RSS. Figures, never assertions:
+these machines are noisy.
 """
 from __future__ import annotations
 
@@ -23,32 +38,75 @@ from pathlib import Path
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 EXTRA_PROCESSES = 500
-CONNECTIONS = 4
+TREE_PROCESSES = 10
+CLIENTS = 8
 SECONDS = 5.0
+IDLE_SECONDS = 60.0
 TARGET_P99_MS = 20.0
 TARGET_RPS = 500
+TARGET_IDLE_CPU = 0.02
 
-# Run by the load process: CONNECTIONS threads, each with its own keep-alive
-# connection, GET the path in a loop for SECONDS; prints the latencies (ms).
-LOAD = """
-import http.client, json, sys, threading, time
-port, path, connections, seconds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-latencies, errors = [], []
+# Run by the load process: CLIENTS threads, each opening a new connection per request
+# (HTTP/1.1, Connection: close) to GET the path for SECONDS; prints the latencies (ms),
+# the statuses that were not 200 and how many answers said `audit_reused: false`.
+LOAD = r"""
+import json, re, socket, sys, threading, time
+port, path, clients, seconds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").encode()
+latencies, errors, fresh = [], [], [0]
 def worker():
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         began = time.perf_counter()
-        connection.request("GET", path)
-        reply = connection.getresponse(); reply.read()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(request)
+            chunks = []
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
         latencies.append((time.perf_counter() - began) * 1000)
-        if reply.status != 200:
-            errors.append(reply.status)
-threads = [threading.Thread(target=worker) for _ in range(connections)]
+        reply = b"".join(chunks)
+        if not reply.startswith(b"HTTP/1.1 200"):
+            errors.append(reply[:12].decode(errors="replace"))
+        elif re.search(rb'"audit_reused": ?false', reply):
+            fresh[0] += 1
+threads = [threading.Thread(target=worker) for _ in range(clients)]
 began = time.monotonic()
 for thread in threads: thread.start()
 for thread in threads: thread.join()
-print(json.dumps({"latencies": latencies, "errors": errors, "seconds": time.monotonic() - began}))
+print(json.dumps({"latencies": latencies, "errors": errors, "fresh": fresh[0],
+                  "seconds": time.monotonic() - began}))
+"""
+
+# The floor: uvicorn as `crwatch serve` runs it, answering one constant JSON route.
+FLOOR = r"""
+import sys, uvicorn
+from fastapi import FastAPI
+from api.service.connections import IDLE_SECONDS, ConnectionGuard, guarded_protocol
+app = FastAPI()
+@app.get("/constant")
+def constant() -> dict:
+    return {"verdict": "ok"}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=guarded_protocol(ConnectionGuard()),
+            timeout_keep_alive=IDLE_SECONDS, log_level="warning", access_log=False,
+            proxy_headers=False)
+"""
+
+# A subject that keeps opening TCP connections to a listener of its own.
+CONNECTING = r"""
+import socket, time
+listener = socket.create_server(("127.0.0.1", 0))
+while True:
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.close(); server.close()
+    time.sleep(0.001)
+"""
+
+# A tree of TREE_PROCESSES: this process and its sleeping children.
+TREE = r"""
+import subprocess, sys, time
+children = [subprocess.Popen(["sleep", "600"]) for _ in range(int(sys.argv[1]) - 1)]
+time.sleep(600)
 """
 
 
@@ -65,20 +123,33 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def await_up(port: int, service: subprocess.Popen) -> None:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def events_and_losses(port: int) -> tuple[int, int]:
+    """The probe events the service's table applied, and those lost, so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
+        table = json.loads(reply.read())["counters"]["table"]
+    return table["events"], table["lost"]
+
+
+def await_up(port: int, service: subprocess.Popen, path: str = "/healthz") -> None:
     deadline = time.monotonic() + 120
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
                 return
         except OSError:
             if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"crwatch serve did not start: {service.communicate()[1]}") from None
+                raise SystemExit(f"the server did not start: {service.communicate()[1]}") from None
             time.sleep(0.1)
 
 
-def load(port: int, path: str) -> str:
-    result = subprocess.run([sys.executable, "-c", LOAD, str(port), path, str(CONNECTIONS),
+def load(port: int, path: str, label: str) -> str:
+    result = subprocess.run([sys.executable, "-c", LOAD, str(port), path, str(CLIENTS),
                              str(SECONDS)], capture_output=True, text=True, check=True)
     measured = json.loads(result.stdout)
     latencies = sorted(measured["latencies"])
@@ -86,18 +157,36 @@ def load(port: int, path: str) -> str:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     rps = len(latencies) / measured["seconds"]
     errors = f", {len(measured['errors'])} errors" if measured["errors"] else ""
-    return (f"GET {path:38} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms (target {TARGET_P99_MS:.0f}, "
-            f"ratio {p99 / TARGET_P99_MS:.2f})  {rps:7.0f} req/s (target {TARGET_RPS}, ratio "
-            f"{rps / TARGET_RPS:.2f}){errors}")
+    return (f"{label:34} {rps:5.0f} req/s (x{rps / TARGET_RPS:.2f} of {TARGET_RPS})  "
+            f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms (x{p99 / TARGET_P99_MS:.2f} of "
+            f"{TARGET_P99_MS:.0f})  fresh audits {measured['fresh']}/{len(latencies)}{errors}")
+
+
+def floor() -> str:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", FLOOR, str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        await_up(port, server, "/constant")
+        return load(port, "/constant", "floor: uvicorn, a constant route")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def spawn(*command: str) -> subprocess.Popen:
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
     if os.geteuid() != 0:
         print("service bench skipped: the service's probes need root", flush=True)
         return
-    extra = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(EXTRA_PROCESSES)]
+    extra = [spawn("sleep", "600") for _ in range(EXTRA_PROCESSES)]
+    subjects = [spawn(sys.executable, "-c", TREE, str(TREE_PROCESSES)),
+                spawn(sys.executable, "-c", CONNECTING)]
+    tree, connecting = subjects
     with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
         port = free_port()
         service = subprocess.Popen([str(CRWATCH), "serve", "--port", str(port), "--db",
@@ -111,20 +200,35 @@ def main() -> None:
                 total = json.loads(reply.read())["total"]
             print(f"first GET /processes ({total} processes, every one audited): "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms", flush=True)
-            target = extra[0].pid
-            # tree=false: the process's own audit, kept while no probe event comes (a
-            # tree, the default, is audited afresh for every request)
-            for path in (f"/processes/{target}/checkpointable?tree=false", "/processes?limit=100",
-                         "/processes?verdict=blocked&limit=100"):
-                print(load(port, path), flush=True)
-            print(f"service RSS with {total} processes: {rss_mib(service.pid):.1f} MiB",
-                  flush=True)
+            print(f"GET /processes/PID/checkpointable, {CLIENTS} clients, a new connection "
+                  f"per request, {SECONDS:.0f} s each:", flush=True)
+            print(floor(), flush=True)
+            for path, label in (
+                    (f"/processes/{extra[0].pid}/checkpointable", "quiet subject"),
+                    (f"/processes/{tree.pid}/checkpointable?tree=true",
+                     f"tree=true, {TREE_PROCESSES}-process tree"),
+                    (f"/processes/{connecting.pid}/checkpointable", "subject opening TCP conns"),
+                    ("/processes?limit=100", "the process list, 100 rows"),
+                    ("/processes?verdict=blocked&limit=100", "the list, blocked only")):
+                print(load(port, path, label), flush=True)
+            connecting.kill()  # idle means no event either
+            time.sleep(2.0)
+            events, lost = events_and_losses(port)
+            before, began = cpu_seconds(service.pid), time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            share = (cpu_seconds(service.pid) - before) / (time.monotonic() - began)
+            events_after, lost_after = events_and_losses(port)
+            # the host's own activity is the service's work too: say how much there was
+            print(f"idle service, {total} processes, {IDLE_SECONDS:.0f} s: {share:.1%} of a "
+                  f"core (x{share / TARGET_IDLE_CPU:.2f} of {TARGET_IDLE_CPU:.0%}) while the "
+                  f"host made {events_after - events} probe events ({lost_after - lost} lost); "
+                  f"RSS {rss_mib(service.pid):.1f} MiB", flush=True)
         finally:
             service.terminate()
             service.wait(timeout=30)
-            for process in extra:
+            for process in extra + subjects:
                 process.kill()
-            for process in extra:
+            for process in extra + subjects:
                 process.wait()
 
 

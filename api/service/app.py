@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.service.auth import misdirected, refusal, viewer
 from api.service.connections import ConnectionGuard
@@ -46,25 +47,47 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None) -
         app.include_router(router)
     _add_error_handlers(app)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+class Guard:
+    """Every HTTP request's checks before its route: the Host header, the token, and who
+    the caller is (request.state.viewer). A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would add a task and a stream to every request."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refused = self._refused(request)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        request.state.viewer = viewer(self.settings, request)
+        await self.app(scope, receive, send)
+
+    def _refused(self, request: Request) -> JSONResponse | None:
+        settings = self.settings
         wrong_host = misdirected(settings, request)
         if wrong_host is not None:
             return _problem(421, wrong_host)
         changing = request.method not in ("GET", "HEAD", "OPTIONS")
         status = refusal(settings, request, changing=changing)
-        if status is not None:
-            detail = ("this service needs `Authorization: Bearer TOKEN`" if status == 401
-                      else "wrong token" if settings.token
-                      else "changing state needs a token: start the service with --token")
-            response = _problem(status, detail)
-            if status == 401:
-                response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        request.state.viewer = viewer(settings, request)
-        return await call_next(request)
-
-    return app
+        if status is None:
+            return None
+        detail = ("this service needs `Authorization: Bearer TOKEN`" if status == 401
+                  else "wrong token" if settings.token
+                  else "changing state needs a token: start the service with --token")
+        response = _problem(status, detail)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
 
 def _problem(status: int, detail: str) -> JSONResponse:

@@ -1,23 +1,35 @@
-"""The audits the service keeps for reuse: a process's last audit is answered again
-while no probe event came for it and it is recent, so neither a request nor a row of the
-process list reads /proc again for a process nothing happened to.
+"""The audits the service keeps for reuse: a process's last audit, or its tree's, is
+answered again while no probe event came for any process it read and it is recent, so
+neither a request nor a row of the process list reads /proc again for processes nothing
+happened to.
+
+An audit is also shared by the requests that wait for it, never by one that came after
+it began: a request that finds an audit of the same process (or tree) being read
+waits for the one begun after it came (starting it, or joining the one another
+request started meanwhile), so that a process that keeps changing costs one audit
+per audit time, however many ask, and every answer is read after its question.
 
 Only the probes can tell that nothing happened: without a live table fed by them,
-nothing is kept and every audit is fresh.
+nothing is kept and every audit is fresh. A tree's membership is not left to them (the
+probes report the forks of watched processes only): the kept tree is reused only
+while the tree read now from /proc/PID/task/*/children has the same members, each
+the same identity (pid, start time).
 """
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import count
 from typing import Callable
 
 from api.service.errors import NoSuchProcess
-from tracker.audit import Audit, identify
+from tracker.audit import Audit, descendants, identify
 from tracker.holders import HostHolders
 from tracker.live.table import LiveTable
-from tracker.procfs import AccessDenied, ProcessGone
+from tracker.procfs import AccessDenied, Proc, ProcessGone
 
-# An audit is reused while no probe event came for its process, for this long at
+# An audit is reused while no probe event came for its processes, for this long at
 # most: what no probe sees (a regular file opened, a unix socket connected) is
 # then at most this stale.
 AUDIT_REUSE_SECONDS = 5.0
@@ -31,40 +43,110 @@ class _Kept:
     audit: Audit
 
 
+@dataclass
+class _Flight:
+    """An audit being read: `ticket` orders its start against the requests' arrivals."""
+
+    ticket: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Audit | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> Audit:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class AuditCache:
-    """`audit`: a fresh audit of one process (its own findings), with a pass's `holders`
-    index if any; `live_table`: the table, when probes feed it (None: nothing is kept)."""
+    """`audit(pid, tree=, holders=)`: a fresh audit of one process (tree False: its own
+    findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
+    table, when probes feed it (None: nothing is kept)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
                  live_table: Callable[[], LiveTable | None]):
         self._audit = audit
         self._live_table = live_table
-        self._kept: dict[int, _Kept] = {}
+        self._kept: dict[tuple[int, bool], _Kept] = {}
+        self._flights: dict[tuple[int, bool], _Flight] = {}
+        self._tickets = count()
+        self._lock = threading.Lock()
 
-    def audit(self, pid: int, holders: HostHolders | None = None) -> tuple[Audit, bool]:
-        """The last audit of this process if no probe event came for it since (and it is
-        recent), else a fresh one; True when it is the last one."""
+    def audit(self, pid: int, holders: HostHolders | None = None, *,
+              tree: bool = False) -> tuple[Audit, bool]:
+        """The last audit of this process (or tree) if no probe event came for what it read
+        since (and it is recent), else a fresh one; True when it is the last one."""
         table = self._live_table()
-        kept = self._kept.get(pid)
+        kept = self._kept.get((pid, tree))
         if (table is not None and kept is not None
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
-                and not table.changed_since(pid, kept.sequence)):
+                and not any(table.changed_since(member.pid, kept.sequence)
+                            for member in kept.audit.processes)):
             try:
-                if identify(pid).start_time == kept.start_time:
+                if identify(pid).start_time == kept.start_time and (
+                        not tree or _same_members(pid, kept.audit)):
                     return kept.audit, True
             except (ProcessGone, AccessDenied):
-                self._kept.pop(pid, None)
+                self.forget(pid)
                 raise NoSuchProcess(pid) from None
+        return self._read_after_now(pid, tree, holders, table), False
+
+    def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
+                        table: LiveTable | None) -> Audit:
+        """An audit begun after this call: the one another caller began meanwhile, or
+        one read here."""
+        key = (pid, tree)
+        with self._lock:
+            arrived = next(self._tickets)
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                reading = flight is None
+                if reading:
+                    flight = self._flights[key] = _Flight(next(self._tickets))
+            if reading:
+                self._read(flight, key, holders, table)
+                return flight.outcome()
+            flight.done.wait()
+            if flight.ticket > arrived:
+                return flight.outcome()
+            # it began before this call came: what changed since may be missing from it
+
+    def _read(self, flight: _Flight, key: tuple[int, bool], holders: HostHolders | None,
+              table: LiveTable | None) -> None:
+        pid, tree = key
         sequence, began = (table.sequence if table else 0), time.monotonic()
-        result = self._audit(pid, holders=holders)
-        if table is not None:
-            self._kept[pid] = _Kept(result.root.start_time, sequence, began, result)
-        return result, False
+        try:
+            flight.result = self._audit(pid, tree=tree, holders=holders)
+            if table is not None:
+                self._kept[key] = _Kept(flight.result.root.start_time, sequence, began,
+                                        flight.result)
+        except BaseException as error:  # every caller waiting for it gets it
+            flight.error = error
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
 
     def forget(self, pid: int) -> None:
-        self._kept.pop(pid, None)
+        for tree in (False, True):
+            self._kept.pop((pid, tree), None)
 
     def forget_old(self) -> None:
         stale = time.monotonic() - 2 * AUDIT_REUSE_SECONDS
-        for pid in [pid for pid, kept in self._kept.items() if kept.at < stale]:
-            self._kept.pop(pid, None)
+        # copied in one step: requests keep audits from other threads meanwhile
+        for key in [key for key, kept in tuple(self._kept.items()) if kept.at < stale]:
+            self._kept.pop(key, None)
+
+
+def _same_members(pid: int, kept: Audit) -> bool:
+    """Is the tree rooted at pid now made of the processes the kept audit read? (A
+    descendant that left it while it was read, `departed`, is no member either.)"""
+    members = {member.pid: member.start_time for member in kept.processes}
+    now = descendants(pid)
+    if len(now) != len(members) or set(now) != members.keys():
+        return False
+    try:
+        return all(Proc(member).stat.start_time == members[member] for member in now)
+    except (ProcessGone, AccessDenied):
+        return False

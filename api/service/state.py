@@ -2,8 +2,9 @@
 process list's rows.
 
 One Service per application, made by the lifespan of create_app(). Every
-answer about a process comes from an audit read for the request (the
-authority) and, next to it, what the probes track for that same identity.
+answer about a process comes from an audit (the authority: read for the
+request, or kept while no probe event came for what it read) and, next to it,
+what the probes track for that same identity.
 
 The Service owns the parts and hands each one the collaborators it uses, never
 itself: the audits kept for reuse (audit_cache.py), the rows kept by ProcessRows
@@ -13,11 +14,11 @@ each scrape (metrics.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
 import time
-from functools import partial
 from typing import Callable, Iterable
 
 from api.service.audit_cache import AuditCache
@@ -37,6 +38,7 @@ from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live import probe_found
 from tracker.live.applier import Tracker
 from tracker.live.model import Transition
+from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
 from tracker.supervised import DEAD, RETRYING, Callback, Worker
@@ -45,9 +47,22 @@ log = logging.getLogger(__name__)
 FDS_SCHEMA = "crwatch.fds/1"
 PROCESS_SCHEMA = "crwatch.process/1"
 # The process list: /proc is listed every REFRESH_SECONDS; a row is audited again when a
-# probe event came for its process, else after LIST_REFRESH_SECONDS.
+# probe event came for its process; when events were lost (any process may have
+# changed), once it is LOSS_REFRESH_SECONDS old, so that a host losing events every
+# second does not have every row audited every second; else after LIST_REFRESH_SECONDS,
+# for what no probe sees (a regular file opened, a unix socket connected).
 REFRESH_SECONDS = 1.0
-LIST_REFRESH_SECONDS = 30.0
+LOSS_REFRESH_SECONDS = 10.0
+LIST_REFRESH_SECONDS = 300.0
+DUE_BATCH_SECONDS = 10.0
+# Once the list is whole, a pass stops auditing after this much CPU (it may overrun by
+# one audit): a host whose processes all keep changing has its rows audited again
+# oldest first over several passes, never a core spent on them.
+PASS_CPU_SECONDS = 0.01
+# A row whose process keeps having events is audited again at most once per this many
+# times its audit's CPU cost: a process of 10,000 fds changing all the time takes at
+# most 1% of a core, one of a few fds is followed every pass.
+EVENT_SPACING = 100
 
 
 class Service:
@@ -66,8 +81,7 @@ class Service:
         self.tracker.subscribe(self._publisher)
         self.metrics = ServiceMetrics()
         self.history: History | None = None
-        self._audits = AuditCache(audit=partial(self._audit, tree=False),
-                                  live_table=self._live_table)
+        self._audits = AuditCache(audit=self._audit, live_table=self._live_table)
         self.rows = ProcessRows(row=self.row, stale=self.stale,
                                 after_pass=self._audits.forget_old)
         self.metrics.registry.register(StateCollector(
@@ -147,8 +161,7 @@ class Service:
         """The verdict of pid with all its descendants (what a checkpoint takes), or with
         `tree=False` of its own findings; what only the probes see counts too."""
         judged_by = self.profile_for(profile_name)
-        # Trees are audited afresh: the probes do not report every fork.
-        result, reused = (self._audit(pid, tree=True), False) if tree else self._audits.audit(pid)
+        result, reused = self._audits.audit(pid, tree=tree)
         found = self._probe_found(result, judged_by)
         document = probe_found.document(result, found, judged_by, allow)
         document["tracked"] = self._tracked(result, judged_by)
@@ -261,10 +274,14 @@ class Service:
     def row(self, pid: int, holders: HostHolders | None = None) -> dict | None:
         """One row of the process list, audited now (None: gone, unreadable, a kernel thread);
         `holders`: the index of who holds which pipe and socket that the pass shares."""
+        # read before the audit: an event that comes while it reads makes the row stale
+        sequence = self.tracker.table.sequence if self.tracker.table else 0
+        began = time.thread_time()
         try:
             result, _ = self._audits.audit(pid, holders)
         except (NoSuchProcess, PermissionError, ThreadId):
             return None
+        cost = time.thread_time() - began
         if result.kernel_thread():
             return None
         judged = {}
@@ -273,21 +290,17 @@ class Service:
             found = probe_found.findings(self._probe_found(result, judged_by))
             judged[name] = _judge(result.findings + found, judged_by)
         findings = result.findings + probe_found.findings(self._probe_found(result, self.profile))
+        now = time.monotonic()
         return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
                 "comm": result.root.comm, "cgroup": _cgroup(pid),
                 "namespaces": _namespaces(pid),
                 "codes": sorted({finding.code for finding in findings}),
                 "judged": judged,
-                "sequence": self.tracker.table.sequence if self.tracker.table else 0,
-                # dated a random part of the interval back: rows made together (the first
-                # pass) are re-audited spread over the interval, not all at once
-                "at": time.monotonic() - random.uniform(0, LIST_REFRESH_SECONDS / 2)}
+                "sequence": sequence, "at": now, "cost": cost,
+                "due": row_due(now)}
 
     def stale(self, row: dict) -> bool:
-        """Must this row be audited again: a probe event came for it, or it is old?"""
-        table = self._live_table()
-        return (time.monotonic() - row["at"] > LIST_REFRESH_SECONDS
-                or (table is not None and table.changed_since(row["pid"], row["sequence"])))
+        return row_stale(row, self._live_table())
 
     def _live_table(self):
         """The live table, when probes feed it (only then can an event invalidate an audit)."""
@@ -299,6 +312,29 @@ class Service:
         if tracked is None or tracked["start_time"] != result.root.start_time:
             return None  # never marked, or about an older holder of the pid
         return tracked
+
+
+def row_due(now: float) -> float:
+    """When a row audited now is audited again for what no probe sees: a random part
+    of the interval early, so that rows made together (the first pass) are spread over
+    it, and at a multiple of DUE_BATCH_SECONDS, so that the rows due meanwhile share
+    one pass (and its one walk of the host's fds) instead of one each second."""
+    due = now + LIST_REFRESH_SECONDS - random.uniform(0, LIST_REFRESH_SECONDS / 2)
+    return math.ceil(due / DUE_BATCH_SECONDS) * DUE_BATCH_SECONDS
+
+
+def row_stale(row: dict, table: LiveTable | None) -> bool:
+    """Must this row be audited again: a probe event came for its process (and it is
+    older than EVENT_SPACING times what its audit cost), events were lost since it was
+    audited (and it is LOSS_REFRESH_SECONDS old), or it is due?"""
+    now = time.monotonic()
+    if now > row["due"]:
+        return True
+    if table is None:
+        return False
+    age = now - row["at"]
+    return ((age > EVENT_SPACING * row["cost"] and table.event_since(row["pid"], row["sequence"]))
+            or (age > LOSS_REFRESH_SECONDS and table.lost_since(row["sequence"])))
 
 
 def _parent(row: dict) -> int:
@@ -328,8 +364,10 @@ def _judge(findings, judged_by: Profile) -> tuple[str, list[str], bool]:
 
 class ProcessRows:
     """The process list, kept current by a thread: every REFRESH_SECONDS it lists /proc,
-    drops the rows of processes gone, and audits again the new ones, those a probe event
-    came for since, and those older than LIST_REFRESH_SECONDS.
+    drops the rows of processes gone, and audits again the new ones and those `stale`
+    says changed (Service.stale: a probe event came for them, events were lost, or they
+    are due), new ones first, then oldest first, for PASS_CPU_SECONDS at most once the
+    list is whole: a quiet host's pass lists /proc and audits nothing.
 
     `row`: a process's row audited now, with the pass's index of holders (None: not
     listed); `stale`: must a kept row be audited again; `after_pass`: called at the end
@@ -344,6 +382,7 @@ class ProcessRows:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.refreshed_at: str | None = None
+        self._filled = False    # a whole pass is done: later passes keep to their budget
         self.worker = Worker("process-list", self._step, interval=REFRESH_SECONDS)
         self._stopping = self.worker.stopping
 
@@ -374,14 +413,17 @@ class ProcessRows:
                 if row["ppid"] not in alive and row["ppid"] != 0:
                     self._rows[pid] = {**row, "ppid": _parent(row)}
             current = dict(self._rows)
+        # New processes first, then the rows audited longest ago.
+        due = sorted((pid for pid in alive if pid not in current or self._stale(current[pid])),
+                     key=lambda pid: current[pid]["at"] if pid in current else -1.0)
         # One index of pipe and socket holders for the pass, not a walk of /proc per row.
         holders = HostHolders(max_age=PASS_MAX_AGE_SECONDS)
-        for pid in sorted(alive):
+        began = time.thread_time()
+        for pid in due:
             if self._stopping.is_set():
                 return
-            row = current.get(pid)
-            if row is not None and not self._stale(row):
-                continue
+            if self._filled and time.thread_time() - began > PASS_CPU_SECONDS:
+                break  # the rest in the next passes: a busy host cannot take a core
             fresh = self._row(pid, holders)
             with self._lock:
                 if fresh is None:
@@ -389,6 +431,7 @@ class ProcessRows:
                 else:
                     self._rows[pid] = fresh
         self._after_pass()
+        self._filled = True
         self.refreshed_at = verdict.utc_now()
 
 

@@ -432,7 +432,6 @@ ready(); hold()
     with subject(code) as s:
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while True:  # idle, it gets no event: its audit is kept (once its start-up's are in)
-            # (a process's own audit is kept; a tree is audited afresh)
             document = server.ok(f"/processes/{s.pid}/checkpointable?tree=false")
             if document["audit_reused"]:
                 break

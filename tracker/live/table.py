@@ -88,10 +88,21 @@ class LiveTable:
         with self._lock:
             return fds.skip_dup_and_close(self._entries, dup, close)
 
+    # The next three read without the lock, which an applier busy with a burst would
+    # make every request wait for: a dict lookup and an int are read whole, and an
+    # event being applied meanwhile is answered as if the lock had been taken before it.
+
     def changed_since(self, pid: int, sequence: int) -> bool:
         """Did an event about `pid` (or a loss) come after `sequence` (a value of .sequence)?"""
-        with self._lock:
-            return self._touched.get(pid, 0) > sequence or self._lost_at > sequence
+        return self._touched.get(pid, 0) > sequence or self._lost_at > sequence
+
+    def event_since(self, pid: int, sequence: int) -> bool:
+        """Did an event about `pid` come after `sequence`, losses aside?"""
+        return self._touched.get(pid, 0) > sequence
+
+    def lost_since(self, sequence: int) -> bool:
+        """Were events lost after `sequence` (so that any process may have changed)?"""
+        return self._lost_at > sequence
 
     def _touch(self, event: Event) -> None:
         self.sequence += 1
@@ -182,6 +193,8 @@ class LiveTable:
         """The `tracked` part of a verdict document under a profile (by default the table's):
         state, since, reasons (None: never marked)."""
         judged_by = judged_by or self.profile
+        if pid not in self._entries.by_pid:  # most processes: no need to wait for the lock
+            return None
         with self._lock:
             entry = self._entries.by_pid.get(pid)
             if entry is None:
@@ -195,6 +208,9 @@ class LiveTable:
         """What only the probes see of these processes (a PI futex held, a nonlinear
         mapping), which no /proc audit can, with since when: (finding, since) pairs."""
         found = []
+        identities = [who for who in identities if who.pid in self._entries.by_pid]
+        if not identities:  # most processes: no need to wait for the lock
+            return found
         with self._lock:
             for who in identities:
                 entry = self._entries.by_pid.get(who.pid)

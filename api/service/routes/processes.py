@@ -81,12 +81,16 @@ def checkpointable(
     profile: ProfileName = None,
 ) -> dict:
     """Can it be checkpointed now, with all its descendants (a checkpoint takes them)? The
-    reasons come from an audit read for this request (`source: audit`) and, for what no
-    audit can see (a PI futex held, a remap_file_pages mapping), from the probes
-    (`source: probe`); the profile asked for judges both. `tracked` is what the probes
-    follow, `nocr` when this profile refuses a tracked reason."""
-    return shown(service.checkpointable(pid, tree=tree, allow=allow, profile_name=profile),
-                 viewer)
+    reasons come from an audit (`source: audit`: read for this request, or the last one,
+    `audit_reused`, while no probe event came for any process of it and its tree has the
+    same members) and, for what no audit can see (a PI futex held, a remap_file_pages
+    mapping), from the probes (`source: probe`); the profile asked for judges both.
+    `tracked` is what the probes follow, `nocr` when this profile refuses a tracked
+    reason."""
+    # Built by the service in the model's shape: returned as it is, without the
+    # per-field validation and encoding that cost more than a reused audit.
+    return SafeJSONResponse(shown(service.checkpointable(
+        pid, tree=tree, allow=allow, profile_name=profile), viewer))
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,
