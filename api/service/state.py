@@ -284,17 +284,18 @@ class Service:
         cost = time.thread_time() - began
         if result.kernel_thread():
             return None
-        judged = {}
+        judged, codes = {}, set()
         for name in PROFILE_NAMES:
             judged_by = self.profile_for(name)
-            found = probe_found.findings(self._probe_found(result, judged_by))
-            judged[name] = _judge(result.findings + found, judged_by)
-        findings = result.findings + probe_found.findings(self._probe_found(result, self.profile))
+            findings = result.findings + probe_found.findings(self._probe_found(result, judged_by))
+            judged[name] = _judge(findings, judged_by)
+            if judged_by is self.profile:
+                codes = {finding.code for finding in findings}
         now = time.monotonic()
         return {"pid": pid, "ppid": result.root.ppid, "start_time": result.root.start_time,
                 "comm": result.root.comm, "cgroup": _cgroup(pid),
                 "namespaces": _namespaces(pid),
-                "codes": sorted({finding.code for finding in findings}),
+                "codes": sorted(codes),
                 "judged": judged,
                 "sequence": sequence, "at": now, "cost": cost,
                 "due": row_due(now)}
