@@ -26,8 +26,8 @@ NAME_TOO_LONG = "(name too long)"
 # CRIU reads links into PATH_MAX - 1 bytes after a leading "." (files.c fill_fdlink), and
 # refuses a link that fills them (util.c read_fd_link): 4095 bytes or more.
 LONGEST_LINK = 4094
-# What Proc.read_record asks per read(): an fdinfo is one page unless an epoll or
-# inotify fd lists thousands of entries.
+# What Proc.read asks per read(): an fdinfo is one page unless an epoll or inotify fd
+# lists thousands of entries.
 RECORD_READ_SIZE = 65536
 
 
@@ -333,28 +333,23 @@ class Proc:
         return f"Proc({self.pid})"
 
     def read(self, name: str) -> str:
+        return self._read(name, whole_when_short=False)
+
+    def read_record(self, name: str) -> str:
+        """A file the kernel makes whole before the first read (single_open, as fdinfo): a
+        read() shorter than asked holds all of it, so one read() does where `read` takes two."""
+        return self._read(name, whole_when_short=True)
+
+    def _read(self, name: str, whole_when_short: bool) -> str:
         # os.open/os.read: a third of the cost of open() on these small files
         try:
             fd = os.open(self._prefix + name, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 chunks = []
-                while chunk := os.read(fd, 65536):
+                while chunk := os.read(fd, RECORD_READ_SIZE):
                     chunks.append(chunk)
-            finally:
-                os.close(fd)
-        except OSError as error:
-            raise _translate(self.pid, name, error) from None
-        return b"".join(chunks).decode("utf-8", "surrogateescape")
-
-    def read_record(self, name: str) -> str:
-        """A file the kernel makes whole before the first read (single_open, as fdinfo): a
-        read() shorter than asked holds all of it, so one read() does where `read` takes two."""
-        try:
-            fd = os.open(self._prefix + name, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                chunks = [os.read(fd, RECORD_READ_SIZE)]
-                while len(chunks[-1]) == RECORD_READ_SIZE:
-                    chunks.append(os.read(fd, RECORD_READ_SIZE))
+                    if whole_when_short and len(chunk) < RECORD_READ_SIZE:
+                        break
             finally:
                 os.close(fd)
         except OSError as error:
