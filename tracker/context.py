@@ -72,12 +72,13 @@ class AuditContext:
         one of many (shared_holders), else one walk of /proc for this audit alone."""
         return self.shared_holders or HostHolders(self.proc_root)
 
-    def holders_outside(self, target: str,
-                        witness: tuple[int, str] | None = None) -> set[int] | None:
+    def holders_outside(self, target: str, witness: tuple[int, str] | None = None, *,
+                        required: bool = False) -> set[int] | None:
         """Processes outside the tree that hold the same open file, None when the audit does
-        not name holders; `witness`: a (pid, link) of the tree, held now, that a shared
-        index must show (HostHolders.of)."""
-        if not self.name_holders:
+        not name holders (unless the caller `required` them: nothing else tells);
+        `witness`: a (pid, link) of the tree, held now, that a shared index must show
+        (HostHolders.of)."""
+        if not (self.name_holders or required):
             return None
         return self.host_holders.of(target, witness) - self.tree_pids
 

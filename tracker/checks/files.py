@@ -632,23 +632,24 @@ def _check_pipe(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Find
         # tells whether a process outside holds one too.
         if other_end_open and open_fd.target not in queue.in_flight(ctx):
             seen.add(open_fd.target)
-            yield Finding("file.pipe.external",
-                          f"fd {open_fd.fd}: {open_fd.target} is shared with a process outside "
-                          f"the dumped tree ({NOT_LOOKED_UP})", proc.pid, fd=open_fd.fd,
-                          remedy=f"nothing to do at dump; at restore pass the outside end with "
-                                 f"--inherit-fd fd[N]:{open_fd.target}, or the restored pipe no "
-                                 f"longer reaches it")
+            yield _external_pipe(proc, open_fd, f"a process outside the dumped tree "
+                                                f"({NOT_LOOKED_UP})", "the outside end")
             return
-        outside = ctx.host_holders.of(open_fd.target, witness) - ctx.tree_pids
+        outside = ctx.holders_outside(open_fd.target, witness, required=True)
     if outside:
         seen.add(open_fd.target)
         pids = pid_list(outside)
-        yield Finding("file.pipe.external",
-                      f"fd {open_fd.fd}: {open_fd.target} is shared with {pids} outside the "
-                      f"dumped tree", proc.pid, fd=open_fd.fd,
-                      remedy=f"nothing to do at dump; at restore pass the end {pids} "
-                             f"{'holds' if len(outside) == 1 else 'hold'} with --inherit-fd "
-                             f"fd[N]:{open_fd.target}, or the restored pipe no longer reaches it")
+        yield _external_pipe(proc, open_fd, f"{pids} outside the dumped tree",
+                             f"the end {pids} {'holds' if len(outside) == 1 else 'hold'}")
+
+
+def _external_pipe(proc: Proc, open_fd: OpenFd, sharer: str, outside_end: str) -> Finding:
+    return Finding("file.pipe.external",
+                   f"fd {open_fd.fd}: {open_fd.target} is shared with {sharer}", proc.pid,
+                   fd=open_fd.fd,
+                   remedy=f"nothing to do at dump; at restore pass {outside_end} with "
+                          f"--inherit-fd fd[N]:{open_fd.target}, or the restored pipe no longer "
+                          f"reaches it")
 
 
 def _other_end_open(ctx: AuditContext, proc: Proc, open_fd: OpenFd,
