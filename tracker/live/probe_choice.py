@@ -22,7 +22,7 @@ UNSEEN = "audit.probe_not_attached"
 
 def judged_rules(probe: str, judged_by: Profile) -> list[str]:
     """The rules of the probe's states that this profile rates above info."""
-    rules = {rule.code: rule for rule in catalogue()}
+    rules = catalogue()
     return [code for code in PROBE_RULES[probe] if judged_by.severity(rules[code]) != INFO]
 
 

@@ -94,7 +94,7 @@ class LiveTable:
 
     def changed_since(self, pid: int, sequence: int) -> bool:
         """Did an event about `pid` (or a loss) come after `sequence` (a value of .sequence)?"""
-        return self._touched.get(pid, 0) > sequence or self._lost_at > sequence
+        return self.event_since(pid, sequence) or self.lost_since(sequence)
 
     def event_since(self, pid: int, sequence: int) -> bool:
         """Did an event about `pid` come after `sequence`, losses aside?"""
