@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import assert_agrees
-from tests.support.filesystems import ext4_image
+from tests.support.filesystems import btrfs_image, ext4_image
 from tests.support.namespaces import (
     CLONE,
     MS_PRIVATE,
@@ -586,3 +586,54 @@ def test_fuse_and_a_full_mqueue_in_a_child_s_own_mount_namespace_are_ok(scratch:
     with subject(child_in_own_mount_namespace(True, setup)) as s:
         assert_agrees(s.pid, "FUSE and a non-empty mqueue in a child's own mount namespace",
                       expect="ok", tree=True)
+
+
+# ---------------------------------------------------------------- btrfs
+
+# CRIU's fstypes[] names btrfs with the code of a file system it does not
+# know, which --enable-fs cannot change, and tells its subvolumes apart
+# (btrfs_sb_equal): it mounts no btrfs anew, and a subvolume binds nothing of
+# the file system's top.
+
+def test_own_mount_namespace_with_a_btrfs_is_blocked_whatever_the_options(scratch: Path):
+    image = btrfs_image(scratch / "btrfs.img")
+    (scratch / "btrfs").mkdir()
+    code = in_own_mount_namespace(f"""
+import subprocess
+subprocess.run(["mount", "-o", "loop", {str(image)!r}, {str(scratch / 'btrfs')!r}], check=True)
+ready(); hold()
+""")
+    with subject(code) as s:
+        assert_agrees(s.pid, "own mount namespace with a btrfs", expect="blocked",
+                      codes={"mount.btrfs"}, criu_error="unsupported id")
+        dump_fails_with(s.pid, ["--enable-fs", "btrfs"], "unsupported id")
+
+
+def test_host_btrfs_and_its_subvolume_with_a_child_in_its_own_mount_namespace(scratch: Path):
+    # The host's private mounts pass as external with --ext-mount-map auto;
+    # without it the subvolume, validated first, has no mount of its own top.
+    image = btrfs_image(scratch / "btrfs.img", subvolume="volume")
+    (scratch / "top").mkdir()
+    (scratch / "volume").mkdir()
+    mount("-o", "loop", str(image), str(scratch / "top"))
+    mount("-o", "loop,subvol=volume", str(image), str(scratch / "volume"))
+    with subject(child_in_own_mount_namespace(True)) as s:
+        document = assert_agrees(s.pid, "host btrfs and its subvolume, child in its own mount "
+                                 "namespace", expect="needs_options",
+                                 codes={"mount.external.auto"}, tree=True,
+                                 criu_error="doesn't have a proper root mount")
+    external = {r["message"].split(" at ")[1].split(" ")[0] for r in document["reasons"]
+                if r["code"] == "mount.external.auto"}
+    assert {str(scratch / "top"), str(scratch / "volume")} <= external
+
+
+def test_shared_host_btrfs_with_a_child_in_its_own_mount_namespace_is_blocked(scratch: Path):
+    image = btrfs_image(scratch / "btrfs.img")
+    (scratch / "btrfs").mkdir()
+    mount("-o", "loop", str(image), str(scratch / "btrfs"))
+    mount("--make-shared", str(scratch / "btrfs"))
+    with subject(child_in_own_mount_namespace(False)) as s:
+        assert_agrees(s.pid, "shared host btrfs, child in its own mount namespace (unchanged "
+                      "propagation)", expect="blocked", codes={"mount.btrfs"}, tree=True,
+                      criu_error="unsupported id")
+        dump_fails_with(s.pid, ["--enable-fs", "btrfs", "--ext-mount-map", "auto"], "unsupported id")

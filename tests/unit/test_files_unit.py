@@ -395,6 +395,28 @@ def test_a_tree_in_the_auditor_s_mount_namespace_has_no_mount_tree_to_judge(proc
     assert nested_mount_tree(proc_root, "mnt:[1]") == []
 
 
+# A root in its own namespace with one btrfs (device 0:50) shown three ways:
+# from its top, a directory of the top, and a subvolume.
+BTRFS_NAMESPACE = """\
+60 59 254:0 / / rw - ext4 /dev/vda rw
+61 60 0:50 / /top rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=5,subvol=/
+62 60 0:50 /dir /top-dir rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=5,subvol=/
+63 60 0:50 /volume /volume rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=256,subvol=/volume
+"""
+
+
+def test_btrfs_subvolumes_are_file_systems_of_their_own_and_none_can_be_mounted_anew(proc_root: Path):
+    table = Mounts.parse(BTRFS_NAMESPACE)
+    assert [table.get(i).file_system for i in (60, 61, 63)] == [
+        (os.makedev(254, 0), 0), (os.makedev(0, 50), 5), (os.makedev(0, 50), 256)]
+    (proc_root / str(PID) / "ns" / "mnt").unlink()
+    os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
+    (proc_root / str(PID) / "mountinfo").write_text(BTRFS_NAMESPACE)
+    ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
+    findings = [(f.code, f.message.split(" ")[1]) for f in files.check_mount_tree(ctx, Proc(PID, proc_root))]
+    assert sorted(findings) == [("mount.bind.no_root", "63"), ("mount.btrfs", "61")]  # 62 binds 61
+
+
 def test_read_only_mounts_are_those_whose_mount_or_file_system_says_ro():
     table = Mounts.parse("1 0 0:1 / / ro,relatime - tmpfs a rw\n2 1 0:2 / /b rw - tmpfs b ro\n"
                          "3 1 0:3 / /c rw,nosuid - tmpfs c rw,size=4k\n")

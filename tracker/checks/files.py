@@ -110,6 +110,12 @@ RULES = (
          "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
          "restore (its contents are not saved); or unmount it before checkpointing",
          option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
+    Rule("mount.btrfs", "A mount of a btrfs from its top-level subvolume, in a mount namespace "
+         "the dump takes, that is no bind of the tree's root", BLOCKER,
+         "unmount it before checkpointing, or make it private (mount --make-private) where CRIU's "
+         "own namespace mounts it too, and dump with --ext-mount-map auto: CRIU cannot mount a "
+         "btrfs anew, even with --enable-fs",
+         criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
     Rule("mount.fuse", "A FUSE mount in a mount namespace the dump takes", BLOCKER,
          "unmount the FUSE file system in the namespace before checkpointing: CRIU refuses every "
          "FUSE mount it would have to recreate, whatever the options",
@@ -181,8 +187,11 @@ SECRETMEM_MAGIC = 0x5345434D  # "SECM": memfd_secret's internal file system
 
 # The file systems CRIU's fstypes[] knows (filesystems.c); any other needs --enable-fs.
 KNOWN_FS = frozenset({"proc", "sysfs", "devtmpfs", "binfmt_misc", "tmpfs", "devpts", "simfs",
-                      "btrfs", "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
+                      "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
                       "cgroup", "cgroup2", "aufs", "fuse", "overlay", "autofs"})
+# fstypes[] names btrfs with the code of an unsupported one: CRIU finds that entry by name
+# before --enable-fs could make it "auto", so nothing lets it mount one anew.
+NAMED_UNSUPPORTED_FS = frozenset({"btrfs"})
 
 
 # Their fstypes[] entries dump them with always_fail, or with dump_empty_fs.
@@ -239,7 +248,8 @@ def _validate_mounts(ctx: AuditContext, proc: Proc, namespaces: list[DumpedNames
         if mount.root == "/":
             yield from _check_file_system(proc, mount, _binds_any(mount, auto_external),
                                           namespace_of[mount.id] if dumped else None)
-        elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
+        elif not any(other.file_system == mount.file_system and other.root == "/"
+                     for other in everything):
             if _binds_any(mount, auto_external):
                 yield _external_auto(proc, mount, f"binds {mount.root} of a {mount.fstype} that "
                                                   f"no dumped mount shows whole")
@@ -269,6 +279,10 @@ def _check_file_system(proc: Proc, mount: Mount, external_with_auto: bool,
             effect = f"CRIU then mounts a new, empty {fstype} at restore (its contents are not saved)"
         else:
             effect = "CRIU then lets it pass: it dumps no mount of a namespace the root shares with it"
+        if fstype in NAMED_UNSUPPORTED_FS:
+            yield Finding("mount.btrfs", f"{where} shows a {fstype} from its top-level "
+                                         f"subvolume, which CRIU cannot mount anew", proc.pid)
+            return
         yield Finding("mount.fs_unsupported",
                       f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
                       remedy=f"dump with --enable-fs {fstype}: {effect}; or unmount it before "
@@ -327,8 +341,8 @@ def _external_auto(proc: Proc, mount: Mount, what: str) -> Finding:
 
 def _shows_part_of(mount: Mount, whole: Mount) -> bool:
     """A bind of `whole`: the same file system, a directory within what `whole` shows."""
-    return mount.dev == whole.dev and (whole.root == "/" or mount.root == whole.root
-                                       or mount.root.startswith(whole.root + "/"))
+    return mount.file_system == whole.file_system and (
+        whole.root == "/" or mount.root == whole.root or mount.root.startswith(whole.root + "/"))
 
 
 def _external_master(ctx: AuditContext, proc: Proc,
