@@ -588,6 +588,32 @@ def test_fuse_and_a_full_mqueue_in_a_child_s_own_mount_namespace_are_ok(scratch:
                       expect="ok", tree=True)
 
 
+def test_host_slave_of_a_peer_group_outside_with_a_child_in_its_own_mount_namespace(scratch: Path):
+    # The host's mount receives from a peer group that only another namespace
+    # (a holder's, outside the tree) has: CRIU, validating the host's table,
+    # finds the master nowhere it looks.
+    (scratch / "source").mkdir()
+    (scratch / "slave").mkdir()
+    mount("-t", "tmpfs", "crwatch-source", str(scratch / "source"))
+    mount("--make-shared", str(scratch / "source"))
+    mount("--bind", str(scratch / "source"), str(scratch / "slave"))
+    mount("--make-slave", str(scratch / "slave"))
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "unchanged", "sh", "-c",
+                               "echo ready; exec sleep 600"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        subprocess.run(["umount", str(scratch / "source")], check=True)
+        with subject(child_in_own_mount_namespace(True)) as s:
+            assert_agrees(s.pid, "host slave of a peer group only a namespace outside has, child "
+                          "in its own mount namespace", expect="needs_options",
+                          codes={"mount.sharing.external_master", "mount.external.auto"},
+                          tree=True, criu_error="has unreachable sharing")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
 # ---------------------------------------------------------------- btrfs
 
 # CRIU's fstypes[] names btrfs with the code of a file system it does not
