@@ -110,8 +110,8 @@ RULES = (
          "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
          "restore (its contents are not saved); or unmount it before checkpointing",
          option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
-    Rule("mount.btrfs", "A mount of a btrfs from its top-level subvolume, in a mount namespace "
-         "the dump takes, that is no bind of the tree's root", BLOCKER,
+    Rule("mount.btrfs", "A mount of a btrfs from its top-level subvolume, in a mount table the "
+         "dump validates, that is no bind of the tree's root", BLOCKER,
          "unmount it before checkpointing, or make it private (mount --make-private) where CRIU's "
          "own namespace mounts it too, and dump with --ext-mount-map auto: CRIU cannot mount a "
          "btrfs anew, even with --enable-fs",
@@ -275,14 +275,14 @@ def _check_file_system(proc: Proc, mount: Mount, external_with_auto: bool,
             yield _external_auto(proc, mount, f"is a {mount.fstype}, a file system CRIU does not "
                                               f"know how to save")
             return
-        if dumped_in is not None:
-            effect = f"CRIU then mounts a new, empty {fstype} at restore (its contents are not saved)"
-        else:
-            effect = "CRIU then lets it pass: it dumps no mount of a namespace the root shares with it"
         if fstype in NAMED_UNSUPPORTED_FS:
             yield Finding("mount.btrfs", f"{where} shows a {fstype} from its top-level "
                                          f"subvolume, which CRIU cannot mount anew", proc.pid)
             return
+        if dumped_in is not None:
+            effect = f"CRIU then mounts a new, empty {fstype} at restore (its contents are not saved)"
+        else:
+            effect = "CRIU then lets it pass: it dumps no mount of a namespace the root shares with it"
         yield Finding("mount.fs_unsupported",
                       f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
                       remedy=f"dump with --enable-fs {fstype}: {effect}; or unmount it before "
