@@ -38,10 +38,11 @@ mkdir -p "$DEPS"
 # flock (base packages, listed so a trimmed image still gets them);
 # chromium: the dashboard's tests drive it headless (Playwright, executable_path).
 # lsof: bench/check_bench.py times `crwatch check` against `lsof -p`.
+# btrfs-progs: mkfs.btrfs for the agreement tests of btrfs mounts CRIU refuses.
 # No nftables/iptables package: criu's `--network-lock nftables` uses
 # libnftables in-process (part of the private criu closure below); iptables
 # is unpacked privately (.deps/iptables-bin) for the tests of CRIU's default lock.
-PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium lsof)
+PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium lsof btrfs-progs)
 # bcc compiles against kernel headers; without this kernel's own, use Debian's.
 [ -e "/lib/modules/$KREL/build" ] || PKGS+=(linux-headers-amd64)
 

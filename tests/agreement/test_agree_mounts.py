@@ -12,13 +12,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support.agreement import assert_agrees
-from tests.support.namespaces import MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, in_own_mount_namespace
+from tests.support.filesystems import btrfs_image, ext4_image
+from tests.support.namespaces import (
+    CLONE,
+    MS_PRIVATE,
+    MS_REC,
+    MS_SHARED,
+    MS_SLAVE,
+    child_in_namespace,
+    in_own_mount_namespace,
+)
 from tests.support.subjects import subject
 from tracker.criu.runner import find_criu
 
@@ -452,3 +462,204 @@ ready(str(kid)); hold()
                       criu_error="has unreachable sharing")
         dump_fails_with(kid, ["--enable-external-masters", "--ext-mount-map", "auto"],
                         "has unreachable sharing")
+
+
+# ---------------------------------------------------------------- a child's mount namespace
+
+# A child with a mount namespace of its own makes CRIU validate every mount
+# table it collects, the child's and its own (the host's), though it dumps
+# none of them when the root shares CRIU's: what the host mounts can refuse
+# a tree none of whose files are on it.
+
+PROPAGATION = {True: "private", False: "unchanged"}
+MAKE_PRIVATE = f'assert ctypes.CDLL(None).mount(b"none", b"/", None, {MS_REC | MS_PRIVATE}, None) == 0'
+
+
+def child_in_own_mount_namespace(private: bool, child_setup: str = "") -> str:
+    """A root in the host's mount namespace whose child unshares one (its mounts made private,
+    or left as the host has them), runs the lines of `child_setup`, and holds."""
+    lines = [MAKE_PRIVATE] if private else []
+    lines += textwrap.dedent(child_setup).strip().splitlines()
+    return child_in_namespace(CLONE["mnt"], child_setup="\n    ".join(lines) or "pass")
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "unchanged"])
+def test_child_in_its_own_mount_namespace_without_odd_mounts_is_ok(private: bool):
+    with subject(child_in_own_mount_namespace(private)) as s:
+        document = assert_agrees(s.pid, f"child in its own mount namespace ({PROPAGATION[private]} "
+                                 f"propagation)",
+                                 expect="ok", tree=True)
+    assert "namespace.nested_subns" in {r["code"] for r in document["reasons"]}
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "unchanged"])
+def test_host_ramfs_with_a_child_in_its_own_mount_namespace_needs_ext_mount_map_auto(
+        scratch: Path, private: bool):
+    # Nothing of the tree is on the ramfs: CRIU refuses it only because it
+    # validates its own namespace's mounts once a child has a namespace of its
+    # own. --ext-mount-map auto takes the host's (private) ramfs as external.
+    (scratch / "ramfs").mkdir()
+    mount("-t", "ramfs", "crwatch-ramfs", str(scratch / "ramfs"))
+    with subject(child_in_own_mount_namespace(private)) as s:
+        document = assert_agrees(s.pid, f"host ramfs, child in its own mount namespace "
+                                 f"({PROPAGATION[private]} propagation)",
+                                 expect="needs_options", codes={"mount.external.auto"},
+                                 tree=True, criu_error="unsupported id")
+    assert document["required_options"] == ["--ext-mount-map"]
+    assert any("/ramfs is a ramfs" in r["message"] for r in document["reasons"])
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "unchanged"])
+def test_shared_host_ramfs_with_a_child_in_its_own_mount_namespace(scratch: Path, private: bool):
+    # A shared mount is never auto-detected as external; the child's private
+    # copy is, and CRIU then passes the host's as a bind of it. Left shared in
+    # the child too, only --enable-fs helps.
+    (scratch / "ramfs").mkdir()
+    mount("-t", "ramfs", "crwatch-ramfs", str(scratch / "ramfs"))
+    mount("--make-shared", str(scratch / "ramfs"))
+    with subject(child_in_own_mount_namespace(private)) as s:
+        state = (f"shared host ramfs, child in its own mount namespace ({PROPAGATION[private]} "
+                 f"propagation)")
+        if private:
+            assert_agrees(s.pid, state, expect="needs_options", codes={"mount.external.auto"},
+                          tree=True, criu_error="unsupported id")
+        else:
+            assert_agrees(s.pid, state, expect="needs_options", codes={"mount.fs_unsupported"},
+                          tree=True, criu_error="unsupported id")
+            dump_fails_with(s.pid, ["--ext-mount-map", "auto"], "unsupported id")
+
+
+def test_ramfs_in_a_child_s_own_mount_namespace_needs_enable_fs(scratch: Path):
+    # The host has no ramfs for --ext-mount-map auto to bind it from.
+    (scratch / "ramfs").mkdir()
+    setup = (f'assert ctypes.CDLL(None).mount(b"crwatch-ramfs", {str(scratch / "ramfs")!r}.encode(), '
+             f'b"ramfs", 0, None) == 0')
+    with subject(child_in_own_mount_namespace(True, setup)) as s:
+        document = assert_agrees(s.pid, "ramfs in a child's own mount namespace",
+                                 expect="needs_options", codes={"mount.fs_unsupported"},
+                                 tree=True, criu_error="unsupported id")
+        dump_fails_with(s.pid, ["--ext-mount-map", "auto"], "unsupported id")
+    assert document["required_options"] == ["--enable-fs"]
+
+
+def test_host_ext4_with_a_child_in_its_own_mount_namespace_needs_ext_mount_map_auto(scratch: Path):
+    # CRIU knows no ext4 to mount anew: only binds of the host's "/" pass.
+    with ext4_image(scratch / "ext4"):
+        with subject(child_in_own_mount_namespace(True)) as s:
+            assert_agrees(s.pid, "host ext4 mount, child in its own mount namespace",
+                          expect="needs_options", codes={"mount.external.auto"}, tree=True,
+                          criu_error="unsupported id")
+
+
+def test_host_bind_without_its_file_system_with_a_child_in_its_own_mount_namespace(scratch: Path):
+    (scratch / "whole").mkdir()
+    (scratch / "bind").mkdir()
+    mount("-t", "tmpfs", "crwatch-whole", str(scratch / "whole"))
+    (scratch / "whole" / "sub").mkdir()
+    mount("--bind", str(scratch / "whole" / "sub"), str(scratch / "bind"))
+    subprocess.run(["umount", str(scratch / "whole")], check=True)
+    with subject(child_in_own_mount_namespace(True)) as s:
+        assert_agrees(s.pid, "host bind mount of a file system mounted nowhere else, child in its "
+                      "own mount namespace", expect="needs_options", codes={"mount.external.auto"},
+                      tree=True, criu_error="doesn't have a proper root mount")
+
+
+def test_fuse_and_a_full_mqueue_in_a_child_s_own_mount_namespace_are_ok(scratch: Path,
+                                                                      message_queue: bytes):
+    # CRIU validates the child's mounts but, the root sharing its namespace,
+    # dumps none: the dump of FUSE and of a non-empty mqueue never runs.
+    (scratch / "fuse").mkdir()
+    (scratch / "mqueue").mkdir()
+    setup = f"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fuse = os.open("/dev/fuse", os.O_RDWR)
+    options = f"fd={{fuse}},rootmode=40000,user_id=0,group_id=0".encode()
+    assert libc.mount(b"crwatch", {str(scratch / 'fuse')!r}.encode(), b"fuse.crwatch", 0, options) == 0
+    os.close(fuse)
+    assert libc.mount(b"mqueue", {str(scratch / 'mqueue')!r}.encode(), b"mqueue", 0, None) == 0
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+    rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    queue = rt.mq_open({message_queue!r}, os.O_RDWR | os.O_CREAT, 0o600, None)
+    assert queue >= 0, os.strerror(ctypes.get_errno())
+    rt.mq_close(queue)
+    """
+    with subject(child_in_own_mount_namespace(True, setup)) as s:
+        assert_agrees(s.pid, "FUSE and a non-empty mqueue in a child's own mount namespace",
+                      expect="ok", tree=True)
+
+
+def test_host_slave_of_a_peer_group_outside_with_a_child_in_its_own_mount_namespace(scratch: Path):
+    # The host's mount receives from a peer group that only another namespace
+    # (a holder's, outside the tree) has: CRIU, validating the host's table,
+    # finds the master nowhere it looks.
+    (scratch / "source").mkdir()
+    (scratch / "slave").mkdir()
+    mount("-t", "tmpfs", "crwatch-source", str(scratch / "source"))
+    mount("--make-shared", str(scratch / "source"))
+    mount("--bind", str(scratch / "source"), str(scratch / "slave"))
+    mount("--make-slave", str(scratch / "slave"))
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "unchanged", "sh", "-c",
+                               "echo ready; exec sleep 600"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        subprocess.run(["umount", str(scratch / "source")], check=True)
+        with subject(child_in_own_mount_namespace(True)) as s:
+            assert_agrees(s.pid, "host slave of a peer group only a namespace outside has, child "
+                          "in its own mount namespace", expect="needs_options",
+                          codes={"mount.sharing.external_master", "mount.external.auto"},
+                          tree=True, criu_error="has unreachable sharing")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+# ---------------------------------------------------------------- btrfs
+
+# CRIU's fstypes[] names btrfs with the code of a file system it does not
+# know, which --enable-fs cannot change, and tells its subvolumes apart
+# (btrfs_sb_equal): it mounts no btrfs anew, and a subvolume binds nothing of
+# the file system's top.
+
+def test_own_mount_namespace_with_a_btrfs_is_blocked_whatever_the_options(scratch: Path):
+    image = btrfs_image(scratch / "btrfs.img")
+    (scratch / "btrfs").mkdir()
+    code = in_own_mount_namespace(f"""
+import subprocess
+subprocess.run(["mount", "-o", "loop", {str(image)!r}, {str(scratch / 'btrfs')!r}], check=True)
+ready(); hold()
+""")
+    with subject(code) as s:
+        assert_agrees(s.pid, "own mount namespace with a btrfs", expect="blocked",
+                      codes={"mount.btrfs"}, criu_error="unsupported id")
+        dump_fails_with(s.pid, ["--enable-fs", "btrfs"], "unsupported id")
+
+
+def test_host_btrfs_and_its_subvolume_with_a_child_in_its_own_mount_namespace(scratch: Path):
+    # The host's private mounts pass as external with --ext-mount-map auto;
+    # without it the subvolume, validated first, has no mount of its own top.
+    image = btrfs_image(scratch / "btrfs.img", subvolume="volume")
+    (scratch / "top").mkdir()
+    (scratch / "volume").mkdir()
+    mount("-o", "loop", str(image), str(scratch / "top"))
+    mount("-o", "loop,subvol=volume", str(image), str(scratch / "volume"))
+    with subject(child_in_own_mount_namespace(True)) as s:
+        document = assert_agrees(s.pid, "host btrfs and its subvolume, child in its own mount "
+                                 "namespace", expect="needs_options",
+                                 codes={"mount.external.auto"}, tree=True,
+                                 criu_error="doesn't have a proper root mount")
+    external = {r["message"].split(" at ")[1].split(" ")[0] for r in document["reasons"]
+                if r["code"] == "mount.external.auto"}
+    assert {str(scratch / "top"), str(scratch / "volume")} <= external
+
+
+def test_shared_host_btrfs_with_a_child_in_its_own_mount_namespace_is_blocked(scratch: Path):
+    image = btrfs_image(scratch / "btrfs.img")
+    (scratch / "btrfs").mkdir()
+    mount("-o", "loop", str(image), str(scratch / "btrfs"))
+    mount("--make-shared", str(scratch / "btrfs"))
+    with subject(child_in_own_mount_namespace(False)) as s:
+        assert_agrees(s.pid, "shared host btrfs, child in its own mount namespace (unchanged "
+                      "propagation)", expect="blocked", codes={"mount.btrfs"}, tree=True,
+                      criu_error="unsupported id")
+        dump_fails_with(s.pid, ["--enable-fs", "btrfs", "--ext-mount-map", "auto"], "unsupported id")

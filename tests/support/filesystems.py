@@ -1,6 +1,7 @@
-"""Real file systems that fail on purpose, for the history's tests: a small tmpfs to fill,
-an ext4 image whose files can be made immutable (ext4 refuses writes to an immutable file
-even through a descriptor opened before, as a real read-only failure does)."""
+"""Real file systems for the tests: for the history's, a small tmpfs to fill and an ext4
+image whose files can be made immutable (ext4 refuses writes to an immutable file even
+through a descriptor opened before, as a real read-only failure does); for the mount
+tree's, a btrfs image with a subvolume."""
 from __future__ import annotations
 
 import errno
@@ -37,6 +38,23 @@ def ext4_image(directory: Path, size: str = "16m") -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=True)
         image.unlink()
+
+
+def btrfs_image(image: Path, subvolume: str = "volume", size: str = "128m") -> Path:
+    """A btrfs file system in a file, with one subvolume; mount it with `-o loop` (the loop
+    device goes with its last mount)."""
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, stdout=subprocess.DEVNULL)
+    top = image.with_name(image.name + ".top")
+    top.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(top)], check=True)
+    try:
+        subprocess.run(["btrfs", "subvolume", "create", str(top / subvolume)], check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+        top.rmdir()
+    return image
 
 
 @contextmanager

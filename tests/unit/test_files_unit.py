@@ -341,6 +341,82 @@ def test_a_root_in_the_auditor_s_namespace_has_no_mount_tree_to_judge(proc_root:
     assert list(files.check_mount_tree(ctx, Proc(PID, proc_root))) == []
 
 
+# The host's table (CRIU's own) and that of a child's mount namespace, copied
+# from it (private) before the child mounted a ramfs of its own; the root
+# shares the host's.
+HOST_WITH_ODD_MOUNTS = """\
+27 1 254:0 / / rw - ext4 /dev/vda rw
+28 27 0:21 / /proc rw - proc proc rw
+29 27 254:0 /srv /srv/bind rw - ext4 /dev/vda rw
+30 27 0:70 / /host-ramfs rw - ramfs none rw
+31 27 0:71 / /shared-ramfs rw shared:4 - ramfs none rw
+32 27 0:72 / /remote rw - fuse.sshfs host:/ rw
+33 27 0:73 / /dev/mqueue rw - mqueue mqueue rw
+34 27 0:74 / /host-loop rw - ext4 /dev/loop0 rw
+"""
+CHILD_NAMESPACE = """\
+80 79 254:0 / / rw - ext4 /dev/vda rw
+81 80 0:21 / /proc rw - proc proc rw
+82 80 0:70 / /host-ramfs rw - ramfs none rw
+83 80 0:71 / /shared-ramfs rw - ramfs none rw
+84 80 0:72 / /remote rw - fuse.sshfs host:/ rw
+85 80 0:73 / /dev/mqueue rw - mqueue mqueue rw
+86 80 0:90 / /own-ramfs rw - ramfs none rw
+"""
+
+
+def nested_mount_tree(proc_root: Path, child_namespace: str) -> list[tuple[str, str]]:
+    child = PID + 1
+    (proc_root / str(child) / "ns").mkdir(parents=True)
+    os.symlink(child_namespace, proc_root / str(child) / "ns" / "mnt")
+    (proc_root / str(child) / "mountinfo").write_text(CHILD_NAMESPACE)
+    for name in (str(PID), "self"):
+        (proc_root / name / "mountinfo").write_text(HOST_WITH_ODD_MOUNTS)
+    (proc_root / "self" / "root" / "dev" / "mqueue" / "jobs").mkdir(parents=True)
+    ctx = AuditContext(root_pid=PID, tree_pids={PID, child}, proc_root=proc_root)
+    return [(f.code, f.message) for f in files.check_mount_tree(ctx, Proc(PID, proc_root))]
+
+
+def test_a_child_in_a_mount_namespace_of_its_own_has_the_host_s_mounts_validated(proc_root: Path):
+    findings = nested_mount_tree(proc_root, "mnt:[6]")
+    assert sorted((code, message.split(" is ")[0].split(" binds ")[0]) for code, message in findings) == [
+        ("mount.external.auto", "mount 30 at /host-ramfs"),     # private: CRIU's own mount
+        ("mount.external.auto", "mount 31 at /shared-ramfs"),   # shared, but 83 binds it whole
+        ("mount.external.auto", "mount 34 at /host-loop"),
+        ("mount.external.auto", "mount 82 at /host-ramfs"),
+        ("mount.external.auto", "mount 83 at /shared-ramfs"),
+        ("mount.fs_unsupported", "mount 86 at /own-ramfs"),     # in CRIU's namespace nowhere
+    ]   # 29 binds the root's file system; FUSE and the mqueue are dumped by no one
+    assert all(message.endswith("when a process of the tree has a mount namespace of its own")
+               for _, message in findings)
+
+
+def test_a_tree_in_the_auditor_s_mount_namespace_has_no_mount_tree_to_judge(proc_root: Path):
+    assert nested_mount_tree(proc_root, "mnt:[1]") == []
+
+
+# A root in its own namespace with one btrfs (device 0:50) shown three ways:
+# from its top, a directory of the top, and a subvolume.
+BTRFS_NAMESPACE = """\
+60 59 254:0 / / rw - ext4 /dev/vda rw
+61 60 0:50 / /top rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=5,subvol=/
+62 60 0:50 /dir /top-dir rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=5,subvol=/
+63 60 0:50 /volume /volume rw - btrfs /dev/loop0 rw,space_cache=v2,subvolid=256,subvol=/volume
+"""
+
+
+def test_btrfs_subvolumes_are_file_systems_of_their_own_and_none_can_be_mounted_anew(proc_root: Path):
+    table = Mounts.parse(BTRFS_NAMESPACE)
+    assert [table.get(i).file_system for i in (60, 61, 63)] == [
+        (os.makedev(254, 0), 0), (os.makedev(0, 50), 5), (os.makedev(0, 50), 256)]
+    (proc_root / str(PID) / "ns" / "mnt").unlink()
+    os.symlink("mnt:[5]", proc_root / str(PID) / "ns" / "mnt")
+    (proc_root / str(PID) / "mountinfo").write_text(BTRFS_NAMESPACE)
+    ctx = AuditContext(root_pid=PID, tree_pids={PID}, proc_root=proc_root)
+    findings = [(f.code, f.message.split(" ")[1]) for f in files.check_mount_tree(ctx, Proc(PID, proc_root))]
+    assert sorted(findings) == [("mount.bind.no_root", "63"), ("mount.btrfs", "61")]  # 62 binds 61
+
+
 def test_read_only_mounts_are_those_whose_mount_or_file_system_says_ro():
     table = Mounts.parse("1 0 0:1 / / ro,relatime - tmpfs a rw\n2 1 0:2 / /b rw - tmpfs b ro\n"
                          "3 1 0:3 / /c rw,nosuid - tmpfs c rw,size=4k\n")

@@ -18,10 +18,14 @@ nearest directory left and so fails when that directory is on another mount
 (an overmounted directory). memfd and namespace files have their own code in
 CRIU, and pipes are dumped with their data wherever their other end is.
 
-A root in a mount namespace of its own has that namespace dumped too
-(mount.c resolve_shared_mounts, validate_mounts): file systems CRIU does not
-know, slaves of mounts outside, and bind mounts without their file system's
-own mount are judged here.
+CRIU validates the mount tables it collects (mount.c collect_mnt_namespaces:
+resolve_shared_mounts, validate_mounts) as soon as one of them is not its own:
+file systems it does not know, slaves of mounts outside, and bind mounts
+without their file system's own mount are judged here. A root in a mount
+namespace of its own has the tree's namespaces validated and dumped (the
+dump of each file system refuses FUSE and a non-empty mqueue or pstore); a
+root sharing CRIU's namespace with a child in another has that child's and
+CRIU's own table, the host's mounts, validated but none dumped.
 
 Mapped files follow the same path rules, so the memory and device checks
 reuse `check_path` from here; the mount tables are tracker.checks.paths'.
@@ -32,8 +36,9 @@ import os
 import re
 import select
 from collections import defaultdict
+from dataclasses import replace
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
-from typing import Callable, Generator, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 from tracker.checks import tree
 from tracker.checks.paths import (
@@ -105,6 +110,12 @@ RULES = (
          "dump with --enable-fs TYPE: CRIU then mounts a new, empty file system of that type at "
          "restore (its contents are not saved); or unmount it before checkpointing",
          option="--enable-fs", criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
+    Rule("mount.btrfs", "A mount of a btrfs from its top-level subvolume, in a mount table the "
+         "dump validates, that is no bind of the tree's root", BLOCKER,
+         "unmount it before checkpointing, or make it private (mount --make-private) where CRIU's "
+         "own namespace mounts it too, and dump with --ext-mount-map auto: CRIU cannot mount a "
+         "btrfs anew, even with --enable-fs",
+         criu_message="FS mnt %s dev %#x root %s unsupported id %d"),
     Rule("mount.fuse", "A FUSE mount in a mount namespace the dump takes", BLOCKER,
          "unmount the FUSE file system in the namespace before checkpointing: CRIU refuses every "
          "FUSE mount it would have to recreate, whatever the options",
@@ -176,8 +187,11 @@ SECRETMEM_MAGIC = 0x5345434D  # "SECM": memfd_secret's internal file system
 
 # The file systems CRIU's fstypes[] knows (filesystems.c); any other needs --enable-fs.
 KNOWN_FS = frozenset({"proc", "sysfs", "devtmpfs", "binfmt_misc", "tmpfs", "devpts", "simfs",
-                      "btrfs", "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
+                      "pstore", "mqueue", "securityfs", "fusectl", "debugfs", "tracefs",
                       "cgroup", "cgroup2", "aufs", "fuse", "overlay", "autofs"})
+# fstypes[] names btrfs with the code of an unsupported one: CRIU finds that entry by name
+# before --enable-fs could make it "auto", so nothing lets it mount one anew.
+NAMED_UNSUPPORTED_FS = frozenset({"btrfs"})
 
 
 # Their fstypes[] entries dump them with always_fail, or with dump_empty_fs.
@@ -186,21 +200,41 @@ EMPTY_ONLY_FS = frozenset({"pstore", "mqueue"})
 
 
 def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    """What CRIU refuses in the mount namespaces it dumps (resolve_shared_mounts, validate_mounts).
+    """What CRIU refuses in the mount namespaces it collects (collect_mnt_namespaces).
 
-    Only a root in a mount namespace of its own has its mounts dumped; the
-    findings are the root's, once an audit.
+    It validates them (resolve_shared_mounts, validate_mounts) when one is
+    not its own: the root's, or a child's while the root shares CRIU's, whose
+    tables then come with CRIU's own, the host's mounts (its "/" is the
+    root's, so what binds that passes). It dumps them, each file system by
+    its own code, only when the root's is not its own (dump_mnt_namespaces).
+    The findings are the root's, once an audit.
     """
-    if proc.pid != ctx.root_pid or not root_in_own_namespace(ctx, "mnt"):
+    if proc.pid != ctx.root_pid:
         return
     namespaces = dumped_namespaces(ctx)
-    if not namespaces:
-        return  # the root is gone: the audit says so
+    if root_in_own_namespace(ctx, "mnt"):
+        if namespaces:  # none: the root is gone, and the audit says so
+            yield from _validate_mounts(ctx, proc, namespaces, dumped=True)
+        return
+    if len(namespaces) < 2:
+        return  # CRIU's own namespace alone is neither validated nor dumped
+    for finding in _validate_mounts(ctx, proc, namespaces, dumped=False):
+        yield replace(finding, message=f"{finding.message}; CRIU validates the host's mounts too "
+                                       f"when a process of the tree has a mount namespace of its own")
+
+
+def _validate_mounts(ctx: AuditContext, proc: Proc, namespaces: list[DumpedNamespace], *,
+                     dumped: bool) -> Iterator[Finding]:
     everything = [mount for namespace in namespaces for mount in namespace.mounts]
     namespace_of = {mount.id: namespace for namespace in namespaces for mount in namespace.mounts}
     groups = {mount.shared for mount in everything if mount.shared}
     # The root's namespace comes first; its "/" is what binds are restored from.
     root = namespaces[0].mounts.namespace_root()
+    # --ext-mount-map auto makes these external (resolve_external_mounts), and with them
+    # every mount that shows part of one (validate_mounts: mnt_is_external_bind).
+    namespace_roots = {namespace.mounts.namespace_root() for namespace in namespaces}
+    auto_external = [mount for mount in everything
+                     if mount not in namespace_roots and _autodetected_external(ctx, mount)]
     for mount in everything:
         if mount is root:
             continue
@@ -212,9 +246,11 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         if root_bind or external:
             continue  # restored as a bind of the namespace's root, or of CRIU's own mount
         if mount.root == "/":
-            yield from _check_file_system(ctx, proc, mount, namespace_of[mount.id])
-        elif not any(other.dev == mount.dev and other.root == "/" for other in everything):
-            if _autodetected_external(ctx, mount):
+            yield from _check_file_system(proc, mount, _binds_any(mount, auto_external),
+                                          namespace_of[mount.id] if dumped else None)
+        elif not any(other.file_system == mount.file_system and other.root == "/"
+                     for other in everything):
+            if _binds_any(mount, auto_external):
                 yield _external_auto(proc, mount, f"binds {mount.root} of a {mount.fstype} that "
                                                   f"no dumped mount shows whole")
             else:
@@ -224,26 +260,40 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
                               f"mounts show whole", proc.pid)
 
 
-def _check_file_system(ctx: AuditContext, proc: Proc, mount: Mount,
-                       namespace: DumpedNamespace) -> Iterator[Finding]:
-    """A file system CRIU mounts anew at restore: its type must be one it knows how to save."""
+def _check_file_system(proc: Proc, mount: Mount, external_with_auto: bool,
+                       dumped_in: DumpedNamespace | None) -> Iterator[Finding]:
+    """A file system CRIU mounts anew at restore: its type must be one it knows how to save,
+    unless --ext-mount-map auto makes it external (`external_with_auto`).
+
+    The file system's own dump code (fstypes[].dump: FUSE, a non-empty mqueue
+    or pstore) runs only in a namespace dumped, `dumped_in`.
+    """
     where = f"mount {mount.id} at {mount.mountpoint}"
     fstype = mount.fstype.partition(".")[0]  # CRIU disregards subtypes (fuse.sshfs)
     if fstype not in KNOWN_FS:
-        if _autodetected_external(ctx, mount):
+        if external_with_auto:
             yield _external_auto(proc, mount, f"is a {mount.fstype}, a file system CRIU does not "
                                               f"know how to save")
             return
+        if fstype in NAMED_UNSUPPORTED_FS:
+            yield Finding("mount.btrfs", f"{where} shows a {fstype} from its top-level "
+                                         f"subvolume, which CRIU cannot mount anew", proc.pid)
+            return
+        if dumped_in is not None:
+            effect = f"CRIU then mounts a new, empty {fstype} at restore (its contents are not saved)"
+        else:
+            effect = "CRIU then lets it pass: it dumps no mount of a namespace the root shares with it"
         yield Finding("mount.fs_unsupported",
                       f"{where} is a {mount.fstype}, a file system CRIU does not know", proc.pid,
-                      remedy=f"dump with --enable-fs {fstype}: CRIU then mounts a new, empty "
-                             f"{fstype} at restore (its contents are not saved); or unmount it "
-                             f"before checkpointing", option_value=fstype)
+                      remedy=f"dump with --enable-fs {fstype}: {effect}; or unmount it before "
+                             f"checkpointing", option_value=fstype)
+    elif dumped_in is None:
+        return
     elif fstype in ALWAYS_FAIL_FS:
         yield Finding("mount.fuse", f"{where} is a FUSE file system ({mount.fstype})", proc.pid)
     elif fstype in EMPTY_ONLY_FS:
         try:
-            entries = os.listdir(namespace.root + mount.mountpoint)
+            entries = os.listdir(dumped_in.root + mount.mountpoint)
         except OSError:
             return  # not reachable by its path: CRIU reaches it otherwise, and so is not judged
         if entries:
@@ -260,11 +310,27 @@ def _criu_mounts(ctx: AuditContext) -> Mounts:
                                             .read_text(errors="surrogateescape")))
 
 
+def _criu_mounts_of(ctx: AuditContext, dev: int) -> list[Mount]:
+    """CRIU's own mounts of one file system: every mount of a dump is matched against them."""
+    by_device = ctx.table("files.criu_mounts_by_device", lambda: _by_device(_criu_mounts(ctx)))
+    return by_device.get(dev, [])
+
+
+def _by_device(table: Mounts) -> dict[int, list[Mount]]:
+    found: dict[int, list[Mount]] = defaultdict(list)
+    for mount in table:
+        found[mount.dev].append(mount)
+    return found
+
+
 def _autodetected_external(ctx: AuditContext, mount: Mount) -> bool:
     """Whether --ext-mount-map auto makes `mount` external (resolve_external_mounts): a private
     mount showing a directory of a file system CRIU's own namespace mounts too."""
-    return not mount.shared and not mount.master and any(
-        _shows_part_of(mount, other) for other in _criu_mounts(ctx))
+    return not mount.shared and not mount.master and _binds_any(mount, _criu_mounts_of(ctx, mount.dev))
+
+
+def _binds_any(mount: Mount, wholes: Iterable[Mount]) -> bool:
+    return any(_shows_part_of(mount, whole) for whole in wholes)
 
 
 def _external_auto(proc: Proc, mount: Mount, what: str) -> Finding:
@@ -275,8 +341,8 @@ def _external_auto(proc: Proc, mount: Mount, what: str) -> Finding:
 
 def _shows_part_of(mount: Mount, whole: Mount) -> bool:
     """A bind of `whole`: the same file system, a directory within what `whole` shows."""
-    return mount.dev == whole.dev and (whole.root == "/" or mount.root == whole.root
-                                       or mount.root.startswith(whole.root + "/"))
+    return mount.file_system == whole.file_system and (
+        whole.root == "/" or mount.root == whole.root or mount.root.startswith(whole.root + "/"))
 
 
 def _external_master(ctx: AuditContext, proc: Proc,
@@ -286,7 +352,7 @@ def _external_master(ctx: AuditContext, proc: Proc,
     master's peer group on that file system (resolve_external_mounts); otherwise
     nothing helps. Returns (as the generator's value) whether it can be external."""
     reachable = any(_shows_part_of(mount, other) and mount.master in (other.shared, other.master)
-                    for other in _criu_mounts(ctx))
+                    for other in _criu_mounts_of(ctx, mount.dev))
     where = f"mount {mount.id} at {mount.mountpoint}"
     if not reachable:
         yield Finding("mount.sharing.unreachable",

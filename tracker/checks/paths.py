@@ -24,6 +24,8 @@ from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 
 # What the kernel appends to the link of a file with no name left.
 DELETED = " (deleted)"
+# btrfs names the subvolume a mount shows in its super options.
+BTRFS_SUBVOLUME = re.compile(r"(?:^|,)subvolid=(\d+)")
 
 
 # ---------------------------------------------------------------- mounts
@@ -39,6 +41,13 @@ class Mount:
     shared: int = 0                 # its peer group (shared:N), 0 when private
     master: int = 0                 # the peer group it receives mounts from (master:N)
     read_only: bool = False         # the mount, or its file system, is read-only
+    subvolume: int = 0              # a btrfs mount's subvolume (subvolid=N), 0 for other types
+
+    @property
+    def file_system(self) -> tuple[int, int]:
+        """What CRIU's mounts_sb_equal tells mounts apart by: the device, and for btrfs, whose
+        subvolumes share one, the subvolume too (btrfs_sb_equal)."""
+        return self.dev, self.subvolume
 
 
 class Mounts:
@@ -60,11 +69,14 @@ class Mounts:
             major, _, minor = fields[2].partition(":")
             separator = fields.index("-", 6)
             tags = dict(tag.partition(":")[::2] for tag in fields[6:separator])
-            read_only = "ro" in (fields[5].split(",")[0], fields[separator + 3].split(",")[0])
+            super_options = fields[separator + 3]
+            read_only = "ro" in (fields[5].split(",")[0], super_options.split(",")[0])
+            fstype = fields[separator + 1]
+            subvolume = BTRFS_SUBVOLUME.search(super_options) if fstype == "btrfs" else None
             mounts.append(Mount(int(fields[0]), int(fields[1]), os.makedev(int(major), int(minor)),
-                                _unescape(fields[4]), fields[separator + 1], _unescape(fields[3]),
+                                _unescape(fields[4]), fstype, _unescape(fields[3]),
                                 int(tags.get("shared") or 0), int(tags.get("master") or 0),
-                                read_only))
+                                read_only, int(subvolume[1]) if subvolume else 0))
         return cls(mounts)
 
     @classmethod
