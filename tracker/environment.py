@@ -32,13 +32,14 @@ awaits that detection instead of starting another.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ IPTABLES_CONNECTION_TOOLS = ("iptables", "ip6tables")
 IPTABLES_NAMESPACE_TOOLS = ("iptables-restore", "ip6tables-restore")
 DEFAULT_EXEC_PATH = "/bin:/usr/bin"  # glibc's execvp without PATH
 FEATURE_TIMEOUT = 10.0
+LOADED = "loaded files"     # the CRIU run that names the files it loads, beside the features
 
 _LOADED_FILE = re.compile(r"(?:calling init|initialize program): (\S+)")
 
@@ -257,18 +259,29 @@ def criu_facts(criu: Criu, unprivileged: bool, cache: FactsCache) -> tuple[CriuF
     if kept is not None and kept.version == criu.version:
         return kept, "cache"
     asked_at = time.time_ns()
-    with ThreadPoolExecutor(max_workers=len(FEATURES) + 1) as pool:  # each is a CRIU run
-        asked = {name: pool.submit(criu_has_feature, criu, name, unprivileged)
-                 for name in FEATURES}
-        loading = pool.submit(criu_loaded_files, criu)
-        answers = {name: answer.result() for name, answer in asked.items()}
-        loaded = loading.result()
+    runs: dict[str, Callable[[], object]] = {    # each is a CRIU run: all at once
+        name: functools.partial(criu_has_feature, criu, name, unprivileged) for name in FEATURES}
+    runs[LOADED] = functools.partial(criu_loaded_files, criu)
+    answers = _in_parallel(runs)
+    loaded = answers.pop(LOADED)
     facts = CriuFacts(version=criu.version,
                       features={name: bool(answer) for name, answer in answers.items()},
                       libraries=libraries_in(loaded or ()), loaded=loaded or ())
     if loaded is not None and None not in answers.values():
         cache.store(criu.path, facts, asked_at)
     return facts, "criu"
+
+
+def _in_parallel(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Each call's answer, the calls made in threads of their own at once."""
+    answers: dict[str, object] = {}
+    threads = [threading.Thread(target=lambda name=name, call=call: answers.update({name: call()}),
+                                name=f"crwatch-criu-{name}") for name, call in calls.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
 
 
 def exec_path() -> str:
@@ -313,8 +326,34 @@ def libraries_in(loaded: tuple[str, ...]) -> dict[str, bool]:
             for name, soname in LIBRARIES.items()}
 
 
+class Detection:
+    """One detection's answer, awaited by every thread that asks meanwhile (what
+    concurrent.futures' Future does, without the import that costs each command
+    milliseconds)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._environment: Environment | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, environment: Environment) -> None:
+        self._environment = environment
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> Environment:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._environment is not None
+        return self._environment
+
+
 # Each CRIU's detection, begun once per process: callers in other threads await it.
-_detections: dict[Criu | None, Future] = {}
+_detections: dict[Criu | None, Detection] = {}
 _detections_lock = threading.Lock()
 
 
@@ -323,7 +362,7 @@ def of(criu: Criu | None) -> Environment:
     with _detections_lock:
         begun = _detections.get(criu)
         if begun is None:
-            begun = _detections[criu] = Future()
+            begun = _detections[criu] = Detection()
             detecting = True
         else:
             detecting = False
@@ -334,7 +373,7 @@ def of(criu: Criu | None) -> Environment:
 
 # current()'s answer being found and detected in the background (detect_ahead), which
 # current() awaits rather than find CRIU a second time meanwhile.
-_ahead: Future | None = None
+_ahead: Detection | None = None
 
 
 def current() -> Environment:
@@ -355,7 +394,7 @@ def detect_ahead() -> None:
     with _detections_lock:
         if _ahead is not None:
             return
-        _ahead = ahead = Future()
+        _ahead = ahead = Detection()
     threading.Thread(target=_find_and_detect, args=(ahead,), daemon=True,
                      name="crwatch-environment").start()
 
@@ -370,7 +409,7 @@ def redetect() -> Environment:
     return current()
 
 
-def _detect_into(future: Future, criu: Criu | None) -> None:
+def _detect_into(future: Detection, criu: Criu | None) -> None:
     try:
         future.set_result(detect(criu))
     except BaseException as error:
@@ -380,7 +419,7 @@ def _detect_into(future: Future, criu: Criu | None) -> None:
         future.set_exception(error)
 
 
-def _find_and_detect(ahead: Future) -> None:
+def _find_and_detect(ahead: Detection) -> None:
     try:
         ahead.set_result(of(find_criu()))
     except BaseException as error:

@@ -23,12 +23,11 @@ written whole and renamed into place. $CRWATCH_REFRESH_CRIU=1 (or `crwatch env
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +93,8 @@ class FactsCache:
     def entry(self, criu_path: str) -> Path | None:
         if self.directory is None:
             return None
-        digest = hashlib.sha256(os.fsencode(criu_path)).hexdigest()[:24]
-        return self.directory / f"criu-{digest}.json"
+        # Two paths of one name only take turns at it: the file names the path it is for.
+        return self.directory / f"criu-{zlib.crc32(os.fsencode(criu_path)):08x}.json"
 
     def load(self, criu_path: str) -> CriuFacts | None:
         """The facts kept for this CRIU while everything that decided them is unchanged;
@@ -134,8 +133,9 @@ class FactsCache:
             os.makedirs(entry.parent, mode=0o700, exist_ok=True)
             if not _owned_directory(entry.parent):
                 return None
-            descriptor, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".criu-",
-                                                      suffix=".tmp")
+            temporary = entry.with_name(f".{entry.name}.{os.getpid()}.{time.monotonic_ns()}")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600)
             try:
                 with os.fdopen(descriptor, "w") as file:
                     json.dump({"schema": SCHEMA, "key": current, "facts": facts.to_json()}, file)
