@@ -1,12 +1,18 @@
 /* _crwatch_fdwalk: a process's fd table in one call (built by scripts/setup.sh).
  *
  * read_fds(fd_dir, fdinfo_dir) lists fd_dir (/proc/PID/fd), reads each link and
- * the fd's fdinfo record, and returns [(fd, target, fdinfo), ...] by ascending fd:
+ * the fd's fdinfo record, and returns [(fd, target, fdinfo, fields), ...] by
+ * ascending fd:
  *   target  the link text as os.readlink() returns it (at most PATH_MAX bytes),
  *           or None when the kernel cannot name its path (ENAMETOOLONG);
  *   fdinfo  the record decoded as tracker.procfs.Proc.read_record() decodes it
  *           (UTF-8, surrogateescape), or None when it could not be read (the
- *           caller reads it again when needed, and meets the error then).
+ *           caller reads it again when needed, and meets the error then);
+ *   fields  the record's key/value pairs as tracker.procfs.OpenFd.fdinfo makes
+ *           them (per line of str.splitlines(): partition at the first ":",
+ *           both sides str.strip()ped, the first of a repeated key kept), for a
+ *           record in ASCII, whose line breaks and blanks are all ASCII; None for
+ *           any other (the caller makes them from the text).
  * An fd closed between the listing and its readlink is left out. Any other error
  * of the listing or a readlink raises OSError, its filename "fd" or "fd/N", for
  * tracker.procfs to translate as it translates its own reads.
@@ -33,7 +39,66 @@ struct entry {
     int fd;
     PyObject *target;   /* str, or Py_None */
     PyObject *fdinfo;   /* str, or Py_None */
+    PyObject *fields;   /* dict, or Py_None */
 };
+
+/* str.splitlines() breaks and str.strip() blanks, among ASCII characters */
+static int line_break(char c)
+{
+    return c == '\n' || c == '\r' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e);
+}
+
+static int blank(char c)
+{
+    return c == ' ' || c == '\t' || line_break(c) || c == 0x1f;
+}
+
+static PyObject *stripped(const char *start, const char *end)
+{
+    while (start < end && blank(*start))
+        start++;
+    while (end > start && blank(end[-1]))
+        end--;
+    return PyUnicode_DecodeASCII(start, end - start, "strict");
+}
+
+/* The key/value pairs of an ASCII record, as OpenFd.fdinfo makes them; None for
+ * a record with any other byte. */
+static PyObject *fields_of(const char *text, size_t length)
+{
+    PyObject *fields;
+    const char *at = text, *end = text + length;
+
+    for (size_t i = 0; i < length; i++)
+        if ((unsigned char)text[i] >= 0x80)
+            Py_RETURN_NONE;
+    if (!(fields = PyDict_New()))
+        return NULL;
+    while (at < end) {
+        const char *line_end = at, *colon;
+        PyObject *key, *value = NULL;
+
+        while (line_end < end && !line_break(*line_end))
+            line_end++;
+        colon = memchr(at, ':', (size_t)(line_end - at));
+        key = stripped(at, colon ? colon : line_end);
+        if (key)
+            value = colon ? stripped(colon + 1, line_end) : PyUnicode_New(0, 0);
+        if (!value || !PyDict_SetDefault(fields, key, value)) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_DECREF(fields);
+            return NULL;
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+        /* one break ends the line; \r\n is one break */
+        if (line_end < end && *line_end == '\r' && line_end + 1 < end && line_end[1] == '\n')
+            line_end++;
+        at = line_end + 1;
+    }
+    return fields;
+}
 
 static int by_fd(const void *a, const void *b)
 {
@@ -47,14 +112,17 @@ static PyObject *raise_for(int error, const char *what)
     return PyErr_SetFromErrnoWithFilename(PyExc_OSError, what);
 }
 
-/* The fdinfo record of fd `name` under the directory `info_dir`, or None. */
-static PyObject *read_record(int info_dir, const char *name, char **buffer, size_t *size)
+/* The fdinfo record of fd `name` under the directory `info_dir` into `at` (its
+ * text and fields, each None when it could not be read); -1 with an exception set
+ * when Python could not make them. */
+static int read_record(int info_dir, const char *name, char **buffer, size_t *size,
+                       struct entry *at)
 {
     int fd = openat(info_dir, name, O_RDONLY | O_CLOEXEC);
     size_t used = 0;
 
     if (fd < 0)
-        Py_RETURN_NONE;
+        goto unread;
     for (;;) {
         ssize_t got;
 
@@ -63,7 +131,8 @@ static PyObject *read_record(int info_dir, const char *name, char **buffer, size
 
             if (!grown) {
                 close(fd);
-                return PyErr_NoMemory();
+                PyErr_NoMemory();
+                return -1;
             }
             *buffer = grown;
             *size *= 2;
@@ -71,14 +140,24 @@ static PyObject *read_record(int info_dir, const char *name, char **buffer, size
         got = read(fd, *buffer + used, RECORD_READ_SIZE);
         if (got < 0) {
             close(fd);
-            Py_RETURN_NONE;
+            goto unread;
         }
         used += (size_t)got;
         if (got < RECORD_READ_SIZE)
             break;
     }
     close(fd);
-    return PyUnicode_DecodeUTF8(*buffer, (Py_ssize_t)used, "surrogateescape");
+    at->fdinfo = PyUnicode_DecodeUTF8(*buffer, (Py_ssize_t)used, "surrogateescape");
+    if (!at->fdinfo)
+        return -1;
+    at->fields = fields_of(*buffer, used);
+    return at->fields ? 0 : -1;
+unread:
+    Py_INCREF(Py_None);
+    at->fdinfo = Py_None;
+    Py_INCREF(Py_None);
+    at->fields = Py_None;
+    return 0;
 }
 
 static void release(struct entry *entries, size_t count)
@@ -86,6 +165,7 @@ static void release(struct entry *entries, size_t count)
     for (size_t i = 0; i < count; i++) {
         Py_XDECREF(entries[i].target);
         Py_XDECREF(entries[i].fdinfo);
+        Py_XDECREF(entries[i].fields);
     }
     free(entries);
 }
@@ -147,7 +227,7 @@ static PyObject *read_fds(PyObject *Py_UNUSED(module), PyObject *args)
         }
         at = &entries[count];
         at->fd = (int)number;
-        at->target = at->fdinfo = NULL;
+        at->target = at->fdinfo = at->fields = NULL;
         count++;
         if (length < 0) {
             Py_INCREF(Py_None);
@@ -157,12 +237,8 @@ static PyObject *read_fds(PyObject *Py_UNUSED(module), PyObject *args)
             if (!at->target)
                 goto out;
         }
-        if (info_dir < 0) {
-            Py_INCREF(Py_None);
-            at->fdinfo = Py_None;
-        } else if (!(at->fdinfo = read_record(info_dir, dirent->d_name, &buffer, &size))) {
+        if (read_record(info_dir, dirent->d_name, &buffer, &size, at) < 0)
             goto out;
-        }
     }
     if (errno) {
         raise_for(errno, "fd");
@@ -171,8 +247,8 @@ static PyObject *read_fds(PyObject *Py_UNUSED(module), PyObject *args)
     qsort(entries, count, sizeof(*entries), by_fd);
     result = PyList_New((Py_ssize_t)count);
     for (size_t i = 0; result && i < count; i++) {
-        PyObject *item = Py_BuildValue("(iOO)", entries[i].fd, entries[i].target,
-                                       entries[i].fdinfo);
+        PyObject *item = Py_BuildValue("(iOOO)", entries[i].fd, entries[i].target,
+                                       entries[i].fdinfo, entries[i].fields);
 
         if (!item) {
             Py_CLEAR(result);
@@ -196,7 +272,7 @@ out:
 
 static PyMethodDef methods[] = {
     {"read_fds", read_fds, METH_VARARGS,
-     "read_fds(fd_dir, fdinfo_dir) -> [(fd, target or None, fdinfo text or None)] by fd"},
+     "read_fds(fd_dir, fdinfo_dir) -> [(fd, target, fdinfo text, fdinfo fields)] by fd"},
     {NULL, NULL, 0, NULL},
 };
 

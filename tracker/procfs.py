@@ -9,7 +9,7 @@ an audit, by comparing its identity.
 
 An fd table is read in one call by the compiled walk (`_crwatch_fdwalk`, from
 tracker/fdwalk.c, which scripts/setup.sh builds into the venv): each fd's link and
-fdinfo record, without a Python call per syscall. Without it the same table is
+fdinfo record with its fields, without a Python call per syscall or per line. Without it the same table is
 read in Python, each fdinfo when first asked for.
 """
 from __future__ import annotations
@@ -436,7 +436,8 @@ class Proc:
         except OSError as error:
             raise _translate(self.pid, error.filename or "fd", error) from None
         return [OpenFd(self, fd, NAME_TOO_LONG if target is None else target,
-                       known_fdinfo_text=fdinfo) for fd, target, fdinfo in walked]
+                       known_fdinfo_text=fdinfo, known_fdinfo=fields)
+                for fd, target, fdinfo, fields in walked]
 
     def fds_walked_in_python(self) -> list[OpenFd]:
         """fds() without the compiled walk: each fdinfo is read when first asked for."""

@@ -44,8 +44,9 @@ def compiled():
     return procfs.compiled_walk
 
 
-def table(open_fds) -> list[tuple[int, str, list[str]]]:
-    return [(open_fd.fd, open_fd.target, open_fd.fdinfo_lines) for open_fd in open_fds]
+def table(open_fds) -> list[tuple[int, str, list[str], dict[str, str]]]:
+    return [(open_fd.fd, open_fd.target, open_fd.fdinfo_lines, open_fd.fdinfo)
+            for open_fd in open_fds]
 
 
 def test_both_walks_read_the_same_fd_table(compiled):
@@ -54,13 +55,15 @@ def test_both_walks_read_the_same_fd_table(compiled):
         walked = table(proc.fds())
         in_python = table(proc.fds_walked_in_python())
     assert walked == in_python
-    targets = [target for _, target, _ in walked]
+    targets = [target for _, target, _, _ in walked]
     assert len(walked) >= 14
     assert any(target.startswith("pipe:[") for target in targets)
     assert any(target.endswith("(deleted)") for target in targets)
     assert any(len(target) > 3000 for target in targets)
-    assert any(line.startswith("lock:") for _, _, lines in walked for line in lines)
-    assert any(sum(line.startswith("inotify") for line in lines) == 2 for _, _, lines in walked)
+    assert any(line.startswith("lock:") for _, _, lines, _ in walked for line in lines)
+    assert any(sum(line.startswith("inotify") for line in lines) == 2
+               for _, _, lines, _ in walked)
+    assert all(int(fields["flags"], 8) >= 0 for _, _, _, fields in walked)
 
 
 def test_an_audit_finds_the_same_with_either_walk(compiled, monkeypatch):
@@ -85,11 +88,40 @@ def test_own_fds_read_alike(compiled):
     read_end, write_end = os.pipe()
     try:
         proc = Proc(os.getpid())
-        walked = {fd: (target, lines) for fd, target, lines in table(proc.fds())}
-        in_python = {fd: (target, lines) for fd, target, lines in
-                     table(proc.fds_walked_in_python())}
+        walked = {fd: rest for fd, *rest in table(proc.fds())}
+        in_python = {fd: rest for fd, *rest in table(proc.fds_walked_in_python())}
     finally:
         os.close(read_end)
         os.close(write_end)
     assert walked[read_end] == in_python[read_end]
     assert walked[read_end][0].startswith("pipe:[")
+
+
+# Records as the kernel never writes them: every ASCII line break and blank that
+# str.splitlines() and str.strip() know, repeated keys, lines with no colon or nothing,
+# and a record that is not ASCII (its fields are then made in Python).
+ODD_RECORDS = {
+    3: b"pos:\t0\nflags:\t02\nmnt_id:\t15\n",
+    4: b" a : b \r\nc:d\re:f\x0bg:h\x0ci:j\x1ck:l\x1dm:n\x1eo:\x1fp\x1f\n\nnocolon\n:\n",
+    5: b"flags:\t01\nflags:\t02\nlock:\t1: FLOCK  ADVISORY  WRITE 1 00:1a:2 0 EOF\n",
+    6: b"name:\t\xc2\xa0caf\xc3\xa9\xc2\xa0\nend:\tx\xe2\x80\xa8y:z\n",
+    7: b"bad:\t\xff\xfe\n",
+    8: b"",
+    9: b"last:\tno newline",
+}
+
+
+def test_fields_are_made_as_python_makes_them(compiled, tmp_path):
+    process = tmp_path / "42"
+    (process / "fd").mkdir(parents=True)
+    (process / "fdinfo").mkdir()
+    for fd, record in ODD_RECORDS.items():
+        (process / "fd" / str(fd)).symlink_to(f"/fixture/{fd}")
+        (process / "fdinfo" / str(fd)).write_bytes(record)
+    proc = Proc(42, proc_root=tmp_path)
+    walked, in_python = table(proc.fds()), table(proc.fds_walked_in_python())
+    assert walked == in_python
+    fields = {fd: rest[-1] for fd, *rest in walked}
+    assert fields[4]["a"] == "b" and fields[4]["o"] == "p" and fields[4]["nocolon"] == ""
+    assert fields[5]["flags"] == "01" and fields[6]["name"] == "caf\xe9"
+    assert fields[8] == {} and fields[9] == {"last": "no newline"}
