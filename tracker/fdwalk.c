@@ -6,8 +6,10 @@
  *   target  the link text as os.readlink() returns it (at most PATH_MAX bytes),
  *           or None when the kernel cannot name its path (ENAMETOOLONG);
  *   fdinfo  the record decoded as tracker.procfs.Proc.read_record() decodes it
- *           (UTF-8, surrogateescape), or None when it could not be read (the
- *           caller reads it again when needed, and meets the error then);
+ *           (UTF-8, surrogateescape); None for an fd whose link is a path (the
+ *           checks seldom ask for its record: the caller reads it when asked)
+ *           and when it could not be read (the caller reads it again when
+ *           needed, and meets the error then);
  *   fields  the record's key/value pairs as tracker.procfs.OpenFd.fdinfo makes
  *           them (per line of str.splitlines(): partition at the first ":",
  *           both sides str.strip()ped, the first of a repeated key kept), for a
@@ -237,7 +239,10 @@ static PyObject *read_fds(PyObject *Py_UNUSED(module), PyObject *args)
             if (!at->target)
                 goto out;
         }
-        if (read_record(info_dir, dirent->d_name, &buffer, &size, at) < 0)
+        /* A path's record is read when a check asks for it (most never do); every
+         * pipe, socket and anon inode's is asked for. */
+        if (read_record(length > 0 && link[0] == '/' ? -1 : info_dir, dirent->d_name,
+                        &buffer, &size, at) < 0)
             goto out;
     }
     if (errno) {
