@@ -8,7 +8,8 @@ a process started in a shell pipeline or by a supervisor holds its stdout: the
 end outside its tree is what a check names. Prints the median of 5 runs of each
 command, run in turns, and their ratio (target: at most 1.0); then the floors
 any Python check pays (the interpreter's start, the command's imports) and what
-one CRIU run of the environment's detection costs. CRIU's answers about itself
+one CRIU run of the environment's detection costs, and the kernel's part: the
+subject's fd table read by the compiled walk in this process. CRIU's answers about itself
 are kept across runs (tracker.criu.facts_cache): the runs measured find them
 kept, as every check does after the first since boot or since CRIU changed; the
 sleeping case is also measured with them asked afresh ($CRWATCH_REFRESH_CRIU=1).
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import Figure, record, within
 from tests.support.subjects import subject
+from tracker import procfs
 from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.criu.runner import find_criu
 
@@ -112,6 +114,7 @@ def bench_case(name: str, code: str, env: dict, command_env: dict, runs: int,
             lsof = ["lsof", "-p", str(running.pid)]
             run_ms(check, command_env)      # caches the bytecode and CRIU's answers
             ours, peer = medians_ms(check, lsof, command_env, runs)
+            walk = table_read_ms(running.pid, runs)
             if afresh:
                 asking = dict(command_env, **{REFRESH_VARIABLE: "1"})
                 cold, cold_peer = medians_ms(check, lsof, command_env, runs, asking)
@@ -121,11 +124,27 @@ def bench_case(name: str, code: str, env: dict, command_env: dict, runs: int,
     measure = f"`crwatch check --json` vs `lsof -p`, {name} ({fds:,} fds)"
     record(Figure("check", measure, f"{ours:.1f} ms", f"lsof -p {peer:.1f} ms", ours / peer,
                   f"<= x{TARGET_RATIO}", within(ours / peer, TARGET_RATIO)))
+    if walk is not None:
+        record(Figure("check", f"floor: the fd table as the compiled walk reads it, in-process, "
+                               f"{name}", f"{walk:.1f} ms", f"lsof -p {peer:.1f} ms", walk / peer))
     if afresh:
         record(Figure("check", f"{measure}, CRIU's answers asked afresh (first check since "
                                "boot or since CRIU changed)", f"{cold:.1f} ms",
                       f"lsof -p {cold_peer:.1f} ms", cold / cold_peer))
     return peer
+
+
+def table_read_ms(pid: int, runs: int) -> float | None:
+    """The median time the compiled walk (tracker/fdwalk.c) takes to read the subject's fd
+    table in this process: the kernel's part of any audit (None: not built)."""
+    if procfs.compiled_walk is None:
+        return None
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        procfs.compiled_walk.read_fds(f"/proc/{pid}/fd", f"/proc/{pid}/fdinfo")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def floors(command_env: dict, runs: int, lsof_ms: float | None) -> None:
