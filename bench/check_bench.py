@@ -126,7 +126,7 @@ def bench_case(name: str, code: str, env: dict, command_env: dict, runs: int,
                   f"<= x{TARGET_RATIO}", within(ours / peer, TARGET_RATIO)))
     if walk is not None:
         record(Figure("check", f"floor: the fd table as the compiled walk reads it, in-process, "
-                               f"{name}", f"{walk:.1f} ms", f"lsof -p {peer:.1f} ms", walk / peer))
+                               f"{name}", f"{walk:.2f} ms", f"lsof -p {peer:.1f} ms", walk / peer))
     if afresh:
         record(Figure("check", f"{measure}, CRIU's answers asked afresh (first check since "
                                "boot or since CRIU changed)", f"{cold:.1f} ms",
