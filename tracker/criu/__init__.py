@@ -1,6 +1,7 @@
 """CRIU itself: finding a usable `criu` and running it, its option syntax, its log read back.
 
-- `runner`: the CRIU to use (`find_criu`, `criu_at`, `probe_criu`) and trial dumps with it;
+- `runner`: the CRIU to use (`find_criu`, `criu_at`, `known_criu`, `probe_criu`) and trial
+  dumps with it;
 - `facts_cache`: what CRIU said of itself (version, features, libraries), kept across
   runs while nothing that decides it changes;
 - `options`: CRIU's option syntax (sizes, the options a caller allows, the arguments
