@@ -262,12 +262,13 @@ def criu_facts(criu: Criu, unprivileged: bool, cache: FactsCache) -> tuple[CriuF
     runs: dict[str, Callable[[], object]] = {    # each is a CRIU run: all at once
         name: functools.partial(criu_has_feature, criu, name, unprivileged) for name in FEATURES}
     runs[LOADED] = functools.partial(criu_loaded_files, criu)
-    answers = _in_parallel(runs)
-    loaded = answers.pop(LOADED)
+    answers = _in_parallel(runs)     # a run that failed in its thread has no answer: None
+    loaded = answers.get(LOADED)
+    features = {name: answers.get(name) for name in FEATURES}
     facts = CriuFacts(version=criu.version,
-                      features={name: bool(answer) for name, answer in answers.items()},
+                      features={name: bool(answer) for name, answer in features.items()},
                       libraries=libraries_in(loaded or ()), loaded=loaded or ())
-    if loaded is not None and None not in answers.values():
+    if loaded is not None and None not in features.values():
         cache.store(criu.path, facts, asked_at)
     return facts, "criu"
 

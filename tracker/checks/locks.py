@@ -16,6 +16,7 @@ and the holder gets SIGIO (by default fatal) once CRIU lets it go.
 """
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections import defaultdict
@@ -116,7 +117,7 @@ def read_proc_locks(proc_root: Path) -> dict[int, list[FileLock]]:
     if text is None:
         text = _locks_text(proc_root)
     by_inode: dict[int, list[FileLock]] = defaultdict(list)
-    for line in text.splitlines():
+    for line in io.StringIO(text):     # the lines the file itself gives, "\n" kept
         lock = parse_lock(line)
         if not lock.waiting:
             by_inode[lock.inode].append(lock)
