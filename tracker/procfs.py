@@ -9,8 +9,9 @@ an audit, by comparing its identity.
 
 An fd table is read in one call by the compiled walk (`_crwatch_fdwalk`, from
 tracker/fdwalk.c, which scripts/setup.sh builds into the venv): each fd's link and
-fdinfo record with its fields, without a Python call per syscall or per line. Without it the same table is
-read in Python, each fdinfo when first asked for.
+the fdinfo record (and its fields) of each pipe, socket and anon inode, without a
+Python call per syscall or per line. Without it the same table is read in Python,
+each fdinfo when first asked for.
 """
 from __future__ import annotations
 
