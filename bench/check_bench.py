@@ -8,10 +8,19 @@ a process started in a shell pipeline or by a supervisor holds its stdout: the
 end outside its tree is what a check names. Prints the median of 5 runs of each
 command, run in turns, and their ratio (target: at most 1.0); then the floors
 any Python check pays (the interpreter's start, the command's imports) and what
-one CRIU run of the environment's detection costs.
+one CRIU run of the environment's detection costs, and the kernel's part: the
+subject's fd table read by the compiled walk in this process. CRIU's answers about itself
+are kept across runs (tracker.criu.facts_cache): the runs measured find them
+kept, as every check does after the first since boot or since CRIU changed; the
+sleeping case is also measured with them asked afresh ($CRWATCH_REFRESH_CRIU=1).
+Each figure is recorded for `make bench`'s table (bench.figures).
+
+`--quick` takes 3 runs of each command instead of 5; `--case sleeping|1200|12500`
+(repeatable) measures only those subjects.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -24,7 +33,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import Figure, record, within
 from tests.support.subjects import subject
+from tracker import procfs
+from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.criu.runner import find_criu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +68,11 @@ while len(held) < count:
 ready(str(len(held))); hold()
 """
 
-CASES = (
-    ("sleeping process", SLEEPING, {}),
-    ("1,200 mixed fds", MIXED_FDS, {"FD_COUNT": "1200"}),
-    ("12,500 mixed fds", MIXED_FDS, {"FD_COUNT": "12500"}),
-)
+CASES = {
+    "sleeping": ("sleeping process", SLEEPING, {}),
+    "1200": ("1,200 mixed fds", MIXED_FDS, {"FD_COUNT": "1200"}),
+    "12500": ("12,500 mixed fds", MIXED_FDS, {"FD_COUNT": "12500"}),
+}
 
 
 def run_ms(command: list[str], env: dict) -> float:
@@ -71,12 +83,13 @@ def run_ms(command: list[str], env: dict) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def medians_ms(ours: list[str], peer: list[str], env: dict) -> tuple[float, float]:
-    """The medians of RUNS runs of each command, run in turns so that both meet the same
+def medians_ms(ours: list[str], peer: list[str], env: dict, runs: int,
+               ours_env: dict | None = None) -> tuple[float, float]:
+    """The medians of `runs` runs of each command, run in turns so that both meet the same
     load on a shared machine."""
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(RUNS):
-        times[0].append(run_ms(ours, env))
+    for _ in range(runs):
+        times[0].append(run_ms(ours, ours_env or env))
         times[1].append(run_ms(peer, env))
     return statistics.median(times[0]), statistics.median(times[1])
 
@@ -89,50 +102,94 @@ def installed_env(pycache: str) -> dict:
     return env
 
 
-def bench_case(name: str, code: str, env: dict, command_env: dict) -> str:
+def bench_case(name: str, code: str, env: dict, command_env: dict, runs: int,
+               afresh: bool) -> float:
+    """Records crwatch check against lsof -p on one subject (and, when `afresh`, with
+    CRIU's answers asked afresh); returns lsof's median."""
     read_end, write_end = os.pipe()
     try:
         with subject(code, env=env, pass_fds=(write_end,)) as running:
             fds = psutil.Process(running.pid).num_fds()
             check = [str(CRWATCH), "check", "--json", str(running.pid)]
-            run_ms(check, command_env)      # caches the bytecode
-            ours, peer = medians_ms(check, ["lsof", "-p", str(running.pid)], command_env)
+            lsof = ["lsof", "-p", str(running.pid)]
+            run_ms(check, command_env)      # caches the bytecode and CRIU's answers
+            ours, peer = medians_ms(check, lsof, command_env, runs)
+            walk = table_read_ms(running.pid, runs)
+            if afresh:
+                asking = dict(command_env, **{REFRESH_VARIABLE: "1"})
+                cold, cold_peer = medians_ms(check, lsof, command_env, runs, asking)
     finally:
         os.close(read_end)
         os.close(write_end)
-    return (f"{name:<18} ({fds:>6} fds): crwatch check {ours:7.1f} ms  lsof -p {peer:7.1f} ms  "
-            f"ratio {ours / peer:5.2f} (target <= {TARGET_RATIO})")
+    measure = f"`crwatch check --json` vs `lsof -p`, {name} ({fds:,} fds)"
+    record(Figure("check", measure, f"{ours:.1f} ms", f"lsof -p {peer:.1f} ms", ours / peer,
+                  f"<= x{TARGET_RATIO}", within(ours / peer, TARGET_RATIO)))
+    if walk is not None:
+        record(Figure("check", f"floor: the fd table as the compiled walk reads it, in-process, "
+                               f"{name}", f"{walk:.2f} ms", f"lsof -p {peer:.1f} ms", walk / peer))
+    if afresh:
+        record(Figure("check", f"{measure}, CRIU's answers asked afresh (first check since "
+                               "boot or since CRIU changed)", f"{cold:.1f} ms",
+                      f"lsof -p {cold_peer:.1f} ms", cold / cold_peer))
+    return peer
 
 
-def floors(command_env: dict) -> list[str]:
-    """What any Python `crwatch check` pays before it reads a single fd: the interpreter's
-    start, then the check command's imports; and one CRIU run of the environment's
-    detection (four run in parallel, while the audit runs)."""
+def table_read_ms(pid: int, runs: int) -> float | None:
+    """The median time the compiled walk (tracker/fdwalk.c) takes to read the subject's fd
+    table in this process: the kernel's part of any audit (None: not built)."""
+    if procfs.compiled_walk is None:
+        return None
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        procfs.compiled_walk.read_fds(f"/proc/{pid}/fd", f"/proc/{pid}/fdinfo")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def floors(command_env: dict, runs: int, lsof_ms: float | None) -> None:
+    """Records what any Python `crwatch check` pays before it reads a single fd: the
+    interpreter's start, then the check command's imports; and one CRIU run of the
+    environment's detection (when CRIU's answers are not kept). Each is set against lsof
+    on the sleeping process, when measured."""
     python = str(CRWATCH.with_name("python"))
     criu = find_criu()
     commands = {"python -I -c pass": [python, "-I", "-c", "pass"],
-                "python -c 'import api.cli.check'": [python, "-c", "import api.cli.check"]}
+                "python -c 'import api.cli.main, api.cli.check'":
+                    [python, "-c", "import api.cli.main, api.cli.check"]}
     if criu is not None:
         commands["criu check --feature pidfd_store"] = [criu.path, "check", "--feature",
                                                         "pidfd_store"]
-    lines = []
     for name, command in commands.items():
         run_ms(command, command_env)
-        ms = statistics.median(run_ms(command, command_env) for _ in range(RUNS))
-        lines.append(f"floor: {name:<34} {ms:7.1f} ms")
-    return lines
+        ms = statistics.median(run_ms(command, command_env) for _ in range(runs))
+        if lsof_ms is None:
+            record(Figure("check", f"floor: `{name}`", f"{ms:.1f} ms", "", None))
+        else:
+            record(Figure("check", f"floor: `{name}`", f"{ms:.1f} ms",
+                          f"lsof -p, sleeping process {lsof_ms:.1f} ms", ms / lsof_ms))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 runs of each command, not 5")
+    parser.add_argument("--case", action="append", choices=sorted(CASES),
+                        help="measure only this subject (repeatable; default: all)")
+    args = parser.parse_args(argv)
+    runs = 3 if args.quick else RUNS
     extra = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(EXTRA_PROCESSES)]
     try:
         with tempfile.TemporaryDirectory(prefix="crwatch-bench-pyc-") as pycache:
-            for case in CASES:
-                print(bench_case(*case, installed_env(pycache)), flush=True)
-            for line in floors(installed_env(pycache)):
-                print(line, flush=True)
+            lsof_sleeping = None
+            for case in args.case or list(CASES):
+                name, code, env = CASES[case]
+                peer = bench_case(name, code, env, installed_env(pycache), runs,
+                                  afresh=case == "sleeping")
+                if case == "sleeping":
+                    lsof_sleeping = peer
+            floors(installed_env(pycache), runs, lsof_sleeping)
     finally:
         for process in extra:
             process.kill()

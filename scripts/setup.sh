@@ -4,7 +4,8 @@
 # it makes lives in the repo (.venv, .deps), nothing outside it except the
 # Debian packages below and the tracefs mount.
 #
-#   .venv/                 virtualenv from /usr/bin/python3 (sees Debian's bcc)
+#   .venv/                 virtualenv from /usr/bin/python3 (sees Debian's bcc), with
+#                          _crwatch_fdwalk built by Debian's gcc from tracker/fdwalk.c
 #   .deps/kernel-headers/  merged header tree for bcc (only without /lib/modules/*/build)
 #   .deps/criu-apt/        private apt state used to fetch CRIU from Debian sid
 #   .deps/criu-root/       those .debs unpacked (never installed into the system)
@@ -42,7 +43,7 @@ mkdir -p "$DEPS"
 # No nftables/iptables package: criu's `--network-lock nftables` uses
 # libnftables in-process (part of the private criu closure below); iptables
 # is unpacked privately (.deps/iptables-bin) for the tests of CRIU's default lock.
-PKGS=(python3-venv python3-bpfcc make iproute2 procps util-linux chromium lsof btrfs-progs)
+PKGS=(python3-venv python3-dev gcc python3-bpfcc make iproute2 procps util-linux chromium lsof btrfs-progs)
 # bcc compiles against kernel headers; without this kernel's own, use Debian's.
 [ -e "/lib/modules/$KREL/build" ] || PKGS+=(linux-headers-amd64)
 
@@ -96,6 +97,27 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$STAMP"
 else
     say "python packages up to date"
+fi
+
+# ---------------------------------------------------------------- compiled fd walk
+# tracker/fdwalk.c: a process's fd links and fdinfo records in one call (Proc.fds walks
+# in Python without it). Built with Debian's gcc against the venv's Python, rebuilt
+# when the source or the interpreter changes.
+FDWALK_SRC=$ROOT/tracker/fdwalk.c
+read -r FDWALK_SITE FDWALK_SUFFIX FDWALK_INCLUDE < <("$VENV/bin/python" -c \
+    'import sysconfig as s; print(s.get_paths()["purelib"], s.get_config_var("EXT_SUFFIX"), s.get_paths()["include"])')
+FDWALK=$FDWALK_SITE/_crwatch_fdwalk$FDWALK_SUFFIX
+FDWALK_STAMP=$VENV/.crwatch-fdwalk-stamp
+want=$(cat "$FDWALK_SRC" "$VENV/bin/python" | sha256sum | cut -d' ' -f1)
+if [ ! -e "$FDWALK" ] || [ "$(cat "$FDWALK_STAMP" 2>/dev/null)" != "$want" ]; then
+    say "building _crwatch_fdwalk from tracker/fdwalk.c"
+    rm -f "$FDWALK_STAMP"
+    gcc -O2 -Wall -Wextra -Wno-missing-field-initializers -shared -fPIC \
+        -I"$FDWALK_INCLUDE" "$FDWALK_SRC" -o "$FDWALK.tmp" || die "building _crwatch_fdwalk failed"
+    mv "$FDWALK.tmp" "$FDWALK"
+    echo "$want" > "$FDWALK_STAMP"
+else
+    say "_crwatch_fdwalk up to date"
 fi
 
 # ---------------------------------------------------------------- bcc headers

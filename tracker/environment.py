@@ -23,23 +23,27 @@ they are asked through it):
 - the kernel release.
 
 `current()` detects once per process and caches (`of(criu)` for another
-CRIU); `redetect()` is for tests that change the environment. Detecting runs
-CRIU four times (tens of milliseconds): `detect_ahead()` begins it in the
-background for a command that will judge, so that it overlaps the audit, and
-`current()` then awaits that detection instead of starting another.
+CRIU); `redetect()` is for tests that change the environment. What CRIU itself
+says (its features and libraries) is kept across runs by tracker.criu.facts_cache
+while nothing it depends on changes; asking it afresh runs CRIU four times (tens
+of milliseconds): `detect_ahead()` begins the detection in the background for a
+command that will judge, so that it overlaps the audit, and `current()` then
+awaits that detection instead of starting another.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.criu.facts_cache import CriuFacts, FactsCache
 from tracker.criu.runner import Criu, find_criu
 
 CAPABILITY_NAMES = (
@@ -64,8 +68,9 @@ IPTABLES_CONNECTION_TOOLS = ("iptables", "ip6tables")
 IPTABLES_NAMESPACE_TOOLS = ("iptables-restore", "ip6tables-restore")
 DEFAULT_EXEC_PATH = "/bin:/usr/bin"  # glibc's execvp without PATH
 FEATURE_TIMEOUT = 10.0
+LOADED = "loaded files"     # the CRIU run that names the files it loads, beside the features
 
-_LOADED_LIBRARY = re.compile(r"calling init: (\S+)")
+_LOADED_FILE = re.compile(r"(?:calling init|initialize program): (\S+)")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,9 @@ class Environment:
     libraries: dict[str, bool] = field(default_factory=dict)
     ipv6: bool = True          # kerndat.c get_ipv6: /proc/sys/net/ipv6 exists
     seconds: float = 0.0
+    # "cache" (kept from an earlier run) or "criu" (asked now): shown by `crwatch env`, not
+    # part of the document, which holds the facts alone wherever they came from
+    criu_facts_from: str = ""
 
     # ------------------------------------------------------------ capabilities
 
@@ -221,30 +229,60 @@ class Environment:
 # ---------------------------------------------------------------- detection
 
 def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
-           path: str | None = None) -> Environment:
-    """The facts about this process as CRIU's parent, and about `criu`."""
+           path: str | None = None, cache: FactsCache | None = None) -> Environment:
+    """The facts about this process as CRIU's parent, and about `criu` (what CRIU says
+    of itself is taken from `cache`, by default the caller's, while it holds)."""
     started = time.monotonic()
     search = exec_path() if path is None else path
     credentials = Credentials.parse(status_path.read_text())
     tools = {tool: shutil.which(tool, path=search)
              for tool in (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)}
-    features: dict[str, bool] = {}
-    libraries: dict[str, bool] = {}
+    facts, facts_from = None, ""
     if criu is not None:
         # CRIU refuses every command, `check` included, to non-root without --unprivileged.
-        unprivileged = credentials.euid != 0
-        with ThreadPoolExecutor(max_workers=len(FEATURES) + 1) as pool:  # each is a CRIU run
-            asked = {name: pool.submit(criu_has_feature, criu, name, unprivileged)
-                     for name in FEATURES}
-            loaded = pool.submit(criu_libraries, criu)
-            features = {name: answer.result() for name, answer in asked.items()}
-            libraries = loaded.result()
+        facts, facts_from = criu_facts(criu, credentials.euid != 0,
+                                       FactsCache.default() if cache is None else cache)
     return Environment(credentials=credentials, kernel=os.uname().release, path=search,
                        tools=tools, criu_path=criu.path if criu else None,
                        criu_version=criu.version_text if criu else None,
-                       features=features, libraries=libraries,
+                       features=dict(facts.features) if facts else {},
+                       libraries=dict(facts.libraries) if facts else {},
                        ipv6=os.path.exists("/proc/sys/net/ipv6"),
-                       seconds=time.monotonic() - started)
+                       seconds=time.monotonic() - started, criu_facts_from=facts_from)
+
+
+def criu_facts(criu: Criu, unprivileged: bool, cache: FactsCache) -> tuple[CriuFacts, str]:
+    """What CRIU says of its features and libraries, and where that came from: "cache"
+    when kept from an earlier run and nothing it depends on has changed, else "criu"
+    (asked now, and kept when every run answered)."""
+    kept = cache.load(criu.path)
+    if kept is not None and kept.version == criu.version:
+        return kept, "cache"
+    asked_at = time.time_ns()
+    runs: dict[str, Callable[[], object]] = {    # each is a CRIU run: all at once
+        name: functools.partial(criu_has_feature, criu, name, unprivileged) for name in FEATURES}
+    runs[LOADED] = functools.partial(criu_loaded_files, criu)
+    answers = _in_parallel(runs)     # a run that failed in its thread has no answer: None
+    loaded = answers.get(LOADED)
+    features = {name: answers.get(name) for name in FEATURES}
+    facts = CriuFacts(version=criu.version,
+                      features={name: bool(answer) for name, answer in features.items()},
+                      libraries=libraries_in(loaded or ()), loaded=loaded or ())
+    if loaded is not None and None not in features.values():
+        cache.store(criu.path, facts, asked_at)
+    return facts, "criu"
+
+
+def _in_parallel(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Each call's answer, the calls made in threads of their own at once."""
+    answers: dict[str, object] = {}
+    threads = [threading.Thread(target=lambda name=name, call=call: answers.update({name: call()}),
+                                name=f"crwatch-criu-{name}") for name, call in calls.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
 
 
 def exec_path() -> str:
@@ -252,34 +290,71 @@ def exec_path() -> str:
     return os.environ.get("PATH", DEFAULT_EXEC_PATH)
 
 
-def criu_has_feature(criu: Criu, name: str, unprivileged: bool = False) -> bool:
-    """`criu check --feature NAME` exits 0 when the feature works here."""
+def criu_has_feature(criu: Criu, name: str, unprivileged: bool = False) -> bool | None:
+    """`criu check --feature NAME` exits 0 when the feature works here (None: CRIU did not
+    run or did not answer in time)."""
     command = [criu.path, "check", *(["--unprivileged"] if unprivileged else []), "--feature", name]
     try:
         result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
                                 timeout=FEATURE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
     return result.returncode == 0
 
 
-def criu_libraries(criu: Criu) -> dict[str, bool]:
-    """Which of LIBRARIES CRIU's binary loads. The dynamic loader names each one it
-    initialises (LD_DEBUG=libs), through any wrapper script that execs CRIU."""
+def criu_loaded_files(criu: Criu) -> tuple[str, ...] | None:
+    """The files a run of CRIU loads, through any wrapper script that execs it: the
+    dynamic loader names each program it starts and each library it initialises
+    (LD_DEBUG=libs). None: CRIU did not run."""
     env = dict(os.environ, LD_DEBUG="libs")
     try:
         result = subprocess.run([criu.path, "--version"], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, errors="replace", env=env,
                                 timeout=FEATURE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
-        return {name: False for name in LIBRARIES}
-    loaded = {Path(match).name for match in _LOADED_LIBRARY.findall(result.stderr)}
-    return {name: any(lib.startswith(soname) for lib in loaded)
+        return None
+    if result.returncode != 0:
+        return None
+    named = dict.fromkeys(match for match in _LOADED_FILE.findall(result.stderr)
+                          if os.path.isabs(match))
+    return tuple(named)
+
+
+def libraries_in(loaded: tuple[str, ...]) -> dict[str, bool]:
+    """Which of LIBRARIES are among the files CRIU's run loaded."""
+    names = {Path(path).name for path in loaded}
+    return {name: any(lib.startswith(soname) for lib in names)
             for name, soname in LIBRARIES.items()}
 
 
+class Detection:
+    """One detection's answer, awaited by every thread that asks meanwhile (what
+    concurrent.futures' Future does, without the import that costs each command
+    milliseconds)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._environment: Environment | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, environment: Environment) -> None:
+        self._environment = environment
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> Environment:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._environment is not None
+        return self._environment
+
+
 # Each CRIU's detection, begun once per process: callers in other threads await it.
-_detections: dict[Criu | None, Future] = {}
+_detections: dict[Criu | None, Detection] = {}
 _detections_lock = threading.Lock()
 
 
@@ -288,7 +363,7 @@ def of(criu: Criu | None) -> Environment:
     with _detections_lock:
         begun = _detections.get(criu)
         if begun is None:
-            begun = _detections[criu] = Future()
+            begun = _detections[criu] = Detection()
             detecting = True
         else:
             detecting = False
@@ -299,7 +374,7 @@ def of(criu: Criu | None) -> Environment:
 
 # current()'s answer being found and detected in the background (detect_ahead), which
 # current() awaits rather than find CRIU a second time meanwhile.
-_ahead: Future | None = None
+_ahead: Detection | None = None
 
 
 def current() -> Environment:
@@ -320,7 +395,7 @@ def detect_ahead() -> None:
     with _detections_lock:
         if _ahead is not None:
             return
-        _ahead = ahead = Future()
+        _ahead = ahead = Detection()
     threading.Thread(target=_find_and_detect, args=(ahead,), daemon=True,
                      name="crwatch-environment").start()
 
@@ -335,7 +410,7 @@ def redetect() -> Environment:
     return current()
 
 
-def _detect_into(future: Future, criu: Criu | None) -> None:
+def _detect_into(future: Detection, criu: Criu | None) -> None:
     try:
         future.set_result(detect(criu))
     except BaseException as error:
@@ -345,7 +420,7 @@ def _detect_into(future: Future, criu: Criu | None) -> None:
         future.set_exception(error)
 
 
-def _find_and_detect(ahead: Future) -> None:
+def _find_and_detect(ahead: Detection) -> None:
     try:
         ahead.set_result(of(find_criu()))
     except BaseException as error:

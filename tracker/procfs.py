@@ -6,6 +6,12 @@ ENOENT, ESRCH, and EINVAL from its mount tables), AccessDenied, or the OSError
 itself for anything else. A single fd or task that vanishes mid-read is
 skipped; whether the process itself survived is confirmed once, at the end of
 an audit, by comparing its identity.
+
+An fd table is read in one call by the compiled walk (`_crwatch_fdwalk`, from
+tracker/fdwalk.c, which scripts/setup.sh builds into the venv): each fd's link and
+the fdinfo record (and its fields) of each pipe, socket and anon inode, without a
+Python call per syscall or per line. Without it the same table is read in Python,
+each fdinfo when first asked for.
 """
 from __future__ import annotations
 
@@ -17,6 +23,11 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
+try:
+    import _crwatch_fdwalk as compiled_walk  # tracker/fdwalk.c, built by scripts/setup.sh
+except ImportError:  # not built: Proc.fds walks in Python
+    compiled_walk = None
 
 DEFAULT_PROC_ROOT = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -131,12 +142,14 @@ class OpenFd:
     A plain slotted class: an audit makes one per fd, 10,000 at a time.
     """
 
-    __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines", "_mnt_id")
+    __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines",
+                 "_fdinfo_text", "_mnt_id")
 
     def __init__(self, process: "Proc", fd: int, target: str, *,
-                 known_stat: os.stat_result | None = None, known_fdinfo: dict[str, str] | None = None):
+                 known_stat: os.stat_result | None = None, known_fdinfo: dict[str, str] | None = None,
+                 known_fdinfo_text: str | None = None):
         self.process, self.fd, self.target = process, fd, target
-        self._stat, self._fdinfo = known_stat, known_fdinfo
+        self._stat, self._fdinfo, self._fdinfo_text = known_stat, known_fdinfo, known_fdinfo_text
         self._kind = self._fdinfo_lines = self._mnt_id = None
 
     def __repr__(self) -> str:
@@ -191,7 +204,10 @@ class OpenFd:
     @property
     def fdinfo_lines(self) -> list[str]:
         if self._fdinfo_lines is None:
-            self._fdinfo_lines = self.process.read_record(f"fdinfo/{self.fd}").splitlines()
+            text = self._fdinfo_text
+            if text is None:
+                text = self.process.read_record(f"fdinfo/{self.fd}")
+            self._fdinfo_lines = text.splitlines()
         return self._fdinfo_lines
 
     @property
@@ -202,7 +218,8 @@ class OpenFd:
     def mnt_id(self) -> int:
         """The id of the mount the fd's file was opened through (fdinfo's mnt_id)."""
         if self._mnt_id is None:
-            if self._fdinfo is not None or self._fdinfo_lines is not None:
+            if (self._fdinfo is not None or self._fdinfo_lines is not None
+                    or self._fdinfo_text is not None):
                 self._mnt_id = int(self.fdinfo.get("mnt_id", "-1"))  # already read: free
             else:
                 try:
@@ -411,7 +428,20 @@ class Proc:
             return ""
 
     def fds(self) -> list[OpenFd]:
-        """Every open fd; an fd closed while we read is skipped."""
+        """Every open fd, by number; an fd closed while we read is skipped. The compiled walk
+        (_crwatch_fdwalk, when built) reads each fd's fdinfo in the same call as its link."""
+        if compiled_walk is None:
+            return self.fds_walked_in_python()
+        try:
+            walked = compiled_walk.read_fds(self._prefix + "fd", self._prefix + "fdinfo")
+        except OSError as error:
+            raise _translate(self.pid, error.filename or "fd", error) from None
+        return [OpenFd(self, fd, NAME_TOO_LONG if target is None else target,
+                       known_fdinfo_text=fdinfo, known_fdinfo=fields)
+                for fd, target, fdinfo, fields in walked]
+
+    def fds_walked_in_python(self) -> list[OpenFd]:
+        """fds() without the compiled walk: each fdinfo is read when first asked for."""
         fd_dir = self._prefix + "fd/"
         try:
             names = os.listdir(fd_dir)

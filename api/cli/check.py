@@ -15,6 +15,7 @@ from api.cli.arguments import judged_by
 from api.render import verdict_text
 from tracker import environment, verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
+from tracker.checks import locks
 from tracker.checks.general import exited
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
@@ -36,6 +37,7 @@ def run(args) -> int:
     # full passes, which the objects of thousands of fds would otherwise set off over it.
     gc.freeze()
     environment.detect_ahead()     # CRIU's runs overlap the audits; the verdicts await them
+    locks.read_ahead()             # the kernel's wait for /proc/locks overlaps the fd walk
     tree = not args.only
     results = []
     for pid in args.pids:

@@ -1,18 +1,25 @@
 """`crwatch env [--json]`: the dumper's environment, the facts verdicts depend on."""
 from __future__ import annotations
 
+import os
 import sys
 
 from api.cli import exit_codes
 from tracker import environment
+from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.safe_text import json_text, visible_all
 
 LOCK_NEEDS = {"iptables": "no option needed", "nftables": "needs --network-lock nftables",
               "none": "no lock works: install iptables, or lock it yourself and use "
                       "--network-lock skip"}
 
+FACTS_FROM = {"cache": "  (features kept from an earlier run: --refresh asks CRIU again)",
+              "criu": "  (features asked of CRIU now)"}
+
 
 def run(args) -> int:
+    if args.refresh:    # CRIU is found and asked below: neither believes a kept answer
+        os.environ[REFRESH_VARIABLE] = "1"
     try:
         facts = environment.current()
     except (OSError, ValueError) as error:  # /proc/self/status unreadable or unexpected
@@ -53,7 +60,8 @@ def environment_text(facts: environment.Environment) -> str:
                          f"{facts.sys_resource_fact()}: processes under other uids or gids "
                          "cannot be dumped"))
     lines.append(f"criu          {criu['version'] or 'not found'}"
-                 + (f" at {criu['path']}" if criu["path"] else ""))
+                 + (f" at {criu['path']}" if criu["path"] else "")
+                 + FACTS_FROM.get(facts.criu_facts_from, ""))
     for name, present in {**criu["features"], **criu["libraries"]}.items():
         lines.append(f"  {name:<22} {'yes' if present else 'no'}")
     lines.append("network lock  (CRIU's default is iptables)")

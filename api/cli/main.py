@@ -13,6 +13,7 @@ from pathlib import Path
 
 from api.cli import arguments, exit_codes
 from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
+from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
 
 # Each command's module: its `run(args)` does the command and returns its exit status.
@@ -59,6 +60,9 @@ def _env(commands) -> None:
                                           "(capabilities, network lock, CRIU features, kernel)")
     env.add_argument("--json", action="store_true",
                      help="print the environment document (crwatch.environment/1)")
+    env.add_argument("--refresh", action="store_true",
+                     help=f"ask CRIU again for its features rather than believe what an earlier "
+                          f"run kept (the same as {REFRESH_VARIABLE}=1 for any command)")
 
 
 def _watch(commands) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 import signal
 import sys
 import time
@@ -143,7 +142,7 @@ class Syscalls:
 SYSCALLS = {
     "x86_64": Syscalls(clone=56, clone3=435, futex=202, kcmp=312, vfork=58),
     "aarch64": Syscalls(clone=220, clone3=435, futex=98, kcmp=272, vfork=None),
-}.get(platform.machine())
+}.get(os.uname().machine)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.criu.facts_cache import FactsCache
 from tracker.criu.log import NOISE
 
 # Older CRIU misreads this kernel: 3.17 fails `criu check` (vDSO bounds) and
@@ -134,12 +135,12 @@ def find_criu() -> Criu | None:
     Callers should check `.supported` before trusting a verdict.
     """
     if env := os.environ.get("CRWATCH_CRIU"):
-        return probe_criu(env)
+        return known_criu(env)
     private = _REPO_ROOT / ".deps" / "bin" / "criu"
-    if os.access(private, os.X_OK) and (found := probe_criu(str(private))):
+    if os.access(private, os.X_OK) and (found := known_criu(str(private))):
         return found
     system = shutil.which("criu", path=_search_path())
-    return probe_criu(system) if system else None
+    return known_criu(system) if system else None
 
 
 def criu_at(path: str | None) -> Criu | None:
@@ -147,7 +148,14 @@ def criu_at(path: str | None) -> Criu | None:
     if not path:
         return find_criu()
     found = shutil.which(path, path=_search_path()) if os.sep not in path else path
-    return probe_criu(found) if found else None
+    return known_criu(found) if found else None
+
+
+def known_criu(path: str) -> Criu | None:
+    """The CRIU at this path, with the version it gave an earlier run when nothing that
+    decides it has changed since (facts_cache), else as it says now."""
+    kept = FactsCache.default().load(path)
+    return Criu(path, kept.version) if kept is not None else probe_criu(path)
 
 
 def _search_path() -> str:

@@ -20,10 +20,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
-BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 ATTR_SIZE = 128         # larger than every command's attributes; the kernel wants the rest zero
