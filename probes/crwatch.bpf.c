@@ -8,6 +8,7 @@
  *   RINGBUF_PAGES    ring buffer size in pages, a power of two
  *   MAX_TRACKED_FDS  capacity of the tracked-fd map
  *   MAX_TASKS        capacity of each per-task map
+ *   PID_LIMIT        the kernel's highest possible pid + 1 (PID_MAX_LIMIT), a multiple of 64
  *   PAGE_BYTES       the page size
  *   CLOSE_RANGE_SPAN how many fds of a close_range the kernel side untracks itself
  *   <STRUCT>_<FIELD>_OFFSET  where fd_device() finds a field in this kernel's structs
@@ -121,6 +122,14 @@ BPF_HASH(pending, u32, struct pending, MAX_TASKS);
  * quiet_majors, and the kernel dev_t numbers in quiet_devices. */
 BPF_ARRAY(quiet_majors, u8, DEVICE_MAJORS);
 BPF_HASH(quiet_devices, u32, u8, MAX_QUIET_DEVICES);
+/* The tgids that may hold tracked fds, a bit each: a close (or dup) by any other
+ * process is passed over without a look in tracked_fds. Two bitmaps, each with one
+ * writer: the kernel side sets its bits atomically and clears them when the process
+ * dies, the loader sets and clears its own (a word written by both would lose one's
+ * bit to the other's read-modify-write). A set bit with nothing tracked costs a
+ * lookup, never a missed close. */
+BPF_ARRAY(kernel_fd_holders, u64, PID_LIMIT / 64);
+BPF_ARRAY(user_fd_holders, u64, PID_LIMIT / 64);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -198,10 +207,37 @@ static __always_inline void mark_memory(u32 tgid)
     watch(tgid);
 }
 
+static __always_inline bool may_hold_tracked_fds(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 bit = 1ULL << (tgid % 64);
+    u64 *by_kernel = kernel_fd_holders.lookup(&word);
+    u64 *by_user = user_fd_holders.lookup(&word);
+    return (by_kernel && (*by_kernel & bit)) || (by_user && (*by_user & bit));
+}
+
+/* Set before the fd goes into tracked_fds, so that no close can miss it. */
+static __always_inline void mark_fd_holder(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 *bits = kernel_fd_holders.lookup(&word);
+    if (bits)
+        __sync_fetch_and_or(bits, 1ULL << (tgid % 64));
+}
+
+static __always_inline void unmark_fd_holder(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 *bits = kernel_fd_holders.lookup(&word);
+    if (bits)
+        __sync_fetch_and_and(bits, ~(1ULL << (tgid % 64)));
+}
+
 static __always_inline void track_fd(u32 tgid, s32 fd)
 {
     struct fd_key key = {.tgid = tgid, .fd = fd};
     u64 now = bpf_ktime_get_ns();
+    mark_fd_holder(tgid);
     count_insert(tracked_fds.update(&key, &now));
     watch(tgid);
 }
@@ -222,7 +258,7 @@ static __always_inline void emit_tracked(u32 kind, s32 fd, u64 arg)
 static __always_inline bool is_tracked(u32 tgid, s32 fd)
 {
     struct fd_key key = {.tgid = tgid, .fd = fd};
-    return tracked_fds.lookup(&key) != 0;
+    return may_hold_tracked_fds(tgid) && tracked_fds.lookup(&key) != 0;
 }
 
 static __always_inline void untrack_fd(u32 tgid, s32 fd)
@@ -1076,6 +1112,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         lock_holders.delete(&tgid);
         locks_reported.delete(&tgid);
         memory_marked.delete(&tgid);
+        unmark_fd_holder(tgid);
     }
     return 0;
 }

@@ -374,6 +374,29 @@ hold()
 
 
 @pytest.mark.bpf
+def test_a_device_opened_by_a_path_outside_dev_is_reported(quiet_inbox, tmp_path):
+    """Every open's inode is looked at, whatever its path: a device opened relative to
+    a directory fd or through a symlink is reported with the path it was opened by, a
+    quiet one by no path is not."""
+    (tmp_path / "kvm-link").symlink_to("/dev/kvm")
+    with run(f"""
+dev = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY)
+os.close(os.open("null", os.O_RDWR, dir_fd=dev))
+relative = os.open("kvm", os.O_RDWR, dir_fd=dev)
+linked = os.open({str(tmp_path / "kvm-link")!r}, os.O_RDWR)
+ready(f"{{relative}} {{linked}}")
+hold()
+""") as running:
+        relative, linked = map(int, running.note.split())
+        quiet_inbox.wait_for(lambda e: e.tgid == running.pid and e.fd == linked)
+        events = quiet_inbox.of(running.pid)
+    assert [(event.fd, event.special, event.path) for event in events
+            if event.kind is Kind.FD_OPENED] == [
+        (relative, Special.DEVICE, "kvm"),
+        (linked, Special.DEVICE, str(tmp_path / "kvm-link"))]
+
+
+@pytest.mark.bpf
 def test_without_btf_every_device_open_is_reported_with_its_path(tmp_path):
     with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
                 quiet_devices=devices.QUIET_DEVICES.devices, btf=tmp_path / "none") as loaded:
@@ -495,6 +518,47 @@ hold()
         os.kill(running.pid, signal.SIGUSR1)
         events = inbox.until_marker(running.pid)
     assert [event.fd for event in events if event.kind is Kind.FD_CLOSED] == [kept, retracked]
+
+
+@pytest.mark.bpf
+def test_a_close_is_looked_up_only_for_processes_that_may_hold_tracked_fds(probes, inbox):
+    """The kernel side marks a process when it tracks one of its fds and unmarks it when
+    it dies; the loader marks the processes whose fds it tracks and unmarks those it
+    forgets. A process marked by the loader again after being forgotten reports its
+    close."""
+    with run("""
+device = os.open("/dev/kvm", os.O_RDWR)
+regular = os.open("/etc/hostname", os.O_RDONLY)
+ready(f"{device} {regular}")
+go()
+os.close(regular)
+marker()
+hold()
+""") as by_kernel, run("""
+regular = os.open("/etc/hostname", os.O_RDONLY)
+ready(str(regular))
+go()
+os.close(regular)
+marker()
+hold()
+""") as by_loader:
+        inbox.wait_for(lambda e: e.tgid == by_kernel.pid and e.kind is Kind.FD_OPENED)
+        assert probes.may_hold_tracked_fds(by_kernel.pid)
+        assert not probes.may_hold_tracked_fds(by_loader.pid)
+        regular = int(by_loader.note)
+        probes.track_fd(by_loader.pid, regular)
+        probes.forget(by_loader.pid)
+        assert not probes.may_hold_tracked_fds(by_loader.pid)
+        probes.track_fd(by_loader.pid, regular)
+        assert probes.may_hold_tracked_fds(by_loader.pid)
+        for running in (by_kernel, by_loader):
+            os.kill(running.pid, signal.SIGUSR1)
+        loader_events = inbox.until_marker(by_loader.pid)
+        inbox.until_marker(by_kernel.pid)
+        by_kernel.stop()
+        inbox.wait_for(lambda e: e.tgid == by_kernel.pid and e.kind is Kind.EXITED)
+    assert [event.fd for event in loader_events if event.kind is Kind.FD_CLOSED] == [regular]
+    assert not probes.may_hold_tracked_fds(by_kernel.pid)
 
 
 @pytest.mark.bpf
