@@ -19,8 +19,8 @@
  *
  * Invariants: nothing goes into a map unless the record that reports it was
  * reserved (a lost record leaves the maps as they were; the tracker re-audits
- * after a loss). Every exit probe that looks at `pending` deletes the
- * thread's entry.
+ * after a loss). Every exit probe that finds a `pending` entry deletes the
+ * thread's entry and its bit (forget_pending).
  */
 #include "record.h"
 
@@ -117,6 +117,11 @@ BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the t
 BPF_HASH(memory_marked, u32, u8, MAX_TASKS);    /* tgids with nonlinear or shm mappings */
 BPF_HASH(pi_held, u32, u32, MAX_TASKS);         /* tid -> PI futexes it holds */
 BPF_HASH(pending, u32, struct pending, MAX_TASKS);
+/* The threads with an entry in `pending`, a bit each, set and cleared by the thread
+ * itself (atomically: a word holds 64 threads' bits): the exit probe of a call that
+ * left nothing pending (most futex, dup and fcntl calls) costs an array lookup, not
+ * a hash lookup. */
+BPF_ARRAY(pending_threads, u64, PID_LIMIT / 64);
 /* The character devices whose opens stay in the kernel (tracker.checks.devices.QUIET_DEVICES,
  * filled by the loader before anything is reported): every minor of a major set in
  * quiet_majors, and the kernel dev_t numbers in quiet_devices. */
@@ -270,6 +275,10 @@ static __always_inline void untrack_fd(u32 tgid, s32 fd)
 static __always_inline void remember(struct pending *p)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
+    u64 *bits = pending_threads.lookup(&word);
+    if (bits)
+        __sync_fetch_and_or(bits, 1ULL << (tid % 64));
     count_insert(pending.update(&tid, p));
 }
 
@@ -282,7 +291,11 @@ static __always_inline void remember_op(u32 op, s32 fd, u64 a, u64 b)
 static __always_inline void forget_pending(void)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
     pending.delete(&tid);
+    u64 *bits = pending_threads.lookup(&word);
+    if (bits)
+        __sync_fetch_and_and(bits, ~(1ULL << (tid % 64)));
 }
 
 /* The callers test for NULL and then check p->op: the verifier loses a map
@@ -290,6 +303,10 @@ static __always_inline void forget_pending(void)
 static __always_inline struct pending *pending_here(void)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
+    u64 *bits = pending_threads.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (tid % 64))))
+        return 0;
     return pending.lookup(&tid);
 }
 
@@ -370,8 +387,8 @@ static __always_inline bool under_dev(const char *filename)
  * may have moved, and another task may have used the slot), else the record goes
  * without its path. */
 struct open_path {
-    u32 tid;
-    u64 switches;       /* the caller's context switches at enter */
+    u64 task;           /* the caller's task_struct */
+    u64 switches;       /* its context switches at enter */
     u64 filename;       /* the path in the caller's memory */
 };
 BPF_PERCPU_ARRAY(open_paths, struct open_path, 1);
@@ -402,8 +419,9 @@ static __always_inline void remember_device_open(const char *filename)
     struct open_path *slot = open_paths.lookup(&zero);
     if (!slot)
         return;
-    slot->tid = current_tid();
-    slot->switches = context_switches(current_task());
+    char *task = current_task();
+    slot->task = (u64)task;
+    slot->switches = context_switches(task);
     slot->filename = (u64)filename;
 }
 
@@ -412,7 +430,7 @@ static __always_inline const char *open_path_here(char *task)
 {
     u32 zero = 0;
     struct open_path *slot = open_paths.lookup(&zero);
-    if (!slot || slot->tid != current_tid() || slot->switches != context_switches(task))
+    if (!slot || slot->task != (u64)task || slot->switches != context_switches(task))
         return 0;
     return (const char *)slot->filename;
 }
@@ -847,13 +865,13 @@ static __always_inline void count_pi_held(u32 tid, bool acquired)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_futex)
 {
-    u32 tid = current_tid();
-    struct pending *p = pending.lookup(&tid);
+    struct pending *p = pending_here();
     if (!p)
         return 0;
+    u32 tid = current_tid();
     u32 op = p->op;
     u64 addr = p->a;
-    pending.delete(&tid);
+    forget_pending();
     bool done = args->ret == 0;
     if (op == OP_PI_LOCK) {
         if (emit(done ? KIND_PI_ACQUIRED : KIND_PI_NOT_ACQUIRED, -1, addr, 0) && done)
@@ -1104,7 +1122,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
     bool held_pi = pi_held.delete(&tid) == 0;
     bool tracee = tid != tgid && watched.delete(&tid) == 0;
-    pending.delete(&tid);
+    forget_pending();
     if (held_pi || tracee || watched.lookup(&tgid))
         emit(KIND_EXITED, -1, group_dead, 0);
     if (group_dead) {
