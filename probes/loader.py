@@ -53,6 +53,7 @@ KERNEL_MINOR_BITS = 20             # the kernel's dev_t: major << 20 | minor
 PID_LIMIT = 4 * 1024 * 1024        # PID_MAX_LIMIT: pids are below it (a bit each in the holder maps)
 
 ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"
+DEVICE_OPEN_PROBES = ("open", "openat", "openat2")   # the probes that use the struct layout
 
 
 class ProbeError(RuntimeError):
@@ -194,8 +195,9 @@ class Probes:
             f"-DCLOSE_RANGE_SPAN={CLOSE_RANGE_SPAN}",
             f"-DPID_LIMIT={PID_LIMIT}",
         ]
+        self._layout_cflags: list[str] = []
         try:
-            self._base_cflags += layout_cflags(read_layout(btf))
+            self._layout_cflags = layout_cflags(read_layout(btf))
             self.device_filter = {"state": "in kernel", "reason": "by major:minor, with the "
                                   "struct layout of this kernel's BTF"}
         except LayoutError as error:
@@ -236,10 +238,11 @@ class Probes:
     def cflags(self) -> list[str]:
         enabled = [f"-DHAVE_{name}" for name, status in self._statuses.items()
                    if name != REQUIRED and status.state == ATTACHED]
-        return self._base_cflags + enabled
+        return self._base_cflags + self._layout_cflags + enabled
 
     def _load(self):
-        """Compile and attach; a probe the kernel refuses is marked failed and left out."""
+        """Compile and attach; a probe the kernel refuses is marked failed and left out,
+        a device filter it refuses is left out (every device open is reported)."""
         while True:
             bpf = self._bpf_class.__new__(self._bpf_class)  # kept, to detach a partial attach
             try:
@@ -249,6 +252,13 @@ class Probes:
                 bpf.cleanup()
                 atexit.unregister(bpf.cleanup)
                 name = probe_of_program(str(error), self._statuses)
+                if name in DEVICE_OPEN_PROBES and self._layout_cflags:
+                    # the filter's plain loads through the BTF task pointer need 5.11 and
+                    # offsets the verifier accepts: without them, judged by path
+                    self._layout_cflags = []
+                    self.device_filter = {"state": "off", "reason": "every device open is "
+                                          f"reported: the kernel refused the filter: {error}"}
+                    continue
                 if name is None or name == REQUIRED:
                     raise ProbeError(f"cannot load {SOURCE.name}: {error}") from error
                 self._statuses[name].state = FAILED
