@@ -24,6 +24,7 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import Figure, record, within
 from probes.loader import SOURCE as SOURCE_BPF
 from probes.loader import ensure_tracefs, probe_blocks
 from tracker.live.applier import Tracker
@@ -35,6 +36,9 @@ CRWATCH = Path(sys.executable).with_name("crwatch")
 TARGET_WORST_MICRO = 1.25
 TARGET_REALISTIC = 1.03
 TARGET_EVENT_RATE = 100_000
+TARGET_DEVICE_OPEN_OVER_FLOOR = 1.05     # open+close of /dev/null: within 5% of empty programs
+TARGET_FUTEX_DEFAULT = 1.10              # futex wake, default profile (no futex probe), vs off
+TARGET_FUTEX_STRICT_OVER_FLOOR = 1.05    # futex wake, strict (futex probed), vs empty programs
 
 REPETITIONS = 5                      # off/on pairs
 MICRO_CALLS = {"getppid": 2_000_000, "futex_wake": 2_000_000, "open_close": 400_000,
@@ -170,7 +174,28 @@ def bench_micro(binary: Path, workdir: Path) -> list[str]:
                      f"{strict / empty:.3f} x the floor ({strict - empty:+.0f} ns)")
     lines.append(f"worst microbenchmark ratio {max(ratios):.3f}  target {TARGET_WORST_MICRO}, "
                  f"ratio to target {max(ratios) / TARGET_WORST_MICRO:.2f}")
+    _record_micro({key: statistics.median(values) for key, values in micro.items()})
     return lines
+
+
+def _record_micro(medians: dict[tuple[str, str], float]) -> None:
+    """The issue's probe figures, each next to the floor or the untracked run it is held to."""
+    def figure(measure: str, loop: str, setup: str, against: str, peer: str,
+               limit: float | None) -> None:
+        ours, theirs = medians[loop, setup], medians[loop, against]
+        ratio = ours / theirs
+        record(Figure("probes", measure, f"{ours:.0f} ns", f"{peer} {theirs:.0f} ns", ratio,
+                      f"<= x{limit:.2f}" if limit else "",
+                      within(ratio, limit) if limit else None))
+
+    figure("open+close of /dev/null, tracker running (profile criu)", "open_close /dev/null",
+           "crwatch", "empty", "empty programs", TARGET_DEVICE_OPEN_OVER_FLOOR)
+    figure("open+close of /dev/null, tracker running (profile criu)", "open_close /dev/null",
+           "crwatch", "off", "tracker off", None)
+    figure("uncontended futex wake, profile criu (futex not probed)", "futex_wake",
+           "crwatch", "off", "tracker off", TARGET_FUTEX_DEFAULT)
+    figure("uncontended futex wake, profile strict (futex probed)", "futex_wake",
+           "crwatch strict", "empty", "empty programs", TARGET_FUTEX_STRICT_OVER_FLOOR)
 
 
 def bench_workload(binary: Path, workdir: Path) -> list[str]:

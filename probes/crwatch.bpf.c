@@ -8,6 +8,7 @@
  *   RINGBUF_PAGES    ring buffer size in pages, a power of two
  *   MAX_TRACKED_FDS  capacity of the tracked-fd map
  *   MAX_TASKS        capacity of each per-task map
+ *   PID_LIMIT        the kernel's highest possible pid + 1 (PID_MAX_LIMIT), a multiple of 64
  *   PAGE_BYTES       the page size
  *   CLOSE_RANGE_SPAN how many fds of a close_range the kernel side untracks itself
  *   <STRUCT>_<FIELD>_OFFSET  where fd_device() finds a field in this kernel's structs
@@ -18,8 +19,8 @@
  *
  * Invariants: nothing goes into a map unless the record that reports it was
  * reserved (a lost record leaves the maps as they were; the tracker re-audits
- * after a loss). Every exit probe that looks at `pending` deletes the
- * thread's entry.
+ * after a loss). Every exit probe that finds a `pending` entry deletes the
+ * thread's entry and its bit (forget_pending).
  */
 #include "record.h"
 
@@ -116,11 +117,24 @@ BPF_HASH(locks_reported, u32, u8, MAX_TASKS);   /* tgids whose lock change the t
 BPF_HASH(memory_marked, u32, u8, MAX_TASKS);    /* tgids with nonlinear or shm mappings */
 BPF_HASH(pi_held, u32, u32, MAX_TASKS);         /* tid -> PI futexes it holds */
 BPF_HASH(pending, u32, struct pending, MAX_TASKS);
+/* The threads with an entry in `pending`, a bit each, set and cleared by the thread
+ * itself (atomically: a word holds 64 threads' bits): the exit probe of a call that
+ * left nothing pending (most futex, dup and fcntl calls) costs an array lookup, not
+ * a hash lookup. */
+BPF_ARRAY(pending_threads, u64, PID_LIMIT / 64);
 /* The character devices whose opens stay in the kernel (tracker.checks.devices.QUIET_DEVICES,
  * filled by the loader before anything is reported): every minor of a major set in
  * quiet_majors, and the kernel dev_t numbers in quiet_devices. */
 BPF_ARRAY(quiet_majors, u8, DEVICE_MAJORS);
 BPF_HASH(quiet_devices, u32, u8, MAX_QUIET_DEVICES);
+/* The tgids that may hold tracked fds, a bit each: a close (or dup) by any other
+ * process is passed over without a look in tracked_fds. Two bitmaps, each with one
+ * writer: the kernel side sets its bits atomically and clears them when the process
+ * dies, the loader sets and clears its own (a word written by both would lose one's
+ * bit to the other's read-modify-write). A set bit with nothing tracked costs a
+ * lookup, never a missed close. */
+BPF_ARRAY(kernel_fd_holders, u64, PID_LIMIT / 64);
+BPF_ARRAY(user_fd_holders, u64, PID_LIMIT / 64);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -198,10 +212,37 @@ static __always_inline void mark_memory(u32 tgid)
     watch(tgid);
 }
 
+static __always_inline bool may_hold_tracked_fds(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 bit = 1ULL << (tgid % 64);
+    u64 *by_kernel = kernel_fd_holders.lookup(&word);
+    u64 *by_user = user_fd_holders.lookup(&word);
+    return (by_kernel && (*by_kernel & bit)) || (by_user && (*by_user & bit));
+}
+
+/* Set before the fd goes into tracked_fds, so that no close can miss it. */
+static __always_inline void mark_fd_holder(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 *bits = kernel_fd_holders.lookup(&word);
+    if (bits)
+        __sync_fetch_and_or(bits, 1ULL << (tgid % 64));
+}
+
+static __always_inline void unmark_fd_holder(u32 tgid)
+{
+    u32 word = tgid / 64;
+    u64 *bits = kernel_fd_holders.lookup(&word);
+    if (bits)
+        __sync_fetch_and_and(bits, ~(1ULL << (tgid % 64)));
+}
+
 static __always_inline void track_fd(u32 tgid, s32 fd)
 {
     struct fd_key key = {.tgid = tgid, .fd = fd};
     u64 now = bpf_ktime_get_ns();
+    mark_fd_holder(tgid);
     count_insert(tracked_fds.update(&key, &now));
     watch(tgid);
 }
@@ -222,7 +263,7 @@ static __always_inline void emit_tracked(u32 kind, s32 fd, u64 arg)
 static __always_inline bool is_tracked(u32 tgid, s32 fd)
 {
     struct fd_key key = {.tgid = tgid, .fd = fd};
-    return tracked_fds.lookup(&key) != 0;
+    return may_hold_tracked_fds(tgid) && tracked_fds.lookup(&key) != 0;
 }
 
 static __always_inline void untrack_fd(u32 tgid, s32 fd)
@@ -234,6 +275,10 @@ static __always_inline void untrack_fd(u32 tgid, s32 fd)
 static __always_inline void remember(struct pending *p)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
+    u64 *bits = pending_threads.lookup(&word);
+    if (bits)
+        __sync_fetch_and_or(bits, 1ULL << (tid % 64));
     count_insert(pending.update(&tid, p));
 }
 
@@ -246,7 +291,11 @@ static __always_inline void remember_op(u32 op, s32 fd, u64 a, u64 b)
 static __always_inline void forget_pending(void)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
     pending.delete(&tid);
+    u64 *bits = pending_threads.lookup(&word);
+    if (bits)
+        __sync_fetch_and_and(bits, ~(1ULL << (tid % 64)));
 }
 
 /* The callers test for NULL and then check p->op: the verifier loses a map
@@ -254,6 +303,10 @@ static __always_inline void forget_pending(void)
 static __always_inline struct pending *pending_here(void)
 {
     u32 tid = current_tid();
+    u32 word = tid / 64;
+    u64 *bits = pending_threads.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (tid % 64))))
+        return 0;
     return pending.lookup(&tid);
 }
 
@@ -324,60 +377,105 @@ static __always_inline bool under_dev(const char *filename)
 #ifdef TASK_FILES_OFFSET
 /* A device open's new fd is told apart at exit by its inode, read through this kernel's
  * own layout (the offsets come from its BTF): a block device, or a character device
- * that is not quiet or is opened with O_PATH, is reported. The enter probe leaves the
- * path in a per-CPU slot, not in a map entry inserted and deleted per open. The slot
- * is the caller's own only if it ran without a context switch since (else it may
- * have moved, and another task may have used the slot): then an open of a path
- * outside /dev/ needs no look at its inode. Any other open is looked at, and a
- * device found is reported without its path. */
+ * that is not quiet or is opened with O_PATH, is reported. Every open pays for that
+ * look, so it is kept short: the task's fd table is reached by plain loads through
+ * the BTF task pointer (the verifier checks each offset against the kernel's own
+ * types), and what lies beyond it by three copies (the file pointer, the file's
+ * flags and inode, the inode's mode and rdev). The enter probe only leaves the path
+ * pointer in a per-CPU slot, for the record of the rare open that is reported; the
+ * slot is the caller's own only if it ran without a context switch since (else it
+ * may have moved, and another task may have used the slot), else the record goes
+ * without its path. */
 struct open_path {
-    u32 tid;
-    u64 switches;       /* the caller's context switches at enter */
-    u64 filename;       /* a /dev/ path in the caller's memory, or 0 */
+    u64 task;           /* the caller's task_struct */
+    u64 switches;       /* its context switches at enter */
+    u64 filename;       /* the path in the caller's memory */
 };
 BPF_PERCPU_ARRAY(open_paths, struct open_path, 1);
 
-/* The caller's context switches so far; false when they cannot be read. */
-static __always_inline bool context_switches(u64 *count)
+/* Two fields of one kernel struct, copied at once when they sit close together. */
+#define SPAN_LOW(a, b) ((a) < (b) ? (a) : (b))
+#define SPAN_END(a, a_size, b, b_size) ((a) + (a_size) > (b) + (b_size) ? (a) + (a_size) : (b) + (b_size))
+#define FILE_LOW SPAN_LOW(FILE_FLAGS_OFFSET, FILE_INODE_OFFSET)
+#define FILE_SPAN (SPAN_END(FILE_FLAGS_OFFSET, 4, FILE_INODE_OFFSET, 8) - FILE_LOW)
+#define INODE_LOW SPAN_LOW(INODE_MODE_OFFSET, INODE_RDEV_OFFSET)
+#define INODE_SPAN (SPAN_END(INODE_MODE_OFFSET, 2, INODE_RDEV_OFFSET, 4) - INODE_LOW)
+#define MAX_SPAN 128
+
+static __always_inline char *current_task(void)
 {
-    char *task = (char *)bpf_get_current_task();
-    unsigned long voluntary = 0, involuntary = 0;
-    if (bpf_probe_read_kernel(&voluntary, sizeof(voluntary), task + TASK_NVCSW_OFFSET) < 0 ||
-        bpf_probe_read_kernel(&involuntary, sizeof(involuntary), task + TASK_NIVCSW_OFFSET) < 0)
-        return false;
-    *count = voluntary + involuntary;
-    return true;
+    return (char *)bpf_get_current_task_btf();
+}
+
+static __always_inline u64 context_switches(char *task)
+{
+    return *(unsigned long *)(task + TASK_NVCSW_OFFSET) +
+           *(unsigned long *)(task + TASK_NIVCSW_OFFSET);
 }
 
 static __always_inline void remember_device_open(const char *filename)
 {
     u32 zero = 0;
     struct open_path *slot = open_paths.lookup(&zero);
-    if (!slot || ignored())
+    if (!slot)
         return;
-    slot->tid = context_switches(&slot->switches) ? current_tid() : 0;
-    slot->filename = under_dev(filename) ? (u64)filename : 0;
+    char *task = current_task();
+    slot->task = (u64)task;
+    slot->switches = context_switches(task);
+    slot->filename = (u64)filename;
 }
 
-/* The file and inode fields of the caller's fd; false when a read fails. */
-static __always_inline bool fd_device(s32 fd, u32 *flags, u16 *mode, u32 *rdev)
+/* The path the caller's enter probe left, or 0 when the slot is not the caller's. */
+static __always_inline const char *open_path_here(char *task)
 {
-    char *task = (char *)bpf_get_current_task();
-    char *files = 0, *fdt = 0, *file = 0, *inode = 0;
-    char *fds = 0;
-    u32 max_fds = 0;
-    if (bpf_probe_read_kernel(&files, sizeof(files), task + TASK_FILES_OFFSET) < 0 || !files ||
-        bpf_probe_read_kernel(&fdt, sizeof(fdt), files + FILES_FDT_OFFSET) < 0 || !fdt ||
-        bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + FDTABLE_MAX_FDS_OFFSET) < 0 ||
-        (u32)fd >= max_fds ||
-        bpf_probe_read_kernel(&fds, sizeof(fds), fdt + FDTABLE_FD_OFFSET) < 0 || !fds ||
-        bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)(u32)fd * sizeof(void *)) < 0 ||
-        !file ||
-        bpf_probe_read_kernel(flags, sizeof(*flags), file + FILE_FLAGS_OFFSET) < 0 ||
-        bpf_probe_read_kernel(&inode, sizeof(inode), file + FILE_INODE_OFFSET) < 0 || !inode)
+    u32 zero = 0;
+    struct open_path *slot = open_paths.lookup(&zero);
+    if (!slot || slot->task != (u64)task || slot->switches != context_switches(task))
+        return 0;
+    return (const char *)slot->filename;
+}
+
+/* Copy `size` bytes at `from` + `offset` into `to` (size is a compile-time constant). */
+#define COPY_FIELDS(to, from, offset, size)                                                 \
+    (bpf_probe_read_kernel((to), (size), (char *)(from) + (offset)) == 0)
+
+/* The file and inode fields of the caller's fd; false when a read fails. */
+static __always_inline bool fd_device(char *task, s32 fd, u32 *flags, u16 *mode, u32 *rdev)
+{
+    char *files = *(char **)(task + TASK_FILES_OFFSET);
+    if (!files)
         return false;
-    return bpf_probe_read_kernel(mode, sizeof(*mode), inode + INODE_MODE_OFFSET) == 0 &&
-           bpf_probe_read_kernel(rdev, sizeof(*rdev), inode + INODE_RDEV_OFFSET) == 0;
+    char *fdt = *(char **)(files + FILES_FDT_OFFSET);
+    if (!fdt || (u32)fd >= *(u32 *)(fdt + FDTABLE_MAX_FDS_OFFSET))
+        return false;
+    u64 fds = *(u64 *)(fdt + FDTABLE_FD_OFFSET);   /* struct file **: a number to the verifier */
+    char *file = 0, *inode = 0;
+    if (!fds || !COPY_FIELDS(&file, fds, (u64)(u32)fd * sizeof(void *), sizeof(file)) || !file)
+        return false;
+#if FILE_SPAN <= MAX_SPAN
+    char file_fields[FILE_SPAN];
+    if (!COPY_FIELDS(file_fields, file, FILE_LOW, sizeof(file_fields)))
+        return false;
+    *flags = *(u32 *)(file_fields + FILE_FLAGS_OFFSET - FILE_LOW);
+    inode = *(char **)(file_fields + FILE_INODE_OFFSET - FILE_LOW);
+#else
+    if (!COPY_FIELDS(flags, file, FILE_FLAGS_OFFSET, sizeof(*flags)) ||
+        !COPY_FIELDS(&inode, file, FILE_INODE_OFFSET, sizeof(inode)))
+        return false;
+#endif
+    if (!inode)
+        return false;
+#if INODE_SPAN <= MAX_SPAN
+    char inode_fields[INODE_SPAN];
+    if (!COPY_FIELDS(inode_fields, inode, INODE_LOW, sizeof(inode_fields)))
+        return false;
+    *mode = *(u16 *)(inode_fields + INODE_MODE_OFFSET - INODE_LOW);
+    *rdev = *(u32 *)(inode_fields + INODE_RDEV_OFFSET - INODE_LOW);
+    return true;
+#else
+    return COPY_FIELDS(mode, inode, INODE_MODE_OFFSET, sizeof(*mode)) &&
+           COPY_FIELDS(rdev, inode, INODE_RDEV_OFFSET, sizeof(*rdev));
+#endif
 }
 
 static __always_inline bool quiet_device(u32 rdev)
@@ -389,28 +487,23 @@ static __always_inline bool quiet_device(u32 rdev)
 
 static __always_inline void report_device_open(long ret)
 {
-    if (ret < 0 || ignored())
+    if (ret < 0)
         return;
-    u32 zero = 0;
-    const char *path = 0;
-    struct open_path *slot = open_paths.lookup(&zero);
-    u64 switches = 0;
-    if (slot && slot->tid == current_tid() && context_switches(&switches) &&
-        slot->switches == switches) {
-        path = (const char *)slot->filename;
-        slot->tid = 0;
-        if (!path)
-            return;     /* not under /dev/ */
-    }
+    char *task = current_task();
     u32 flags = 0, rdev = 0;
     u16 mode = 0;
-    if (!fd_device(ret, &flags, &mode, &rdev)) {
-        if (path)  /* unreadable: judged by its path, as without the layout */
-            report_fd_opened(ret, SPECIAL_DEVICE, path);
+    if (fd_device(task, ret, &flags, &mode, &rdev)) {
+        u32 type = mode & MODE_TYPE_MASK;
+        if (type != MODE_BLK &&
+            (type != MODE_CHR || (!(flags & OPEN_FLAG_PATH) && quiet_device(rdev))))
+            return;
+        if (!ignored())
+            report_fd_opened(ret, SPECIAL_DEVICE, open_path_here(task));
         return;
     }
-    u32 type = mode & MODE_TYPE_MASK;
-    if (type == MODE_BLK || (type == MODE_CHR && (flags & OPEN_FLAG_PATH || !quiet_device(rdev))))
+    /* unreadable: judged by its path, as without the layout */
+    const char *path = open_path_here(task);
+    if (path && under_dev(path) && !ignored())
         report_fd_opened(ret, SPECIAL_DEVICE, path);
 }
 #else
@@ -772,13 +865,13 @@ static __always_inline void count_pi_held(u32 tid, bool acquired)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_futex)
 {
-    u32 tid = current_tid();
-    struct pending *p = pending.lookup(&tid);
+    struct pending *p = pending_here();
     if (!p)
         return 0;
+    u32 tid = current_tid();
     u32 op = p->op;
     u64 addr = p->a;
-    pending.delete(&tid);
+    forget_pending();
     bool done = args->ret == 0;
     if (op == OP_PI_LOCK) {
         if (emit(done ? KIND_PI_ACQUIRED : KIND_PI_NOT_ACQUIRED, -1, addr, 0) && done)
@@ -1029,7 +1122,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
     bool held_pi = pi_held.delete(&tid) == 0;
     bool tracee = tid != tgid && watched.delete(&tid) == 0;
-    pending.delete(&tid);
+    forget_pending();
     if (held_pi || tracee || watched.lookup(&tgid))
         emit(KIND_EXITED, -1, group_dead, 0);
     if (group_dead) {
@@ -1037,6 +1130,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         lock_holders.delete(&tgid);
         locks_reported.delete(&tgid);
         memory_marked.delete(&tgid);
+        unmark_fd_holder(tgid);
     }
     return 0;
 }

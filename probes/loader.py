@@ -18,7 +18,10 @@ The tracker steers the in-kernel filter maps through `track_fd`,
 `untrack_fd`, `mark_lock_holder`, `mark_memory`, `watch`, `unwatch` and
 `forget`. The
 loader mirrors the tracked fds per process, so that a process's exit or a
-close_range can be applied to the map (the kernel side cannot walk it).
+close_range can be applied to the map (the kernel side cannot walk it), and
+keeps its own bit per process that may hold tracked fds (`user_fd_holders`):
+a close by a process with neither its bit nor the kernel side's costs no map
+lookup.
 """
 from __future__ import annotations
 
@@ -47,8 +50,10 @@ DEFAULT_MAX_TRACKED_FDS = 65536
 DEFAULT_MAX_TASKS = 16384
 CLOSE_RANGE_SPAN = 1024            # fds of a close_range that the kernel side untracks itself
 KERNEL_MINOR_BITS = 20             # the kernel's dev_t: major << 20 | minor
+PID_LIMIT = 4 * 1024 * 1024        # PID_MAX_LIMIT: pids are below it (a bit each in the holder maps)
 
 ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"
+DEVICE_OPEN_PROBES = ("open", "openat", "openat2")   # the probes that use the struct layout
 
 
 class ProbeError(RuntimeError):
@@ -188,9 +193,11 @@ class Probes:
             f"-DMAX_TASKS={max_tasks}",
             f"-DPAGE_BYTES={os.sysconf('SC_PAGE_SIZE')}",
             f"-DCLOSE_RANGE_SPAN={CLOSE_RANGE_SPAN}",
+            f"-DPID_LIMIT={PID_LIMIT}",
         ]
+        self._layout_cflags: list[str] = []
         try:
-            self._base_cflags += layout_cflags(read_layout(btf))
+            self._layout_cflags = layout_cflags(read_layout(btf))
             self.device_filter = {"state": "in kernel", "reason": "by major:minor, with the "
                                   "struct layout of this kernel's BTF"}
         except LayoutError as error:
@@ -203,6 +210,7 @@ class Probes:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._tracked: dict[int, set[int]] = {}
+        self._holder_words: dict[int, int] = {}    # user_fd_holders, which only we write
         self._failed_inserts = 0
         self._kernel_lost = 0
         self._check_tracepoints()
@@ -211,7 +219,8 @@ class Probes:
         self.load_seconds = time.monotonic() - started
         self._tables = {name: self._bpf[name.encode()] for name in
                         ("tracked_fds", "watched", "lock_holders", "locks_reported",
-                         "memory_marked", "lost", "quiet_majors", "quiet_devices")}
+                         "memory_marked", "lost", "quiet_majors", "quiet_devices",
+                         "kernel_fd_holders", "user_fd_holders")}
         self._quiet(quiet_majors, quiet_devices)
 
     # ------------------------------------------------------------ loading
@@ -229,10 +238,11 @@ class Probes:
     def cflags(self) -> list[str]:
         enabled = [f"-DHAVE_{name}" for name, status in self._statuses.items()
                    if name != REQUIRED and status.state == ATTACHED]
-        return self._base_cflags + enabled
+        return self._base_cflags + self._layout_cflags + enabled
 
     def _load(self):
-        """Compile and attach; a probe the kernel refuses is marked failed and left out."""
+        """Compile and attach; a probe the kernel refuses is marked failed and left out,
+        a device filter it refuses is left out (every device open is reported)."""
         while True:
             bpf = self._bpf_class.__new__(self._bpf_class)  # kept, to detach a partial attach
             try:
@@ -242,6 +252,13 @@ class Probes:
                 bpf.cleanup()
                 atexit.unregister(bpf.cleanup)
                 name = probe_of_program(str(error), self._statuses)
+                if name in DEVICE_OPEN_PROBES and self._layout_cflags:
+                    # the filter's plain loads through the BTF task pointer need 5.11 and
+                    # offsets the verifier accepts: without them, judged by path
+                    self._layout_cflags = []
+                    self.device_filter = {"state": "off", "reason": "every device open is "
+                                          f"reported: the kernel refused the filter: {error}"}
+                    continue
                 if name is None or name == REQUIRED:
                     raise ProbeError(f"cannot load {SOURCE.name}: {error}") from error
                 self._statuses[name].state = FAILED
@@ -287,6 +304,7 @@ class Probes:
             return
         table = self._tables["tracked_fds"]
         with self._lock:
+            self._set_holder(tgid, True)  # before the fd is in the map: no close may miss it
             self._put(table, table.Key(tgid, fd), time.monotonic_ns())
             self._tracked.setdefault(tgid, set()).add(fd)
         self.watch(tgid)
@@ -338,6 +356,7 @@ class Probes:
         with self._lock:
             for fd in self._tracked.pop(tgid, ()):
                 self._delete(table, table.Key(tgid, fd))
+            self._set_holder(tgid, False)
         for name in ("watched", "lock_holders", "locks_reported", "memory_marked"):
             table = self._tables[name]
             self._delete(table, table.Key(tgid))
@@ -368,6 +387,13 @@ class Probes:
         """The fds of `tgid` in the kernel's tracked-fd map (walks the whole map: diagnostics)."""
         return sorted(key.fd for key in self._tables["tracked_fds"].keys() if key.tgid == tgid)
 
+    def may_hold_tracked_fds(self, tgid: int) -> bool:
+        """Whether the kernel side looks a close by `tgid` up in the tracked-fd map (its
+        own bit or ours is set); a close by any other process is passed over."""
+        word, bit = divmod(tgid, 64)
+        return any(self._tables[name][ctypes.c_uint32(word)].value >> bit & 1
+                   for name in ("kernel_fd_holders", "user_fd_holders"))
+
     def _untrack_range(self, tgid: int, first: int, last: int) -> None:
         """The kernel side untracked the first CLOSE_RANGE_SPAN fds of the range itself."""
         table = self._tables["tracked_fds"]
@@ -384,6 +410,16 @@ class Probes:
         table = self._tables[name]
         with self._lock:
             self._put(table, table.Key(pid))
+
+    def _set_holder(self, tgid: int, holds: bool) -> None:
+        """Our bit of `tgid` in user_fd_holders (the kernel side keeps its own map)."""
+        word, bit = divmod(tgid, 64)
+        old = self._holder_words.get(word, 0)
+        new = old | 1 << bit if holds else old & ~(1 << bit)
+        if new != old:
+            table = self._tables["user_fd_holders"]
+            table[table.Key(word)] = table.Leaf(new)
+            self._holder_words[word] = new
 
     def _put(self, table, key, value: int = 1) -> None:
         try:

@@ -466,10 +466,9 @@ def new_fd(before: dict[int, str], driven: Driven) -> int:
 
 @pytest.mark.parametrize("op", ["open_relative", "pass_to_self"])
 def test_limit_device_fds_no_probe_sees(tracking, fleet, op):
-    """"A device opened by a path that does not start with /dev/" and "fds received
-    through SCM_RIGHTS": the audit sees the device, the tracker does not -- except a
-    relative open that slept between its enter and exit, whose new fd the kernel side
-    then looks at anyway (docs/tracking-limits.md, 5): seen then, and rightly."""
+    """"fds received through SCM_RIGHTS": the audit sees the device, the tracker does
+    not. A device opened by a relative path was once such a limit; the kernel side now
+    looks at every open's new fd (docs/tracking-limits.md, 5): seen, and rightly."""
     driven = fleet.spawn()
     before = dict(driven.fds)
     order(driven, {"op": op})

@@ -12,14 +12,17 @@ import os
 import platform
 import queue
 import signal
+import struct
 import threading
 import time
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from probes.events import Event, Kind, Special
+from probes.kernel_layout import FIELDS
 from probes.loader import (
     ATTACHED,
     REQUIRED,
@@ -374,10 +377,81 @@ hold()
 
 
 @pytest.mark.bpf
+def test_a_device_opened_by_a_path_outside_dev_is_reported(quiet_inbox, tmp_path):
+    """Every open's inode is looked at, whatever its path: a device opened relative to
+    a directory fd or through a symlink is reported, with the path it was opened by
+    unless the open slept (then the per-CPU note of the path may be another's, and
+    the record has none), a quiet one by no path is not."""
+    (tmp_path / "kvm-link").symlink_to("/dev/kvm")
+    with run(f"""
+dev = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY)
+os.close(os.open("null", os.O_RDWR, dir_fd=dev))
+relative = os.open("kvm", os.O_RDWR, dir_fd=dev)
+linked = os.open({str(tmp_path / "kvm-link")!r}, os.O_RDWR)
+ready(f"{{relative}} {{linked}}")
+hold()
+""") as running:
+        relative, linked = map(int, running.note.split())
+        quiet_inbox.wait_for(lambda e: e.tgid == running.pid and e.fd == linked)
+        events = quiet_inbox.of(running.pid)
+    opened = [event for event in events if event.kind is Kind.FD_OPENED]
+    assert [(event.fd, event.special) for event in opened] == [
+        (relative, Special.DEVICE), (linked, Special.DEVICE)]
+    assert [event.path in (path, "") for event, path in
+            zip(opened, ["kvm", str(tmp_path / "kvm-link")])] == [True, True]
+
+
+@pytest.mark.bpf
 def test_without_btf_every_device_open_is_reported_with_its_path(tmp_path):
     with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
                 quiet_devices=devices.QUIET_DEVICES.devices, btf=tmp_path / "none") as loaded:
         assert loaded.status()["device_filter"]["state"] == "off"
+        assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
+        reader = Reader(loaded)
+        reading = Worker("probe-reader", reader.poll_once).start()
+        box = Inbox(reader)
+        try:
+            with run("""
+fd = os.open("/dev/null", os.O_RDONLY)
+marker()
+ready(str(fd))
+hold()
+""") as running:
+                events = box.until_marker(running.pid)
+        finally:
+            reading.stop()
+            box.close()
+    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
+            and not is_marker(event)] == [(int(running.note), "/dev/null")]
+
+
+def wrong_layout_btf(path: Path) -> Path:
+    """A BTF file that puts every field the device filter reads at offset 0 of its
+    struct (as an int): the verifier refuses the loads the filter makes from it."""
+    names = sorted({name for pair in FIELDS.values() for name in pair})
+    strings = b"\0int\0" + b"".join(name.encode() + b"\0" for name in names)
+    offset = {name: strings.index(b"\0" + name.encode() + b"\0") + 1 for name in names}
+    types = [struct.pack("<IIII", 1, 1 << 24, 4, 32)]                      # 1: int
+    for struct_name in sorted({struct_name for struct_name, _ in FIELDS.values()}):
+        fields = [field for owner, field in FIELDS.values() if owner == struct_name]
+        types.append(struct.pack("<III", offset[struct_name], 4 << 24 | len(fields), 64) +
+                     b"".join(struct.pack("<III", offset[field], 1, 0) for field in fields))
+    section = b"".join(types)
+    path.write_bytes(struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(section), len(section),
+                                 len(strings)) + section + strings)
+    return path
+
+
+@pytest.mark.bpf
+def test_a_device_filter_the_kernel_refuses_is_left_out(tmp_path):
+    """Every open still reports its device, judged by path, and the status says why."""
+    with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
+                quiet_devices=devices.QUIET_DEVICES.devices,
+                btf=wrong_layout_btf(tmp_path / "vmlinux")) as loaded:
+        status = loaded.status()
+        assert status["device_filter"]["state"] == "off"
+        assert "refused" in status["device_filter"]["reason"]
+        assert status["probes"]["openat"]["state"] == ATTACHED
         assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
         reader = Reader(loaded)
         reading = Worker("probe-reader", reader.poll_once).start()
@@ -495,6 +569,47 @@ hold()
         os.kill(running.pid, signal.SIGUSR1)
         events = inbox.until_marker(running.pid)
     assert [event.fd for event in events if event.kind is Kind.FD_CLOSED] == [kept, retracked]
+
+
+@pytest.mark.bpf
+def test_a_close_is_looked_up_only_for_processes_that_may_hold_tracked_fds(probes, inbox):
+    """The kernel side marks a process when it tracks one of its fds and unmarks it when
+    it dies; the loader marks the processes whose fds it tracks and unmarks those it
+    forgets. A process marked by the loader again after being forgotten reports its
+    close."""
+    with run("""
+device = os.open("/dev/kvm", os.O_RDWR)
+regular = os.open("/etc/hostname", os.O_RDONLY)
+ready(f"{device} {regular}")
+go()
+os.close(regular)
+marker()
+hold()
+""") as by_kernel, run("""
+regular = os.open("/etc/hostname", os.O_RDONLY)
+ready(str(regular))
+go()
+os.close(regular)
+marker()
+hold()
+""") as by_loader:
+        inbox.wait_for(lambda e: e.tgid == by_kernel.pid and e.kind is Kind.FD_OPENED)
+        assert probes.may_hold_tracked_fds(by_kernel.pid)
+        assert not probes.may_hold_tracked_fds(by_loader.pid)
+        regular = int(by_loader.note)
+        probes.track_fd(by_loader.pid, regular)
+        probes.forget(by_loader.pid)
+        assert not probes.may_hold_tracked_fds(by_loader.pid)
+        probes.track_fd(by_loader.pid, regular)
+        assert probes.may_hold_tracked_fds(by_loader.pid)
+        for running in (by_kernel, by_loader):
+            os.kill(running.pid, signal.SIGUSR1)
+        loader_events = inbox.until_marker(by_loader.pid)
+        inbox.until_marker(by_kernel.pid)
+        by_kernel.stop()
+        inbox.wait_for(lambda e: e.tgid == by_kernel.pid and e.kind is Kind.EXITED)
+    assert [event.fd for event in loader_events if event.kind is Kind.FD_CLOSED] == [regular]
+    assert not probes.may_hold_tracked_fds(by_kernel.pid)
 
 
 @pytest.mark.bpf
