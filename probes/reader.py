@@ -8,15 +8,26 @@ are counted apart: records the kernel could not send, records dropped
 because the queue was full, and records that did not decode. Whenever their
 sum grows, a LOST event (arg = how many since the last one) goes into the
 queue, ahead of the next records; when the queue is full it is folded into
-the next one. The reader owns no thread: whoever runs it calls poll_once() in a loop
+the next one.
+
+The reader owns no thread: whoever runs it calls poll_once() in a loop
 (the tracker, as a supervised worker that counts a failed poll and tries it again
 after a backoff), so probes/ stands on its own.
+
+A caller can ask whether the records the kernel had written at some moment are
+consumed and queued: position() is the ring's producer position (its own page of
+the ring, mapped read-only), and queued_through(position) how many events the
+queue had taken once the reader's consumer passed it, with every loss among them
+reported (what an applier must have applied to be caught up with that moment).
 """
 from __future__ import annotations
 
 import ctypes
+import mmap
 import queue
+import struct
 import time
+from collections import deque
 
 from probes.events import Event, Kind
 from probes.loader import Probes
@@ -28,6 +39,25 @@ DEFAULT_POLL_MS = 50
 # bounds the batch's memory and the delay before its first event is queued.
 MAX_BATCH = 4096
 STOP_CONSUMING = -1
+# Polls remembered with where the consumer stood and how many events were queued.
+DRAINED_MARKS = 64
+_POSITION = struct.Struct("=Q")
+
+
+class RingPositions:
+    """A BPF ring buffer's consumer and producer positions, read from its first two
+    pages (each holds one position), mapped read-only from the map's fd."""
+
+    def __init__(self, map_fd: int):
+        self._page = mmap.PAGESIZE
+        self._pages = mmap.mmap(map_fd, 2 * self._page, mmap.MAP_SHARED, mmap.PROT_READ)
+
+    def consumer(self) -> int:
+        return _POSITION.unpack_from(self._pages, 0)[0]
+
+    def producer(self) -> int:
+        """Past every record reserved so far, committed or not."""
+        return _POSITION.unpack_from(self._pages, self._page)[0]
 
 
 class EventQueue(queue.Queue):
@@ -56,8 +86,11 @@ class EventQueue(queue.Queue):
 
 
 class Reader:
+    """`positions`: the ring's, for callers that ask whether the reader is caught up
+    with a moment (without them, it never says so)."""
+
     def __init__(self, probes: Probes, *, capacity: int = DEFAULT_CAPACITY,
-                 poll_ms: int = DEFAULT_POLL_MS):
+                 poll_ms: int = DEFAULT_POLL_MS, positions: RingPositions | None = None):
         self.events: EventQueue = EventQueue(maxsize=capacity)
         self.queue_overflow = 0
         self.decode_errors = 0
@@ -66,6 +99,9 @@ class Reader:
         self._kernel_lost = 0
         self._reported = 0
         self._batch: list[bytes] = []
+        self.queued = 0           # events put in the queue so far, LOST ones included
+        self._ring = positions
+        self._drained: deque[tuple[int, int]] = deque(maxlen=DRAINED_MARKS)
         probes.open_events(self._on_record)
 
     def counters(self) -> dict[str, int]:
@@ -83,7 +119,31 @@ class Reader:
             self._deliver(batch)
         self._count_kernel_losses()
         self._report_losses()
+        self._note_drained()
         return True
+
+    def position(self) -> int | None:
+        """Where the kernel writes its next record: a point to ask queued_through about."""
+        return self._ring.producer() if self._ring is not None else None
+
+    def queued_through(self, position: int) -> int | None:
+        """How many events had been queued once every record before `position` was
+        consumed and every loss among them reported; None: not yet (or too long ago to
+        be remembered, which a caller treats alike)."""
+        for consumed, queued in tuple(self._drained):
+            if consumed >= position:
+                return queued
+        return None
+
+    def _note_drained(self) -> None:
+        """Where this poll left the consumer, unless a loss is still to be reported (its
+        LOST event is not queued yet)."""
+        if (self._ring is None
+                or self._reported != self._kernel_lost + self.queue_overflow + self.decode_errors):
+            return
+        mark = (self._ring.consumer(), self.queued)
+        if not self._drained or self._drained[-1] != mark:
+            self._drained.append(mark)
 
     def _on_record(self, _ctx: int, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))
@@ -99,7 +159,9 @@ class Reader:
                 continue
             self._probes.note(event)
             events.append(event)
-        self.queue_overflow += len(events) - self.events.put_batch(events)
+        taken = self.events.put_batch(events)
+        self.queued += taken
+        self.queue_overflow += len(events) - taken
 
     def _count_kernel_losses(self) -> None:
         kernel_lost = self._probes.lost_in_kernel()
@@ -116,4 +178,5 @@ class Reader:
             self.events.put_nowait(lost)
         except queue.Full:
             return  # folded into the next LOST event
+        self.queued += 1
         self._reported = total

@@ -10,7 +10,11 @@ request started meanwhile), so that a process that keeps changing costs one audi
 per audit time, however many ask, and every answer is read after its question.
 
 Only the probes can tell that nothing happened: without a live table fed by them,
-nothing is kept and every audit is fresh. A tree's membership is not left to them (the
+nothing is kept and every audit is fresh. And they tell it only once they are
+caught up: an audit is reused only when every event the kernel emitted before the
+question came has been applied to the table (the tracker waits CATCH_UP_SECONDS at
+most for its reader and applier; a question they are further behind than that
+is answered by a fresh audit). A tree's membership is not left to them (the
 probes report the forks of watched processes only): the kept tree is reused only
 while the tree read now from /proc/PID/task/*/children has the same members, each
 the same identity (pid, start time).
@@ -33,6 +37,9 @@ from tracker.procfs import AccessDenied, Proc, ProcessGone
 # most: what no probe sees (a regular file opened, a unix socket connected) is
 # then at most this stale.
 AUDIT_REUSE_SECONDS = 5.0
+# How long a question waits for the probes' events emitted before it to be applied,
+# before it is answered by a fresh audit instead.
+CATCH_UP_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,15 @@ class _Flight:
 class AuditCache:
     """`audit(pid, tree=, holders=)`: a fresh audit of one process (tree False: its own
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
-    table, when probes feed it (None: nothing is kept)."""
+    table, when probes feed it (None: nothing is kept); `caught_up(timeout)`: has
+    every event emitted before the call been applied to it (waiting up to timeout)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
-                 live_table: Callable[[], LiveTable | None]):
+                 live_table: Callable[[], LiveTable | None],
+                 caught_up: Callable[[float], bool]):
         self._audit = audit
         self._live_table = live_table
+        self._caught_up = caught_up
         self._kept: dict[tuple[int, bool], _Kept] = {}
         self._flights: dict[tuple[int, bool], _Flight] = {}
         self._tickets = count()
@@ -80,6 +90,7 @@ class AuditCache:
         kept = self._kept.get((pid, tree))
         if (table is not None and kept is not None
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
+                and self._caught_up(CATCH_UP_SECONDS)  # first: the events before this call
                 and not any(table.changed_since(member.pid, kept.sequence)
                             for member in kept.audit.processes)):
             try:

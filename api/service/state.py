@@ -81,7 +81,8 @@ class Service:
         self.tracker.subscribe(self._publisher)
         self.metrics = ServiceMetrics()
         self.history: History | None = None
-        self._audits = AuditCache(audit=self._audit, live_table=self._live_table)
+        self._audits = AuditCache(audit=self._audit, live_table=self._live_table,
+                                  caught_up=self.tracker.caught_up)
         self.rows = ProcessRows(row=self.row, stale=self.stale,
                                 after_pass=self._audits.forget_old)
         self.metrics.registry.register(StateCollector(
