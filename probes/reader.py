@@ -14,11 +14,12 @@ The reader owns no thread: whoever runs it calls poll_once() in a loop
 (the tracker, as a supervised worker that counts a failed poll and tries it again
 after a backoff), so probes/ stands on its own.
 
-A caller can ask whether the records the kernel had written at some moment are
-consumed and queued: position() is the ring's producer position (its own page of
-the ring, mapped read-only), and queued_through(position) how many events the
+A caller can ask whether the records the kernel had written at some moment about
+some processes are applied: position() is the ring's producer position (its own
+page of the ring, mapped read-only), queued_through(position) how many events the
 queue had taken once the reader's consumer passed it, with every loss among them
-reported (what an applier must have applied to be caught up with that moment).
+reported, and pending(pids) whether an event about one of them (or a loss) is
+queued that the queue's consumer has not said it applied (note_applied).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import queue
 import struct
 import time
 from collections import deque
+from typing import Iterable
 
 from probes.events import Event, Kind
 from probes.loader import Probes
@@ -41,6 +43,9 @@ MAX_BATCH = 4096
 STOP_CONSUMING = -1
 # Polls remembered with where the consumer stood and how many events were queued.
 DRAINED_MARKS = 64
+# Processes whose last queued event is remembered; past this many, those with nothing
+# pending are forgotten.
+PENDING_PIDS = 65536
 _POSITION = struct.Struct("=Q")
 
 
@@ -100,6 +105,9 @@ class Reader:
         self._reported = 0
         self._batch: list[bytes] = []
         self.queued = 0           # events put in the queue so far, LOST ones included
+        self._applied = 0         # of them, those the consumer said it applied
+        self._last_about: dict[int, int] = {}   # pid: number of the last event about it
+        self._last_lost = 0                     # number of the last LOST event
         self._ring = positions
         self._drained: deque[tuple[int, int]] = deque(maxlen=DRAINED_MARKS)
         probes.open_events(self._on_record)
@@ -135,6 +143,17 @@ class Reader:
                 return queued
         return None
 
+    def note_applied(self, count: int) -> None:
+        """The queue's consumer applied `count` more of the events it took, in order."""
+        self._applied += count
+
+    def pending(self, pids: Iterable[int]) -> bool:
+        """Is an event about one of `pids` (a fork: about its parent and child), or a
+        LOST event, queued and not yet applied?"""
+        applied, last_about = self._applied, self._last_about
+        return self._last_lost > applied or any(last_about.get(pid, 0) > applied
+                                                for pid in pids)
+
     def _note_drained(self) -> None:
         """Where this poll left the consumer, unless a loss is still to be reported (its
         LOST event is not queued yet)."""
@@ -160,8 +179,22 @@ class Reader:
             self._probes.note(event)
             events.append(event)
         taken = self.events.put_batch(events)
-        self.queued += taken
+        self._note_queued(events[:taken])
         self.queue_overflow += len(events) - taken
+
+    def _note_queued(self, events: list[Event]) -> None:
+        last_about = self._last_about
+        if len(last_about) > PENDING_PIDS:
+            applied = self._applied
+            last_about = self._last_about = {pid: number for pid, number in last_about.items()
+                                             if number > applied}
+        number = self.queued
+        for event in events:
+            number += 1
+            last_about[event.tgid] = number
+            if event.kind is Kind.FORKED:
+                last_about[event.arg] = number
+        self.queued = number
 
     def _count_kernel_losses(self) -> None:
         kernel_lost = self._probes.lost_in_kernel()
@@ -179,4 +212,5 @@ class Reader:
         except queue.Full:
             return  # folded into the next LOST event
         self.queued += 1
+        self._last_lost = self.queued
         self._reported = total

@@ -11,13 +11,14 @@ per audit time, however many ask, and every answer is read after its question.
 
 Only the probes can tell that nothing happened: without a live table fed by them,
 nothing is kept and every audit is fresh. And they tell it only once they are
-caught up: an audit is reused only when every event the kernel emitted before the
-question came has been applied to the table (the tracker waits CATCH_UP_SECONDS at
-most for its reader and applier; a question they are further behind than that
-is answered by a fresh audit). A tree's membership is not left to them (the
-probes report the forks of watched processes only): the kept tree is reused only
-while the tree read now from /proc/PID/task/*/children has the same members, each
-the same identity (pid, start time).
+caught up: an audit is reused only when every event about its processes that the
+kernel emitted before the question came (and every loss) has been applied to the
+table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier; a
+question they are further behind than that is answered by a fresh audit). A
+tree's membership is not left to them (the probes report the forks of watched
+processes only): the kept tree is reused only while the tree read now from
+/proc/PID/task/*/children has the same members, each the same identity (pid,
+start time).
 """
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ class _Flight:
 class AuditCache:
     """`audit(pid, tree=, holders=)`: a fresh audit of one process (tree False: its own
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
-    table, when probes feed it (None: nothing is kept); `caught_up(timeout)`: has
-    every event emitted before the call been applied to it (waiting up to timeout)."""
+    table, when probes feed it (None: nothing is kept); `caught_up(pids, timeout)`:
+    has every event about them emitted before the call (and every loss) been applied
+    to it (waiting up to timeout)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
                  live_table: Callable[[], LiveTable | None],
@@ -90,7 +92,9 @@ class AuditCache:
         kept = self._kept.get((pid, tree))
         if (table is not None and kept is not None
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
-                and self._caught_up(CATCH_UP_SECONDS)  # first: the events before this call
+                # first: the events about them emitted before this call are applied
+                and self._caught_up([member.pid for member in kept.audit.processes],
+                                    CATCH_UP_SECONDS)
                 and not any(table.changed_since(member.pid, kept.sequence)
                             for member in kept.audit.processes)):
             try:

@@ -1,7 +1,8 @@
 """A kept audit is answered again only once every probe event emitted before the question
 has been applied (api/service/audit_cache.py, Tracker.caught_up): with the applier held
 back, an event for the subject waits in the queue, and the answer must be a fresh audit
-that sees what the event reported, not the kept one from before it."""
+that sees what the event reported, not the kept one from before it; a process with no
+event waiting keeps its audit meanwhile."""
 from __future__ import annotations
 
 import os
@@ -61,10 +62,11 @@ def _await_quiet(audits: AuditCache, pid: int):
 def test_a_kept_audit_is_not_answered_while_an_event_before_the_question_waits():
     brake = Brake()
     with attached_tracker(brake) as tracker, subject(OPENS_KVM) as quiet, \
-            subject(OPENS_KVM) as stopper:
+            subject(OPENS_KVM) as stopper, subject(OPENS_KVM) as bystander:
         audits = AuditCache(audit=lambda pid, tree=False, holders=None: audit(pid, tree=tree),
                             live_table=lambda: tracker.table, caught_up=tracker.caught_up)
         kept = _await_quiet(audits, quiet.pid)
+        kept_bystander = _await_quiet(audits, bystander.pid)
         assert "device.chr.unsupported" not in {f.code for f in kept.findings}
         brake.pid = stopper.pid
         os.kill(stopper.pid, signal.SIGUSR1)  # its transition holds the applier
@@ -75,10 +77,12 @@ def test_a_kept_audit_is_not_answered_while_an_event_before_the_question_waits()
             while not _holds_kvm(quiet.pid):  # the event is emitted: its open returned
                 assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
                 time.sleep(0.01)
-            assert not tracker.caught_up(0.05)
+            assert not tracker.caught_up([quiet.pid], 0.05)
             result, reused = audits.audit(quiet.pid)
             assert reused is False and result is not kept
             assert "device.chr.unsupported" in {f.code for f in result.findings}
+            # what waits is about others: a process with nothing pending keeps its audit
+            assert audits.audit(bystander.pid) == (kept_bystander, True)
         finally:
             brake.released.set()
-        assert tracker.caught_up(ARRIVAL_TIMEOUT)
+        assert tracker.caught_up([quiet.pid], ARRIVAL_TIMEOUT)

@@ -32,7 +32,7 @@ ready(); hold()
 """
 
 
-def _applied_by_hand(_timeout: float) -> bool:
+def _applied_by_hand(_pids, _timeout: float) -> bool:
     """These tables are fed by the tests, which apply each event before they ask."""
     return True
 

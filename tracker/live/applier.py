@@ -102,7 +102,6 @@ class Tracker:
         self._fd_lost_ns = 0             # when the last of them failed
         self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
-        self.applied = 0                 # events taken from the reader's queue and applied
         self._progress = threading.Condition()  # notified after each poll and each batch
         self.applier = Worker("applier", self._step)
         self._swept = time.monotonic()
@@ -147,18 +146,20 @@ class Tracker:
             counts["lost"] = {**self.reader.counters(), "out_of_fds": self.fd_losses}
         return counts
 
-    def caught_up(self, timeout: float) -> bool:
-        """Has every event the kernel emitted before this call been applied to the table?
-        Waits up to `timeout` for the reader and the applier; False without probes."""
+    def caught_up(self, pids: Iterable[int], timeout: float) -> bool:
+        """Has every event about `pids` the kernel emitted before this call (and every
+        loss) been applied to the table? Waits up to `timeout` for the reader to consume
+        the records written before the call, and for the applier if one of them is about
+        `pids`; False without probes."""
         reader = self.reader
         position = reader.position() if reader is not None else None
         if position is None:
             return False
+        pids = list(pids)
         deadline = time.monotonic() + timeout
         with self._progress:
             while True:
-                queued = reader.queued_through(position)
-                if queued is not None and self.applied >= queued:
+                if reader.queued_through(position) is not None and not reader.pending(pids):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -225,7 +226,7 @@ class Tracker:
         batch = self.reader.events.get_batch(APPLY_BATCH, wait)
         if batch:
             self._guarded(self._apply_batch, batch)
-            self.applied += len(batch)
+            self.reader.note_applied(len(batch))
             self._progressed()
         if due_ns is not None and time.monotonic_ns() >= due_ns:
             self._publish(self._guarded(self.table.run_due))
