@@ -149,8 +149,8 @@ class Tracker:
     def caught_up(self, pids: Iterable[int], timeout: float) -> bool:
         """Has every event about `pids` the kernel emitted before this call (and every
         loss) been applied to the table? Waits up to `timeout` for the reader to consume
-        the records written before the call, and for the applier if one of them is about
-        `pids`; False without probes."""
+        the records written before the call; False at once when an event about `pids`
+        waits for the applier (it will change them), and without probes."""
         reader = self.reader
         position = reader.position() if reader is not None else None
         if position is None:
@@ -159,7 +159,10 @@ class Tracker:
         deadline = time.monotonic() + timeout
         with self._progress:
             while True:
-                if reader.queued_through(position) is not None and not reader.pending(pids):
+                consumed = reader.queued_through(position) is not None
+                if reader.pending(pids):
+                    return False
+                if consumed:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
