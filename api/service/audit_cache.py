@@ -88,23 +88,34 @@ class AuditCache:
               tree: bool = False) -> tuple[Audit, bool]:
         """The last audit of this process (or tree) if no probe event came for what it read
         since (and it is recent), else a fresh one; True when it is the last one."""
+        kept = self.kept(pid, tree=tree)
+        if kept is not None:
+            return kept, True
+        return self._read_after_now(pid, tree, holders, self._live_table()), False
+
+    def kept(self, pid: int, *, tree: bool = False, wait: float = CATCH_UP_SECONDS,
+             most: int | None = None) -> Audit | None:
+        """The last audit of this process (or tree), if it may be answered again now: no
+        probe event came for what it read (waiting up to `wait` for the probes to catch
+        up with this call), it is recent, and the process (its tree) is the same. None:
+        a fresh audit is needed, or the audit is of more than `most` processes."""
         table = self._live_table()
         kept = self._kept.get((pid, tree))
         if (table is not None and kept is not None
+                and (most is None or len(kept.audit.processes) <= most)
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
                 # first: the events about them emitted before this call are applied
-                and self._caught_up([member.pid for member in kept.audit.processes],
-                                    CATCH_UP_SECONDS)
+                and self._caught_up([member.pid for member in kept.audit.processes], wait)
                 and not any(table.changed_since(member.pid, kept.sequence)
                             for member in kept.audit.processes)):
             try:
                 if identify(pid).start_time == kept.start_time and (
                         not tree or _same_members(pid, kept.audit)):
-                    return kept.audit, True
+                    return kept.audit
             except (ProcessGone, AccessDenied):
                 self.forget(pid)
                 raise NoSuchProcess(pid) from None
-        return self._read_after_now(pid, tree, holders, table), False
+        return None
 
     def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
                         table: LiveTable | None) -> Audit:
