@@ -182,9 +182,12 @@ class Service:
         """checkpointable()'s document from a kept audit of at most LOOP_PROCESSES
         processes, when one may be answered now without waiting for anything (a few
         reads of /proc per process: fit for the event loop); None when the answer needs
-        an audit, the probes to catch up, or more reads."""
+        an audit, the probes to catch up, more reads, or the live table's lock (the
+        table follows one of its processes)."""
         result = self._audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
-        if result is None:
+        table = self.tracker.table
+        if result is None or (table is not None and any(table.follows(member.pid)
+                                                        for member in result.processes)):
             return None
         return self._verdict(result, True, self.profile_for(profile_name), allow)
 
