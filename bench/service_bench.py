@@ -20,8 +20,12 @@ requests/s):
 
 Then the service's CPU over IDLE_SECONDS without a request (utime+stime from
 /proc/PID/stat) against the 2% target, with the probe events the host made
-meanwhile (applying them is work too), and its RSS. Figures, never assertions:
-these machines are noisy.
+meanwhile (applying them is work too), and its RSS next to the floor's (uvicorn
+with the constant route, after its load). Figures, never assertions: these
+machines are noisy. Each figure of the issue is recorded for `make bench`'s table
+(bench.figures): requests/s (ratio: the floor's requests/s over ours) and p99
+(ours over the floor's) of the three cases, the idle share of a core and the RSS.
+`python -m bench.service_bench requests` (or `idle`) runs one part.
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+from bench.figures import Figure, record
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 EXTRA_PROCESSES = 500
@@ -45,6 +52,7 @@ IDLE_SECONDS = 60.0
 TARGET_P99_MS = 20.0
 TARGET_RPS = 500
 TARGET_IDLE_CPU = 0.02
+PARTS = ("requests", "idle")
 
 # Run by the load process: CLIENTS threads, each opening a new connection per request
 # (HTTP/1.1, Connection: close) to GET the path for SECONDS; prints the latencies (ms),
@@ -148,30 +156,62 @@ def await_up(port: int, service: subprocess.Popen, path: str = "/healthz") -> No
             time.sleep(0.1)
 
 
-def load(port: int, path: str, label: str) -> str:
+@dataclass(frozen=True)
+class Load:
+    """What one case's load measured."""
+
+    label: str
+    rps: float
+    p50: float
+    p99: float
+    fresh: int
+    answers: int
+    errors: int
+
+    def line(self) -> str:
+        errors = f", {self.errors} errors" if self.errors else ""
+        return (f"{self.label:34} {self.rps:5.0f} req/s (x{self.rps / TARGET_RPS:.2f} of "
+                f"{TARGET_RPS})  p50 {self.p50:5.1f} ms  p99 {self.p99:6.1f} ms "
+                f"(x{self.p99 / TARGET_P99_MS:.2f} of {TARGET_P99_MS:.0f})  fresh audits "
+                f"{self.fresh}/{self.answers}{errors}")
+
+
+def load(port: int, path: str, label: str) -> Load:
     result = subprocess.run([sys.executable, "-c", LOAD, str(port), path, str(CLIENTS),
                              str(SECONDS)], capture_output=True, text=True, check=True)
     measured = json.loads(result.stdout)
     latencies = sorted(measured["latencies"])
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    rps = len(latencies) / measured["seconds"]
-    errors = f", {len(measured['errors'])} errors" if measured["errors"] else ""
-    return (f"{label:34} {rps:5.0f} req/s (x{rps / TARGET_RPS:.2f} of {TARGET_RPS})  "
-            f"p50 {p50:5.1f} ms  p99 {p99:6.1f} ms (x{p99 / TARGET_P99_MS:.2f} of "
-            f"{TARGET_P99_MS:.0f})  fresh audits {measured['fresh']}/{len(latencies)}{errors}")
+    return Load(label, rps=len(latencies) / measured["seconds"],
+                p50=statistics.median(latencies),
+                p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+                fresh=measured["fresh"], answers=len(latencies),
+                errors=len(measured["errors"]))
 
 
-def floor() -> str:
+def floor() -> tuple[Load, float]:
+    """The floor's load, and its RSS (MiB) after it."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", FLOOR, str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         await_up(port, server, "/constant")
-        return load(port, "/constant", "floor: uvicorn, a constant route")
+        measured = load(port, "/constant", "floor: uvicorn, a constant route")
+        return measured, rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def record_case(case: str, ours: Load, floor_load: Load) -> None:
+    """The case's requests/s and p99 next to the floor's, against the targets."""
+    record(Figure("service", f"checkpointable, {case}: requests/s (8 clients, a new "
+                  f"connection each; ratio: floor / ours)", f"{ours.rps:.0f} rps",
+                  f"uvicorn constant route {floor_load.rps:.0f} rps",
+                  floor_load.rps / ours.rps, f">= {TARGET_RPS} rps", ours.rps >= TARGET_RPS))
+    record(Figure("service", f"checkpointable, {case}: p99 ({ours.fresh} of {ours.answers} "
+                  f"answers from a fresh audit)", f"{ours.p99:.1f} ms",
+                  f"uvicorn constant route {floor_load.p99:.1f} ms", ours.p99 / floor_load.p99,
+                  f"<= {TARGET_P99_MS:.0f} ms", ours.p99 <= TARGET_P99_MS))
 
 
 def spawn(*command: str) -> subprocess.Popen:
@@ -179,7 +219,8 @@ def spawn(*command: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
-def main() -> None:
+def main(parts: list[str] | None = None) -> None:
+    parts = parts or list(PARTS)
     if os.geteuid() != 0:
         print("service bench skipped: the service's probes need root", flush=True)
         return
@@ -200,29 +241,12 @@ def main() -> None:
                 total = json.loads(reply.read())["total"]
             print(f"first GET /processes ({total} processes, every one audited): "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms", flush=True)
-            print(f"GET /processes/PID/checkpointable, {CLIENTS} clients, a new connection "
-                  f"per request, {SECONDS:.0f} s each:", flush=True)
-            print(floor(), flush=True)
-            for path, label in (
-                    (f"/processes/{extra[0].pid}/checkpointable", "quiet subject"),
-                    (f"/processes/{tree.pid}/checkpointable?tree=true",
-                     f"tree=true, {TREE_PROCESSES}-process tree"),
-                    (f"/processes/{connecting.pid}/checkpointable", "subject opening TCP conns"),
-                    ("/processes?limit=100", "the process list, 100 rows"),
-                    ("/processes?verdict=blocked&limit=100", "the list, blocked only")):
-                print(load(port, path, label), flush=True)
-            connecting.kill()  # idle means no event either
-            time.sleep(2.0)
-            events, lost = events_and_losses(port)
-            before, began = cpu_seconds(service.pid), time.monotonic()
-            time.sleep(IDLE_SECONDS)
-            share = (cpu_seconds(service.pid) - before) / (time.monotonic() - began)
-            events_after, lost_after = events_and_losses(port)
-            # the host's own activity is the service's work too: say how much there was
-            print(f"idle service, {total} processes, {IDLE_SECONDS:.0f} s: {share:.1%} of a "
-                  f"core (x{share / TARGET_IDLE_CPU:.2f} of {TARGET_IDLE_CPU:.0%}) while the "
-                  f"host made {events_after - events} probe events ({lost_after - lost} lost); "
-                  f"RSS {rss_mib(service.pid):.1f} MiB", flush=True)
+            floor_load, floor_rss = floor()
+            if "requests" in parts:
+                requests(port, floor_load, tree.pid, connecting.pid, extra[0].pid)
+            if "idle" in parts:
+                connecting.kill()  # idle means no event either
+                idle(port, service.pid, total, floor_rss)
         finally:
             service.terminate()
             service.wait(timeout=30)
@@ -232,5 +256,49 @@ def main() -> None:
                 process.wait()
 
 
+def requests(port: int, floor_load: Load, tree: int, connecting: int, quiet: int) -> None:
+    print(f"GET /processes/PID/checkpointable, {CLIENTS} clients, a new connection "
+          f"per request, {SECONDS:.0f} s each:", flush=True)
+    print(floor_load.line(), flush=True)
+    for path, label, case in (
+            (f"/processes/{quiet}/checkpointable", "quiet subject", "a quiet subject"),
+            (f"/processes/{tree}/checkpointable?tree=true",
+             f"tree=true, {TREE_PROCESSES}-process tree",
+             f"tree=true on a {TREE_PROCESSES}-process tree"),
+            (f"/processes/{connecting}/checkpointable", "subject opening TCP conns",
+             "a subject opening TCP connections"),
+            ("/processes?limit=100", "the process list, 100 rows", None),
+            ("/processes?verdict=blocked&limit=100", "the list, blocked only", None)):
+        measured = load(port, path, label)
+        print(measured.line(), flush=True)
+        if case is not None:
+            record_case(case, measured, floor_load)
+
+
+def idle(port: int, pid: int, total: int, floor_rss: float) -> None:
+    time.sleep(2.0)
+    events, lost = events_and_losses(port)
+    before, began = cpu_seconds(pid), time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    share = (cpu_seconds(pid) - before) / (time.monotonic() - began)
+    events_after, lost_after = events_and_losses(port)
+    rss = rss_mib(pid)
+    # the host's own activity is the service's work too: say how much there was
+    print(f"idle service, {total} processes, {IDLE_SECONDS:.0f} s: {share:.1%} of a "
+          f"core (x{share / TARGET_IDLE_CPU:.2f} of {TARGET_IDLE_CPU:.0%}) while the "
+          f"host made {events_after - events} probe events ({lost_after - lost} lost); "
+          f"RSS {rss:.1f} MiB", flush=True)
+    record(Figure("service", f"idle service, {total} processes, {IDLE_SECONDS:.0f} s, "
+                  f"{events_after - events} host probe events applied meanwhile",
+                  f"{share:.1%} of a core", "no floor (the target)", share / TARGET_IDLE_CPU,
+                  f"<= {TARGET_IDLE_CPU:.0%} of a core", share <= TARGET_IDLE_CPU))
+    record(Figure("service", "RSS after the load and the idle minute", f"{rss:.0f} MiB",
+                  f"uvicorn constant route {floor_rss:.0f} MiB", rss / floor_rss,
+                  "report", None))
+
+
 if __name__ == "__main__":
-    main()
+    unknown = set(sys.argv[1:]) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    main(sys.argv[1:])

@@ -280,6 +280,10 @@ class Probes:
         """Call `callback(ctx, data, size)` for each record; `data` is valid only during the call."""
         self._bpf[b"events"].open_ring_buffer(callback)
 
+    def events_fd(self) -> int:
+        """The fd of the ring buffer's map (its positions can be mapped from it)."""
+        return self._bpf[b"events"].map_fd
+
     def poll(self, timeout_ms: int) -> bool:
         """Hand the waiting records to the callback, waiting up to `timeout_ms` for the
         first; False once the probes are closed (the reader thread then ends)."""

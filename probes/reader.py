@@ -8,15 +8,28 @@ are counted apart: records the kernel could not send, records dropped
 because the queue was full, and records that did not decode. Whenever their
 sum grows, a LOST event (arg = how many since the last one) goes into the
 queue, ahead of the next records; when the queue is full it is folded into
-the next one. The reader owns no thread: whoever runs it calls poll_once() in a loop
+the next one.
+
+The reader owns no thread: whoever runs it calls poll_once() in a loop
 (the tracker, as a supervised worker that counts a failed poll and tries it again
 after a backoff), so probes/ stands on its own.
+
+A caller can ask whether the records the kernel had written at some moment about
+some processes are applied: position() is the ring's producer position (its own
+page of the ring, mapped read-only), queued_through(position) how many events the
+queue had taken once the reader's consumer passed it, with every loss among them
+reported, and pending(pids) whether an event about one of them (or a loss) is
+queued that the queue's consumer has not said it applied (note_applied).
 """
 from __future__ import annotations
 
 import ctypes
+import mmap
 import queue
+import struct
 import time
+from collections import deque
+from typing import Iterable
 
 from probes.events import Event, Kind
 from probes.loader import Probes
@@ -28,6 +41,28 @@ DEFAULT_POLL_MS = 50
 # bounds the batch's memory and the delay before its first event is queued.
 MAX_BATCH = 4096
 STOP_CONSUMING = -1
+# Polls remembered with where the consumer stood and how many events were queued.
+DRAINED_MARKS = 64
+# Processes whose last queued event is remembered; past this many, those with nothing
+# pending are forgotten.
+PENDING_PIDS = 65536
+_POSITION = struct.Struct("=Q")
+
+
+class RingPositions:
+    """A BPF ring buffer's consumer and producer positions, read from its first two
+    pages (each holds one position), mapped read-only from the map's fd."""
+
+    def __init__(self, map_fd: int):
+        self._page = mmap.PAGESIZE
+        self._pages = mmap.mmap(map_fd, 2 * self._page, mmap.MAP_SHARED, mmap.PROT_READ)
+
+    def consumer(self) -> int:
+        return _POSITION.unpack_from(self._pages, 0)[0]
+
+    def producer(self) -> int:
+        """Past every record reserved so far, committed or not."""
+        return _POSITION.unpack_from(self._pages, self._page)[0]
 
 
 class EventQueue(queue.Queue):
@@ -56,8 +91,11 @@ class EventQueue(queue.Queue):
 
 
 class Reader:
+    """`positions`: the ring's, for callers that ask whether the reader is caught up
+    with a moment (without them, it never says so)."""
+
     def __init__(self, probes: Probes, *, capacity: int = DEFAULT_CAPACITY,
-                 poll_ms: int = DEFAULT_POLL_MS):
+                 poll_ms: int = DEFAULT_POLL_MS, positions: RingPositions | None = None):
         self.events: EventQueue = EventQueue(maxsize=capacity)
         self.queue_overflow = 0
         self.decode_errors = 0
@@ -66,6 +104,12 @@ class Reader:
         self._kernel_lost = 0
         self._reported = 0
         self._batch: list[bytes] = []
+        self.queued = 0           # events put in the queue so far, LOST ones included
+        self._applied = 0         # of them, those the consumer said it applied
+        self._last_about: dict[int, int] = {}   # pid: number of the last event about it
+        self._last_lost = 0                     # number of the last LOST event
+        self._ring = positions
+        self._drained: deque[tuple[int, int]] = deque(maxlen=DRAINED_MARKS)
         probes.open_events(self._on_record)
 
     def counters(self) -> dict[str, int]:
@@ -83,7 +127,42 @@ class Reader:
             self._deliver(batch)
         self._count_kernel_losses()
         self._report_losses()
+        self._note_drained()
         return True
+
+    def position(self) -> int | None:
+        """Where the kernel writes its next record: a point to ask queued_through about."""
+        return self._ring.producer() if self._ring is not None else None
+
+    def queued_through(self, position: int) -> int | None:
+        """How many events had been queued once every record before `position` was
+        consumed and every loss among them reported; None: not yet (or too long ago to
+        be remembered, which a caller treats alike)."""
+        for consumed, queued in tuple(self._drained):
+            if consumed >= position:
+                return queued
+        return None
+
+    def note_applied(self, count: int) -> None:
+        """The queue's consumer applied `count` more of the events it took, in order."""
+        self._applied += count
+
+    def pending(self, pids: Iterable[int]) -> bool:
+        """Is an event about one of `pids` (a fork: about its parent and child), or a
+        LOST event, queued and not yet applied?"""
+        applied, last_about = self._applied, self._last_about
+        return self._last_lost > applied or any(last_about.get(pid, 0) > applied
+                                                for pid in pids)
+
+    def _note_drained(self) -> None:
+        """Where this poll left the consumer, unless a loss is still to be reported (its
+        LOST event is not queued yet)."""
+        if (self._ring is None
+                or self._reported != self._kernel_lost + self.queue_overflow + self.decode_errors):
+            return
+        mark = (self._ring.consumer(), self.queued)
+        if not self._drained or self._drained[-1] != mark:
+            self._drained.append(mark)
 
     def _on_record(self, _ctx: int, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))
@@ -99,7 +178,23 @@ class Reader:
                 continue
             self._probes.note(event)
             events.append(event)
-        self.queue_overflow += len(events) - self.events.put_batch(events)
+        taken = self.events.put_batch(events)
+        self._note_queued(events[:taken])
+        self.queue_overflow += len(events) - taken
+
+    def _note_queued(self, events: list[Event]) -> None:
+        last_about = self._last_about
+        if len(last_about) > PENDING_PIDS:
+            applied = self._applied
+            last_about = self._last_about = {pid: number for pid, number in last_about.items()
+                                             if number > applied}
+        number = self.queued
+        for event in events:
+            number += 1
+            last_about[event.tgid] = number
+            if event.kind is Kind.FORKED:
+                last_about[event.arg] = number
+        self.queued = number
 
     def _count_kernel_losses(self) -> None:
         kernel_lost = self._probes.lost_in_kernel()
@@ -116,4 +211,6 @@ class Reader:
             self.events.put_nowait(lost)
         except queue.Full:
             return  # folded into the next LOST event
+        self.queued += 1
+        self._last_lost = self.queued
         self._reported = total

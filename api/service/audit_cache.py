@@ -10,10 +10,15 @@ request started meanwhile), so that a process that keeps changing costs one audi
 per audit time, however many ask, and every answer is read after its question.
 
 Only the probes can tell that nothing happened: without a live table fed by them,
-nothing is kept and every audit is fresh. A tree's membership is not left to them (the
-probes report the forks of watched processes only): the kept tree is reused only
-while the tree read now from /proc/PID/task/*/children has the same members, each
-the same identity (pid, start time).
+nothing is kept and every audit is fresh. And they tell it only once they are
+caught up: an audit is reused only when every event about its processes that the
+kernel emitted before the question came (and every loss) has been applied to the
+table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier; a
+question they are further behind than that is answered by a fresh audit). A
+tree's membership is not left to them (the probes report the forks of watched
+processes only): the kept tree is reused only while the tree read now from
+/proc/PID/task/*/children has the same members, each the same identity (pid,
+start time).
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ from tracker.procfs import AccessDenied, Proc, ProcessGone
 # most: what no probe sees (a regular file opened, a unix socket connected) is
 # then at most this stale.
 AUDIT_REUSE_SECONDS = 5.0
+# How long a question waits for the probes' events emitted before it to be applied,
+# before it is answered by a fresh audit instead.
+CATCH_UP_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,16 @@ class _Flight:
 class AuditCache:
     """`audit(pid, tree=, holders=)`: a fresh audit of one process (tree False: its own
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
-    table, when probes feed it (None: nothing is kept)."""
+    table, when probes feed it (None: nothing is kept); `caught_up(pids, timeout)`:
+    has every event about them emitted before the call (and every loss) been applied
+    to it (waiting up to timeout)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
-                 live_table: Callable[[], LiveTable | None]):
+                 live_table: Callable[[], LiveTable | None],
+                 caught_up: Callable[[float], bool]):
         self._audit = audit
         self._live_table = live_table
+        self._caught_up = caught_up
         self._kept: dict[tuple[int, bool], _Kept] = {}
         self._flights: dict[tuple[int, bool], _Flight] = {}
         self._tickets = count()
@@ -76,20 +88,34 @@ class AuditCache:
               tree: bool = False) -> tuple[Audit, bool]:
         """The last audit of this process (or tree) if no probe event came for what it read
         since (and it is recent), else a fresh one; True when it is the last one."""
+        kept = self.kept(pid, tree=tree)
+        if kept is not None:
+            return kept, True
+        return self._read_after_now(pid, tree, holders, self._live_table()), False
+
+    def kept(self, pid: int, *, tree: bool = False, wait: float = CATCH_UP_SECONDS,
+             most: int | None = None) -> Audit | None:
+        """The last audit of this process (or tree), if it may be answered again now: no
+        probe event came for what it read (waiting up to `wait` for the probes to catch
+        up with this call), it is recent, and the process (its tree) is the same. None:
+        a fresh audit is needed, or the audit is of more than `most` processes."""
         table = self._live_table()
         kept = self._kept.get((pid, tree))
         if (table is not None and kept is not None
+                and (most is None or len(kept.audit.processes) <= most)
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
+                # first: the events about them emitted before this call are applied
+                and self._caught_up([member.pid for member in kept.audit.processes], wait)
                 and not any(table.changed_since(member.pid, kept.sequence)
                             for member in kept.audit.processes)):
             try:
                 if identify(pid).start_time == kept.start_time and (
                         not tree or _same_members(pid, kept.audit)):
-                    return kept.audit, True
+                    return kept.audit
             except (ProcessGone, AccessDenied):
                 self.forget(pid)
                 raise NoSuchProcess(pid) from None
-        return self._read_after_now(pid, tree, holders, table), False
+        return None
 
     def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
                         table: LiveTable | None) -> Audit:

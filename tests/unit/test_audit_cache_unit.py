@@ -32,13 +32,19 @@ ready(); hold()
 """
 
 
+def _applied_by_hand(_pids, _timeout: float) -> bool:
+    """These tables are fed by the tests, which apply each event before they ask."""
+    return True
+
+
 def _fresh(pid: int, tree: bool = False, holders=None):
     return audit(pid, tree=tree, holders=holders)
 
 
 def test_a_kept_audit_is_answered_again_until_an_event_comes_for_its_process():
     table = LiveTable(profile("criu", (4, 2, 1)))
-    audits = AuditCache(audit=_fresh, live_table=lambda: table)
+    audits = AuditCache(audit=_fresh, live_table=lambda: table,
+                        caught_up=_applied_by_hand)
     with subject(HOLDER) as s, subject(HOLDER) as other:
         first, reused = audits.audit(s.pid)
         assert reused is False
@@ -56,7 +62,8 @@ def test_a_kept_audit_is_answered_again_until_an_event_comes_for_its_process():
 
 
 def test_without_a_live_table_every_audit_is_fresh():
-    audits = AuditCache(audit=_fresh, live_table=lambda: None)
+    audits = AuditCache(audit=_fresh, live_table=lambda: None,
+                        caught_up=_applied_by_hand)
     with subject(HOLDER) as s:
         first, reused = audits.audit(s.pid)
         again, reused_again = audits.audit(s.pid)
@@ -65,7 +72,8 @@ def test_without_a_live_table_every_audit_is_fresh():
 
 def test_a_kept_audit_of_a_process_gone_is_no_such_process():
     table = LiveTable(profile("criu", (4, 2, 1)))
-    audits = AuditCache(audit=_fresh, live_table=lambda: table)
+    audits = AuditCache(audit=_fresh, live_table=lambda: table,
+                        caught_up=_applied_by_hand)
     with subject(HOLDER) as s:
         audits.audit(s.pid)
         pid = s.pid
@@ -75,7 +83,8 @@ def test_a_kept_audit_of_a_process_gone_is_no_such_process():
 
 def test_a_kept_tree_is_answered_again_only_while_its_members_are_the_same():
     table = LiveTable(profile("criu", (4, 2, 1)))
-    audits = AuditCache(audit=_fresh, live_table=lambda: table)
+    audits = AuditCache(audit=_fresh, live_table=lambda: table,
+                        caught_up=_applied_by_hand)
     with subject(FORKER) as s:
         try:
             first, reused = audits.audit(s.pid, tree=True)
@@ -108,7 +117,8 @@ def test_calls_that_come_while_an_audit_is_read_share_the_next_one_begun_after_t
         began[id(result)] = started
         return result
 
-    audits = AuditCache(audit=slow, live_table=lambda: None)  # nothing kept: always fresh
+    audits = AuditCache(audit=slow, live_table=lambda: None,
+                        caught_up=_applied_by_hand)  # nothing kept: always fresh
     answers: list[tuple[float, object]] = []
 
     def ask(pid: int) -> None:

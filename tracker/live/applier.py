@@ -3,24 +3,26 @@
 start() attaches the probes, seeds the table from a /proc audit of every
 process, tells subscribers it is ready, then applies events as they come
 and hands each notice (ready, transition, lost) to every subscriber, on the
-applier thread. Probes that cannot load leave the tracker degraded, not
-dead: the table is still seeded, and the reason is reported. The applier and
-the probe reader are supervised workers (tracker/supervised.py): an error
-outside one event's application is counted and the loop goes on after a
-backoff.
+applier thread. caught_up() tells whoever keeps answers whether every event the
+kernel emitted before the call has been applied (waiting a little for it).
+Probes that cannot load leave the tracker degraded, not dead: the table is
+still seeded, and the reason is reported. The applier and the probe reader
+are supervised workers (tracker/supervised.py): an error outside one event's
+application is counted and the loop goes on after a backoff.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
 from probes.events import Event, Kind
 from probes.loader import ATTACHED, ProbeError, Probes
-from probes.reader import DEFAULT_CAPACITY, Reader
+from probes.reader import DEFAULT_CAPACITY, Reader, RingPositions
 from tracker.audit import Audit
 from tracker.checks import devices
 from tracker.clock import iso_from_wall_ns
@@ -100,6 +102,7 @@ class Tracker:
         self._fd_lost_ns = 0             # when the last of them failed
         self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
+        self._progress = threading.Condition()  # notified after each poll and each batch
         self.applier = Worker("applier", self._step)
         self._swept = time.monotonic()
 
@@ -112,8 +115,9 @@ class Tracker:
             self.probes = Probes(disabled=probe_choice.left_out(self.served),
                                  quiet_majors=devices.QUIET_DEVICES.majors,
                                  quiet_devices=devices.QUIET_DEVICES.devices)
-            self.reader = Reader(self.probes, capacity=self.queue_capacity)
-            self.reading = Worker("probe-reader", self.reader.poll_once).start()
+            self.reader = Reader(self.probes, capacity=self.queue_capacity,
+                                 positions=RingPositions(self.probes.events_fd()))
+            self.reading = Worker("probe-reader", self._read).start()
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
             self.degraded = str(error)
             self._close_probes()
@@ -141,6 +145,29 @@ class Tracker:
         if self.reader is not None:
             counts["lost"] = {**self.reader.counters(), "out_of_fds": self.fd_losses}
         return counts
+
+    def caught_up(self, pids: Iterable[int], timeout: float) -> bool:
+        """Has every event about `pids` the kernel emitted before this call (and every
+        loss) been applied to the table? Waits up to `timeout` for the reader to consume
+        the records written before the call; False at once when an event about `pids`
+        waits for the applier (it will change them), and without probes."""
+        reader = self.reader
+        position = reader.position() if reader is not None else None
+        if position is None:
+            return False
+        pids = list(pids)
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while True:
+                consumed = reader.queued_through(position) is not None
+                if reader.pending(pids):
+                    return False
+                if consumed:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(left)
 
     def reconcile(self, result: Audit, started_ns: int,
                   gate_tracer: int | None = None) -> list[dict] | None:
@@ -184,12 +211,26 @@ class Tracker:
             self.probes.close()
             self.probes = None
 
+    def _read(self) -> bool:
+        """One turn of the reader, then a word to those waiting to be caught up."""
+        going_on = self.reader.poll_once()
+        self._progressed()
+        return going_on
+
+    def _progressed(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
     def _step(self) -> None:
         """One turn of the applier: a batch of events, then what is due, then a sweep."""
         due_ns = self.table.next_due_ns()
         wait = SWEEP_SECONDS if due_ns is None else \
             max(0.0, min(SWEEP_SECONDS, (due_ns - time.monotonic_ns()) / 1e9))
-        self._guarded(self._apply_batch, self.reader.events.get_batch(APPLY_BATCH, wait))
+        batch = self.reader.events.get_batch(APPLY_BATCH, wait)
+        if batch:
+            self._guarded(self._apply_batch, batch)
+            self.reader.note_applied(len(batch))
+            self._progressed()
         if due_ns is not None and time.monotonic_ns() >= due_ns:
             self._publish(self._guarded(self.table.run_due))
         if time.monotonic() - self._swept >= SWEEP_SECONDS:

@@ -189,6 +189,11 @@ class LiveTable:
             return {pid: (entry.start_time, entry.state_under(judged_by))
                     for pid, entry in self._entries.by_pid.items()}
 
+    def follows(self, pid: int) -> bool:
+        """Has the table an entry for pid? (Answers about it then wait for the lock, which
+        an applier holds while it applies an event.)"""
+        return pid in self._entries.by_pid
+
     def tracked(self, pid: int, judged_by: Profile | None = None) -> dict | None:
         """The `tracked` part of a verdict document under a profile (by default the table's):
         state, since, reasons (None: never marked)."""

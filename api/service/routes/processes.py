@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
 
 from api.service.deps import ServiceDep, ViewerDep
 from api.service.models import (
@@ -73,7 +74,7 @@ def process(service: ServiceDep, viewer: ViewerDep, pid: Pid, tree: Tree = True,
 
 @router.get("/{pid}/checkpointable", response_model=Verdict, response_model_by_alias=True,
             responses=NOT_FOUND)
-def checkpointable(
+async def checkpointable(
     service: ServiceDep, viewer: ViewerDep, pid: Pid,
     tree: Tree = True,
     allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
@@ -87,10 +88,19 @@ def checkpointable(
     mapping), from the probes (`source: probe`); the profile asked for judges both.
     `tracked` is what the probes follow, `nocr` when this profile refuses a tracked
     reason."""
-    # Built by the service in the model's shape: returned as it is, without the
-    # per-field validation and encoding that cost more than a reused audit.
-    return SafeJSONResponse(shown(service.checkpointable(
-        pid, tree=tree, allow=allow, profile_name=profile), viewer))
+    def answer(document: dict | None = None) -> SafeJSONResponse:
+        if document is None:
+            document = service.checkpointable(pid, tree=tree, allow=allow,
+                                              profile_name=profile)
+        # Built by the service in the model's shape: returned as it is, without the
+        # per-field validation and encoding that cost more than a reused audit.
+        return SafeJSONResponse(shown(document, viewer))
+
+    # A small kept audit is answered here on the event loop (a few reads of /proc),
+    # sparing the two hand-offs between threads that each wait for the interpreter's
+    # lock while another thread computes; an audit to read goes to the threadpool.
+    kept = service.kept_checkpointable(pid, tree=tree, allow=allow, profile_name=profile)
+    return answer(kept) if kept is not None else await run_in_threadpool(answer)
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,

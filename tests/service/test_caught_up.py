@@ -1,0 +1,91 @@
+"""A kept audit is answered again only once every probe event emitted before the question
+has been applied (api/service/audit_cache.py, Tracker.caught_up): with the applier held
+back, an event for the subject waits in the queue, and the answer must be a fresh audit
+that sees what the event reported, not the kept one from before it; a process with no
+event waiting keeps its audit meanwhile."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from api.service.audit_cache import AuditCache
+from tests.support.subjects import subject
+from tests.support.trackers import ARRIVAL_TIMEOUT, attached_tracker
+from tracker.audit import audit
+from tracker.live.model import Transition
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf]
+
+# Opens /dev/kvm at SIGUSR1: a device CRIU refuses, which the probes report.
+OPENS_KVM = """
+held = []
+signal.signal(signal.SIGUSR1, lambda *_: held.append(os.open('/dev/kvm', os.O_RDONLY)))
+ready(); hold()
+"""
+
+
+class Brake:
+    """A subscriber that, once engaged, holds the applier thread at the next transition
+    of `pid` until released: the events behind it wait in the queue."""
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.holding = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self, notice) -> None:
+        if isinstance(notice, Transition) and notice.pid == self.pid:
+            self.holding.set()
+            self.released.wait(2 * ARRIVAL_TIMEOUT)
+
+
+def _holds_kvm(pid: int) -> bool:
+    return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/kvm"
+               for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def _await_quiet(audits: AuditCache, pid: int):
+    """The subject's kept audit, once its start-up's events are applied and it is reused."""
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while True:
+        result, reused = audits.audit(pid)
+        if reused:
+            return result
+        assert time.monotonic() < deadline, "the audit was never reused"
+        time.sleep(0.05)
+
+
+def test_a_kept_audit_is_not_answered_while_an_event_before_the_question_waits():
+    brake = Brake()
+    with attached_tracker(brake) as tracker, subject(OPENS_KVM) as quiet, \
+            subject(OPENS_KVM) as stopper, subject(OPENS_KVM) as bystander:
+        audits = AuditCache(audit=lambda pid, tree=False, holders=None: audit(pid, tree=tree),
+                            live_table=lambda: tracker.table, caught_up=tracker.caught_up)
+        kept = _await_quiet(audits, quiet.pid)
+        kept_bystander = _await_quiet(audits, bystander.pid)
+        assert "device.chr.unsupported" not in {f.code for f in kept.findings}
+        brake.pid = stopper.pid
+        os.kill(stopper.pid, signal.SIGUSR1)  # its transition holds the applier
+        try:
+            assert brake.holding.wait(ARRIVAL_TIMEOUT), "the applier was never held"
+            os.kill(quiet.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + ARRIVAL_TIMEOUT
+            while not _holds_kvm(quiet.pid):  # the event is emitted: its open returned
+                assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
+                time.sleep(0.01)
+            assert not tracker.caught_up([quiet.pid], 0.05)
+            result, reused = audits.audit(quiet.pid)
+            assert reused is False and result is not kept
+            assert "device.chr.unsupported" in {f.code for f in result.findings}
+            # what waits is about others: a process with nothing pending keeps its audit
+            assert audits.audit(bystander.pid) == (kept_bystander, True)
+        finally:
+            brake.released.set()
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while not tracker.caught_up([quiet.pid], 0.1):  # released, it applies the event
+            assert time.monotonic() < deadline, "the applier never caught up"
+            time.sleep(0.01)
