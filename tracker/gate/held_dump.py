@@ -1,0 +1,104 @@
+"""A `criu dump` started before the gate's verdict, held before it touches the tree.
+
+CRIU spends most of a dump of a small tree before it seizes anything: it execs,
+reads the kernel's features (kerndat) and collects the host's mounts and network
+links. That start runs while the gate freezes and rechecks the tree: CRIU waits at
+its pre-dump action script (dump_answer.py), the last point before it seizes the
+tree, for the verdict. Only a checkpointable tree whose dump needs exactly the
+arguments CRIU was started with is answered `dump`; otherwise that CRIU is killed
+(it has touched nothing) and the gate runs a CRIU with the verdict's arguments, as
+it would have without this head start.
+
+Its log goes to a scratch directory until the dump is answered, so a refused tree
+leaves nothing in the images directory; a directory made for the dump is removed
+again when the dump is not made.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from tracker.criu.runner import Criu, DumpResult, StartedDump
+
+SCRIPT = Path(__file__).with_name("dump_answer.py")
+
+
+class HeldDump:
+    """`criu dump -t PID` with `arguments`, started now, held at pre-dump.
+
+    `matches(arguments)` says whether the verdict's arguments are these; `dump()`
+    answers and waits for the dump; `cancel()` ends it (idempotent, and a no-op once
+    answered).
+    """
+
+    def __init__(self, criu: Criu, pid: int, arguments: list[str], *, images_dir: Path,
+                 leave_running: bool):
+        self.arguments = arguments
+        self._made = _make_directories(images_dir)
+        self._scratch = Path(tempfile.mkdtemp(prefix="crwatch-gate-"))
+        self._answer: int | None = None
+        self._started: StartedDump | None = None
+        try:
+            fifo = self._scratch / "answer"
+            os.mkfifo(fifo, 0o600)
+            # Read-write: opening never waits for a reader, writing never finds none.
+            self._answer = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+            script = self._scratch / "pre-dump"
+            script.write_text("#!/bin/sh\n"
+                              f"exec {shlex.join([sys.executable, '-I', '-S', str(SCRIPT)])} "
+                              f"{shlex.join([str(fifo), str(os.getpid())])}\n")
+            script.chmod(0o700)
+            self._started = criu.start_dump(
+                pid, arguments, images_dir=images_dir, leave_running=leave_running,
+                extra=["--action-script", str(script)], log_dir=self._scratch)
+        except OSError:
+            self._clean_up(made=self._made)
+            raise
+
+    def matches(self, arguments: list[str]) -> bool:
+        return self._started is not None and arguments == self.arguments
+
+    def dump(self, on_answer: Callable[[int], None] | None = None) -> DumpResult:
+        """Let CRIU go on and wait for its dump. `on_answer` is told CRIU's pid first."""
+        started, self._started = self._started, None
+        if on_answer is not None:
+            on_answer(started.pid)
+        os.write(self._answer, b"dump\n")
+        try:
+            return started.finish()
+        finally:
+            self._clean_up(made=None)
+
+    def cancel(self) -> None:
+        started, self._started = self._started, None
+        if started is None:
+            return
+        started.kill()  # held at pre-dump at the latest: it has seized nothing
+        self._clean_up(made=self._made)
+
+    def _clean_up(self, made: list[Path] | None) -> None:
+        if self._answer is not None:
+            os.close(self._answer)
+            self._answer = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        for directory in made or []:  # the deepest first; CRIU wrote nothing there
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # something else came to live there meanwhile: keep it
+
+
+def _make_directories(directory: Path) -> list[Path]:
+    """Make `directory` and its missing parents; those made, the deepest first."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
