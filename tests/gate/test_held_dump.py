@@ -145,3 +145,40 @@ def _await_gone(pid: int) -> None:
             return
         assert time.monotonic() < deadline, f"pid {pid} did not exit"
         time.sleep(0.01)
+
+
+@pytest.mark.criu
+def test_a_refused_tree_ends_its_criu_and_every_process_of_it(tmp_path):
+    """Refused while CRIU may still be starting up: CRIU is answered, never killed (killed
+    there, the children of its kernel probes would be left behind), and ends, with all
+    its children, before the gate answers; the images directory is gone again."""
+    images = tmp_path / "images"
+    with subject("device = os.open('/dev/loop-control', os.O_RDWR); ready(); hold()") as held:
+        for _ in range(3):
+            gating = subprocess.Popen([str(CRWATCH), "gate", "--local", "--json", str(held.pid),
+                                       "--dump", str(images)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command = _criu_command_under(gating)
+            assert gating.wait(timeout=AWAIT_S) == 1  # refused
+            assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                        and _command_of(int(pid)) == command]
+            assert not images.exists() and held.process.poll() is None
+
+
+def _criu_command_under(gating: subprocess.Popen) -> bytes:
+    """The command line of the gate's `criu dump` (its scratch directory makes it unique)."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
+            command = _command_of(int(kid))
+            if b"crwatch-gate-" in command:
+                return command
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never ran"
+        time.sleep(0.001)
+
+
+def _command_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""

@@ -102,11 +102,9 @@ class StartedDump:
     def pid(self) -> int:
         return self._process.pid
 
-    def kill(self) -> None:
-        """End it now and reap it. Only for a dump that cannot have touched the tree yet
-        (held at its pre-dump action script)."""
-        self._process.kill()
-        self._process.communicate()
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for it to end, and keep nothing of what it said (its exit status)."""
+        return _wait(self._process, timeout)[0]
 
     def finish(self, timeout: float = 60) -> DumpResult:
         returncode, output = _wait(self._process, timeout)

@@ -5,9 +5,10 @@ reads the kernel's features (kerndat) and collects the host's mounts and network
 links. That start runs while the gate freezes and rechecks the tree: CRIU waits at
 its pre-dump action script (dump_answer.py), the last point before it seizes the
 tree, for the verdict. Only a checkpointable tree whose dump needs exactly the
-arguments CRIU was started with is answered `dump`; otherwise that CRIU is killed
-(it has touched nothing) and the gate runs a CRIU with the verdict's arguments, as
-it would have without this head start.
+arguments CRIU was started with is answered `dump`; otherwise that CRIU is answered
+`stop` and ends there, having touched nothing, and the gate runs a CRIU with the
+verdict's arguments, as it would have without this head start. (It is never killed:
+CRIU killed in its start-up leaves the children of its kernel probes stranded.)
 
 Its log goes to a scratch directory until the dump is answered, so a refused tree
 leaves nothing in the images directory; a directory made for the dump is removed
@@ -32,8 +33,8 @@ class HeldDump:
     """`criu dump -t PID` with `arguments`, started now, held at pre-dump.
 
     `matches(arguments)` says whether the verdict's arguments are these; `dump()`
-    answers and waits for the dump; `cancel()` ends it (idempotent, and a no-op once
-    answered).
+    answers `dump` and waits for the dump; `cancel()` answers `stop` and waits for CRIU
+    to end (idempotent, and a no-op once answered).
     """
 
     def __init__(self, criu: Criu, pid: int, arguments: list[str], *, images_dir: Path,
@@ -68,8 +69,8 @@ class HeldDump:
         started, self._started = self._started, None
         if on_answer is not None:
             on_answer(started.pid)
-        os.write(self._answer, b"dump\n")
         try:
+            self._tell(b"dump\n")
             return started.finish()
         finally:
             self._clean_up(made=None)
@@ -78,8 +79,16 @@ class HeldDump:
         started, self._started = self._started, None
         if started is None:
             return
-        started.kill()  # held at pre-dump at the latest: it has seized nothing
-        self._clean_up(made=self._made)
+        try:
+            self._tell(b"stop\n")
+            started.wait()  # "Pre dump script failed": it ends having touched nothing
+        finally:
+            self._clean_up(made=self._made)
+
+    def _tell(self, answer: bytes) -> None:
+        # The FIFO stays open until CRIU has ended (_clean_up): closed earlier, an answer
+        # not read yet would be lost with it.
+        os.write(self._answer, answer)
 
     def _clean_up(self, made: list[Path] | None) -> None:
         if self._answer is not None:
