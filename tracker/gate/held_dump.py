@@ -50,7 +50,10 @@ class HeldDump:
             # Read-write: opening never waits for a reader, writing never finds none.
             self._answer = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
             script = self._scratch / "pre-dump"
+            # CRIU runs it at every action (post-dump too, on the dump's critical path):
+            # the shell lets all but pre-dump pass without starting a Python.
             script.write_text("#!/bin/sh\n"
+                              '[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
                               f"exec {shlex.join([sys.executable, '-I', '-S', str(SCRIPT)])} "
                               f"{shlex.join([str(fifo), str(os.getpid())])}\n")
             script.chmod(0o700)
