@@ -32,9 +32,9 @@ SCRIPT = Path(__file__).with_name("dump_answer.py")
 class HeldDump:
     """`criu dump -t PID` with `arguments`, started now, held at pre-dump.
 
-    `matches(arguments)` says whether the verdict's arguments are these; `dump()`
-    answers `dump` and waits for the dump; `cancel()` answers `stop` and waits for CRIU
-    to end (idempotent, and a no-op once answered).
+    `matches(arguments)` says whether the verdict's arguments are these; `answer()` lets
+    CRIU go on (once); `dump()` answers if not yet and waits for the dump; `cancel()`
+    answers `stop` and waits for CRIU to end (idempotent, and a no-op once answered).
     """
 
     def __init__(self, criu: Criu, pid: int, arguments: list[str], *, images_dir: Path,
@@ -44,6 +44,7 @@ class HeldDump:
         self._scratch = Path(tempfile.mkdtemp(prefix="crwatch-gate-"))
         self._answer: int | None = None
         self._started: StartedDump | None = None
+        self.answered = False
         try:
             fifo = self._scratch / "answer"
             os.mkfifo(fifo, 0o600)
@@ -67,13 +68,20 @@ class HeldDump:
     def matches(self, arguments: list[str]) -> bool:
         return self._started is not None and arguments == self.arguments
 
-    def dump(self, on_answer: Callable[[int], None] | None = None) -> DumpResult:
-        """Let CRIU go on and wait for its dump. `on_answer` is told CRIU's pid first."""
-        started, self._started = self._started, None
+    def answer(self, on_answer: Callable[[int], None] | None = None) -> None:
+        """Let CRIU go on, once. `on_answer` is told CRIU's pid first."""
+        if self.answered:
+            return
         if on_answer is not None:
-            on_answer(started.pid)
+            on_answer(self._started.pid)
+        self._tell(b"dump\n")
+        self.answered = True
+
+    def dump(self, on_answer: Callable[[int], None] | None = None) -> DumpResult:
+        """Let CRIU go on (if not yet) and wait for its dump."""
+        self.answer(on_answer)
+        started, self._started = self._started, None
         try:
-            self._tell(b"dump\n")
             return started.finish()
         finally:
             self._clean_up(made=None)
@@ -81,6 +89,10 @@ class HeldDump:
     def cancel(self) -> None:
         started, self._started = self._started, None
         if started is None:
+            return
+        if self.answered:  # dumping already: only the dump's own end ends it
+            started.wait()
+            self._clean_up(made=None)
             return
         try:
             self._tell(b"stop\n")

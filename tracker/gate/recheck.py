@@ -110,7 +110,9 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
         holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
         drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
-        if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
+        if run.dump is None and held is not None and held.answered:
+            run.dump = held.dump()  # answered at the thaw, by the verdict judged frozen
+        elif (request.dump_dir is not None and run.dump is None and document["checkpointable"]
                 and run.frozen is not None
                 and not (run.frozen.expired or run.frozen.helper_died)):
             run.dump = _dump(criu, request, document, held, cgroup=None)
@@ -147,6 +149,7 @@ def _head_start(criu: Criu | None, request: GateRequest, cgroup: Path | None) ->
 def _frozen_recheck(request: GateRequest, freeze: Freeze, judged_by: Profile, criu: Criu | None,
                     held: HeldDump | None, probe_finder: ProbeFinder | None,
                     dumper: Environment | None) -> _Run:
+    answer_at_thaw: Callable[[], None] | None = None
     try:
         frozen = freeze.__enter__()
     except FreezeError as error:
@@ -161,16 +164,22 @@ def _frozen_recheck(request: GateRequest, freeze: Freeze, judged_by: Profile, cr
         if request.hold_s:
             freeze.hold(request.hold_s)
         run = _Run(result, frozen, _probe_found(probe_finder, result))
-        if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
+        if request.dump_dir is not None:
             judged = probe_found.document(result, run.probe_found, judged_by, request.allow,
                                            dumper)
-            if judged["checkpointable"] and freeze.holding():
+            if (frozen.method == "cgroup" and frozen.complete and judged["checkpointable"]
+                    and freeze.holding()):
                 # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
                 run.dump = _dump(criu, request, judged, held, cgroup=frozen.cgroup,
                                  on_start=freeze.handoff)
                 run.dumped_frozen = True
+            elif (frozen.method == "ptrace" and judged["checkpointable"] and held is not None
+                  and held.matches(arguments_for(judged["reasons"]))):
+                # CRIU may seize the tree as soon as the helper has let go of every task
+                # (one it could not stop makes the verdict a refusal), not once it exited.
+                answer_at_thaw = held.answer
     finally:
-        freeze.release()
+        freeze.release(on_thawed=answer_at_thaw)
     if frozen.expired:
         run.result.findings.append(watchdog_expired(request.pid, request.watchdog_s))
     if frozen.helper_died and not run.dumped_frozen:  # after a handoff CRIU held the tree
