@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gates import AWAIT_S, CRWATCH
+from tests.support.gates import AWAIT_S, CRWATCH, gate
 from tests.support.subjects import subject
 from tracker.gate.held_dump import SCRIPT
 
@@ -182,3 +182,19 @@ def _command_of(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return b""
+
+
+@pytest.mark.criu
+def test_a_checkpointable_tree_is_dumped_by_the_criu_that_waited(tmp_path):
+    """No option needed: the dump is the waiting CRIU's, its log kept with the images."""
+    images = tmp_path / "images"
+    with subject("ready(); hold()") as held:
+        status, document = gate(str(held.pid), "--dump", str(images))
+        assert status == 0 and document["outcome"] == "dumped", document
+        command = document["dump"]["command"]
+        script = Path(command[command.index("--action-script") + 1])
+        assert not script.exists()  # its scratch directory is gone with it
+        log = (images / "dump.log").read_text()
+        assert document["dump"]["log"] == str(images / "dump.log")
+        assert f"[{script}]" in log and "Dumping finished successfully" in log
+        assert held.process.poll() is None
