@@ -34,18 +34,20 @@ class HeldDump:
 
     `matches(arguments)` says whether the verdict's arguments are these; `answer()` lets
     CRIU go on (once); `dump()` answers if not yet and waits for the dump; `cancel()`
-    answers `stop` and waits for CRIU to end (idempotent, and a no-op once answered).
+    answers `stop` unless CRIU was let on already, and waits for it to end (idempotent;
+    nothing to do once `dump()` has run).
     """
 
     def __init__(self, criu: Criu, pid: int, arguments: list[str], *, images_dir: Path,
                  leave_running: bool):
         self.arguments = arguments
         self._made = _make_directories(images_dir)
-        self._scratch = Path(tempfile.mkdtemp(prefix="crwatch-gate-"))
+        self._scratch: Path | None = None
         self._answer: int | None = None
         self._started: StartedDump | None = None
         self.answered = False
         try:
+            self._scratch = Path(tempfile.mkdtemp(prefix="crwatch-gate-"))
             fifo = self._scratch / "answer"
             os.mkfifo(fifo, 0o600)
             # Read-write: opening never waits for a reader, writing never finds none.
@@ -109,7 +111,8 @@ class HeldDump:
         if self._answer is not None:
             os.close(self._answer)
             self._answer = None
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         for directory in made or []:  # the deepest first; CRIU wrote nothing there
             try:
                 directory.rmdir()
