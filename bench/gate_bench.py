@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ TARGET_FROZEN_MS = 50.0
 TARGET_DUMP_RATIO = 1.2
 FDS = 1000
 RUNS = 9
+CRWATCH = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "crwatch"
 DUMPABLE_FDS = MIXED_FDS.replace("    tcp_pair,\n", "")  # no --tcp-established needed
 
 
@@ -154,6 +156,36 @@ def report_dumps(how: str, plain: list[Phases], gated: list[Phases]) -> None:
                   f"{median(gated, 'waiting'):.1f} ms", "plain criu dump 0 ms (no verdict)", None))
 
 
+def command_ratio(pid: int) -> None:
+    """`crwatch gate --local --dump` as a user runs it (Python's start and crwatch's
+    imports included) against `criu dump` run the same way, in turns."""
+    criu = find_criu()
+    plain, gated = [], []
+    images = Path(tempfile.mkdtemp(prefix="crwatch-bench-")) / "images"
+    try:
+        for _ in range(RUNS):
+            images.mkdir()
+            started = time.perf_counter()
+            subprocess.run([criu.path, "dump", "-t", str(pid), "-D", str(images), "-v4",
+                            "-o", "dump.log", "--leave-running"], check=True,
+                           capture_output=True)
+            plain.append((time.perf_counter() - started) * 1e3)
+            shutil.rmtree(images)
+            started = time.perf_counter()
+            subprocess.run([str(CRWATCH), "gate", "--local", "--json", "--dump", str(images),
+                            str(pid)], check=True, capture_output=True)
+            gated.append((time.perf_counter() - started) * 1e3)
+            shutil.rmtree(images)
+    finally:
+        shutil.rmtree(images.parent, ignore_errors=True)
+    ours, peer = statistics.median(gated), statistics.median(plain)
+    print(f"  the whole command: crwatch gate --local --dump {ours:.0f} ms, criu dump "
+          f"{peer:.0f} ms: ratio {ours / peer:.2f}")
+    record(Figure("gate", "crwatch gate --local --dump, whole command, 1,000 fds, ptrace",
+                  f"{ours:.0f} ms", f"criu dump {peer:.0f} ms", ours / peer,
+                  f"<= x{TARGET_DUMP_RATIO:g}", within(ours / peer, TARGET_DUMP_RATIO)))
+
+
 def main() -> None:
     if os.geteuid() != 0:
         print("  the gate needs root: skipped")
@@ -170,6 +202,7 @@ def main() -> None:
         with own_cgroup(s.pid):
             runs = dump_runs(s.pid)
         report_dumps("in its own cgroup (CRIU handed the frozen cgroup)", *runs)
+        command_ratio(s.pid)
 
 
 if __name__ == "__main__":
