@@ -34,8 +34,10 @@ def await_waiting(script: subprocess.Popen) -> None:
 
 @pytest.fixture
 def answer(tmp_path):
-    """The FIFO and its writer, held as the gate holds it, and a process standing for the gate."""
-    fifo = tmp_path / "answer"
+    """The FIFO (in a scratch directory of its own) and its writer, held as the gate holds
+    it, and a process standing for the gate."""
+    (tmp_path / "scratch").mkdir()
+    fifo = tmp_path / "scratch" / "answer"
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR)
     stand_in = subprocess.Popen(["sleep", "60"])
@@ -55,6 +57,7 @@ def test_only_the_answer_dump_lets_criu_on(answer, line, code):
     await_waiting(script)
     os.write(writer, line)
     assert script.wait(timeout=AWAIT_S) == code
+    assert fifo.exists()  # the gate's to remove
 
 
 def test_a_gate_that_closes_without_a_word_stops_the_dump(answer):
@@ -72,6 +75,7 @@ def test_a_gate_that_dies_stops_the_dump_though_its_fifo_stays_open(answer):
     gate.kill()
     gate.wait()
     assert script.wait(timeout=AWAIT_S) == 1
+    assert not fifo.parent.exists()  # nobody else is left to remove the gate's scratch
 
 
 def test_a_gate_gone_before_the_script_runs_stops_the_dump(answer):
@@ -79,6 +83,7 @@ def test_a_gate_gone_before_the_script_runs_stops_the_dump(answer):
     gate.kill()
     gate.wait()
     assert start_answer(fifo, gate.pid).wait(timeout=AWAIT_S) == 1
+    assert not fifo.parent.exists()
 
 
 def test_every_other_action_passes_at_once(answer):
@@ -97,6 +102,8 @@ def test_a_gate_killed_before_its_verdict_leaves_criu_to_abort_untouched(tmp_pat
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             criu = _criu_waiting_under(gating.pid)
+            command = Path(f"/proc/{criu}/cmdline").read_bytes().split(b"\0")
+            scratch = Path(os.fsdecode(command[command.index(b"-o") + 1])).parent
             assert _tracer(held.pid) != 0  # frozen by the gate's helper meanwhile
             gating.kill()
             gating.wait()
@@ -106,7 +113,7 @@ def test_a_gate_killed_before_its_verdict_leaves_criu_to_abort_untouched(tmp_pat
                 assert time.monotonic() < deadline, "the tree stayed traced"
                 time.sleep(0.01)
             assert held.process.poll() is None
-            assert not list(images.glob("*.img"))
+            assert not list(images.glob("*.img")) and not scratch.exists()
         finally:
             if gating.poll() is None:
                 gating.kill()

@@ -9,6 +9,8 @@ dump: `stop`, the gate closing the FIFO without a word, the gate or CRIU dying.
 
 Usage (CRIU runs it by path, without arguments, so a two-line shell wrapper names
 them): dump_answer.py FIFO GATE_PID. Every action other than pre-dump passes.
+When the gate is gone it also removes the gate's scratch directory (the FIFO's),
+which the gate would have removed once CRIU ended.
 
 It runs as `python -I -S`: standard library only, nothing of crwatch.
 """
@@ -21,31 +23,48 @@ import sys
 ANSWER = b"dump"
 
 
-def await_answer(fifo: str, gate_pid: int) -> bool:
-    """Is the gate's answer `dump`? False as soon as the gate or CRIU (the parent) is gone."""
+def await_answer(fifo: str, gate_pid: int) -> bytes | None:
+    """The gate's answer (b"" for none: it closed the FIFO, or CRIU, the parent, is
+    gone), or None once the gate is gone."""
     # Non-blocking: opening a FIFO for reading waits for a writer, and a gate that died
     # before this ran would never come. The gate holds it open from before CRIU started.
     answer = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    watched = [answer]
-    for pid in (gate_pid, os.getppid()):
-        try:
-            watched.append(os.pidfd_open(pid))
-        except ProcessLookupError:
-            return False
-    ready = select.select(watched, [], [])[0]
-    if answer not in ready:
-        return False
     try:
-        return os.read(answer, 64).strip() == ANSWER
-    except BlockingIOError:
-        return False
+        gate = os.pidfd_open(gate_pid)
+    except ProcessLookupError:
+        return None
+    try:
+        criu = os.pidfd_open(os.getppid())
+    except ProcessLookupError:
+        return b""
+    ready = select.select([answer, gate, criu], [], [])[0]
+    if answer in ready:
+        try:
+            return os.read(answer, 64).strip()
+        except BlockingIOError:
+            return b""
+    return None if gate in ready else b""
+
+
+def remove_scratch(directory: str) -> None:
+    """The gate's scratch directory: the FIFO, this script's wrapper, CRIU's log (which
+    CRIU, ending, still writes through its open descriptor)."""
+    try:
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+    except OSError:
+        pass  # gone already, or not ours to empty: left as it is
 
 
 def main(argv: list[str]) -> int:
     if os.environ.get("CRTOOLS_SCRIPT_ACTION") != "pre-dump":
         return 0
     fifo, gate_pid = argv
-    return 0 if await_answer(fifo, int(gate_pid)) else 1
+    answer = await_answer(fifo, int(gate_pid))
+    if answer is None:  # nobody else will remove it now
+        remove_scratch(os.path.dirname(fifo))
+    return 0 if answer == ANSWER else 1
 
 
 if __name__ == "__main__":
