@@ -38,12 +38,14 @@ def await_answer(fifo: str, gate_pid: int) -> bytes | None:
     except ProcessLookupError:
         return b""
     ready = select.select([answer, gate, criu], [], [])[0]
+    if gate in ready:  # its death closes the FIFO too: gone comes first
+        return None
     if answer in ready:
         try:
             return os.read(answer, 64).strip()
         except BlockingIOError:
             return b""
-    return None if gate in ready else b""
+    return b""
 
 
 def remove_scratch(directory: str) -> None:
