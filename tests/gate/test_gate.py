@@ -429,8 +429,9 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
                                    "--dump", str(tmp_path / "images"), "--watchdog", "60"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         helper = _helper_of(gating)
-        dumping = _criu_of(gating)
-        os.kill(dumping, signal.SIGSTOP)  # CRIU holds the cgroup; keep it there meanwhile
+        dumping, answer = _held_criu_of(gating)
+        os.kill(dumping, signal.SIGSTOP)
+        _await_gone(answer)  # the gate's answer: CRIU holds the cgroup; keep it there meanwhile
         try:
             os.kill(helper, signal.SIGKILL)
             _await_gone(helper)
@@ -454,18 +455,22 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
     assert "gate.helper_died" not in {r["code"] for r in document["verdict"]["reasons"]}
 
 
-def _criu_of(gating: subprocess.Popen) -> int:
-    """The `criu dump` the gate started."""
+def _held_criu_of(gating: subprocess.Popen) -> tuple[int, int]:
+    """The `criu dump` the gate started, once it waits for the gate's answer (it starts
+    with the freeze), and the pid of its action script that waits."""
     deadline = time.monotonic() + AWAIT_S
     while True:
         for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
             try:
                 argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+                waiting = [int(script) for script in
+                           Path(f"/proc/{kid}/task/{kid}/children").read_text().split()
+                           if b"dump_answer.py" in Path(f"/proc/{script}/cmdline").read_bytes()]
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if b"dump" in argv and any(word.endswith(b"criu") for word in argv):
-                return int(kid)
-        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never ran"
+            if b"dump" in argv and any(word.endswith(b"criu") for word in argv) and waiting:
+                return int(kid), waiting[0]
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never waited"
         time.sleep(0.001)
 
 

@@ -1,8 +1,9 @@
 """The gate's parts one by one: drift against a live table, CRIU's command line from
 reasons, CRIU's own command line read back by the hook, CRIU's log read into reasons,
-and when a tree owns its cgroup."""
+when a tree owns its cgroup, and the freezer helper's reports read back as JSON."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import cgroup2_mount, owned_cgroup
+from tracker.gate.freeze_helper import json_text
 from tracker.live.model import CR, NOCR
 from tracker.live.table import LiveTable
 from tracker.profiles import profile
@@ -211,3 +213,19 @@ def test_only_roots_processes_named_crwatch_are_crwatch(tmp_path):
                 started.communicate(b"", timeout=30)
     finally:
         shutil.rmtree(scripts)
+
+
+@pytest.mark.parametrize("report", [
+    {"event": "frozen", "freeze_ms": 0.2734, "method": "ptrace", "cgroup": None, "pids": [7, 8],
+     "tasks": 2, "states": {7: "S", 8: "t"}, "stop_signals": {}, "unfrozen": [],
+     "already_frozen": False, "expired": True},
+    {"event": "frozen", "error": 'No such file or directory: /sys/fs/cgroup/a "b"\\c\n\t'},
+    {"cgroup": "/sys/fs/cgroup/caf\u00e9/\u96ea/\U0001f600/\udcff\x7f\x00", "frozen_ms": 1e-05},
+])
+def test_the_helpers_reports_read_back_as_written(report):
+    text = json_text(report)
+    assert text.isascii() and "\n" not in text  # one line, whatever a path holds
+    expected = {str(key): value for key, value in report.items()}
+    if "states" in report:
+        expected["states"] = {str(tid): state for tid, state in report["states"].items()}
+    assert json.loads(text) == expected

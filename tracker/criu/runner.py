@@ -63,17 +63,55 @@ class Criu:
         that is thrown away. `on_start` is told CRIU's pid as soon as it runs.
         CRIU gets exactly `options` (and `extra`): nothing is added on the way.
         """
-        opts = list(options)
         with contextlib.ExitStack() as scratch:
-            images = str(images_dir) if images_dir is not None else scratch.enter_context(
-                tempfile.TemporaryDirectory(prefix="crwatch-dump-"))
-            cmd = [self.path, "dump", "-t", str(pid), "-D", images, "-v4", "-o", "dump.log",
-                   *(["--leave-running"] if leave_running else []), *opts, *extra]
-            started = time.monotonic()
-            returncode, output = _run(cmd, timeout, on_start)
-            seconds = time.monotonic() - started
-            log_path = Path(images, "dump.log")  # -o is relative to -D
-            log = log_path.read_text(errors="replace") if log_path.exists() else ""
+            images = images_dir if images_dir is not None else Path(scratch.enter_context(
+                tempfile.TemporaryDirectory(prefix="crwatch-dump-")))
+            running = self.start_dump(pid, options, images_dir=images,
+                                      leave_running=leave_running, extra=extra)
+            if on_start is not None:
+                on_start(running.pid)
+            result = running.finish(timeout)
+        if images_dir is None:
+            result.log_path = None  # thrown away with the scratch images
+        return result
+
+    def start_dump(self, pid: int, options: Sequence[str] = (), *, images_dir: Path,
+                   leave_running: bool = True, extra: Sequence[str] = (),
+                   log_dir: Path | None = None) -> StartedDump:
+        """Start `criu dump` of the tree of `pid` into `images_dir` (which must exist) and
+        return at once. Its log goes to `log_dir` until it ends (default: the images
+        directory), then to the images directory as dump.log."""
+        log_path = Path(log_dir or images_dir, "dump.log")
+        command = [self.path, "dump", "-t", str(pid), "-D", str(images_dir), "-v4",
+                   "-o", str(log_path) if log_dir else "dump.log",  # -o is relative to -D
+                   *(["--leave-running"] if leave_running else []), *options, *extra]
+        return StartedDump(command, log_path, Path(images_dir, "dump.log"))
+
+
+class StartedDump:
+    """A running `criu dump`: `finish()` waits for it and reads what it said."""
+
+    def __init__(self, command: list[str], log_path: Path, kept_log: Path):
+        self.command = command
+        self._log_path, self._kept_log = log_path, kept_log
+        self._started = time.monotonic()
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, errors="replace")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for it to end, and keep nothing of what it said (its exit status)."""
+        return _wait(self._process, timeout)[0]
+
+    def finish(self, timeout: float = 60) -> DumpResult:
+        returncode, output = _wait(self._process, timeout)
+        seconds = time.monotonic() - self._started
+        log = self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+        kept = self._keep_log()
         if output.strip():  # e.g. option errors printed before the log opens
             log = f"{log}{output}" if not log or log.endswith("\n") else f"{log}\n{output}"
         errors = [
@@ -83,16 +121,21 @@ class Criu:
         if returncode != 0 and not errors:
             # Failed before logging (bad option, exec error): its first words say why.
             errors = [line for line in output.splitlines() if line.strip()][:1]
-        return DumpResult(returncode == 0, returncode, errors, log, cmd, seconds,
-                          str(log_path) if images_dir is not None else None)
+        return DumpResult(returncode == 0, returncode, errors, log, self.command, seconds,
+                          kept and str(kept))
+
+    def _keep_log(self) -> Path | None:
+        """The log, where the images are (None: it could not be written there)."""
+        if self._log_path == self._kept_log:
+            return self._kept_log
+        try:
+            shutil.move(self._log_path, self._kept_log)
+        except OSError:
+            return None  # e.g. a read-only images directory: its text is in the result
+        return self._kept_log
 
 
-def _run(cmd: list[str], timeout: float,
-         on_start: Callable[[int], None] | None = None) -> tuple[int, str]:
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace")
-    if on_start is not None:
-        on_start(proc.pid)
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out

@@ -5,9 +5,11 @@ hand it to CRIU.
 - freeze.py, freeze_helper.py, freeze_guard.py: the freezer helper process and the
   owner's watch over it.
 - own_processes.py: crwatch's own processes, which the gate refuses to freeze.
+- held_dump.py, dump_answer.py: a dump's CRIU started with the freeze and held at its
+  pre-dump action script until the verdict answers it.
 
 May import: everything of tracker below it -- procfs, context, environment, checks (the
 gate's own rules), audit, profiles, verdict, criu -- and tracker.live.probe_found (what
 only the probes know joins the recheck's verdict). Never api. Nothing else in tracker/
-imports this package; freeze_helper.py imports nothing of crwatch at all (it runs as
-`python -I -S`, standard library only)."""
+imports this package; freeze_helper.py and dump_answer.py import nothing of crwatch at
+all (they run as `python -I -S`, standard library only)."""

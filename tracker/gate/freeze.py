@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tracker.audit import descendants
 from tracker.context import Hold
@@ -183,20 +184,26 @@ class Freeze:
         self._guard.handoff()
         self._send(f"handoff {pid}")
 
-    def release(self) -> Frozen | None:
-        """Thaw now (if the watchdog has not already); idempotent."""
+    def release(self, on_thawed: Callable[[], None] | None = None) -> Frozen | None:
+        """Thaw now (if the watchdog has not already); idempotent. `on_thawed` runs as
+        soon as the helper says it has let go of the tree at crwatch's word (not at its
+        deadline), before it has exited."""
         if self._helper is None:
             return self.frozen
         self._guard.release()
         self._send("thaw")
         report = self._report(HELPER_START_S)
-        self._end_helper()
-        if report is None:
-            self._guard.thaw()  # after a handoff, CRIU has ended: crwatch's freeze is undone
-        self._guard.close()
-        if self.frozen is not None:
-            self._account(report)
-        self._helper = self._guard = None
+        try:
+            if on_thawed is not None and report is not None and not report["expired"]:
+                on_thawed()
+        finally:
+            self._end_helper()
+            if report is None:
+                self._guard.thaw()  # after a handoff, CRIU has ended: crwatch's freeze is undone
+            self._guard.close()
+            if self.frozen is not None:
+                self._account(report)
+            self._helper = self._guard = None
         return self.frozen
 
     def __exit__(self, *exc) -> None:

@@ -1,8 +1,8 @@
 """The freezer: a small process of its own that holds a process tree still for the gate.
 
 It runs apart from crwatch (`python -I -S freeze_helper.py ...`, standard library
-only, so it starts in tens of milliseconds) so that nothing crwatch does or
-suffers can strand the tree:
+only, so it starts in milliseconds) so that nothing crwatch does or suffers can
+strand the tree:
 
 - ptrace: the helper is the tracer. When it exits, however it exits, the kernel
   detaches its tracees and they run on; it never sends SIGSTOP.
@@ -17,15 +17,18 @@ Commands arrive one per line on stdin: `thaw`, or `handoff PID` (CRIU now holds
 the frozen cgroup: the deadline no longer applies, and if crwatch dies the cgroup
 is thawed only once PID has exited, since CRIU freezes it again when it ends).
 Reports leave one JSON object per line on stdout: `frozen` once, then `thawed`.
+
+Its start is on the gate's critical path (freeze, recheck, verdict), so it imports
+what costs little: `_signal` rather than signal.py (whose enum import costs 3 ms),
+and it writes its few kinds of JSON values itself rather than importing json.
 """
 from __future__ import annotations
 
+import _signal
 import ctypes
 import errno
-import json
 import os
 import select
-import signal
 import sys
 import time
 
@@ -143,7 +146,7 @@ class PtraceHold:
                     event, signo = status >> 16, os.WSTOPSIG(status)
                     # A signal-delivery stop holds the signal: give it back at detach.
                     self.stopped[tid] = 0 if event == PTRACE_EVENT_STOP else signo
-                    if event == PTRACE_EVENT_STOP and signo != signal.SIGTRAP:
+                    if event == PTRACE_EVENT_STOP and signo != _signal.SIGTRAP:
                         self.stop_signals[tid] = signo  # it was in a group stop already
             if not progressed:
                 time.sleep(pause)
@@ -247,9 +250,37 @@ def _ids_in(directory: str) -> list[int]:
                   for pid in _lines(os.path.join(path, "cgroup.procs")))
 
 
+def json_text(value: object) -> str:
+    """A report as JSON: dicts (keys as strings), lists, strings, numbers, booleans, None."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # durations and ids: never inf or nan
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json_string(str(key))}: {json_text(item)}"
+                               for key, item in value.items()) + "}"
+    return "[" + ", ".join(json_text(item) for item in value) + "]"
+
+
+def _json_string(text: str) -> str:
+    """ASCII, as json.dumps writes it: a path or an error may hold any character, a byte
+    that is no UTF-8 too (a surrogate escape), each written as UTF-16 \\u escapes."""
+    return '"' + "".join(char if " " <= char <= "~" and char not in '"\\' else _escape(char)
+                         for char in text) + '"'
+
+
+def _escape(char: str) -> str:
+    units = char.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{units[at] << 8 | units[at + 1]:04x}" for at in range(0, len(units), 2))
+
+
 def _emit(report: dict) -> None:
     try:
-        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.write(json_text(report) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         pass  # crwatch is gone; the hold still ends as it must
@@ -302,8 +333,8 @@ def hold(mode: str, target: str, tree: bool, deadline_s: float, freeze_timeout_s
 def main(argv: list[str]) -> int:
     mode, target, tree, deadline_s, freeze_timeout_s = argv
     # Terminal signals meant for crwatch must not end the holder before it thaws.
-    for signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(signo, signal.SIG_IGN)
+    for signo in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGPIPE):
+        _signal.signal(signo, _signal.SIG_IGN)
     hold(mode, target, tree == "1", float(deadline_s), float(freeze_timeout_s))
     return 0
 

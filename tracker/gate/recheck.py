@@ -5,6 +5,11 @@ the checkpoint if anything is unsupported. When the tree owns its cgroup there
 is no window between the check and the dump: CRIU is handed the cgroup still
 frozen. With ptrace the tree is released just before CRIU seizes it again, and
 whatever CRIU still refuses is read back from its log as a reason.
+
+A dump's CRIU starts with the freeze, not after the verdict: it runs its own
+start-up meanwhile and waits before it seizes anything (held_dump.py). The
+verdict still comes first: only a checkpointable tree is answered `dump`, and only
+when CRIU was started with exactly the verdict's arguments.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from tracker.criu.options import arguments_for
 from tracker.criu.runner import Criu, DumpResult
 from tracker.environment import Environment, of
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen, tree_pids
+from tracker.gate.held_dump import HeldDump
 from tracker.gate.own_processes import refusal, role
 from tracker.live import probe_found
 from tracker.live.probe_found import ProbeFound
@@ -95,15 +101,24 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
     dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
-    run = _frozen_recheck(request, judged_by, criu, probe_finder, dumper)
-    document = probe_found.document(run.result, run.probe_found, judged_by, request.allow,
-                                     dumper)
-    holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
-    drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
+    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
+    held = _head_start(criu, request, freeze.cgroup)
+    try:
+        run = _frozen_recheck(request, freeze, judged_by, criu, held, probe_finder, dumper)
+        document = probe_found.document(run.result, run.probe_found, judged_by, request.allow,
+                                         dumper)
+        holder = run.frozen.hold.tracer if run.frozen is not None and run.frozen.hold else None
+        drift = reconcile(run.result, started_ns, holder) if reconcile is not None else None
 
-    if (request.dump_dir is not None and run.dump is None and document["checkpointable"]
-            and run.frozen is not None and not (run.frozen.expired or run.frozen.helper_died)):
-        run.dump = _dump(criu, request, document, cgroup=None)
+        if run.dump is None and held is not None and held.answered:
+            run.dump = held.dump()  # answered at the thaw, by the verdict judged frozen
+        elif (request.dump_dir is not None and run.dump is None and document["checkpointable"]
+                and run.frozen is not None
+                and not (run.frozen.expired or run.frozen.helper_died)):
+            run.dump = _dump(criu, request, document, held, cgroup=None)
+    finally:
+        if held is not None:
+            held.cancel()  # no dump was answered: that CRIU has touched nothing
     criu_findings = []
     if run.dump is not None and not run.dump.ok:
         criu_findings = failure_findings(run.dump.log, request.pid, run.dump.log_path)
@@ -118,9 +133,23 @@ def refuse_crwatch(pid: int, tree: bool) -> None:
         raise CrwatchInside(why)
 
 
-def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
-                    probe_finder: ProbeFinder | None, dumper: Environment | None) -> _Run:
-    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
+def _head_start(criu: Criu | None, request: GateRequest, cgroup: Path | None) -> HeldDump | None:
+    """CRIU started now for the dump a verdict asks for most: no options, and the cgroup
+    handed over frozen when the tree owns one. None: no dump, or no head start."""
+    if request.dump_dir is None:
+        return None
+    arguments = ["--freeze-cgroup", str(cgroup)] if cgroup is not None else []
+    try:
+        return HeldDump(criu, request.pid, arguments, images_dir=request.dump_dir,
+                        leave_running=request.leave_running)
+    except OSError:
+        return None  # CRIU starts after the verdict, as it does when the arguments differ
+
+
+def _frozen_recheck(request: GateRequest, freeze: Freeze, judged_by: Profile, criu: Criu | None,
+                    held: HeldDump | None, probe_finder: ProbeFinder | None,
+                    dumper: Environment | None) -> _Run:
+    answer_at_thaw: Callable[[], None] | None = None
     try:
         frozen = freeze.__enter__()
     except FreezeError as error:
@@ -135,16 +164,22 @@ def _frozen_recheck(request: GateRequest, judged_by: Profile, criu: Criu | None,
         if request.hold_s:
             freeze.hold(request.hold_s)
         run = _Run(result, frozen, _probe_found(probe_finder, result))
-        if request.dump_dir is not None and frozen.method == "cgroup" and frozen.complete:
+        if request.dump_dir is not None:
             judged = probe_found.document(result, run.probe_found, judged_by, request.allow,
                                            dumper)
-            if judged["checkpointable"] and freeze.holding():
+            if (frozen.method == "cgroup" and frozen.complete and judged["checkpointable"]
+                    and freeze.holding()):
                 # No window: CRIU takes the cgroup frozen, and freezes it again when it ends.
-                run.dump = _dump(criu, request, judged, cgroup=frozen.cgroup,
+                run.dump = _dump(criu, request, judged, held, cgroup=frozen.cgroup,
                                  on_start=freeze.handoff)
                 run.dumped_frozen = True
+            elif (frozen.method == "ptrace" and judged["checkpointable"] and held is not None
+                  and held.matches(arguments_for(judged["reasons"]))):
+                # CRIU may seize the tree as soon as the helper has let go of every task
+                # (one it could not stop makes the verdict a refusal), not once it exited.
+                answer_at_thaw = held.answer
     finally:
-        freeze.release()
+        freeze.release(on_thawed=answer_at_thaw)
     if frozen.expired:
         run.result.findings.append(watchdog_expired(request.pid, request.watchdog_s))
     if frozen.helper_died and not run.dumped_frozen:  # after a handoff CRIU held the tree
@@ -157,12 +192,19 @@ def _probe_found(probe_finder: ProbeFinder | None, result: Audit) -> ProbeFound:
     return probe_finder(result.processes) if probe_finder is not None else []
 
 
-def _dump(criu: Criu, request: GateRequest, document: dict, *, cgroup: str | None,
-          on_start: Callable[[int], None] | None = None) -> DumpResult:
+def _dump(criu: Criu, request: GateRequest, document: dict, held: HeldDump | None, *,
+          cgroup: str | None, on_start: Callable[[int], None] | None = None) -> DumpResult:
+    """Dump with exactly the verdict's arguments: the held CRIU if it has them, else a
+    new one (`on_start` is told CRIU's pid before it may seize the tree)."""
+    arguments = [*arguments_for(document["reasons"]),
+                 *(["--freeze-cgroup", cgroup] if cgroup else [])]
+    if held is not None and held.matches(arguments):
+        return held.dump(on_answer=on_start)
+    if held is not None:
+        held.cancel()
     _prepare(request.dump_dir)
-    return criu.dump(request.pid, arguments_for(document["reasons"]),
-                     images_dir=request.dump_dir, leave_running=request.leave_running,
-                     extra=["--freeze-cgroup", cgroup] if cgroup else [], on_start=on_start)
+    return criu.dump(request.pid, arguments, images_dir=request.dump_dir,
+                     leave_running=request.leave_running, on_start=on_start)
 
 
 def _usable(criu: Criu | None) -> Criu:
