@@ -98,6 +98,8 @@ class Entry:
         """What the dumper's environment adds to the marks: the network lock its marked TCP
         connections need where iptables is missing (as the audit's namespace.net_lock)."""
         findings = [finding for mark in self.marks.values() for finding in mark.findings]
+        if not lock_subjects(findings):
+            return []  # no connection to lock: the environment need not be asked
         lock = marked_connections_lock(self.pid, findings, current())
         if not lock:
             return []

@@ -38,6 +38,8 @@ from tracker.procfs import DEFAULT_PROC_ROOT
 from tracker.profiles import PROFILE_NAMES, Profile
 from tracker.rules import Finding
 
+STATES_KEPT = 4096   # sets of reason codes whose states under every profile are kept
+
 
 class LiveTable:
     """The table's public face; every call holds its lock while it reads or changes entries."""
@@ -57,6 +59,8 @@ class LiveTable:
         self._touched: dict[int, int] = {}          # pid: sequence of its last event
         self._lost_at = 0                           # sequence of the last loss
         self._lock = threading.Lock()
+        self._all_cr: States = (CR,) * (1 + len(self.profiles))
+        self._states_by_codes: dict[frozenset[str], States] = {}
 
     # ------------------------------------------------------------ public
 
@@ -227,13 +231,24 @@ class LiveTable:
         return Batch(cause_ns, self._states)
 
     def _states(self, entry: Entry) -> States:
-        return (entry.state, *(entry.state_under(judged_by) for judged_by in self.profiles))
+        """An entry's states follow from its marks' reason codes alone: each set of codes
+        is judged under every profile once, not at every event."""
+        if not entry.marks:
+            return self._all_cr
+        codes = frozenset(code for mark in entry.marks.values() for code in mark.codes)
+        states = self._states_by_codes.get(codes)
+        if states is None:
+            if len(self._states_by_codes) >= STATES_KEPT:
+                self._states_by_codes.clear()
+            states = self._states_by_codes[codes] = (
+                entry.state, *(entry.state_under(judged_by) for judged_by in self.profiles))
+        return states
 
     def _finish(self, batch: Batch) -> list[Transition]:
         """A transition for each touched entry whose state changed, under any profile (a
         device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
-        all_cr = (CR,) * (1 + len(self.profiles))
+        all_cr = self._all_cr
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
             after = all_cr if exited else self._states(entry)
