@@ -35,7 +35,7 @@ class Mark:
 
     @property
     def codes(self) -> tuple[str, ...]:
-        return tuple(finding.code for finding in self.findings)
+        return tuple([finding.code for finding in self.findings])
 
 
 @dataclass(slots=True)

@@ -29,8 +29,10 @@ PROBED_SOCKET_CODES = frozenset({"socket.tcp.established", "socket.unknown_famil
                                  "socket.inet.unsupported"})
 HELD_LOCK_CODES = frozenset({"lock.posix", "lock.ofd", "lock.flock", "lock.lease", "lock.unknown"})
 SYSV_SHM = "/SYSV"
-# Device paths known to name their node with no symlink on the way, by (path, dev_t)
+# Device paths known to name their node with no symlink on the way, by (path, device)
 DEVICE_PATHS_KEPT = 1024
+# Device opens judged from their records, by (pid, fd, path, inode fields)
+RECORDS_KEPT = 4096
 
 
 def one_process_context(proc: Proc) -> AuditContext:
@@ -56,6 +58,18 @@ def device_from_record(event: Event) -> tuple[str, list[Finding]] | None:
     alone refuses (devices.refused_by_number), opened by a whole path under /dev/ that
     names the node itself. None when the record carries no inode, the path may not be what
     /proc shows (relative, cut short, through a symlink), or more than the number decides."""
+    if not event.arg2:
+        return None  # the common case, asked first: no inode in the record
+    # A process that opens the same device again and again is judged once.
+    key = (event.tgid, event.fd, event.path, event.arg, event.arg2)
+    if key not in _BY_RECORD:
+        if len(_BY_RECORD) >= RECORDS_KEPT:
+            _BY_RECORD.clear()
+        _BY_RECORD[key] = _device_from_node(event)
+    return _BY_RECORD[key]
+
+
+def _device_from_node(event: Event) -> tuple[str, list[Finding]] | None:
     node = opened_node(event)
     if node is None or not (stat.S_ISBLK(node.mode) or stat.S_ISCHR(node.mode)):
         return None
@@ -69,6 +83,7 @@ def device_from_record(event: Event) -> tuple[str, list[Finding]] | None:
     return event.path, [devices.refused(code, event.tgid, event.fd, kind, event.path, device)]
 
 
+_BY_RECORD: dict[tuple, tuple[str, list[Finding]] | None] = {}
 _NAMES_NODE: dict[tuple[str, tuple[int, int]], bool] = {}
 
 

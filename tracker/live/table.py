@@ -60,7 +60,8 @@ class LiveTable:
         self._lost_at = 0                           # sequence of the last loss
         self._lock = threading.Lock()
         self._all_cr: States = (CR,) * (1 + len(self.profiles))
-        self._states_by_codes: dict[frozenset[str], States] = {}
+        self._profile_names = tuple(judged_by.name for judged_by in self.profiles)
+        self._states_by_codes: dict[frozenset[str] | tuple[str, ...], States] = {}
 
     # ------------------------------------------------------------ public
 
@@ -235,7 +236,9 @@ class LiveTable:
         is judged under every profile once, not at every event."""
         if not entry.marks:
             return self._all_cr
-        codes = frozenset(code for mark in entry.marks.values() for code in mark.codes)
+        marks = entry.marks.values()
+        codes = frozenset(code for mark in marks for code in mark.codes) if len(marks) > 1 \
+            else next(iter(marks)).codes  # one mark, the common case: its codes' tuple
         states = self._states_by_codes.get(codes)
         if states is None:
             if len(self._states_by_codes) >= STATES_KEPT:
@@ -249,21 +252,21 @@ class LiveTable:
         device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
         all_cr = self._all_cr
+        names = self._profile_names
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
             after = all_cr if exited else self._states(entry)
             before = before or all_cr
             if after != before:
-                entry.since = iso_from_monotonic_ns(batch.cause_ns)
-                for judged_by, was, now in zip(self.profiles, before[1:], after[1:]):
-                    if was != now:
-                        entry.since_under[judged_by.name] = entry.since
+                entry.since = since = iso_from_monotonic_ns(batch.cause_ns)
+                for index, name in enumerate(names, 1):
+                    if before[index] != after[index]:
+                        entry.since_under[name] = since
                 reasons = [] if after[0] == CR else entry.reasons(self.profile)
-                profiles = {judged_by.name: state
-                            for judged_by, state in zip(self.profiles, after[1:])}
                 transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm,
-                                              after[0], reasons, entry.since, batch.cause_ns,
-                                              exited, ppid=entry.ppid, profiles=profiles))
+                                              after[0], reasons, since, batch.cause_ns,
+                                              exited, ppid=entry.ppid,
+                                              profiles=dict(zip(names, after[1:]))))
             self._drop_if_idle(entry, exited)
         self.counters.transitions += len(transitions)
         return transitions
