@@ -25,7 +25,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from probes.events import Event, Kind
 from tracker.audit import Audit, ProcessIdentity
@@ -78,11 +78,12 @@ class LiveTable:
         with self._entries.memoized():
             yield
 
-    def seed(self) -> list[Transition]:
-        """Audit every process and mark what the probes would have marked."""
+    def seed(self, progress: Callable[[int, int], None] | None = None) -> list[Transition]:
+        """Audit every process and mark what the probes would have marked (`progress`:
+        see reconcile.seed)."""
         with self._lock:
             batch = self._batch(time.monotonic_ns())
-            reconcile.seed(self._entries, batch)
+            reconcile.seed(self._entries, batch, progress)
             return self._finish(batch)
 
     def skip_dup_and_close(self, dup: Event, close: Event) -> bool:
