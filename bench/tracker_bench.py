@@ -395,7 +395,8 @@ def bench_ready(workdir: Path) -> list[str]:
         for process in extra:
             process.wait()
     probes, seeding = statistics.median(phases["probes"]), statistics.median(phases["seeding"])
-    within_start = f"of which compiling and attaching the probes {probes:.2f} s, seeding {seeding:.2f} s"
+    within_start = (f"its parts in the same starts: compiling and attaching the probes "
+                    f"{probes:.2f} s, seeding {seeding:.2f} s")
     lines = []
     for command, measured in (("crwatch watch, to its ready line", watches),
                               ("crwatch serve, to its first /healthz answer", serves)):
@@ -404,7 +405,7 @@ def bench_ready(workdir: Path) -> list[str]:
                                f"{median:.2f} s", within_start, None,
                                f"<= {TARGET_READY_SECONDS:.0f} s", median <= TARGET_READY_SECONDS))
         lines.append(f"{figure.measure}: {', '.join(f'{s:.2f}' for s in measured)} s "
-                     f"(median {median:.2f}, {within_start})")
+                     f"(median {median:.2f}; {within_start})")
     return lines
 
 
