@@ -42,9 +42,7 @@ REPO_HEADERS = PROBES_DIR.parent / ".deps" / "kernel-headers"
 TRACEFS = Path("/sys/kernel/tracing")
 DEBUGFS_TRACING = Path("/sys/kernel/debug/tracing")
 
-# 16 MiB: about 87,000 records, almost a second of 100,000 events/s while the reader
-# waits for a CPU or for the applier to let go of the interpreter
-DEFAULT_RING_PAGES = 4096
+DEFAULT_RING_PAGES = 1024          # 4 MiB: about 20,000 records
 DEFAULT_MAX_TRACKED_FDS = 65536
 DEFAULT_MAX_TASKS = 16384
 CLOSE_RANGE_SPAN = 1024            # fds of a close_range that the kernel side untracks itself
