@@ -1,23 +1,29 @@
 """What the tracker costs the host: syscall slowdown, event throughput, memory.
 
 Prints figures and their ratio to the targets (worst microbenchmark 1.25x,
-realistic workload 1.03x, no loss at 100,000 relevant events/s), never
-asserts: these machines are noisy. Slowdowns compare runs with and without a
+realistic workload 1.03x, no loss at 100,000 relevant events/s, ready within 3 s),
+never asserts: these machines are noisy. Slowdowns compare runs with and without a
 real Tracker (probes attached, table seeded) in this process, interleaved
 (off, on, off, on, ...) and summarised by medians. The loads are C programs
 (bench/syscall_loops.c) compiled here with gcc. Memory is that of a
-`crwatch watch` process seeded with 2,000 extra processes alive.
+`crwatch watch` process seeded with 2,000 extra processes alive. Time to ready is
+that of `crwatch watch` (its ready line) and `crwatch serve` (its first /healthz
+answer) with 500 extra processes alive, next to what compiling the probes and seeding
+took in the same start (the ready line says).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +45,7 @@ TARGET_EVENT_RATE = 100_000
 TARGET_DEVICE_OPEN_OVER_FLOOR = 1.05     # open+close of /dev/null: within 5% of empty programs
 TARGET_FUTEX_DEFAULT = 1.10              # futex wake, default profile (no futex probe), vs off
 TARGET_FUTEX_STRICT_OVER_FLOOR = 1.05    # futex wake, strict (futex probed), vs empty programs
+TARGET_READY_SECONDS = 3.0
 
 REPETITIONS = 5                      # off/on pairs
 MICRO_CALLS = {"getppid": 2_000_000, "futex_wake": 2_000_000, "open_close": 400_000,
@@ -61,6 +68,8 @@ EVENT_SECONDS = 3.0
 DRAIN_TIMEOUT = 120.0
 EXTRA_PROCESSES = 2_000
 NOCR_EVERY = 10                      # every 10th extra process holds /dev/kvm
+READY_EXTRA_PROCESSES = 500
+READY_REPETITIONS = 3                # starts of each command, in turns
 
 
 def build(workdir: Path) -> Path:
@@ -278,6 +287,11 @@ def _throughput(tracker: Tracker, binary: Path, pattern: str, extra: list[str],
             first_loss = rate
         elif first_loss is None:
             last_clean = rate
+        if rate == TARGET_EVENT_RATE:
+            record(Figure("events", f"{pattern}, {rate:,}/s offered for {EVENT_SECONDS:.0f} s",
+                          f"{delta['applied']:,} applied ({delta['applied'] / busy:,.0f}/s), "
+                          f"{lost:,} lost", f"{int(made):,} made ({int(made) / float(seconds):,.0f}"
+                          f"/s)", None, f">= {TARGET_EVENT_RATE:,}/s without loss", lost == 0))
         lines.append(
             f"{pattern}, {rate:>7,}/s asked: {int(made) / float(seconds):>9,.0f}/s made "
             f"({int(made):,}), {received:,} received, {delta['applied']:,} applied; lost: "
@@ -342,7 +356,84 @@ def bench_memory() -> list[str]:
             f"{per_process:.2f} KiB per extra process"]
 
 
-PARTS = ("micro", "workload", "throughput", "memory")
+# ---------------------------------------------------------------- time to ready
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def watch_ready() -> tuple[float, dict]:
+    """Seconds from `crwatch watch`'s start to its ready line, and the phases that line
+    says the start took."""
+    started = time.monotonic()
+    watch = subprocess.Popen([str(CRWATCH), "watch"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        first = json.loads(watch.stdout.readline())
+        seconds = time.monotonic() - started
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+    return seconds, first["startup_seconds"]
+
+
+def serve_ready(workdir: Path) -> float:
+    """Seconds from `crwatch serve`'s start to its first /healthz answer."""
+    port = _free_port()
+    started = time.monotonic()
+    serve = subprocess.Popen([str(CRWATCH), "serve", "--port", str(port), "--db",
+                              str(workdir / f"history-{port}.sqlite3")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                    return time.monotonic() - started
+            except OSError:
+                if serve.poll() is not None or time.monotonic() - started > DRAIN_TIMEOUT:
+                    raise RuntimeError("crwatch serve did not start") from None
+                time.sleep(0.05)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def bench_ready(workdir: Path) -> list[str]:
+    extra = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+             for _ in range(READY_EXTRA_PROCESSES)]
+    watches: list[float] = []
+    phases: dict[str, list[float]] = {}
+    serves: list[float] = []
+    try:
+        for _ in range(READY_REPETITIONS):
+            seconds, startup = watch_ready()
+            watches.append(seconds)
+            for phase, took in startup.items():
+                phases.setdefault(phase, []).append(took)
+            serves.append(serve_ready(workdir))
+    finally:
+        for process in extra:
+            process.kill()
+        for process in extra:
+            process.wait()
+    probes, seeding = statistics.median(phases["probes"]), statistics.median(phases["seeding"])
+    within_start = (f"its parts in the same starts: compiling and attaching the probes "
+                    f"{probes:.2f} s, seeding {seeding:.2f} s")
+    lines = []
+    for command, measured in (("crwatch watch, to its ready line", watches),
+                              ("crwatch serve, to its first /healthz answer", serves)):
+        median = statistics.median(measured)
+        figure = record(Figure("ready", f"{command}, {READY_EXTRA_PROCESSES} extra processes",
+                               f"{median:.2f} s", within_start, None,
+                               f"<= {TARGET_READY_SECONDS:.0f} s", median <= TARGET_READY_SECONDS))
+        lines.append(f"{figure.measure}: {', '.join(f'{s:.2f}' for s in measured)} s "
+                     f"(median {median:.2f}; {within_start})")
+    return lines
+
+
+PARTS = ("micro", "workload", "throughput", "memory", "ready")
 
 
 def main(parts: list[str] | None = None) -> None:
@@ -355,7 +446,8 @@ def main(parts: list[str] | None = None) -> None:
         binary = build(workdir)
         benches = {"micro": lambda: bench_micro(binary, workdir),
                    "workload": lambda: bench_workload(binary, workdir),
-                   "throughput": lambda: bench_throughput(binary), "memory": bench_memory}
+                   "throughput": lambda: bench_throughput(binary), "memory": bench_memory,
+                   "ready": lambda: bench_ready(workdir)}
         for part in parts or PARTS:
             for line in benches[part]():
                 print(line, flush=True)

@@ -311,8 +311,9 @@ static __always_inline struct pending *pending_here(void)
 }
 
 /* A new fd that may be special: report it (with the path of a device open, read from
- * the caller's memory) and track it. */
-static __always_inline void report_fd_opened(long ret, u32 special, const char *path)
+ * the caller's memory, and what `arg` and `arg2` say of it) and track it. */
+static __always_inline void report_fd_opened_with(long ret, u32 special, const char *path,
+                                                  u64 arg, u64 arg2)
 {
     if (ret < 0)
         return;
@@ -321,10 +322,17 @@ static __always_inline void report_fd_opened(long ret, u32 special, const char *
         return;
     r->fd = ret;
     r->special = special;
+    r->arg = arg;
+    r->arg2 = arg2;
     if (path)
         bpf_probe_read_user_str(r->path, sizeof(r->path), path);
     track_fd(r->tgid, ret);
     events.ringbuf_submit(r, 0);
+}
+
+static __always_inline void report_fd_opened(long ret, u32 special, const char *path)
+{
+    report_fd_opened_with(ret, special, path, 0, 0);
 }
 
 static __always_inline void report_new_fd(long ret, u32 special)
@@ -497,8 +505,10 @@ static __always_inline void report_device_open(long ret)
         if (type != MODE_BLK &&
             (type != MODE_CHR || (!(flags & OPEN_FLAG_PATH) && quiet_device(rdev))))
             return;
+        /* The inode read here goes with the record, so that the tracker need not read /proc. */
         if (!ignored())
-            report_fd_opened(ret, SPECIAL_DEVICE, open_path_here(task));
+            report_fd_opened_with(ret, SPECIAL_DEVICE, open_path_here(task), rdev,
+                                  (u64)flags << 32 | mode);
         return;
     }
     /* unreadable: judged by its path, as without the layout */

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
+
+KERNEL_MINOR_BITS = 20             # the kernel's dev_t: major << 20 | minor
+FLAGS_SHIFT = 32              # an FD_OPENED's arg2: the file's flags << 32 | the inode's mode
 
 
 class Kind(IntEnum):
     # fds the kernel side saw created that may be special; `fd` is the new fd,
-    # `special` says which syscall made it, `path` the name for opens
+    # `special` says which syscall made it, `path` the name for opens; a device open
+    # whose inode the kernel side read has its dev_t in `arg`, and the file's flags
+    # << 32 | the inode's mode in `arg2` (0: not read)
     FD_OPENED = 1
     FD_CLOSED = 2          # close() of an fd the kernel side tracks (`fd`)
     FD_RANGE_CLOSED = 3    # close_range(`arg`, `arg2`) by a task that has tracked fds
@@ -50,8 +56,10 @@ class Special(IntEnum):
     OTHER = 7
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One probe event; a named tuple, as the reader makes one per record (up to
+    hundreds of thousands a second) and a tuple is the cheapest immutable record."""
+
     kind: Kind
     ts_ns: int          # CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns)
     tgid: int
@@ -62,3 +70,22 @@ class Event:
     arg2: int = 0
     special: Special = Special.NONE
     path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedNode:
+    """The inode a device open's record carries: what the kernel side read at the open."""
+
+    mode: int           # st_mode: type and permissions
+    major: int
+    minor: int
+    flags: int          # the open file's flags (O_PATH, O_RDONLY...)
+
+
+def opened_node(event: Event) -> OpenedNode | None:
+    """The inode of a device open's new fd, when the kernel side read it (else None)."""
+    mode = event.arg2 & 0xFFFF
+    if event.kind is not Kind.FD_OPENED or event.special is not Special.DEVICE or not mode:
+        return None
+    return OpenedNode(mode, event.arg >> KERNEL_MINOR_BITS,
+                      event.arg & ((1 << KERNEL_MINOR_BITS) - 1), event.arg2 >> FLAGS_SHIFT)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from probes.events import Event, Kind
+from probes.events import KERNEL_MINOR_BITS, Event, Kind
 from probes.kernel_layout import VMLINUX_BTF, LayoutError, layout_cflags, read_layout
 
 PROBES_DIR = Path(__file__).resolve().parent
@@ -49,7 +49,6 @@ DEFAULT_RING_PAGES = 1024          # 4 MiB: about 20,000 records
 DEFAULT_MAX_TRACKED_FDS = 65536
 DEFAULT_MAX_TASKS = 16384
 CLOSE_RANGE_SPAN = 1024            # fds of a close_range that the kernel side untracks itself
-KERNEL_MINOR_BITS = 20             # the kernel's dev_t: major << 20 | minor
 PID_LIMIT = 4 * 1024 * 1024        # PID_MAX_LIMIT: pids are below it (a bit each in the holder maps)
 
 ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"

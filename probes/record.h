@@ -49,8 +49,8 @@ struct record {
     u32 tid;
     char comm[COMM_LEN];
     s32 fd;
-    u64 arg;
-    u64 arg2;
+    u64 arg;                /* FD_OPENED of a device whose inode was read: its dev_t */
+    u64 arg2;               /* ... and the file's flags << 32 | the inode's mode */
     u32 special;
     char path[PATH_LEN];    /* NUL-terminated; only FD_OPENED of a device fills it */
 };

@@ -5,10 +5,22 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+_SECONDS: dict[int, str] = {}  # whole seconds formatted lately (events lag behind the clock)
+SECONDS_KEPT = 8
+
 
 def iso_from_wall_ns(wall_ns: int) -> str:
-    moment = datetime.fromtimestamp(wall_ns / 1e9, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC to the millisecond; the whole second's text is made once per second (the live
+    table stamps every transition with it)."""
+    second, micros = divmod((wall_ns + 500) // 1000, 1_000_000)
+    millis = micros // 1000
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= SECONDS_KEPT:
+            _SECONDS.clear()
+        text = _SECONDS[second] = datetime.fromtimestamp(second, timezone.utc).isoformat(
+            timespec="seconds").removesuffix("+00:00")
+    return f"{text}.{millis:03d}Z"
 
 
 def iso_from_monotonic_ns(ts_ns: int) -> str:

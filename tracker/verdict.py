@@ -25,13 +25,14 @@ def reason(finding: Finding, profile: Profile) -> dict:
     note = profile.version_note(rule)
     if note:
         remedy = f"{remedy} ({note})"
+    severity = profile.severity(rule)
     return {
         "code": finding.code,
-        "severity": profile.severity(rule),
+        "severity": severity,
         "message": finding.message,
         "remedy": remedy,
-        "option": rule.option if profile.severity(rule) == OPTION else None,
-        "option_value": finding.option_value if profile.severity(rule) == OPTION else None,
+        "option": rule.option if severity == OPTION else None,
+        "option_value": finding.option_value if severity == OPTION else None,
         "pid": finding.pid, "tid": finding.tid, "fd": finding.fd,
         "source": "audit", "since": None,
         "environment_fact": finding.environment_fact,

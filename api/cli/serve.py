@@ -16,6 +16,11 @@ from api.service.settings import Settings, SettingsError, host_name
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
+def say(line: str) -> None:
+    """A line of the tracker's start, on stderr: the service listens once it is ready."""
+    print(f"crwatch: {line}", file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     try:
         settings = Settings(host=args.host, port=args.port, profile=args.profile,
@@ -44,7 +49,8 @@ def run(args) -> int:
     connections.raise_fd_limit()
     # proxy_headers off: a caller is who its socket says (api.service.peer), never what an
     # X-Forwarded-For header claims
-    uvicorn.run(create_app(settings, connections), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, connections, progress=say), host=settings.host,
+                port=settings.port,
                 http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
                 log_level="warning", access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

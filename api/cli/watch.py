@@ -46,7 +46,7 @@ def run(args) -> int:
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: done.set())
-    tracker = Tracker(chosen)
+    tracker = Tracker(chosen, progress=_say)
     tracker.subscribe(emit)
     try:
         tracker.start()
@@ -63,6 +63,11 @@ def run(args) -> int:
             # Nobody reads stdout any more: let the interpreter's last flush go nowhere.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return exit_codes.OK
+
+
+def _say(line: str) -> None:
+    """A line of the tracker's start, on stderr (stdout is NDJSON only)."""
+    print(f"crwatch: {line}", file=sys.stderr, flush=True)
 
 
 def _summary(counters: dict) -> str:

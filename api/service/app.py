@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,9 +22,11 @@ from tracker.audit import ThreadId
 from tracker.gate.recheck import CriuUnavailable, GateError
 
 
-def create_app(settings: Settings, connections: ConnectionGuard | None = None) -> FastAPI:
+def create_app(settings: Settings, connections: ConnectionGuard | None = None,
+               progress: Callable[[str], None] | None = None) -> FastAPI:
     """`connections`: the guard of the server's connections (crwatch serve), whose
-    figures /healthz and /metrics show."""
+    figures /healthz and /metrics show; `progress`: told a line at each step of the
+    tracker's start (crwatch serve prints them on stderr)."""
     settings.check()
     connections = connections or ConnectionGuard()
 
@@ -31,7 +34,7 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None) -
     async def lifespan(app: FastAPI):
         # accept() out of fds is said once, not a traceback per attempt
         asyncio.get_running_loop().set_exception_handler(connections.loop_exception_handler)
-        service = Service(settings, connections)
+        service = Service(settings, connections, progress)
         service.start()  # compiles and attaches the probes, seeds the table (about a second)
         app.state.service = service
         try:

@@ -277,6 +277,8 @@ class Health(BaseModel):
     probes: list[ProbeStatus]
     device_filter: Optional[dict] = Field(None, description="whether the opens of devices every "
                                           "profile accepts stay in the kernel, and why")
+    startup: Optional[dict] = Field(None, description="the tracker's start: its phase and "
+                                    "the seconds each phase took (probes, seeding, total)")
     counters: dict
     connections: Connections
 

@@ -73,11 +73,13 @@ class Service:
     """The documents the routes serve, and the parts behind them, started and stopped
     with the application."""
 
-    def __init__(self, settings: Settings, connections: ConnectionGuard | None = None):
+    def __init__(self, settings: Settings, connections: ConnectionGuard | None = None,
+                 progress: Callable[[str], None] | None = None):
+        """`progress` is told a line at each step of the tracker's start."""
         self.settings = settings
         self.connections = connections or ConnectionGuard()
         self.profile = profile(settings.profile, settings.criu_version)
-        self.tracker = Tracker(self.profile)
+        self.tracker = Tracker(self.profile, progress=progress)
         self.events = EventHub()
         # the tracker's subscribers, supervised: a failure is counted and shown, once
         self._publisher = Callback("event-hub", self.events.publish)
@@ -162,6 +164,7 @@ class Service:
                 "history": self.history.status() if self.history is not None else None,
                 "probes": self.tracker.probe_statuses(),
                 "device_filter": self.tracker.device_filter(),
+                "startup": self.tracker.startup.as_dict(),
                 "counters": self.tracker.counters(),
                 "connections": self.connection_status()}
 

@@ -15,6 +15,7 @@ figure is printed.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import statistics
 import subprocess
@@ -367,7 +368,8 @@ def test_watch_streams_ndjson_and_stops_cleanly(watch, number):
     assert watch.await_transition(s.pid, CR)["exited"] is True
     returncode, stderr = watch.stop(number)
     assert returncode == 0
-    (summary,) = stderr.splitlines()  # the counters, and nothing else
+    *start, summary = stderr.splitlines()  # the lines of the start, then the counters
+    assert all(line.startswith("crwatch: ") and line.endswith(" s]") for line in start)
     assert summary.startswith("crwatch: ") and "transitions" in summary
     assert "lost: kernel 0, queue overflow 0, decode errors 0" in summary
 
@@ -388,13 +390,33 @@ def test_watch_attaches_the_futex_probe_only_for_a_profile_judging_pi_futexes(pr
             running.process.wait()
 
 
+def test_watch_says_each_step_of_its_start_on_stderr_until_it_is_ready(watch):
+    ready = watch.line()
+    assert set(ready["startup_seconds"]) == {"probes", "seeding", "total"}
+    assert ready["startup_seconds"]["total"] >= ready["startup_seconds"]["probes"] > 0
+    returncode, stderr = watch.stop(signal.SIGINT)
+    assert returncode == 0
+    start = [re.fullmatch(r"crwatch: (.+) \[(\d+\.\d) s\]", line) for line in stderr.splitlines()]
+    start = [match for match in start if match]
+    said = [match[1] for match in start]
+    assert said[0] == "compiling and attaching the probes"
+    assert re.fullmatch(r"attached \d+ probes \(\d+ left out\), compiled in \d+\.\d s", said[1])
+    total = int(re.fullmatch(r"seeding: 0/(\d+) processes audited", said[2])[1])
+    assert total > 0 and re.fullmatch(r"ready, \d+ processes tracked", said[-1])
+    assert all(re.fullmatch(rf"seeding: \d+/{total} processes audited", line)
+               for line in said[3:-1])
+    elapsed = [float(match[2]) for match in start]
+    assert elapsed == sorted(elapsed)
+
+
 def test_watch_piped_into_head_ends_without_a_traceback():
     result = subprocess.run(["bash", "-o", "pipefail", "-c", f"{CRWATCH} watch | head -1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kind"] == "ready"
     assert "Traceback" not in result.stderr
-    assert [line.split(" ")[0] for line in result.stderr.splitlines()] == ["crwatch:"]
+    # the lines of the start, then the counters: crwatch's own, every one
+    assert {line.split(" ")[0] for line in result.stderr.splitlines()} == {"crwatch:"}
 
 
 def test_print_bpf_shows_the_program_and_its_cflags_and_is_hidden():

@@ -67,6 +67,8 @@ def test_healthz_says_the_probes_are_attached(server):
     (futex,) = [probe for probe in health["probes"] if probe["name"] == "futex"]
     assert "no served profile (criu)" in futex["why"] and "task.pi_futex" in futex["why"]
     assert health["device_filter"]["state"] == "in kernel"
+    assert health["startup"]["phase"] == "ready"
+    assert set(health["startup"]["seconds"]) == {"probes", "seeding", "total"}
     assert health["counters"]["lost"] == {"kernel": 0, "queue_overflow": 0, "decode_errors": 0,
                                          "out_of_fds": 0}
 

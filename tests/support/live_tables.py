@@ -2,9 +2,10 @@
 records what the table asks of it."""
 from __future__ import annotations
 
+import os
 import time
 
-from probes.events import Event, Kind, Special
+from probes.events import FLAGS_SHIFT, KERNEL_MINOR_BITS, Event, Kind, Special
 
 
 class RecordingKernel:
@@ -43,3 +44,12 @@ def event(kind: Kind, pid: int, ts_ns: int | None = None, **fields) -> Event:
 
 def opened(pid: int, fd: int, path: str = "/dev/kvm", ts_ns: int | None = None) -> Event:
     return event(Kind.FD_OPENED, pid, ts_ns, fd=fd, special=Special.DEVICE, path=path)
+
+
+def opened_with_inode(pid: int, fd: int, path: str = "/dev/kvm", ts_ns: int | None = None,
+                      flags: int = os.O_RDONLY) -> Event:
+    """A device open as the kernel side reports it when it read the new fd's inode."""
+    status = os.stat(path)
+    return event(Kind.FD_OPENED, pid, ts_ns, fd=fd, special=Special.DEVICE, path=path,
+                 arg=os.major(status.st_rdev) << KERNEL_MINOR_BITS | os.minor(status.st_rdev),
+                 arg2=flags << FLAGS_SHIFT | status.st_mode)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -16,16 +17,17 @@ from pathlib import Path
 import pytest
 
 from probes.events import Kind
-from tests.support.live_tables import RecordingKernel, event, opened
+from tests.support.live_tables import RecordingKernel, event, opened, opened_with_inode
 from tests.support.subjects import subject
 from tests.support.tasks import TRACED_CHILD
 from tracker.clock import boot_seconds
-from tracker.live import handlers
+from tracker.live import handlers, reads
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.handlers.locks import LOCK_READ_INTERVAL_NS
 from tracker.live.model import CR, NOCR
+from tracker.live.startup import PROBES, READY, SEEDING, Startup
 from tracker.live.table import LiveTable
-from tracker.procfs import CLOCK_TICKS
+from tracker.procfs import CLOCK_TICKS, Proc
 from tracker.profiles import profile
 
 KVM_HOLDER = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(str(kvm.fileno())); hold()"
@@ -68,6 +70,61 @@ def test_a_device_opened_marks_nocr_with_the_audit_reason_and_its_close_clears_i
         left = table.apply(event(Kind.FD_CLOSED, s.pid, fd=fd))
     assert states(left) == [(s.pid, CR)] and left[0].reasons == []
     assert len(table) == 0
+
+
+@pytest.mark.root
+def test_a_device_open_whose_record_carries_the_inode_is_judged_as_the_audit_judges_it(table,
+                                                                                      kernel):
+    with subject(KVM_HOLDER) as s:
+        fd = int(s.note)
+        audited = reads.classify_fd(Proc(s.pid), fd)
+        entered = table.apply(opened_with_inode(s.pid, fd))
+    assert states(entered) == [(s.pid, NOCR)]
+    assert [(r["code"], r["message"]) for r in entered[0].reasons] == \
+        [(finding.code, finding.message) for finding in audited[1]]
+    # the kernel side tracks the fd itself, before it sends the record
+    assert ("track_fd", s.pid, fd) not in kernel.calls
+
+
+@pytest.mark.root
+def test_a_device_open_judged_from_its_record_reads_no_proc(table):
+    # The fd is closed before the event is applied: /proc has nothing to show, and the
+    # mark still carries the audit's message, not one made up for a closed fd.
+    with subject(KVM_CLOSED) as s:
+        fd = int(s.note)
+        entered = table.apply(opened_with_inode(s.pid, fd))
+        assert table.counters.fallbacks == 0
+    (reason,) = entered[0].reasons
+    assert reason["message"] == f"fd {fd}: character device /dev/kvm (10:232) cannot be dumped"
+
+
+def test_a_record_is_judged_alone_only_when_its_path_and_number_decide():
+    pid = os.getpid()
+    assert reads.device_from_record(opened(pid, 5)) is None  # no inode in the record
+    # a path that is not what /proc shows: through a symlink, or with a `.` in it
+    with open("/dev/kvm", "rb", buffering=0) as kvm:
+        through_link = opened_with_inode(pid, 5, f"/dev/fd/{kvm.fileno()}")
+        assert reads.device_from_record(through_link) is None
+    assert reads.device_from_record(opened_with_inode(pid, 5, "/dev/./kvm")) is None
+    # devices their number does not decide: a path device, a terminal (O_PATH)
+    assert reads.device_from_record(opened_with_inode(pid, 5, "/dev/null", flags=os.O_PATH)) \
+        is None
+    assert reads.device_from_record(opened_with_inode(pid, 5, "/dev/tty", flags=os.O_PATH)) \
+        is None
+    target, (finding,) = reads.device_from_record(opened_with_inode(pid, 5, "/dev/kvm"))
+    assert (target, finding.code, finding.fd) == ("/dev/kvm", "device.chr.unsupported", 5)
+
+
+def test_a_block_device_is_judged_from_its_record_alone():
+    block = next((entry.path for entry in os.scandir("/dev")
+                  if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode)), None)
+    if block is None:
+        pytest.skip("no block device node in /dev")
+    number = os.stat(block).st_rdev
+    target, (finding,) = reads.device_from_record(opened_with_inode(os.getpid(), 5, block))
+    assert (target, finding.code) == (block, "device.blk")
+    assert finding.message == (f"fd 5: block device {block} ({os.major(number)}:"
+                               f"{os.minor(number)}) cannot be dumped")
 
 
 def test_a_harmless_device_is_untracked_in_the_kernel(table, kernel):
@@ -565,3 +622,27 @@ def test_a_copy_of_a_marked_fd_closed_untouched_is_skipped_and_counted(table):
         # the close is remembered: an open of that number reported late is not believed
         assert table.apply(opened(s.pid, fd + 1, ts_ns=close.ts_ns - 1)) == []
         assert [r["fd"] for r in table.tracked(s.pid)["reasons"]] == [fd]
+
+
+# ---------------------------------------------------------------- start
+
+
+def test_the_start_says_each_phase_and_keeps_how_long_it_took(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("tracker.live.startup.time.monotonic", lambda: now[0])
+    lines: list[str] = []
+    start = Startup(lines.append)
+    steps = [(0.0, lambda: start.enter(PROBES, "compiling and attaching the probes")),
+             (0.5, lambda: start.enter(SEEDING, "attached")),
+             (1.25, lambda: start.seeded(0, 3)),     # said as it begins
+             (1.5, lambda: start.seeded(1, 3)),      # too soon after
+             (2.0, lambda: start.seeded(2, 3)),
+             (3.0, lambda: start.enter(READY, "ready"))]
+    for at, step in steps:
+        now[0] = at
+        step()
+    assert lines == ["compiling and attaching the probes [0.0 s]", "attached [0.5 s]",
+                     "seeding: 0/3 processes audited [1.2 s]",
+                     "seeding: 2/3 processes audited [2.0 s]", "ready [3.0 s]"]
+    assert start.as_dict() == {"phase": "ready",
+                               "seconds": {"probes": 0.5, "seeding": 2.5, "total": 3.0}}

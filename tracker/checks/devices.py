@@ -108,8 +108,9 @@ SOCK_FPROG = struct.Struct("H6xQ")
 def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
     rdev = open_fd.stat.st_rdev
     device = (os.major(rdev), os.minor(rdev))
-    if stat.S_ISBLK(open_fd.stat.st_mode):
-        yield _refused("device.blk", proc, open_fd, "block device")
+    refusal = refused_by_number(stat.S_ISBLK(open_fd.stat.st_mode), device)
+    if refusal is not None:
+        yield _refused(*refusal, proc, open_fd)
     elif device in PATH_DEVICES:
         yield from files.check_fd_path(ctx, proc, open_fd)
     elif device == TUN:
@@ -123,8 +124,6 @@ def check_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding
         elif ctx.proc_root == DEFAULT_PROC_ROOT and not open_fd.flags & os.O_PATH:
             # (a fixture's fd is no tun file to ask, and an O_PATH one answers nothing)
             yield from _check_tun(ctx, proc, open_fd)
-    elif not is_tty(*device):
-        yield _refused("device.chr.unsupported", proc, open_fd, "character device")
     elif open_fd.flags & os.O_PATH and (is_pty_master(*device) or _first_fd_of(ctx, rdev) is open_fd):
         yield Finding("device.tty.o_path",
                       f"fd {open_fd.fd}: terminal {open_fd.target} ({device[0]}:{device[1]}) is "
@@ -186,8 +185,24 @@ def _first_fd_of(ctx: AuditContext, rdev: int) -> OpenFd | None:
     return None
 
 
-def _refused(code: str, proc: Proc, open_fd: OpenFd, kind: str) -> Finding:
+def _refused(code: str, kind: str, proc: Proc, open_fd: OpenFd) -> Finding:
     rdev = open_fd.stat.st_rdev
-    return Finding(code, f"fd {open_fd.fd}: {kind} {open_fd.target} "
-                         f"({os.major(rdev)}:{os.minor(rdev)}) cannot be dumped",
-                   proc.pid, fd=open_fd.fd)
+    return refused(code, proc.pid, open_fd.fd, kind, open_fd.target, (os.major(rdev), os.minor(rdev)))
+
+
+def refused(code: str, pid: int, fd: int, kind: str, target: str,
+            device: tuple[int, int]) -> Finding:
+    """A device CRIU cannot dump, as this module says it (the live probes say it so too)."""
+    return Finding(code, f"fd {fd}: {kind} {target} ({device[0]}:{device[1]}) cannot be dumped",
+                   pid, fd=fd)
+
+
+def refused_by_number(is_block: bool, device: tuple[int, int]) -> tuple[str, str] | None:
+    """(code, kind) when the node's type and number alone refuse it (a block device, a
+    character device no rule here or in `files` or `terminal` takes); None when its path,
+    its network namespace or its terminal's fds decide."""
+    if is_block:
+        return "device.blk", "block device"
+    if device in PATH_DEVICES or device == TUN or is_tty(*device):
+        return None
+    return "device.chr.unsupported", "character device"

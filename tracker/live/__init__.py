@@ -2,7 +2,8 @@
 now, why, and since when.
 
 - applier.py: the Tracker: attaches the probes, seeds the table, applies events on a
-  supervised thread, and tells subscribers.
+  supervised thread, and tells subscribers; startup.py: the phases of its start, with a
+  progress line at each step.
 - table.py: the table core (LiveTable): the lock, the apply of each event dispatched by
   its kind, the transitions an apply makes, and what the table answers.
 - entries.py: the entries and marks, and the only code that changes them (Entries), with
@@ -16,7 +17,7 @@ now, why, and since when.
   joined to a verdict; probe_choice.py: which optional probes the served profiles need,
   and what a verdict misses without them.
 
-Inside, imports go one way: model, reads, probe_choice < entries < reconcile < handlers < table <
+Inside, imports go one way: model, reads, probe_choice, startup < entries < reconcile < handlers < table <
 applier. May import: probes, tracker.audit, tracker.checks, tracker.procfs,
 tracker.verdict and what they stand on (rules, context, profiles, holders, environment,
 supervised, clock). Never api. Nothing below it (audit, checks, verdict) imports this package."""

@@ -29,6 +29,7 @@ from tracker.clock import iso_from_wall_ns
 from tracker.live import probe_choice
 from tracker.live.handlers.fds import dup_close_pairs
 from tracker.live.model import SCHEMA, Transition
+from tracker.live.startup import PROBES, READY, SEEDING, Startup
 from tracker.live.table import LiveTable
 from tracker.profiles import Profile
 from tracker.rules import Finding
@@ -54,10 +55,13 @@ class Ready:
     probes: list[dict]
     degraded: str | None
     device_filter: dict | None = None    # how device opens are filtered in the kernel
+    startup: dict[str, float] | None = None  # seconds each phase of the start took
     ts: str = field(default_factory=lambda: iso_from_wall_ns(time.time_ns()))
 
     def to_json(self) -> dict:
         line = {"schema": SCHEMA, "kind": "ready", "probes": self.probes, "ts": self.ts}
+        if self.startup:
+            line["startup_seconds"] = self.startup
         if self.device_filter:
             line["device_filter"] = self.device_filter
         if self.degraded:
@@ -84,10 +88,12 @@ Notice = Union[Ready, Transition, Lost]
 
 class Tracker:
     def __init__(self, profile: Profile, *, queue_capacity: int = DEFAULT_CAPACITY,
-                 served: Iterable[Profile] = ()):
+                 served: Iterable[Profile] = (), progress: Callable[[str], None] | None = None):
         """`served`: the profiles verdicts will be asked under besides `profile`; the
-        optional probes attached are those one of them needs (probe_choice)."""
+        optional probes attached are those one of them needs (probe_choice). `progress`
+        is told a line at each step of start() (tracker.live.startup)."""
         self.profile = profile
+        self.startup = Startup(progress)
         self.served = [profile, *served]
         self.queue_capacity = queue_capacity
         self.probes: Probes | None = None
@@ -111,6 +117,7 @@ class Tracker:
         self._subscribers.append(callback)
 
     def start(self) -> Tracker:
+        self.startup.enter(PROBES, "compiling and attaching the probes")
         try:
             self.probes = Probes(disabled=probe_choice.left_out(self.served),
                                  quiet_majors=devices.QUIET_DEVICES.majors,
@@ -121,15 +128,26 @@ class Tracker:
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
             self.degraded = str(error)
             self._close_probes()
+        self.startup.enter(SEEDING, self._attached_line())
         self.table = LiveTable(self.profile, self.probes)
-        seeded = self.table.seed()
-        ready = Ready(self.probe_statuses(), self.degraded, self.device_filter())
+        seeded = self.table.seed(self.startup.seeded)
+        self.startup.enter(READY, f"ready, {len(self.table)} processes tracked")
+        ready = Ready(self.probe_statuses(), self.degraded, self.device_filter(),
+                      self.startup.seconds)
         self.ready_at = ready.ts
         self._publish([ready])
         self._publish(seeded)
         if self.reader is not None:
             self.applier.start()
         return self
+
+    def _attached_line(self) -> str:
+        if self.probes is None:
+            return f"no probes attached ({self.degraded}): seeding from /proc alone"
+        states = [status["state"] for status in self.probes.status()["probes"].values()]
+        attached = states.count(ATTACHED)
+        return (f"attached {attached} probes ({len(states) - attached} left out), compiled "
+                f"in {self.probes.load_seconds:.1f} s")
 
     def stop(self) -> None:
         self.applier.stop(STOP_TIMEOUT)

@@ -35,7 +35,7 @@ class Mark:
 
     @property
     def codes(self) -> tuple[str, ...]:
-        return tuple(finding.code for finding in self.findings)
+        return tuple([finding.code for finding in self.findings])
 
 
 @dataclass(slots=True)
@@ -85,19 +85,25 @@ class Entry:
         return not self.marks and not self.pi
 
     def reasons(self, profile: Profile) -> list[dict]:
-        found = []
+        found, findings = [], []
         for mark in self.marks.values():
             for finding in mark.findings:
-                found.append(dict(reason(finding, profile), source=mark.source, since=mark.since))
-        found += self._environment_reasons(profile)
-        return sorted(found, key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
-                                            r["fd"] or 0, r["code"], r["message"]))
+                made = reason(finding, profile)  # a dict of its own, completed here
+                made["source"], made["since"] = mark.source, mark.since
+                found.append(made)
+                findings.append(finding)
+        found += self._environment_reasons(profile, findings)
+        if len(found) > 1:
+            found.sort(key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
+                                      r["fd"] or 0, r["code"], r["message"]))
+        return found
 
-
-    def _environment_reasons(self, profile: Profile) -> list[dict]:
-        """What the dumper's environment adds to the marks: the network lock its marked TCP
-        connections need where iptables is missing (as the audit's namespace.net_lock)."""
-        findings = [finding for mark in self.marks.values() for finding in mark.findings]
+    def _environment_reasons(self, profile: Profile, findings: list[Finding]) -> list[dict]:
+        """What the dumper's environment adds to the marks (whose `findings` these are):
+        the network lock its marked TCP connections need where iptables is missing (as
+        the audit's namespace.net_lock)."""
+        if not lock_subjects(findings):
+            return []  # no connection to lock: the environment need not be asked
         lock = marked_connections_lock(self.pid, findings, current())
         if not lock:
             return []

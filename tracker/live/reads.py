@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from probes.events import Event, Special
+from probes.events import Event, Special, opened_node
+from probes.wire import PATH_LEN
 from tracker.checks import devices, fd_owners, locks, paths, task
 from tracker.context import AuditContext
 from tracker.procfs import AccessDenied, Mapping, OpenFd, Proc, ProcessGone
@@ -28,6 +29,10 @@ PROBED_SOCKET_CODES = frozenset({"socket.tcp.established", "socket.unknown_famil
                                  "socket.inet.unsupported"})
 HELD_LOCK_CODES = frozenset({"lock.posix", "lock.ofd", "lock.flock", "lock.lease", "lock.unknown"})
 SYSV_SHM = "/SYSV"
+# Device paths known to name their node with no symlink on the way, by (path, device)
+DEVICE_PATHS_KEPT = 1024
+# Device opens judged from their records, by (pid, fd, path, inode fields)
+RECORDS_KEPT = 4096
 
 
 def one_process_context(proc: Proc) -> AuditContext:
@@ -45,6 +50,62 @@ def classify_fd(proc: Proc, fd: int) -> tuple[str, list[Finding]] | None:
         return open_fd.target, list(fd_owners.check_fd(ctx, proc, open_fd))
     except (ProcessGone, AccessDenied):
         return None
+
+
+def device_from_record(event: Event) -> tuple[str, list[Finding]] | None:
+    """The link text and the audit's findings for a device open judged by the inode its
+    record carries, with no /proc read: a block device, or a character device its number
+    alone refuses (devices.refused_by_number), opened by a whole path under /dev/ that
+    names the node itself. None when the record carries no inode, the path may not be what
+    /proc shows (relative, cut short, through a symlink), or more than the number decides."""
+    if not event.arg2:
+        return None  # the common case, asked first: no inode in the record
+    # A process that opens the same device again and again is judged once.
+    key = (event.tgid, event.fd, event.path, event.arg, event.arg2)
+    if key not in _BY_RECORD:
+        if len(_BY_RECORD) >= RECORDS_KEPT:
+            _BY_RECORD.clear()
+        _BY_RECORD[key] = _device_from_node(event)
+    return _BY_RECORD[key]
+
+
+def _device_from_node(event: Event) -> tuple[str, list[Finding]] | None:
+    node = opened_node(event)
+    if node is None or not (stat.S_ISBLK(node.mode) or stat.S_ISCHR(node.mode)):
+        return None
+    device = (node.major, node.minor)
+    if not _names_node(event.path, device):
+        return None
+    refusal = devices.refused_by_number(stat.S_ISBLK(node.mode), device)
+    if refusal is None:
+        return None
+    code, kind = refusal
+    return event.path, [devices.refused(code, event.tgid, event.fd, kind, event.path, device)]
+
+
+_BY_RECORD: dict[tuple, tuple[str, list[Finding]] | None] = {}
+_NAMES_NODE: dict[tuple[str, tuple[int, int]], bool] = {}
+
+
+def _names_node(path: str, device: tuple[int, int]) -> bool:
+    """Is `path` what /proc shows for the node: absolute under /dev/, whole, with no `.`,
+    `..` or symlink on the way (looked up once, in crwatch's mount namespace, the best
+    left to go on), and is the node there still this device?"""
+    known = _NAMES_NODE.get((path, device))
+    if known is not None:
+        return known
+    whole = (path.startswith("/dev/") and len(path.encode()) < PATH_LEN - 1
+             and os.path.normpath(path) == path)
+    try:
+        status = os.stat(path)
+        names = whole and os.path.realpath(path) == path and \
+            os.makedev(*device) == status.st_rdev
+    except OSError:
+        names = False
+    if len(_NAMES_NODE) >= DEVICE_PATHS_KEPT:
+        _NAMES_NODE.clear()
+    _NAMES_NODE[(path, device)] = names
+    return names
 
 
 def fd_target(proc: Proc, fd: int) -> str | None:

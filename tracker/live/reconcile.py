@@ -10,6 +10,7 @@ the probes report what may undo its marks.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
@@ -41,11 +42,18 @@ def audited(entry: Entry, key: MarkKey) -> bool:
     return key[0] in AUDITED_KINDS
 
 
-def seed(table: Entries, batch: Batch) -> None:
-    """Audit every process and mark what the probes would have marked."""
+def seed(table: Entries, batch: Batch,
+         progress: Callable[[int, int], None] | None = None) -> None:
+    """Audit every process and mark what the probes would have marked; `progress(done,
+    total)` is told as it begins and after each process."""
     holders = _pass_holders(table)
-    for pid in table.pids():
+    pids = table.pids()
+    if progress is not None:
+        progress(0, len(pids))
+    for done, pid in enumerate(pids, 1):
         audit_into(table, pid, batch, holders)
+        if progress is not None:
+            progress(done, len(pids))
 
 
 def reaudit(table: Entries, batch: Batch, lost_ns: int) -> None:

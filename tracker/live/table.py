@@ -25,7 +25,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from probes.events import Event, Kind
 from tracker.audit import Audit, ProcessIdentity
@@ -37,6 +37,8 @@ from tracker.live.model import CR, Entry, Transition
 from tracker.procfs import DEFAULT_PROC_ROOT
 from tracker.profiles import PROFILE_NAMES, Profile
 from tracker.rules import Finding
+
+STATES_KEPT = 4096   # sets of reason codes whose states under every profile are kept
 
 
 class LiveTable:
@@ -57,6 +59,9 @@ class LiveTable:
         self._touched: dict[int, int] = {}          # pid: sequence of its last event
         self._lost_at = 0                           # sequence of the last loss
         self._lock = threading.Lock()
+        self._all_cr: States = (CR,) * (1 + len(self.profiles))
+        self._profile_names = tuple(judged_by.name for judged_by in self.profiles)
+        self._states_by_codes: dict[frozenset[str] | tuple[str, ...], States] = {}
 
     # ------------------------------------------------------------ public
 
@@ -73,11 +78,12 @@ class LiveTable:
         with self._entries.memoized():
             yield
 
-    def seed(self) -> list[Transition]:
-        """Audit every process and mark what the probes would have marked."""
+    def seed(self, progress: Callable[[int, int], None] | None = None) -> list[Transition]:
+        """Audit every process and mark what the probes would have marked (`progress`:
+        see reconcile.seed)."""
         with self._lock:
             batch = self._batch(time.monotonic_ns())
-            reconcile.seed(self._entries, batch)
+            reconcile.seed(self._entries, batch, progress)
             return self._finish(batch)
 
     def skip_dup_and_close(self, dup: Event, close: Event) -> bool:
@@ -232,28 +238,41 @@ class LiveTable:
         return Batch(cause_ns, self._states)
 
     def _states(self, entry: Entry) -> States:
-        return (entry.state, *(entry.state_under(judged_by) for judged_by in self.profiles))
+        """An entry's states follow from its marks' reason codes alone: each set of codes
+        is judged under every profile once, not at every event."""
+        if not entry.marks:
+            return self._all_cr
+        marks = entry.marks.values()
+        codes = frozenset(code for mark in marks for code in mark.codes) if len(marks) > 1 \
+            else next(iter(marks)).codes  # one mark, the common case: its codes' tuple
+        states = self._states_by_codes.get(codes)
+        if states is None:
+            if len(self._states_by_codes) >= STATES_KEPT:
+                self._states_by_codes.clear()
+            states = self._states_by_codes[codes] = (
+                entry.state, *(entry.state_under(judged_by) for judged_by in self.profiles))
+        return states
 
     def _finish(self, batch: Batch) -> list[Transition]:
         """A transition for each touched entry whose state changed, under any profile (a
         device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
-        all_cr = (CR,) * (1 + len(self.profiles))
+        all_cr = self._all_cr
+        names = self._profile_names
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
             after = all_cr if exited else self._states(entry)
             before = before or all_cr
             if after != before:
-                entry.since = iso_from_monotonic_ns(batch.cause_ns)
-                for judged_by, was, now in zip(self.profiles, before[1:], after[1:]):
-                    if was != now:
-                        entry.since_under[judged_by.name] = entry.since
+                entry.since = since = iso_from_monotonic_ns(batch.cause_ns)
+                for index, name in enumerate(names, 1):
+                    if before[index] != after[index]:
+                        entry.since_under[name] = since
                 reasons = [] if after[0] == CR else entry.reasons(self.profile)
-                profiles = {judged_by.name: state
-                            for judged_by, state in zip(self.profiles, after[1:])}
                 transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm,
-                                              after[0], reasons, entry.since, batch.cause_ns,
-                                              exited, ppid=entry.ppid, profiles=profiles))
+                                              after[0], reasons, since, batch.cause_ns,
+                                              exited, ppid=entry.ppid,
+                                              profiles=dict(zip(names, after[1:]))))
             self._drop_if_idle(entry, exited)
         self.counters.transitions += len(transitions)
         return transitions

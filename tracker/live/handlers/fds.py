@@ -1,7 +1,9 @@
 """fd events: opens, dups, TCP connections, closes and close_range.
 
 An open, a dup or a connect is judged by what /proc shows of the fd now, with
-the audit's check modules (tracker.live.reads); a close takes the mark away.
+the audit's check modules (tracker.live.reads), except a device open whose record
+carries the inode the kernel side read, when its number alone decides; a close
+takes the mark away.
 An open delivered after its close (the two race between CPUs) is recognised
 by the closes remembered, and changes nothing.
 """
@@ -134,9 +136,20 @@ def opened(table: Entries, event: Event, batch: Batch) -> None:
     if table.kept(RecentCloses).closed_since(event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
-    if resolved:
-        judge_fd(table, *resolved, event.fd, event, batch,
-                 fallback=(event.path, reads.fallback_findings(event)))
+    if not resolved:
+        return
+    _, who = resolved
+    entry = table.by_pid.get(who.pid)
+    judged = reads.device_from_record(event)
+    if judged is not None and (entry is None or entry.audited_ns <= event.ts_ns):
+        # What the kernel side read at the open holds from then until the fd's close,
+        # which it reports (it tracks the fd already): no /proc read.
+        target, findings = judged
+        table.set(who, ("fd", event.fd), findings, batch, event.tid, ts_ns=event.ts_ns,
+                  since_ns=event.ts_ns, target=target)
+        return
+    judge_fd(table, *resolved, event.fd, event, batch,
+             fallback=(event.path, reads.fallback_findings(event)))
 
 
 def duped(table: Entries, event: Event, batch: Batch) -> None:

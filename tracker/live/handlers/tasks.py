@@ -32,7 +32,7 @@ def forked(table: Entries, event: Event, batch: Batch) -> None:
     for key, mark in list(parent.marks.items()):
         if key[0] == "fd":
             # Inherited fds: judged again in the child, and followed there too.
-            rejudge_fd(table, proc, who, key[1], mark, replace(event, tid=who.pid), batch)
+            rejudge_fd(table, proc, who, key[1], mark, event._replace(tid=who.pid), batch)
         elif key[0] == "nonlinear":
             table.set(who, key, [replace(f, pid=who.pid, tid=None) for f in mark.findings],
                       batch, who.pid, ts_ns=event.ts_ns, since_ns=event.ts_ns,
