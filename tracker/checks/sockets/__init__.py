@@ -76,7 +76,7 @@ def _opened_with_o_path(ctx: AuditContext, open_fd: OpenFd) -> bool:
 
 
 def _check_kind(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
-    sock = tables.find(ctx, proc, open_fd.inode)
+    sock = tables.find_fd(ctx, proc, open_fd)
     if sock is None:
         yield from _check_unlisted(ctx, proc, open_fd)
     else:
