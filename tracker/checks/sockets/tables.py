@@ -21,6 +21,8 @@ from tracker.checks.sockets.records import TCP_LISTEN, InetSocket, NetlinkSocket
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 
+# The audit's decision (an AuditContext table): are sockets asked alone?
+ASKED_ALONE = "sockets-alone"
 Record = Union[InetSocket, UnixSocket, NetlinkSocket, PacketSocket]
 Builder = Callable[[Proc, str], "Table"]
 
@@ -151,7 +153,7 @@ def _few_sockets(ctx: AuditContext) -> bool:
             return False        # a fixture tree has no fd to ask
         return exact.wanted(sum(open_fd.target.startswith("socket:[") for fds in ctx.tree_fds.values()
                                  for open_fd in fds))
-    return ctx.table("sockets-alone", count)
+    return ctx.table(ASKED_ALONE, count)
 
 
 def unix_listeners_by_client(ctx: AuditContext, proc: Proc) -> dict[int, UnixSocket]:
