@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -148,3 +149,21 @@ def test_a_socket_closed_before_it_is_asked_is_left_to_the_table():
     fd, inode = sock.fileno(), os.fstat(sock.fileno()).st_ino
     sock.close()
     assert exact.lookup(me.pid, fd, inode, exact.namespace_inode(me.namespace("net")), None) is None
+
+
+def test_a_listener_with_a_long_queue_is_answered_whole():
+    me = Proc(os.getpid())
+    pending = 1100      # 4,400 bytes of client inodes: more than a page
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, pending + 256), max(hard, pending + 256)))
+    with ExitStack() as stack:
+        listener = stack.enter_context(socket.socket(socket.AF_UNIX))
+        listener.bind(NAME + "-busy")
+        listener.listen(pending)
+        for _ in range(pending):
+            stack.enter_context(socket.socket(socket.AF_UNIX)).connect(NAME + "-busy")
+        open_fd = OpenFd(me, listener.fileno(), me.readlink(f"fd/{listener.fileno()}"))
+        alone = exact.lookup(me.pid, open_fd.fd, open_fd.inode, exact.namespace_inode(me.namespace("net")),
+                             None)
+        assert alone == _own_namespace().find(me, open_fd.inode)
+        assert len(alone.icons) == pending    # type: ignore[union-attr]

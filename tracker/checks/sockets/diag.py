@@ -253,6 +253,8 @@ def ask(query: Query, netns: str | None) -> bytes | None:
     if len(data) < _NLMSG.size:
         raise DiagUnavailable("malformed sock_diag reply")
     length, kind, _, _, _ = _NLMSG.unpack_from(data)
+    if not _NLMSG.size <= length <= len(data):
+        raise DiagUnavailable("truncated sock_diag reply")   # larger than one read holds
     body = data[_NLMSG.size:length]
     if kind != NLMSG_ERROR:
         return body
