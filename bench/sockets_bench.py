@@ -9,7 +9,7 @@ every event paid before, measured in the same run, in turns. Printed: medians of
 each, their ratio, and the crossover of an audit (how many sockets asked alone
 cost one dump of the unix and TCP tables), which EXACT_AT_MOST follows. The
 classify-one-fd figure is recorded for `make bench`'s table (bench.figures).
-`--quick` takes fewer rounds.
+The crossover is measured on the host as it is too. `--quick` takes fewer rounds.
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rounds = QUICK_ROUNDS if args.quick else ROUNDS
     me = Proc(os.getpid())
+    crossover(me, rounds, "the host as it is")
     with ExitStack() as stack:
         other_sockets(stack, OTHER_SOCKETS)
         server = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
@@ -82,21 +83,33 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(rounds):      # in turns, so the host's load spoils both alike
             alone += timed(lambda: reads.classify_fd(me, fd), 1)
             dumped += timed(lambda: classify_through_tables(me, fd), 1)
-        inode = os.fstat(fd).st_ino
+        tcp = host_tcp_sockets()
+        ours, peer = statistics.median(alone) * 1e3, statistics.median(dumped) * 1e3
+        record(Figure("sockets", f"classify one TCP fd after a connect (live tracker), ~{tcp} TCP "
+                      f"sockets on the host", f"{ours:.3f} ms", f"the table dumps {peer:.3f} ms",
+                      ours / peer, "", None))
+        crossover(me, rounds, f"{OTHER_SOCKETS} more TCP sockets")
+
+
+def crossover(me: Proc, rounds: int, host: str) -> None:
+    """How many sockets asked alone cost what the unix and TCP dumps cost, one TCP socket found."""
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as connected:
+        fd, inode = connected.fileno(), os.fstat(connected.fileno()).st_ino
         space = me.namespace("net")
         netns = exact.namespace_inode(space)
-        lookups = timed(lambda: exact.lookup(me.pid, fd, inode, netns, None), rounds)
-        dumps = timed(lambda: tables.Namespace(space).find(me, inode), rounds)
-    tcp = sum(1 for _ in open("/proc/net/tcp")) + sum(1 for _ in open("/proc/net/tcp6")) - 2
-    ours, peer = statistics.median(alone) * 1e3, statistics.median(dumped) * 1e3
-    print(f"host TCP sockets while measured: ~{tcp}", flush=True)
-    record(Figure("sockets", f"classify one TCP fd after a connect (live tracker), ~{tcp} TCP "
-                  f"sockets on the host", f"{ours:.3f} ms", f"the table dumps {peer:.3f} ms",
-                  ours / peer, "", None))
+        lookups, dumps = [], []
+        for _ in range(rounds):
+            lookups += timed(lambda: exact.lookup(me.pid, fd, inode, netns, None), 1)
+            dumps += timed(lambda: tables.Namespace(space).find(me, inode), 1)
     lookup, dump = statistics.median(lookups) * 1e3, statistics.median(dumps) * 1e3
-    print(f"one socket asked alone {lookup:.3f} ms, the unix and TCP dumps {dump:.3f} ms: "
-          f"crossover at {dump / lookup:.0f} sockets (asked alone up to {exact.EXACT_AT_MOST})",
-          flush=True)
+    print(f"{host} (~{host_tcp_sockets()} TCP sockets): one socket asked alone {lookup:.3f} ms, "
+          f"the unix and TCP dumps {dump:.3f} ms: crossover at {dump / lookup:.0f} sockets "
+          f"(asked alone up to {exact.EXACT_AT_MOST})", flush=True)
+
+
+def host_tcp_sockets() -> int:
+    return sum(len(Path(f"/proc/net/{name}").read_text().splitlines()) - 1 for name in ("tcp", "tcp6"))
 
 
 if __name__ == "__main__":
