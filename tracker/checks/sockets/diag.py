@@ -8,7 +8,9 @@ NETLINK_SOCK_DIAG dump per family. A dump sees only the namespace of its
 diag socket, so for another namespace the socket is opened by a short-lived
 thread that first joins it (setns changes only the calling thread).
 Replies are kept undecoded, by inode, until a socket is asked about: a
-busy host has many more sockets than the audited tree.
+busy host has many more sockets than the audited tree. One unix, TCP, UDP or
+UDP-Lite socket can also be asked alone (`ask`: an exact request, no dump),
+its reply decoded by the same code.
 """
 from __future__ import annotations
 
