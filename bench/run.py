@@ -22,6 +22,7 @@ from bench import (
     service_bench,
     serving_bench,
     sharing_bench,
+    sockets_bench,
     tracker_bench,
 )
 
@@ -49,6 +50,8 @@ if __name__ == "__main__":
     sharing_bench.main()
     print("== tracker ==", flush=True)
     tracker_bench.main()
+    print("== one socket asked alone ==", flush=True)
+    sockets_bench.main([])
     print("== service ==", flush=True)
     service_bench.main()
     print("== fair to every client ==", flush=True)

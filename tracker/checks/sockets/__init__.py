@@ -2,8 +2,10 @@
 
 An fd's inode is looked up in the socket tables of its holder's network
 namespace (tables.py: sock_diag, and /proc/PID/net for raw and ping
-sockets). A socket in no table is asked directly (fd_query.py), for its family
-and its namespace (SIOCGSKNS): one of another namespace of the tree is
+sockets); a tree holding few sockets asks sock_diag for each one alone
+(exact.py), and reads the tables only for what that cannot answer. A
+socket in no table is asked directly (fd_query.py), for its family and its
+namespace (SIOCGSKNS): one of another namespace of the tree is
 looked up in that namespace's tables, as CRIU collects them all. Otherwise
 unbound inet and netlink sockets are fine, but, when the root has a network
 namespace of its own, only from a namespace CRIU knows (the tree's or its
@@ -17,7 +19,7 @@ program is loaded on the host, every socket is asked whether it holds one,
 as CRIU's dump_socket_opts asks (SO_GET_FILTER), from a copy of the fd.
 
 The modules: `tables` (the socket tables of a namespace: `diag` for sock_diag,
-`procnet` for /proc/PID/net), `records` (what a table says of one socket),
+`procnet` for /proc/PID/net; `exact` for one socket asked alone), `records` (what a table says of one socket),
 `fd_query` (asks a copy of the fd what no table shows), `common` (the finding every
 family makes), one module per family (`unix`, `inet`, `netlink`, `packet`), `queue`
 (what waits in a unix queue, fds in flight included) and `bpf` (socket filters).
@@ -76,7 +78,7 @@ def _opened_with_o_path(ctx: AuditContext, open_fd: OpenFd) -> bool:
 
 
 def _check_kind(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[Finding]:
-    sock = tables.find(ctx, proc, open_fd.inode)
+    sock = tables.find_fd(ctx, proc, open_fd)
     if sock is None:
         yield from _check_unlisted(ctx, proc, open_fd)
     else:

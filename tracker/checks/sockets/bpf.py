@@ -40,8 +40,9 @@ def socket_filters_possible() -> bool:
     if BPF_SYSCALL is None:
         return True
     program, loaded = 0, set()
+    ids = (ctypes.c_uint32 * (ATTR_SIZE // 4))()    # start_id, next_id: one buffer for the walk
     try:
-        while (program := _next_program(program)) is not None:
+        while (program := _next_program(ids, program)) is not None:
             loaded.add(program)
             kind = _known_types.get(program)
             if kind is None:
@@ -57,12 +58,12 @@ def socket_filters_possible() -> bool:
     return False
 
 
-def _next_program(after: int) -> int | None:
-    """The id of the next loaded program; None past the last. PermissionError when the
-    table cannot be read."""
-    attr = ctypes.create_string_buffer(struct.pack("=I", after), ATTR_SIZE)
-    if _bpf(BPF_PROG_GET_NEXT_ID, attr) == 0:
-        return struct.unpack_from("=I", attr.raw, 4)[0]
+def _next_program(ids: ctypes.Array, after: int) -> int | None:
+    """The id of the next loaded program, asked through `ids`; None past the last.
+    PermissionError when the table cannot be read."""
+    ids[0] = after
+    if _bpf(BPF_PROG_GET_NEXT_ID, ids) == 0:
+        return ids[1]
     code = ctypes.get_errno()
     if code == errno.ENOENT:
         return None

@@ -8,11 +8,14 @@ NETLINK_SOCK_DIAG dump per family. A dump sees only the namespace of its
 diag socket, so for another namespace the socket is opened by a short-lived
 thread that first joins it (setns changes only the calling thread).
 Replies are kept undecoded, by inode, until a socket is asked about: a
-busy host has many more sockets than the audited tree.
+busy host has many more sockets than the audited tree. One unix, TCP, UDP or
+UDP-Lite socket can also be asked alone (`ask`: an exact request, no dump),
+its reply decoded by the same code.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -57,6 +60,7 @@ _PACKET_MSG = struct.Struct("=BBHIII")        # family, type, num (the ethertype
 _PACKET_INFO = struct.Struct("=IIIIII")       # index, version, reserve, copy_thresh, tstamp, flags
 _PACKET_MCLIST = struct.Struct("=IIHH32s")    # index, count, type, alen, addr
 _INET_REQ = struct.Struct("=BBBxI48x")        # family, protocol, ext, pad, states, socket id (any)
+_INET_EXACT_REQ = struct.Struct("=BBBxI2s2s16s16sIII")  # ... states, sport, dport, src, dst, if, cookie
 _INET_MSG = struct.Struct("=BBxx2s2s16s16s12xIIIII")  # family, state, sport, dport, src, dst,
 #                                             (if, cookie), expires, rqueue, wqueue, uid, inode
 
@@ -116,10 +120,33 @@ def inet_query(protocol: str, version: int) -> Query:
     return Query(_message(request), _INET_MSG.size - 4, decode)
 
 
-def _message(body: bytes) -> bytes:
-    header = _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
-                         NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    return header + body
+def unix_exact_query(inode: int) -> Query:
+    """The unix socket with this inode alone (unix_diag_get_exact), shown as the dump shows it."""
+    show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
+    request = _UNIX_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, inode, show, *NO_COOKIE)
+    return Query(_message(request, dump=False), 4, decode_unix)
+
+
+def inet_exact_query(protocol: str, family: int, local: tuple[bytes, int], remote: tuple[bytes, int],
+                     ifindex: int) -> Query:
+    """The one inet socket at these addresses (inet_diag_find_one_icsk, udp_dump_one); an
+    address is (packed address, port), as the socket's own getsockname/getpeername say."""
+    (src, sport), (dst, dport) = local, remote
+    if protocol != "TCP":
+        # udp_dump_one looks the socket up with src and dst swapped ("for historical reasons").
+        (src, sport), (dst, dport) = (dst, dport), (src, sport)
+    request = _INET_EXACT_REQ.pack(family, INET_PROTOCOLS[protocol], 0, INET_STATES,
+                                   sport.to_bytes(2, "big"), dport.to_bytes(2, "big"),
+                                   src.ljust(16, b"\0"), dst.ljust(16, b"\0"), ifindex, *NO_COOKIE)
+
+    def decode(body: bytes) -> InetSocket:
+        return decode_inet(body, protocol)
+    return Query(_message(request, dump=False), _INET_MSG.size - 4, decode)
+
+
+def _message(body: bytes, dump: bool = True) -> bytes:
+    flags = NLM_F_REQUEST | NLM_F_DUMP if dump else NLM_F_REQUEST
+    return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + body
 
 
 # ---------------------------------------------------------------- replies
@@ -214,6 +241,29 @@ def dump(query: Query, netns: str | None) -> dict[int, bytes]:
             return {query.inode(body): body for body in replies(diag)}
     except OSError as error:
         raise DiagUnavailable(error.strerror or str(error)) from None
+
+
+def ask(query: Query, netns: str | None) -> bytes | None:
+    """The one reply to an exact query, undecoded; None when no such socket exists (ENOENT)."""
+    try:
+        with _open(netns) as diag:
+            diag.settimeout(TIMEOUT)
+            diag.sendall(query.request)
+            data = diag.recv(1 << 16)
+    except OSError as error:
+        raise DiagUnavailable(error.strerror or str(error)) from None
+    if len(data) < _NLMSG.size:
+        raise DiagUnavailable("malformed sock_diag reply")
+    length, kind, _, _, _ = _NLMSG.unpack_from(data)
+    if not _NLMSG.size <= length <= len(data):
+        raise DiagUnavailable("truncated sock_diag reply")   # larger than one read holds
+    body = data[_NLMSG.size:length]
+    if kind != NLMSG_ERROR:
+        return body
+    code = _ERRNO.unpack_from(body)[0] if len(body) >= _ERRNO.size else 0
+    if code == -errno.ENOENT:
+        return None
+    raise DiagUnavailable(os.strerror(-code))
 
 
 def replies(diag: socket.socket) -> Iterator[bytes]:

@@ -5,7 +5,9 @@ use, in the order below, through the first process of the tree that lives
 there: a tree holding only unix sockets never lists TCP. sock_diag gives
 unix, TCP, UDP, UDP-Lite, netlink and packet sockets; /proc/PID/net the
 raw and ping ones (no diag module for them here). A table that cannot be
-read keeps its error, so each socket of that family can say so.
+read keeps its error, so each socket of that family can say so. A tree holding
+few sockets asks for each one alone instead (exact.py), and reads a table only
+for what that cannot answer.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from tracker.checks.sockets import diag, procnet
+from tracker.checks.sockets import diag, exact, procnet
 from tracker.checks.sockets.records import TCP_LISTEN, InetSocket, NetlinkSocket, PacketSocket, UnixSocket
 from tracker.context import AuditContext
-from tracker.procfs import Proc, ProcessGone
+from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
 
+# The audit's decision (an AuditContext table): are sockets asked alone?
+ASKED_ALONE = "sockets-alone"
 Record = Union[InetSocket, UnixSocket, NetlinkSocket, PacketSocket]
 Builder = Callable[[Proc, str], "Table"]
 
@@ -44,10 +48,9 @@ class Table:
 
 def _diag_source(query: Callable[[], diag.Query]) -> Builder:
     def build(proc: Proc, space: str) -> Table:
-        inside = None if space == _own_netns() else str(proc.path / "ns" / "net")
         asked = query()
         try:
-            return Table(diag.dump(asked, inside), asked.decode)  # type: ignore[arg-type]
+            return Table(diag.dump(asked, _inside(proc, space)), asked.decode)  # type: ignore[arg-type]
         except diag.DiagUnavailable as error:
             if not proc.path.exists():      # its namespace went with it: not a table error
                 raise ProcessGone(proc.pid) from None
@@ -83,6 +86,7 @@ class Namespace:
         self.space = space
         self.tables: dict[str, Table] = {}
         self._holding: dict[int, Table] = {}      # inode -> the table that lists it
+        self._asked: dict[int, Record] = {}       # inode -> its record, asked alone
         self._unread = list(SOURCES)
 
     def table(self, proc: Proc, source: str) -> Table:
@@ -94,6 +98,9 @@ class Namespace:
         return found
 
     def find(self, proc: Proc, inode: int) -> Record | None:
+        asked = self._asked.get(inode)
+        if asked is not None:
+            return asked
         while True:
             holder = self._holding.get(inode)
             if holder is not None:
@@ -101,6 +108,19 @@ class Namespace:
             if not self._unread:
                 return None
             self.table(proc, self._unread[0])
+
+    def find_alone(self, proc: Proc, open_fd: OpenFd) -> Record | None:
+        """The socket open_fd holds, asked alone; None where only a table can tell."""
+        holder = self._holding.get(open_fd.inode)
+        if holder is not None:
+            return holder.get(open_fd.inode)
+        found = self._asked.get(open_fd.inode)
+        if found is None:
+            found = exact.lookup(proc.pid, open_fd.fd, open_fd.inode, exact.namespace_inode(self.space),
+                                 _inside(proc, self.space))
+            if found is not None:
+                self._asked[open_fd.inode] = found
+        return found
 
 
 def namespace(ctx: AuditContext, proc: Proc) -> Namespace:
@@ -120,6 +140,22 @@ def find(ctx: AuditContext, proc: Proc, inode: int) -> Record | None:
     return namespace(ctx, proc).find(proc, inode)
 
 
+def find_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Record | None:
+    """The socket open_fd holds, as find() gives it; asked alone when the tree holds few sockets."""
+    space = namespace(ctx, proc)
+    found = space.find_alone(proc, open_fd) if _few_sockets(ctx) else None
+    return found if found is not None else space.find(proc, open_fd.inode)
+
+
+def _few_sockets(ctx: AuditContext) -> bool:
+    def count() -> bool:
+        if ctx.proc_root != DEFAULT_PROC_ROOT:
+            return False        # a fixture tree has no fd to ask
+        return exact.wanted(sum(open_fd.target.startswith("socket:[") for fds in ctx.tree_fds.values()
+                                 for open_fd in fds))
+    return ctx.table(ASKED_ALONE, count)
+
+
 def unix_listeners_by_client(ctx: AuditContext, proc: Proc) -> dict[int, UnixSocket]:
     """client inode -> the listening unix socket whose accept queue holds that connection."""
     def build() -> dict[int, UnixSocket]:
@@ -130,6 +166,11 @@ def unix_listeners_by_client(ctx: AuditContext, proc: Proc) -> dict[int, UnixSoc
         return {client: listener for listener in listeners if isinstance(listener, UnixSocket)
                 for client in listener.icons if client}
     return ctx.table(("unix-icons", namespace(ctx, proc).space), build)
+
+
+def _inside(proc: Proc, space: str) -> str | None:
+    """The namespace to ask a table of `space` in: None for crwatch's own."""
+    return None if space == _own_netns() else str(proc.path / "ns" / "net")
 
 
 @functools.cache
