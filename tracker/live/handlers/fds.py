@@ -142,11 +142,15 @@ def opened(table: Entries, event: Event, batch: Batch) -> None:
     entry = table.by_pid.get(who.pid)
     judged = reads.device_from_record(event)
     if judged is not None and (entry is None or entry.audited_ns <= event.ts_ns):
-        # What the kernel side read at the open holds from then until the fd's close,
-        # which it reports (it tracks the fd already): no /proc read.
+        # What the kernel side read at the open holds from then until the fd's close:
+        # no /proc read. The fd is tracked again all the same: an older event applied
+        # late (a fork's inherited fd at this number, judged moved) may have untracked
+        # it after the kernel side tracked it, and its close would go unreported.
         target, findings = judged
         table.set(who, ("fd", event.fd), findings, batch, event.tid, ts_ns=event.ts_ns,
                   since_ns=event.ts_ns, target=target)
+        if table.kernel is not None:
+            table.kernel.track_fd(who.pid, event.fd)
         return
     judge_fd(table, *resolved, event.fd, event, batch,
              fallback=(event.path, reads.fallback_findings(event)))
