@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
 from api.service.audit_cache import AuditCache
 from tests.support.subjects import subject
-from tests.support.trackers import ARRIVAL_TIMEOUT, attached_tracker
+from tests.support.trackers import ARRIVAL_TIMEOUT, Brake, attached_tracker
 from tracker.audit import audit
-from tracker.live.model import Transition
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -26,21 +24,6 @@ held = []
 signal.signal(signal.SIGUSR1, lambda *_: held.append(os.open('/dev/kvm', os.O_RDONLY)))
 ready(); hold()
 """
-
-
-class Brake:
-    """A subscriber that, once engaged, holds the applier thread at the next transition
-    of `pid` until released: the events behind it wait in the queue."""
-
-    def __init__(self):
-        self.pid: int | None = None
-        self.holding = threading.Event()
-        self.released = threading.Event()
-
-    def __call__(self, notice) -> None:
-        if isinstance(notice, Transition) and notice.pid == self.pid:
-            self.holding.set()
-            self.released.wait(2 * ARRIVAL_TIMEOUT)
 
 
 def _holds_kvm(pid: int) -> bool:

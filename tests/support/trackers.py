@@ -81,6 +81,21 @@ class Recorder:
                 self._changed.wait(left)
 
 
+class Brake:
+    """A subscriber that, once engaged, holds the applier thread at the next transition
+    of `pid` until released: the events behind it wait in the queue."""
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.holding = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self, notice) -> None:
+        if isinstance(notice, Transition) and notice.pid == self.pid:
+            self.holding.set()
+            self.released.wait(2 * ARRIVAL_TIMEOUT)
+
+
 def codes_of(transition: Transition) -> list[str]:
     return [reason["code"] for reason in transition.reasons]
 
