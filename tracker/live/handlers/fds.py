@@ -97,6 +97,7 @@ def judge_fd(table: Entries, proc: Proc, who: ProcessIdentity, fd: int, event: E
     read_ns = time.monotonic_ns()
     seen = reads.classify_fd(proc, fd)
     special = event.special if event.kind == Kind.FD_OPENED else None
+    moved = False
     if seen is not None:
         target, findings = seen
         moved = same_as is not None and target != same_as
@@ -107,7 +108,10 @@ def judge_fd(table: Entries, proc: Proc, who: ProcessIdentity, fd: int, event: E
         if not fallback or (entry is not None and entry.audited_ns > event.ts_ns):
             table.unset(entry, ("fd", fd), read_ns, batch, event.tid)
             if table.kernel is not None:
-                table.kernel.untrack_fd(who.pid, fd, read_ns)
+                # A file that took the number since the event (a fork applied late, its
+                # child's fd reopened) was tracked by the kernel side after the event:
+                # it stays tracked, or its close would go unreported.
+                table.kernel.untrack_fd(who.pid, fd, event.ts_ns if moved else read_ns)
             return
         # An fd already closed: it was nocr meanwhile, until its close (already
         # untracked in the kernel, which reports it).
@@ -142,15 +146,11 @@ def opened(table: Entries, event: Event, batch: Batch) -> None:
     entry = table.by_pid.get(who.pid)
     judged = reads.device_from_record(event)
     if judged is not None and (entry is None or entry.audited_ns <= event.ts_ns):
-        # What the kernel side read at the open holds from then until the fd's close:
-        # no /proc read. The fd is tracked again all the same: an older event applied
-        # late (a fork's inherited fd at this number, judged moved) may have untracked
-        # it after the kernel side tracked it, and its close would go unreported.
+        # What the kernel side read at the open holds from then until the fd's close,
+        # which it reports (it tracks the fd already): no /proc read.
         target, findings = judged
         table.set(who, ("fd", event.fd), findings, batch, event.tid, ts_ns=event.ts_ns,
                   since_ns=event.ts_ns, target=target)
-        if table.kernel is not None:
-            table.kernel.track_fd(who.pid, event.fd)
         return
     judge_fd(table, *resolved, event.fd, event, batch,
              fallback=(event.path, reads.fallback_findings(event)))
