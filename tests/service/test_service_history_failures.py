@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator
 
@@ -130,9 +131,17 @@ def test_a_full_disk_degrades_the_service_and_loses_no_transition(server, disk):
           f"{counts['dropped']} dropped")
 
 
+def _opened_log(reader: sqlite3.Connection, disk: Path) -> Path:
+    reader.execute("SELECT count(*) FROM transitions").fetchone()
+    return disk / f"{DB}-wal"
+
+
 def test_an_immutable_database_degrades_the_service_and_loses_no_transition(server, disk):
     assert_everything_was_written(server, disk)
-    with immutable(disk / DB, disk / f"{DB}-wal"):
+    # A reader kept open keeps the write-ahead log: the last connection to close deletes
+    # it, and chattr needs it there.
+    with closing(sqlite3.connect(disk / DB)) as reader, \
+            immutable(disk / DB, _opened_log(reader, disk)):
         offered, waiting = outage(server, disk, "")
         reason = history_reason(server)
         assert "disk I/O error" in reason or "readonly database" in reason, reason

@@ -84,9 +84,14 @@ def full(directory: Path) -> Iterator[Path]:
 
 @contextmanager
 def immutable(*paths: Path) -> Iterator[None]:
-    """chattr +i on these files for the duration."""
-    subprocess.run(["chattr", "+i", *map(str, paths)], check=True)
+    """chattr +i on these files for the duration (undone for those it was set on, should
+    one fail: a file left immutable would fail every later test of the directory)."""
+    done: list[Path] = []
     try:
+        for path in paths:
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+            done.append(path)
         yield
     finally:
-        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+        if done:
+            subprocess.run(["chattr", "-i", *map(str, done)], check=True)
