@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
-from tests.support.gates import AWAIT_S, gate
+from tests.support.gates import AWAIT_S, await_exited, gate
 from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
 from tracker.gate.freeze import Freeze, cgroup2_mount
@@ -431,10 +431,10 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
         helper = _helper_of(gating)
         dumping, answer = _held_criu_of(gating)
         os.kill(dumping, signal.SIGSTOP)
-        _await_gone(answer)  # the gate's answer: CRIU holds the cgroup; keep it there meanwhile
+        await_exited(answer)  # the gate's answer: CRIU holds the cgroup; keep it there meanwhile
         try:
             os.kill(helper, signal.SIGKILL)
-            _await_gone(helper)
+            await_exited(helper)
             # The gate's watch over the helper (its one other thread) has seen it die ...
             deadline = time.monotonic() + AWAIT_S
             while len(os.listdir(f"/proc/{gating.pid}/task")) > 1:
@@ -473,19 +473,6 @@ def _held_criu_of(gating: subprocess.Popen) -> tuple[int, int]:
         assert gating.poll() is None and time.monotonic() < deadline, "CRIU never waited"
         time.sleep(0.001)
 
-
-def _await_gone(pid: int) -> None:
-    """Until the process has exited (a zombie, or reaped)."""
-    deadline = time.monotonic() + AWAIT_S
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state in ("Z", "X"):
-            return
-        assert time.monotonic() < deadline, f"pid {pid} did not exit"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("method", ["cgroup"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gates import AWAIT_S, CRWATCH, gate
+from tests.support.gates import AWAIT_S, CRWATCH, await_exited, gate
 from tests.support.subjects import subject
 from tracker.gate.held_dump import SCRIPT
 
@@ -107,7 +107,7 @@ def test_a_gate_killed_before_its_verdict_leaves_criu_to_abort_untouched(tmp_pat
             assert _tracer(held.pid) != 0  # frozen by the gate's helper meanwhile
             gating.kill()
             gating.wait()
-            _await_gone(criu)
+            await_exited(criu)
             deadline = time.monotonic() + AWAIT_S
             while _tracer(held.pid) != 0:  # the helper's tracees are detached as it ends
                 assert time.monotonic() < deadline, "the tree stayed traced"
@@ -140,18 +140,6 @@ def _tracer(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("TracerPid:")[1].split()[0])
 
-
-def _await_gone(pid: int) -> None:
-    deadline = time.monotonic() + AWAIT_S
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state in ("Z", "X"):
-            return
-        assert time.monotonic() < deadline, f"pid {pid} did not exit"
-        time.sleep(0.01)
 
 
 @pytest.mark.criu

@@ -401,28 +401,33 @@ hold()
             zip(opened, ["kvm", str(tmp_path / "kvm-link")])] == [True, True]
 
 
+def assert_dev_null_open_reported(loaded: Probes) -> None:
+    """With the device filter off, an open of /dev/null reaches user space, with its path."""
+    reader = Reader(loaded)
+    reading = Worker("probe-reader", reader.poll_once).start()
+    box = Inbox(reader)
+    try:
+        with run("""
+fd = os.open("/dev/null", os.O_RDONLY)
+marker()
+ready(str(fd))
+hold()
+""") as running:
+            events = box.until_marker(running.pid)
+    finally:
+        reading.stop()
+        box.close()
+    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
+            and not is_marker(event)] == [(int(running.note), "/dev/null")]
+
+
 @pytest.mark.bpf
 def test_without_btf_every_device_open_is_reported_with_its_path(tmp_path):
     with Probes(quiet_majors=devices.QUIET_DEVICES.majors,
                 quiet_devices=devices.QUIET_DEVICES.devices, btf=tmp_path / "none") as loaded:
         assert loaded.status()["device_filter"]["state"] == "off"
         assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
-        reader = Reader(loaded)
-        reading = Worker("probe-reader", reader.poll_once).start()
-        box = Inbox(reader)
-        try:
-            with run("""
-fd = os.open("/dev/null", os.O_RDONLY)
-marker()
-ready(str(fd))
-hold()
-""") as running:
-                events = box.until_marker(running.pid)
-        finally:
-            reading.stop()
-            box.close()
-    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
-            and not is_marker(event)] == [(int(running.note), "/dev/null")]
+        assert_dev_null_open_reported(loaded)
 
 
 def wrong_layout_btf(path: Path) -> Path:
@@ -453,22 +458,7 @@ def test_a_device_filter_the_kernel_refuses_is_left_out(tmp_path):
         assert "refused" in status["device_filter"]["reason"]
         assert status["probes"]["openat"]["state"] == ATTACHED
         assert "-DTASK_FILES_OFFSET" not in " ".join(loaded.cflags())
-        reader = Reader(loaded)
-        reading = Worker("probe-reader", reader.poll_once).start()
-        box = Inbox(reader)
-        try:
-            with run("""
-fd = os.open("/dev/null", os.O_RDONLY)
-marker()
-ready(str(fd))
-hold()
-""") as running:
-                events = box.until_marker(running.pid)
-        finally:
-            reading.stop()
-            box.close()
-    assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
-            and not is_marker(event)] == [(int(running.note), "/dev/null")]
+        assert_dev_null_open_reported(loaded)
 
 
 # ------------------------------------------------------------ close, dup, close_range

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
@@ -15,3 +16,17 @@ def gate(*arguments: str, timeout: float = 120) -> tuple[int, dict]:
                           capture_output=True, text=True, timeout=timeout)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout)
+
+
+def await_exited(pid: int) -> None:
+    """Until the process has exited (a zombie, or reaped)."""
+    deadline = time.monotonic() + AWAIT_S
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} did not exit"
+        time.sleep(0.01)
