@@ -15,9 +15,9 @@ import signal
 import struct
 import threading
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -151,14 +151,23 @@ def probes():
         yield loaded
 
 
-@pytest.fixture(scope="module")
-def module_inbox(probes):
-    reader = Reader(probes)
+@contextmanager
+def reading_inbox(loaded: Probes) -> Iterator[Inbox]:
+    """An inbox filled by a reader of these probes, polling on a worker of its own."""
+    reader = Reader(loaded)
     reading = Worker("probe-reader", reader.poll_once).start()
     box = Inbox(reader)
-    yield box
-    reading.stop()
-    box.close()
+    try:
+        yield box
+    finally:
+        reading.stop()
+        box.close()
+
+
+@pytest.fixture(scope="module")
+def module_inbox(probes):
+    with reading_inbox(probes) as box:
+        yield box
 
 
 @pytest.fixture
@@ -344,12 +353,8 @@ def quiet_inbox():
                 quiet_devices=devices.QUIET_DEVICES.devices) as loaded:
         if loaded.status()["device_filter"]["state"] != "in kernel":
             pytest.skip(loaded.status()["device_filter"]["reason"])
-        reader = Reader(loaded)
-        reading = Worker("probe-reader", reader.poll_once).start()
-        box = Inbox(reader)
-        yield box
-        reading.stop()
-        box.close()
+        with reading_inbox(loaded) as box:
+            yield box
 
 
 @pytest.mark.bpf
@@ -403,20 +408,13 @@ hold()
 
 def assert_dev_null_open_reported(loaded: Probes) -> None:
     """With the device filter off, an open of /dev/null reaches user space, with its path."""
-    reader = Reader(loaded)
-    reading = Worker("probe-reader", reader.poll_once).start()
-    box = Inbox(reader)
-    try:
-        with run("""
+    with reading_inbox(loaded) as box, run("""
 fd = os.open("/dev/null", os.O_RDONLY)
 marker()
 ready(str(fd))
 hold()
 """) as running:
-            events = box.until_marker(running.pid)
-    finally:
-        reading.stop()
-        box.close()
+        events = box.until_marker(running.pid)
     assert [(event.fd, event.path) for event in events if event.kind is Kind.FD_OPENED
             and not is_marker(event)] == [(int(running.note), "/dev/null")]
 
