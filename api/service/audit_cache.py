@@ -75,7 +75,7 @@ class AuditCache:
 
     def __init__(self, *, audit: Callable[..., Audit],
                  live_table: Callable[[], LiveTable | None],
-                 caught_up: Callable[[float], bool]):
+                 caught_up: Callable[[list[int], float], bool]):
         self._audit = audit
         self._live_table = live_table
         self._caught_up = caught_up

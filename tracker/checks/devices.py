@@ -65,8 +65,6 @@ RULES = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class DeviceSet:
     """Character devices: every minor of `majors`, and the (major, minor) `devices`."""
