@@ -286,6 +286,30 @@ def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
         running.assert_running()
 
 
+@pytest.mark.criu
+def test_the_gate_names_no_holder_outside_the_tree_and_judges_as_check_with_holders_does():
+    """A pipe whose other end this test holds: the frozen recheck says so without walking
+    every fd of the host for who holds it, and judges the tree as `crwatch check --holders`
+    does after that walk."""
+    read_end, write_end = os.pipe()
+    try:
+        with subject("ready(); hold()", pass_fds=(write_end,)) as held:
+            status, document = gate(str(held.pid))
+            checked = json.loads(subprocess.run(
+                [str(CRWATCH), "check", "--json", "--holders", str(held.pid)],
+                capture_output=True, text=True, timeout=120).stdout)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    judged = document["verdict"]
+    pipe = next(r for r in judged["reasons"] if r["code"] == "file.pipe.external")
+    assert "its holders were not looked up" in pipe["message"], pipe
+    assert f"pid {os.getpid()}" not in pipe["message"]
+    assert (judged["verdict"], sorted(r["code"] for r in judged["reasons"])) == \
+        (checked["verdict"], sorted(r["code"] for r in checked["reasons"]))
+    assert status == 0 and document["outcome"] == "passed", document
+
+
 def test_a_dump_of_the_pid_alone_is_refused_clearly(tmp_path):
     images = tmp_path / "images"
     refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", "--dump", str(images),

@@ -10,6 +10,10 @@ A dump's CRIU starts with the freeze, not after the verdict: it runs its own
 start-up meanwhile and waits before it seizes anything (held_dump.py). The
 verdict still comes first: only a checkpointable tree is answered `dump`, and only
 when CRIU was started with exactly the verdict's arguments.
+
+The recheck does not name who outside the tree holds the other end of its pipes and
+sockets (as `crwatch check` without --holders): that takes a walk over every fd of the
+host, with the tree frozen, for info reasons no verdict depends on.
 """
 from __future__ import annotations
 
@@ -154,11 +158,12 @@ def _frozen_recheck(request: GateRequest, freeze: Freeze, judged_by: Profile, cr
         frozen = freeze.__enter__()
     except FreezeError as error:
         # Still audit (every reason at once), but never call it checkpointable.
-        result = audit(request.pid, tree=request.tree, environment=dumper)
+        result = audit(request.pid, tree=request.tree, environment=dumper, name_holders=False)
         result.findings.append(not_frozen(request.pid, None, str(error)))
         return _Run(result, None, _probe_found(probe_finder, result), freeze_error=str(error))
     try:
-        result = audit(request.pid, tree=request.tree, hold=frozen.hold, environment=dumper)
+        result = audit(request.pid, tree=request.tree, hold=frozen.hold, environment=dumper,
+                       name_holders=False)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
