@@ -1,14 +1,13 @@
 """A dump's CRIU started before the verdict: it waits at pre-dump, and only `dump` lets it on.
 
-dump_answer.py is run as CRIU runs it (its parent standing for CRIU), answered through
-its FIFO by this test, with a separate process standing for the gate. Then the real
-CRIU held by a real gate that is killed before it answers.
+dump_answer.py is run as CRIU runs it, through the gate's loader (its parent standing
+for CRIU), answered through its FIFO by this test, with a separate process standing for
+the gate. Then the real CRIU held by a real gate that is killed before it answers.
 """
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,11 +15,12 @@ import pytest
 
 from tests.support.gates import AWAIT_S, CRWATCH, await_exited, gate
 from tests.support.subjects import subject
+from tracker.gate import standalone
 from tracker.gate.held_dump import SCRIPT
 
 
 def start_answer(fifo: Path, gate_pid: int, action: str = "pre-dump") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-I", "-S", str(SCRIPT), str(fifo), str(gate_pid)],
+    return subprocess.Popen(standalone.command(SCRIPT, str(fifo), str(gate_pid)),
                             env={"CRTOOLS_SCRIPT_ACTION": action})
 
 

@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 
 from tracker.audit import descendants
 from tracker.context import Hold
+from tracker.gate import standalone
 from tracker.gate.freeze_guard import HelperGuard, cgroup_frozen
 from tracker.procfs import DEFAULT_PROC_ROOT
 
@@ -143,8 +143,8 @@ class Freeze:
         # A freeze found in place is not crwatch's to undo, even if the helper dies.
         ours = self.cgroup if self.cgroup and not cgroup_frozen(self.cgroup) else None
         self._helper = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(HELPER), mode, target, "1" if self.tree else "0",
-             str(self.watchdog_s), str(self.freeze_timeout_s)],
+            standalone.command(HELPER, mode, target, "1" if self.tree else "0",
+                               str(self.watchdog_s), str(self.freeze_timeout_s)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)  # Ctrl-C on crwatch's terminal must not reach it
         self._guard = HelperGuard(self._helper.pid, ours)

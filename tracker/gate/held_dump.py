@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from tracker.criu.runner import Criu, DumpResult, StartedDump
+from tracker.gate import standalone
 
 SCRIPT = Path(__file__).with_name("dump_answer.py")
 
@@ -55,10 +55,10 @@ class HeldDump:
             script = self._scratch / "pre-dump"
             # CRIU runs it at every action (post-dump too, on the dump's critical path):
             # the shell lets all but pre-dump pass without starting a Python.
+            await_answer = standalone.command(SCRIPT, str(fifo), str(os.getpid()))
             script.write_text("#!/bin/sh\n"
                               '[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
-                              f"exec {shlex.join([sys.executable, '-I', '-S', str(SCRIPT)])} "
-                              f"{shlex.join([str(fifo), str(os.getpid())])}\n")
+                              f"exec {shlex.join(await_answer)}\n")
             script.chmod(0o700)
             self._started = criu.start_dump(
                 pid, arguments, images_dir=images_dir, leave_running=leave_running,
