@@ -453,10 +453,10 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
                                    "--dump", str(tmp_path / "images"), "--watchdog", "60"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         helper = _helper_of(gating)
-        dumping, answer = _held_criu_of(gating)
-        os.kill(dumping, signal.SIGSTOP)
-        await_exited(answer)  # the gate's answer: CRIU holds the cgroup; keep it there meanwhile
+        dumping = _held_criu_of(gating)
+        os.kill(dumping, signal.SIGSTOP)  # CRIU is kept where it is, before or after pre-dump
         try:
+            _await_answered(dumping)  # the gate's answer: CRIU holds the cgroup
             os.kill(helper, signal.SIGKILL)
             await_exited(helper)
             # The gate's watch over the helper (its one other thread) has seen it die ...
@@ -479,22 +479,29 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
     assert "gate.helper_died" not in {r["code"] for r in document["verdict"]["reasons"]}
 
 
-def _held_criu_of(gating: subprocess.Popen) -> tuple[int, int]:
-    """The `criu dump` the gate started, once it waits for the gate's answer (it starts
-    with the freeze), and the pid of its action script that waits."""
+def _held_criu_of(gating: subprocess.Popen) -> int:
+    """The `criu dump` the gate started (it starts with the freeze)."""
     deadline = time.monotonic() + AWAIT_S
     while True:
         for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
             try:
                 argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
-                waiting = [int(script) for script in
-                           Path(f"/proc/{kid}/task/{kid}/children").read_text().split()
-                           if b"dump_answer.py" in Path(f"/proc/{script}/cmdline").read_bytes()]
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if b"dump" in argv and any(word.endswith(b"criu") for word in argv) and waiting:
-                return int(kid), waiting[0]
-        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never waited"
+            if b"dump" in argv and any(word.endswith(b"criu") for word in argv):
+                return int(kid)
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never started"
+        time.sleep(0.001)
+
+
+def _await_answered(criu: int) -> None:
+    """Until the gate has answered `dump` to its held CRIU: the answer file in the gate's
+    scratch directory (where CRIU's log goes meanwhile) says so."""
+    argv = Path(f"/proc/{criu}/cmdline").read_bytes().split(b"\0")
+    answered = Path(os.fsdecode(argv[argv.index(b"-o") + 1])).with_name("answered")
+    deadline = time.monotonic() + AWAIT_S
+    while answered.read_bytes() != b"dump\n":
+        assert time.monotonic() < deadline, "the gate never answered"
         time.sleep(0.001)
 
 
