@@ -26,8 +26,9 @@ from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.gate import standalone
-from tracker.gate.freeze import HELPER, cgroup2_mount, owned_cgroup
+from tracker.gate.freeze import cgroup2_mount, owned_cgroup
 from tracker.gate.freeze_helper import json_text
+from tracker.gate.ready_helper import HELPER
 from tracker.live.model import CR, NOCR
 from tracker.live.table import LiveTable
 from tracker.profiles import profile

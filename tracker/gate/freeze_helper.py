@@ -12,6 +12,9 @@ strand the tree:
 
 Usage: freeze_helper.py ptrace PID TREE(0|1) DEADLINE_S FREEZE_TIMEOUT_S
        freeze_helper.py cgroup DIR - DEADLINE_S FREEZE_TIMEOUT_S
+       freeze_helper.py    (started ahead: those five arguments come as the first line
+                            on stdin, each hex-encoded, ready_helper.py; it exits at end
+                            of file before them, holding nothing)
 
 Commands arrive one per line on stdin: `thaw`, or `handoff PID` (CRIU now holds
 the frozen cgroup: the deadline no longer applies, and if crwatch dies the cgroup
@@ -361,10 +364,16 @@ def hold(mode: str, target: str, tree: bool, deadline_s: float, freeze_timeout_s
 
 
 def main(argv: list[str]) -> int:
-    mode, target, tree, deadline_s, freeze_timeout_s = argv
     # Terminal signals meant for crwatch must not end the holder before it thaws.
     for signo in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGPIPE):
         _signal.signal(signo, _signal.SIG_IGN)
+    if not argv:  # started ahead: what to freeze comes when a gate takes it
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0  # its owner ended first
+        argv = [bytes.fromhex(word.decode()).decode("utf-8", "surrogateescape")
+                for word in line.split()]
+    mode, target, tree, deadline_s, freeze_timeout_s = argv
     hold(mode, target, tree == "1", float(deadline_s), float(freeze_timeout_s))
     return 0
 

@@ -33,6 +33,7 @@ from tracker.environment import Environment, of
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen, tree_pids
 from tracker.gate.held_dump import HeldDump
 from tracker.gate.own_processes import refusal, role
+from tracker.gate.ready_helper import ReadyHelper
 from tracker.live import probe_found
 from tracker.live.probe_found import ProbeFound
 from tracker.profiles import Profile
@@ -88,8 +89,10 @@ class _Run:
 
 
 def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
-         reconcile: Reconcile | None = None, probe_finder: ProbeFinder | None = None) -> dict:
-    """Run the gate and return its document (schema crwatch.gate/1).
+         reconcile: Reconcile | None = None, probe_finder: ProbeFinder | None = None,
+         ready_helper: ReadyHelper | None = None) -> dict:
+    """Run the gate and return its document (schema crwatch.gate/1). `ready_helper`: a
+    freezer helper started ahead for it (and the next one started once it has ended).
 
     Raises ProcessGone when the pid does not exist, ThreadId for the id of a thread,
     GateError when a dump was asked for and cannot be made (or of the pid alone),
@@ -105,7 +108,8 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
     dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
-    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
+    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s,
+                    ready=ready_helper)
     held = _head_start(criu, request, freeze.cgroup)
     try:
         run = _frozen_recheck(request, freeze, judged_by, criu, held, probe_finder, dumper)
@@ -123,6 +127,8 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     finally:
         if held is not None:
             held.cancel()  # no dump was answered: that CRIU has touched nothing
+        if ready_helper is not None:
+            ready_helper.replenish()  # for the next gate, now that this one's dump is made
     criu_findings = []
     if run.dump is not None and not run.dump.ok:
         criu_findings = failure_findings(run.dump.log, request.pid, run.dump.log_path)
