@@ -7,8 +7,10 @@ This script is that point's latch: it waits there for the gate's answer, one lin
 in a FIFO, and lets CRIU go on only when the line is `dump`. Anything else ends the
 dump: `stop`, the gate closing the FIFO without a word, the gate or CRIU dying.
 
-Usage (CRIU runs it by path, without arguments, so a two-line shell wrapper names
-them): dump_answer.py FIFO GATE_PID. Every action other than pre-dump passes.
+Usage (CRIU runs its action script by path, without arguments, so a shell wrapper
+names them: held_dump.py's action_script, which first reads an answer given before
+pre-dump, and starts this only without one): dump_answer.py FIFO GATE_PID. Every
+action other than pre-dump passes.
 When the gate is gone it also removes the gate's scratch directory (the FIFO's),
 which the gate would have removed once CRIU ended. The FIFO closed without a word
 counts as gone: the gate closes it only once CRIU has ended, and a dying gate closes
