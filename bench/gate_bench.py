@@ -3,12 +3,15 @@
 For a process with 1,000 fds of mixed kinds, frozen by ptrace and by the cgroup
 v2 freezer: the time it stays frozen (target: at most 50 ms), the time freezing
 takes, and the whole gate as the caller sees it (the freezer helper starts
-before anything is frozen), next to an audit of the same process unfrozen. Then
+before anything is frozen), next to an audit of the same process unfrozen; the
+freezer helper's start until the tree is frozen, next to a bare `python -I -S`. Then
 `crwatch gate --dump` against `criu dump` of the same process (both
---leave-running), in turns, as a ratio (target: x1.2), and where the time goes:
-CRIU's own log dates its start-up up to pre-dump (where the gate's CRIU waits for
-the verdict), the wait, and the dump after it. Medians of several runs; figures,
-not assertions, recorded for `make bench`'s table.
+--leave-running), in turns, as a ratio (target: x1.2), the gate starting its
+freezer helper (as `crwatch gate` does) and finding one ready (as the service's
+gates do), and where the time goes: CRIU's own log dates its start-up up to
+pre-dump (where the gate's CRIU waits for the verdict), the wait, and the dump after
+it. Medians of several runs; figures, not assertions, recorded for `make bench`'s
+table.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from bench.figures import Figure, record, within
 from tests.support.subjects import subject
 from tracker.audit import audit
 from tracker.criu.runner import find_criu
-from tracker.gate.freeze import cgroup2_mount
+from tracker.gate.freeze import Freeze, cgroup2_mount
+from tracker.gate.ready_helper import ReadyHelper
 from tracker.gate.recheck import GateRequest, gate
 from tracker.profiles import profile
 
@@ -39,6 +43,7 @@ TARGET_FROZEN_MS = 50.0
 TARGET_DUMP_RATIO = 1.2
 FDS = 1000
 RUNS = 9
+READY_S = 0.1  # ample for a helper started ahead to reach its wait for a gate
 CRWATCH = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "crwatch"
 DUMPABLE_FDS = MIXED_FDS.replace("    tcp_pair,\n", "")  # no --tcp-established needed
 
@@ -58,8 +63,14 @@ def own_cgroup(pid: int) -> Iterator[None]:
 
 def frozen_figures(pid: int, method: str) -> dict[str, float]:
     judged_by = profile("criu")
-    frozen, freezing, whole, unfrozen = [], [], [], []
+    frozen, freezing, whole, unfrozen, helper, python = [], [], [], [], [], []
     for _ in range(RUNS):
+        started = time.perf_counter()
+        with Freeze(pid, tree=True):
+            helper.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)
+        python.append((time.perf_counter() - started) * 1e3)
         started = time.perf_counter()
         document = gate(GateRequest(pid), judged_by)
         whole.append((time.perf_counter() - started) * 1e3)
@@ -71,7 +82,8 @@ def frozen_figures(pid: int, method: str) -> dict[str, float]:
         unfrozen.append((time.perf_counter() - started) * 1e3)
     return {"frozen": statistics.median(frozen), "frozen_max": max(frozen),
             "freezing": statistics.median(freezing), "whole": statistics.median(whole),
-            "audit": statistics.median(unfrozen)}
+            "audit": statistics.median(unfrozen), "helper": statistics.median(helper),
+            "python": statistics.median(python)}
 
 
 def print_frozen(method: str, figures: dict[str, float]) -> None:
@@ -86,6 +98,10 @@ def print_frozen(method: str, figures: dict[str, float]) -> None:
                   f"1,000 fds, {method}", f"{figures['whole']:.1f} ms",
                   f"audit of the same tree unfrozen {figures['audit']:.1f} ms",
                   figures["whole"] / figures["audit"]))
+    record(Figure("gate", f"phase: the freezer helper's start until the tree is frozen, {method}",
+                  f"{figures['helper']:.1f} ms",
+                  f"python -I -S -c pass {figures['python']:.1f} ms",
+                  figures["helper"] / figures["python"]))
 
 
 class Phases(NamedTuple):
@@ -109,11 +125,15 @@ def phases(log: str, whole_s: float) -> Phases:
     return Phases(pre_dump, after - pre_dump, stamps[-1][0] - after, whole_s * 1e3)
 
 
-def dump_runs(pid: int) -> tuple[list[Phases], list[Phases]]:
-    """Plain dumps and gates with a dump of the same process, in turns."""
+def dump_runs(pid: int) -> tuple[list[Phases], list[Phases], list[Phases]]:
+    """Plain dumps, gates with a dump of the same process that start their freezer helper
+    (as `crwatch gate` does), and gates that find one ready (as the service's do), in
+    turns."""
     criu, judged_by = find_criu(), profile("criu")
-    plain, gated = [], []
+    plain, gated, served = [], [], []
     images = Path(tempfile.mkdtemp(prefix="crwatch-bench-"))
+    ready = ReadyHelper()
+    ready.replenish()
     try:
         for _ in range(RUNS):
             shutil.rmtree(images, ignore_errors=True)
@@ -122,22 +142,32 @@ def dump_runs(pid: int) -> tuple[list[Phases], list[Phases]]:
             result = criu.dump(pid, images_dir=images)
             assert result.ok
             plain.append(phases(result.log, time.perf_counter() - started))
-            shutil.rmtree(images)
-            started = time.perf_counter()
-            document = gate(GateRequest(pid, dump_dir=images), judged_by, criu=criu)
-            whole = time.perf_counter() - started
-            assert document["outcome"] == "dumped", document["dump"]
-            gated.append(phases((images / "dump.log").read_text(), whole))
+            for runs, helper in ((gated, None), (served, ready)):
+                shutil.rmtree(images)
+                started = time.perf_counter()
+                document = gate(GateRequest(pid, dump_dir=images), judged_by, criu=criu,
+                                ready_helper=helper)
+                whole = time.perf_counter() - started
+                assert document["outcome"] == "dumped", document["dump"]
+                runs.append(phases((images / "dump.log").read_text(), whole))
+            time.sleep(READY_S)  # the next helper's start is over before the next dump
     finally:
+        ready.close()
         shutil.rmtree(images, ignore_errors=True)
-    return plain, gated
+    return plain, gated, served
 
 
 def median(runs: list[Phases], phase: str) -> float:
     return statistics.median(getattr(run, phase) for run in runs)
 
 
-def report_dumps(how: str, plain: list[Phases], gated: list[Phases]) -> None:
+def report_dumps(how: str, plain: list[Phases], gated: list[Phases],
+                 served: list[Phases]) -> None:
+    report_gated(how, plain, gated)
+    report_gated(f"{how}, its helper started ahead (the service's gate)", plain, served)
+
+
+def report_gated(how: str, plain: list[Phases], gated: list[Phases]) -> None:
     ours, peer = median(gated, "whole"), median(plain, "whole")
     print(f"  {how}: plain {peer:.0f} ms, gate + dump {ours:.0f} ms: ratio {ours / peer:.2f}")
     print(f"    CRIU's log: start-up to pre-dump {median(gated, 'start_up'):.1f} ms "

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 from api.service.errors import GateBusy, NoSuchProcess
 from api.service.metrics import ServiceMetrics
 from tracker.criu.runner import criu_at
+from tracker.gate.ready_helper import ReadyHelper
 from tracker.gate.recheck import GateRequest, ProbeFinder, Reconcile, gate, images_directory
 from tracker.procfs import ProcessGone
 from tracker.profiles import Profile
@@ -40,6 +41,7 @@ class Gates:
         self._metrics = metrics
         self._running: set[int] = set()
         self._lock = threading.Lock()
+        self._ready_helper = ReadyHelper()  # from the first gate on, the next one's helper
 
     def run(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
             profile_name: str | None = None, watchdog_s: float,
@@ -53,12 +55,17 @@ class Gates:
                 judged_by = self._profile_for(profile_name)
                 document = gate(request, judged_by, criu=criu_at(self._criu),
                                 reconcile=self._reconcile,
-                                probe_finder=self._probe_finder(judged_by))
+                                probe_finder=self._probe_finder(judged_by),
+                                ready_helper=self._ready_helper)
             except ProcessGone:
                 raise NoSuchProcess(pid) from None
         self._count(document)
         self._judged(pid, document["verdict"])
         return document
+
+    def close(self) -> None:
+        """End the freezer helper kept ready for the next gate."""
+        self._ready_helper.close()
 
     @contextmanager
     def _one_at_a_time(self, pid: int) -> Iterator[None]:

@@ -117,6 +117,7 @@ class Service:
         self.rows.stop()
         self.events.close()
         self.tracker.stop()
+        self.gates.close()
         if self.history is not None:
             self.history.close()  # writes what is still queued
 

@@ -286,6 +286,30 @@ def test_a_gate_judges_the_whole_tree_unless_asked_for_the_pid_alone(tmp_path):
         running.assert_running()
 
 
+@pytest.mark.criu
+def test_the_gate_names_no_holder_outside_the_tree_and_judges_as_check_with_holders_does():
+    """A pipe whose other end this test holds: the frozen recheck says so without walking
+    every fd of the host for who holds it, and judges the tree as `crwatch check --holders`
+    does after that walk."""
+    read_end, write_end = os.pipe()
+    try:
+        with subject("ready(); hold()", pass_fds=(write_end,)) as held:
+            status, document = gate(str(held.pid))
+            checked = json.loads(subprocess.run(
+                [str(CRWATCH), "check", "--json", "--holders", str(held.pid)],
+                capture_output=True, text=True, timeout=120).stdout)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    judged = document["verdict"]
+    pipe = next(r for r in judged["reasons"] if r["code"] == "file.pipe.external")
+    assert "its holders were not looked up" in pipe["message"], pipe
+    assert f"pid {os.getpid()}" not in pipe["message"]
+    assert (judged["verdict"], sorted(r["code"] for r in judged["reasons"])) == \
+        (checked["verdict"], sorted(r["code"] for r in checked["reasons"]))
+    assert status == 0 and document["outcome"] == "passed", document
+
+
 def test_a_dump_of_the_pid_alone_is_refused_clearly(tmp_path):
     images = tmp_path / "images"
     refused = subprocess.run([str(CRWATCH), "gate", "--local", "--only", "--dump", str(images),
@@ -429,10 +453,10 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
                                    "--dump", str(tmp_path / "images"), "--watchdog", "60"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         helper = _helper_of(gating)
-        dumping, answer = _held_criu_of(gating)
-        os.kill(dumping, signal.SIGSTOP)
-        await_exited(answer)  # the gate's answer: CRIU holds the cgroup; keep it there meanwhile
+        dumping = _held_criu_of(gating)
+        os.kill(dumping, signal.SIGSTOP)  # CRIU is kept where it is, before or after pre-dump
         try:
+            _await_answered(dumping)  # the gate's answer: CRIU holds the cgroup
             os.kill(helper, signal.SIGKILL)
             await_exited(helper)
             # The gate's watch over the helper (its one other thread) has seen it die ...
@@ -455,22 +479,29 @@ def test_a_helper_killed_while_criu_holds_the_cgroup_is_thawed_for_once_criu_end
     assert "gate.helper_died" not in {r["code"] for r in document["verdict"]["reasons"]}
 
 
-def _held_criu_of(gating: subprocess.Popen) -> tuple[int, int]:
-    """The `criu dump` the gate started, once it waits for the gate's answer (it starts
-    with the freeze), and the pid of its action script that waits."""
+def _held_criu_of(gating: subprocess.Popen) -> int:
+    """The `criu dump` the gate started (it starts with the freeze)."""
     deadline = time.monotonic() + AWAIT_S
     while True:
         for kid in Path(f"/proc/{gating.pid}/task/{gating.pid}/children").read_text().split():
             try:
                 argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
-                waiting = [int(script) for script in
-                           Path(f"/proc/{kid}/task/{kid}/children").read_text().split()
-                           if b"dump_answer.py" in Path(f"/proc/{script}/cmdline").read_bytes()]
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if b"dump" in argv and any(word.endswith(b"criu") for word in argv) and waiting:
-                return int(kid), waiting[0]
-        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never waited"
+            if b"dump" in argv and any(word.endswith(b"criu") for word in argv):
+                return int(kid)
+        assert gating.poll() is None and time.monotonic() < deadline, "CRIU never started"
+        time.sleep(0.001)
+
+
+def _await_answered(criu: int) -> None:
+    """Until the gate has answered `dump` to its held CRIU: the answer file in the gate's
+    scratch directory (where CRIU's log goes meanwhile) says so."""
+    argv = Path(f"/proc/{criu}/cmdline").read_bytes().split(b"\0")
+    answered = Path(os.fsdecode(argv[argv.index(b"-o") + 1])).with_name("answered")
+    deadline = time.monotonic() + AWAIT_S
+    while answered.read_bytes() != b"dump\n":
+        assert time.monotonic() < deadline, "the gate never answered"
         time.sleep(0.001)
 
 

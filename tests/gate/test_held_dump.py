@@ -1,14 +1,13 @@
 """A dump's CRIU started before the verdict: it waits at pre-dump, and only `dump` lets it on.
 
-dump_answer.py is run as CRIU runs it (its parent standing for CRIU), answered through
-its FIFO by this test, with a separate process standing for the gate. Then the real
-CRIU held by a real gate that is killed before it answers.
+dump_answer.py is run as CRIU runs it, through the gate's loader (its parent standing
+for CRIU), answered through its FIFO by this test, with a separate process standing for
+the gate. Then the real CRIU held by a real gate that is killed before it answers.
 """
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,11 +15,12 @@ import pytest
 
 from tests.support.gates import AWAIT_S, CRWATCH, await_exited, gate
 from tests.support.subjects import subject
-from tracker.gate.held_dump import SCRIPT
+from tracker.gate import standalone
+from tracker.gate.held_dump import SCRIPT, action_script
 
 
 def start_answer(fifo: Path, gate_pid: int, action: str = "pre-dump") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-I", "-S", str(SCRIPT), str(fifo), str(gate_pid)],
+    return subprocess.Popen(standalone.command(SCRIPT, str(fifo), str(gate_pid)),
                             env={"CRTOOLS_SCRIPT_ACTION": action})
 
 
@@ -84,6 +84,31 @@ def test_a_gate_gone_before_the_script_runs_stops_the_dump(answer):
     gate.wait()
     assert start_answer(fifo, gate.pid).wait(timeout=AWAIT_S) == 1
     assert not fifo.parent.exists()
+
+
+def start_wrapper(fifo: Path, early: bytes, gate_pid: int) -> subprocess.Popen:
+    """The shell wrapper as CRIU runs it at pre-dump, with `early` in its answer file."""
+    answered = fifo.with_name("answered")
+    answered.write_bytes(early)
+    wrapper = fifo.with_name("pre-dump")
+    wrapper.write_text(action_script(fifo, answered, gate_pid))
+    wrapper.chmod(0o700)
+    return subprocess.Popen([str(wrapper)], env={"CRTOOLS_SCRIPT_ACTION": "pre-dump"})
+
+
+def test_a_dump_answered_before_pre_dump_lets_criu_on_without_the_wait(answer):
+    """Nothing is written to the FIFO: only the answer file can let it on."""
+    fifo, _, gate = answer
+    assert start_wrapper(fifo, b"dump\n", gate.pid).wait(timeout=AWAIT_S) == 0
+
+
+@pytest.mark.parametrize("early", [b"", b"dum", b"dump", b"stop\n", b"dumped\n"])
+def test_anything_but_a_whole_dump_line_in_the_answer_file_leaves_it_to_the_fifo(answer, early):
+    fifo, writer, gate = answer
+    wrapper = start_wrapper(fifo, early, gate.pid)
+    await_waiting(wrapper)  # it waits in dump_answer.py
+    os.write(writer, b"stop\n")
+    assert wrapper.wait(timeout=AWAIT_S) == 1
 
 
 def test_every_other_action_passes_at_once(answer):

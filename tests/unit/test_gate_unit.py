@@ -25,8 +25,10 @@ from tracker.audit import audit
 from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
+from tracker.gate import standalone
 from tracker.gate.freeze import cgroup2_mount, owned_cgroup
 from tracker.gate.freeze_helper import json_text
+from tracker.gate.ready_helper import HELPER
 from tracker.live.model import CR, NOCR
 from tracker.live.table import LiveTable
 from tracker.profiles import profile
@@ -183,6 +185,30 @@ def test_crwatch_processes_are_known_by_their_command_line(argv, expected):
     from tracker.gate.own_processes import _role_in
 
     assert _role_in(argv) == expected
+
+
+def test_the_freezer_helper_started_from_its_bytecode_is_known_too():
+    from tracker.gate.own_processes import _role_in
+
+    argv = standalone.command(HELPER, "ptrace", "12", "1", "5.0", "2.0")
+    assert _role_in(argv) == "crwatch's freezer helper"
+    assert _role_in([sys.executable, "-I", "-S", "-c", standalone.LOADER]) is None
+
+
+def test_a_program_started_from_its_bytecode_runs_its_main_with_its_arguments(tmp_path):
+    """standalone.py's loader imports the program from its directory (writing its bytecode
+    there), runs main with the arguments, and exits with what main returns."""
+    program = tmp_path / "echo_twice.py"
+    program.write_text("import sys\n"
+                       "def main(argv):\n"
+                       "    sys.stdout.write(' '.join(argv * 2) + '\\n')\n"
+                       "    sys.stdout.flush()\n"
+                       "    return len(argv)\n")
+    for _ in range(2):  # compiled, then from __pycache__
+        done = subprocess.run(standalone.command(program, "a", "b c"), capture_output=True,
+                              text=True, timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "a b c a b c\n", "")
+    assert list((tmp_path / "__pycache__").glob("echo_twice.*.pyc"))
 
 
 @pytest.mark.root

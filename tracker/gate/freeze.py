@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Callable
 from tracker.audit import descendants
 from tracker.context import Hold
 from tracker.gate.freeze_guard import HelperGuard, cgroup_frozen
+from tracker.gate.ready_helper import ReadyHelper, start_helper
 from tracker.procfs import DEFAULT_PROC_ROOT
 
-HELPER = Path(__file__).with_name("freeze_helper.py")
 DEFAULT_WATCHDOG_S = 5.0       # the longest the tree stays frozen by crwatch
 DEFAULT_FREEZE_TIMEOUT_S = 2.0  # the longest freezing may take (CRIU allows 10 s)
 HELPER_START_S = 10.0          # a loaded machine can be slow to start a Python
@@ -124,12 +123,15 @@ class Freeze:
     """`with Freeze(pid, tree) as frozen:` the tree is held still inside the block.
 
     `release()` thaws early (and says for how long it was frozen); `handoff(pid)`
-    tells the holder that CRIU now holds the frozen cgroup.
+    tells the holder that CRIU now holds the frozen cgroup. `ready`: where a helper
+    started ahead may be waiting (else one is started now).
     """
 
     def __init__(self, pid: int, tree: bool, *, watchdog_s: float = DEFAULT_WATCHDOG_S,
-                 freeze_timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S):
+                 freeze_timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S,
+                 ready: ReadyHelper | None = None):
         self.pid, self.tree = pid, tree
+        self._ready = ready
         self.watchdog_s, self.freeze_timeout_s = watchdog_s, freeze_timeout_s
         self.cgroup = owned_cgroup(pid, tree_pids(pid, tree))
         self.frozen: Frozen | None = None
@@ -142,11 +144,10 @@ class Freeze:
         mode, target = ("cgroup", str(self.cgroup)) if self.cgroup else ("ptrace", str(self.pid))
         # A freeze found in place is not crwatch's to undo, even if the helper dies.
         ours = self.cgroup if self.cgroup and not cgroup_frozen(self.cgroup) else None
-        self._helper = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(HELPER), mode, target, "1" if self.tree else "0",
-             str(self.watchdog_s), str(self.freeze_timeout_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)  # Ctrl-C on crwatch's terminal must not reach it
+        arguments = (mode, target, "1" if self.tree else "0", str(self.watchdog_s),
+                     str(self.freeze_timeout_s))
+        self._helper = ((self._ready.take(arguments) if self._ready is not None else None)
+                        or start_helper(arguments))
         self._guard = HelperGuard(self._helper.pid, ours)
         report = self._report(self.freeze_timeout_s + HELPER_START_S)
         self._frozen_at = time.monotonic()

@@ -12,6 +12,9 @@ strand the tree:
 
 Usage: freeze_helper.py ptrace PID TREE(0|1) DEADLINE_S FREEZE_TIMEOUT_S
        freeze_helper.py cgroup DIR - DEADLINE_S FREEZE_TIMEOUT_S
+       freeze_helper.py    (started ahead: those five arguments come as the first line
+                            on stdin, each hex-encoded, ready_helper.py; it exits at end
+                            of file before them, holding nothing)
 
 Commands arrive one per line on stdin: `thaw`, or `handoff PID` (CRIU now holds
 the frozen cgroup: the deadline no longer applies, and if crwatch dies the cgroup
@@ -19,15 +22,17 @@ is thawed only once PID has exited, since CRIU freezes it again when it ends).
 Reports leave one JSON object per line on stdout: `frozen` once, then `thawed`.
 
 Its start is on the gate's critical path (freeze, recheck, verdict), so it imports
-what costs little: `_signal` rather than signal.py (whose enum import costs 3 ms),
-and it writes its few kinds of JSON values itself rather than importing json.
+what costs little: `_signal` rather than signal.py (whose enum import costs 3 ms), the
+C cores `posix` and `_ctypes` rather than os.py and ctypes (which import 3 ms more,
+for one libc call), and it writes its few kinds of JSON values itself rather than
+importing json. The gate starts it from its cached bytecode (standalone.py).
 """
 from __future__ import annotations
 
+import _ctypes
 import _signal
-import ctypes
 import errno
-import os
+import posix
 import select
 import sys
 import time
@@ -36,20 +41,39 @@ PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: wait for threads (clone children) too
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-_libc.ptrace.restype = ctypes.c_long
+
+# What ctypes.CDLL(None, use_errno=True).ptrace builds once its argtypes and restype are
+# set, made of _ctypes directly: a C long, a void pointer, libc, and the call.
+class _Long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class _Pointer(_ctypes._SimpleCData):
+    _type_ = "P"
+
+
+class _Libc:
+    _handle = _ctypes.dlopen(None, posix.RTLD_LOCAL | posix.RTLD_NOW)
+
+
+class _LibcCall(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Long
+    _argtypes_ = (_Long, _Long, _Pointer, _Pointer)
+
+
+_ptrace = _LibcCall(("ptrace", _Libc))
 
 
 def ptrace(request: int, tid: int, data: int = 0) -> None:
-    if _libc.ptrace(request, tid, None, ctypes.c_void_p(data)) == -1:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+    if _ptrace(request, tid, None, data) == -1:
+        code = _ctypes.get_errno()
+        raise OSError(code, posix.strerror(code))
 
 
 def _ids(path: str) -> list[int]:
     try:
-        return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+        return sorted(int(name) for name in posix.listdir(path) if name.isdigit())
     except OSError:
         return []
 
@@ -134,7 +158,7 @@ class PtraceHold:
             progressed = False
             for tid in list(self.pending):
                 try:
-                    waited, status = os.waitpid(tid, os.WNOHANG | WALL)
+                    waited, status = posix.waitpid(tid, posix.WNOHANG | WALL)
                 except ChildProcessError:
                     self.pending.discard(tid)  # exited meanwhile
                     continue
@@ -142,8 +166,8 @@ class PtraceHold:
                     continue
                 progressed = True
                 self.pending.discard(tid)
-                if os.WIFSTOPPED(status):
-                    event, signo = status >> 16, os.WSTOPSIG(status)
+                if posix.WIFSTOPPED(status):
+                    event, signo = status >> 16, posix.WSTOPSIG(status)
                     # A signal-delivery stop holds the signal: give it back at detach.
                     self.stopped[tid] = 0 if event == PTRACE_EVENT_STOP else signo
                     if event == PTRACE_EVENT_STOP and signo != _signal.SIGTRAP:
@@ -191,11 +215,11 @@ class CgroupHold:
         self.failure: str | None = None
 
     def _read(self, name: str) -> str:
-        with open(os.path.join(self.directory, name)) as control:
+        with open(f"{self.directory}/{name}") as control:
             return control.read()
 
     def _write_freeze(self, value: str) -> None:
-        with open(os.path.join(self.directory, "cgroup.freeze"), "w") as control:
+        with open(f"{self.directory}/cgroup.freeze", "w") as control:
             control.write(value)
 
     def freeze(self, deadline: float) -> None:
@@ -203,13 +227,13 @@ class CgroupHold:
         if not self.already_frozen:
             self._write_freeze("1")
         # cgroup.events changes raise POLLPRI on an open descriptor of it.
-        events = os.open(os.path.join(self.directory, "cgroup.events"), os.O_RDONLY)
+        events = posix.open(f"{self.directory}/cgroup.events", posix.O_RDONLY)
         try:
             poller = select.poll()
             poller.register(events, select.POLLPRI | select.POLLERR)
             while True:
-                os.lseek(events, 0, os.SEEK_SET)
-                if "frozen 1" in os.read(events, 4096).decode():
+                posix.lseek(events, 0, 0)  # SEEK_SET
+                if "frozen 1" in posix.read(events, 4096).decode():
                     self.frozen = True
                     return
                 left = deadline - time.monotonic()
@@ -219,7 +243,7 @@ class CgroupHold:
                     return
                 poller.poll(left * 1000)
         finally:
-            os.close(events)
+            posix.close(events)
 
     def thaw(self) -> None:
         if not self.already_frozen:
@@ -228,13 +252,22 @@ class CgroupHold:
     def report(self) -> dict:
         unfrozen = [{"tid": None, "why": self.failure}] if self.failure else []
         return {"method": self.method, "cgroup": self.directory, "pids": _ids_in(self.directory),
-                "tasks": sum(len(_lines(os.path.join(path, "cgroup.threads")))
+                "tasks": sum(len(_lines(f"{path}/cgroup.threads"))
                              for path in _subtree(self.directory)) if self.frozen else 0,
                 "already_frozen": self.already_frozen, "unfrozen": unfrozen}
 
 
 def _subtree(directory: str) -> list[str]:
-    return [path for path, _, _ in os.walk(directory)]
+    """The cgroup's directory and every one below it (what os.walk lists)."""
+    found = [directory]
+    try:
+        with posix.scandir(directory) as entries:
+            below = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return found
+    for path in below:
+        found += _subtree(path)
+    return found
 
 
 def _lines(path: str) -> list[str]:
@@ -247,7 +280,7 @@ def _lines(path: str) -> list[str]:
 
 def _ids_in(directory: str) -> list[int]:
     return sorted(int(pid) for path in _subtree(directory)
-                  for pid in _lines(os.path.join(path, "cgroup.procs")))
+                  for pid in _lines(f"{path}/cgroup.procs"))
 
 
 def json_text(value: object) -> str:
@@ -288,13 +321,13 @@ def _emit(report: dict) -> None:
 
 def _await_exit(pid: int) -> None:
     try:
-        handle = os.pidfd_open(pid)
+        handle = posix.pidfd_open(pid)
     except OSError:
         return  # already gone
     try:
         select.select([handle], [], [])
     finally:
-        os.close(handle)
+        posix.close(handle)
 
 
 def hold(mode: str, target: str, tree: bool, deadline_s: float, freeze_timeout_s: float) -> None:
@@ -331,10 +364,16 @@ def hold(mode: str, target: str, tree: bool, deadline_s: float, freeze_timeout_s
 
 
 def main(argv: list[str]) -> int:
-    mode, target, tree, deadline_s, freeze_timeout_s = argv
     # Terminal signals meant for crwatch must not end the holder before it thaws.
     for signo in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGPIPE):
         _signal.signal(signo, _signal.SIG_IGN)
+    if not argv:  # started ahead: what to freeze comes when a gate takes it
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0  # its owner ended first
+        argv = [bytes.fromhex(word.decode()).decode("utf-8", "surrogateescape")
+                for word in line.split()]
+    mode, target, tree, deadline_s, freeze_timeout_s = argv
     hold(mode, target, tree == "1", float(deadline_s), float(freeze_timeout_s))
     return 0
 

@@ -10,6 +10,13 @@ arguments CRIU was started with is answered `dump`; otherwise that CRIU is answe
 verdict's arguments, as it would have without this head start. (It is never killed:
 CRIU killed in its start-up leaves the children of its kernel probes stranded.)
 
+A `dump` answered before CRIU gets to pre-dump is also written to a file in the
+gate's scratch directory (0700, root's), which the script's shell wrapper reads
+first: CRIU then goes on at once, without starting the Python that waits for a
+later answer (5 ms on the dump's critical path). The wrapper reads that file once,
+and anything but a whole `dump` line there (none yet, a write half done) leaves
+the wait to dump_answer.py, which the gate answers through the FIFO as well.
+
 Its log goes to a scratch directory until the dump is answered, so a refused tree
 leaves nothing in the images directory; a directory made for the dump is removed
 again when the dump is not made.
@@ -19,12 +26,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from tracker.criu.runner import Criu, DumpResult, StartedDump
+from tracker.gate import standalone
 
 SCRIPT = Path(__file__).with_name("dump_answer.py")
 
@@ -44,6 +51,7 @@ class HeldDump:
         self._made = _make_directories(images_dir)
         self._scratch: Path | None = None
         self._answer: int | None = None
+        self._early_answer: int | None = None
         self._started: StartedDump | None = None
         self.answered = False
         try:
@@ -52,13 +60,11 @@ class HeldDump:
             os.mkfifo(fifo, 0o600)
             # Read-write: opening never waits for a reader, writing never finds none.
             self._answer = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+            early = self._scratch / "answered"
+            self._early_answer = os.open(early, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                         | os.O_CLOEXEC, 0o600)
             script = self._scratch / "pre-dump"
-            # CRIU runs it at every action (post-dump too, on the dump's critical path):
-            # the shell lets all but pre-dump pass without starting a Python.
-            script.write_text("#!/bin/sh\n"
-                              '[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
-                              f"exec {shlex.join([sys.executable, '-I', '-S', str(SCRIPT)])} "
-                              f"{shlex.join([str(fifo), str(os.getpid())])}\n")
+            script.write_text(action_script(fifo, early, os.getpid()))
             script.chmod(0o700)
             self._started = criu.start_dump(
                 pid, arguments, images_dir=images_dir, leave_running=leave_running,
@@ -76,7 +82,8 @@ class HeldDump:
             return
         if on_answer is not None:
             on_answer(self._started.pid)
-        self._tell(b"dump\n")
+        os.write(self._early_answer, b"dump\n")  # for a CRIU not at pre-dump yet
+        self._tell(b"dump\n")                    # for one waiting there already
         self.answered = True
 
     def dump(self, on_answer: Callable[[int], None] | None = None) -> DumpResult:
@@ -108,9 +115,10 @@ class HeldDump:
         os.write(self._answer, answer)
 
     def _clean_up(self, made: list[Path] | None) -> None:
-        if self._answer is not None:
-            os.close(self._answer)
-            self._answer = None
+        for descriptor in (self._answer, self._early_answer):
+            if descriptor is not None:
+                os.close(descriptor)
+        self._answer = self._early_answer = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         for directory in made or []:  # the deepest first; CRIU wrote nothing there
@@ -118,6 +126,18 @@ class HeldDump:
                 directory.rmdir()
             except OSError:
                 break  # something else came to live there meanwhile: keep it
+
+
+def action_script(fifo: Path, early: Path, gate_pid: int) -> str:
+    """The shell wrapper CRIU runs at each action: the answer file `early`, else
+    dump_answer.py's wait on `fifo` for the gate `gate_pid`."""
+    # CRIU runs it at every action (post-dump too, on the dump's critical path): the
+    # shell lets all but pre-dump pass without starting a Python.
+    await_answer = standalone.command(SCRIPT, str(fifo), str(gate_pid))
+    return ("#!/bin/sh\n"
+            '[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
+            f'read -r answer < {shlex.quote(str(early))} && [ "$answer" = dump ] && exit 0\n'
+            f"exec {shlex.join(await_answer)}\n")
 
 
 def _make_directories(directory: Path) -> list[Path]:

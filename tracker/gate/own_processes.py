@@ -5,7 +5,8 @@ frozen until the helper's watchdog, and a frozen helper could never thaw at all.
 gate refuses, before anything is frozen, pid 1 (init: its tree is every process, and a
 held init holds the host), the process running the gate, and any tree that contains a
 crwatch process: `crwatch serve`, another `crwatch gate`, the CRIU hook, a freezer
-helper. Those are known by their command line (`crwatch SUBCOMMAND`, `freeze_helper.py`)
+helper. Those are known by their command line (`crwatch SUBCOMMAND`, `freeze_helper.py`,
+which the gate runs by path or through standalone.py's loader)
 and only when they run as root, as crwatch's freezing ones must: another user cannot make
 a tree ungateable by naming a process of theirs "crwatch".
 """
@@ -49,10 +50,13 @@ def _role_in(argv: list[str]) -> str | None:
 
 
 def _after_interpreter(words: list[str]) -> list[str]:
-    """The script and its arguments, past the interpreter's own options (-I, -S, -u ...)."""
+    """The script and its arguments, past the interpreter's own options (-I, -S, -u ...).
+    With -c, the program the code's first argument names (standalone.py's loader)."""
     for index, word in enumerate(words):
         if not word.startswith("-"):
             return words[index:]
+        if word == "-c":
+            return words[index + 2:]
         if word == "-m" and index + 1 < len(words):
             module = words[index + 1]
             return (["crwatch", *words[index + 2:]] if module in ("api.cli", "api.cli.main")

@@ -10,6 +10,10 @@ A dump's CRIU starts with the freeze, not after the verdict: it runs its own
 start-up meanwhile and waits before it seizes anything (held_dump.py). The
 verdict still comes first: only a checkpointable tree is answered `dump`, and only
 when CRIU was started with exactly the verdict's arguments.
+
+The recheck does not name who outside the tree holds the other end of its pipes and
+sockets (as `crwatch check` without --holders): that takes a walk over every fd of the
+host, with the tree frozen, for info reasons no verdict depends on.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from tracker.environment import Environment, of
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S, THAWED_BY, Freeze, FreezeError, Frozen, tree_pids
 from tracker.gate.held_dump import HeldDump
 from tracker.gate.own_processes import refusal, role
+from tracker.gate.ready_helper import ReadyHelper
 from tracker.live import probe_found
 from tracker.live.probe_found import ProbeFound
 from tracker.profiles import Profile
@@ -84,8 +89,10 @@ class _Run:
 
 
 def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
-         reconcile: Reconcile | None = None, probe_finder: ProbeFinder | None = None) -> dict:
-    """Run the gate and return its document (schema crwatch.gate/1).
+         reconcile: Reconcile | None = None, probe_finder: ProbeFinder | None = None,
+         ready_helper: ReadyHelper | None = None) -> dict:
+    """Run the gate and return its document (schema crwatch.gate/1). `ready_helper`: a
+    freezer helper started ahead for it (and the next one started once it has ended).
 
     Raises ProcessGone when the pid does not exist, ThreadId for the id of a thread,
     GateError when a dump was asked for and cannot be made (or of the pid alone),
@@ -101,7 +108,8 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     # Judged in the environment of the CRIU that would dump (default: find_criu()'s).
     dumper = of(criu) if criu is not None else None
     started_ns = time.monotonic_ns()
-    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s)
+    freeze = Freeze(request.pid, request.tree, watchdog_s=request.watchdog_s,
+                    ready=ready_helper)
     held = _head_start(criu, request, freeze.cgroup)
     try:
         run = _frozen_recheck(request, freeze, judged_by, criu, held, probe_finder, dumper)
@@ -119,6 +127,8 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     finally:
         if held is not None:
             held.cancel()  # no dump was answered: that CRIU has touched nothing
+        if ready_helper is not None:
+            ready_helper.replenish()  # for the next gate, now that this one's dump is made
     criu_findings = []
     if run.dump is not None and not run.dump.ok:
         criu_findings = failure_findings(run.dump.log, request.pid, run.dump.log_path)
@@ -154,11 +164,12 @@ def _frozen_recheck(request: GateRequest, freeze: Freeze, judged_by: Profile, cr
         frozen = freeze.__enter__()
     except FreezeError as error:
         # Still audit (every reason at once), but never call it checkpointable.
-        result = audit(request.pid, tree=request.tree, environment=dumper)
+        result = audit(request.pid, tree=request.tree, environment=dumper, name_holders=False)
         result.findings.append(not_frozen(request.pid, None, str(error)))
         return _Run(result, None, _probe_found(probe_finder, result), freeze_error=str(error))
     try:
-        result = audit(request.pid, tree=request.tree, hold=frozen.hold, environment=dumper)
+        result = audit(request.pid, tree=request.tree, hold=frozen.hold, environment=dumper,
+                       name_holders=False)
         result.findings += [not_frozen(request.pid, item["tid"], item["why"])
                             for item in frozen.unfrozen]
         if request.hold_s:
