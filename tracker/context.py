@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker.environment import Environment, current
 from tracker.holders import HostHolders
@@ -22,8 +23,7 @@ from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 NOT_LOOKED_UP = "its holders were not looked up"
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(NamedTuple):
     """A gate's ptrace hold on the tree. Its tracer is no tracer CRIU would meet, and
     its stop ("t") is no state of the task's own: the states, and the signals of the
     group stops, from before the hold are the ones to judge."""

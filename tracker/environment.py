@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker.criu.facts_cache import CriuFacts, FactsCache
 from tracker.criu.runner import Criu, find_criu
@@ -73,8 +74,7 @@ LOADED = "loaded files"     # the CRIU run that names the files it loads, beside
 _LOADED_FILE = re.compile(r"(?:calling init|initialize program): (\S+)")
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """A capability set as /proc/PID/status prints it (CapEff, CapPrm, CapBnd: hex)."""
 
     mask: int
@@ -101,8 +101,7 @@ class Capabilities:
         return f"{self.mask:016x}"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """The dumper's ids and capabilities, from its /proc/PID/status."""
 
     uid: int        # real uid: the one prlimit64() compares with the target's

@@ -20,9 +20,9 @@ import errno
 import os
 import stat
 import threading
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import _crwatch_fdwalk as compiled_walk  # tracker/fdwalk.c, built by scripts/setup.sh
@@ -83,8 +83,7 @@ def link_too_long(target: str) -> bool:
     return len(target) > LONGEST_LINK or target == NAME_TOO_LONG
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/PID/stat that the audit uses."""
 
     pid: int
@@ -292,8 +291,7 @@ def mnt_id_via_fdinfo(path: str) -> int:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """One line of /proc/PID/maps."""
 
     start: int

@@ -8,7 +8,7 @@ May import: the standard library only (everything in tracker builds on it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 BLOCKER, OPTION, INFO = "blocker", "option", "info"
 SEVERITIES = (BLOCKER, OPTION, INFO)
@@ -16,8 +16,7 @@ SEVERITIES = (BLOCKER, OPTION, INFO)
 Version = tuple[int, int, int]
 
 
-@dataclass(frozen=True)
-class VersionNote:
+class VersionNote(NamedTuple):
     """CRIU releases before `fixed_in` judge this rule differently."""
 
     fixed_in: Version
@@ -44,8 +43,7 @@ class Rule:
         assert (self.criu == OPTION) == (self.option is not None), self.code
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One thing an audit saw, named by a rule code, about one exact resource."""
 
     code: str

@@ -36,7 +36,6 @@ import os
 import re
 import select
 from collections import defaultdict
-from dataclasses import replace
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterable, Iterator
 
@@ -219,8 +218,9 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     if len(namespaces) < 2:
         return  # CRIU's own namespace alone is neither validated nor dumped
     for finding in _validate_mounts(ctx, proc, namespaces, dumped=False):
-        yield replace(finding, message=f"{finding.message}; CRIU validates the host's mounts too "
-                                       f"when a process of the tree has a mount namespace of its own")
+        yield finding._replace(message=f"{finding.message}; CRIU validates the host's mounts "
+                                         "too when a process of the tree has a mount namespace "
+                                         "of its own")
 
 
 def _validate_mounts(ctx: AuditContext, proc: Proc, namespaces: list[DumpedNamespace], *,

@@ -20,9 +20,8 @@ import io
 import os
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
@@ -60,8 +59,7 @@ BUILD_ID_MIN_SIZE = 5   # SELFMAG + 1: a smaller file is not reopened for its bu
 LOCK_NAMES = {"POSIX": "POSIX", "OFDLCK": "OFD", "FLOCK": "flock", "LEASE": "lease"}
 
 
-@dataclass(frozen=True)
-class FileLock:
+class FileLock(NamedTuple):
     """One line of /proc/locks, or of an fd's fdinfo after `lock:`."""
 
     text: str

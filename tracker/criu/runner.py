@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker.criu.facts_cache import FactsCache
 from tracker.criu.log import NOISE
@@ -41,8 +42,7 @@ class DumpResult:
     log_path: str | None = None     # kept when the images went to a directory of the caller's
 
 
-@dataclass(frozen=True)
-class Criu:
+class Criu(NamedTuple):
     path: str
     version: tuple[int, int, int]
 
