@@ -2,6 +2,8 @@
 
 Each command's module is imported only when that command runs, by name from
 COMMANDS: `crwatch check` starts without loading FastAPI, uvicorn or the probes.
+A run builds the arguments of its own command alone; the others are listed by name
+and summary, which is all `crwatch --help` shows of them.
 """
 from __future__ import annotations
 
@@ -22,17 +24,24 @@ COMMANDS = {"check": "api.cli.check", "rules": "api.cli.rules", "env": "api.cli.
             "run": "api.cli.run", "serve": "api.cli.serve"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command`, the arguments of that one alone."""
     parser = argparse.ArgumentParser(
         prog="crwatch", description="Can this process be checkpointed right now, and if not, why?")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_check, _rules, _env, _watch, _gate, _criu_hook, _run, _serve):
-        add_command(commands)
+    for name, (summary, add_arguments) in ARGUMENTS.items():
+        subparser = commands.add_parser(name, help=summary)
+        if add_arguments is not None and command in (None, name):
+            add_arguments(subparser)
     return parser
 
 
-def _check(commands) -> None:
-    check = commands.add_parser("check", help="audit processes and print their verdicts")
+def _command(argv: list[str]) -> str | None:
+    """The command that argv names: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _check(check: argparse.ArgumentParser) -> None:
     check.add_argument("pids", nargs="+", type=arguments.pid, metavar="PID")
     arguments.add_scope_arguments(
         check, "judge each pid's own findings, without its descendants (a checkpoint takes "
@@ -49,15 +58,12 @@ def _check(commands) -> None:
     arguments.add_profile_arguments(check)
 
 
-def _rules(commands) -> None:
-    rules = commands.add_parser("rules", help="list the rule catalogue")
+def _rules(rules: argparse.ArgumentParser) -> None:
     rules.add_argument("--json", action="store_true")
     arguments.add_profile_arguments(rules)
 
 
-def _env(commands) -> None:
-    env = commands.add_parser("env", help="show the dumper's environment verdicts depend on "
-                                          "(capabilities, network lock, CRIU features, kernel)")
+def _env(env: argparse.ArgumentParser) -> None:
     env.add_argument("--json", action="store_true",
                      help="print the environment document (crwatch.environment/1)")
     env.add_argument("--refresh", action="store_true",
@@ -65,17 +71,13 @@ def _env(commands) -> None:
                           f"run kept (the same as {REFRESH_VARIABLE}=1 for any command)")
 
 
-def _watch(commands) -> None:
-    watch = commands.add_parser("watch", help="stream nocr/cr transitions as NDJSON (needs root)")
+def _watch(watch: argparse.ArgumentParser) -> None:
     arguments.add_profile_arguments(watch)
     # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
     watch.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
 
 
-def _gate(commands) -> None:
-    gate = commands.add_parser(
-        "gate", help="freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
-                     "(needs root)")
+def _gate(gate: argparse.ArgumentParser) -> None:
     gate.add_argument("pid", type=arguments.pid, metavar="PID")
     arguments.add_scope_arguments(
         gate, "recheck the pid alone, without its descendants (not with --dump: CRIU dumps "
@@ -107,18 +109,9 @@ def _gate(commands) -> None:
     arguments.add_profile_arguments(gate)
 
 
-def _criu_hook(commands) -> None:
-    commands.add_parser(
-        "criu-hook", help="CRIU's --action-script: recheck at pre-dump, abort the dump if the "
-                          "tree is not checkpointable (installed as crwatch-criu-hook)")
-
-
-def _run(commands) -> None:
-    run = commands.add_parser(
-        "run", help="run a command and judge its whole process tree, for CI (root, or a "
-                    "running service)",
-        description="Exit status: the command's own when it fails; else 1 when a process of "
-                    "its tree was non-checkpointable beyond the allowed options; else 0.")
+def _run(run: argparse.ArgumentParser) -> None:
+    run.description = ("Exit status: the command's own when it fails; else 1 when a process of "
+                       "its tree was non-checkpointable beyond the allowed options; else 0.")
     run.add_argument("--allow", action="append", default=[], metavar="OPTION",
                      help="a CRIU option the checkpoint may use (repeatable)")
     run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a test case "
@@ -143,8 +136,7 @@ def _run(commands) -> None:
     arguments.add_profile_arguments(run)
 
 
-def _serve(commands) -> None:
-    serve = commands.add_parser("serve", help="run the service: probes, REST API (needs root)")
+def _serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"address to listen on (default {DEFAULT_HOST}; others need --token)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
@@ -168,8 +160,27 @@ def _serve(commands) -> None:
     arguments.add_profile_arguments(serve)
 
 
+# Each command: its summary in `crwatch --help`, and what adds its arguments (criu-hook has
+# none: CRIU passes the action and the pid in the environment).
+ARGUMENTS = {
+    "check": ("audit processes and print their verdicts", _check),
+    "rules": ("list the rule catalogue", _rules),
+    "env": ("show the dumper's environment verdicts depend on (capabilities, network lock, "
+            "CRIU features, kernel)", _env),
+    "watch": ("stream nocr/cr transitions as NDJSON (needs root)", _watch),
+    "gate": ("freeze the tree, recheck it, judge, thaw; optionally dump it with CRIU "
+             "(needs root)", _gate),
+    "criu-hook": ("CRIU's --action-script: recheck at pre-dump, abort the dump if the tree is "
+                  "not checkpointable (installed as crwatch-criu-hook)", None),
+    "run": ("run a command and judge its whole process tree, for CI (root, or a running "
+            "service)", _run),
+    "serve": ("run the service: probes, REST API (needs root)", _serve),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return importlib.import_module(COMMANDS[args.command]).run(args)
     except KeyboardInterrupt:
