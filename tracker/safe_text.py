@@ -29,12 +29,14 @@ import json
 import re
 from typing import Any
 
+# Patterns compiled (and cached by `re`) when a string first needs them: most output is
+# plain ASCII, and compiling them at import costs every command's start.
 # Characters a terminal may obey or XML 1.0 forbids (the surrogates are bytes that are not UTF-8).
-_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                     "\u2066-\u2069\ud800-\udfff\ufffe\uffff]")
+_HIDDEN = ("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+           "\u2066-\u2069\ud800-\udfff\ufffe\uffff]")
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_NON_ASCII = re.compile("[^\x00-\x7e]")  # and DEL, which json.dumps escapes too
+_SURROGATE = "[\ud800-\udfff]"
+_NON_ASCII = "[^\x00-\x7e]"  # and DEL, which json.dumps escapes too
 
 
 def _escaped(char: str) -> str:
@@ -53,7 +55,7 @@ def visible(text: str) -> str:
     """`text` with every character a terminal may obey, or XML forbids, shown as an escape."""
     if text.isascii() and text.isprintable():
         return text  # the common case, without a regex pass
-    return _HIDDEN.sub(lambda found: _escaped(found.group()), text)
+    return re.sub(_HIDDEN, lambda found: _escaped(found.group()), text)
 
 
 def visible_all(value: Any) -> Any:
@@ -71,7 +73,7 @@ def unicode_text(text: str) -> str:
     """`text` as valid Unicode: a byte that is not UTF-8 becomes the four characters \\xNN."""
     if text.isascii():
         return text
-    return _SURROGATE.sub(lambda found: _escaped(found.group()), text)
+    return re.sub(_SURROGATE, lambda found: _escaped(found.group()), text)
 
 
 def _json_escape(found: re.Match) -> str:
@@ -97,7 +99,7 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
         text = _indented(value, indent)
     if text.isascii() and "\x7f" not in text:
         return text
-    return _NON_ASCII.sub(_json_escape, text)
+    return re.sub(_NON_ASCII, _json_escape, text)
 
 
 # ---------------------------------------------------------------- indented JSON
@@ -165,7 +167,7 @@ def json_bytes(value: Any, *, indent: int | None = None) -> bytes:
 
 def to_column(text: str) -> str | bytes:
     """A string as SQLite keeps it without loss: text when it is UTF-8, else its bytes."""
-    if text.isascii() or not _SURROGATE.search(text):
+    if text.isascii() or not re.search(_SURROGATE, text):
         return text
     try:
         return text.encode("utf-8", "surrogateescape")
