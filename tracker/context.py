@@ -9,7 +9,6 @@ name the holders (`name_holders`: a one-off check) never walks.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -33,21 +32,25 @@ class Hold(NamedTuple):
     stop_signals: dict[int, int]
 
 
-@dataclass
 class AuditContext:
-    root_pid: int
-    tree_pids: set[int]
-    proc_root: Path = DEFAULT_PROC_ROOT
-    # Every fd of every process in the dumped tree, filled before any check runs,
-    # so a check can tell whether a peer is inside the tree.
-    tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
-    _tables: dict = field(default_factory=dict)
-    hold: Hold | None = None
-    dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
-    shared_holders: HostHolders | None = None  # a pass's index of holders, shared by its audits
-    # False: the holders outside the tree are not looked up (holders_outside answers None).
-    # They name whom a pipe or socket reaches in info messages, and no verdict depends on them.
-    name_holders: bool = True
+    """One audit's tree, the host-wide tables its checks read once, and how it judges."""
+
+    def __init__(self, root_pid: int, tree_pids: set[int], proc_root: Path = DEFAULT_PROC_ROOT,
+                 *, tree_fds: dict[int, list[OpenFd]] | None = None, hold: Hold | None = None,
+                 dumper_environment: Environment | None = None,
+                 shared_holders: HostHolders | None = None, name_holders: bool = True):
+        self.root_pid, self.tree_pids, self.proc_root = root_pid, tree_pids, proc_root
+        # Every fd of every process in the dumped tree, filled before any check runs,
+        # so a check can tell whether a peer is inside the tree.
+        self.tree_fds: dict[int, list[OpenFd]] = {} if tree_fds is None else tree_fds
+        self._tables: dict = {}
+        self.hold = hold
+        self.dumper_environment = dumper_environment  # default: the CRIU find_criu() finds
+        self.shared_holders = shared_holders  # a pass's index of holders, shared by its audits
+        # False: the holders outside the tree are not looked up (holders_outside answers
+        # None). They name whom a pipe or socket reaches in info messages, and no verdict
+        # depends on them.
+        self.name_holders = name_holders
 
     @property
     def environment(self) -> Environment:

@@ -39,9 +39,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 from tracker.criu.facts_cache import CriuFacts, FactsCache
@@ -125,8 +125,7 @@ class Credentials(NamedTuple):
             raise ValueError(f"unreadable status (Uid/Gid/CapEff/CapPrm/CapBnd): {error}") from None
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     """The facts one CRIU run would meet, and what they mean for it."""
 
     credentials: Credentials
@@ -135,8 +134,8 @@ class Environment:
     tools: dict[str, str | None]                # iptables tool -> where PATH finds it
     criu_path: str | None = None
     criu_version: str | None = None
-    features: dict[str, bool] = field(default_factory=dict)
-    libraries: dict[str, bool] = field(default_factory=dict)
+    features: Mapping[str, bool] = MappingProxyType({})     # none known: no CRIU asked
+    libraries: Mapping[str, bool] = MappingProxyType({})
     ipv6: bool = True          # kerndat.c get_ipv6: /proc/sys/net/ipv6 exists
     seconds: float = 0.0
     # "cache" (kept from an earlier run) or "criu" (asked now): shown by `crwatch env`, not
