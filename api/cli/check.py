@@ -15,7 +15,6 @@ from api.cli import arguments, exit_codes
 from api.render import verdict_text
 from tracker import environment, verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
-from tracker.checks import locks
 from tracker.checks.general import exited
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
@@ -40,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    # The kernel's wait for /proc/locks (about 10 ms) is the longest part of a small
-    # process's audit: begun first, it overlaps everything up to the locks check.
-    locks.read_ahead()
     refusals = [refusal for pid in args.pids if (refusal := _refusal(pid))]
     if refusals:
         for refusal in refusals:
