@@ -193,7 +193,8 @@ def _first_fds(ctx: AuditContext) -> list[tuple[int, Proc, TtyFd]]:
     def collect() -> list[tuple[int, Proc, TtyFd]]:
         first, seen = [], set()
         for pid in tree.dump_order(ctx):
-            for tty in tty_fds(sorted(ctx.tree_fds.get(pid, []), key=lambda open_fd: open_fd.fd)):
+            # the few ttys put in fd order, not the whole table
+            for tty in sorted(tty_fds(ctx.tree_fds.get(pid, [])), key=lambda tty: tty.open_fd.fd):
                 if tty.info_id not in seen:
                     seen.add(tty.info_id)
                     first.append((pid, ctx.proc(pid), tty))
