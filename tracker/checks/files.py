@@ -780,9 +780,10 @@ def _check_pipe_data(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator
 
 
 def _pipe_key(open_fd: OpenFd) -> PipeKey | None:
-    if open_fd.kind == "pipe":
+    kind = open_fd.kind
+    if kind == "pipe":
         return ("pipe", open_fd.inode)
-    return ("fifo", open_fd.stat.st_ino) if open_fd.kind == "fifo" else None
+    return ("fifo", open_fd.stat.st_ino) if kind == "fifo" else None
 
 
 def _pipe_data_readers(ctx: AuditContext) -> dict[PipeKey, tuple[int, int]]:
