@@ -52,6 +52,9 @@ def run(args) -> int:
     # The command ends once it has printed: its objects are freed by their counts, and
     # the collector's passes, which would walk every fd's objects again and again (89
     # passes in a 12,500-fd check), would free only the few cycles exceptions leave.
+    # What is loaded by now is frozen too: the interpreter's last pass at exit, which runs
+    # even with the collector off, then walks only what the audits made.
+    gc.freeze()
     gc.disable()
     environment.detect_ahead()     # CRIU's runs overlap the audits; the verdicts await them
     tree = not args.only
