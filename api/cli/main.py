@@ -9,6 +9,7 @@ its own command alone, and `crwatch --help` lists the others by their summary.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if named == ("check",):
         # Its audits read /proc/locks, whose first reader in a while waits about 10 ms in
         # the kernel, longer than a small process's audit: begun now, the wait overlaps
-        # the imports of the checks.
+        # the imports of the checks. Nor does a check need the cycle collector, which
+        # its imports alone would set off some 40 times (check.run says why).
         proc_locks.read_ahead()
+        gc.disable()
     args = build_parser(named).parse_args(argv)
     try:
         return importlib.import_module(COMMANDS[args.command]).run(args)
