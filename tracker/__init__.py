@@ -6,6 +6,7 @@ Layers, bottom up; a module imports its own layer and the layers below, never ab
 (tests/unit/test_layout.py holds it to this, and to no import loops):
 
 - `procfs` (reading /proc: the one place OS errors become ProcessGone / AccessDenied),
+  `proc_locks` (/proc/locks, which a command may begin reading ahead of its imports),
   `rules` (the Rule and Finding types), `safe_text` (text safe to print), `clock`
   (times for people and for ordering events), `supervised` (background work that
   survives its failures), and `criu.options` (CRIU's option syntax);

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker import checks
 from tracker.checks import fd_owners, general
@@ -20,25 +20,44 @@ from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
 
 
-@dataclass(frozen=True)
-class ProcessIdentity:
+class ProcessIdentity(NamedTuple):
+    """A process as (pid, start time): its comm and parent go with it, and are no part of
+    which process it is (a parent may exit, a comm change)."""
+
     pid: int
     start_time: float
     comm: str
-    ppid: int = field(default=0, compare=False)  # when it was read (a parent may exit)
+    ppid: int = 0   # when it was read
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProcessIdentity):
+            return NotImplemented
+        return (self.pid, self.start_time, self.comm) == (other.pid, other.start_time, other.comm)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.start_time, self.comm))
 
 
-@dataclass
 class Audit:
     """Everything one audit found, before any profile judges it."""
 
-    root: ProcessIdentity
-    tree: bool
-    processes: list[ProcessIdentity] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    # Descendants that exited (or whose pid was reused) while the tree was read: no
-    # part of it any more, so no checkpoint takes them and their findings are dropped.
-    departed: list[int] = field(default_factory=list)
+    def __init__(self, root: ProcessIdentity, tree: bool,
+                 processes: list[ProcessIdentity] | None = None,
+                 findings: list[Finding] | None = None, departed: list[int] | None = None):
+        self.root, self.tree = root, tree
+        self.processes: list[ProcessIdentity] = [] if processes is None else processes
+        self.findings: list[Finding] = [] if findings is None else findings
+        # Descendants that exited (or whose pid was reused) while the tree was read: no
+        # part of it any more, so no checkpoint takes them and their findings are dropped.
+        self.departed: list[int] = [] if departed is None else departed
+
+    def __repr__(self) -> str:
+        return (f"Audit(root={self.root!r}, tree={self.tree!r}, processes={self.processes!r}, "
+                f"findings={self.findings!r}, departed={self.departed!r})")
 
     def exited(self, pid: int | None = None) -> bool:
         """Did `pid` (by default the root) exit, or its pid get reused, while it was read?

@@ -9,9 +9,9 @@ name the holders (`name_holders`: a one-off check) never walks.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker.environment import Environment, current
 from tracker.holders import HostHolders
@@ -22,8 +22,7 @@ from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc
 NOT_LOOKED_UP = "its holders were not looked up"
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(NamedTuple):
     """A gate's ptrace hold on the tree. Its tracer is no tracer CRIU would meet, and
     its stop ("t") is no state of the task's own: the states, and the signals of the
     group stops, from before the hold are the ones to judge."""
@@ -33,21 +32,25 @@ class Hold:
     stop_signals: dict[int, int]
 
 
-@dataclass
 class AuditContext:
-    root_pid: int
-    tree_pids: set[int]
-    proc_root: Path = DEFAULT_PROC_ROOT
-    # Every fd of every process in the dumped tree, filled before any check runs,
-    # so a check can tell whether a peer is inside the tree.
-    tree_fds: dict[int, list[OpenFd]] = field(default_factory=dict)
-    _tables: dict = field(default_factory=dict)
-    hold: Hold | None = None
-    dumper_environment: Environment | None = None  # default: the CRIU find_criu() finds
-    shared_holders: HostHolders | None = None  # a pass's index of holders, shared by its audits
-    # False: the holders outside the tree are not looked up (holders_outside answers None).
-    # They name whom a pipe or socket reaches in info messages, and no verdict depends on them.
-    name_holders: bool = True
+    """One audit's tree, the host-wide tables its checks read once, and how it judges."""
+
+    def __init__(self, root_pid: int, tree_pids: set[int], proc_root: Path = DEFAULT_PROC_ROOT,
+                 *, tree_fds: dict[int, list[OpenFd]] | None = None, hold: Hold | None = None,
+                 dumper_environment: Environment | None = None,
+                 shared_holders: HostHolders | None = None, name_holders: bool = True):
+        self.root_pid, self.tree_pids, self.proc_root = root_pid, tree_pids, proc_root
+        # Every fd of every process in the dumped tree, filled before any check runs,
+        # so a check can tell whether a peer is inside the tree.
+        self.tree_fds: dict[int, list[OpenFd]] = {} if tree_fds is None else tree_fds
+        self._tables: dict = {}
+        self.hold = hold
+        self.dumper_environment = dumper_environment  # default: the CRIU find_criu() finds
+        self.shared_holders = shared_holders  # a pass's index of holders, shared by its audits
+        # False: the holders outside the tree are not looked up (holders_outside answers
+        # None). They name whom a pipe or socket reaches in info messages, and no verdict
+        # depends on them.
+        self.name_holders = name_holders
 
     @property
     def environment(self) -> Environment:

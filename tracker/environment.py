@@ -39,9 +39,10 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 from tracker.criu.facts_cache import CriuFacts, FactsCache
 from tracker.criu.runner import Criu, find_criu
@@ -73,8 +74,7 @@ LOADED = "loaded files"     # the CRIU run that names the files it loads, beside
 _LOADED_FILE = re.compile(r"(?:calling init|initialize program): (\S+)")
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """A capability set as /proc/PID/status prints it (CapEff, CapPrm, CapBnd: hex)."""
 
     mask: int
@@ -101,8 +101,7 @@ class Capabilities:
         return f"{self.mask:016x}"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """The dumper's ids and capabilities, from its /proc/PID/status."""
 
     uid: int        # real uid: the one prlimit64() compares with the target's
@@ -126,8 +125,7 @@ class Credentials:
             raise ValueError(f"unreadable status (Uid/Gid/CapEff/CapPrm/CapBnd): {error}") from None
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     """The facts one CRIU run would meet, and what they mean for it."""
 
     credentials: Credentials
@@ -136,8 +134,8 @@ class Environment:
     tools: dict[str, str | None]                # iptables tool -> where PATH finds it
     criu_path: str | None = None
     criu_version: str | None = None
-    features: dict[str, bool] = field(default_factory=dict)
-    libraries: dict[str, bool] = field(default_factory=dict)
+    features: Mapping[str, bool] = MappingProxyType({})     # none known: no CRIU asked
+    libraries: Mapping[str, bool] = MappingProxyType({})
     ipv6: bool = True          # kerndat.c get_ipv6: /proc/sys/net/ipv6 exists
     seconds: float = 0.0
     # "cache" (kept from an earlier run) or "criu" (asked now): shown by `crwatch env`, not

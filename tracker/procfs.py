@@ -20,9 +20,9 @@ import errno
 import os
 import stat
 import threading
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import _crwatch_fdwalk as compiled_walk  # tracker/fdwalk.c, built by scripts/setup.sh
@@ -83,8 +83,7 @@ def link_too_long(target: str) -> bool:
     return len(target) > LONGEST_LINK or target == NAME_TOO_LONG
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/PID/stat that the audit uses."""
 
     pid: int
@@ -143,14 +142,14 @@ class OpenFd:
     """
 
     __slots__ = ("process", "fd", "target", "_kind", "_stat", "_fdinfo", "_fdinfo_lines",
-                 "_fdinfo_text", "_mnt_id")
+                 "_fdinfo_text", "_mnt_id", "_inode", "_flags")
 
     def __init__(self, process: "Proc", fd: int, target: str, *,
                  known_stat: os.stat_result | None = None, known_fdinfo: dict[str, str] | None = None,
                  known_fdinfo_text: str | None = None):
         self.process, self.fd, self.target = process, fd, target
         self._stat, self._fdinfo, self._fdinfo_text = known_stat, known_fdinfo, known_fdinfo_text
-        self._kind = self._fdinfo_lines = self._mnt_id = None
+        self._kind = self._fdinfo_lines = self._mnt_id = self._inode = self._flags = None
 
     def __repr__(self) -> str:
         return f"OpenFd({self.process.pid}, {self.fd}, {self.target!r})"
@@ -176,9 +175,13 @@ class OpenFd:
     @property
     def inode(self) -> int:
         """The inode number, from the link text where it carries one (no syscall)."""
-        if self.target.endswith("]") and ":[" in self.target:
-            return int(self.target[self.target.index(":[") + 2:-1])
-        return self.stat.st_ino
+        if self._inode is None:
+            target = self.target
+            if target.endswith("]") and ":[" in target:
+                self._inode = int(target[target.index(":[") + 2:-1])
+            else:
+                self._inode = self.stat.st_ino
+        return self._inode
 
     @property
     def anon_name(self) -> str:
@@ -212,7 +215,9 @@ class OpenFd:
 
     @property
     def flags(self) -> int:
-        return int(self.fdinfo.get("flags", "0"), 8)
+        if self._flags is None:
+            self._flags = int(self.fdinfo.get("flags", "0"), 8)
+        return self._flags
 
     @property
     def mnt_id(self) -> int:
@@ -292,8 +297,7 @@ def mnt_id_via_fdinfo(path: str) -> int:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """One line of /proc/PID/maps."""
 
     start: int

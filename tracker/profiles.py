@@ -6,7 +6,7 @@ kernel checkpoint/restart work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tracker.criu.runner import find_criu
 from tracker.rules import BLOCKER, Rule, Version
@@ -15,8 +15,7 @@ NEWEST_KNOWN_CRIU: Version = (4, 2, 1)
 PROFILE_NAMES = ("criu", "strict")
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     name: str
     criu_version: Version
 

@@ -7,8 +7,7 @@ May import: the standard library only (everything in tracker builds on it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 BLOCKER, OPTION, INFO = "blocker", "option", "info"
 SEVERITIES = (BLOCKER, OPTION, INFO)
@@ -16,8 +15,7 @@ SEVERITIES = (BLOCKER, OPTION, INFO)
 Version = tuple[int, int, int]
 
 
-@dataclass(frozen=True)
-class VersionNote:
+class VersionNote(NamedTuple):
     """CRIU releases before `fixed_in` judge this rule differently."""
 
     fixed_in: Version
@@ -25,8 +23,7 @@ class VersionNote:
     why: str
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     code: str
     title: str
     criu: str                      # severity under the `criu` profile
@@ -37,15 +34,31 @@ class Rule:
     criu_message: str = ""         # what CRIU prints when it refuses this state
     older_criu: tuple[VersionNote, ...] = ()
     makes_unknown: bool = False    # the process could not be judged: the verdict is `unknown`
-    family: str = field(default="", compare=False)  # its module, in the catalogue's copy
+    family: str = ""               # its module, in the catalogue's copy: no part of the rule
 
-    def __post_init__(self):
-        assert self.criu in SEVERITIES, self.code
-        assert (self.criu == OPTION) == (self.option is not None), self.code
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rule):
+            return NotImplemented
+        return self[:-1] == other[:-1]
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(self[:-1])
+
+    def problems(self) -> list[str]:
+        """What makes this rule malformed (the catalogue refuses such a rule)."""
+        problems = []
+        if self.criu not in SEVERITIES:
+            problems.append(f"unknown severity {self.criu!r}")
+        if (self.criu == OPTION) != (self.option is not None):
+            problems.append("an option rule names its option, and only an option rule does")
+        return problems
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One thing an audit saw, named by a rule code, about one exact resource."""
 
     code: str

@@ -1,7 +1,7 @@
 """From findings to the verdict document (schema crwatch.verdict/1)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
 from typing import Iterable
 
 from tracker.audit import Audit
@@ -16,7 +16,8 @@ VERDICT_ORDER = {BLOCKER: 0, OPTION: 1, INFO: 2}
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now, to the second, as ISO 8601 in UTC: 2026-12-07T23:28:05Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def reason(finding: Finding, profile: Profile) -> dict:

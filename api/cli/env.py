@@ -1,6 +1,7 @@
 """`crwatch env [--json]`: the dumper's environment, the facts verdicts depend on."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -15,6 +16,14 @@ LOCK_NEEDS = {"iptables": "no option needed", "nftables": "needs --network-lock 
 
 FACTS_FROM = {"cache": "  (features kept from an earlier run: --refresh asks CRIU again)",
               "criu": "  (features asked of CRIU now)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print the environment document (crwatch.environment/1)")
+    parser.add_argument("--refresh", action="store_true",
+                        help=f"ask CRIU again for its features rather than believe what an earlier "
+                             f"run kept (the same as {REFRESH_VARIABLE}=1 for any command)")
 
 
 def run(args) -> int:

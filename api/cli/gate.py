@@ -6,6 +6,7 @@ it in its /metrics); `--local` runs it in this process, without that comparison.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -13,12 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from api.cli import exit_codes
-from api.cli.arguments import judged_by
+from api.cli import arguments, exit_codes
 from api.render import gate_text
-from api.service.settings import service_url
+from api.service.settings import DEFAULT_HOST, DEFAULT_PORT, service_url
 from tracker.audit import ThreadId, identify
 from tracker.criu.runner import criu_at
+from tracker.gate.freeze import DEFAULT_WATCHDOG_S
 from tracker.gate.recheck import GateError, GateRequest, gate, refuse_crwatch
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
@@ -31,8 +32,40 @@ class ServiceUnreachable(Exception):
     pass
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=arguments.pid, metavar="PID")
+    arguments.add_scope_arguments(
+        parser, "recheck the pid alone, without its descendants (not with --dump: CRIU dumps "
+                "the whole tree)")
+    parser.add_argument("--allow", action="append", default=[], metavar="OPTION",
+                        help="a CRIU option the dump may use (repeatable)")
+    parser.add_argument("--dump", metavar="DIR",
+                        help="when the gate passes, dump the tree into DIR with the real CRIU, "
+                             "with exactly the options the verdict requires")
+    parser.add_argument("--no-leave-running", dest="leave_running", action="store_false",
+                        help="let CRIU end the tree after the dump, as plain `criu dump` does "
+                             "(default: --leave-running)")
+    parser.add_argument("--watchdog", type=arguments.seconds, default=DEFAULT_WATCHDOG_S,
+                        metavar="SECONDS",
+                        help=f"the longest the tree may stay frozen for the recheck "
+                             f"(default {DEFAULT_WATCHDOG_S:g})")
+    parser.add_argument("--json", action="store_true",
+                        help="print the gate document (crwatch.gate/1)")
+    parser.add_argument("--local", action="store_true",
+                        help="run the gate here even if a crwatch service answers (no drift report)")
+    parser.add_argument("--service", metavar="URL",
+                        help="the service to run the gate (default: $CRWATCH_URL, else "
+                             f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
+    parser.add_argument("--criu", metavar="PATH", help="the CRIU to dump with, when the gate "
+                        "runs here (default: "
+                        "$CRWATCH_CRIU, else the one scripts/setup.sh provides, else criu on PATH)")
+    # Stays frozen this long after the recheck: exercises the watchdog and crash tests.
+    parser.add_argument("--hold", type=arguments.seconds, default=0.0, help=argparse.SUPPRESS)
+    arguments.add_profile_arguments(parser)
+
+
 def run(args) -> int:
-    chosen = judged_by(args)
+    chosen = arguments.judged_by(args)
     request = GateRequest(
         pid=args.pid, tree=not args.only, allow=tuple(args.allow),
         dump_dir=Path(args.dump).absolute() if args.dump else None,

@@ -7,6 +7,7 @@ CMD's), writes `--json` and `--junit`, and turns the ended run into the exit sta
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -14,13 +15,40 @@ from pathlib import Path
 
 from api.ci.report import junit, text
 from api.ci.run import CommandNotFound, RunError, RunRequest, run_and_follow
-from api.cli import exit_codes
-from api.cli.arguments import judged_by
+from api.cli import arguments, exit_codes
+from api.service.settings import DEFAULT_HOST, DEFAULT_PORT
 from tracker.safe_text import json_text
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Exit status: the command's own when it fails; else 1 when a process of "
+                          "its tree was non-checkpointable beyond the allowed options; else 0.")
+    parser.add_argument("--allow", action="append", default=[], metavar="OPTION",
+                        help="a CRIU option the checkpoint may use (repeatable)")
+    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a test case "
+                                                       "per process)")
+    parser.add_argument("--json", metavar="FILE", help="write the report (crwatch.run/1)")
+    parser.add_argument("--at-end", action="store_true",
+                        help="judge only what still runs when the command ends, not transient states")
+    parser.add_argument("--at-signal", type=arguments.signal_number, metavar="SIGNAL",
+                        help="judge the tree each time crwatch gets this signal (the command "
+                             "finds crwatch's pid in $CRWATCH_PID), e.g. USR1")
+    parser.add_argument("--at-file", metavar="PATH",
+                        help="judge the tree each time the workload creates or touches PATH")
+    parser.add_argument("--degraded-ok", action="store_true",
+                        help="without root or a service, judge by periodic audits instead of "
+                             "refusing")
+    parser.add_argument("--interval", type=arguments.seconds, default=0.5, metavar="SECONDS",
+                        help="how often to audit when degraded (default 0.5)")
+    parser.add_argument("--service", metavar="URL",
+                        help="the service whose events to use (default: $CRWATCH_URL, else "
+                             f"http://{DEFAULT_HOST}:{DEFAULT_PORT} when it answers)")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    arguments.add_profile_arguments(parser)
+
+
 def run(args) -> int:
-    chosen = judged_by(args)
+    chosen = arguments.judged_by(args)
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         print("crwatch: run needs a command: crwatch run [OPTIONS] -- CMD [ARGS...]",

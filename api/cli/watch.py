@@ -7,19 +7,25 @@ reads stdout goes away (`crwatch watch | head -3`), even when no event comes.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import select
 import signal
 import sys
 import threading
 
-from api.cli import exit_codes
-from api.cli.arguments import judged_by
+from api.cli import arguments, exit_codes
 from probes.loader import ProbeError, Probes
 from tracker.live.applier import Tracker
 from tracker.safe_text import json_text
 
 READER_CHECK_MS = 500
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    arguments.add_profile_arguments(parser)
+    # Prints the exact BPF program and cflags that would be loaded (for debugging the probes).
+    parser.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
@@ -30,7 +36,7 @@ def run(args) -> int:
     if args.print_bpf:
         return _print_bpf()
 
-    chosen = judged_by(args)
+    chosen = arguments.judged_by(args)
     done = threading.Event()
     closed = threading.Event()
 

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -147,7 +146,7 @@ def test_the_lock_method_follows_the_tools_and_features():
     assert env.tools_fact(IPTABLES_NAMESPACE_TOOLS) == \
         "no iptables-restore or ip6tables-restore on the dumper's PATH"
     assert env.to_json()["network_lock"]["connections"] == "iptables"
-    no_ipv6 = replace(fixture_environment({**nothing, "iptables-restore": "/x/r"}), ipv6=False)
+    no_ipv6 = fixture_environment({**nothing, "iptables-restore": "/x/r"})._replace(ipv6=False)
     assert no_ipv6.namespace_tools == ("iptables-restore",)
     assert no_ipv6.to_json()["network_lock"]["namespace"] == "iptables"
 

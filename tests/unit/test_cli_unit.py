@@ -86,3 +86,30 @@ def test_a_command_that_judges_starts_without_the_service_or_the_probes(argv):
                           text=True, timeout=60)
     assert done.stdout  # the command did its work
     assert done.stderr.splitlines()[-1] in ("0 []", "1 []")
+
+
+def test_a_check_starts_without_the_gate_the_service_s_settings_or_dataclasses():
+    # Each is paid at every start: the gate and the settings belong to other commands, and
+    # dataclasses loads inspect (ast, dis, tokenize) and builds each class from source text.
+    program = ("import sys\nfrom api.cli.main import main\nstatus = main(sys.argv[1:])\n"
+               "loaded = sorted(name for name in sys.modules if name.startswith(("
+               "'tracker.gate', 'api.service', 'api.cli.serve')) or name in "
+               "('dataclasses', 'inspect'))\n"
+               "print(status, loaded, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", program, "check", "--json", str(os.getpid())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout
+    assert done.stderr.splitlines()[-1] in ("0 []", "1 []")
+
+
+def test_the_list_of_commands_loads_no_command():
+    # main and the /proc/locks reader a check begins before its imports, nothing else
+    program = ("import sys\nfrom api.cli.main import main\ntry:\n    main(['--help'])\n"
+               "except SystemExit:\n    pass\n"
+               "print(sorted(name for name in sys.modules if name.startswith(('api.', 'tracker', "
+               "'probes')) and name not in ('api.cli', 'api.cli.main', 'api.cli.exit_codes', "
+               "'tracker', 'tracker.proc_locks')), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert "check" in done.stdout and "serve" in done.stdout
+    assert done.stderr.splitlines()[-1] == "[]"

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 # tracker/, bottom up (its package docstring says why): a module imports its own layer and
 # those below, never one above.
 TRACKER_LAYERS = (
-    ("tracker.procfs", "tracker.rules", "tracker.safe_text", "tracker.clock", "tracker.supervised",
-     "tracker.criu.options"),
+    ("tracker.procfs", "tracker.proc_locks", "tracker.rules", "tracker.safe_text", "tracker.clock",
+     "tracker.supervised", "tracker.criu.options"),
     ("tracker.criu",),
     ("tracker.environment", "tracker.holders"),
     ("tracker.context",),

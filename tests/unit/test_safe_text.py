@@ -70,6 +70,30 @@ def test_json_is_what_json_dumps_writes_for_valid_unicode():
         assert json_text(value, indent=2) == json.dumps(value, indent=2)
 
 
+def test_indented_json_is_what_json_dumps_writes_for_documents_of_every_shape():
+    chosen = random.Random(14)
+    scalars = ["", "fd 3: pipe:[12]", "é日\u2028💀", 0, -7, 2**70, 0.5, 1e300, True, False, None]
+
+    def value(depth: int):
+        shape = chosen.randrange(6 if depth < 4 else 1)
+        if shape == 0:
+            return chosen.choice(scalars)
+        if shape in (1, 2):
+            return {chosen.choice("abcdef") * chosen.randint(1, 3): value(depth + 1)
+                    for _ in range(chosen.randrange(4))}
+        if shape == 3:
+            return [chosen.choice(scalars) for _ in range(chosen.randrange(4))]
+        return [value(depth + 1) for _ in range(chosen.randrange(4))]
+
+    for _ in range(500):
+        document = value(0)
+        for indent in (2, 4):
+            assert json_text(document, indent=indent) == json.dumps(document, indent=indent)
+    # a key that is not a string and a tuple: what json.dumps makes of them
+    odd = {"reasons": [{1: "one", None: (2, 3)}], "pair": ("a", {"b": ()})}
+    assert json_text(odd, indent=2) == json.dumps(odd, indent=2)
+
+
 def test_json_escapes_only_real_surrogates_not_text_that_looks_like_them():
     # a backslash followed by "udcff" is text, and the low half of a pair is no lone byte
     value = ["\\udcff", "\U0001f480", "\\\udcff", "\ud800"]

@@ -15,8 +15,7 @@ import ctypes
 import errno
 import os
 import re
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.checks import paths, tree
 from tracker.context import AuditContext
@@ -127,8 +126,7 @@ def _live(ctx: AuditContext) -> bool:
 
 # ---------------------------------------------------------------- epoll
 
-@dataclass(frozen=True)
-class EpollTarget:
+class EpollTarget(NamedTuple):
     """One `tfd:` line of an epoll's fdinfo: a watched fd number and its file's inode."""
 
     tfd: int
@@ -275,8 +273,7 @@ def _in_dumped_tree(ctx: AuditContext, pid: int) -> bool:
 
 # ---------------------------------------------------------------- inotify / fanotify
 
-@dataclass(frozen=True)
-class Watch:
+class Watch(NamedTuple):
     """An inotify watch or fanotify mark: `inotify wd:1 ino:3f7e8 sdev:fe00000 ...` in fdinfo."""
 
     kind: str  # inode, mount or filesystem

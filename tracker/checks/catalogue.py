@@ -12,7 +12,6 @@ May import: tracker.rules only.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from types import ModuleType
 from typing import Iterable
 
@@ -28,6 +27,8 @@ class Catalogue:
     def add(self, rule: Rule) -> None:
         if rule.code in self._rules:
             raise ValueError(f"rule {rule.code} is declared twice")
+        if problems := rule.problems():
+            raise ValueError(f"rule {rule.code}: {'; '.join(problems)}")
         self._rules[rule.code] = rule
 
     def __getitem__(self, code: str) -> Rule:
@@ -51,7 +52,7 @@ def gather(modules: Iterable[ModuleType]) -> None:
     for module in modules:
         family = module.__name__.rsplit(".", 1)[-1]
         for rule in module.RULES:
-            _catalogue.add(replace(rule, family=family))
+            _catalogue.add(rule._replace(family=family))
 
 
 def catalogue() -> Catalogue:

@@ -26,8 +26,7 @@ import fcntl
 import os
 import stat
 import struct
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.checks import files, paths, tree
 from tracker.checks.sockets import fd_query
@@ -65,8 +64,7 @@ RULES = (
 )
 
 
-@dataclass(frozen=True)
-class DeviceSet:
+class DeviceSet(NamedTuple):
     """Character devices: every minor of `majors`, and the (major, minor) `devices`."""
 
     majors: frozenset[int]

@@ -36,7 +36,6 @@ import os
 import re
 import select
 from collections import defaultdict
-from dataclasses import replace
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISLNK
 from typing import Callable, Generator, Iterable, Iterator
 
@@ -219,8 +218,9 @@ def check_mount_tree(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
     if len(namespaces) < 2:
         return  # CRIU's own namespace alone is neither validated nor dumped
     for finding in _validate_mounts(ctx, proc, namespaces, dumped=False):
-        yield replace(finding, message=f"{finding.message}; CRIU validates the host's mounts too "
-                                       f"when a process of the tree has a mount namespace of its own")
+        yield finding._replace(message=f"{finding.message}; CRIU validates the host's mounts "
+                                         "too when a process of the tree has a mount namespace "
+                                         "of its own")
 
 
 def _validate_mounts(ctx: AuditContext, proc: Proc, namespaces: list[DumpedNamespace], *,
@@ -780,9 +780,10 @@ def _check_pipe_data(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator
 
 
 def _pipe_key(open_fd: OpenFd) -> PipeKey | None:
-    if open_fd.kind == "pipe":
+    kind = open_fd.kind
+    if kind == "pipe":
         return ("pipe", open_fd.inode)
-    return ("fifo", open_fd.stat.st_ino) if open_fd.kind == "fifo" else None
+    return ("fifo", open_fd.stat.st_ino) if kind == "fifo" else None
 
 
 def _pipe_data_readers(ctx: AuditContext) -> dict[PipeKey, tuple[int, int]]:

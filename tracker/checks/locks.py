@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
+from tracker import proc_locks
 from tracker.context import AuditContext
-from tracker.procfs import DEFAULT_PROC_ROOT, OpenFd, Proc, ProcessGone
+from tracker.procfs import OpenFd, Proc, ProcessGone
 from tracker.rules import BLOCKER, INFO, OPTION, Finding, Rule
 
 _LOCKS_REMEDY = ("dump with --file-locks (safe only when no process outside the tree "
@@ -60,8 +59,7 @@ BUILD_ID_MIN_SIZE = 5   # SELFMAG + 1: a smaller file is not reopened for its bu
 LOCK_NAMES = {"POSIX": "POSIX", "OFDLCK": "OFD", "FLOCK": "flock", "LEASE": "lease"}
 
 
-@dataclass(frozen=True)
-class FileLock:
+class FileLock(NamedTuple):
     """One line of /proc/locks, or of an fd's fdinfo after `lock:`."""
 
     text: str
@@ -110,58 +108,14 @@ def parse_lock(text: str) -> FileLock:
 
 
 def read_proc_locks(proc_root: Path) -> dict[int, list[FileLock]]:
-    """Every granted lock on the host, by inode (read ahead when read_ahead() began it)."""
-    with _ahead_lock:
-        ahead = _ahead.pop(proc_root, None)
-    text = ahead.text() if ahead is not None else None
-    if text is None:
-        text = _locks_text(proc_root)
+    """Every granted lock on the host, by inode (the text read ahead, when a command began
+    reading it: tracker.proc_locks)."""
     by_inode: dict[int, list[FileLock]] = defaultdict(list)
-    for line in io.StringIO(text):     # the lines the file itself gives, "\n" kept
+    for line in io.StringIO(proc_locks.text(proc_root)):  # the lines the file gives, "\n" kept
         lock = parse_lock(line)
         if not lock.waiting:
             by_inode[lock.inode].append(lock)
     return by_inode
-
-
-def read_ahead(proc_root: Path = DEFAULT_PROC_ROOT) -> None:
-    """Begin reading /proc/locks in the background, for the next audit to take. The
-    kernel makes the first reader in a while wait for an RCU grace period (locks_start
-    takes file_rwsem for writing: percpu_down_write), about 10 ms spent asleep, which a
-    command can spend on its imports and other reads instead."""
-    reading = _ReadAhead(proc_root)
-    with _ahead_lock:
-        if proc_root in _ahead:
-            return
-        _ahead[proc_root] = reading
-    reading.start()
-
-
-class _ReadAhead(threading.Thread):
-    def __init__(self, proc_root: Path) -> None:
-        super().__init__(daemon=True, name="crwatch-locks")
-        self.proc_root = proc_root
-        self._text: str | None = None
-
-    def run(self) -> None:
-        try:
-            self._text = _locks_text(self.proc_root)
-        except OSError:
-            pass  # the audit reads it again, and meets the error itself
-
-    def text(self) -> str | None:
-        self.join()
-        return self._text
-
-
-def _locks_text(proc_root: Path) -> str:
-    with open(proc_root / "locks", encoding="utf-8", errors="surrogateescape") as file:
-        return file.read()
-
-
-# /proc/locks being read ahead, by /proc root: the next audit under that root takes it.
-_ahead: dict[Path, _ReadAhead] = {}
-_ahead_lock = threading.Lock()
 
 
 def fd_locks(open_fd: OpenFd) -> list[FileLock]:

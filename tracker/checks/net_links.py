@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tracker.checks.sockets.diag import DiagUnavailable, attributes, netlink_socket_in, replies
 
@@ -45,8 +45,7 @@ FALLBACK = {(ARPHRD_ETHER, "gretap", "gretap0"), (ARPHRD_IPGRE, "gre", "gre0"),
             (ARPHRD_SIT, "sit", "sit0")}
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     index: int
     type: int                       # ARPHRD_*
     name: str

@@ -15,9 +15,8 @@ import ctypes
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.context import AuditContext
 from tracker.procfs import DEFAULT_PROC_ROOT, AccessDenied, Proc, ProcessGone
@@ -30,8 +29,7 @@ BTRFS_SUBVOLUME = re.compile(r"(?:^|,)subvolid=(\d+)")
 
 # ---------------------------------------------------------------- mounts
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     id: int
     parent: int
     dev: int
@@ -152,8 +150,7 @@ def mounts(ctx: AuditContext, proc: Proc) -> Mounts:
     return ctx.table(("files.mounts_of", proc.pid), of_namespace)
 
 
-@dataclass(frozen=True)
-class DumpedNamespace:
+class DumpedNamespace(NamedTuple):
     """A mount namespace CRIU looks files up in: its table, and the directory
     its paths resolve from (CRIU's mntns_get_root_fd)."""
 

@@ -30,8 +30,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.checks import tree
 from tracker.context import AuditContext
@@ -128,8 +127,7 @@ LINE_BUFFER = 4096   # bfd.c BUFSIZE: a line must fit in it with its "\n"
 LINE_HEAD = 128
 
 
-@dataclass(frozen=True)
-class Syscalls:
+class Syscalls(NamedTuple):
     """The syscall numbers of one architecture that the checks look for."""
 
     clone: int
@@ -145,8 +143,7 @@ SYSCALLS = {
 }.get(os.uname().machine)
 
 
-@dataclass(frozen=True)
-class Thread:
+class Thread(NamedTuple):
     """What the checks need of one thread, read once."""
 
     tid: int
@@ -232,7 +229,7 @@ def _unheld(ctx: AuditContext, thread: Thread) -> Thread:
     """The thread as it was before a gate's ptrace hold, which is no state of its own."""
     if ctx.hold is None or thread.tracer != ctx.hold.tracer:
         return thread
-    return replace(thread, tracer=0, state=ctx.hold.states.get(thread.tid, "S"))
+    return thread._replace(tracer=0, state=ctx.hold.states.get(thread.tid, "S"))
 
 
 # ---------------------------------------------------------------- per thread

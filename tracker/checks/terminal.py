@@ -30,8 +30,7 @@ import fcntl
 import os
 import stat
 import sys
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.checks import tree
 from tracker.checks.sockets.fd_query import getfd
@@ -84,8 +83,7 @@ STAT_TPGID = 5   # /proc/PID/stat's tpgid, counted after the ")" of comm
 TTY_MAJORS = frozenset([PTS_MAJOR, *PTM_MAJORS, TTYAUX_MAJOR, VT_MAJOR, *SERIAL_MAJORS])
 
 
-@dataclass(frozen=True)
-class TtyFd:
+class TtyFd(NamedTuple):
     """A tty fd and how CRIU's tty code sees it."""
 
     open_fd: OpenFd
@@ -131,8 +129,7 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
         yield from _check_ctty(ctx, proc)
 
 
-@dataclass(frozen=True)
-class TtyEntry:
+class TtyEntry(NamedTuple):
     """A tty fd as CRIU's tty_verify_ctty sees it."""
 
     pid: int
@@ -196,7 +193,8 @@ def _first_fds(ctx: AuditContext) -> list[tuple[int, Proc, TtyFd]]:
     def collect() -> list[tuple[int, Proc, TtyFd]]:
         first, seen = [], set()
         for pid in tree.dump_order(ctx):
-            for tty in tty_fds(sorted(ctx.tree_fds.get(pid, []), key=lambda open_fd: open_fd.fd)):
+            # the few ttys put in fd order, not the whole table
+            for tty in sorted(tty_fds(ctx.tree_fds.get(pid, [])), key=lambda tty: tty.open_fd.fd):
                 if tty.info_id not in seen:
                     seen.add(tty.info_id)
                     first.append((pid, ctx.proc(pid), tty))

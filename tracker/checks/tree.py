@@ -10,7 +10,7 @@ May import: tracker.context and tracker.procfs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tracker.context import AuditContext
 from tracker.procfs import AccessDenied, Proc, ProcessGone
@@ -46,8 +46,7 @@ def _walk(ctx: AuditContext) -> list[int]:
 # the root has a namespace of its own: one CRIU does not know is refused.
 
 
-@dataclass(frozen=True)
-class TreeNetns:
+class TreeNetns(NamedTuple):
     collected: dict[int, int]    # namespace inode -> the first process of the tree living there
     known: frozenset[int]        # what get_socket_ns finds: the tree's and CRIU's own
     root_has_own: bool

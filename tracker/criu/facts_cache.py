@@ -28,8 +28,8 @@ import os
 import stat
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SCHEMA = "crwatch.criu-facts/1"
 REFRESH_VARIABLE = "CRWATCH_REFRESH_CRIU"
@@ -41,8 +41,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 CHANGE_MARGIN_NS = 100_000_000
 
 
-@dataclass(frozen=True)
-class CriuFacts:
+class CriuFacts(NamedTuple):
     """What one CRIU said about itself here."""
 
     version: tuple[int, int, int]

@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tracker.criu.facts_cache import FactsCache
 from tracker.criu.log import NOISE
@@ -30,19 +30,23 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 _VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
 
 
-@dataclass
 class DumpResult:
-    ok: bool
-    returncode: int
-    errors: list[str]
-    log: str
-    command: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    log_path: str | None = None     # kept when the images went to a directory of the caller's
+    """How one CRIU dump ended."""
+
+    def __init__(self, ok: bool, returncode: int, errors: list[str], log: str,
+                 command: list[str] | None = None, seconds: float = 0.0,
+                 log_path: str | None = None):
+        self.ok, self.returncode, self.errors, self.log = ok, returncode, errors, log
+        self.command: list[str] = [] if command is None else command
+        self.seconds = seconds
+        self.log_path = log_path    # kept when the images went to a directory of the caller's
+
+    def __repr__(self) -> str:
+        return (f"DumpResult(ok={self.ok!r}, returncode={self.returncode!r}, "
+                f"errors={self.errors!r}, seconds={self.seconds!r}, log_path={self.log_path!r})")
 
 
-@dataclass(frozen=True)
-class Criu:
+class Criu(NamedTuple):
     path: str
     version: tuple[int, int, int]
 

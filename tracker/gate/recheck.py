@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -102,7 +102,7 @@ def gate(request: GateRequest, judged_by: Profile, *, criu: Criu | None = None,
     request.check()
     if request.dump_dir is not None:
         criu = _usable(criu)
-        judged_by = replace(judged_by, criu_version=criu.version)  # the rules of this CRIU
+        judged_by = judged_by._replace(criu_version=criu.version)  # the rules of this CRIU
     identify(request.pid)  # ProcessGone before anything is frozen
     refuse_crwatch(request.pid, request.tree)
     # Judged in the environment of the CRIU that would dump (default: find_criu()'s).

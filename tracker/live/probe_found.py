@@ -10,7 +10,6 @@ audit's, so that the profile asked for judges them: `criu` dumps both (info),
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable
 
 from tracker import verdict
@@ -25,7 +24,8 @@ ProbeFound = list[tuple[Finding, str]]  # (finding, since), from LiveTable.probe
 def document(result: Audit, found: ProbeFound, judged_by: Profile,
              allow: Iterable[str] = (), environment: Environment | None = None) -> dict:
     """The verdict document of the audit's findings and the probes' together."""
-    joined = replace(result, findings=[*result.findings, *(finding for finding, _ in found)])
+    joined = Audit(result.root, result.tree, result.processes,
+                   [*result.findings, *(finding for finding, _ in found)], result.departed)
     judged = verdict.document(joined, judged_by, allow, environment)
     since = {_key(finding.code, finding.pid, finding.tid, finding.message): when
              for finding, when in found}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -154,8 +153,8 @@ def fallback_findings(event: Event) -> list[Finding]:
 
 def renumbered(findings: Iterable[Finding], old_fd: int, new_fd: int) -> list[Finding]:
     """The findings of fd `old_fd`, said of its copy `new_fd` (dup, F_DUPFD)."""
-    return [replace(finding, fd=new_fd,
-                    message=finding.message.replace(f"fd {old_fd}:", f"fd {new_fd}:", 1))
+    return [finding._replace(fd=new_fd,
+                             message=finding.message.replace(f"fd {old_fd}:", f"fd {new_fd}:", 1))
             for finding in findings]
 
 

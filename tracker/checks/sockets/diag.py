@@ -20,8 +20,7 @@ import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from tracker.checks.sockets.records import (
     TCP_NEW_SYN_RECV,
@@ -81,8 +80,7 @@ class DiagUnavailable(Exception):
     """sock_diag could not list a family (module missing, no permission, namespace gone)."""
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
     """One dump request, where each reply keeps its inode, and how to decode a reply."""
 
     request: bytes

@@ -17,8 +17,7 @@ import fcntl
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.procfs import AccessDenied, ProcessGone
 
@@ -34,8 +33,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-@dataclass(frozen=True)
-class Probe:
+class Probe(NamedTuple):
     family: int
     type: int
     protocol: int

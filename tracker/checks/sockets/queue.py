@@ -20,8 +20,7 @@ import array
 import os
 import re
 import socket
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tracker.checks import fd_owners
 from tracker.checks.catalogue import catalogue
@@ -61,8 +60,7 @@ CONTROL = {
 _FD_PREFIX = re.compile(r"^fd \d+: ")
 
 
-@dataclass(frozen=True)
-class Queued:
+class Queued(NamedTuple):
     """One peek through a socket's queue."""
 
     control: tuple[str, ...] = ()       # control messages CRIU refuses, by name

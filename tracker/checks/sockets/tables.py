@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from tracker.checks.sockets import diag, exact, procnet
@@ -27,14 +26,15 @@ Record = Union[InetSocket, UnixSocket, NetlinkSocket, PacketSocket]
 Builder = Callable[[Proc, str], "Table"]
 
 
-@dataclass
 class Table:
     """Sockets by inode, decoded on first use."""
 
-    entries: dict[int, object] = field(default_factory=dict)
-    decode: Callable[[object], Record] = lambda entry: entry  # type: ignore[assignment, return-value]
-    error: str | None = None       # why the table could not be read
-    _decoded: dict[int, Record] = field(default_factory=dict)
+    def __init__(self, entries: dict[int, object] | None = None,
+                 decode: Callable[[object], Record] | None = None, error: str | None = None):
+        self.entries: dict[int, object] = {} if entries is None else entries
+        self.decode = decode or _as_read
+        self.error = error          # why the table could not be read
+        self._decoded: dict[int, Record] = {}
 
     def get(self, inode: int) -> Record | None:
         found = self._decoded.get(inode)
@@ -44,6 +44,11 @@ class Table:
                 return None
             found = self._decoded[inode] = self.decode(entry)
         return found
+
+
+def _as_read(entry: object) -> Record:
+    """A table whose entries are records already (/proc/net's)."""
+    return entry  # type: ignore[return-value]
 
 
 def _diag_source(query: Callable[[], diag.Query]) -> Builder:

@@ -8,7 +8,6 @@ process takes its entry with it, and a tracer's exit detaches its tracees.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from probes.events import Event, Kind
 from tracker.live import reads
@@ -34,7 +33,7 @@ def forked(table: Entries, event: Event, batch: Batch) -> None:
             # Inherited fds: judged again in the child, and followed there too.
             rejudge_fd(table, proc, who, key[1], mark, event._replace(tid=who.pid), batch)
         elif key[0] == "nonlinear":
-            table.set(who, key, [replace(f, pid=who.pid, tid=None) for f in mark.findings],
+            table.set(who, key, [f._replace(pid=who.pid, tid=None) for f in mark.findings],
                       batch, who.pid, ts_ns=event.ts_ns, since_ns=event.ts_ns,
                       span=mark.span)
     kinds = {key[0] for key in parent.marks}
