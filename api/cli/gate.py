@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from api.cli import exit_codes
+from api import exit_codes
 from api.cli.arguments import judged_by
 from api.render import gate_text
 from api.service.settings import service_url

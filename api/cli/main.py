@@ -11,8 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-from api.cli import arguments, exit_codes
-from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
+from api import exit_codes
+from api.cli import arguments
+from api.service.settings import (
+    DEFAULT_DB,
+    DEFAULT_DUMP_ROOT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_SOCKET,
+    LOCAL_VARIABLE,
+)
 from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
 
@@ -46,6 +54,10 @@ def _check(commands) -> None:
                        help="name the processes outside the tree that hold the other end of "
                             "its pipes and sockets (reads every fd of the host; no verdict "
                             "depends on them)")
+    check.add_argument("--local", action="store_true",
+                       help="audit here even when a crwatch service answers on its socket "
+                            f"(the same as {LOCAL_VARIABLE}=1; the service's answers say "
+                            "answered_by)")
     arguments.add_profile_arguments(check)
 
 
@@ -163,6 +175,11 @@ def _serve(commands) -> None:
     serve.add_argument("--dump-root", type=Path, default=DEFAULT_DUMP_ROOT, metavar="DIR",
                        help="a gate's dump.directory must be inside it, `..` and symlinks "
                             f"resolved (default {DEFAULT_DUMP_ROOT})")
+    serve.add_argument("--socket", type=arguments.socket_path, default=DEFAULT_SOCKET,
+                       metavar="PATH",
+                       help="also listen on this unix socket, where `crwatch check` asks "
+                            f"first (default for root: {DEFAULT_SOCKET}; `none`: only TCP); "
+                            "callers are known by their uid, as on loopback")
     serve.add_argument("--no-probes", action="store_true",
                        help="do not attach the eBPF probes: answer from audits alone")
     arguments.add_profile_arguments(serve)

@@ -1,7 +1,7 @@
 """`crwatch rules [--json]`: the rule catalogue, as the chosen profile judges each rule."""
 from __future__ import annotations
 
-from api.cli import exit_codes
+from api import exit_codes
 from api.cli.arguments import judged_by
 from api.render import rules_text
 from api.rules_document import rules_document

@@ -12,9 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from api import exit_codes
 from api.ci.report import junit, text
 from api.ci.run import CommandNotFound, RunError, RunRequest, run_and_follow
-from api.cli import exit_codes
 from api.cli.arguments import judged_by
 from tracker.safe_text import json_text
 

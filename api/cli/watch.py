@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from api.cli import exit_codes
+from api import exit_codes
 from api.cli.arguments import judged_by
 from probes.loader import ProbeError, Probes
 from tracker.live.applier import Tracker

@@ -9,6 +9,10 @@ from pathlib import Path
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
 DEFAULT_DB = Path("/var/lib/crwatch/history.sqlite3")
 DEFAULT_DUMP_ROOT = Path("/var/lib/crwatch/dumps")
+# The local socket root's service also listens on, where `crwatch check` asks it first;
+# $CRWATCH_SOCKET names another, and $CRWATCH_LOCAL=1 (or `check --local`) audits here.
+DEFAULT_SOCKET = Path("/run/crwatch/service.sock")
+SOCKET_VARIABLE, LOCAL_VARIABLE = "CRWATCH_SOCKET", "CRWATCH_LOCAL"
 
 
 class SettingsError(ValueError):
@@ -28,6 +32,7 @@ class Settings:
     criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
     dump_root: Path = DEFAULT_DUMP_ROOT  # a gate's images directory must be inside it
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
+    socket: Path | None = None       # also listen on this unix socket (None: TCP only)
 
     @property
     def everyone_needs_token(self) -> bool:
@@ -40,6 +45,8 @@ class Settings:
                                 f"CRWATCH_TOKEN): every caller must then send it")
         if not self.dump_root.is_absolute():
             raise SettingsError(f"the dump root must be an absolute path: {self.dump_root}")
+        if self.socket is not None and not self.socket.is_absolute():
+            raise SettingsError(f"the socket must be an absolute path: {self.socket}")
         return self
 
 

@@ -13,6 +13,7 @@ each scrape (metrics.py).
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -35,6 +36,7 @@ from api.service.settings import Settings
 from api.service.tree_rows import NON_NESTABLE
 from tracker import procfs, verdict
 from tracker.audit import Audit, ThreadId, audit, identify
+from tracker.environment import Environment
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live import probe_found
 from tracker.live.applier import Tracker
@@ -89,6 +91,11 @@ class Service:
         self.history: History | None = None
         self._audits = AuditCache(audit=self._audit, live_table=self._live_table,
                                   caught_up=self.tracker.caught_up)
+        # The audits of `crwatch check` without --holders, whose info messages do not
+        # name who holds a pipe or socket outside the tree, kept apart.
+        self._unnamed_audits = AuditCache(audit=functools.partial(self._audit, name_holders=False),
+                                          live_table=self._live_table,
+                                          caught_up=self.tracker.caught_up)
         self.rows = ProcessRows(row=self.row, stale=self.stale, after_pass=self._after_pass)
         self._frozen = False    # the start-up's objects are out of the collector's passes
         self.metrics.registry.register(StateCollector(
@@ -122,6 +129,7 @@ class Service:
 
     def _after_pass(self) -> None:
         self._audits.forget_old()
+        self._unnamed_audits.forget_old()
         if not self._frozen:
             # The live table, the first rows, the catalogue and the modules stay for the
             # service's life: frozen, they are never walked again by the collector's full
@@ -138,7 +146,9 @@ class Service:
             self.history.record_verdict(document)
 
     def _gate_judged(self, pid: int, document: dict) -> None:
-        self._audits.forget(pid)  # the gate's recheck is newer than any kept audit
+        # the gate's recheck is newer than any kept audit
+        self._audits.forget(pid)
+        self._unnamed_audits.forget(pid)
         self._record_verdict(document)
 
     # ------------------------------------------------------------ documents
@@ -174,11 +184,16 @@ class Service:
                 "event_clients_cut_off": self.events.cut_off}
 
     def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
-                       profile_name: str | None = None) -> dict:
+                       profile_name: str | None = None,
+                       environment: Environment | None = None,
+                       name_holders: bool = True) -> dict:
         """The verdict of pid with all its descendants (what a checkpoint takes), or with
-        `tree=False` of its own findings; what only the probes see counts too."""
-        result, reused = self._audits.audit(pid, tree=tree)
-        return self._verdict(result, reused, self.profile_for(profile_name), allow)
+        `tree=False` of its own findings; what only the probes see counts too.
+        `environment`: the dumper's as the document names it (default: the service's);
+        `name_holders`: name who holds its pipes and sockets outside it."""
+        audits = self._audits if name_holders else self._unnamed_audits
+        result, reused = audits.audit(pid, tree=tree)
+        return self._verdict(result, reused, self.profile_for(profile_name), allow, environment)
 
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                             profile_name: str | None = None) -> dict | None:
@@ -195,9 +210,9 @@ class Service:
         return self._verdict(result, True, self.profile_for(profile_name), allow)
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
-                 allow: Iterable[str]) -> dict:
+                 allow: Iterable[str], environment: Environment | None = None) -> dict:
         found = self._probe_found(result, judged_by)
-        document = probe_found.document(result, found, judged_by, allow)
+        document = probe_found.document(result, found, judged_by, allow, environment)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
         self.metrics.verdicts.labels(document["verdict"]).inc()
@@ -269,11 +284,12 @@ class Service:
             return self.profile
         return profile(name, self.profile.criu_version)
 
-    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None) -> Audit:
+    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None,
+               name_holders: bool = True) -> Audit:
         try:
             identify(pid)
             with self.metrics.audit_seconds.time():
-                result = audit(pid, tree=tree, holders=holders)
+                result = audit(pid, tree=tree, holders=holders, name_holders=name_holders)
         except ProcessGone:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie

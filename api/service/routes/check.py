@@ -1,0 +1,89 @@
+"""/check: what `crwatch check` would print, and the status it would exit with.
+
+Asked by the command's compiled front end (api/cli/launcher.c) on the unix socket,
+which writes the body to the stream `X-Crwatch-Stream` names and exits with
+`X-Crwatch-Exit`. The output is the command's own (api.check_output), of verdicts
+read as /processes/{pid}/checkpointable reads them (a fresh audit, or the last one
+while no probe event came for it), for the same dumper as the caller's own check
+(api.service.caller_dumper), with what the caller may see (api.service.privacy);
+each document says `answered_by: service`. Any other status than 200 tells the front
+end to run the command itself: 409 when the caller's check would judge otherwise
+(another dumper, CRIU version or profile than the service can judge for).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from api import check_output, exit_codes
+from api.service.auth import unix_caller
+from api.service.caller_dumper import OtherDumper, judged_for
+from api.service.deps import ServiceDep, ViewerDep
+from api.service.errors import NoSuchProcess
+from api.service.models import Problem
+from api.service.privacy import shown
+from api.service.safe_json import SafeJSONResponse
+from tracker import environment
+from tracker.profiles import default_criu_version, parse_version
+
+router = APIRouter(tags=["check"])
+
+OTHER_JUDGE = {409: {"model": Problem, "description": "the caller's own check would judge "
+                                                     "otherwise: it must audit itself"}}
+
+
+@router.get("/check", response_class=Response, responses=OTHER_JUDGE)
+def check(
+    service: ServiceDep, viewer: ViewerDep, request: Request,
+    pid: Annotated[list[int], Query(description="a process id (repeatable)")],
+    tree: Annotated[bool, Query(description="false: each pid's own findings (--only)")] = True,
+    allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
+                                                  "(repeatable)")] = [],
+    profile: Annotated[Optional[Literal["criu", "strict"]], Query()] = None,
+    criu_version: Annotated[Optional[str], Query(description="--criu-version")] = None,
+    json: Annotated[bool, Query(description="print verdict documents (--json)")] = False,
+    holders: Annotated[bool, Query(description="name who holds the pipes and sockets "
+                                               "outside the tree (--holders)")] = False,
+    path: Annotated[Optional[str], Header(alias="X-Crwatch-Path",
+                                          description="the caller's PATH (absent: unset)")] = None,
+    criu: Annotated[Optional[str], Header(alias="X-Crwatch-Criu",
+                                          description="the caller's $CRWATCH_CRIU")] = None,
+) -> Response:
+    """The output of `crwatch check` with these options, in the body; the status it exits
+    with in `X-Crwatch-Exit`; `X-Crwatch-Stream`: stdout, or stderr for refused pids."""
+    if any(number <= 0 for number in pid):
+        return _problem(422, "a pid is a positive number")
+    refusals = check_output.refusals(pid)
+    if refusals:
+        return _printed("\n".join(refusals) + "\n", exit_codes.USAGE, "stderr")
+    judged_by = service.profile_for(profile)
+    try:
+        asked = parse_version(criu_version) if criu_version else default_criu_version()
+        dumper = judged_for(unix_caller(request), path, criu, environment.current())
+    except (ValueError, OtherDumper) as error:
+        return _problem(409, str(error))
+    if asked != judged_by.criu_version:
+        return _problem(409, "the service judges for CRIU "
+                             f"{'.'.join(map(str, judged_by.criu_version))}")
+    documents = []
+    for number in pid:
+        try:
+            document = service.checkpointable(number, tree=tree, allow=allow,
+                                              profile_name=profile, environment=dumper,
+                                              name_holders=holders)
+        except NoSuchProcess:  # gone between the existence check and the audit
+            document = check_output.gone_document(number, judged_by, allow, tree)
+        documents.append({**shown(document, viewer), "answered_by": "service"})
+    return _printed(check_output.printed(documents, json), check_output.status(documents),
+                    "stdout")
+
+
+def _printed(text: str, status: int, stream: str) -> Response:
+    return Response(text.encode("utf-8", "surrogateescape"), media_type="text/plain; charset=utf-8",
+                    headers={"X-Crwatch-Exit": str(status), "X-Crwatch-Stream": stream})
+
+
+def _problem(status: int, detail: str) -> SafeJSONResponse:
+    return SafeJSONResponse({"status": status, "detail": detail}, status_code=status)
