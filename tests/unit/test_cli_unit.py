@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api import render
-from api.cli import exit_codes
+from api import exit_codes, render
 from api.cli.main import COMMANDS, build_parser
 
 API = Path(__file__).resolve().parents[2] / "api"

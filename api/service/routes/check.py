@@ -8,7 +8,7 @@ while no probe event came for it), for the same dumper as the caller's own check
 (api.service.caller_dumper), with what the caller may see (api.service.privacy);
 each document says `answered_by: service`. Any other status than 200 tells the front
 end to run the command itself: 409 when the caller's check would judge otherwise
-(another dumper, CRIU version or profile than the service can judge for).
+(another dumper, CRIU version or profile than the service judges for).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from tracker import environment
 from tracker.profiles import default_criu_version, parse_version
 
 router = APIRouter(tags=["check"])
+DEFAULT_PROFILE = "criu"   # the command's, whatever the service's
 
 OTHER_JUDGE = {409: {"model": Problem, "description": "the caller's own check would judge "
                                                      "otherwise: it must audit itself"}}
@@ -41,7 +42,8 @@ def check(
     tree: Annotated[bool, Query(description="false: each pid's own findings (--only)")] = True,
     allow: Annotated[list[str], Query(description="a CRIU option the dump may use "
                                                   "(repeatable)")] = [],
-    profile: Annotated[Optional[Literal["criu", "strict"]], Query()] = None,
+    profile: Annotated[Optional[Literal["criu", "strict"]],
+                       Query(description=f"--profile (default {DEFAULT_PROFILE})")] = None,
     criu_version: Annotated[Optional[str], Query(description="--criu-version")] = None,
     json: Annotated[bool, Query(description="print verdict documents (--json)")] = False,
     holders: Annotated[bool, Query(description="name who holds the pipes and sockets "
@@ -58,7 +60,10 @@ def check(
     refusals = check_output.refusals(pid)
     if refusals:
         return _printed("\n".join(refusals) + "\n", exit_codes.USAGE, "stderr")
-    judged_by = service.profile_for(profile)
+    if (profile or DEFAULT_PROFILE) != service.profile.name:
+        # the probes it attached serve its own profile: another could not see all it needs
+        return _problem(409, f"the service judges for profile {service.profile.name}")
+    judged_by = service.profile
     try:
         asked = parse_version(criu_version) if criu_version else default_criu_version()
         dumper = judged_for(unix_caller(request), path, criu, environment.current())
