@@ -196,18 +196,21 @@ class Service:
         return self._verdict(result, reused, self.profile_for(profile_name), allow, environment)
 
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
-                            profile_name: str | None = None) -> dict | None:
+                            profile_name: str | None = None,
+                            environment: Environment | None = None,
+                            name_holders: bool = True) -> dict | None:
         """checkpointable()'s document from a kept audit of at most LOOP_PROCESSES
         processes, when one may be answered now without waiting for anything (a few
         reads of /proc per process: fit for the event loop); None when the answer needs
         an audit, the probes to catch up, more reads, or the live table's lock (the
         table follows one of its processes)."""
-        result = self._audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
+        audits = self._audits if name_holders else self._unnamed_audits
+        result = audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
         table = self.tracker.table
         if result is None or (table is not None and any(table.follows(member.pid)
                                                         for member in result.processes)):
             return None
-        return self._verdict(result, True, self.profile_for(profile_name), allow)
+        return self._verdict(result, True, self.profile_for(profile_name), allow, environment)
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
                  allow: Iterable[str], environment: Environment | None = None) -> dict:

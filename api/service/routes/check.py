@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from api import check_output, exit_codes
 from api.service.auth import unix_caller
@@ -26,7 +27,7 @@ from api.service.models import Problem
 from api.service.privacy import shown
 from api.service.safe_json import SafeJSONResponse
 from tracker import environment
-from tracker.profiles import default_criu_version, parse_version
+from tracker.profiles import Profile, default_criu_version, parse_version
 
 router = APIRouter(tags=["check"])
 DEFAULT_PROFILE = "criu"   # the command's, whatever the service's
@@ -36,7 +37,7 @@ OTHER_JUDGE = {409: {"model": Problem, "description": "the caller's own check wo
 
 
 @router.get("/check", response_class=Response, responses=OTHER_JUDGE)
-def check(
+async def check(
     service: ServiceDep, viewer: ViewerDep, request: Request,
     pid: Annotated[list[int], Query(description="a process id (repeatable)")],
     tree: Annotated[bool, Query(description="false: each pid's own findings (--only)")] = True,
@@ -72,17 +73,31 @@ def check(
     if asked != judged_by.criu_version:
         return _problem(409, "the service judges for CRIU "
                              f"{'.'.join(map(str, judged_by.criu_version))}")
-    documents = []
-    for number in pid:
-        try:
-            document = service.checkpointable(number, tree=tree, allow=allow,
-                                              profile_name=profile, environment=dumper,
-                                              name_holders=holders)
-        except NoSuchProcess:  # gone between the existence check and the audit
-            document = check_output.gone_document(number, judged_by, allow, tree)
-        documents.append({**shown(document, viewer), "answered_by": "service"})
+    asked = {"tree": tree, "allow": allow, "environment": dumper, "name_holders": holders}
+    # Kept audits of small trees are answered here on the event loop (a few reads of
+    # /proc), as /checkpointable answers them: a hand-off to a thread waits for the
+    # interpreter's lock while another thread computes. An audit to read goes to one.
+    try:
+        kept = [service.kept_checkpointable(number, **asked) for number in pid]
+    except NoSuchProcess:
+        kept = [None]
+    if None in kept:
+        kept = await run_in_threadpool(_verdicts, service, pid, judged_by, asked)
+    documents = [{**shown(document, viewer), "answered_by": "service"} for document in kept]
     return _printed(check_output.printed(documents, json), check_output.status(documents),
                     "stdout")
+
+
+def _verdicts(service: ServiceDep, pids: list[int], judged_by: Profile, asked: dict) -> list[dict]:
+    """The verdict of each pid, audited now or kept."""
+    documents = []
+    for number in pids:
+        try:
+            documents.append(service.checkpointable(number, **asked))
+        except NoSuchProcess:  # gone between the existence check and the audit
+            documents.append(check_output.gone_document(number, judged_by, asked["allow"],
+                                                        asked["tree"]))
+    return documents
 
 
 def _printed(text: str, status: int, stream: str) -> Response:
