@@ -1,7 +1,9 @@
 """Whose dumper judges a `crwatch check` the service answers for a caller on its socket.
 
-A verdict holds for one dumper environment (tracker.environment): credentials, the
-CRIU found, the iptables tools on PATH. A root caller's own check would judge for
+The caller names processes by their pids in its own pid namespace: only a caller in
+the service's is answered. A verdict holds for one dumper environment
+(tracker.environment): credentials, the CRIU found, the iptables tools on PATH. A
+root caller's own check would judge for
 a CRIU run by it: the service answers it only when that dumper is the service's
 (the same credentials and capabilities, the same CRIU chosen from its $CRWATCH_CRIU
 and PATH, the same tools found on its PATH), and the document then names the
@@ -12,6 +14,7 @@ processes, and judge them for a CRIU it could not run as root.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +40,13 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
     $PATH and $CRWATCH_CRIU (None: unset). OtherDumper when it must audit itself."""
     if peer is None:
         raise OtherDumper("only a caller on the unix socket is known by its credentials")
+    try:
+        # the pids it names are of its pid namespace: only in the service's are they the same
+        elsewhere = os.readlink(f"/proc/{peer.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except OSError as error:
+        raise OtherDumper(f"the caller's pid namespace cannot be read: {error}") from None
+    if elsewhere:
+        raise OtherDumper("the caller's pids are of another pid namespace")
     try:
         caller = Credentials.parse(Path(f"/proc/{peer.pid}/status").read_text())
     except (OSError, ValueError) as error:

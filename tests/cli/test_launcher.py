@@ -183,6 +183,15 @@ def test_what_the_service_cannot_answer_as_asked_is_audited_here(program, servic
     assert (document["pid"], document["checkpointable"]) == (tcp.pid, False)
 
 
+def test_a_caller_in_another_pid_namespace_is_not_answered_for_its_pids(program, service):
+    """Its pid 1 is itself (as the check here finds), not the host's init."""
+    inside = launchers.run(Path("unshare"), "--pid", "--fork", "--mount-proc", str(program),
+                           "check", "--json", "--only", "1", socket=service.socket)
+    document = json.loads(inside.stdout)
+    assert "answered_by" not in document and document["pid"] == 1
+    assert "task.crwatch_itself" in {r["code"] for r in document["reasons"]}
+
+
 def test_usage_errors_are_the_command_line_s_own(program, service):
     for args in (["check", "12", "--json", "13"], ["check"], ["check", "--profile", "x", "1"],
                  ["check", "0"], ["nonsense"]):
