@@ -5,8 +5,9 @@ the service's is answered. A verdict holds for one dumper environment
 (tracker.environment): credentials, the CRIU found, the iptables tools on PATH. A
 root caller's own check would judge for
 a CRIU run by it: the service answers it only when that dumper is the service's
-(the same credentials and capabilities, the same CRIU chosen from its $CRWATCH_CRIU
-and PATH, the same tools found on its PATH), and the document then names the
+(the same credentials and capabilities, the same mount namespace, the same CRIU
+chosen from its $CRWATCH_CRIU and PATH, the same tools found on its PATH), and the
+document then names the
 caller's PATH, as its own check would; otherwise the caller audits itself. Any other
 uid is answered as the HTTP API answers it, for the service's dumper, with what
 privacy lets it see (api.service.privacy): its own check could read only its own
@@ -40,12 +41,8 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
     $PATH and $CRWATCH_CRIU (None: unset). OtherDumper when it must audit itself."""
     if peer is None:
         raise OtherDumper("only a caller on the unix socket is known by its credentials")
-    try:
-        # the pids it names are of its pid namespace: only in the service's are they the same
-        elsewhere = os.readlink(f"/proc/{peer.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
-    except OSError as error:
-        raise OtherDumper(f"the caller's pid namespace cannot be read: {error}") from None
-    if elsewhere:
+    # the pids it names are of its pid namespace: only in the service's are they the same
+    if _namespace(peer.pid, "pid") != _namespace(os.getpid(), "pid"):
         raise OtherDumper("the caller's pids are of another pid namespace")
     try:
         caller = Credentials.parse(Path(f"/proc/{peer.pid}/status").read_text())
@@ -55,6 +52,8 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
         return served
     if caller != served.credentials:
         raise OtherDumper("the caller's credentials or capabilities are not the service's")
+    if _namespace(peer.pid, "mnt") != _namespace(os.getpid(), "mnt"):
+        raise OtherDumper("the caller's PATH names files of another mount namespace")
     search = DEFAULT_EXEC_PATH if path is None else path
     if served.criu_path is None or first_choice(criu_variable, search) != served.criu_path:
         raise OtherDumper("the caller would run another CRIU than the service's")
@@ -63,3 +62,10 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
     if tools != served.tools:
         raise OtherDumper("the caller's PATH finds other network-lock tools than the service's")
     return replace(served, path=search)
+
+
+def _namespace(pid: int, kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError as error:
+        raise OtherDumper(f"the caller's {kind} namespace cannot be read: {error}") from None
