@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -238,3 +239,39 @@ def tcp_address(pid: int) -> str:
     """The local address of one of the process's TCP connections, as a reason names it."""
     connection = next(c for c in psutil.Process(pid).net_connections("tcp") if c.raddr)
     return f"{connection.laddr.ip}:{connection.laddr.port}"
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\nX-Crwatch-Exit: 0\r\n"
+    b"X-Crwatch-Stream: stdout\r\n\r\nno",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Crwatch-Stream: stdout\r\n\r\nno",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nX-Crwatch-Exit: 0\r\n"
+    b"X-Crwatch-Stream: stdout\r\n\r\ncut short",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Crwatch-Exit: 0\r\n"
+    b"X-Crwatch-Stream: stdout\r\n\r\n2\r\nno\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Crwatch-Exit: 0\r\nX-Crwatch-Stream: tty\r\n\r\nno",
+    b"garbage",
+    b"",
+], ids=["409", "no-status", "short-body", "chunked", "unknown-stream", "garbage", "nothing"])
+def test_an_answer_that_is_not_a_whole_200_means_an_audit_here(program, place, answer):
+    sock = place / "impostor.sock"
+    sock.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as impostor, subject(PLAIN) as plain:
+        impostor.bind(str(sock))
+        impostor.listen()
+        answering = threading.Thread(target=answer_once, args=(impostor, answer), daemon=True)
+        answering.start()
+        result = launchers.run(program, "check", "--json", str(plain.pid), socket=sock)
+        answering.join(timeout=30)
+    assert not answering.is_alive()  # it was asked
+    assert result.returncode == 0, result.stderr
+    assert "answered_by" not in json.loads(result.stdout)
+
+
+def answer_once(listener: socket.socket, answer: bytes) -> None:
+    connection, _ = listener.accept()
+    with connection:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(4096)
+        connection.sendall(answer)
