@@ -112,12 +112,16 @@ class Server(uvicorn.Server):
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to the address, not listening yet (uvicorn's server listens)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """A TCP socket bound to the address (its first, for a name), not listening yet
+    (uvicorn's server listens)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise OSError(error.errno, error.strerror) from None
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((host, port))
+        listener.bind(address)
     except OSError:
         listener.close()
         raise
