@@ -186,31 +186,32 @@ class Service:
     def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                        profile_name: str | None = None,
                        environment: Environment | None = None,
-                       name_holders: bool = True) -> dict:
+                       name_holders: bool = True, fresh: bool = False) -> dict:
         """The verdict of pid with all its descendants (what a checkpoint takes), or with
         `tree=False` of its own findings; what only the probes see counts too.
         `environment`: the dumper's as the document names it (default: the service's);
-        `name_holders`: name who holds its pipes and sockets outside it."""
+        `name_holders`: name who holds its pipes and sockets outside it; `fresh`: read
+        after this call, never a kept audit (which may miss what no probe sees)."""
         audits = self._audits if name_holders else self._unnamed_audits
-        result, reused = audits.audit(pid, tree=tree)
+        if fresh:
+            result, reused = audits.fresh(pid, tree=tree), False
+        else:
+            result, reused = audits.audit(pid, tree=tree)
         return self._verdict(result, reused, self.profile_for(profile_name), allow, environment)
 
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
-                            profile_name: str | None = None,
-                            environment: Environment | None = None,
-                            name_holders: bool = True) -> dict | None:
+                            profile_name: str | None = None) -> dict | None:
         """checkpointable()'s document from a kept audit of at most LOOP_PROCESSES
         processes, when one may be answered now without waiting for anything (a few
         reads of /proc per process: fit for the event loop); None when the answer needs
         an audit, the probes to catch up, more reads, or the live table's lock (the
         table follows one of its processes)."""
-        audits = self._audits if name_holders else self._unnamed_audits
-        result = audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
+        result = self._audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
         table = self.tracker.table
         if result is None or (table is not None and any(table.follows(member.pid)
                                                         for member in result.processes)):
             return None
-        return self._verdict(result, True, self.profile_for(profile_name), allow, environment)
+        return self._verdict(result, True, self.profile_for(profile_name), allow)
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
                  allow: Iterable[str], environment: Environment | None = None) -> dict:

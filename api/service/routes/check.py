@@ -3,10 +3,11 @@
 Asked by the command's compiled front end (api/cli/launcher.c) on the unix socket,
 which writes the body to the stream `X-Crwatch-Stream` names and exits with
 `X-Crwatch-Exit`. The output is the command's own (api.check_output), of verdicts
-read as /processes/{pid}/checkpointable reads them (a fresh audit, or the last one
-while no probe event came for it), for the same dumper as the caller's own check
-(api.service.caller_dumper), with what the caller may see (api.service.privacy);
-each document says `answered_by: service`. Any other status than 200 tells the front
+read as /processes/{pid}/checkpointable reads them but always from an audit begun
+after the question (a kept one may miss what no probe sees, an external unix socket
+connected, which the command's own audit would find), for the same dumper as the
+caller's own check (api.service.caller_dumper), with what the caller may see
+(api.service.privacy); each document says `answered_by: service`. Any other status than 200 tells the front
 end to run the command itself: 409 when the caller's check would judge otherwise
 (another dumper, CRIU version or profile than the service judges for).
 """
@@ -73,23 +74,18 @@ async def check(
     if asked != judged_by.criu_version:
         return _problem(409, "the service judges for CRIU "
                              f"{'.'.join(map(str, judged_by.criu_version))}")
-    asked = {"tree": tree, "allow": allow, "environment": dumper, "name_holders": holders}
-    # Kept audits of small trees are answered here on the event loop (a few reads of
-    # /proc), as /checkpointable answers them: a hand-off to a thread waits for the
-    # interpreter's lock while another thread computes. An audit to read goes to one.
-    try:
-        kept = [service.kept_checkpointable(number, **asked) for number in pid]
-    except NoSuchProcess:
-        kept = [None]
-    if None in kept:
-        kept = await run_in_threadpool(_verdicts, service, pid, judged_by, asked)
-    documents = [{**shown(document, viewer), "answered_by": "service"} for document in kept]
+    # Read afresh, never a kept audit: the check here would see what no probe sees (an
+    # external unix socket connected, a file deleted) the moment it happens.
+    asked = {"tree": tree, "allow": allow, "environment": dumper, "name_holders": holders,
+             "fresh": True}
+    judged = await run_in_threadpool(_verdicts, service, pid, judged_by, asked)
+    documents = [{**shown(document, viewer), "answered_by": "service"} for document in judged]
     return _printed(check_output.printed(documents, json), check_output.status(documents),
                     "stdout")
 
 
 def _verdicts(service: ServiceDep, pids: list[int], judged_by: Profile, asked: dict) -> list[dict]:
-    """The verdict of each pid, audited now or kept."""
+    """The verdict of each pid, audited now."""
     documents = []
     for number in pids:
         try:
