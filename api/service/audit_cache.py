@@ -93,12 +93,6 @@ class AuditCache:
             return kept, True
         return self._read_after_now(pid, tree, holders, self._live_table()), False
 
-    def fresh(self, pid: int, *, tree: bool = False) -> Audit:
-        """An audit begun after this call, never a kept one (it is kept for the others):
-        for an answer that must also see what no probe sees, as an audit read by the
-        caller itself would."""
-        return self._read_after_now(pid, tree, None, self._live_table())
-
     def kept(self, pid: int, *, tree: bool = False, wait: float = CATCH_UP_SECONDS,
              most: int | None = None) -> Audit | None:
         """The last audit of this process (or tree), if it may be answered again now: no

@@ -13,7 +13,6 @@ each scrape (metrics.py).
 """
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import math
@@ -91,11 +90,6 @@ class Service:
         self.history: History | None = None
         self._audits = AuditCache(audit=self._audit, live_table=self._live_table,
                                   caught_up=self.tracker.caught_up)
-        # The audits of `crwatch check` without --holders, whose info messages do not
-        # name who holds a pipe or socket outside the tree, kept apart.
-        self._unnamed_audits = AuditCache(audit=functools.partial(self._audit, name_holders=False),
-                                          live_table=self._live_table,
-                                          caught_up=self.tracker.caught_up)
         self.rows = ProcessRows(row=self.row, stale=self.stale, after_pass=self._after_pass)
         self._frozen = False    # the start-up's objects are out of the collector's passes
         self.metrics.registry.register(StateCollector(
@@ -129,7 +123,6 @@ class Service:
 
     def _after_pass(self) -> None:
         self._audits.forget_old()
-        self._unnamed_audits.forget_old()
         if not self._frozen:
             # The live table, the first rows, the catalogue and the modules stay for the
             # service's life: frozen, they are never walked again by the collector's full
@@ -146,9 +139,7 @@ class Service:
             self.history.record_verdict(document)
 
     def _gate_judged(self, pid: int, document: dict) -> None:
-        # the gate's recheck is newer than any kept audit
-        self._audits.forget(pid)
-        self._unnamed_audits.forget(pid)
+        self._audits.forget(pid)  # the gate's recheck is newer than any kept audit
         self._record_verdict(document)
 
     # ------------------------------------------------------------ documents
@@ -184,20 +175,20 @@ class Service:
                 "event_clients_cut_off": self.events.cut_off}
 
     def checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
-                       profile_name: str | None = None,
-                       environment: Environment | None = None,
-                       name_holders: bool = True, fresh: bool = False) -> dict:
+                       profile_name: str | None = None) -> dict:
         """The verdict of pid with all its descendants (what a checkpoint takes), or with
-        `tree=False` of its own findings; what only the probes see counts too.
-        `environment`: the dumper's as the document names it (default: the service's);
-        `name_holders`: name who holds its pipes and sockets outside it; `fresh`: read
-        after this call, never a kept audit (which may miss what no probe sees)."""
-        audits = self._audits if name_holders else self._unnamed_audits
-        if fresh:
-            result, reused = audits.fresh(pid, tree=tree), False
-        else:
-            result, reused = audits.audit(pid, tree=tree)
-        return self._verdict(result, reused, self.profile_for(profile_name), allow, environment)
+        `tree=False` of its own findings; what only the probes see counts too."""
+        result, reused = self._audits.audit(pid, tree=tree)
+        return self._verdict(result, reused, self.profile_for(profile_name), allow)
+
+    def check(self, pid: int, *, tree: bool, allow: Iterable[str], name_holders: bool,
+              environment: Environment) -> dict:
+        """checkpointable()'s document as `crwatch check` would judge it: from an audit
+        read now, never a kept one (which may miss what no probe sees, an external unix
+        socket connected meanwhile), naming who holds its pipes and sockets outside the
+        tree only when asked, for the dumper `environment`, under the service's profile."""
+        result = self._audit(pid, tree=tree, name_holders=name_holders)
+        return self._verdict(result, False, self.profile, allow, environment)
 
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                             profile_name: str | None = None) -> dict | None:

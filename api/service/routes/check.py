@@ -76,8 +76,7 @@ async def check(
                              f"{'.'.join(map(str, judged_by.criu_version))}")
     # Read afresh, never a kept audit: the check here would see what no probe sees (an
     # external unix socket connected, a file deleted) the moment it happens.
-    asked = {"tree": tree, "allow": allow, "environment": dumper, "name_holders": holders,
-             "fresh": True}
+    asked = {"tree": tree, "allow": allow, "environment": dumper, "name_holders": holders}
     judged = await run_in_threadpool(_verdicts, service, pid, judged_by, asked)
     documents = [{**shown(document, viewer), "answered_by": "service"} for document in judged]
     return _printed(check_output.printed(documents, json), check_output.status(documents),
@@ -89,7 +88,7 @@ def _verdicts(service: ServiceDep, pids: list[int], judged_by: Profile, asked: d
     documents = []
     for number in pids:
         try:
-            documents.append(service.checkpointable(number, **asked))
+            documents.append(service.check(number, **asked))
         except NoSuchProcess:  # gone between the existence check and the audit
             documents.append(check_output.gone_document(number, judged_by, asked["allow"],
                                                         asked["tree"]))
