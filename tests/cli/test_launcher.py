@@ -43,6 +43,8 @@ def connect(*_):
 signal.signal(signal.SIGUSR1, connect)
 ready(); hold()
 """
+HOSTILE_NAME = b"<s>\x1b[31m\xff\n\xfe"    # a comm: escapes, bytes that are not UTF-8
+HOSTILE_DIRECTORY = b"/dir-\xff\n\x1b[2Jx"
 # The same, with a unix socket connected to a listener outside its tree.
 UNIX_CONNECTS_ON_SIGNAL = """
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
@@ -109,6 +111,25 @@ def test_the_service_prints_what_the_audit_here_prints(program, service, code, v
         served = assert_same_as_local(program, service, str(running.pid))
     assert served.returncode == status
     assert json.loads(served.stdout)["verdict"] == verdict
+
+
+def test_names_that_are_not_text_are_printed_as_here(program, service, place):
+    """A name with terminal escapes and bytes that are not UTF-8, and a locked file under
+    a directory named so: shown the same escaped way, byte for byte."""
+    directory = bytes(place) + HOSTILE_DIRECTORY
+    hostile = f"""
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p({HOSTILE_NAME!r}), 0, 0, 0)
+os.mkdir({directory!r})
+lock = os.open({directory!r} + b"/locked", os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(lock, fcntl.LOCK_EX)
+ready(); hold()
+"""
+    try:
+        with subject(hostile) as running:
+            served = assert_same_as_local(program, service, str(running.pid))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert "\\xff" in served.stdout and "\x1b" not in served.stdout
 
 
 def test_options_the_service_is_told_change_its_answer_as_they_change_the_audit(program,
