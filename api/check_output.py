@@ -13,6 +13,7 @@ from api.render import verdict_text
 from tracker import verdict
 from tracker.audit import Audit, ProcessIdentity, ThreadId, identify
 from tracker.checks.general import exited
+from tracker.environment import Environment
 from tracker.procfs import AccessDenied, ProcessGone
 from tracker.profiles import Profile
 from tracker.safe_text import json_text
@@ -37,10 +38,12 @@ def _refusal(pid: int) -> str | None:
     return None
 
 
-def gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool) -> dict:
-    """The verdict of a process that exited between the existence check and its audit."""
+def gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool,
+                  environment: Environment | None = None) -> dict:
+    """The verdict of a process that exited between the existence check and its audit,
+    in the dumper's `environment` (default: this process's)."""
     gone = Audit(root=ProcessIdentity(pid, 0.0, ""), tree=tree, findings=[exited(pid)])
-    return verdict.document(gone, chosen, allow)
+    return verdict.document(gone, chosen, allow, environment)
 
 
 def printed(documents: list[dict], as_json: bool) -> str:

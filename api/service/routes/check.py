@@ -67,11 +67,11 @@ async def check(
         return _problem(409, f"the service judges for profile {service.profile.name}")
     judged_by = service.profile
     try:
-        asked = parse_version(criu_version) if criu_version else default_criu_version()
+        version = parse_version(criu_version) if criu_version else default_criu_version()
         dumper = judged_for(unix_caller(request), path, criu, environment.current())
     except (ValueError, OtherDumper) as error:
         return _problem(409, str(error))
-    if asked != judged_by.criu_version:
+    if version != judged_by.criu_version:
         return _problem(409, "the service judges for CRIU "
                              f"{'.'.join(map(str, judged_by.criu_version))}")
     # Read afresh, never a kept audit: the check here would see what no probe sees (an
@@ -91,7 +91,7 @@ def _verdicts(service: ServiceDep, pids: list[int], judged_by: Profile, asked: d
             documents.append(service.check(number, **asked))
         except NoSuchProcess:  # gone between the existence check and the audit
             documents.append(check_output.gone_document(number, judged_by, asked["allow"],
-                                                        asked["tree"]))
+                                                        asked["tree"], asked["environment"]))
     return documents
 
 
