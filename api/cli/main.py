@@ -20,6 +20,7 @@ from api.service.settings import (
     DEFAULT_PORT,
     DEFAULT_SOCKET,
     LOCAL_VARIABLE,
+    SOCKET_VARIABLE,
 )
 from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.gate.freeze import DEFAULT_WATCHDOG_S
@@ -55,9 +56,9 @@ def _check(commands) -> None:
                             "its pipes and sockets (reads every fd of the host; no verdict "
                             "depends on them)")
     check.add_argument("--local", action="store_true",
-                       help="audit here even when a crwatch service answers on its socket "
-                            f"(the same as {LOCAL_VARIABLE}=1; the service's answers say "
-                            "answered_by)")
+                       help="audit here rather than ask the crwatch service running on "
+                            f"{DEFAULT_SOCKET} (or ${SOCKET_VARIABLE}), whose answers say "
+                            f'"answered_by": "service"; the same as {LOCAL_VARIABLE}=1')
     arguments.add_profile_arguments(check)
 
 

@@ -188,7 +188,9 @@ class Service:
         socket connected meanwhile), naming who holds its pipes and sockets outside the
         tree only when asked, for the dumper `environment`, under the service's profile."""
         result = self._audit(pid, tree=tree, name_holders=name_holders)
-        return self._verdict(result, False, self.profile, allow, environment)
+        document = self._verdict(result, False, self.profile, allow, environment)
+        del document["audit_reused"]  # never: the command's document has no such field
+        return document
 
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                             profile_name: str | None = None) -> dict | None:
