@@ -3,7 +3,7 @@
 Both sockets are bound before the tracker starts, so that an address in use is said
 at once, and listen only once it is ready: until then a client is refused, and
 `crwatch check` audits by itself. The unix socket (--socket, by default
-/run/crwatch/service.sock for root) is where `crwatch check` asks first; anyone may
+/run/crwatch.sock for root) is where `crwatch check` asks first; anyone may
 connect (0666), and sees what its uid may see (api.service.auth). A socket file left
 by a service that no longer runs is replaced; one a live service answers on is not:
 an error for a --socket given, a warning for the default, which is then not served.

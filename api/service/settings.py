@@ -11,7 +11,8 @@ DEFAULT_DB = Path("/var/lib/crwatch/history.sqlite3")
 DEFAULT_DUMP_ROOT = Path("/var/lib/crwatch/dumps")
 # The local socket root's service also listens on, where `crwatch check` asks it first;
 # $CRWATCH_SOCKET names another, and $CRWATCH_LOCAL=1 (or `check --local`) audits here.
-DEFAULT_SOCKET = Path("/run/crwatch/service.sock")
+# Not in /run/crwatch, which CRIU's facts keep private (0700): every user must reach it.
+DEFAULT_SOCKET = Path("/run/crwatch.sock")
 SOCKET_VARIABLE, LOCAL_VARIABLE = "CRWATCH_SOCKET", "CRWATCH_LOCAL"
 
 
