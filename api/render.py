@@ -36,8 +36,10 @@ def verdict_text(document: dict) -> str:
         headline += ": " + options
     elif options:
         headline += f" (and needs {options})"
+    # a verdict the service judged says so (`crwatch check` answered on its socket)
+    source = ", answered by the crwatch service" if document.get("answered_by") else ""
     lines = [f"{root}{scope}: {headline}  [profile {document['profile']}, "
-             f"CRIU {document['criu_version']}]"]
+             f"CRIU {document['criu_version']}{source}]"]
     comms = {p["pid"]: p["comm"] for p in document["processes"]}
     for pid, reasons in groupby(document["reasons"], key=lambda r: r["pid"]):
         if document["tree"]:

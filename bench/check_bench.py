@@ -1,18 +1,23 @@
 """`crwatch check --json PID` against `lsof -p PID`: the whole command as a user runs it.
 
 Each run starts a new process, as a user's shell does, on a host with 500 extra
-sleeping processes. The subjects: a sleeping process, and processes holding
+sleeping processes. The command is the compiled front end set-up installs as
+`crwatch` (api/cli/launcher.c, built here by scripts/build-launcher.sh), measured
+both ways in turns with lsof: with a service running (probes attached) that it asks
+on its socket, and without one, where it runs the Python command line, which
+audits in-process. The subjects: a sleeping process, and processes holding
 1,200 and 12,500 mixed fds (files, pipes, socketpairs, eventfds, TCP listeners).
 Each subject holds the write end of a pipe whose read end this bench holds, as
 a process started in a shell pipeline or by a supervisor holds its stdout: the
 end outside its tree is what a check names. Prints the median of 5 runs of each
-command, run in turns, and their ratio (target: at most 1.0); then the floors
+command, run in turns, and their ratios (target: at most 1.0); then the floors
 any Python check pays (the interpreter's start, the command's imports) and what
 one CRIU run of the environment's detection costs, and the kernel's part: the
 subject's fd table read by the compiled walk in this process. CRIU's answers about itself
 are kept across runs (tracker.criu.facts_cache): the runs measured find them
 kept, as every check does after the first since boot or since CRIU changed; the
-sleeping case is also measured with them asked afresh ($CRWATCH_REFRESH_CRIU=1).
+sleeping case is also measured with them asked afresh ($CRWATCH_REFRESH_CRIU=1,
+which the front end leaves to the in-process audit).
 Each figure is recorded for `make bench`'s table (bench.figures).
 
 `--quick` takes 3 runs of each command instead of 5; `--case sleeping|1200|12500`
@@ -22,25 +27,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.service_socket import SOCKET_VARIABLE
 from bench.figures import Figure, record, within
+from tests.support import launchers
 from tests.support.subjects import subject
 from tracker import procfs
 from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.criu.runner import find_criu
 
 ROOT = Path(__file__).resolve().parents[1]
-CRWATCH = ROOT / ".venv" / "bin" / "crwatch"
+CRWATCH_PYTHON = ROOT / ".venv" / "bin" / "python"
+SERVICE_START_SECONDS = 120
 EXTRA_PROCESSES = 500
 RUNS = 5
 TARGET_RATIO = 1.0
@@ -83,15 +95,14 @@ def run_ms(command: list[str], env: dict) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def medians_ms(ours: list[str], peer: list[str], env: dict, runs: int,
-               ours_env: dict | None = None) -> tuple[float, float]:
-    """The medians of `runs` runs of each command, run in turns so that both meet the same
-    load on a shared machine."""
-    times: tuple[list[float], list[float]] = ([], [])
+def medians_ms(commands: list[tuple[list[str], dict]], runs: int) -> list[float]:
+    """The medians of `runs` runs of each (command, environment), run in turns so that all
+    meet the same load on a shared machine."""
+    times: list[list[float]] = [[] for _ in commands]
     for _ in range(runs):
-        times[0].append(run_ms(ours, ours_env or env))
-        times[1].append(run_ms(peer, env))
-    return statistics.median(times[0]), statistics.median(times[1])
+        for taken, (command, env) in zip(times, commands):
+            taken.append(run_ms(command, env))
+    return [statistics.median(taken) for taken in times]
 
 
 def installed_env(pycache: str) -> dict:
@@ -102,36 +113,75 @@ def installed_env(pycache: str) -> dict:
     return env
 
 
-def bench_case(name: str, code: str, env: dict, command_env: dict, runs: int,
-               afresh: bool) -> float:
-    """Records crwatch check against lsof -p on one subject (and, when `afresh`, with
-    CRIU's answers asked afresh); returns lsof's median."""
+def bench_case(name: str, code: str, env: dict, program: Path, service_socket: Path,
+               command_env: dict, runs: int, afresh: bool) -> float:
+    """Records crwatch check, answered by the service and audited in-process, against
+    lsof -p on one subject (and, when `afresh`, in-process with CRIU's answers asked
+    afresh); returns lsof's median."""
     read_end, write_end = os.pipe()
+    served_env = dict(command_env, **{SOCKET_VARIABLE: str(service_socket)})
+    alone_env = dict(command_env, **{SOCKET_VARIABLE: str(service_socket.with_name("none"))})
     try:
         with subject(code, env=env, pass_fds=(write_end,)) as running:
             fds = psutil.Process(running.pid).num_fds()
-            check = [str(CRWATCH), "check", "--json", str(running.pid)]
+            check = [str(program), "check", "--json", str(running.pid)]
             lsof = ["lsof", "-p", str(running.pid)]
-            run_ms(check, command_env)      # caches the bytecode and CRIU's answers
-            ours, peer = medians_ms(check, lsof, command_env, runs)
+            run_ms(check, alone_env)      # caches the bytecode and CRIU's answers
+            answered = subprocess.run(check, env=served_env, capture_output=True, text=True)
+            if '"answered_by": "service"' not in answered.stdout:
+                raise SystemExit(f"the service did not answer: {answered.stderr}")
+            served, alone, peer = medians_ms([(check, served_env), (check, alone_env),
+                                              (lsof, command_env)], runs)
             walk = table_read_ms(running.pid, runs)
             if afresh:
-                asking = dict(command_env, **{REFRESH_VARIABLE: "1"})
-                cold, cold_peer = medians_ms(check, lsof, command_env, runs, asking)
+                asking = dict(alone_env, **{REFRESH_VARIABLE: "1"})
+                cold, cold_peer = medians_ms([(check, asking), (lsof, command_env)], runs)
     finally:
         os.close(read_end)
         os.close(write_end)
     measure = f"`crwatch check --json` vs `lsof -p`, {name} ({fds:,} fds)"
-    record(Figure("check", measure, f"{ours:.1f} ms", f"lsof -p {peer:.1f} ms", ours / peer,
-                  f"<= x{TARGET_RATIO}", within(ours / peer, TARGET_RATIO)))
+    record(Figure("check", f"{measure}, a service running (answered on its socket)",
+                  f"{served:.1f} ms", f"lsof -p {peer:.1f} ms", served / peer,
+                  f"<= x{TARGET_RATIO}", within(served / peer, TARGET_RATIO)))
+    record(Figure("check", f"{measure}, no service (audited in-process)", f"{alone:.1f} ms",
+                  f"lsof -p {peer:.1f} ms", alone / peer, f"<= x{TARGET_RATIO}",
+                  within(alone / peer, TARGET_RATIO)))
     if walk is not None:
         record(Figure("check", f"floor: the fd table as the compiled walk reads it, in-process, "
                                f"{name}", f"{walk:.2f} ms", f"lsof -p {peer:.1f} ms", walk / peer))
     if afresh:
-        record(Figure("check", f"{measure}, CRIU's answers asked afresh (first check since "
-                               "boot or since CRIU changed)", f"{cold:.1f} ms",
+        record(Figure("check", f"{measure}, no service, CRIU's answers asked afresh (first "
+                               "check since boot or since CRIU changed)", f"{cold:.1f} ms",
                       f"lsof -p {cold_peer:.1f} ms", cold / cold_peer))
     return peer
+
+
+@contextmanager
+def service(scratch: Path, command_env: dict) -> Iterator[Path]:
+    """A real `crwatch serve` with its probes, as a host runs it; yields its socket."""
+    sock = scratch / "service.sock"
+    with socket.socket() as probe:  # a free port, for the service to bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serving = subprocess.Popen([str(CRWATCH_PYTHON), "-m", "api.cli", "serve", "--port", str(port),
+                                "--db", str(scratch / "history.sqlite3"), "--socket", str(sock)],
+                               env=command_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + SERVICE_START_SECONDS
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).close()
+                break
+            except OSError:
+                if serving.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"crwatch serve did not start: {serving.stderr.read()}") \
+                        from None
+                time.sleep(0.1)
+        yield sock
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
 
 
 def table_read_ms(pid: int, runs: int) -> float | None:
@@ -152,7 +202,7 @@ def floors(command_env: dict, runs: int, lsof_ms: float | None) -> None:
     interpreter's start, then the check command's imports; and one CRIU run of the
     environment's detection (when CRIU's answers are not kept). Each is set against lsof
     on the sleeping process, when measured."""
-    python = str(CRWATCH.with_name("python"))
+    python = str(CRWATCH_PYTHON)
     criu = find_criu()
     commands = {"python -I -c pass": [python, "-I", "-c", "pass"],
                 "python -c 'import api.cli.main, api.cli.check'":
@@ -181,15 +231,19 @@ def main(argv: list[str] | None = None) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(EXTRA_PROCESSES)]
     try:
-        with tempfile.TemporaryDirectory(prefix="crwatch-bench-pyc-") as pycache:
+        with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
+            scratch = Path(scratch)
+            command_env = installed_env(str(scratch / "pycache"))
+            program = launchers.build(scratch)
             lsof_sleeping = None
-            for case in args.case or list(CASES):
-                name, code, env = CASES[case]
-                peer = bench_case(name, code, env, installed_env(pycache), runs,
-                                  afresh=case == "sleeping")
-                if case == "sleeping":
-                    lsof_sleeping = peer
-            floors(installed_env(pycache), runs, lsof_sleeping)
+            with service(scratch, command_env) as service_socket:
+                for case in args.case or list(CASES):
+                    name, code, env = CASES[case]
+                    peer = bench_case(name, code, env, program, service_socket, command_env,
+                                      runs, afresh=case == "sleeping")
+                    if case == "sleeping":
+                        lsof_sleeping = peer
+            floors(command_env, runs, lsof_sleeping)
     finally:
         for process in extra:
             process.kill()

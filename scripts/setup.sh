@@ -5,7 +5,8 @@
 # Debian packages below and the tracefs mount.
 #
 #   .venv/                 virtualenv from /usr/bin/python3 (sees Debian's bcc), with
-#                          _crwatch_fdwalk built by Debian's gcc from tracker/fdwalk.c
+#                          _crwatch_fdwalk built by Debian's gcc from tracker/fdwalk.c,
+#                          and bin/crwatch the front end built from api/cli/launcher.c
 #   .deps/kernel-headers/  merged header tree for bcc (only without /lib/modules/*/build)
 #   .deps/criu-apt/        private apt state used to fetch CRIU from Debian sid
 #   .deps/criu-root/       those .debs unpacked (never installed into the system)
@@ -118,6 +119,31 @@ if [ ! -e "$FDWALK" ] || [ "$(cat "$FDWALK_STAMP" 2>/dev/null)" != "$want" ]; th
     echo "$want" > "$FDWALK_STAMP"
 else
     say "_crwatch_fdwalk up to date"
+fi
+
+# ---------------------------------------------------------------- the crwatch command
+# api/cli/launcher.c: what `crwatch` runs. It has a running service answer `crwatch
+# check` on its unix socket and runs the Python command line (`python -P -m api.cli`)
+# for everything else. It replaces pip's console script of the same name, which pip
+# writes again at each install: a run of set-up puts it back. Rebuilt when its source,
+# its build or the names it is built with change.
+LAUNCHER=$VENV/crwatch-launcher
+LAUNCHER_STAMP=$VENV/.crwatch-launcher-stamp
+want=$(cat api/cli/launcher.c scripts/build-launcher.sh api/service/settings.py \
+           tracker/criu/facts_cache.py "$VENV/bin/python" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$LAUNCHER" ] || [ "$(cat "$LAUNCHER_STAMP" 2>/dev/null)" != "$want" ]; then
+    say "building the crwatch front end from api/cli/launcher.c"
+    rm -f "$LAUNCHER_STAMP"
+    bash scripts/build-launcher.sh "$LAUNCHER" "$VENV/bin/python" \
+        || die "building the crwatch front end failed"
+    echo "$want" > "$LAUNCHER_STAMP"
+fi
+if ! cmp -s "$LAUNCHER" "$VENV/bin/crwatch"; then
+    say "installing the crwatch front end as .venv/bin/crwatch"
+    cp "$LAUNCHER" "$VENV/bin/crwatch.tmp"
+    mv "$VENV/bin/crwatch.tmp" "$VENV/bin/crwatch"
+else
+    say "crwatch front end up to date"
 fi
 
 # ---------------------------------------------------------------- bcc headers

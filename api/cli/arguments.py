@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 
 from tracker.profiles import PROFILE_NAMES, Profile, parse_version, profile
 
@@ -38,6 +39,15 @@ def pid(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"not a pid: {text!r}")
     return int(text)
+
+
+def socket_path(text: str) -> Path | None:
+    """A unix socket's path, absolute; `none`: no socket."""
+    if text == "none":
+        return None
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"not an absolute path (or none): {text!r}")
+    return Path(text)
 
 
 def add_scope_arguments(command: argparse.ArgumentParser, only_help: str) -> None:

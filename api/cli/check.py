@@ -3,6 +3,9 @@
 Each pid is judged with all its descendants, as `criu dump -t PID` takes them;
 `--only` asks for the pid's own findings. Who holds a pipe or socket outside the tree
 is named only with `--holders` (a walk over every fd of the host, for info messages).
+This is the audit here; when a service runs, the compiled front end (launcher.c) has
+the service answer instead, with the same output and status (api/check_output.py),
+and runs this only when the service cannot answer as this would, or with --local.
 """
 from __future__ import annotations
 
@@ -11,14 +14,12 @@ import gc
 import os
 import sys
 
-from api.cli import arguments, exit_codes
-from api.render import verdict_text
+from api import check_output, exit_codes
+from api.cli import arguments
+from api.service_socket import DEFAULT_SOCKET, LOCAL_VARIABLE, SOCKET_VARIABLE
 from tracker import environment, verdict
-from tracker.audit import Audit, ProcessIdentity, ThreadId, audit, identify
-from tracker.checks.general import exited
-from tracker.procfs import AccessDenied, ProcessGone
-from tracker.profiles import Profile
-from tracker.safe_text import json_text
+from tracker.audit import audit
+from tracker.procfs import ProcessGone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,14 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name the processes outside the tree that hold the other end of "
                              "its pipes and sockets (reads every fd of the host; no verdict "
                              "depends on them)")
+    parser.add_argument("--local", action="store_true",
+                        help="audit here rather than ask the crwatch service running on "
+                             f"{DEFAULT_SOCKET} (or ${SOCKET_VARIABLE}), whose answers say "
+                             f'"answered_by": "service"; the same as {LOCAL_VARIABLE}=1')
     arguments.add_profile_arguments(parser)
 
 
 def run(args) -> int:
-    refusals = [refusal for pid in args.pids if (refusal := _refusal(pid))]
+    refusals = check_output.refusals(args.pids)
     if refusals:
-        for refusal in refusals:
-            print(f"crwatch: {refusal}", file=sys.stderr)
+        print("\n".join(refusals), file=sys.stderr)
         return exit_codes.USAGE
     if os.geteuid() != 0:
         print("crwatch: not running as root: the open files, memory maps and sockets of other "
@@ -68,35 +72,7 @@ def run(args) -> int:
     # the CRIU found decides its version: asked after the audits
     chosen = arguments.judged_by(args)
     documents = [verdict.document(result, chosen, args.allow) if result
-                 else _gone_document(pid, chosen, args.allow, tree) for pid, result in results]
-    _print(documents, args.json)
-    if all(document["checkpointable"] for document in documents):
-        return exit_codes.OK
-    return exit_codes.NOT_CHECKPOINTABLE
-
-
-def _refusal(pid: int) -> str | None:
-    """Why this pid cannot be checked (None: it can)."""
-    try:
-        identify(pid)
-    except ProcessGone:
-        return f"no process with pid {pid}"
-    except ThreadId as thread:
-        return (f"{thread.tid} is a thread of process {thread.tgid}; a checkpoint takes whole "
-                f"processes: check {thread.tgid}")
-    except AccessDenied:
-        pass  # judged `unknown`, with what could not be read
-    return None
-
-
-def _gone_document(pid: int, chosen: Profile, allow: list[str], tree: bool) -> dict:
-    gone = Audit(root=ProcessIdentity(pid, 0.0, ""), tree=tree, findings=[exited(pid)])
-    return verdict.document(gone, chosen, allow)
-
-
-def _print(documents: list[dict], as_json: bool) -> None:
-    if as_json:
-        payload = documents[0] if len(documents) == 1 else documents
-        print(json_text(payload, indent=2))
-        return
-    print("\n\n".join(verdict_text(document) for document in documents))
+                 else check_output.gone_document(pid, chosen, args.allow, tree)
+                 for pid, result in results]
+    sys.stdout.write(check_output.printed(documents, args.json))
+    return check_output.status(documents)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from api.cli import exit_codes
+from api import exit_codes
 from api.render import gate_text
 from tracker.checks.catalogue import catalogue
 from tracker.criu.options import given_options

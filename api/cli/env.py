@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from api.cli import exit_codes
+from api import exit_codes
 from tracker import environment
 from tracker.criu.facts_cache import REFRESH_VARIABLE
 from tracker.safe_text import json_text, visible_all

@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from api.cli import arguments, exit_codes
+from api import exit_codes
+from api.cli import arguments
 from api.render import gate_text
 from api.service.settings import DEFAULT_HOST, DEFAULT_PORT, service_url
 from tracker.audit import ThreadId, identify

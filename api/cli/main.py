@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from api.cli import exit_codes
+from api import exit_codes
 from tracker import proc_locks
 
 # Each command's module: its `run(args)` does the command and returns its exit status.

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli import arguments, exit_codes
+from api import exit_codes
+from api.cli import arguments
 from api.render import rules_text
 from api.rules_document import rules_document
 from tracker.checks.catalogue import catalogue

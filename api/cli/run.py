@@ -13,9 +13,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from api import exit_codes
 from api.ci.report import junit, text
 from api.ci.run import CommandNotFound, RunError, RunRequest, run_and_follow
-from api.cli import arguments, exit_codes
+from api.cli import arguments
 from api.service.settings import DEFAULT_HOST, DEFAULT_PORT
 from tracker.safe_text import json_text
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from api.cli import arguments
 from api.service.settings import DEFAULT_DB, DEFAULT_DUMP_ROOT, DEFAULT_HOST, DEFAULT_PORT
+from api.service_socket import DEFAULT_SOCKET
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dump-root", type=Path, default=DEFAULT_DUMP_ROOT, metavar="DIR",
                         help="a gate's dump.directory must be inside it, `..` and symlinks "
                              f"resolved (default {DEFAULT_DUMP_ROOT})")
+    parser.add_argument("--socket", type=arguments.socket_path, default=DEFAULT_SOCKET,
+                        metavar="PATH",
+                        help="also listen on this unix socket, where `crwatch check` asks "
+                             f"first (default for root: {DEFAULT_SOCKET}; `none`: only TCP); "
+                             "callers are known by their uid, as on loopback")
     parser.add_argument("--no-probes", action="store_true",
                         help="do not attach the eBPF probes: answer from audits alone")
     arguments.add_profile_arguments(parser)

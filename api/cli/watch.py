@@ -14,7 +14,8 @@ import signal
 import sys
 import threading
 
-from api.cli import arguments, exit_codes
+from api import exit_codes
+from api.cli import arguments
 from probes.loader import ProbeError, Probes
 from tracker.live.applier import Tracker
 from tracker.safe_text import json_text

@@ -10,10 +10,12 @@
   page and its trees' verdicts), gates.py (POST /processes/{pid}/gate), metrics.py
   (/metrics), history.py (the SQLite history), event_hub.py (/events fan-out).
 - settings.py, auth.py, peer.py (who calls), privacy.py (what they may see),
+  caller_dumper.py (whose dumper judges a `crwatch check` asked on the unix socket),
   connections.py (the server's connection limits), models.py (the documents' schemas),
   safe_json.py (JSON for names that are not UTF-8).
 
-May import: tracker, probes, api.render, api.rules_document. Never api.cli or api.ci (they
+May import: tracker, probes, api.render, api.rules_document, api.check_output,
+api.exit_codes. Never api.cli or api.ci (they
 import this package, for `crwatch serve` and to find a service). Within the package only
 app.py (which builds the Service) and deps.py (which hands it to the routes) import
 state.py: the parts the Service owns never see it."""

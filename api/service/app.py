@@ -14,7 +14,16 @@ from api.service.auth import misdirected, refusal, viewer
 from api.service.connections import ConnectionGuard
 from api.service.errors import GateBusy, NoSuchProcess
 from api.service.history import HistoryUnavailable
-from api.service.routes import dashboard, environment, events, health, metrics, processes, rules
+from api.service.routes import (
+    check,
+    dashboard,
+    environment,
+    events,
+    health,
+    metrics,
+    processes,
+    rules,
+)
 from api.service.safe_json import SafeJSONResponse as JSONResponse
 from api.service.settings import Settings
 from api.service.state import Service
@@ -45,8 +54,8 @@ def create_app(settings: Settings, connections: ConnectionGuard | None = None,
     # every JSON answer, errors included, encodes names that are not UTF-8 safely
     app = FastAPI(title="crwatch", lifespan=lifespan, default_response_class=JSONResponse,
                   description="Can this process be checkpointed right now, and if not, why?")
-    for router in (processes.router, events.router, rules.router, environment.router,
-                   health.router, metrics.router, dashboard.router):
+    for router in (processes.router, check.router, events.router, rules.router,
+                   environment.router, health.router, metrics.router, dashboard.router):
         app.include_router(router)
     _add_error_handlers(app)
 

@@ -2,8 +2,10 @@
 
 With a token configured, a caller is authorized by `Authorization: Bearer
 TOKEN`. Off loopback every request needs it (401 without, 403 with a wrong
-one). On loopback anyone may read, and sees what its own uid may see
-(api.service.privacy): the kernel says which uid made the caller's socket (api.service.peer).
+one). On loopback and on the unix socket anyone may read, and sees what its own uid may
+see (api.service.privacy): the kernel says which uid made the caller's socket, or
+connected to the unix socket (api.service.peer); a unix caller is never trusted more
+than that uid.
 State-changing requests always need the token: without one configured they
 are refused. Whatever the token, a Host header naming another host is refused
 (421): a browser page whose name was made to resolve to 127.0.0.1 (DNS
@@ -16,7 +18,8 @@ import ipaddress
 
 from fastapi import Request
 
-from api.service.peer import tcp_peer_uid
+from api.service.connections import UNIX_PEER
+from api.service.peer import UnixPeer, tcp_peer_uid
 from api.service.privacy import Viewer
 from api.service.settings import Settings
 
@@ -40,7 +43,7 @@ def refusal(settings: Settings, request: Request, *, changing: bool = False) -> 
     that changes state is refused outright when no token is configured."""
     if settings.token is None:
         return 403 if changing else None
-    if not (changing or settings.everyone_needs_token):
+    if not (changing or (settings.everyone_needs_token and unix_caller(request) is None)):
         return None
     if presented(request) is None:
         return 401
@@ -52,7 +55,15 @@ def viewer(settings: Settings, request: Request) -> Viewer:
     is on this host, else nobody known."""
     if authorized(settings, request):
         return Viewer(None, everything=True)
+    caller = unix_caller(request)
+    if caller is not None:
+        return Viewer.of(caller.uid)
     return Viewer.of(tcp_peer_uid(request.client, request.scope.get("server")))
+
+
+def unix_caller(request: Request) -> UnixPeer | None:
+    """Who connected, when the request came on the unix socket (None: it came over TCP)."""
+    return request.scope.get("state", {}).get(UNIX_PEER)
 
 
 def misdirected(settings: Settings, request: Request) -> str | None:

@@ -18,6 +18,11 @@ h11 protocol (guarded_protocol()):
 - accept() failures (out of fds) said once, then counted, with a line at most every
   REPEAT_SECONDS while they go on (loop_exception_handler);
 - the soft RLIMIT_NOFILE raised to the hard limit at start (raise_fd_limit).
+
+It also says who is at the other end of a unix socket connection: the credentials
+the kernel recorded at connect() (api.service.peer.unix_peer), in every request's
+scope["state"] under UNIX_PEER (request.state.unix_peer), as uvicorn says nothing
+of a unix client.
 """
 from __future__ import annotations
 
@@ -26,11 +31,14 @@ import errno
 import logging
 import os
 import resource
+import socket
 import time
 from collections import OrderedDict
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from api.service.peer import unix_peer
 
 MAX_CONNECTIONS = 1024
 # fds kept for everything but connections: /proc reads of audits and of the tracker,
@@ -40,6 +48,7 @@ REQUEST_SECONDS = 10.0
 IDLE_SECONDS = 5       # uvicorn's keep-alive timeout, between requests
 STALL_SECONDS = 30.0
 REPEAT_SECONDS = 60.0
+UNIX_PEER = "unix_peer"
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 log = logging.getLogger("crwatch.connections")
@@ -156,6 +165,10 @@ class GuardedH11Protocol(H11Protocol):
             transport.abort()
             return
         super().connection_made(transport)
+        connection = transport.get_extra_info("socket")
+        if connection is not None and connection.family == socket.AF_UNIX:
+            # the scope's state is copied from this for each request of the connection
+            self.app_state = {**self.app_state, UNIX_PEER: unix_peer(connection)}
         self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:

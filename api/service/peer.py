@@ -1,5 +1,7 @@
-"""Who is at the other end of a loopback TCP connection: the uid the kernel records for
-the client's socket, found by one exact sock_diag lookup of the connection.
+"""Who is at the other end of a connection: for a loopback TCP connection, the uid the
+kernel records for the client's socket, found by one exact sock_diag lookup of the
+connection; for a unix socket, the credentials the kernel recorded when the client
+connected (SO_PEERCRED).
 
 The client's end of a connection to this host is a socket on this host too; the kernel
 keeps the uid of whoever made it (its fsuid at socket()) and reports it with the
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from dataclasses import dataclass
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 NLM_F_REQUEST = 0x1
@@ -22,6 +25,7 @@ LOOKUP_TIMEOUT = 1.0
 UNHELD_STATES = {3, 6, 10, 12}  # SYN_RECV, TIME_WAIT, LISTEN, NEW_SYN_RECV
 
 _NLMSG = struct.Struct("=IHHII")
+_UCRED = struct.Struct("=iII")   # struct ucred: pid, uid, gid
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid: sport, dport
 # (big-endian), src, dst (16 bytes each), interface, cookie.
 _REQUEST = struct.Struct("=BBBxI2s2s16s16sIII")
@@ -30,6 +34,24 @@ _REQUEST = struct.Struct("=BBBxI2s2s16s16sIII")
 _REPLY = struct.Struct("=BBBB2s2s16s16sIIIIIIII")
 
 Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class UnixPeer:
+    """The process that connected to a unix socket, as the kernel saw it at connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def unix_peer(connection: socket.socket) -> UnixPeer | None:
+    """The credentials of the client of this unix socket connection (None: not one)."""
+    try:
+        raw = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    return UnixPeer(*_UCRED.unpack(raw))
 
 
 def loopback(host: str) -> bool:

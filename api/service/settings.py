@@ -28,6 +28,7 @@ class Settings:
     criu: str | None = None          # the CRIU for gates' dumps (default: the one set-up found)
     dump_root: Path = DEFAULT_DUMP_ROOT  # a gate's images directory must be inside it
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
+    socket: Path | None = None       # also listen on this unix socket (None: TCP only)
 
     @property
     def everyone_needs_token(self) -> bool:
@@ -40,6 +41,8 @@ class Settings:
                                 f"CRWATCH_TOKEN): every caller must then send it")
         if not self.dump_root.is_absolute():
             raise SettingsError(f"the dump root must be an absolute path: {self.dump_root}")
+        if self.socket is not None and not self.socket.is_absolute():
+            raise SettingsError(f"the socket must be an absolute path: {self.socket}")
         return self
 
 

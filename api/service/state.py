@@ -35,6 +35,7 @@ from api.service.settings import Settings
 from api.service.tree_rows import NON_NESTABLE
 from tracker import procfs, verdict
 from tracker.audit import Audit, ThreadId, audit, identify
+from tracker.environment import Environment
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live import probe_found
 from tracker.live.applier import Tracker
@@ -181,6 +182,17 @@ class Service:
         result, reused = self._audits.audit(pid, tree=tree)
         return self._verdict(result, reused, self.profile_for(profile_name), allow)
 
+    def check(self, pid: int, *, tree: bool, allow: Iterable[str], name_holders: bool,
+              environment: Environment) -> dict:
+        """checkpointable()'s document as `crwatch check` would judge it: from an audit
+        read now, never a kept one (which may miss what no probe sees, an external unix
+        socket connected meanwhile), naming who holds its pipes and sockets outside the
+        tree only when asked, for the dumper `environment`, under the service's profile."""
+        result = self._audit(pid, tree=tree, name_holders=name_holders)
+        document = self._verdict(result, False, self.profile, allow, environment)
+        del document["audit_reused"]  # never: the command's document has no such field
+        return document
+
     def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
                             profile_name: str | None = None) -> dict | None:
         """checkpointable()'s document from a kept audit of at most LOOP_PROCESSES
@@ -196,9 +208,9 @@ class Service:
         return self._verdict(result, True, self.profile_for(profile_name), allow)
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
-                 allow: Iterable[str]) -> dict:
+                 allow: Iterable[str], environment: Environment | None = None) -> dict:
         found = self._probe_found(result, judged_by)
-        document = probe_found.document(result, found, judged_by, allow)
+        document = probe_found.document(result, found, judged_by, allow, environment)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
         self.metrics.verdicts.labels(document["verdict"]).inc()
@@ -270,11 +282,12 @@ class Service:
             return self.profile
         return profile(name, self.profile.criu_version)
 
-    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None) -> Audit:
+    def _audit(self, pid: int, tree: bool, holders: HostHolders | None = None,
+               name_holders: bool = True) -> Audit:
         try:
             identify(pid)
             with self.metrics.audit_seconds.time():
-                result = audit(pid, tree=tree, holders=holders)
+                result = audit(pid, tree=tree, holders=holders, name_holders=name_holders)
         except ProcessGone:
             raise NoSuchProcess(pid) from None
         except AccessDenied as error:  # not even /proc/PID/stat: say so, as a 404 would lie

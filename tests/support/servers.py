@@ -19,12 +19,15 @@ START_TIMEOUT = 60.0      # compiling the probes and auditing every process on a
 
 class Server:
     """`crwatch serve` with these extra arguments (its tests are marked `bpf`, or `root`
-    with --no-probes)."""
+    with --no-probes). Without a --socket among them it listens on TCP only: a test's
+    service never answers the `crwatch check` of another test."""
 
     def __init__(self, *extra: str):
         with socket.socket() as probe:  # a free port, for the server to bind
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+        if not any(argument.startswith("--socket") for argument in extra):
+            extra = (*extra, "--socket", "none")
         self.process = subprocess.Popen([str(CRWATCH), "serve", "--port", str(self.port), *extra],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT

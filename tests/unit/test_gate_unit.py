@@ -175,6 +175,8 @@ def test_a_second_gate_of_the_same_pid_waits_for_none_and_is_refused():
     (["/usr/bin/python3", "-I", "-S", "/src/tracker/freeze_helper.py", "cgroup", "/sys/x", "-"],
      "crwatch's freezer helper"),
     (["python3", "-m", "api.cli", "serve"], "crwatch serve"),
+    # what the compiled front end (api/cli/launcher.c) runs
+    (["/venv/bin/python", "-P", "-m", "api.cli", "gate", "12"], "crwatch gate"),
     (["/venv/bin/python3", "/venv/bin/crwatch-criu-hook"], "crwatch-criu-hook"),
     (["vim", "crwatch"], None),
     (["/venv/bin/python3", "-m", "pytest", "tests/gate/test_gate.py"], None),

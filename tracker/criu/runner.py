@@ -190,6 +190,18 @@ def find_criu() -> Criu | None:
     return known_criu(system) if system else None
 
 
+def first_choice(criu_variable: str | None, path: str | None) -> str | None:
+    """Where find_criu() looks first in an environment whose $CRWATCH_CRIU and $PATH are
+    these (None: unset), without running it: a CRIU that another environment would
+    choose is another dumper."""
+    if criu_variable:
+        return criu_variable
+    private = _REPO_ROOT / ".deps" / "bin" / "criu"
+    if os.access(private, os.X_OK):
+        return str(private)
+    return shutil.which("criu", path=_search_path(path))
+
+
 def criu_at(path: str | None) -> Criu | None:
     """The CRIU a setting names (a path, or a name on PATH), else the one find_criu() finds."""
     if not path:
@@ -205,6 +217,7 @@ def known_criu(path: str) -> Criu | None:
     return Criu(path, kept.version) if kept is not None else probe_criu(path)
 
 
-def _search_path() -> str:
+def _search_path(path: str | None = None) -> str:
     # The sbin dirs may be missing from PATH, yet that is where these live.
-    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    search = os.environ.get("PATH", "") if path is None else path
+    return os.pathsep.join([search, "/usr/local/sbin", "/usr/sbin", "/sbin"])
