@@ -12,7 +12,7 @@
  *
  * Built by scripts/build-launcher.sh, which fixes at build time:
  *   CRWATCH_PYTHON          the venv's interpreter
- *   CRWATCH_SOCKET          the service's default socket (api.service.settings)
+ *   CRWATCH_SOCKET          the service's default socket (api.service_socket)
  *   CRWATCH_SOCKET_VARIABLE the variable naming another socket
  *   CRWATCH_LOCAL_VARIABLE  the variable that makes `check` audit here
  *   CRWATCH_REFRESH_VARIABLE the variable that has CRIU asked afresh (facts_cache.py)
