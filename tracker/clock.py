@@ -7,6 +7,9 @@ from datetime import datetime, timezone
 
 _SECONDS: dict[int, str] = {}  # whole seconds formatted lately (events lag behind the clock)
 SECONDS_KEPT = 8
+# The last instant iso_from_monotonic_ns was asked about, and its answer: an event's mark
+# and its transition are stamped with the same instant, which is formatted once.
+_last_monotonic: tuple[int, str] = (-1, "")
 
 
 def iso_from_wall_ns(wall_ns: int) -> str:
@@ -25,7 +28,12 @@ def iso_from_wall_ns(wall_ns: int) -> str:
 
 def iso_from_monotonic_ns(ts_ns: int) -> str:
     """The UTC time of a CLOCK_MONOTONIC instant (an event's kernel timestamp)."""
-    return iso_from_wall_ns(time.time_ns() - (time.monotonic_ns() - ts_ns))
+    global _last_monotonic
+    last_ns, text = _last_monotonic  # one tuple, read whole: safe from any thread
+    if last_ns != ts_ns:
+        text = iso_from_wall_ns(time.time_ns() - (time.monotonic_ns() - ts_ns))
+        _last_monotonic = (ts_ns, text)
+    return text
 
 
 def boot_seconds(ts_ns: int) -> float:

@@ -10,7 +10,6 @@ derives the transitions; the table also holds the lock around every change.
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from probes.events import Event
 from tracker import procfs
 from tracker.audit import ProcessIdentity
-from tracker.clock import boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns
+from tracker.clock import boot_seconds, iso_from_monotonic_ns
 from tracker.live.model import Counters, Entry, Mark, MarkKey
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
@@ -153,7 +152,9 @@ class Entries:
         """The entry of `who`, made now if there is none."""
         entry = self.by_pid.get(who.pid)
         if entry is None:
-            entry = Entry(who.pid, who.start_time, who.comm, since=iso_from_wall_ns(time.time_ns()))
+            # its state changes with what made it, and the transition says so at that time
+            entry = Entry(who.pid, who.start_time, who.comm,
+                          since=iso_from_monotonic_ns(batch.cause_ns))
             self.by_pid[who.pid] = entry
             batch.touch(entry, tid, new=True)
         else:
@@ -190,7 +191,7 @@ class Entries:
             source, since = old.source, old.since
         else:
             since = iso_from_monotonic_ns(since_ns)
-        entry.marks[key] = Mark(findings, source, since, ts_ns, span, tracer, target)
+        entry.marks[key] = Mark(findings, codes, source, since, ts_ns, span, tracer, target)
 
     def unset(self, entry: Entry | None, key: MarkKey, ts_ns: int, batch: Batch,
               tid: int | None) -> None:

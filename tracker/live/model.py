@@ -8,6 +8,7 @@ events; `since` in UTC for people.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tracker.checks.catalogue import catalogue
 from tracker.checks.namespaces import lock_subjects, marked_connections_lock
@@ -18,24 +19,25 @@ from tracker.verdict import VERDICT_ORDER, reason
 
 SCHEMA = "crwatch.event/1"
 NOCR, CR = "nocr", "cr"
+# Reasons as a profile words them, by (finding, profile): a process that opens and
+# closes a device in a loop makes one transition per call, each with the same reasons.
+REASONS_KEPT = 4096
 
 MarkKey = tuple  # ("fd", fd), ("pi", tid, uaddr), ("nonlinear", start, size), ("traced", tid),
 #                  ("locks",), ("pidns",), ("shm", addr)
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(NamedTuple):
+    """A named tuple: one is made at every event that marks (the cheapest immutable record)."""
+
     findings: tuple[Finding, ...]
+    codes: tuple[str, ...]           # the findings' codes, which judge the mark under each profile
     source: str                      # "probe" or "audit"
     since: str                       # UTC, when the state began (as far as crwatch knows)
     ts_ns: int                       # CLOCK_MONOTONIC: events older than this cannot undo it
     span: tuple[int, int] | None = None     # address range, for nonlinear and shm marks
     tracer: tuple[int, int] | None = None   # (tid, pid) of the tracer, for traced marks
     target: str | None = None               # the fd's link text, for fd marks
-
-    @property
-    def codes(self) -> tuple[str, ...]:
-        return tuple([finding.code for finding in self.findings])
 
 
 @dataclass(slots=True)
@@ -88,9 +90,8 @@ class Entry:
         found, findings = [], []
         for mark in self.marks.values():
             for finding in mark.findings:
-                made = reason(finding, profile)  # a dict of its own, completed here
-                made["source"], made["since"] = mark.source, mark.since
-                found.append(made)
+                found.append(dict(_worded(finding, profile), source=mark.source,
+                                  since=mark.since))
                 findings.append(finding)
         found += self._environment_reasons(profile, findings)
         if len(found) > 1:
@@ -113,6 +114,20 @@ class Entry:
         first = min(marked, key=lambda mark: mark.since)
         return [dict(reason(finding, profile), source=first.source, since=first.since)
                 for finding in lock]
+
+
+_WORDED: dict[tuple[Finding, Profile], dict] = {}
+
+
+def _worded(finding: Finding, profile: Profile) -> dict:
+    """The reason a finding makes under a profile, shared: copy it before completing it."""
+    key = (finding, profile)
+    worded = _WORDED.get(key)
+    if worded is None:
+        if len(_WORDED) >= REASONS_KEPT:
+            _WORDED.clear()
+        worded = _WORDED[key] = reason(finding, profile)
+    return worded
 
 
 @dataclass(slots=True)

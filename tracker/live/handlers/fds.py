@@ -10,7 +10,6 @@ by the closes remembered, and changes nothing.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 from probes.events import Event, Kind
 from tracker.audit import ProcessIdentity
@@ -30,13 +29,14 @@ class RecentCloses:
     """The latest close of each (pid, fd) seen, for the last RECENT_CLOSES of them."""
 
     def __init__(self) -> None:
-        self._at: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._at: dict[tuple[int, int], int] = {}   # oldest first: a dict keeps its order
 
     def remember(self, pid: int, fd: int, ts_ns: int) -> None:
-        self._at[(pid, fd)] = max(ts_ns, self._at.get((pid, fd), 0))
-        self._at.move_to_end((pid, fd))
-        while len(self._at) > RECENT_CLOSES:
-            self._at.popitem(last=False)
+        at, key = self._at, (pid, fd)
+        before = at.pop(key, 0)  # taken out and put back: it moves to the end
+        at[key] = ts_ns if ts_ns > before else before
+        if len(at) > RECENT_CLOSES:
+            del at[next(iter(at))]
 
     def closed_since(self, event: Event) -> bool:
         """Was the event's new fd closed after the event (its close delivered first)?"""
