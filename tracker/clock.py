@@ -7,16 +7,20 @@ from datetime import datetime, timezone
 
 _SECONDS: dict[int, str] = {}  # whole seconds formatted lately (events lag behind the clock)
 SECONDS_KEPT = 8
-# The last instant iso_from_monotonic_ns was asked about, and its answer: an event's mark
-# and its transition are stamped with the same instant, which is formatted once.
-_last_monotonic: tuple[int, str] = (-1, "")
+# The last millisecond iso_from_monotonic_ns formatted, and its text: the events of a
+# burst (a hundred a millisecond) and the transitions they make share it.
+_last_millisecond: tuple[int, str] = (-1, "")
 
 
 def iso_from_wall_ns(wall_ns: int) -> str:
     """UTC to the millisecond; the whole second's text is made once per second (the live
     table stamps every transition with it)."""
-    second, micros = divmod((wall_ns + 500) // 1000, 1_000_000)
-    millis = micros // 1000
+    # the microsecond rounded, then cut to the millisecond: (wall_ns + 500) // 1000 // 1000
+    return _iso_from_millisecond((wall_ns + 500) // 1_000_000)
+
+
+def _iso_from_millisecond(millisecond: int) -> str:
+    second, millis = divmod(millisecond, 1000)
     text = _SECONDS.get(second)
     if text is None:
         if len(_SECONDS) >= SECONDS_KEPT:
@@ -28,11 +32,12 @@ def iso_from_wall_ns(wall_ns: int) -> str:
 
 def iso_from_monotonic_ns(ts_ns: int) -> str:
     """The UTC time of a CLOCK_MONOTONIC instant (an event's kernel timestamp)."""
-    global _last_monotonic
-    last_ns, text = _last_monotonic  # one tuple, read whole: safe from any thread
-    if last_ns != ts_ns:
-        text = iso_from_wall_ns(time.time_ns() - (time.monotonic_ns() - ts_ns))
-        _last_monotonic = (ts_ns, text)
+    global _last_millisecond
+    millisecond = (time.time_ns() - time.monotonic_ns() + ts_ns + 500) // 1_000_000
+    last, text = _last_millisecond  # one tuple, read whole: safe from any thread
+    if last != millisecond:
+        text = _iso_from_millisecond(millisecond)
+        _last_millisecond = (millisecond, text)
     return text
 
 

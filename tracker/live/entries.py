@@ -41,6 +41,8 @@ States = tuple[str, ...]  # an entry's state, then its state under each profile
 class Batch:
     """The entries one apply touched, with their states before, to report what changed."""
 
+    __slots__ = ("cause_ns", "states_of", "before", "removed")
+
     def __init__(self, cause_ns: int, states_of: Callable[[Entry], States]):
         self.cause_ns = cause_ns
         self.states_of = states_of
@@ -185,7 +187,7 @@ class Entries:
             return
         entry = self.entry(who, batch, tid)
         old = entry.marks.get(key)
-        codes = tuple(finding.code for finding in findings)
+        codes = tuple([finding.code for finding in findings])
         if old is not None and old.codes == codes:
             # The same state, seen again: it began when it was first seen.
             source, since = old.source, old.since

@@ -87,24 +87,24 @@ class Entry:
         return not self.marks and not self.pi
 
     def reasons(self, profile: Profile) -> list[dict]:
-        found, findings = [], []
+        found, findings, locked = [], [], False
         for mark in self.marks.values():
             for finding in mark.findings:
-                found.append(dict(_worded(finding, profile), source=mark.source,
-                                  since=mark.since))
+                worded, lock_subject = _worded(finding, profile)
+                found.append(dict(worded, source=mark.source, since=mark.since))
                 findings.append(finding)
-        found += self._environment_reasons(profile, findings)
+                locked = locked or lock_subject
+        if locked:
+            found += self._environment_reasons(profile, findings)
         if len(found) > 1:
             found.sort(key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
                                       r["fd"] or 0, r["code"], r["message"]))
         return found
 
     def _environment_reasons(self, profile: Profile, findings: list[Finding]) -> list[dict]:
-        """What the dumper's environment adds to the marks (whose `findings` these are):
-        the network lock its marked TCP connections need where iptables is missing (as
-        the audit's namespace.net_lock)."""
-        if not lock_subjects(findings):
-            return []  # no connection to lock: the environment need not be asked
+        """What the dumper's environment adds to the marks (whose `findings` these are, one
+        a connection to lock at least): the network lock its marked TCP connections need
+        where iptables is missing (as the audit's namespace.net_lock)."""
         lock = marked_connections_lock(self.pid, findings, current())
         if not lock:
             return []
@@ -116,17 +116,18 @@ class Entry:
                 for finding in lock]
 
 
-_WORDED: dict[tuple[Finding, Profile], dict] = {}
+_WORDED: dict[tuple[Finding, Profile], tuple[dict, bool]] = {}
 
 
-def _worded(finding: Finding, profile: Profile) -> dict:
-    """The reason a finding makes under a profile, shared: copy it before completing it."""
+def _worded(finding: Finding, profile: Profile) -> tuple[dict, bool]:
+    """The reason a finding makes under a profile, shared (copy it before completing it),
+    and whether it is a connection the dump must lock (lock_subjects)."""
     key = (finding, profile)
     worded = _WORDED.get(key)
     if worded is None:
         if len(_WORDED) >= REASONS_KEPT:
             _WORDED.clear()
-        worded = _WORDED[key] = reason(finding, profile)
+        worded = _WORDED[key] = (reason(finding, profile), bool(lock_subjects([finding])))
     return worded
 
 
