@@ -13,6 +13,7 @@ took in the same start (the ready line says).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -155,18 +156,20 @@ MICRO_SETUPS = {"off": nullcontext, "empty": empty_programs, "crwatch": tracking
                 "crwatch strict": lambda: tracking("strict")}
 
 
-def bench_micro(binary: Path, workdir: Path) -> list[str]:
-    """Each loop with nothing attached, with empty programs on the probes' tracepoints
-    (the floor), and with crwatch for `criu` (no futex probe) and for `strict`, in turn.
-    The loops count their CPU time: waiting for a CPU on a busy host is left out."""
+def bench_micro(binary: Path, workdir: Path, loops: list[str] | None = None) -> list[str]:
+    """Each loop (`loops`: these of MICRO_CALLS only) with nothing attached, with empty
+    programs on the probes' tracepoints (the floor), and with crwatch for `criu` (no futex
+    probe) and for `strict`, in turn. The loops count their CPU time: waiting for a CPU on
+    a busy host is left out."""
     regular = workdir / "regular-file"
     regular.write_bytes(b"x")
+    chosen = {name: calls for name, calls in MICRO_CALLS.items() if not loops or name in loops}
     micro: dict[tuple[str, str], list[float]] = {}
     others = set(other_bpf_holders())
     for _ in range(REPETITIONS):
         for setup, attached in MICRO_SETUPS.items():
             with attached():
-                for name, calls in MICRO_CALLS.items():
+                for name, calls in chosen.items():
                     loop, *path = name.split()
                     if loop == "open_close":
                         path = path or [regular]
@@ -174,7 +177,7 @@ def bench_micro(binary: Path, workdir: Path) -> list[str]:
                         float(run(binary, loop, calls, *path)[0]))
     lines = _others_warning(others)
     ratios = []
-    for name in MICRO_CALLS:
+    for name in chosen:
         off, empty, on, strict = (statistics.median(micro[name, setup]) for setup in MICRO_SETUPS)
         ratios.append(on / off)
         lines.append(f"{name:20} {off:8.1f} ns/call untracked, {empty:8.1f} with empty programs "
@@ -198,14 +201,17 @@ def _record_micro(medians: dict[tuple[str, str], float]) -> None:
                       f"<= x{limit:.2f}" if limit else "",
                       within(ratio, limit) if limit else None))
 
-    figure("open+close of /dev/null, tracker running (profile criu)", "open_close /dev/null",
-           "crwatch", "empty", "empty programs", TARGET_DEVICE_OPEN_OVER_FLOOR)
-    figure("open+close of /dev/null, tracker running (profile criu)", "open_close /dev/null",
-           "crwatch", "off", "tracker off", None)
-    figure("uncontended futex wake, profile criu (futex not probed)", "futex_wake",
-           "crwatch", "off", "tracker off", TARGET_FUTEX_DEFAULT)
-    figure("uncontended futex wake, profile strict (futex probed)", "futex_wake",
-           "crwatch strict", "empty", "empty programs", TARGET_FUTEX_STRICT_OVER_FLOOR)
+    if ("open_close /dev/null", "off") in medians:
+        figure("open+close of /dev/null, tracker running (profile criu)",
+               "open_close /dev/null", "crwatch", "empty", "empty programs",
+               TARGET_DEVICE_OPEN_OVER_FLOOR)
+        figure("open+close of /dev/null, tracker running (profile criu)",
+               "open_close /dev/null", "crwatch", "off", "tracker off", None)
+    if ("futex_wake", "off") in medians:
+        figure("uncontended futex wake, profile criu (futex not probed)", "futex_wake",
+               "crwatch", "off", "tracker off", TARGET_FUTEX_DEFAULT)
+        figure("uncontended futex wake, profile strict (futex probed)", "futex_wake",
+               "crwatch strict", "empty", "empty programs", TARGET_FUTEX_STRICT_OVER_FLOOR)
 
 
 def bench_workload(binary: Path, workdir: Path) -> list[str]:
@@ -463,15 +469,16 @@ def bench_ready(workdir: Path) -> list[str]:
 PARTS = ("micro", "workload", "throughput", "memory", "ready")
 
 
-def main(parts: list[str] | None = None) -> None:
-    """Run the named parts (default: all of PARTS)."""
+def main(parts: list[str] | None = None, loops: list[str] | None = None) -> None:
+    """Run the named parts (default: all of PARTS); `loops`: the micro part's loops (default:
+    all of MICRO_CALLS)."""
     if os.geteuid() != 0:
         print("tracker bench skipped: loading eBPF programs needs root", flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="crwatch-bench-") as scratch:
         workdir = Path(scratch)
         binary = build(workdir)
-        benches = {"micro": lambda: bench_micro(binary, workdir),
+        benches = {"micro": lambda: bench_micro(binary, workdir, loops),
                    "workload": lambda: bench_workload(binary, workdir),
                    "throughput": lambda: bench_throughput(binary), "memory": bench_memory,
                    "ready": lambda: bench_ready(workdir)}
@@ -481,7 +488,12 @@ def main(parts: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    unknown = set(sys.argv[1:]) - set(PARTS)
-    if unknown:
-        sys.exit(f"usage: python -m bench.tracker_bench [{'|'.join(PARTS)}]...")
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m bench.tracker_bench")
+    parser.add_argument("parts", nargs="*", metavar="|".join(PARTS),
+                        help="the parts to run (default: all)")
+    parser.add_argument("--loop", action="append", choices=list(MICRO_CALLS),
+                        help="micro: run this loop only (repeatable)")
+    arguments = parser.parse_args()
+    if unknown := set(arguments.parts) - set(PARTS):
+        parser.error(f"no part named {', '.join(sorted(unknown))}")
+    main(arguments.parts, arguments.loop)
