@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from probes.events import Event
 from tracker import procfs
 from tracker.audit import ProcessIdentity
-from tracker.clock import boot_seconds, iso_from_monotonic_ns
+from tracker.clock import boot_offset_ns, boot_seconds, iso_from_monotonic_ns
 from tracker.live.model import Counters, Entry, Mark, MarkKey
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
@@ -75,6 +75,7 @@ class Entries:
         self.counters = Counters()
         self.by_pid: dict[int, Entry] = {}
         self._identities: dict[int, ProcessIdentity | None] | None = None  # see memoized()
+        self._boot_offset_ns: int | None = None                            # see memoized()
         self._kept: dict[type, Any] = {}
 
     def kept(self, kind: type[Kept]) -> Kept:
@@ -94,12 +95,15 @@ class Entries:
 
     @contextmanager
     def memoized(self) -> Iterator[None]:
-        """Within the block, each pid's holder is read from /proc once (see LiveTable.memoized)."""
+        """Within the block, each pid's holder is read from /proc once, and the clocks'
+        offset once (see LiveTable.applying)."""
         self._identities = {}
+        self._boot_offset_ns = boot_offset_ns()
         try:
             yield
         finally:
             self._identities = None
+            self._boot_offset_ns = None
 
     def forget_identities(self, *pids: int) -> None:
         """Read these pids' holders again: a fork, exec or exit changed them."""
@@ -136,7 +140,7 @@ class Entries:
         entry = self.by_pid.get(pid)
         if entry is not None and (who is None or entry.start_time != who.start_time):
             self.remove(entry, batch, gone=who is None)
-        if who is None or boot_seconds(ts_ns) < who.start_time:
+        if who is None or boot_seconds(ts_ns, self._boot_offset_ns) < who.start_time:
             self.counters.ignored += 1  # gone, or the event is about an older holder of the pid
             return None
         return Proc(pid, self.proc_root), who
@@ -146,7 +150,7 @@ class Entries:
     def current(self, pid: int, ts_ns: int) -> Entry | None:
         """The entry an undoing event may touch: none is made for a process never marked."""
         entry = self.by_pid.get(pid)
-        if entry is None or boot_seconds(ts_ns) < entry.start_time:
+        if entry is None or boot_seconds(ts_ns, self._boot_offset_ns) < entry.start_time:
             return None
         return entry
 
