@@ -169,7 +169,8 @@ class Counters:
     lost: int = 0                    # records reported lost (kernel, queue, decoding)
     lost_reports: int = 0            # LOST events received
     fallbacks: int = 0               # fds gone before they could be read: judged from the event
-    ignored: int = 0                 # events about processes gone or older than the pid's owner
+    ignored: int = 0                 # events about processes gone or older than the pid's owner,
+    #                                  or new fds older than the re-audit that read them
     swept: int = 0                   # entries dropped by the sweep (an exit never reported)
     coalesced: int = 0               # events skipped: a copy of a marked fd closed right away
     lock_reads: int = 0              # reads of a process's locks after it changed them
