@@ -53,16 +53,8 @@ INSERTS = {
     "verdict": "INSERT INTO verdicts (pid, start_time, comm, profile, tree, verdict,"
                " required_options, reasons, ts, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 }
-log = logging.getLogger(__name__)
 REASONS_COLUMN = 5  # of a transition's row: offered as a list, stored as JSON
-
-
-def _stored(kind: str, row: tuple) -> tuple:
-    """The row as its table stores it: a transition's reasons are encoded here, by the
-    writer (an encoding error is the row's, counted as rejected)."""
-    if kind != "transition":
-        return row
-    return (*row[:REASONS_COLUMN], json.dumps(row[REASONS_COLUMN]), *row[REASONS_COLUMN + 1:])
+log = logging.getLogger(__name__)
 MIGRATIONS: list[str] = [
     # 1: transitions of the live table, and verdicts of audits when they change
     """
@@ -359,6 +351,14 @@ def _readable(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as error:
         raise HistoryUnavailable(f"cannot read the history database {path}: {error}") from error
+
+
+def _stored(kind: str, row: tuple) -> tuple:
+    """The row as its table stores it: a transition's reasons are encoded here, by the
+    writer (an encoding error is the row's, counted as rejected)."""
+    if kind != "transition":
+        return row
+    return (*row[:REASONS_COLUMN], json.dumps(row[REASONS_COLUMN]), *row[REASONS_COLUMN + 1:])
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -143,7 +143,7 @@ class LiveTable:
         self._touch(event)
         if event.kind in _NEW_HOLDERS:
             self._entries.forget_identities(event.tgid, event.arg)  # arg: a fork's child
-        batch = Batch(event.ts_ns, self._states)
+        batch = self._batch(event.ts_ns)
         handler = BY_KIND.get(event.kind)
         if handler is None:
             self.counters.ignored += 1

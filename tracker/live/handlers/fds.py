@@ -137,7 +137,7 @@ def rejudge_fd(table: Entries, proc: Proc, who: ProcessIdentity, fd: int, mark: 
     judge_fd(table, proc, who, fd, event, batch, same_as=mark.target)
 
 
-def read_since(table: Entries, event: Event) -> bool:
+def covered_by_reaudit(table: Entries, event: Event) -> bool:
     """Did a whole-table re-audit begin after the event (a loss before it)? It read the
     process after the event, and its marks are newer than what the event says: the
     queued events it covers change nothing, and cost no /proc read each."""
@@ -148,7 +148,7 @@ def read_since(table: Entries, event: Event) -> bool:
 
 
 def opened(table: Entries, event: Event, batch: Batch) -> None:
-    if table.kept(RecentCloses).closed_since(event) or read_since(table, event):
+    if table.kept(RecentCloses).closed_since(event) or covered_by_reaudit(table, event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if not resolved:
@@ -168,7 +168,7 @@ def opened(table: Entries, event: Event, batch: Batch) -> None:
 
 
 def duped(table: Entries, event: Event, batch: Batch) -> None:
-    if table.kept(RecentCloses).closed_since(event) or read_since(table, event):
+    if table.kept(RecentCloses).closed_since(event) or covered_by_reaudit(table, event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if resolved:
@@ -182,7 +182,7 @@ def duped(table: Entries, event: Event, batch: Batch) -> None:
 
 
 def tcp_connected(table: Entries, event: Event, batch: Batch) -> None:
-    if read_since(table, event):
+    if covered_by_reaudit(table, event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if resolved:
