@@ -276,9 +276,9 @@ def one_core_busy() -> Iterator[str]:
     """A competing load: a busy loop pinned to the last CPU for the block (a user's host
     is never idle); yields its description."""
     cpu = max(os.sched_getaffinity(0))
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                               preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
+        os.sched_setaffinity(spinner.pid, {cpu})  # from here: no preexec_fn beside threads
         yield f"with CPU {cpu} kept busy by a spinning process"
     finally:
         spinner.kill()
