@@ -53,6 +53,8 @@ PID_LIMIT = 4 * 1024 * 1024        # PID_MAX_LIMIT: pids are below it (a bit eac
 
 ATTACHED, MISSING, FAILED, DISABLED = "attached", "missing", "failed", "disabled"
 DEVICE_OPEN_PROBES = ("open", "openat", "openat2")   # the probes that use the struct layout
+# Records of an fd the kernel side tracks from then on (note() mirrors it)
+_TRACKING_KINDS = frozenset({Kind.FD_OPENED, Kind.FD_DUPED, Kind.TCP_CONNECTED})
 
 
 class ProbeError(RuntimeError):
@@ -367,12 +369,17 @@ class Probes:
     def note(self, event: Event) -> None:
         """Keep the maps right for what the kernel side cannot do itself (called by the reader)."""
         kind = event.kind
-        if kind in (Kind.FD_OPENED, Kind.FD_DUPED, Kind.TCP_CONNECTED):
+        if kind in _TRACKING_KINDS:
             with self._lock:
-                self._tracked.setdefault(event.tgid, set()).add(event.fd)
+                fds = self._tracked.get(event.tgid)
+                if fds is None:
+                    fds = self._tracked[event.tgid] = set()
+                fds.add(event.fd)
         elif kind is Kind.FD_CLOSED:
             with self._lock:
-                self._tracked.get(event.tgid, set()).discard(event.fd)
+                fds = self._tracked.get(event.tgid)
+                if fds is not None:
+                    fds.discard(event.fd)
         elif kind is Kind.FD_RANGE_CLOSED:
             self._untrack_range(event.tgid, event.arg, event.arg2)
         elif kind is Kind.EXITED and event.arg == 1:

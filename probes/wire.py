@@ -69,6 +69,7 @@ _KINDS = {kind.value: kind for kind in Kind if kind is not Kind.LOST}
 _SPECIALS = {special.value: special for special in Special}
 _COMMS: dict[bytes, str] = {}   # a few hundred distinct names: decode each once
 _COMMS_MAX = 4096
+_new_tuple = tuple.__new__
 
 
 def decode(raw: bytes) -> Event:
@@ -80,7 +81,10 @@ def decode(raw: bytes) -> Event:
     if kind is None or special is None:
         raise DecodeError(f"record with unknown kind {kind_value} or special {special_value}")
     path = _text(raw[_PATH]) if kind is Kind.FD_OPENED else ""
-    return Event(kind, ts_ns, tgid, tid, _comm(comm), fd, arg, arg2, special, path)
+    # tuple.__new__ straight: Event(...) would run the named tuple's own __new__, a Python
+    # function, for each of up to hundreds of thousands of records a second
+    return _new_tuple(Event, (kind, ts_ns, tgid, tid, _COMMS.get(comm) or _comm(comm), fd,
+                              arg, arg2, special, path))
 
 
 def _comm(field: bytes) -> str:

@@ -16,6 +16,7 @@ Both report their state, which
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -102,14 +103,18 @@ class Worker(_Supervised):
     """`step()` in a loop on a thread of its own, `interval` seconds apart; a step that
     returns False ends the loop (its source is gone: the worker is then dead unless it
     was asked to stop). `describe` adds to the reason shown while retrying; `expected`:
-    errors logged without their traceback (not bugs, e.g. a full disk)."""
+    errors logged without their traceback (not bugs, e.g. a full disk). `nice`: the
+    thread's own nice value, for work that must keep up with the host (a negative one needs
+    root; without it the thread keeps the process's, and `niced` says so)."""
 
     def __init__(self, name: str, step: Callable[[], Optional[bool]], *, interval: float = 0.0,
                  first_backoff: float = FIRST_BACKOFF, max_backoff: float = MAX_BACKOFF,
                  describe: Optional[Callable[[str], str]] = None,
-                 expected: tuple[type[Exception], ...] = ()):
+                 expected: tuple[type[Exception], ...] = (), nice: Optional[int] = None):
         super().__init__(name, describe, expected)
         self._step = step
+        self._nice = nice
+        self.niced: Optional[bool] = None   # whether `nice` was set (None: none asked)
         self._interval = interval
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
@@ -130,6 +135,13 @@ class Worker(_Supervised):
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self._nice)  # Linux: this thread alone
+                self.niced = True
+            except OSError as error:
+                self.niced = False
+                log.warning("%s keeps the process's priority: %s", self.name, error)
         try:
             while not self.stopping.is_set():
                 try:

@@ -88,6 +88,10 @@ class EventHub:
 
     def publish(self, notice) -> None:
         """Called by the tracker, on its applier thread, for every notice."""
+        if not self._clients and self._ready is not None:
+            # nobody listens (one who comes now reads from the next line on) and the
+            # ready line is kept: a burst of transitions costs the applier nothing here
+            return
         line = _Line(notice.to_json())
         with self._lock:
             if line.line["kind"] == "ready":

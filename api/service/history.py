@@ -53,6 +53,7 @@ INSERTS = {
     "verdict": "INSERT INTO verdicts (pid, start_time, comm, profile, tree, verdict,"
                " required_options, reasons, ts, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 }
+REASONS_COLUMN = 5  # of a transition's row: offered as a list, stored as JSON
 log = logging.getLogger(__name__)
 MIGRATIONS: list[str] = [
     # 1: transitions of the live table, and verdicts of audits when they change
@@ -146,10 +147,11 @@ class History:
     # ------------------------------------------------------------ writing
 
     def record_transition(self, transition) -> None:
-        """From the tracker's applier thread: never blocks (a full queue is counted)."""
+        """From the tracker's applier thread: never blocks (a full queue is counted). Its
+        reasons are encoded by the writer (_stored), off the thread that applies events."""
         self._offer(("transition", (
             transition.pid, transition.start_time, to_column(transition.comm), transition.tid,
-            transition.state, json.dumps(transition.reasons), int(transition.exited),
+            transition.state, transition.reasons, int(transition.exited),
             transition.ts, time.time())))
 
     def record_verdict(self, document: dict) -> None:
@@ -246,7 +248,8 @@ class History:
     def _insert(self, items: list[tuple]) -> int:
         with self._writer:
             for kind, statement in INSERTS.items():
-                self._writer.executemany(statement, [row for kind_, row in items if kind_ == kind])
+                self._writer.executemany(statement, [_stored(kind_, row) for kind_, row in items
+                                                     if kind_ == kind])
         return len(items)
 
     def _insert_each(self, items: list[tuple]) -> int:
@@ -254,7 +257,7 @@ class History:
         with self._writer:
             for kind, row in items:
                 try:
-                    self._writer.execute(INSERTS[kind], row)
+                    self._writer.execute(INSERTS[kind], _stored(kind, row))
                     written += 1
                 except ROW_ERRORS as error:
                     if not self.rejected:
@@ -348,6 +351,14 @@ def _readable(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as error:
         raise HistoryUnavailable(f"cannot read the history database {path}: {error}") from error
+
+
+def _stored(kind: str, row: tuple) -> tuple:
+    """The row as its table stores it: a transition's reasons are encoded here, by the
+    writer (an encoding error is the row's, counted as rejected)."""
+    if kind != "transition":
+        return row
+    return (*row[:REASONS_COLUMN], json.dumps(row[REASONS_COLUMN]), *row[REASONS_COLUMN + 1:])
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

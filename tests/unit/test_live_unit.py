@@ -568,6 +568,21 @@ def test_a_loss_marks_everything_stale_and_re_audits(table, kernel):
 
 
 @pytest.mark.root
+def test_new_fds_queued_behind_a_loss_change_nothing_the_re_audit_read(table):
+    # The re-audit after a loss read the process after its open and close: the open's
+    # record, applied after it, must not mark a device the process no longer holds.
+    with subject(KVM_CLOSED) as s:
+        fd = int(s.note)
+        opened_before = opened_with_inode(s.pid, fd, ts_ns=time.monotonic_ns())
+        table.apply(event(Kind.LOST, 0, tid=0, arg=1))
+        ignored = table.counters.ignored
+        assert table.apply(opened_before) == []
+        assert table.tracked(s.pid) is None and table.counters.ignored == ignored + 1
+        # an open after the re-audit is applied as ever
+        assert states(table.apply(opened_with_inode(s.pid, fd))) == [(s.pid, NOCR)]
+
+
+@pytest.mark.root
 def test_seed_marks_what_the_probes_would_follow(kernel):
     with subject(KVM_HOLDER) as s:
         table = LiveTable(profile("criu", (4, 2, 1)), kernel)

@@ -84,9 +84,28 @@ def test_stopping_ends_a_backoff_at_once():
     assert not worker.is_alive() and worker.state == "stopped"
 
 
+def test_a_worker_asked_for_a_nice_value_runs_its_thread_alone_at_it():
+    seen: list[tuple[int, int]] = []
+
+    def step() -> bool:
+        seen.append((os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS,
+                                                                         os.getpid())))
+        return False
+
+    worker = Worker("niced", step, nice=os.getpriority(os.PRIO_PROCESS, 0) + 3).start()
+    deadline = time.monotonic() + WAIT
+    while worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # its own thread's value (Linux: the nice value is a thread's), not the process's
+    assert seen == [(os.getpriority(os.PRIO_PROCESS, 0) + 3, os.getpriority(os.PRIO_PROCESS, 0))]
+    assert worker.niced is True
+
+
 def test_a_loop_that_ends_by_itself_is_dead():
     worker = Worker("reader", lambda: False).start()
-    worker._thread.join(WAIT)
+    deadline = time.monotonic() + WAIT
+    while worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     status = worker.status()
     assert (status["state"], status["reason"]) == ("dead", "its loop ended")
 

@@ -36,10 +36,14 @@ from tracker.rules import Finding
 from tracker.supervised import Worker
 
 SWEEP_SECONDS = 1.0
-# Events applied together, each pid's holder read once for all (LiveTable.memoized):
+# Events applied together, each pid's holder read once for all (LiveTable.applying):
 # small enough that a batch never delays the next read of /proc by much.
 APPLY_BATCH = 256
 STOP_TIMEOUT = 5.0
+# The reader's and the applier's nice value: on a busy host they keep up with a burst of
+# events at the expense of other work, as events lost cost more (every process is
+# audited again) than the CPU that keeping up takes.
+WORKERS_NICE = -5
 # An apply that fails for lack of fds lost what its event said: it is counted lost,
 # and the table is re-audited once fds can be opened again, tried this often.
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
@@ -109,7 +113,7 @@ class Tracker:
         self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
         self._progress = threading.Condition()  # notified after each poll and each batch
-        self.applier = Worker("applier", self._step)
+        self.applier = Worker("applier", self._step, nice=WORKERS_NICE)
         self._swept = time.monotonic()
 
     def subscribe(self, callback: Callable[[Notice], None]) -> None:
@@ -124,7 +128,7 @@ class Tracker:
                                  quiet_devices=devices.QUIET_DEVICES.devices)
             self.reader = Reader(self.probes, capacity=self.queue_capacity,
                                  positions=RingPositions(self.probes.events_fd()))
-            self.reading = Worker("probe-reader", self._read).start()
+            self.reading = Worker("probe-reader", self._read, nice=WORKERS_NICE).start()
         except (ProbeError, OSError) as error:  # OSError: e.g. tracefs unreadable without root
             self.degraded = str(error)
             self._close_probes()
@@ -258,21 +262,24 @@ class Tracker:
             self._reaudit_after_fd_losses()
 
     def _apply_batch(self, batch: list[Event]) -> None:
-        """Events taken from the queue together: each pid's holder is read once for all."""
+        """Events taken from the queue together, under one hold of the table (each pid's
+        holder read once for all); subscribers are told once it is let go."""
         pairs = dup_close_pairs(batch)
         skipped: set[int] = set()
-        with self.table.memoized():
+        notices: list[Notice] = []
+        with self.table.applying() as held:
             for index, event in enumerate(batch):
                 if index in skipped:
                     continue
-                if index in pairs and self.table.skip_dup_and_close(event, batch[pairs[index]]):
+                if index in pairs and held.skip_dup_and_close(event, batch[pairs[index]]):
                     skipped.add(pairs[index])
                     continue
-                self._publish(self._guarded(self._apply, event))
+                notices += self._guarded(self._apply, held.apply, event)
+        self._publish(notices)
 
-    def _apply(self, event: Event) -> list[Notice]:
-        transitions = self.table.apply(event)
-        if event.kind != Kind.LOST:
+    def _apply(self, apply: Callable[[Event], list[Transition]], event: Event) -> list[Notice]:
+        transitions = apply(event)
+        if event.kind is not Kind.LOST:
             return transitions
         counters = self.table.counters
         return [Lost(event.arg, counters.lost, counters.reaudits), *transitions]
@@ -313,8 +320,8 @@ class Tracker:
         except OSError:
             return  # still short: the losses wait
         count, self._fd_losses_pending = self._fd_losses_pending, 0
-        self._publish(self._guarded(self._apply, Event(Kind.LOST, self._fd_lost_ns, 0, 0,
-                                                       arg=count)))
+        self._publish(self._guarded(self._apply, self.table.apply,
+                                    Event(Kind.LOST, self._fd_lost_ns, 0, 0, arg=count)))
         if not self._fd_losses_pending:
             log.warning("crwatch: fds can be opened again: %d events lost for lack of them, "
                         "every process audited again", count)

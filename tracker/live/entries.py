@@ -10,7 +10,6 @@ derives the transitions; the table also holds the lock around every change.
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from probes.events import Event
 from tracker import procfs
 from tracker.audit import ProcessIdentity
-from tracker.clock import boot_seconds, iso_from_monotonic_ns, iso_from_wall_ns
+from tracker.clock import boot_offset_ns, boot_seconds, iso_from_monotonic_ns
 from tracker.live.model import Counters, Entry, Mark, MarkKey
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.rules import Finding
@@ -41,6 +40,8 @@ States = tuple[str, ...]  # an entry's state, then its state under each profile
 
 class Batch:
     """The entries one apply touched, with their states before, to report what changed."""
+
+    __slots__ = ("cause_ns", "states_of", "before", "removed")
 
     def __init__(self, cause_ns: int, states_of: Callable[[Entry], States]):
         self.cause_ns = cause_ns
@@ -74,6 +75,7 @@ class Entries:
         self.counters = Counters()
         self.by_pid: dict[int, Entry] = {}
         self._identities: dict[int, ProcessIdentity | None] | None = None  # see memoized()
+        self._boot_offset_ns: int | None = None                            # see memoized()
         self._kept: dict[type, Any] = {}
 
     def kept(self, kind: type[Kept]) -> Kept:
@@ -93,12 +95,15 @@ class Entries:
 
     @contextmanager
     def memoized(self) -> Iterator[None]:
-        """Within the block, each pid's holder is read from /proc once (see LiveTable.memoized)."""
+        """Within the block, each pid's holder is read from /proc once, and the clocks'
+        offset once (see LiveTable.applying)."""
         self._identities = {}
+        self._boot_offset_ns = boot_offset_ns()
         try:
             yield
         finally:
             self._identities = None
+            self._boot_offset_ns = None
 
     def forget_identities(self, *pids: int) -> None:
         """Read these pids' holders again: a fork, exec or exit changed them."""
@@ -135,7 +140,7 @@ class Entries:
         entry = self.by_pid.get(pid)
         if entry is not None and (who is None or entry.start_time != who.start_time):
             self.remove(entry, batch, gone=who is None)
-        if who is None or boot_seconds(ts_ns) < who.start_time:
+        if who is None or boot_seconds(ts_ns, self._boot_offset_ns) < who.start_time:
             self.counters.ignored += 1  # gone, or the event is about an older holder of the pid
             return None
         return Proc(pid, self.proc_root), who
@@ -145,7 +150,7 @@ class Entries:
     def current(self, pid: int, ts_ns: int) -> Entry | None:
         """The entry an undoing event may touch: none is made for a process never marked."""
         entry = self.by_pid.get(pid)
-        if entry is None or boot_seconds(ts_ns) < entry.start_time:
+        if entry is None or boot_seconds(ts_ns, self._boot_offset_ns) < entry.start_time:
             return None
         return entry
 
@@ -153,7 +158,9 @@ class Entries:
         """The entry of `who`, made now if there is none."""
         entry = self.by_pid.get(who.pid)
         if entry is None:
-            entry = Entry(who.pid, who.start_time, who.comm, since=iso_from_wall_ns(time.time_ns()))
+            # its state changes with what made it, and the transition says so at that time
+            entry = Entry(who.pid, who.start_time, who.comm,
+                          since=iso_from_monotonic_ns(batch.cause_ns))
             self.by_pid[who.pid] = entry
             batch.touch(entry, tid, new=True)
         else:
@@ -184,13 +191,13 @@ class Entries:
             return
         entry = self.entry(who, batch, tid)
         old = entry.marks.get(key)
-        codes = tuple(finding.code for finding in findings)
+        codes = tuple([finding.code for finding in findings])
         if old is not None and old.codes == codes:
             # The same state, seen again: it began when it was first seen.
             source, since = old.source, old.since
         else:
             since = iso_from_monotonic_ns(since_ns)
-        entry.marks[key] = Mark(findings, source, since, ts_ns, span, tracer, target)
+        entry.marks[key] = Mark(findings, codes, source, since, ts_ns, span, tracer, target)
 
     def unset(self, entry: Entry | None, key: MarkKey, ts_ns: int, batch: Batch,
               tid: int | None) -> None:

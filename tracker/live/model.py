@@ -8,6 +8,7 @@ events; `since` in UTC for people.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tracker.checks.catalogue import catalogue
 from tracker.checks.namespaces import lock_subjects, marked_connections_lock
@@ -18,24 +19,25 @@ from tracker.verdict import VERDICT_ORDER, reason
 
 SCHEMA = "crwatch.event/1"
 NOCR, CR = "nocr", "cr"
+# Reasons as a profile words them, by (finding, profile): a process that opens and
+# closes a device in a loop makes one transition per call, each with the same reasons.
+REASONS_KEPT = 4096
 
 MarkKey = tuple  # ("fd", fd), ("pi", tid, uaddr), ("nonlinear", start, size), ("traced", tid),
 #                  ("locks",), ("pidns",), ("shm", addr)
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(NamedTuple):
+    """A named tuple: one is made at every event that marks (the cheapest immutable record)."""
+
     findings: tuple[Finding, ...]
+    codes: tuple[str, ...]           # the findings' codes, which judge the mark under each profile
     source: str                      # "probe" or "audit"
     since: str                       # UTC, when the state began (as far as crwatch knows)
     ts_ns: int                       # CLOCK_MONOTONIC: events older than this cannot undo it
     span: tuple[int, int] | None = None     # address range, for nonlinear and shm marks
     tracer: tuple[int, int] | None = None   # (tid, pid) of the tracer, for traced marks
     target: str | None = None               # the fd's link text, for fd marks
-
-    @property
-    def codes(self) -> tuple[str, ...]:
-        return tuple([finding.code for finding in self.findings])
 
 
 @dataclass(slots=True)
@@ -85,25 +87,24 @@ class Entry:
         return not self.marks and not self.pi
 
     def reasons(self, profile: Profile) -> list[dict]:
-        found, findings = [], []
+        found, findings, locked = [], [], False
         for mark in self.marks.values():
             for finding in mark.findings:
-                made = reason(finding, profile)  # a dict of its own, completed here
-                made["source"], made["since"] = mark.source, mark.since
-                found.append(made)
+                worded, lock_subject = _worded(finding, profile)
+                found.append(dict(worded, source=mark.source, since=mark.since))
                 findings.append(finding)
-        found += self._environment_reasons(profile, findings)
+                locked = locked or lock_subject
+        if locked:
+            found += self._environment_reasons(profile, findings)
         if len(found) > 1:
             found.sort(key=lambda r: (VERDICT_ORDER[r["severity"]], r["fd"] is None,
                                       r["fd"] or 0, r["code"], r["message"]))
         return found
 
     def _environment_reasons(self, profile: Profile, findings: list[Finding]) -> list[dict]:
-        """What the dumper's environment adds to the marks (whose `findings` these are):
-        the network lock its marked TCP connections need where iptables is missing (as
-        the audit's namespace.net_lock)."""
-        if not lock_subjects(findings):
-            return []  # no connection to lock: the environment need not be asked
+        """What the dumper's environment adds to the marks (whose `findings` these are, one
+        a connection to lock at least): the network lock its marked TCP connections need
+        where iptables is missing (as the audit's namespace.net_lock)."""
         lock = marked_connections_lock(self.pid, findings, current())
         if not lock:
             return []
@@ -113,6 +114,21 @@ class Entry:
         first = min(marked, key=lambda mark: mark.since)
         return [dict(reason(finding, profile), source=first.source, since=first.since)
                 for finding in lock]
+
+
+_WORDED: dict[tuple[Finding, Profile], tuple[dict, bool]] = {}
+
+
+def _worded(finding: Finding, profile: Profile) -> tuple[dict, bool]:
+    """The reason a finding makes under a profile, shared (copy it before completing it),
+    and whether it is a connection the dump must lock (lock_subjects)."""
+    key = (finding, profile)
+    worded = _WORDED.get(key)
+    if worded is None:
+        if len(_WORDED) >= REASONS_KEPT:
+            _WORDED.clear()
+        worded = _WORDED[key] = (reason(finding, profile), bool(lock_subjects([finding])))
+    return worded
 
 
 @dataclass(slots=True)
@@ -153,7 +169,8 @@ class Counters:
     lost: int = 0                    # records reported lost (kernel, queue, decoding)
     lost_reports: int = 0            # LOST events received
     fallbacks: int = 0               # fds gone before they could be read: judged from the event
-    ignored: int = 0                 # events about processes gone or older than the pid's owner
+    ignored: int = 0                 # events about processes gone or older than the pid's owner,
+    #                                  or new fds older than the re-audit that read them
     swept: int = 0                   # entries dropped by the sweep (an exit never reported)
     coalesced: int = 0               # events skipped: a copy of a marked fd closed right away
     lock_reads: int = 0              # reads of a process's locks after it changed them

@@ -25,7 +25,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from probes.events import Event, Kind
 from tracker.audit import Audit, ProcessIdentity
@@ -39,6 +39,15 @@ from tracker.profiles import PROFILE_NAMES, Profile
 from tracker.rules import Finding
 
 STATES_KEPT = 4096   # sets of reason codes whose states under every profile are kept
+# Events that give a pid a new holder, or none: its identity is read again.
+_NEW_HOLDERS = frozenset({Kind.FORKED, Kind.EXECED, Kind.EXITED})
+
+
+class Held(NamedTuple):
+    """What the applier does with the table while it holds it for a batch (applying())."""
+
+    apply: Callable[[Event], list[Transition]]
+    skip_dup_and_close: Callable[[Event, Event], bool]
 
 
 class LiveTable:
@@ -62,6 +71,7 @@ class LiveTable:
         self._all_cr: States = (CR,) * (1 + len(self.profiles))
         self._profile_names = tuple(judged_by.name for judged_by in self.profiles)
         self._states_by_codes: dict[frozenset[str] | tuple[str, ...], States] = {}
+        self._changes: dict[tuple[States, States], tuple[tuple[str, ...], dict[str, str]]] = {}
 
     # ------------------------------------------------------------ public
 
@@ -70,13 +80,14 @@ class LiveTable:
             return len(self._entries.by_pid)
 
     @contextmanager
-    def memoized(self) -> Iterator[None]:
-        """Within the block, each pid's holder is read from /proc once, not once per
-        event: for a batch of events taken from the queue together, as if they had
-        been applied at the moment of the first read. Forks, execs and exits in the
-        batch read their pid again."""
-        with self._entries.memoized():
-            yield
+    def applying(self) -> Iterator[Held]:
+        """Hold the table for a batch of events taken from the queue together: its lock is
+        taken once for all (a request that reads the table waits for the batch, well under
+        a millisecond, not behind each of its events), and each pid's holder is read from
+        /proc once, as if the events had been applied at the moment of the first read
+        (forks, execs and exits in the batch read their pid again)."""
+        with self._lock, self._entries.memoized():
+            yield Held(self._apply, self._skip_dup_and_close)
 
     def seed(self, progress: Callable[[int, int], None] | None = None) -> list[Transition]:
         """Audit every process and mark what the probes would have marked (`progress`:
@@ -90,9 +101,13 @@ class LiveTable:
         """A copy of a marked fd closed before anything else touched it or its original
         (dup_close_pairs) changes nothing: the process stays nocr through the original.
         If so, count both as applied and say they may be skipped, so that a process
-        that dup()s and close()s a device fd in a loop costs next to nothing."""
+        that dup()s and close()s a device fd in a loop costs next to nothing. (One pair on
+        its own; in a batch: applying().)"""
         with self._lock:
-            return fds.skip_dup_and_close(self._entries, dup, close)
+            return self._skip_dup_and_close(dup, close)
+
+    def _skip_dup_and_close(self, dup: Event, close: Event) -> bool:
+        return fds.skip_dup_and_close(self._entries, dup, close)
 
     # The next three read without the lock, which an applier busy with a burst would
     # make every request wait for: a dict lookup and an int are read whole, and an
@@ -119,18 +134,22 @@ class LiveTable:
             self._lost_at = self.sequence
 
     def apply(self, event: Event) -> list[Transition]:
+        """One event on its own (a batch of them: applying())."""
         with self._lock:
-            self.counters.events += 1
-            self._touch(event)
-            if event.kind in (Kind.FORKED, Kind.EXECED, Kind.EXITED):
-                self._entries.forget_identities(event.tgid, event.arg)  # arg: a fork's child
-            batch = self._batch(event.ts_ns)
-            handler = BY_KIND.get(event.kind)
-            if handler is None:
-                self.counters.ignored += 1
-            else:
-                handler(self._entries, event, batch)
-            return self._finish(batch)
+            return self._apply(event)
+
+    def _apply(self, event: Event) -> list[Transition]:
+        self.counters.events += 1
+        self._touch(event)
+        if event.kind in _NEW_HOLDERS:
+            self._entries.forget_identities(event.tgid, event.arg)  # arg: a fork's child
+        batch = self._batch(event.ts_ns)
+        handler = BY_KIND.get(event.kind)
+        if handler is None:
+            self.counters.ignored += 1
+        else:
+            handler(self._entries, event, batch)
+        return self._finish(batch) if batch.before else []
 
     def next_due_ns(self) -> int | None:
         """When run_due() has work: the earliest deferred lock read."""
@@ -258,24 +277,35 @@ class LiveTable:
         device opened while a PI futex is held changes the state under `criu` only)."""
         transitions = []
         all_cr = self._all_cr
-        names = self._profile_names
         for entry, before, tid in batch.before.values():
             exited = id(entry) in batch.removed
             after = all_cr if exited else self._states(entry)
             before = before or all_cr
             if after != before:
                 entry.since = since = iso_from_monotonic_ns(batch.cause_ns)
-                for index, name in enumerate(names, 1):
-                    if before[index] != after[index]:
-                        entry.since_under[name] = since
+                changed, profiles = self._change(before, after)
+                for name in changed:
+                    entry.since_under[name] = since
                 reasons = [] if after[0] == CR else entry.reasons(self.profile)
                 transitions.append(Transition(entry.pid, tid, entry.start_time, entry.comm,
                                               after[0], reasons, since, batch.cause_ns,
-                                              exited, ppid=entry.ppid,
-                                              profiles=dict(zip(names, after[1:]))))
+                                              exited, ppid=entry.ppid, profiles=dict(profiles)))
             self._drop_if_idle(entry, exited)
         self.counters.transitions += len(transitions)
         return transitions
+
+    def _change(self, before: States, after: States) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The profiles whose state differs from `before` to `after`, and the states under
+        each after it (to be copied): worked out once per pair of states."""
+        change = self._changes.get((before, after))
+        if change is None:
+            if len(self._changes) >= STATES_KEPT:
+                self._changes.clear()
+            change = self._changes[(before, after)] = (
+                tuple(name for name, was, now in zip(self._profile_names, before[1:], after[1:])
+                      if was != now),
+                dict(zip(self._profile_names, after[1:])))
+        return change
 
     def _drop_if_idle(self, entry: Entry, exited: bool) -> None:
         # Only entries that are nocr, or wait for an event that may make them so,

@@ -5,16 +5,16 @@ the audit's check modules (tracker.live.reads), except a device open whose recor
 carries the inode the kernel side read, when its number alone decides; a close
 takes the mark away.
 An open delivered after its close (the two race between CPUs) is recognised
-by the closes remembered, and changes nothing.
+by the closes remembered, and changes nothing; so does a new fd from before a
+whole-table re-audit began (queued behind a loss), which that re-audit read.
 """
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 from probes.events import Event, Kind
 from tracker.audit import ProcessIdentity
-from tracker.live import reads
+from tracker.live import reads, reconcile
 from tracker.live.entries import Batch, Entries, Handler
 from tracker.live.model import Mark
 from tracker.procfs import Proc
@@ -30,13 +30,14 @@ class RecentCloses:
     """The latest close of each (pid, fd) seen, for the last RECENT_CLOSES of them."""
 
     def __init__(self) -> None:
-        self._at: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._at: dict[tuple[int, int], int] = {}   # oldest first: a dict keeps its order
 
     def remember(self, pid: int, fd: int, ts_ns: int) -> None:
-        self._at[(pid, fd)] = max(ts_ns, self._at.get((pid, fd), 0))
-        self._at.move_to_end((pid, fd))
-        while len(self._at) > RECENT_CLOSES:
-            self._at.popitem(last=False)
+        at, key = self._at, (pid, fd)
+        before = at.pop(key, 0)  # taken out and put back: it moves to the end
+        at[key] = ts_ns if ts_ns > before else before
+        if len(at) > RECENT_CLOSES:
+            del at[next(iter(at))]
 
     def closed_since(self, event: Event) -> bool:
         """Was the event's new fd closed after the event (its close delivered first)?"""
@@ -136,8 +137,18 @@ def rejudge_fd(table: Entries, proc: Proc, who: ProcessIdentity, fd: int, mark: 
     judge_fd(table, proc, who, fd, event, batch, same_as=mark.target)
 
 
+def covered_by_reaudit(table: Entries, event: Event) -> bool:
+    """Did a whole-table re-audit begin after the event (a loss before it)? It read the
+    process after the event, and its marks are newer than what the event says: the
+    queued events it covers change nothing, and cost no /proc read each."""
+    if event.ts_ns < table.kept(reconcile.LastReaudit).started_ns:
+        table.counters.ignored += 1
+        return True
+    return False
+
+
 def opened(table: Entries, event: Event, batch: Batch) -> None:
-    if table.kept(RecentCloses).closed_since(event):
+    if table.kept(RecentCloses).closed_since(event) or covered_by_reaudit(table, event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if not resolved:
@@ -157,7 +168,7 @@ def opened(table: Entries, event: Event, batch: Batch) -> None:
 
 
 def duped(table: Entries, event: Event, batch: Batch) -> None:
-    if table.kept(RecentCloses).closed_since(event):
+    if table.kept(RecentCloses).closed_since(event) or covered_by_reaudit(table, event):
         return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if resolved:
@@ -171,6 +182,8 @@ def duped(table: Entries, event: Event, batch: Batch) -> None:
 
 
 def tcp_connected(table: Entries, event: Event, batch: Batch) -> None:
+    if covered_by_reaudit(table, event):
+        return
     resolved = table.resolve(event.tgid, event.ts_ns, batch)
     if resolved:
         judge_fd(table, *resolved, event.fd, event, batch)
