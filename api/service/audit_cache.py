@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Callable
+from typing import Awaitable, Callable
 
 from api.service.errors import NoSuchProcess
 from tracker.audit import Audit, descendants, identify
@@ -49,6 +49,8 @@ class _Kept:
     sequence: int        # the live table's sequence when the audit began
     at: float            # time.monotonic() when it began
     audit: Audit
+    # what callers derive from the audit while it is kept (their answers), dropped with it
+    answers: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -71,14 +73,18 @@ class AuditCache:
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
     table, when probes feed it (None: nothing is kept); `caught_up(pids, timeout)`:
     has every event about them emitted before the call (and every loss) been applied
-    to it (waiting up to timeout)."""
+    to it (waiting up to timeout); `caught_up_on_loop`: the same, awaited by a
+    coroutine (kept_on_loop)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
                  live_table: Callable[[], LiveTable | None],
-                 caught_up: Callable[[list[int], float], bool]):
+                 caught_up: Callable[[list[int], float], bool],
+                 caught_up_on_loop: Callable[[list[int], float],
+                                             Awaitable[bool]] | None = None):
         self._audit = audit
         self._live_table = live_table
         self._caught_up = caught_up
+        self._caught_up_on_loop = caught_up_on_loop
         self._kept: dict[tuple[int, bool], _Kept] = {}
         self._flights: dict[tuple[int, bool], _Flight] = {}
         self._tickets = count()
@@ -99,22 +105,53 @@ class AuditCache:
         probe event came for what it read (waiting up to `wait` for the probes to catch
         up with this call), it is recent, and the process (its tree) is the same. None:
         a fresh audit is needed, or the audit is of more than `most` processes."""
-        table = self._live_table()
+        kept = self._candidate(pid, tree, most)
+        # first: the events about them emitted before this call are applied
+        if kept is None or not self._caught_up(_pids(kept), wait):
+            return None
+        return self._still_same(pid, tree, kept)
+
+    async def kept_on_loop(self, pid: int, *, tree: bool = False,
+                           most: int | None = None) -> Audit | None:
+        """kept() for a coroutine on the event loop: the probes' catch-up is awaited
+        (caught_up_on_loop), never waited for by blocking the loop. None also when no
+        such wait was given to the cache."""
+        kept = self._candidate(pid, tree, most)
+        if (kept is None or self._caught_up_on_loop is None
+                or not await self._caught_up_on_loop(_pids(kept), CATCH_UP_SECONDS)):
+            return None
+        return self._still_same(pid, tree, kept)
+
+    def answers(self, pid: int, tree: bool, audit: Audit) -> dict | None:
+        """Where callers keep what they derive from this audit while it is the kept one of
+        the process (or tree): it goes when the audit does. None: it is not kept."""
         kept = self._kept.get((pid, tree))
-        if (table is not None and kept is not None
+        return kept.answers if kept is not None and kept.audit is audit else None
+
+    def _candidate(self, pid: int, tree: bool, most: int | None) -> _Kept | None:
+        """The kept audit of this process (or tree) if one is recent enough and small
+        enough to be answered again, before anything is read or awaited."""
+        kept = self._kept.get((pid, tree))
+        if (self._live_table() is not None and kept is not None
                 and (most is None or len(kept.audit.processes) <= most)
-                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
-                # first: the events about them emitted before this call are applied
-                and self._caught_up([member.pid for member in kept.audit.processes], wait)
-                and not any(table.changed_since(member.pid, kept.sequence)
-                            for member in kept.audit.processes)):
-            try:
-                if identify(pid).start_time == kept.start_time and (
-                        not tree or _same_members(pid, kept.audit)):
-                    return kept.audit
-            except (ProcessGone, AccessDenied):
-                self.forget(pid)
-                raise NoSuchProcess(pid) from None
+                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS):
+            return kept
+        return None
+
+    def _still_same(self, pid: int, tree: bool, kept: _Kept) -> Audit | None:
+        """The kept audit, once the probes are caught up with the question, if no event
+        came for what it read and the process (its tree) is the same."""
+        table = self._live_table()
+        if table is None or any(table.changed_since(member.pid, kept.sequence)
+                                for member in kept.audit.processes):
+            return None
+        try:
+            if identify(pid).start_time == kept.start_time and (
+                    not tree or _same_members(pid, kept.audit)):
+                return kept.audit
+        except (ProcessGone, AccessDenied):
+            self.forget(pid)
+            raise NoSuchProcess(pid) from None
         return None
 
     def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
@@ -163,6 +200,10 @@ class AuditCache:
         # copied in one step: requests keep audits from other threads meanwhile
         for key in [key for key, kept in tuple(self._kept.items()) if kept.at < stale]:
             self._kept.pop(key, None)
+
+
+def _pids(kept: _Kept) -> list[int]:
+    return [member.pid for member in kept.audit.processes]
 
 
 def _same_members(pid: int, kept: Audit) -> bool:
