@@ -95,7 +95,7 @@ app = FastAPI()
 def constant() -> dict:
     return {"verdict": "ok"}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=guarded_protocol(ConnectionGuard()),
-            timeout_keep_alive=IDLE_SECONDS, log_level="warning", access_log=False,
+            loop="asyncio", timeout_keep_alive=IDLE_SECONDS, log_level="warning", access_log=False,
             proxy_headers=False)
 """
 

@@ -48,9 +48,10 @@ def run(args) -> int:
     connections = ConnectionGuard()
     connections.raise_fd_limit()
     # proxy_headers off: a caller is who its socket says (api.service.peer), never what an
-    # X-Forwarded-For header claims
+    # X-Forwarded-For header claims. asyncio's loop, never uvloop's: uvloop stops listening
+    # for good after an accept() error (out of fds), which asyncio retries.
     uvicorn.run(create_app(settings, connections, progress=say), host=settings.host,
-                port=settings.port,
+                port=settings.port, loop="asyncio",
                 http=guarded_protocol(connections), timeout_keep_alive=IDLE_SECONDS,
                 log_level="warning", access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

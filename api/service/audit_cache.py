@@ -29,7 +29,7 @@ from itertools import count
 from typing import Awaitable, Callable
 
 from api.service.errors import NoSuchProcess
-from tracker.audit import Audit, descendants, identify
+from tracker.audit import Audit, descendants
 from tracker.holders import HostHolders
 from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
@@ -129,12 +129,16 @@ class AuditCache:
         return kept.answers if kept is not None and kept.audit is audit else None
 
     def _candidate(self, pid: int, tree: bool, most: int | None) -> _Kept | None:
-        """The kept audit of this process (or tree) if one is recent enough and small
-        enough to be answered again, before anything is read or awaited."""
+        """The kept audit of this process (or tree) if one is recent enough, small enough
+        and without an event applied since, before anything is read or awaited."""
         kept = self._kept.get((pid, tree))
-        if (self._live_table() is not None and kept is not None
+        table = self._live_table()
+        if (table is not None and kept is not None
                 and (most is None or len(kept.audit.processes) <= most)
-                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS):
+                and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
+                # an event for them applied already: no need to wait for the probes
+                and not any(table.changed_since(member.pid, kept.sequence)
+                            for member in kept.audit.processes)):
             return kept
         return None
 
@@ -146,8 +150,11 @@ class AuditCache:
                                 for member in kept.audit.processes):
             return None
         try:
-            if identify(pid).start_time == kept.start_time and (
-                    not tree or _same_members(pid, kept.audit)):
+            # The same identity (pid, start time) as the audit's: a process, not a thread,
+            # as it was then (an exec by another of its threads takes its start time too,
+            # and is an event). A tree's members are each read so, its root among them.
+            if (_same_members(pid, kept.audit) if tree
+                    else Proc(pid).stat.start_time == kept.start_time):
                 return kept.audit
         except (ProcessGone, AccessDenied):
             self.forget(pid)

@@ -112,8 +112,10 @@ class Tracker:
         self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
         self._progress = threading.Condition()  # notified after each poll and each batch
-        # futures of coroutines awaiting the next progress, with their event loops
-        self._progress_futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        # coroutines awaiting the reader's progress past a ring position: their event
+        # loops, futures and positions
+        self._progress_futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future,
+                                           int]] = []
         self.applier = Worker("applier", self._step)
         self._swept = time.monotonic()
 
@@ -203,7 +205,7 @@ class Tracker:
         while True:
             progressed = loop.create_future()
             with self._progress:  # registered before the check: no progress goes unseen
-                self._progress_futures.append((loop, progressed))
+                self._progress_futures.append((loop, progressed, position))
             applied = _applied_through(reader, position, pids)
             if applied is not None:
                 return applied
@@ -266,8 +268,18 @@ class Tracker:
     def _progressed(self) -> None:
         with self._progress:
             self._progress.notify_all()
-            waiting, self._progress_futures = self._progress_futures, []
-        for loop, progressed in waiting:
+            if not self._progress_futures:
+                return
+            # woken once the records before their position are consumed (a wake per
+            # poll would cost the event loop more than the wait)
+            reader, woken, still = self.reader, [], []
+            for waiter in self._progress_futures:
+                _, progressed, position = waiter
+                passed = (progressed.done() or reader is None
+                          or reader.queued_through(position) is not None)
+                (woken if passed else still).append(waiter)
+            self._progress_futures = still
+        for loop, progressed, _ in woken:
             try:
                 loop.call_soon_threadsafe(_settle, progressed)
             except RuntimeError:  # its loop is closed: nobody awaits it any more
