@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Awaitable, Callable
 
 from api.service.errors import NoSuchProcess
-from tracker.audit import Audit, descendants
+from tracker.audit import Audit
 from tracker.holders import HostHolders
 from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
@@ -214,13 +215,25 @@ def _pids(kept: _Kept) -> list[int]:
 
 
 def _same_members(pid: int, kept: Audit) -> bool:
-    """Is the tree rooted at pid now made of the processes the kept audit read? (A
-    descendant that left it while it was read, `departed`, is no member either.)"""
+    """Is the tree rooted at pid now made of the processes the kept audit read, each the
+    same identity? (A descendant that left it while it was read, `departed`, is no member
+    either.) Read as tracker.audit.descendants reads it, each member's stat first: one of
+    a single thread has its children in that thread's list, without listing its tasks."""
     members = {member.pid: member.start_time for member in kept.processes}
-    now = descendants(pid)
-    if len(now) != len(members) or set(now) != members.keys():
-        return False
+    found, queue = {pid}, deque([pid])
     try:
-        return all(Proc(member).stat.start_time == members[member] for member in now)
+        while queue:
+            current = queue.popleft()
+            proc = Proc(current)
+            stat = proc.stat
+            if stat.start_time != members.get(current):
+                return False
+            kids = proc.read(f"task/{current}/children").split() if stat.num_threads == 1 \
+                else proc.children()
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    queue.append(kid)
     except (ProcessGone, AccessDenied):
         return False
+    return len(found) == len(members)
