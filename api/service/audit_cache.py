@@ -42,6 +42,10 @@ AUDIT_REUSE_SECONDS = 5.0
 # How long a question waits for the probes' events emitted before it to be applied,
 # before it is answered by a fresh audit instead.
 CATCH_UP_SECONDS = 0.005
+# The same on the event loop, where waiting holds no thread: longer, since the reader
+# and the applier wait for the interpreter's lock like everyone else, and a question
+# that gives up goes to a thread and may have an audit read for it.
+LOOP_CATCH_UP_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class AuditCache:
         such wait was given to the cache."""
         kept = self._candidate(pid, tree, most)
         if (kept is None or self._caught_up_on_loop is None
-                or not await self._caught_up_on_loop(_pids(kept), CATCH_UP_SECONDS)):
+                or not await self._caught_up_on_loop(_pids(kept), LOOP_CATCH_UP_SECONDS)):
             return None
         return self._still_same(pid, tree, kept)
 
