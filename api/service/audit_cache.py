@@ -13,8 +13,10 @@ Only the probes can tell that nothing happened: without a live table fed by them
 nothing is kept and every audit is fresh. And they tell it only once they are
 caught up: an audit is reused only when every event about its processes that the
 kernel emitted before the question came (and every loss) has been applied to the
-table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier; a
-question they are further behind than that is answered by a fresh audit). A
+table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier, and
+LOOP_CATCH_UP_SECONDS for a question awaited on the event loop, where the wait holds
+no thread; a question they are further behind than that is answered by a fresh
+audit). A
 tree's membership is not left to them (the probes report the forks of watched
 processes only): the kept tree is reused only while the tree read now from
 /proc/PID/task/*/children has the same members, each the same identity (pid,
