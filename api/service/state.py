@@ -70,6 +70,8 @@ EVENT_SPACING = 100
 # A kept audit of at most this many processes is answered on the event loop: its reads
 # of /proc (a stat per member) and its document take a fraction of a millisecond.
 LOOP_PROCESSES = 16
+# Answers kept per kept audit (one per profile and allowed options asked).
+ANSWERS_KEPT = 64
 
 
 class KeptAnswer:
@@ -230,6 +232,8 @@ class Service:
             document = probe_found.document(result, found, judged_by, allow, environment)
             document["tracked"] = None  # the table follows none of its processes
             document["audit_reused"] = True
+            if len(answers) >= ANSWERS_KEPT:  # a caller naming ever other options
+                answers.clear()
             kept = answers[key] = KeptAnswer(document, found, environment)
         self.metrics.verdicts.labels(kept.document["verdict"]).inc()
         self._record_verdict(kept.document)
