@@ -23,8 +23,9 @@ Then the service's CPU over IDLE_SECONDS without a request (utime+stime from
 meanwhile (applying them is work too), and its RSS next to the floor's (uvicorn
 with the constant route, after its load). Figures, never assertions: these
 machines are noisy. Each figure of the issue is recorded for `make bench`'s table
-(bench.figures): requests/s (ratio: the floor's requests/s over ours) and p99
-(ours over the floor's) of the three cases, the idle share of a core and the RSS.
+(bench.figures): requests/s (ratio: the floor's requests/s over ours), p99
+(ours over the floor's) and the server's CPU per answer (all its threads, over the
+floor's) of the three cases, the idle share of a core and the RSS.
 `python -m bench.service_bench requests` (or `idle`) runs one part.
 """
 from __future__ import annotations
@@ -95,7 +96,7 @@ app = FastAPI()
 def constant() -> dict:
     return {"verdict": "ok"}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=guarded_protocol(ConnectionGuard()),
-            timeout_keep_alive=IDLE_SECONDS, log_level="warning", access_log=False,
+            loop="asyncio", timeout_keep_alive=IDLE_SECONDS, log_level="warning", access_log=False,
             proxy_headers=False)
 """
 
@@ -167,25 +168,30 @@ class Load:
     fresh: int
     answers: int
     errors: int
+    cpu_ms: float       # the server's CPU (all its threads) per answer
 
     def line(self) -> str:
         errors = f", {self.errors} errors" if self.errors else ""
         return (f"{self.label:34} {self.rps:5.0f} req/s (x{self.rps / TARGET_RPS:.2f} of "
                 f"{TARGET_RPS})  p50 {self.p50:5.1f} ms  p99 {self.p99:6.1f} ms "
-                f"(x{self.p99 / TARGET_P99_MS:.2f} of {TARGET_P99_MS:.0f})  fresh audits "
-                f"{self.fresh}/{self.answers}{errors}")
+                f"(x{self.p99 / TARGET_P99_MS:.2f} of {TARGET_P99_MS:.0f})  server CPU "
+                f"{self.cpu_ms:.2f} ms/answer  fresh audits {self.fresh}/{self.answers}{errors}")
 
 
-def load(port: int, path: str, label: str) -> Load:
+def load(port: int, path: str, label: str, server: int) -> Load:
+    """The load on one path, with the CPU the server (pid `server`) spent meanwhile."""
+    before = cpu_seconds(server)
     result = subprocess.run([sys.executable, "-c", LOAD, str(port), path, str(CLIENTS),
                              str(SECONDS)], capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(server) - before
     measured = json.loads(result.stdout)
     latencies = sorted(measured["latencies"])
     return Load(label, rps=len(latencies) / measured["seconds"],
                 p50=statistics.median(latencies),
                 p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
                 fresh=measured["fresh"], answers=len(latencies),
-                errors=len(measured["errors"]))
+                errors=len(measured["errors"]),
+                cpu_ms=cpu * 1000 / max(1, len(latencies)))
 
 
 def floor() -> tuple[Load, float]:
@@ -195,7 +201,7 @@ def floor() -> tuple[Load, float]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         await_up(port, server, "/constant")
-        measured = load(port, "/constant", "floor: uvicorn, a constant route")
+        measured = load(port, "/constant", "floor: uvicorn, a constant route", server.pid)
         return measured, rss_mib(server.pid)
     finally:
         server.terminate()
@@ -212,6 +218,11 @@ def record_case(case: str, ours: Load, floor_load: Load) -> None:
                   f"answers from a fresh audit)", f"{ours.p99:.1f} ms",
                   f"uvicorn constant route {floor_load.p99:.1f} ms", ours.p99 / floor_load.p99,
                   f"<= {TARGET_P99_MS:.0f} ms", ours.p99 <= TARGET_P99_MS))
+    # what an answer costs the server (all its threads: the applier's share of the
+    # host's events included), next to what one costs uvicorn's constant route
+    record(Figure("service", f"checkpointable, {case}: server CPU per answer",
+                  f"{ours.cpu_ms:.2f} ms", f"uvicorn constant route {floor_load.cpu_ms:.2f} ms",
+                  ours.cpu_ms / floor_load.cpu_ms))
 
 
 def spawn(*command: str) -> subprocess.Popen:
@@ -243,7 +254,7 @@ def main(parts: list[str] | None = None) -> None:
                   f"{(time.perf_counter() - started) * 1000:.0f} ms", flush=True)
             floor_load, floor_rss = floor()
             if "requests" in parts:
-                requests(port, floor_load, tree.pid, connecting.pid, extra[0].pid)
+                requests(port, service.pid, floor_load, tree.pid, connecting.pid, extra[0].pid)
             if "idle" in parts:
                 connecting.kill()  # idle means no event either
                 idle(port, service.pid, total, floor_rss)
@@ -256,7 +267,8 @@ def main(parts: list[str] | None = None) -> None:
                 process.wait()
 
 
-def requests(port: int, floor_load: Load, tree: int, connecting: int, quiet: int) -> None:
+def requests(port: int, server: int, floor_load: Load, tree: int, connecting: int,
+             quiet: int) -> None:
     print(f"GET /processes/PID/checkpointable, {CLIENTS} clients, a new connection "
           f"per request, {SECONDS:.0f} s each:", flush=True)
     print(floor_load.line(), flush=True)
@@ -269,7 +281,7 @@ def requests(port: int, floor_load: Load, tree: int, connecting: int, quiet: int
              "a subject opening TCP connections"),
             ("/processes?limit=100", "the process list, 100 rows", None),
             ("/processes?verdict=blocked&limit=100", "the list, blocked only", None)):
-        measured = load(port, path, label)
+        measured = load(port, path, label, server)
         print(measured.line(), flush=True)
         if case is not None:
             record_case(case, measured, floor_load)

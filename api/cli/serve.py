@@ -85,9 +85,10 @@ def run(args) -> int:
     connections = ConnectionGuard()
     connections.raise_fd_limit()
     # proxy_headers off: a caller is who its socket says (api.service.peer), never what an
-    # X-Forwarded-For header claims
+    # X-Forwarded-For header claims. asyncio's loop, never uvloop's: uvloop stops listening
+    # for good after an accept() error (out of fds), which asyncio retries.
     config = uvicorn.Config(create_app(settings, connections, progress=say),
-                            host=settings.host, port=settings.port,
+                            host=settings.host, port=settings.port, loop="asyncio",
                             http=guarded_protocol(connections),
                             timeout_keep_alive=IDLE_SECONDS, log_level="warning",
                             access_log=False, proxy_headers=False,

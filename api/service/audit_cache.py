@@ -13,8 +13,10 @@ Only the probes can tell that nothing happened: without a live table fed by them
 nothing is kept and every audit is fresh. And they tell it only once they are
 caught up: an audit is reused only when every event about its processes that the
 kernel emitted before the question came (and every loss) has been applied to the
-table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier; a
-question they are further behind than that is answered by a fresh audit). A
+table (the tracker waits CATCH_UP_SECONDS at most for its reader and applier, and
+LOOP_CATCH_UP_SECONDS for a question awaited on the event loop, where the wait holds
+no thread; a question they are further behind than that is answered by a fresh
+audit). A
 tree's membership is not left to them (the probes report the forks of watched
 processes only): the kept tree is reused only while the tree read now from
 /proc/PID/task/*/children has the same members, each the same identity (pid,
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Callable
+from typing import Awaitable, Callable
 
 from api.service.errors import NoSuchProcess
-from tracker.audit import Audit, descendants, identify
+from tracker.audit import Audit
 from tracker.holders import HostHolders
 from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
@@ -41,6 +44,10 @@ AUDIT_REUSE_SECONDS = 5.0
 # How long a question waits for the probes' events emitted before it to be applied,
 # before it is answered by a fresh audit instead.
 CATCH_UP_SECONDS = 0.005
+# The same on the event loop, where waiting holds no thread: longer, since the reader
+# and the applier wait for the interpreter's lock like everyone else, and a question
+# that gives up goes to a thread and may have an audit read for it.
+LOOP_CATCH_UP_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class _Kept:
     sequence: int        # the live table's sequence when the audit began
     at: float            # time.monotonic() when it began
     audit: Audit
+    # what callers derive from the audit while it is kept (their answers), dropped with it
+    answers: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -71,14 +80,18 @@ class AuditCache:
     findings) or of its tree, with a pass's `holders` index if any; `live_table`: the
     table, when probes feed it (None: nothing is kept); `caught_up(pids, timeout)`:
     has every event about them emitted before the call (and every loss) been applied
-    to it (waiting up to timeout)."""
+    to it (waiting up to timeout); `caught_up_on_loop`: the same, awaited by a
+    coroutine (kept_on_loop)."""
 
     def __init__(self, *, audit: Callable[..., Audit],
                  live_table: Callable[[], LiveTable | None],
-                 caught_up: Callable[[list[int], float], bool]):
+                 caught_up: Callable[[list[int], float], bool],
+                 caught_up_on_loop: Callable[[list[int], float],
+                                             Awaitable[bool]] | None = None):
         self._audit = audit
         self._live_table = live_table
         self._caught_up = caught_up
+        self._caught_up_on_loop = caught_up_on_loop
         self._kept: dict[tuple[int, bool], _Kept] = {}
         self._flights: dict[tuple[int, bool], _Flight] = {}
         self._tickets = count()
@@ -99,22 +112,60 @@ class AuditCache:
         probe event came for what it read (waiting up to `wait` for the probes to catch
         up with this call), it is recent, and the process (its tree) is the same. None:
         a fresh audit is needed, or the audit is of more than `most` processes."""
-        table = self._live_table()
+        kept = self._candidate(pid, tree, most)
+        # first: the events about them emitted before this call are applied
+        if kept is None or not self._caught_up(_pids(kept), wait):
+            return None
+        return self._still_same(pid, tree, kept)
+
+    async def kept_on_loop(self, pid: int, *, tree: bool = False,
+                           most: int | None = None) -> Audit | None:
+        """kept() for a coroutine on the event loop: the probes' catch-up is awaited
+        (caught_up_on_loop), never waited for by blocking the loop. None also when no
+        such wait was given to the cache."""
+        kept = self._candidate(pid, tree, most)
+        if (kept is None or self._caught_up_on_loop is None
+                or not await self._caught_up_on_loop(_pids(kept), LOOP_CATCH_UP_SECONDS)):
+            return None
+        return self._still_same(pid, tree, kept)
+
+    def answers(self, pid: int, tree: bool, audit: Audit) -> dict | None:
+        """Where callers keep what they derive from this audit while it is the kept one of
+        the process (or tree): it goes when the audit does. None: it is not kept."""
         kept = self._kept.get((pid, tree))
+        return kept.answers if kept is not None and kept.audit is audit else None
+
+    def _candidate(self, pid: int, tree: bool, most: int | None) -> _Kept | None:
+        """The kept audit of this process (or tree) if one is recent enough, small enough
+        and without an event applied since, before anything is read or awaited."""
+        kept = self._kept.get((pid, tree))
+        table = self._live_table()
         if (table is not None and kept is not None
                 and (most is None or len(kept.audit.processes) <= most)
                 and time.monotonic() - kept.at < AUDIT_REUSE_SECONDS
-                # first: the events about them emitted before this call are applied
-                and self._caught_up([member.pid for member in kept.audit.processes], wait)
+                # an event for them applied already: no need to wait for the probes
                 and not any(table.changed_since(member.pid, kept.sequence)
                             for member in kept.audit.processes)):
-            try:
-                if identify(pid).start_time == kept.start_time and (
-                        not tree or _same_members(pid, kept.audit)):
-                    return kept.audit
-            except (ProcessGone, AccessDenied):
-                self.forget(pid)
-                raise NoSuchProcess(pid) from None
+            return kept
+        return None
+
+    def _still_same(self, pid: int, tree: bool, kept: _Kept) -> Audit | None:
+        """The kept audit, once the probes are caught up with the question, if no event
+        came for what it read and the process (its tree) is the same."""
+        table = self._live_table()
+        if table is None or any(table.changed_since(member.pid, kept.sequence)
+                                for member in kept.audit.processes):
+            return None
+        try:
+            # The same identity (pid, start time) as the audit's: a process, not a thread,
+            # as it was then (an exec by another of its threads takes its start time too,
+            # and is an event). A tree's members are each read so, its root among them.
+            if (_same_members(pid, kept.audit) if tree
+                    else Proc(pid).stat.start_time == kept.start_time):
+                return kept.audit
+        except (ProcessGone, AccessDenied):
+            self.forget(pid)
+            raise NoSuchProcess(pid) from None
         return None
 
     def _read_after_now(self, pid: int, tree: bool, holders: HostHolders | None,
@@ -165,14 +216,30 @@ class AuditCache:
             self._kept.pop(key, None)
 
 
+def _pids(kept: _Kept) -> list[int]:
+    return [member.pid for member in kept.audit.processes]
+
+
 def _same_members(pid: int, kept: Audit) -> bool:
-    """Is the tree rooted at pid now made of the processes the kept audit read? (A
-    descendant that left it while it was read, `departed`, is no member either.)"""
+    """Is the tree rooted at pid now made of the processes the kept audit read, each the
+    same identity? (A descendant that left it while it was read, `departed`, is no member
+    either.) Read as tracker.audit.descendants reads it, each member's stat first: one of
+    a single thread has its children in that thread's list, without listing its tasks."""
     members = {member.pid: member.start_time for member in kept.processes}
-    now = descendants(pid)
-    if len(now) != len(members) or set(now) != members.keys():
-        return False
+    found, queue = {pid}, deque([pid])
     try:
-        return all(Proc(member).stat.start_time == members[member] for member in now)
+        while queue:
+            current = queue.popleft()
+            proc = Proc(current)
+            stat = proc.stat
+            if stat.start_time != members.get(current):
+                return False
+            kids = proc.read(f"task/{current}/children").split() if stat.num_threads == 1 \
+                else proc.children()
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    queue.append(kid)
     except (ProcessGone, AccessDenied):
         return False
+    return len(found) == len(members)

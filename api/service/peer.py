@@ -12,15 +12,16 @@ left at most a time-wait record, which the kernel reports as uid 0.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 NLM_F_REQUEST = 0x1
 NLMSG_ERROR = 2
 NO_COOKIE = (0xFFFFFFFF, 0xFFFFFFFF)
-LOOKUP_TIMEOUT = 1.0
 # States of a socket no process holds, or of a listener (what a lookup falls back to).
 UNHELD_STATES = {3, 6, 10, 12}  # SYN_RECV, TIME_WAIT, LISTEN, NEW_SYN_RECV
 
@@ -76,8 +77,7 @@ def tcp_peer_uid(client: Address | None, server: Address | None) -> int | None:
     request = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF,
                             client[1].to_bytes(2, "big"), server[1].to_bytes(2, "big"),
                             client_address, server_address, 0, *NO_COOKIE)
-    reply = _exchange(_NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY,
-                                  NLM_F_REQUEST, 1, 0) + request)
+    reply = _exchange(request)
     if reply is None or len(reply) < _REPLY.size:
         return None
     (_, state, _, _, sport, dport, _, _, _, _, _, _, _, _, uid, inode) = _REPLY.unpack_from(reply)
@@ -95,21 +95,47 @@ def _packed(host: str) -> tuple[int, bytes]:
     return socket.AF_INET6, address.packed
 
 
-def _exchange(message: bytes) -> bytes | None:
-    """The body of the one reply to `message`, or None (no such socket, or no sock_diag)."""
+def _exchange(request: bytes) -> bytes | None:
+    """The body of the one reply to a sock_diag `request`, or None (no such socket, or no
+    sock_diag)."""
+    sequence = next(_sequences)
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                           NETLINK_SOCK_DIAG) as diag:
-            diag.settimeout(LOOKUP_TIMEOUT)
-            diag.sendall(message)
-            data = diag.recv(1 << 12)
+        diag = _diag_socket()
+        diag.sendall(_NLMSG.pack(_NLMSG.size + len(request), SOCK_DIAG_BY_FAMILY,
+                                 NLM_F_REQUEST, sequence, 0) + request)
+        # sock_diag answers within the send: the reply is queued when it returns
+        data = diag.recv(1 << 12, socket.MSG_DONTWAIT)
     except OSError:
+        _forget_diag_socket()  # a late reply may come to it: the next lookup opens another
         return None
     if len(data) < _NLMSG.size:
         return None
-    length, kind, _, _, _ = _NLMSG.unpack_from(data)
+    length, kind, _, replied_to, _ = _NLMSG.unpack_from(data)
+    if replied_to != sequence:  # not this request's reply: never trusted
+        _forget_diag_socket()
+        return None
     body = data[_NLMSG.size:length]
     if kind == NLMSG_ERROR:  # ENOENT: no socket has this address and port
         return None
     return body
 
+
+# One sock_diag socket per thread, kept open: a lookup is then a send and a receive,
+# not five system calls (each a chance for another thread to take the interpreter).
+_diag = threading.local()
+_sequences = itertools.cycle(range(1, 1 << 32))
+
+
+def _diag_socket() -> socket.socket:
+    diag = getattr(_diag, "socket", None)
+    if diag is None:
+        diag = _diag.socket = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    return diag
+
+
+def _forget_diag_socket() -> None:
+    diag = getattr(_diag, "socket", None)
+    _diag.socket = None
+    if diag is not None:
+        diag.close()

@@ -36,6 +36,7 @@ from api.service.tree_rows import NON_NESTABLE
 from tracker import procfs, verdict
 from tracker.audit import Audit, ThreadId, audit, identify
 from tracker.environment import Environment
+from tracker.environment import current as current_environment
 from tracker.holders import PASS_MAX_AGE_SECONDS, HostHolders
 from tracker.live import probe_found
 from tracker.live.applier import Tracker
@@ -43,6 +44,7 @@ from tracker.live.model import Transition
 from tracker.live.table import LiveTable
 from tracker.procfs import AccessDenied, Proc, ProcessGone
 from tracker.profiles import PROFILE_NAMES, Profile, profile
+from tracker.safe_text import json_bytes
 from tracker.supervised import DEAD, RETRYING, Callback, Worker
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,27 @@ EVENT_SPACING = 100
 # A kept audit of at most this many processes is answered on the event loop: its reads
 # of /proc (a stat per member) and its document take a fraction of a millisecond.
 LOOP_PROCESSES = 16
+# Answers kept per kept audit (one per profile and allowed options asked).
+ANSWERS_KEPT = 64
+
+
+class KeptAnswer:
+    """The verdict document of a kept audit, made once for a profile and allowed options
+    with what only the probes see (`found`) and the dumper's environment, and its JSON
+    encoded once for the viewers that see everything."""
+
+    def __init__(self, document: dict, found: probe_found.ProbeFound,
+                 environment: Environment):
+        self.document = document
+        self.found = found
+        self.environment = environment
+        self._body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = json_bytes(self.document)
+        return self._body
 
 
 class Service:
@@ -89,7 +112,8 @@ class Service:
         self.metrics = ServiceMetrics()
         self.history: History | None = None
         self._audits = AuditCache(audit=self._audit, live_table=self._live_table,
-                                  caught_up=self.tracker.caught_up)
+                                  caught_up=self.tracker.caught_up,
+                                  caught_up_on_loop=self.tracker.caught_up_on_loop)
         self.rows = ProcessRows(row=self.row, stale=self.stale, after_pass=self._after_pass)
         self._frozen = False    # the start-up's objects are out of the collector's passes
         self.metrics.registry.register(StateCollector(
@@ -193,19 +217,39 @@ class Service:
         del document["audit_reused"]  # never: the command's document has no such field
         return document
 
-    def kept_checkpointable(self, pid: int, *, tree: bool = True, allow: Iterable[str] = (),
-                            profile_name: str | None = None) -> dict | None:
-        """checkpointable()'s document from a kept audit of at most LOOP_PROCESSES
-        processes, when one may be answered now without waiting for anything (a few
-        reads of /proc per process: fit for the event loop); None when the answer needs
-        an audit, the probes to catch up, more reads, or the live table's lock (the
-        table follows one of its processes)."""
-        result = self._audits.kept(pid, tree=tree, wait=0.0, most=LOOP_PROCESSES)
+    async def kept_checkpointable(self, pid: int, *, tree: bool = True,
+                                  allow: Iterable[str] = (),
+                                  profile_name: str | None = None) -> KeptAnswer | None:
+        """checkpointable()'s answer from a kept audit of at most LOOP_PROCESSES processes,
+        for the event loop: the probes' catch-up is awaited there, and what is left is a
+        few reads of /proc per process. Its document is made once per kept audit, profile
+        and allowed options, and encoded once, while what only the probes see of it stays
+        the same (its `checked_at` is then when that first answer was made). None when
+        the answer needs an audit, or the live table's lock (the table follows one of
+        its processes)."""
+        result = await self._audits.kept_on_loop(pid, tree=tree, most=LOOP_PROCESSES)
         table = self.tracker.table
         if result is None or (table is not None and any(table.follows(member.pid)
                                                         for member in result.processes)):
             return None
-        return self._verdict(result, True, self.profile_for(profile_name), allow)
+        answers = self._audits.answers(pid, tree, result)
+        if answers is None:
+            return None
+        judged_by = self.profile_for(profile_name)
+        found = self._probe_found(result, judged_by)
+        key = (judged_by.name, tuple(allow))
+        environment = current_environment()
+        kept = answers.get(key)
+        if kept is None or kept.found != found or kept.environment is not environment:
+            document = probe_found.document(result, found, judged_by, allow, environment)
+            document["tracked"] = None  # the table follows none of its processes
+            document["audit_reused"] = True
+            if len(answers) >= ANSWERS_KEPT:  # a caller naming ever other options
+                answers.clear()
+            kept = answers[key] = KeptAnswer(document, found, environment)
+        self.metrics.verdicts.labels(kept.document["verdict"]).inc()
+        self._record_verdict(kept.document)
+        return kept
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
                  allow: Iterable[str], environment: Environment | None = None) -> dict:

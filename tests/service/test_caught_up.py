@@ -2,9 +2,11 @@
 has been applied (api/service/audit_cache.py, Tracker.caught_up): with the applier held
 back, an event for the subject waits in the queue, and the answer must be a fresh audit
 that sees what the event reported, not the kept one from before it; a process with no
-event waiting keeps its audit meanwhile."""
+event waiting keeps its audit meanwhile. The same holds for a question awaited on an
+event loop (AuditCache.kept_on_loop, Tracker.caught_up_on_loop)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -72,3 +74,31 @@ def test_a_kept_audit_is_not_answered_while_an_event_before_the_question_waits()
         while not tracker.caught_up([quiet.pid], 0.1):  # released, it applies the event
             assert time.monotonic() < deadline, "the applier never caught up"
             time.sleep(0.01)
+
+
+def test_an_answer_awaited_on_the_event_loop_waits_for_the_events_before_it_too():
+    brake = Brake()
+    with attached_tracker(brake) as tracker, subject(OPENS_KVM) as quiet, \
+            subject(OPENS_KVM) as stopper, subject(OPENS_KVM) as bystander:
+        audits = AuditCache(audit=lambda pid, tree=False, holders=None: audit(pid, tree=tree),
+                            live_table=lambda: tracker.table, caught_up=tracker.caught_up,
+                            caught_up_on_loop=tracker.caught_up_on_loop)
+        kept = _await_quiet(audits, quiet.pid)
+        kept_bystander = _await_quiet(audits, bystander.pid)
+        assert asyncio.run(audits.kept_on_loop(quiet.pid)) is kept
+        brake.pid = stopper.pid
+        os.kill(stopper.pid, signal.SIGUSR1)  # its transition holds the applier
+        try:
+            assert brake.holding.wait(ARRIVAL_TIMEOUT), "the applier was never held"
+            os.kill(quiet.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + ARRIVAL_TIMEOUT
+            while not _holds_kvm(quiet.pid):  # the event is emitted: its open returned
+                assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
+                time.sleep(0.01)
+            assert asyncio.run(audits.kept_on_loop(quiet.pid)) is None
+            # what waits is about others: a process with nothing pending keeps its audit
+            assert asyncio.run(audits.kept_on_loop(bystander.pid)) is kept_bystander
+        finally:
+            brake.released.set()
+        result, reused = audits.audit(quiet.pid)
+        assert reused is False and "device.chr.unsupported" in {f.code for f in result.findings}

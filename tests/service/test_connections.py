@@ -137,6 +137,21 @@ def test_a_connection_kept_alive_gets_a_new_deadline_for_its_next_request(runnin
     assert running.guard.timed_out == 1
 
 
+def test_requests_sent_together_on_one_connection_are_each_answered(running):
+    with socket.create_connection(("127.0.0.1", running.port), timeout=ANSWER_TIMEOUT) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                       b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(1 << 16):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200") == 2
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while running.guard.open:  # the server's side of the close is seen on its loop
+        assert time.monotonic() < deadline, "the connection stayed open"
+        time.sleep(0.01)
+    assert running.guard.timed_out == 0
+
+
 def test_a_peer_that_reads_nothing_of_a_response_is_cut_off(running):
     with socket.socket() as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -143,6 +143,26 @@ def test_a_tree_with_many_sockets_reads_the_table():
         assert "tcp" in tables.namespace(ctx, me).tables
 
 
+@pytest.mark.parametrize("family, table", [(socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")])
+def test_a_socket_no_table_lists_is_looked_for_in_its_own_table_alone(family, table):
+    me = Proc(os.getpid())
+    with socket.socket(family) as unbound:   # never bound: no table lists it
+        open_fd = OpenFd(me, unbound.fileno(), me.readlink(f"fd/{unbound.fileno()}"))
+        ctx = _context(me, [open_fd])
+        assert tables.find_fd(ctx, me, open_fd) is None
+        assert set(tables.namespace(ctx, me).tables) == {table}
+
+
+def test_a_socket_of_a_table_read_for_another_is_still_found():
+    me = Proc(os.getpid())
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as unbound:
+        open_fds = [OpenFd(me, sock.fileno(), me.readlink(f"fd/{sock.fileno()}"))
+                    for sock in (unbound, listener)]
+        ctx = _context(me, open_fds)
+        assert tables.find_fd(ctx, me, open_fds[0]) is None
+        assert tables.find(ctx, me, open_fds[1].inode).inode == open_fds[1].inode
+
+
 def test_a_socket_closed_before_it_is_asked_is_left_to_the_table():
     me = Proc(os.getpid())
     sock = socket.create_server(("127.0.0.1", 0))

@@ -4,7 +4,9 @@ start() attaches the probes, seeds the table from a /proc audit of every
 process, tells subscribers it is ready, then applies events as they come
 and hands each notice (ready, transition, lost) to every subscriber, on the
 applier thread. caught_up() tells whoever keeps answers whether every event the
-kernel emitted before the call has been applied (waiting a little for it).
+kernel emitted before the call has been applied (waiting a little for it);
+caught_up_on_loop() tells the same to a coroutine, which awaits the reader's and
+the applier's progress without holding a thread.
 Probes that cannot load leave the tracker degraded, not dead: the table is
 still seeded, and the reason is reported. The applier and the probe reader
 are supervised workers (tracker/supervised.py): an error outside one event's
@@ -12,6 +14,7 @@ application is counted and the loop goes on after a backoff.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -113,6 +116,10 @@ class Tracker:
         self._fd_retry_at = 0.0
         self._subscribers: list[Callable[[Notice], None]] = []
         self._progress = threading.Condition()  # notified after each poll and each batch
+        # coroutines awaiting the reader's progress past a ring position: their event
+        # loops, futures and positions
+        self._progress_futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future,
+                                           int]] = []
         self.applier = Worker("applier", self._step, nice=WORKERS_NICE)
         self._swept = time.monotonic()
 
@@ -181,15 +188,38 @@ class Tracker:
         deadline = time.monotonic() + timeout
         with self._progress:
             while True:
-                consumed = reader.queued_through(position) is not None
-                if reader.pending(pids):
-                    return False
-                if consumed:
-                    return True
+                applied = _applied_through(reader, position, pids)
+                if applied is not None:
+                    return applied
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._progress.wait(left)
+
+    async def caught_up_on_loop(self, pids: Iterable[int], timeout: float) -> bool:
+        """caught_up() for a coroutine: the same answer, awaited on the running event loop
+        (woken by the reader's and the applier's progress) instead of blocking it."""
+        reader = self.reader
+        position = reader.position() if reader is not None else None
+        if position is None:
+            return False
+        pids = list(pids)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            progressed = loop.create_future()
+            with self._progress:  # registered before the check: no progress goes unseen
+                self._progress_futures.append((loop, progressed, position))
+            applied = _applied_through(reader, position, pids)
+            if applied is not None:
+                return applied
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(progressed, left)
+            except TimeoutError:
+                return False
 
     def reconcile(self, result: Audit, started_ns: int,
                   gate_tracer: int | None = None) -> list[dict] | None:
@@ -242,6 +272,22 @@ class Tracker:
     def _progressed(self) -> None:
         with self._progress:
             self._progress.notify_all()
+            if not self._progress_futures:
+                return
+            # woken once the records before their position are consumed (a wake per
+            # poll would cost the event loop more than the wait)
+            reader, woken, still = self.reader, [], []
+            for waiter in self._progress_futures:
+                _, progressed, position = waiter
+                passed = (progressed.done() or reader is None
+                          or reader.queued_through(position) is not None)
+                (woken if passed else still).append(waiter)
+            self._progress_futures = still
+        for loop, progressed, _ in woken:
+            try:
+                loop.call_soon_threadsafe(_settle, progressed)
+            except RuntimeError:  # its loop is closed: nobody awaits it any more
+                pass
 
     def _step(self) -> None:
         """One turn of the applier: a batch of events, then what is due, then a sweep."""
@@ -335,3 +381,18 @@ class Tracker:
                     callback(notice)
                 except Exception:  # one subscriber's failure is not the others'
                     log.exception("a subscriber failed on %s", notice)
+
+
+def _applied_through(reader: Reader, position: int, pids: list[int]) -> bool | None:
+    """True: the records before `position` are consumed and no event about `pids` (nor a
+    loss) waits for the applier; False: one does (it will change them); None: the
+    reader has not consumed them yet."""
+    consumed = reader.queued_through(position) is not None
+    if reader.pending(pids):
+        return False
+    return True if consumed else None
+
+
+def _settle(progressed: asyncio.Future) -> None:
+    if not progressed.done():  # not timed out meanwhile
+        progressed.set_result(None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.service.deps import ServiceDep, ViewerDep
@@ -99,8 +99,13 @@ async def checkpointable(
     # A small kept audit is answered here on the event loop (a few reads of /proc),
     # sparing the two hand-offs between threads that each wait for the interpreter's
     # lock while another thread computes; an audit to read goes to the threadpool.
-    kept = service.kept_checkpointable(pid, tree=tree, allow=allow, profile_name=profile)
-    return answer(kept) if kept is not None else await run_in_threadpool(answer)
+    kept = await service.kept_checkpointable(pid, tree=tree, allow=allow,
+                                             profile_name=profile)
+    if kept is None:
+        return await run_in_threadpool(answer)
+    if viewer.everything:  # encoded once for all who see everything
+        return Response(kept.body, media_type=SafeJSONResponse.media_type)
+    return answer(kept.document)
 
 
 @router.get("/{pid}/fds", response_model=FdReport, response_model_by_alias=True,

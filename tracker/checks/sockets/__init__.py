@@ -104,7 +104,8 @@ def _check_unlisted(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Iterator[
     listing = _listing_table(found)
     error = tables.table(ctx, proc, listing).error if listing else None
     lister = _tree_process_in(ctx, proc, found.netns)
-    listed = tables.find(ctx, lister, open_fd.inode) if lister else None
+    # no table but its family's can list it: the others are not read for nothing
+    listed = tables.find(ctx, lister, open_fd.inode, listing) if lister else None
     if listed is not None:
         yield from _check_listed(ctx, proc, open_fd, listed, lister)
     elif error:

@@ -29,27 +29,38 @@ PROTOCOLS = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", fd_query.IPPR
 def lookup(pid: int, fd: int, inode: int, netns: int, inside: str | None) -> InetSocket | UnixSocket | None:
     """pid's socket fd as its table would list it, asked in the namespace `inside` (a
     /proc/PID/ns/net path, None: crwatch's own), whose inode is `netns`; None: read the table."""
+    return asked(pid, fd, inode, netns, inside)[0]
+
+
+def asked(pid: int, fd: int, inode: int, netns: int,
+          inside: str | None) -> tuple[InetSocket | UnixSocket | None, str | None]:
+    """lookup()'s answer, with the one table that can list the socket (tables.SOURCES'
+    name: "tcp", "udp6", "unix"...) when its fd told its family and protocol; None where
+    the fd did not (it is gone, or of a family with no exact request). A socket the lookup
+    does not find is looked for in that table alone: no other lists its inode."""
+    source = None
     try:
-        query = _query(pid, fd, inode, netns)
+        query, source = _query(pid, fd, inode, netns)
         body = diag.ask(query, inside) if query is not None else None
     except (ProcessGone, AccessDenied, OSError, diag.DiagUnavailable):
-        return None
+        return None, source
     if body is None or query.inode(body) != inode:     # type: ignore[union-attr]
-        return None
-    return query.decode(body)                           # type: ignore[union-attr, return-value]
+        return None, source
+    return query.decode(body), source                   # type: ignore[union-attr, return-value]
 
 
-def _query(pid: int, fd: int, inode: int, netns: int) -> diag.Query | None:
+def _query(pid: int, fd: int, inode: int, netns: int) -> tuple[diag.Query | None, str | None]:
+    """The exact request for the socket, and the table that lists it."""
     with fd_query.borrowed(pid, fd, inode) as sock:
         family, kind, protocol = (sock.getsockopt(socket.SOL_SOCKET, option)
                                   for option in (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL))
         if fd_query.netns_of(sock.fileno()) != netns:
-            return None         # the dump of this namespace would not list it
+            return None, None   # the dump of this namespace would not list it
         if family == socket.AF_UNIX:
-            return diag.unix_exact_query(inode)
+            return diag.unix_exact_query(inode), "unix"
         name = PROTOCOLS.get(protocol)
         if family not in fd_query.INET_FAMILIES or kind == socket.SOCK_RAW or name is None:
-            return None
+            return None, None
         # Re-wrap the same copy with its real family, so the addresses decode.
         with socket.socket(family, kind, protocol, fileno=sock.detach()) as inet:
             local = inet.getsockname()
@@ -58,7 +69,9 @@ def _query(pid: int, fd: int, inode: int, netns: int) -> diag.Query | None:
             except OSError:     # not connected: the kernel's lookup wants zeros
                 remote = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
     ifindex = local[3] if family == socket.AF_INET6 else 0    # a link-local address's scope
-    return diag.inet_exact_query(name, family, _packed(family, local), _packed(family, remote), ifindex)
+    source = name.lower() + ("6" if family == socket.AF_INET6 else "")
+    return diag.inet_exact_query(name, family, _packed(family, local), _packed(family, remote),
+                                 ifindex), source
 
 
 def _packed(family: int, address: tuple) -> tuple[bytes, int]:

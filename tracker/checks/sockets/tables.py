@@ -102,7 +102,9 @@ class Namespace:
             self._unread.remove(source)
         return found
 
-    def find(self, proc: Proc, inode: int) -> Record | None:
+    def find(self, proc: Proc, inode: int, source: str | None = None) -> Record | None:
+        """The socket with this inode; `source`: the one table that can list it, when known
+        (exact.asked), else every table is read in turn until one lists it."""
         asked = self._asked.get(inode)
         if asked is not None:
             return asked
@@ -110,22 +112,26 @@ class Namespace:
             holder = self._holding.get(inode)
             if holder is not None:
                 return holder.get(inode)
+            if source is not None:
+                return self.table(proc, source).get(inode)
             if not self._unread:
                 return None
             self.table(proc, self._unread[0])
 
-    def find_alone(self, proc: Proc, open_fd: OpenFd) -> Record | None:
-        """The socket open_fd holds, asked alone; None where only a table can tell."""
+    def find_alone(self, proc: Proc, open_fd: OpenFd) -> tuple[Record | None, str | None]:
+        """The socket open_fd holds, asked alone (None where only a table can tell), and
+        the table that can list it when known."""
         holder = self._holding.get(open_fd.inode)
         if holder is not None:
-            return holder.get(open_fd.inode)
+            return holder.get(open_fd.inode), None
         found = self._asked.get(open_fd.inode)
-        if found is None:
-            found = exact.lookup(proc.pid, open_fd.fd, open_fd.inode, exact.namespace_inode(self.space),
-                                 _inside(proc, self.space))
-            if found is not None:
-                self._asked[open_fd.inode] = found
-        return found
+        if found is not None:
+            return found, None
+        found, source = exact.asked(proc.pid, open_fd.fd, open_fd.inode,
+                                    exact.namespace_inode(self.space), _inside(proc, self.space))
+        if found is not None:
+            self._asked[open_fd.inode] = found
+        return found, source
 
 
 def namespace(ctx: AuditContext, proc: Proc) -> Namespace:
@@ -140,16 +146,17 @@ def table(ctx: AuditContext, proc: Proc, source: str) -> Table:
     return namespace(ctx, proc).table(proc, source)
 
 
-def find(ctx: AuditContext, proc: Proc, inode: int) -> Record | None:
-    """The socket with this inode in proc's network namespace, or None when no table lists it."""
-    return namespace(ctx, proc).find(proc, inode)
+def find(ctx: AuditContext, proc: Proc, inode: int, source: str | None = None) -> Record | None:
+    """The socket with this inode in proc's network namespace, or None when no table lists it
+    (`source`: the one table that can, when known)."""
+    return namespace(ctx, proc).find(proc, inode, source)
 
 
 def find_fd(ctx: AuditContext, proc: Proc, open_fd: OpenFd) -> Record | None:
     """The socket open_fd holds, as find() gives it; asked alone when the tree holds few sockets."""
     space = namespace(ctx, proc)
-    found = space.find_alone(proc, open_fd) if _few_sockets(ctx) else None
-    return found if found is not None else space.find(proc, open_fd.inode)
+    found, source = space.find_alone(proc, open_fd) if _few_sockets(ctx) else (None, None)
+    return found if found is not None else space.find(proc, open_fd.inode, source)
 
 
 def _few_sockets(ctx: AuditContext) -> bool:
