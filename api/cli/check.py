@@ -1,8 +1,9 @@
 """`crwatch check PID...`: audit, judge and print.
 
 Each pid is judged with all its descendants, as `criu dump -t PID` takes them;
-`--only` asks for the pid's own findings. Who holds a pipe or socket outside the tree
-is named only with `--holders` (a walk over every fd of the host, for info messages).
+`--only` asks for the pid's own findings. Who holds a pipe or socket outside the tree,
+and who outside it locks its files, is named only with `--holders` (a walk over every
+fd of the host and a read of /proc/locks, for info messages).
 This is the audit here; when a service runs, the compiled front end (launcher.c) has
 the service answer instead, with the same output and status (api/check_output.py),
 and runs this only when the service cannot answer as this would, or with --local.
@@ -34,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. --allow=--tcp-established")
     parser.add_argument("--holders", action="store_true",
                         help="name the processes outside the tree that hold the other end of "
-                             "its pipes and sockets (reads every fd of the host; no verdict "
-                             "depends on them)")
+                             "its pipes and sockets or lock its files (reads every fd of the "
+                             "host and /proc/locks; no verdict depends on them)")
     parser.add_argument("--local", action="store_true",
                         help="audit here rather than ask the crwatch service running on "
                              f"{DEFAULT_SOCKET} (or ${SOCKET_VARIABLE}), whose answers say "

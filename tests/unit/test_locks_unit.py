@@ -58,16 +58,35 @@ class Tree:
                                                               for n, line in enumerate(lines, 1))
         (self.root / str(SUBJECT) / "fdinfo" / "3").write_text(text)
 
-    def findings(self) -> list:
+    def findings(self, name_holders: bool = True) -> list:
         proc = Proc(SUBJECT, self.root)
         ctx = AuditContext(root_pid=SUBJECT, tree_pids={SUBJECT}, proc_root=self.root,
-                           tree_fds={SUBJECT: proc.fds()})
+                           tree_fds={SUBJECT: proc.fds()}, name_holders=name_holders)
         return list(locks.check_process(ctx, proc))
 
 
-def test_no_lock_on_the_host_costs_no_fdinfo_read(tmp_path: Path):
-    tree = Tree(tmp_path)  # fd 3 has no fdinfo file at all: reading it would fail
+def test_a_fd_whose_fdinfo_is_gone_is_passed_over(tmp_path: Path):
+    tree = Tree(tmp_path)  # fd 3 has no fdinfo file at all: closed meanwhile
     assert tree.findings() == []
+
+
+def test_the_trees_locks_come_from_its_fdinfo_without_proc_locks(tmp_path: Path):
+    tree = Tree(tmp_path)
+    posix = f"POSIX  ADVISORY  WRITE {SUBJECT} {tree.where} 0 EOF"
+    tree.fd_locks(posix)
+    (tmp_path / "locks").unlink()
+    (tmp_path / "locks").mkdir()  # reading /proc/locks now fails: it must not be read
+    assert [f.code for f in tree.findings(name_holders=False)] == ["lock.posix"]
+    with pytest.raises(IsADirectoryError):
+        tree.findings(name_holders=True)  # naming outside holders is what reads it
+
+
+def test_outside_lock_holders_are_named_only_when_holders_are(tmp_path: Path):
+    tree = Tree(tmp_path)
+    tree.host_locks(f"POSIX  ADVISORY  READ  {STRANGER} {tree.where} 0 EOF")
+    tree.fd_locks()
+    assert [f.code for f in tree.findings(name_holders=True)] == ["lock.outside_holder"]
+    assert tree.findings(name_holders=False) == []
 
 
 def test_each_held_lock_needs_file_locks_and_names_the_file(tmp_path: Path):

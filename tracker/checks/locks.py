@@ -2,9 +2,12 @@
 
 CRIU (on kernels that list locks in fdinfo) reads each fd's `lock:` lines
 and refuses to dump them unless asked with --file-locks; locks of processes
-outside the tree do not show on the tree's fds, so CRIU ignores them.
-/proc/locks, read once per audit, tells which inodes carry locks at all, so
-only the fds of those inodes pay for an fdinfo read.
+outside the tree do not show on the tree's fds, so CRIU ignores them. The
+audit reads the same lines, from the fdinfo the fd walk has read already.
+/proc/locks, the host's every lock, is read only by an audit that names the
+holders outside the tree (`lock.outside_holder`, info): its first reader in a
+while waits about 10 ms for an RCU grace period (tracker.proc_locks), longer
+than a small process's whole audit, for a reason no verdict depends on.
 
 A write lease has one more catch: CRIU reopens every regular file it dumps
 (`open_proc(PROC_SELF, "fd/%d")` in files-reg.c store_validation_data_build_id,
@@ -125,17 +128,14 @@ def fd_locks(open_fd: OpenFd) -> list[FileLock]:
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    host_locks = ctx.table("locks.by_inode", lambda: read_proc_locks(ctx.proc_root))
-    if not host_locks:
-        return
+    host_locks = (ctx.table("locks.by_inode", lambda: read_proc_locks(ctx.proc_root))
+                  if ctx.name_holders else {})
     reported: set[tuple] = set()
     for open_fd in ctx.tree_fds.get(proc.pid, []):
         try:
-            on_inode = host_locks.get(_inode(open_fd))
-            if not on_inode:
-                continue
-            held = fd_locks(open_fd) if any(_may_be_held(ctx, lock) for lock in on_inode) else []
-            outside = _locked_outside(ctx, open_fd, on_inode, held)
+            held = fd_locks(open_fd) if "lock" in open_fd.fdinfo else []
+            on_inode = host_locks.get(_inode(open_fd)) if host_locks else None
+            outside = _locked_outside(ctx, open_fd, on_inode, held) if on_inode else []
         except ProcessGone:
             continue  # the fd was closed meanwhile
         for lock in held:
@@ -150,12 +150,6 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
                 yield Finding("lock.outside_holder",
                               f"fd {open_fd.fd} ({open_fd.target}): also locked by pid {lock.pid} "
                               f"outside the tree ({lock.describe()})", proc.pid, fd=open_fd.fd)
-
-
-def _may_be_held(ctx: AuditContext, lock: FileLock) -> bool:
-    """Could this lock show on a tree fd? A POSIX lock belongs to its owner's fd table;
-    the other kinds belong to an open file description, which an outsider may share."""
-    return lock.kind != "POSIX" or ctx.in_tree(lock.pid)
 
 
 def _inode(open_fd: OpenFd) -> int | None:
