@@ -4,8 +4,10 @@ The kernel makes the first reader of /proc/locks in a while wait for an RCU
 grace period (locks_start takes file_rwsem for writing: percpu_down_write),
 about 10 ms spent asleep: longer than a small process's whole audit. `read_ahead`
 begins the read on a thread of its own, so that the wait overlaps other work (the
-`check` command begins it before it imports the checks); the next audit under that
-/proc root takes the text (`text`), and any later one reads afresh.
+`check --holders` command begins it before it imports the checks); the next audit
+under that /proc root takes the text (`text`), and any later one reads afresh. An
+audit reads it only to name who outside the tree locks its files
+(tracker.checks.locks).
 
 May import: the standard library only (the command line begins the read before it
 imports anything else of crwatch).

@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     named = _named(argv)
     if named == ("check",):
-        # Its audits read /proc/locks, whose first reader in a while waits about 10 ms in
-        # the kernel, longer than a small process's audit: begun now, the wait overlaps
-        # the imports of the checks. Nor does a check need the cycle collector, which
-        # its imports alone would set off some 40 times (check.run says why).
-        proc_locks.read_ahead()
+        # With --holders its audits read /proc/locks, whose first reader in a while waits
+        # about 10 ms in the kernel, longer than a small process's audit: begun now, the
+        # wait overlaps the imports of the checks. Nor does a check need the cycle
+        # collector, which its imports alone would set off some 40 times (check.run says
+        # why).
+        if "--holders" in argv:
+            proc_locks.read_ahead()
         gc.disable()
     args = build_parser(named).parse_args(argv)
     try:
