@@ -35,6 +35,9 @@ from tracker.profiles import profile
 
 KVM_HOLDER = "fd = os.open('/dev/kvm', os.O_RDONLY)\nready(str(fd))\nhold()"
 KVM_CLOSED = "fd = os.open('/dev/kvm', os.O_RDONLY)\nos.close(fd)\nready(str(fd))\nhold()"
+KVM_HELD_AND_CLOSED = ("held = os.open('/dev/kvm', os.O_RDONLY)\n"
+                       "closed = os.open('/dev/kvm', os.O_RDONLY)\nos.close(closed)\n"
+                       "ready(f'{held} {closed}')\nhold()")
 
 
 def _opened(pid: int, fd: int) -> Event:
@@ -65,6 +68,23 @@ def test_reconcile_reports_a_stale_mark_and_drops_it():
         assert [(d["kind"], d["tracked_source"]) for d in drift] == [("stale", "probe")]
         assert drift[0]["tracked_since"] and drift[0]["reason"]["fd"] == int(s.note)
         assert [(t.pid, t.state) for t in transitions] == [(s.pid, CR)]
+
+
+@pytest.mark.root
+def test_a_correction_that_leaves_a_process_nocr_for_other_reasons_is_told():
+    # The table marked a device fd since closed (its close lost), and missed the one held
+    # (passed over a socket, say): the recheck changes the reasons, not the state, and a
+    # subscriber must hear of it all the same.
+    table = LiveTable(profile("criu", (4, 2, 1)))
+    with subject(KVM_HELD_AND_CLOSED) as s:
+        held, closed = map(int, s.note.split())
+        table.apply(_opened(s.pid, closed))
+        assert table.tracked(s.pid)["state"] == NOCR
+        _, transitions = table.reconcile(audit(s.pid), time.monotonic_ns())
+        assert [(t.pid, t.state, [(r["code"], r["fd"]) for r in t.reasons])
+                for t in transitions] == [(s.pid, NOCR, [("device.chr.unsupported", held)])]
+        _, again = table.reconcile(audit(s.pid), time.monotonic_ns())
+        assert again == []  # nothing corrected: nothing told
 
 
 def test_the_gates_own_ptrace_hold_marked_meanwhile_is_no_stale_mark():

@@ -190,10 +190,44 @@ class LiveTable:
         gate's own ptrace hold (`gate_tracer`, which the audit looks through) may have been
         marked meanwhile: that is no stale mark."""
         with self._lock:
+            said = self._nocr_reasons(who.pid for who in result.processes)
             batch = self._batch(started_ns)
             drift = reconcile.drift(self._entries, result, started_ns, gate_tracer,
                                     self.profile, batch)
-            return drift, self._finish(batch)
+            transitions = self._finish(batch)
+            return drift, transitions + self._corrected(said, transitions, batch.cause_ns)
+
+    def _nocr_reasons(self, pids: Iterable[int]) -> dict[int, list[dict]]:
+        """Under the lock: the reasons of each of these processes that is `nocr`."""
+        said = {}
+        for pid in pids:
+            entry = self._entries.by_pid.get(pid)
+            if entry is not None and self._states(entry)[0] != CR:
+                said[pid] = entry.reasons(self.profile)
+        return said
+
+    def _corrected(self, said: dict[int, list[dict]], transitions: list[Transition],
+                   cause_ns: int) -> list[Transition]:
+        """Under the lock: a `nocr` transition again for each process a correction left
+        `nocr` with other reasons than it had. A transition is made when a state changes,
+        and a subscriber would otherwise keep the reasons the recheck found wrong (the
+        gate's own tracing still marked, a device no probe saw missing)."""
+        told = {transition.pid for transition in transitions}
+        corrected = []
+        for pid, before in said.items():
+            entry = self._entries.by_pid.get(pid)
+            if entry is None or pid in told:
+                continue
+            states = self._states(entry)
+            reasons = entry.reasons(self.profile)
+            if states[0] == CR or reasons == before:
+                continue
+            corrected.append(Transition(entry.pid, None, entry.start_time, entry.comm,
+                                        states[0], reasons, entry.since, cause_ns,
+                                        ppid=entry.ppid,
+                                        profiles=dict(zip(self._profile_names, states[1:]))))
+        self.counters.transitions += len(corrected)
+        return corrected
 
     def summary(self) -> dict[str, dict[str, int]]:
         """How many processes are in each state, and how many marks carry each reason code."""
