@@ -214,6 +214,13 @@ class OpenFd:
         return self._fdinfo_lines
 
     @property
+    def fdinfo_at_hand(self) -> bool:
+        """Has its fdinfo been read (by the fd walk, or since)? Asking for it otherwise
+        costs a read."""
+        return (self._fdinfo is not None or self._fdinfo_lines is not None
+                or self._fdinfo_text is not None)
+
+    @property
     def flags(self) -> int:
         if self._flags is None:
             self._flags = int(self.fdinfo.get("flags", "0"), 8)
@@ -223,8 +230,7 @@ class OpenFd:
     def mnt_id(self) -> int:
         """The id of the mount the fd's file was opened through (fdinfo's mnt_id)."""
         if self._mnt_id is None:
-            if (self._fdinfo is not None or self._fdinfo_lines is not None
-                    or self._fdinfo_text is not None):
+            if self.fdinfo_at_hand:
                 self._mnt_id = int(self.fdinfo.get("mnt_id", "-1"))  # already read: free
             else:
                 try:

@@ -81,6 +81,20 @@ def test_the_trees_locks_come_from_its_fdinfo_without_proc_locks(tmp_path: Path)
         tree.findings(name_holders=True)  # naming outside holders is what reads it
 
 
+def test_many_unread_fdinfo_records_are_spared_by_reading_proc_locks(tmp_path: Path,
+                                                                    monkeypatch):
+    monkeypatch.setattr(locks, "FDINFO_READS_MAX", 0)  # fd 3's record is one too many
+    tree = Tree(tmp_path)
+    posix = f"POSIX  ADVISORY  WRITE {SUBJECT} {tree.where} 0 EOF"
+    tree.fd_locks(posix)
+    assert tree.findings(name_holders=False) == []  # /proc/locks lists no lock on it
+    tree.host_locks(posix, f"POSIX  ADVISORY  READ  {STRANGER} {tree.where} 0 EOF")
+    # its lock found through /proc/locks; the outsider's named only with the holders
+    assert [f.code for f in tree.findings(name_holders=False)] == ["lock.posix"]
+    assert [f.code for f in tree.findings(name_holders=True)] == ["lock.posix",
+                                                                  "lock.outside_holder"]
+
+
 def test_outside_lock_holders_are_named_only_when_holders_are(tmp_path: Path):
     tree = Tree(tmp_path)
     tree.host_locks(f"POSIX  ADVISORY  READ  {STRANGER} {tree.where} 0 EOF")

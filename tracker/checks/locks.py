@@ -3,11 +3,14 @@
 CRIU (on kernels that list locks in fdinfo) reads each fd's `lock:` lines
 and refuses to dump them unless asked with --file-locks; locks of processes
 outside the tree do not show on the tree's fds, so CRIU ignores them. The
-audit reads the same lines, from the fdinfo the fd walk has read already.
-/proc/locks, the host's every lock, is read only by an audit that names the
-holders outside the tree (`lock.outside_holder`, info): its first reader in a
-while waits about 10 ms for an RCU grace period (tracker.proc_locks), longer
-than a small process's whole audit, for a reason no verdict depends on.
+audit reads the same lines. /proc/locks, the host's every lock, tells which
+inodes carry locks at all, so that only their fds need their fdinfo read; but
+its first reader in a while waits about 10 ms for an RCU grace period
+(tracker.proc_locks), longer than a small process's whole audit. So it is read
+by an audit that names the holders outside the tree (`lock.outside_holder`,
+info: only it tells), or that would otherwise read more fdinfo records than
+that wait costs (the fd walk has read those of pipes, sockets and anon fds
+already; those of path-named files cost a read each).
 
 A write lease has one more catch: CRIU reopens every regular file it dumps
 (`open_proc(PROC_SELF, "fd/%d")` in files-reg.c store_validation_data_build_id,
@@ -60,6 +63,9 @@ CODES = {"POSIX": "lock.posix", "OFDLCK": "lock.ofd", "FLOCK": "lock.flock", "LE
 ACCESS = {"READ", "WRITE", "UNLCK"}
 BUILD_ID_MIN_SIZE = 5   # SELFMAG + 1: a smaller file is not reopened for its build-id
 LOCK_NAMES = {"POSIX": "POSIX", "OFDLCK": "OFD", "FLOCK": "flock", "LEASE": "lease"}
+# An fdinfo read costs about 2.5 us; the first read of /proc/locks in a while about
+# 10 ms asleep: past this many fdinfo records to read, /proc/locks is the cheaper way.
+FDINFO_READS_MAX = 4000
 
 
 class FileLock(NamedTuple):
@@ -128,14 +134,21 @@ def fd_locks(open_fd: OpenFd) -> list[FileLock]:
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    host_locks = (ctx.table("locks.by_inode", lambda: read_proc_locks(ctx.proc_root))
-                  if ctx.name_holders else {})
+    open_fds = ctx.tree_fds.get(proc.pid, [])
+    host_locks = _host_locks(ctx, open_fds)
     reported: set[tuple] = set()
-    for open_fd in ctx.tree_fds.get(proc.pid, []):
+    for open_fd in open_fds:
         try:
-            held = fd_locks(open_fd) if "lock" in open_fd.fdinfo else []
-            on_inode = host_locks.get(_inode(open_fd)) if host_locks else None
-            outside = _locked_outside(ctx, open_fd, on_inode, held) if on_inode else []
+            if host_locks is None:
+                held, outside = fd_locks(open_fd) if "lock" in open_fd.fdinfo else [], []
+            else:
+                on_inode = host_locks.get(_inode(open_fd))
+                if not on_inode:
+                    continue
+                held = (fd_locks(open_fd) if any(_may_be_held(ctx, lock) for lock in on_inode)
+                        else [])
+                outside = (_locked_outside(ctx, open_fd, on_inode, held) if ctx.name_holders
+                           else [])
         except ProcessGone:
             continue  # the fd was closed meanwhile
         for lock in held:
@@ -150,6 +163,20 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
                 yield Finding("lock.outside_holder",
                               f"fd {open_fd.fd} ({open_fd.target}): also locked by pid {lock.pid} "
                               f"outside the tree ({lock.describe()})", proc.pid, fd=open_fd.fd)
+
+
+def _host_locks(ctx: AuditContext, open_fds: list[OpenFd]) -> dict[int, list[FileLock]] | None:
+    """/proc/locks by inode, when this audit reads it (None: the fds' fdinfo tells)."""
+    unread = sum(1 for open_fd in open_fds if not open_fd.fdinfo_at_hand)
+    if ctx.name_holders or unread > FDINFO_READS_MAX:
+        return ctx.table("locks.by_inode", lambda: read_proc_locks(ctx.proc_root))
+    return None
+
+
+def _may_be_held(ctx: AuditContext, lock: FileLock) -> bool:
+    """Could this lock show on a tree fd? A POSIX lock belongs to its owner's fd table;
+    the other kinds belong to an open file description, which an outsider may share."""
+    return lock.kind != "POSIX" or ctx.in_tree(lock.pid)
 
 
 def _inode(open_fd: OpenFd) -> int | None:
