@@ -11,18 +11,11 @@ import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
 from tests.support.namespaces import NESTED_PID_NS
-from tests.support.subjects import subject
+from tests.support.subjects import DEVICE, PLAIN, TCP_PAIR, subject
 from tests.support.tasks import THREADED
 from tracker.criu.runner import find_criu
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
-PLAIN = "ready(); hold()"
-DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
-TCP_PAIR = """
-server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
-client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
-ready(); hold()
-"""
 
 
 def crwatch(*args: str, user: int | None = None) -> subprocess.CompletedProcess:

@@ -21,19 +21,12 @@ import pytest
 from tests.support import launchers
 from tests.support.callers import NOBODY
 from tests.support.servers import CRWATCH, Server
-from tests.support.subjects import subject
+from tests.support.subjects import DEVICE, PLAIN, TCP_PAIR, subject
 from tests.support.tasks import THREADED
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
 REPO = Path(__file__).resolve().parents[2]
-PLAIN = "ready(); hold()"
-DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
-TCP_PAIR = """
-server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
-client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
-ready(); hold()
-"""
 # A listener that connects to itself on SIGUSR1: checkpointable, then needing options.
 CONNECTS_ON_SIGNAL = """
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()

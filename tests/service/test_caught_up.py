@@ -10,6 +10,8 @@ import asyncio
 import os
 import signal
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
@@ -33,6 +35,24 @@ def _holds_kvm(pid: int) -> bool:
                for fd in os.listdir(f"/proc/{pid}/fd"))
 
 
+@contextmanager
+def _opened_while_the_applier_is_held(brake: Brake, stopper: int, opener: int) -> Iterator[None]:
+    """The applier held by the stopper's transition, then the opener's open of /dev/kvm
+    emitted (its open returned) behind it; the applier is let go at the end."""
+    brake.pid = stopper
+    os.kill(stopper, signal.SIGUSR1)  # its transition holds the applier
+    try:
+        assert brake.holding.wait(ARRIVAL_TIMEOUT), "the applier was never held"
+        os.kill(opener, signal.SIGUSR1)
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while not _holds_kvm(opener):
+            assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
+            time.sleep(0.01)
+        yield
+    finally:
+        brake.released.set()
+
+
 def _await_quiet(audits: AuditCache, pid: int):
     """The subject's kept audit, once its start-up's events are applied and it is reused."""
     deadline = time.monotonic() + ARRIVAL_TIMEOUT
@@ -53,23 +73,13 @@ def test_a_kept_audit_is_not_answered_while_an_event_before_the_question_waits()
         kept = _await_quiet(audits, quiet.pid)
         kept_bystander = _await_quiet(audits, bystander.pid)
         assert "device.chr.unsupported" not in {f.code for f in kept.findings}
-        brake.pid = stopper.pid
-        os.kill(stopper.pid, signal.SIGUSR1)  # its transition holds the applier
-        try:
-            assert brake.holding.wait(ARRIVAL_TIMEOUT), "the applier was never held"
-            os.kill(quiet.pid, signal.SIGUSR1)
-            deadline = time.monotonic() + ARRIVAL_TIMEOUT
-            while not _holds_kvm(quiet.pid):  # the event is emitted: its open returned
-                assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
-                time.sleep(0.01)
+        with _opened_while_the_applier_is_held(brake, stopper.pid, quiet.pid):
             assert not tracker.caught_up([quiet.pid], 0.05)
             result, reused = audits.audit(quiet.pid)
             assert reused is False and result is not kept
             assert "device.chr.unsupported" in {f.code for f in result.findings}
             # what waits is about others: a process with nothing pending keeps its audit
             assert audits.audit(bystander.pid) == (kept_bystander, True)
-        finally:
-            brake.released.set()
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while not tracker.caught_up([quiet.pid], 0.1):  # released, it applies the event
             assert time.monotonic() < deadline, "the applier never caught up"
@@ -86,19 +96,9 @@ def test_an_answer_awaited_on_the_event_loop_waits_for_the_events_before_it_too(
         kept = _await_quiet(audits, quiet.pid)
         kept_bystander = _await_quiet(audits, bystander.pid)
         assert asyncio.run(audits.kept_on_loop(quiet.pid)) is kept
-        brake.pid = stopper.pid
-        os.kill(stopper.pid, signal.SIGUSR1)  # its transition holds the applier
-        try:
-            assert brake.holding.wait(ARRIVAL_TIMEOUT), "the applier was never held"
-            os.kill(quiet.pid, signal.SIGUSR1)
-            deadline = time.monotonic() + ARRIVAL_TIMEOUT
-            while not _holds_kvm(quiet.pid):  # the event is emitted: its open returned
-                assert time.monotonic() < deadline, "the subject never opened /dev/kvm"
-                time.sleep(0.01)
+        with _opened_while_the_applier_is_held(brake, stopper.pid, quiet.pid):
             assert asyncio.run(audits.kept_on_loop(quiet.pid)) is None
             # what waits is about others: a process with nothing pending keeps its audit
             assert asyncio.run(audits.kept_on_loop(bystander.pid)) is kept_bystander
-        finally:
-            brake.released.set()
         result, reused = audits.audit(quiet.pid)
         assert reused is False and "device.chr.unsupported" in {f.code for f in result.findings}

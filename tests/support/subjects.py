@@ -18,6 +18,15 @@ from typing import Iterator
 
 READY_TIMEOUT = 30.0
 
+# Subjects the command line's tests judge, each way it is answered.
+PLAIN = "ready(); hold()"
+DEVICE = "kvm = open('/dev/kvm', 'rb', buffering=0); ready(); hold()"
+TCP_PAIR = """
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
+ready(); hold()
+"""
+
 PRELUDE = """
 import os, sys, time, socket, signal, fcntl, mmap, ctypes, errno
 def ready(note=""):
