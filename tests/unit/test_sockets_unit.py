@@ -293,6 +293,28 @@ def test_each_loaded_program_is_opened_once_for_its_type(monkeypatch):
 
 
 @pytest.mark.root
+def test_a_walk_that_found_no_socket_filter_holds_until_a_program_is_loaded(monkeypatch):
+    if bpf.socket_filters_possible():
+        pytest.skip("a socket filter program is loaded on this host: no walk can find none")
+    questions = []
+    real = bpf._next_program
+    monkeypatch.setattr(bpf, "_next_program",
+                        lambda ids, after: questions.append(after) or real(ids, after))
+    assert not bpf.socket_filters_possible()
+    assert len(questions) == 1  # is anything loaded past the last walk? no
+    program = load_socket_filter()
+    try:
+        assert bpf.socket_filters_possible()  # loaded since: walked, and found
+        assert len(questions) > 2
+    finally:
+        os.close(program)  # nothing else holds it: unloaded
+    assert not bpf.socket_filters_possible()  # found last time: walked again
+    questions.clear()
+    assert not bpf.socket_filters_possible()
+    assert len(questions) == 1
+
+
+@pytest.mark.root
 def test_so_get_filter_tells_an_ebpf_filter_from_a_classic_one_or_none():
     plain, classic, extended = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
     program = load_socket_filter()
