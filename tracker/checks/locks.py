@@ -64,7 +64,8 @@ ACCESS = {"READ", "WRITE", "UNLCK"}
 BUILD_ID_MIN_SIZE = 5   # SELFMAG + 1: a smaller file is not reopened for its build-id
 LOCK_NAMES = {"POSIX": "POSIX", "OFDLCK": "OFD", "FLOCK": "flock", "LEASE": "lease"}
 # An fdinfo read costs about 2.5 us; the first read of /proc/locks in a while about
-# 10 ms asleep: past this many fdinfo records to read, /proc/locks is the cheaper way.
+# 10 ms asleep: past this many fdinfo records to read in the tree, /proc/locks is the
+# cheaper way.
 FDINFO_READS_MAX = 4000
 
 
@@ -134,10 +135,9 @@ def fd_locks(open_fd: OpenFd) -> list[FileLock]:
 
 
 def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
-    open_fds = ctx.tree_fds.get(proc.pid, [])
-    host_locks = _host_locks(ctx, open_fds)
+    host_locks = _host_locks(ctx)
     reported: set[tuple] = set()
-    for open_fd in open_fds:
+    for open_fd in ctx.tree_fds.get(proc.pid, []):
         try:
             if host_locks is None:
                 held, outside = fd_locks(open_fd) if "lock" in open_fd.fdinfo else [], []
@@ -165,12 +165,18 @@ def check_process(ctx: AuditContext, proc: Proc) -> Iterator[Finding]:
                               f"outside the tree ({lock.describe()})", proc.pid, fd=open_fd.fd)
 
 
-def _host_locks(ctx: AuditContext, open_fds: list[OpenFd]) -> dict[int, list[FileLock]] | None:
-    """/proc/locks by inode, when this audit reads it (None: the fds' fdinfo tells)."""
-    unread = sum(1 for open_fd in open_fds if not open_fd.fdinfo_at_hand)
-    if ctx.name_holders or unread > FDINFO_READS_MAX:
+def _host_locks(ctx: AuditContext) -> dict[int, list[FileLock]] | None:
+    """/proc/locks by inode, when this audit reads it (None: the fds' fdinfo tells).
+    Decided once for the tree: its one read serves every process of it."""
+    if ctx.name_holders or ctx.table("locks.fdinfo-unread", lambda: _unread(ctx)) > FDINFO_READS_MAX:
         return ctx.table("locks.by_inode", lambda: read_proc_locks(ctx.proc_root))
     return None
+
+
+def _unread(ctx: AuditContext) -> int:
+    """How many fdinfo records of the tree's fds the fd walk has not read."""
+    return sum(1 for open_fds in ctx.tree_fds.values() for open_fd in open_fds
+               if not open_fd.fdinfo_at_hand)
 
 
 def _may_be_held(ctx: AuditContext, lock: FileLock) -> bool:
