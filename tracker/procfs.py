@@ -499,7 +499,12 @@ class Proc:
         return Proc(tid, self.path / "task")
 
     def children(self) -> list[int]:
-        """Direct children of every thread (/proc/PID/task/TID/children)."""
+        """Direct children of every thread (/proc/PID/task/TID/children). When this Proc has
+        read its stat already and it counts one thread, that thread is the process's own
+        (a leader that exited still counts among them): its tasks are not listed."""
+        if "stat" in self.__dict__ and self.stat.num_threads == 1:  # read already: no read now
+            # the process's own list: gone, it raises ProcessGone as tids() would
+            return [int(pid) for pid in self.read(f"task/{self.pid}/children").split()]
         kids: list[int] = []
         for tid in self.tids():
             try:

@@ -223,8 +223,8 @@ def _pids(kept: _Kept) -> list[int]:
 def _same_members(pid: int, kept: Audit) -> bool:
     """Is the tree rooted at pid now made of the processes the kept audit read, each the
     same identity? (A descendant that left it while it was read, `departed`, is no member
-    either.) Read as tracker.audit.descendants reads it, each member's stat first: one of
-    a single thread has its children in that thread's list, without listing its tasks."""
+    either.) Read as tracker.audit.descendants reads it, each member's stat first, which
+    spares listing the tasks of a member of one thread (Proc.children)."""
     members = {member.pid: member.start_time for member in kept.processes}
     found, queue = {pid}, deque([pid])
     try:
@@ -234,9 +234,7 @@ def _same_members(pid: int, kept: Audit) -> bool:
             stat = proc.stat
             if stat.start_time != members.get(current):
                 return False
-            kids = proc.read(f"task/{current}/children").split() if stat.num_threads == 1 \
-                else proc.children()
-            for kid in map(int, kids):
+            for kid in proc.children():  # its stat read: one thread's list when it is alone
                 if kid not in found:
                     found.add(kid)
                     queue.append(kid)
