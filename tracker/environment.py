@@ -233,8 +233,7 @@ def detect(criu: Criu | None, *, status_path: Path = Path("/proc/self/status"),
     started = time.monotonic()
     search = exec_path() if path is None else path
     credentials = Credentials.parse(status_path.read_text())
-    tools = {tool: shutil.which(tool, path=search)
-             for tool in (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)}
+    tools = network_lock_tools(search)
     facts, facts_from = None, ""
     if criu is not None:
         # CRIU refuses every command, `check` included, to non-root without --unprivileged.
@@ -281,6 +280,12 @@ def _in_parallel(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
     for thread in threads:
         thread.join()
     return answers
+
+
+def network_lock_tools(search: str) -> dict[str, str | None]:
+    """Where each iptables tool CRIU's network lock runs is found on this PATH (None: not)."""
+    return {tool: shutil.which(tool, path=search)
+            for tool in (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)}
 
 
 def exec_path() -> str:

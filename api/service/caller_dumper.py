@@ -16,18 +16,11 @@ processes, and judge them for a CRIU it could not run as root.
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 from api.service.peer import UnixPeer
 from tracker.criu.runner import first_choice
-from tracker.environment import (
-    DEFAULT_EXEC_PATH,
-    IPTABLES_CONNECTION_TOOLS,
-    IPTABLES_NAMESPACE_TOOLS,
-    Credentials,
-    Environment,
-)
+from tracker.environment import DEFAULT_EXEC_PATH, Credentials, Environment, network_lock_tools
+from tracker.procfs import AccessDenied, Proc, ProcessGone
 
 
 class OtherDumper(Exception):
@@ -44,8 +37,8 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
     if _namespace(peer.pid, "pid") != _namespace(os.getpid(), "pid"):
         raise OtherDumper("the caller's pids are of another pid namespace")
     try:
-        caller = Credentials.parse(Path(f"/proc/{peer.pid}/status").read_text())
-    except (OSError, ValueError) as error:
+        caller = Credentials.parse(Proc(peer.pid).read("status"))
+    except (OSError, ProcessGone, AccessDenied, ValueError) as error:
         raise OtherDumper(f"the caller's credentials cannot be read: {error}") from None
     if peer.uid != 0 or caller.euid != 0:
         return served
@@ -56,15 +49,13 @@ def judged_for(peer: UnixPeer | None, path: str | None, criu_variable: str | Non
     search = DEFAULT_EXEC_PATH if path is None else path
     if served.criu_path is None or first_choice(criu_variable, search) != served.criu_path:
         raise OtherDumper("the caller would run another CRIU than the service's")
-    tools = {tool: shutil.which(tool, path=search)
-             for tool in (*IPTABLES_CONNECTION_TOOLS, *IPTABLES_NAMESPACE_TOOLS)}
-    if tools != served.tools:
+    if network_lock_tools(search) != served.tools:
         raise OtherDumper("the caller's PATH finds other network-lock tools than the service's")
     return served._replace(path=search)
 
 
 def _namespace(pid: int, kind: str) -> str:
     try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}")
-    except OSError as error:
+        return Proc(pid).namespace(kind)
+    except (OSError, ProcessGone, AccessDenied) as error:
         raise OtherDumper(f"the caller's {kind} namespace cannot be read: {error}") from None

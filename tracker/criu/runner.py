@@ -27,6 +27,8 @@ from tracker.criu.log import NOISE
 MIN_VERSION = (4, 2, 0)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+# The CRIU scripts/setup.sh provides: find_criu()'s choice after $CRWATCH_CRIU.
+PRIVATE_CRIU = _REPO_ROOT / ".deps" / "bin" / "criu"
 _VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
 
 
@@ -183,8 +185,7 @@ def find_criu() -> Criu | None:
     """
     if env := os.environ.get("CRWATCH_CRIU"):
         return known_criu(env)
-    private = _REPO_ROOT / ".deps" / "bin" / "criu"
-    if os.access(private, os.X_OK) and (found := known_criu(str(private))):
+    if os.access(PRIVATE_CRIU, os.X_OK) and (found := known_criu(str(PRIVATE_CRIU))):
         return found
     system = shutil.which("criu", path=_search_path())
     return known_criu(system) if system else None
@@ -196,9 +197,8 @@ def first_choice(criu_variable: str | None, path: str | None) -> str | None:
     choose is another dumper."""
     if criu_variable:
         return criu_variable
-    private = _REPO_ROOT / ".deps" / "bin" / "criu"
-    if os.access(private, os.X_OK):
-        return str(private)
+    if os.access(PRIVATE_CRIU, os.X_OK):
+        return str(PRIVATE_CRIU)
     return shutil.which("criu", path=_search_path(path))
 
 
