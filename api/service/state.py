@@ -247,8 +247,7 @@ class Service:
             if len(answers) >= ANSWERS_KEPT:  # a caller naming ever other options
                 answers.clear()
             kept = answers[key] = KeptAnswer(document, found, environment)
-        self.metrics.verdicts.labels(kept.document["verdict"]).inc()
-        self._record_verdict(kept.document)
+        self._answered(kept.document)
         return kept
 
     def _verdict(self, result: Audit, reused: bool, judged_by: Profile,
@@ -257,9 +256,13 @@ class Service:
         document = probe_found.document(result, found, judged_by, allow, environment)
         document["tracked"] = self._tracked(result, judged_by)
         document["audit_reused"] = reused
+        self._answered(document)
+        return document
+
+    def _answered(self, document: dict) -> None:
+        """Every answer, kept or made now, is counted and goes to the history."""
         self.metrics.verdicts.labels(document["verdict"]).inc()
         self._record_verdict(document)
-        return document
 
     def history_of(self, pid: int, start_time: float | None = None) -> dict:
         """What was recorded of an identity: the pid's current one, else its newest."""
