@@ -180,10 +180,10 @@ class Tracker:
         loss) been applied to the table? Waits up to `timeout` for the reader to consume
         the records written before the call; False at once when an event about `pids`
         waits for the applier (it will change them), and without probes."""
-        reader = self.reader
-        position = reader.position() if reader is not None else None
-        if position is None:
+        mark = self._mark()
+        if mark is None:
             return False
+        reader, position = mark
         pids = list(pids)
         deadline = time.monotonic() + timeout
         with self._progress:
@@ -199,10 +199,10 @@ class Tracker:
     async def caught_up_on_loop(self, pids: Iterable[int], timeout: float) -> bool:
         """caught_up() for a coroutine: the same answer, awaited on the running event loop
         (woken by the reader's and the applier's progress) instead of blocking it."""
-        reader = self.reader
-        position = reader.position() if reader is not None else None
-        if position is None:
+        mark = self._mark()
+        if mark is None:
             return False
+        reader, position = mark
         pids = list(pids)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -220,6 +220,13 @@ class Tracker:
                 await asyncio.wait_for(progressed, left)
             except TimeoutError:
                 return False
+
+    def _mark(self) -> tuple[Reader, int] | None:
+        """The reader and its ring's position now, which a caught-up answer must see
+        consumed (None: no probes, nothing is ever caught up)."""
+        reader = self.reader
+        position = reader.position() if reader is not None else None
+        return None if position is None else (reader, position)
 
     def reconcile(self, result: Audit, started_ns: int,
                   gate_tracer: int | None = None) -> list[dict] | None:
