@@ -23,10 +23,10 @@ from typing import Iterator
 import pytest
 
 from tests.support.agreement import network_lock_allowed, network_lock_options
-from tests.support.gates import AWAIT_S, await_exited, gate
+from tests.support.gates import AWAIT_S, await_exited, cgroup2_or_skip, gate
 from tests.support.subjects import Subject, start, subject
 from tracker.criu.runner import find_criu
-from tracker.gate.freeze import Freeze, cgroup2_mount
+from tracker.gate.freeze import Freeze
 
 CRWATCH = Path(sys.executable).with_name("crwatch")
 PR_SET_CHILD_SUBREAPER = 36
@@ -171,9 +171,7 @@ def cgroup(method: str, request) -> Iterator[Path | None]:
     if method == "ptrace":
         yield None
         return
-    mount = cgroup2_mount()
-    if mount is None:
-        pytest.skip("no cgroup v2 hierarchy is mounted on this machine")
+    mount = cgroup2_or_skip()
     directory = mount / f"crwatch-test-{os.getpid()}-{abs(hash(request.node.name)) % 10**8}"
     directory.mkdir()
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gates import AWAIT_S, await_exited
+from tests.support.gates import AWAIT_S, await_exited, cgroup2_or_skip
 from tests.support.subjects import subject
-from tracker.gate.freeze import Freeze, cgroup2_mount
+from tracker.gate.freeze import Freeze
 from tracker.gate.ready_helper import ReadyHelper
 
 pytestmark = [pytest.mark.root]
@@ -66,9 +66,7 @@ def test_the_ready_helper_freezes_and_the_next_one_waits_holding_nothing():
 
 
 def test_a_cgroup_whose_path_holds_spaces_is_frozen_by_the_ready_helper():
-    mount = cgroup2_mount()
-    if mount is None:
-        pytest.skip("no cgroup v2 hierarchy is mounted on this machine")
+    mount = cgroup2_or_skip()
     directory = mount / f"crwatch test {os.getpid()} a b"
     directory.mkdir()
     ready = ReadyHelper()

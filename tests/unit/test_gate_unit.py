@@ -19,6 +19,7 @@ from api.service.errors import GateBusy
 from api.service.gates import Gates
 from api.service.metrics import ServiceMetrics
 from probes.events import Event, Kind, Special
+from tests.support.gates import cgroup2_or_skip
 from tests.support.subjects import subject
 from tests.support.tasks import TRACED_CHILD
 from tracker.audit import audit
@@ -26,7 +27,7 @@ from tracker.criu.log import failure_findings
 from tracker.criu.options import arguments_for
 from tracker.criu.runner import find_criu
 from tracker.gate import standalone
-from tracker.gate.freeze import cgroup2_mount, owned_cgroup
+from tracker.gate.freeze import owned_cgroup
 from tracker.gate.freeze_helper import json_text
 from tracker.gate.ready_helper import HELPER
 from tracker.live.model import CR, NOCR
@@ -156,9 +157,7 @@ def test_consequence_lines_alone_still_give_one_reason():
 
 @pytest.mark.root
 def test_only_a_tree_alone_in_its_cgroup_owns_it(tmp_path):
-    mount = cgroup2_mount()
-    if mount is None:
-        pytest.skip("no cgroup v2 hierarchy is mounted on this machine")
+    mount = cgroup2_or_skip()
     directory = mount / f"crwatch-unit-{os.getpid()}"
     directory.mkdir()
     try:
